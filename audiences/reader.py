@@ -1,0 +1,562 @@
+"""Chunked reading of audience files into SHA-256 identifier digests.
+
+Audience files can have tens of millions of rows, so nothing here holds a whole file: CSV is read
+with pandas' chunked parser and Parquet batch by batch. Normalization is vectorized with Arrow
+compute kernels for the common (ASCII) case; everything else falls back to the scalar functions
+of :mod:`identifiers`, which define the canonical forms. Bad values are counted, never fatal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .identifiers import (
+    ASCII_WHITESPACE,
+    EMAIL_PATTERN_ASCII,
+    MAID_PATTERN,
+    MAX_EMAIL_LENGTH,
+    PREHASHED_PATTERN,
+    ZERO_MAID,
+    IdColumn,
+    IdType,
+    InvalidIdentifier,
+    NormalizeOptions,
+    identifier_digest,
+)
+
+__all__ = [
+    "AudienceFileError",
+    "HashedChunk",
+    "HashedColumn",
+    "ReadReport",
+    "iter_frames",
+    "read_columns",
+    "read_hashed_chunks",
+]
+
+DIGEST_SIZE = 32
+_Format = Literal["csv", "parquet"]
+BoolArray = npt.NDArray[np.bool_]
+
+
+class AudienceFileError(ValueError):
+    """The audience file as a whole is unusable (as opposed to individual bad values)."""
+
+
+@dataclass
+class ReadReport:
+    """Counters describing what happened to the rows and identifiers of a file."""
+
+    rows_read: int = 0
+    rows_accepted: int = 0
+    # Row-level rejection reasons: "no_identifier", "all_identifiers_invalid".
+    rows_rejected: dict[str, int] = field(default_factory=dict)
+    # Per-cell invalid values by InvalidIdentifier.reason, including cells of accepted rows.
+    invalid_identifiers: dict[str, int] = field(default_factory=dict)
+    # Valid identifiers per IdType value.
+    identifiers: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def rows_rejected_total(self) -> int:
+        return sum(self.rows_rejected.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly copy with sorted keys (stable output for logs and tests)."""
+        return {
+            "rows_read": self.rows_read,
+            "rows_accepted": self.rows_accepted,
+            "rows_rejected": dict(sorted(self.rows_rejected.items())),
+            "invalid_identifiers": dict(sorted(self.invalid_identifiers.items())),
+            "identifiers": dict(sorted(self.identifiers.items())),
+        }
+
+    def merge(self, other: ReadReport) -> None:
+        """Add ``other``'s counters to this report (e.g. to combine per-file reports)."""
+        self.rows_read += other.rows_read
+        self.rows_accepted += other.rows_accepted
+        for mine, theirs in (
+            (self.rows_rejected, other.rows_rejected),
+            (self.invalid_identifiers, other.invalid_identifiers),
+            (self.identifiers, other.identifiers),
+        ):
+            for key, count in theirs.items():
+                mine[key] = mine.get(key, 0) + count
+
+
+@dataclass
+class HashedColumn:
+    """Digests of one identifier column for the rows of a chunk.
+
+    ``digests`` concatenates the 32-byte digests of the rows where ``present`` is true, in row
+    order, so the i-th digest belongs to the i-th true entry of ``present``.
+    """
+
+    id_column: IdColumn
+    present: BoolArray
+    digests: bytes
+
+
+@dataclass
+class HashedChunk:
+    """Hashed identifiers of ``row_count`` consecutive data rows starting at ``first_row``."""
+
+    first_row: int  # 0-based index of the chunk's first data row in the file (header excluded)
+    row_count: int
+    columns: list[HashedColumn]
+
+
+# --------------------------------------------------------------------------- file access
+
+
+def _detect_format(path: Path) -> _Format:
+    name = path.name.lower()
+    if name.endswith((".csv", ".csv.gz")):
+        return "csv"
+    if name.endswith((".parquet", ".pq")):
+        return "parquet"
+    raise AudienceFileError(
+        f"unsupported audience file format: {path} (expected .csv, .csv.gz, .parquet or .pq)"
+    )
+
+
+def _csv_options() -> dict[str, Any]:
+    # Everything is read as text: "00123" must stay "00123" and "NA" is a valid CRM id.
+    # index_col=False stops pandas from silently turning the first column into an index when
+    # rows are longer than the header (a longer *first* row is caught by _inspect_csv).
+    return {
+        "dtype": str,
+        "keep_default_na": False,
+        "encoding": "utf-8-sig",  # tolerate the BOM that spreadsheet exports put in front
+        "index_col": False,
+    }
+
+
+def _csv_error(path: Path, exc: Exception) -> AudienceFileError:
+    if isinstance(exc, UnicodeDecodeError):
+        return AudienceFileError(f"audience file {path} is not valid UTF-8 text: {exc}")
+    if isinstance(exc, pd.errors.EmptyDataError):
+        return AudienceFileError(f"audience file {path} is empty (no header row)")
+    if isinstance(exc, pd.errors.ParserError):
+        return AudienceFileError(f"malformed CSV in audience file {path}: {exc}".rstrip())
+    return AudienceFileError(f"cannot read audience file {path}: {exc}")
+
+
+_CSV_READ_ERRORS = (
+    pd.errors.ParserError,
+    pd.errors.EmptyDataError,
+    UnicodeDecodeError,
+    OSError,
+    EOFError,
+)
+
+
+@dataclass(frozen=True)
+class _FileInfo:
+    path: Path
+    format: _Format
+    columns: list[str]
+
+
+def _inspect_csv(path: Path) -> list[str]:
+    if path.stat().st_size == 0:
+        raise AudienceFileError(f"audience file {path} is empty (no header row)")
+    try:
+        probe = pd.read_csv(path, nrows=1, **{**_csv_options(), "index_col": None})
+    except _CSV_READ_ERRORS as exc:
+        raise _csv_error(path, exc) from exc
+    if not isinstance(probe.index, pd.RangeIndex):
+        # pandas treats a first row with one field too many as "index + data"; refuse instead.
+        raise AudienceFileError(
+            f"malformed CSV in audience file {path}: line 2 has more fields than the header "
+            f"({len(probe.columns)} columns)"
+        )
+    if len(probe) == 0:
+        raise AudienceFileError(f"audience file {path} has a header but no data rows")
+    return [str(c) for c in probe.columns]
+
+
+def _inspect_parquet(path: Path) -> list[str]:
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise AudienceFileError(
+            f"audience file {path} is not a readable Parquet file: {exc}"
+        ) from exc
+    columns = list(parquet.schema_arrow.names)
+    if not columns:
+        raise AudienceFileError(f"audience file {path} is empty (no columns)")
+    if parquet.metadata.num_rows == 0:
+        raise AudienceFileError(f"audience file {path} has a header but no data rows")
+    return columns
+
+
+def _inspect(path: str | Path) -> _FileInfo:
+    """Check everything that can be checked without reading the data: fail before any chunk."""
+    file_path = Path(path)
+    if not file_path.exists():
+        raise AudienceFileError(f"audience file not found: {file_path}")
+    if not file_path.is_file():
+        raise AudienceFileError(f"audience file is not a regular file: {file_path}")
+    file_format = _detect_format(file_path)
+    columns = _inspect_csv(file_path) if file_format == "csv" else _inspect_parquet(file_path)
+    return _FileInfo(path=file_path, format=file_format, columns=columns)
+
+
+def read_columns(path: str | Path) -> list[str]:
+    """Column names of an audience file (validates that the file is readable and non-empty)."""
+    return _inspect(path).columns
+
+
+def _check_chunk_rows(chunk_rows: int) -> None:
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
+
+
+def _iter_csv_frames(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    try:
+        reader = pd.read_csv(path, chunksize=chunk_rows, **_csv_options())
+    except _CSV_READ_ERRORS as exc:
+        raise _csv_error(path, exc) from exc
+    first_row = 0
+    with reader:
+        while True:
+            try:
+                frame = next(reader)
+            except StopIteration:
+                return
+            except _CSV_READ_ERRORS as exc:
+                raise _csv_error(path, exc) from exc
+            # Rows shorter than the header get missing values; treat them as empty cells.
+            frame = frame.fillna("")
+            frame.index = pd.RangeIndex(first_row, first_row + len(frame))
+            first_row += len(frame)
+            yield frame
+
+
+def _to_text(column: pa.ChunkedArray | pa.Array, name: str, path: Path) -> pa.Array:
+    """Arrow column as a null-free large_string array, so every file format looks like CSV."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    try:
+        text = pc.cast(column, pa.large_string())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise AudienceFileError(
+            f"column {name!r} of audience file {path} has type {column.type}, which cannot be "
+            f"read as text: {exc}"
+        ) from exc
+    return pc.fill_null(text, "")
+
+
+def _iter_parquet_tables(
+    path: Path, chunk_rows: int, columns: list[str] | None
+) -> Iterator[pa.Table]:
+    """Yield tables of exactly ``chunk_rows`` rows (the last may be shorter).
+
+    Parquet batches stop at row-group boundaries; re-slicing makes chunk boundaries independent
+    of how the file was written, so CSV and Parquet copies of a file give identical chunks.
+    """
+    try:
+        parquet = pq.ParquetFile(path)
+        pending: list[pa.RecordBatch] = []
+        pending_rows = 0
+        for batch in parquet.iter_batches(batch_size=chunk_rows, columns=columns):
+            pending.append(batch)
+            pending_rows += batch.num_rows
+            while pending_rows >= chunk_rows:
+                table = pa.Table.from_batches(pending)
+                yield table.slice(0, chunk_rows)
+                rest = table.slice(chunk_rows)
+                pending = rest.to_batches()
+                pending_rows = rest.num_rows
+        if pending_rows:
+            yield pa.Table.from_batches(pending)
+    except (pa.ArrowException, OSError) as exc:
+        raise AudienceFileError(f"cannot read Parquet audience file {path}: {exc}") from exc
+
+
+def _text_table(table: pa.Table, path: Path) -> dict[str, pa.Array]:
+    return {name: _to_text(table.column(name), name, path) for name in table.column_names}
+
+
+def iter_frames(path: str | Path, chunk_rows: int = 50_000) -> Iterator[pd.DataFrame]:
+    """Yield the file as DataFrames of at most ``chunk_rows`` rows, every column as text.
+
+    Empty cells are "" (never NaN) and each frame's index is the 0-based data-row number in the
+    file, so results can be aligned with :class:`HashedChunk` rows. The file is validated before
+    this returns, so errors such as a missing file surface at the call, not at the first chunk.
+    """
+    _check_chunk_rows(chunk_rows)
+    info = _inspect(path)
+    if info.format == "csv":
+        return _iter_csv_frames(info.path, chunk_rows)
+    return _iter_parquet_frames(info.path, chunk_rows)
+
+
+def _iter_parquet_frames(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    first_row = 0
+    for table in _iter_parquet_tables(path, chunk_rows, None):
+        text = pa.table(_text_table(table, path))
+        frame = text.to_pandas(types_mapper={pa.large_string(): pd.StringDtype()}.get)
+        frame.index = pd.RangeIndex(first_row, first_row + len(frame))
+        first_row += len(frame)
+        yield frame
+
+
+# --------------------------------------------------------------------------- hashing
+
+_MISSING, _VALID, _INVALID = 0, 1, 2
+
+
+@dataclass
+class _ColumnResult:
+    status: npt.NDArray[np.int8]
+    digests: npt.NDArray[np.uint8]  # (rows, 32); only rows with status _VALID are meaningful
+    reasons: Counter[str]
+
+
+def _bool(array: pa.Array | pa.ChunkedArray) -> BoolArray:
+    return np.asarray(array.to_numpy(zero_copy_only=False), dtype=np.bool_)
+
+
+def _digest_matrix(blobs: list[bytes]) -> npt.NDArray[np.uint8]:
+    return np.frombuffer(b"".join(blobs), dtype=np.uint8).reshape(-1, DIGEST_SIZE)
+
+
+def _sha256_rows(values: pa.Array, mask: BoolArray) -> npt.NDArray[np.uint8]:
+    """SHA-256 of the selected values; hashing is the one unavoidable per-row Python call."""
+    selected = pc.cast(values.filter(pa.array(mask)), pa.large_binary()).to_pylist()
+    sha256 = hashlib.sha256
+    return _digest_matrix([sha256(blob).digest() for blob in selected])
+
+
+def _canonical_maids(lowered: pa.Array) -> pa.Array:
+    digits = pc.replace_substring_regex(lowered, pattern="[{}-]", replacement="")
+    parts = [
+        pc.utf8_slice_codeunits(digits, start, stop)
+        for start, stop in ((0, 8), (8, 12), (12, 16), (16, 20), (20, 32))
+    ]
+    return pc.binary_join_element_wise(*parts, pa.scalar("-", type=lowered.type))
+
+
+def _hash_column(values: pa.Array, id_type: IdType, options: NormalizeOptions) -> _ColumnResult:
+    rows = len(values)
+    status = np.zeros(rows, dtype=np.int8)
+    digests = np.zeros((rows, DIGEST_SIZE), dtype=np.uint8)
+    reasons: Counter[str] = Counter()
+
+    # Arrow kernels and Python string methods agree on ASCII text (trim set, case mapping, regex
+    # classes) but not necessarily beyond it, so non-ASCII values take the scalar path.
+    ascii_rows = _bool(pc.string_is_ascii(values))
+    trimmed = pc.utf8_trim(values, characters=ASCII_WHITESPACE)
+    lengths = np.asarray(pc.utf8_length(trimmed).to_numpy(zero_copy_only=False))
+    candidates = ascii_rows & (lengths > 0)
+    scalar_rows = ~ascii_rows
+
+    prehashed = candidates & _bool(pc.match_substring_regex(trimmed, PREHASHED_PATTERN))
+    if prehashed.any():
+        hex_digests = trimmed.filter(pa.array(prehashed)).to_pylist()
+        digests[prehashed] = _digest_matrix([bytes.fromhex("".join(hex_digests))])
+        status[prehashed] = _VALID
+    todo = candidates & ~prehashed
+
+    if id_type is IdType.EMAIL:
+        lowered = pc.ascii_lower(trimmed)
+        ok = _bool(pc.match_substring_regex(lowered, EMAIL_PATTERN_ASCII)) & (
+            lengths <= MAX_EMAIL_LENGTH
+        )
+        valid = todo & ok
+        if options.fold_gmail:
+            gmail = _bool(
+                pc.or_(
+                    pc.ends_with(lowered, "@gmail.com"), pc.ends_with(lowered, "@googlemail.com")
+                )
+            )
+            scalar_rows |= valid & gmail  # folding is rare enough to do one by one
+            valid &= ~gmail
+        invalid = todo & ~ok
+        reasons["invalid_email"] += int(invalid.sum())
+        status[invalid] = _INVALID
+        digests[valid] = _sha256_rows(lowered, valid)
+        status[valid] = _VALID
+    elif id_type is IdType.MAID:
+        lowered = pc.ascii_lower(trimmed)
+        ok = todo & _bool(pc.match_substring_regex(lowered, MAID_PATTERN))
+        canonical = _canonical_maids(lowered)
+        zero = ok & _bool(pc.equal(canonical, ZERO_MAID))
+        valid = ok & ~zero
+        bad = todo & ~ok
+        reasons["invalid_maid"] += int(bad.sum())
+        reasons["zero_maid"] += int(zero.sum())
+        status[bad | zero] = _INVALID
+        digests[valid] = _sha256_rows(canonical, valid)
+        status[valid] = _VALID
+    elif id_type is IdType.CUSTOM:
+        digests[todo] = _sha256_rows(trimmed, todo)
+        status[todo] = _VALID
+    else:
+        # Phone numbers need the phonenumbers library: one call per distinct value.
+        scalar_rows |= todo
+
+    if scalar_rows.any():
+        # Trimmed ASCII values give the same results (the scalar functions trim identically)
+        # and make the cache hit for " 201-555-0123" as well as "201-555-0123".
+        source = pc.if_else(pa.array(ascii_rows), trimmed, values)
+        _hash_scalar_rows(
+            source, np.flatnonzero(scalar_rows), id_type, options, status, digests, reasons
+        )
+    return _ColumnResult(status=status, digests=digests, reasons=+reasons)
+
+
+def _hash_scalar_rows(
+    values: pa.Array,
+    indices: npt.NDArray[np.intp],
+    id_type: IdType,
+    options: NormalizeOptions,
+    status: npt.NDArray[np.int8],
+    digests: npt.NDArray[np.uint8],
+    reasons: Counter[str],
+) -> None:
+    """Run the reference scalar normalization on selected rows, caching repeated values.
+
+    The cache lives for one chunk so memory stays bounded however large the file is.
+    """
+    cache: dict[str, bytes | str | None] = {}
+    valid_rows: list[int] = []
+    valid_digests: list[bytes] = []
+    selected = values.take(pa.array(indices)).to_pylist()
+    for row, value in zip(indices.tolist(), selected, strict=True):
+        if value in cache:
+            outcome = cache[value]
+        else:
+            outcome = cache[value] = _scalar_outcome(id_type, value, options)
+        if outcome is None:
+            continue
+        if isinstance(outcome, bytes):
+            valid_rows.append(row)
+            valid_digests.append(outcome)
+        else:
+            status[row] = _INVALID
+            reasons[outcome] += 1
+    if valid_rows:
+        digests[valid_rows] = _digest_matrix(valid_digests)
+        status[valid_rows] = _VALID
+
+
+def _scalar_outcome(id_type: IdType, value: str, options: NormalizeOptions) -> bytes | str | None:
+    """Digest for a valid value, the reason key for an invalid one, None for an empty cell."""
+    if not value.strip():
+        return None
+    try:
+        return identifier_digest(id_type, value, options)
+    except InvalidIdentifier as exc:
+        return exc.reason
+
+
+def _hash_chunk(
+    first_row: int,
+    row_count: int,
+    columns: dict[str, pa.Array],
+    id_columns: Sequence[IdColumn],
+    options: NormalizeOptions,
+    report: ReadReport | None,
+) -> HashedChunk:
+    any_valid = np.zeros(row_count, dtype=np.bool_)
+    any_value = np.zeros(row_count, dtype=np.bool_)
+    hashed: list[HashedColumn] = []
+    reasons: Counter[str] = Counter()
+    per_type: Counter[str] = Counter()
+    for id_column in id_columns:
+        result = _hash_column(columns[id_column.column], id_column.id_type, options)
+        present = result.status == _VALID
+        any_valid |= present
+        any_value |= result.status != _MISSING
+        reasons.update(result.reasons)
+        per_type[id_column.id_type.value] += int(present.sum())
+        hashed.append(
+            HashedColumn(
+                id_column=id_column, present=present, digests=result.digests[present].tobytes()
+            )
+        )
+    if report is not None:
+        report.rows_read += row_count
+        report.rows_accepted += int(any_valid.sum())
+        rejected = Counter(
+            {
+                "no_identifier": int((~any_value).sum()),
+                "all_identifiers_invalid": int((any_value & ~any_valid).sum()),
+            }
+        )
+        report.merge(
+            ReadReport(
+                rows_rejected=dict(+rejected),
+                invalid_identifiers=dict(reasons),
+                identifiers=dict(per_type),
+            )
+        )
+    return HashedChunk(first_row=first_row, row_count=row_count, columns=hashed)
+
+
+def read_hashed_chunks(
+    path: str | Path,
+    id_columns: Sequence[IdColumn],
+    options: NormalizeOptions,
+    *,
+    chunk_rows: int = 50_000,
+    report: ReadReport | None = None,
+) -> Iterator[HashedChunk]:
+    """Stream an audience file as chunks of identifier digests, updating ``report`` as it goes.
+
+    The file and the presence of every id column are checked when this is called, before any
+    chunk is produced. Invalid identifier values are counted in ``report`` and skipped; a row is
+    accepted if at least one of its identifiers is valid.
+    """
+    _check_chunk_rows(chunk_rows)
+    if not id_columns:
+        raise ValueError("at least one id column is required")
+    info = _inspect(path)
+    missing = [c.column for c in id_columns if c.column not in info.columns]
+    if missing:
+        raise AudienceFileError(
+            f"audience file {info.path} is missing id column(s) "
+            f"{', '.join(repr(m) for m in missing)}; available columns: "
+            f"{', '.join(repr(c) for c in info.columns)}"
+        )
+    return _iter_hashed(info, list(id_columns), options, chunk_rows, report)
+
+
+def _iter_hashed(
+    info: _FileInfo,
+    id_columns: list[IdColumn],
+    options: NormalizeOptions,
+    chunk_rows: int,
+    report: ReadReport | None,
+) -> Iterator[HashedChunk]:
+    names = list(dict.fromkeys(c.column for c in id_columns))
+    first_row = 0
+    if info.format == "csv":
+        # All columns are parsed (no usecols) because pandas only detects rows with too many
+        # fields when it tokenizes every column.
+        for frame in _iter_csv_frames(info.path, chunk_rows):
+            arrays = {
+                name: _to_text(pa.array(frame[name], from_pandas=True), name, info.path)
+                for name in names
+            }
+            yield _hash_chunk(first_row, len(frame), arrays, id_columns, options, report)
+            first_row += len(frame)
+    else:
+        for table in _iter_parquet_tables(info.path, chunk_rows, names):
+            arrays = _text_table(table, info.path)
+            yield _hash_chunk(first_row, table.num_rows, arrays, id_columns, options, report)
+            first_row += table.num_rows

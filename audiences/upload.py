@@ -1,0 +1,37 @@
+"""Typed messages of an audience upload (the domain side of the wire).
+
+The uploader hashes on its own machine; these carry only SHA-256 digests.
+``cleanroom.proto.serde`` converts them to and from protobuf.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DIGEST_LEN = 32
+
+
+@dataclass(frozen=True, slots=True)
+class UploadHeader:
+    name: str
+    id_types: tuple[str, ...]  # one per identifier column, priority order
+    replace: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnDigests:
+    column: int  # index into UploadHeader.id_types
+    digests: bytes  # concatenated 32-byte digests
+
+
+@dataclass(frozen=True, slots=True)
+class UploadChunk:
+    seq: int
+    row_count: int
+    columns: tuple[ColumnDigests, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True, slots=True)
+class UploadEnd:
+    chunk_count: int
+    row_count: int

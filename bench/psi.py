@@ -1,0 +1,215 @@
+"""PSI match benchmark: brand-node process vs partner process over loopback.
+
+    python bench/psi.py --n 100000 [--compare-openmined]
+
+Brand rows are user0..user{N-1}; partner rows user{N/2}..user{3N/2-1}
+(50% overlap). The brand audience is uploaded first (not timed). ``seconds``
+runs from the partner's first message to its written result file.
+``floor_seconds`` is measured in the same run: the 4N X25519 operations the
+protocol needs, spread over the same number of worker processes. Prints one
+JSON line at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+from cleanroom.audiences.identifiers import NormalizeOptions, parse_id_columns
+from cleanroom.client.sdk import Connection, load_partner_set, run_psi, upload_audience, write_match_output
+from cleanroom.matching.messages import Protocol
+from cleanroom.matching.workers import CryptoPool, default_workers
+from cleanroom.matching.x25519 import BlindingKey, blind_batch
+
+
+def write_csv(path: Path, start: int, n: int) -> None:
+    with open(path, "w") as f:
+        f.write("email\n")
+        step = 100_000
+        for lo in range(start, start + n, step):
+            hi = min(start + n, lo + step)
+            f.write("".join(f"user{i}@example.com\n" for i in range(lo, hi)))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RssSampler:
+    """Peak RSS of each process tree, sampled every 100 ms."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.peak_process_mb = 0.0
+        self.peak_tree_mb: dict[str, float] = dict.fromkeys(pids, 0.0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            for name, pid in self.pids.items():
+                try:
+                    root = psutil.Process(pid)
+                    procs = [root, *root.children(recursive=True)]
+                except psutil.Error:
+                    continue
+                total = 0.0
+                for p in procs:
+                    try:
+                        rss = p.memory_info().rss / 2**20
+                    except psutil.Error:
+                        continue
+                    total += rss
+                    self.peak_process_mb = max(self.peak_process_mb, rss)
+                self.peak_tree_mb[name] = max(self.peak_tree_mb[name], total)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _floor_part(args: tuple[bytes, int]) -> int:
+    secret, count = args
+    pts = np.random.default_rng(count).integers(0, 256, size=(count, 32), dtype=np.uint8)
+    pts[:, 31] &= 0x7F
+    packed = pts.tobytes()
+    blind_batch(secret, packed, validate=False)
+    return count
+
+
+def measure_floor(ops: int, workers: int, chunk: int) -> float:
+    """Wall time of ``ops`` X25519 operations over ``workers`` processes."""
+    secret = BlindingKey.generate().secret_bytes()
+    parts = [(secret, min(chunk, ops - i)) for i in range(0, ops, chunk)]
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as ex:
+        list(ex.map(_floor_part, [(secret, 16)] * workers))  # start the workers
+        start = time.perf_counter()
+        done = sum(ex.map(_floor_part, parts))
+        elapsed = time.perf_counter() - start
+    assert done == ops
+    return elapsed
+
+
+def run_openmined(brand: list[str], partner: list[str]) -> float | None:
+    try:
+        import private_set_intersection.python as psi  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    start = time.perf_counter()
+    client = psi.client.CreateWithNewKey(True)
+    server = psi.server.CreateWithNewKey(True)
+    setup = psi.ServerSetup()
+    setup.ParseFromString(
+        server.CreateSetupMessage(1e-9, len(partner), brand, psi.DataStructure.RAW).SerializeToString()
+    )
+    request = client.CreateRequest(partner)
+    response = server.ProcessRequest(request)
+    hits = client.GetIntersection(setup, response)
+    elapsed = time.perf_counter() - start
+    if len(hits) != len(partner) // 2:
+        raise AssertionError(f"openmined found {len(hits)} matches, expected {len(partner) // 2}")
+    return elapsed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=100_000)
+    parser.add_argument("--workers", type=int, default=default_workers())
+    parser.add_argument("--chunk-size", type=int, default=8192)
+    parser.add_argument("--compare-openmined", action="store_true")
+    parser.add_argument("--skip-floor", action="store_true", help="for quick smoke runs")
+    args = parser.parse_args()
+    n, workers = args.n, args.workers
+
+    work = Path(tempfile.mkdtemp(prefix="cleanroom-bench-"))
+    brand_csv, partner_csv, out_csv = work / "brand.csv", work / "partner.csv", work / "out.csv"
+    write_csv(brand_csv, 0, n)
+    write_csv(partner_csv, n // 2, n)
+    data_dir = work / "node"
+    cli = [sys.executable, "-m", "cleanroom.client.cli"]
+    created = subprocess.run(
+        [*cli, "tenant", "create", "bench", "--data-dir", str(data_dir), "--json", "--min-partner-records", "1"],
+        check=True, capture_output=True, text=True,
+    )
+    tokens = json.loads(created.stdout)["tokens"]
+    port = free_port()
+    node = subprocess.Popen(
+        [*cli, "serve", "--data-dir", str(data_dir), "--grpc-port", str(port), "--http-port", "0",
+         "--workers", str(workers)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "CLEANROOM_CHUNK_SIZE": str(args.chunk_size)},
+    )
+    target = f"127.0.0.1:{port}"
+    columns = parse_id_columns("email")
+    options = NormalizeOptions()
+    try:
+        admin = Connection(target, tokens["admin"])
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                asyncio.run(upload_audience(admin, name="bench", path=brand_csv, id_columns=columns, options=options))
+                break
+            except Exception:
+                if time.monotonic() > deadline or node.poll() is not None:
+                    raise
+                time.sleep(0.5)
+        data, _ = load_partner_set(partner_csv, columns, options)
+        with CryptoPool.processes(workers) as pool, RssSampler({"brand": node.pid, "partner": os.getpid()}) as rss:
+            start = time.perf_counter()
+            run = asyncio.run(run_psi(Connection(target, tokens["partner"]), "bench", Protocol.MATCH, data, pool=pool))
+            outcome = run.session.outcome
+            assert outcome is not None
+            write_match_output(partner_csv, out_csv, outcome.matched_on, columns)
+            seconds = time.perf_counter() - start
+        expected = np.arange(n // 2, n // 2 + n) < n
+        if not np.array_equal(outcome.matched_on == 0, expected):
+            raise AssertionError("the match result differs from the plaintext answer")
+    finally:
+        node.terminate()
+        node.wait(timeout=60)
+
+    floor = None if args.skip_floor else measure_floor(4 * n, workers, args.chunk_size)
+    openmined = None
+    if args.compare_openmined:
+        openmined = run_openmined(
+            [f"user{i}@example.com" for i in range(n)], [f"user{i}@example.com" for i in range(n // 2, n // 2 + n)]
+        )
+    result = {
+        "bench": "psi",
+        "n": n,
+        "workers": workers,
+        "seconds": round(seconds, 3),
+        "floor_seconds": round(floor, 3) if floor else None,
+        "ratio_to_floor": round(seconds / floor, 3) if floor else None,
+        "openmined_seconds": round(openmined, 3) if openmined else None,
+        "speedup_vs_openmined": round(openmined / seconds, 3) if openmined else None,
+        "peak_rss_mb": round(rss.peak_process_mb, 1),
+        "peak_rss_tree_mb": {k: round(v, 1) for k, v in rss.peak_tree_mb.items()},
+        "matched": int(outcome.matched_records),
+    }
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,425 @@
+"""The ``cleanroom`` command line (typer + rich)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from cleanroom.audiences.identifiers import IdColumn, NormalizeOptions, parse_id_columns
+
+app = typer.Typer(
+    name="cleanroom",
+    help="Privacy-preserving audience clean room: PSI matching between a brand and media partners.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+tenant_app = typer.Typer(help="Tenants and their tokens (run on the brand node's machine).")
+audience_app = typer.Typer(help="Brand audiences: hashed on this machine, uploaded to the brand node.")
+partner_app = typer.Typer(help="Media-partner side: private matching against a brand audience.")
+app.add_typer(tenant_app, name="tenant")
+app.add_typer(audience_app, name="audience")
+app.add_typer(partner_app, name="partner")
+
+err = Console(stderr=True)
+out = Console()
+
+Server = Annotated[str, typer.Option("--server", help="Brand node gRPC address, HOST:PORT.")]
+Token = Annotated[str, typer.Option("--token", envvar="CLEANROOM_TOKEN", help="Bearer token.")]
+IdColumns = Annotated[
+    str,
+    typer.Option("--id-columns", help="Identifier columns in priority order, e.g. email,phone,maid."),
+]
+Region = Annotated[
+    str | None, typer.Option("--default-region", help="Region for phones without +country, e.g. US, CN.")
+]
+TlsDir = Annotated[Path | None, typer.Option("--tls-dir", help="Directory from `cleanroom certs` (mTLS).")]
+JsonOut = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+def main() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format='{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}'
+    )
+    logging.getLogger("cleanroom").setLevel(logging.WARNING)
+    app()
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    return typer.Exit(code)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Turn the project's error vocabulary into one clear line and exit 1."""
+    from cleanroom.client.sdk import ClientError
+
+    try:
+        yield
+    except ClientError as exc:
+        raise _fail(f"{exc.code}: {exc.message}") from exc
+    except (ValueError, FileNotFoundError, PermissionError) as exc:
+        raise _fail(str(exc)) from exc
+
+
+def _columns(spec: str) -> list[IdColumn]:
+    return parse_id_columns(spec)
+
+
+def _options(region: str | None) -> NormalizeOptions:
+    return NormalizeOptions(default_region=region)
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Progress]:
+    progress = Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        disable=not enabled,
+        transient=True,
+    )
+    with progress:
+        yield progress
+
+
+def _run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+# ------------------------------------------------------------------ serve
+
+
+@app.command()
+def serve(
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="Where metadata and audiences live.")] = Path(
+        "cleanroom-data"
+    ),
+    grpc_port: Annotated[int, typer.Option("--grpc-port")] = 50051,
+    http_port: Annotated[int, typer.Option("--http-port")] = 8080,
+    host: Annotated[str, typer.Option("--host", help="Bind address; non-local needs --tls-dir.")] = "127.0.0.1",
+    tls_dir: TlsDir = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="Crypto processes (default: all cores).")] = None,
+    database_url: Annotated[str | None, typer.Option("--database-url", help="Default: SQLite in data dir.")] = None,
+) -> None:
+    """Run the brand node: gRPC service, REST API."""
+    from cleanroom.server.node import BrandNode
+    from cleanroom.server.settings import ServerSettings
+
+    logging.getLogger("cleanroom").setLevel(logging.INFO)
+    settings = ServerSettings(
+        data_dir=data_dir,
+        grpc_port=grpc_port,
+        http_port=http_port,
+        host=host,
+        tls_dir=tls_dir,
+        workers=workers,
+        database_url=database_url,
+    )
+    with _errors():
+        try:
+            asyncio.run(BrandNode(settings).serve_forever())
+        except KeyboardInterrupt:
+            err.print("stopped")
+
+
+# ------------------------------------------------------------------ tenants
+
+
+@tenant_app.command("create")
+def tenant_create(
+    name: Annotated[str, typer.Argument(help="Tenant (brand) name.")],
+    data_dir: Annotated[Path, typer.Option("--data-dir")] = Path("cleanroom-data"),
+    database_url: Annotated[str | None, typer.Option("--database-url")] = None,
+    min_partner_records: Annotated[int, typer.Option("--min-partner-records")] = 100,
+    sessions_per_day: Annotated[int, typer.Option("--sessions-per-day")] = 100,
+    as_json: JsonOut = False,
+) -> None:
+    """Create a tenant and print its admin, partner and analyst tokens (shown once)."""
+    from cleanroom.server.settings import ServerSettings
+    from cleanroom.server.store import Policy, Role, SqlStore
+
+    settings = ServerSettings(data_dir=data_dir, database_url=database_url)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    store = SqlStore(settings.resolved_database_url())
+    try:
+        with _errors():
+            from cleanroom.server.errors import AlreadyExists
+
+            try:
+                tenant = store.create_tenant(name, Policy(min_partner_records, sessions_per_day))
+            except AlreadyExists as exc:
+                raise ValueError(str(exc)) from exc
+            tokens = {role.value: store.issue_token(tenant.tenant_id, role) for role in Role}
+    finally:
+        store.close()
+    result = {"tenant": tenant.tenant_id, "name": tenant.name, "tokens": tokens}
+    if as_json:
+        _print_json(result)
+    else:
+        out.print(f"tenant [bold]{name}[/] ({tenant.tenant_id}); tokens are shown only now:")
+        for role, token in tokens.items():
+            out.print(f"  {role:8} {token}")
+
+
+# ------------------------------------------------------------------ audiences
+
+
+def _connection(server: str, token: str, tls_dir: Path | None) -> Any:
+    from cleanroom.client.sdk import Connection
+
+    return Connection(server, token, tls_dir)
+
+
+@audience_app.command("upload")
+def audience_upload(
+    server: Server,
+    token: Token,
+    name: Annotated[str, typer.Option("--name", help="Audience name.")],
+    file: Annotated[Path, typer.Option("--file", help="CSV or Parquet file.")],
+    id_columns: IdColumns,
+    default_region: Region = None,
+    replace: Annotated[bool, typer.Option("--replace", help="Replace an audience of the same name.")] = False,
+    tls_dir: TlsDir = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Normalize and hash FILE here, upload the digests, print the upload report."""
+    from cleanroom.client.sdk import upload_audience
+
+    with _errors():
+        columns = _columns(id_columns)
+        with _progress(not as_json) as progress:
+            task = progress.add_task("hashing and uploading rows", total=None)
+            result = _run(
+                upload_audience(
+                    _connection(server, token, tls_dir),
+                    name=name,
+                    path=file,
+                    id_columns=columns,
+                    options=_options(default_region),
+                    replace=replace,
+                    on_rows=lambda n: progress.advance(task, n),
+                )
+            )
+    report = result.to_dict()
+    if as_json:
+        _print_json(report)
+        return
+    out.print(f"audience [bold]{name}[/] uploaded")
+    out.print(f"  rows read      {report['rows_read']}")
+    out.print(f"  rows accepted  {report['rows_accepted']}")
+    for reason, n in sorted(report["rows_rejected"].items()):
+        out.print(f"  rejected: {reason}  {n}")
+    for reason, n in sorted(report["invalid_identifiers"].items()):
+        out.print(f"  invalid identifiers: {reason}  {n}")
+    for id_type, n in sorted(report["identifiers"].items()):
+        out.print(f"  {id_type} identifiers  {n}")
+    out.print(f"  duplicates     {report['duplicates']}")
+    out.print(f"  distinct identifiers stored  {report['audience']['elements']}")
+
+
+# ------------------------------------------------------------------ partner
+
+
+def _partner_session(
+    server: str,
+    token: str,
+    tls_dir: Path | None,
+    audience: str,
+    file: Path,
+    columns: list[IdColumn],
+    region: str | None,
+    protocol_name: str,
+    workers: int | None,
+    show_progress: bool,
+    report_count: bool = True,
+) -> tuple[Any, Any, Any]:
+    from cleanroom.client.sdk import load_partner_set, run_psi
+    from cleanroom.matching.messages import Protocol
+    from cleanroom.matching.workers import CryptoPool
+
+    conn = _connection(server, token, tls_dir)
+    with _progress(show_progress) as progress:
+        reading = progress.add_task("hashing partner rows", total=None)
+        data, report = load_partner_set(
+            file, columns, _options(region), on_rows=lambda n: progress.advance(reading, n)
+        )
+        progress.update(reading, visible=False)
+        sending = progress.add_task("blinding and sending", total=max(1, data.points))
+        brand = progress.add_task("re-blinding brand set", total=None)
+
+        def on_progress(p: Any) -> None:
+            progress.update(sending, completed=p.points_sent, total=max(1, p.points_total))
+            progress.update(brand, completed=p.brand_done, total=max(1, p.brand_total))
+
+        with CryptoPool.processes(workers) as pool:
+            run = _run(
+                run_psi(
+                    conn,
+                    audience,
+                    Protocol(protocol_name),
+                    data,
+                    pool=pool,
+                    report_count=report_count,
+                    on_progress=on_progress,
+                )
+            )
+    return run, data, report
+
+
+@partner_app.command("match")
+def partner_match(
+    server: Server,
+    token: Token,
+    audience: Annotated[str, typer.Option("--audience", help="The brand audience to match against.")],
+    file: Annotated[Path, typer.Option("--file", help="Partner CSV or Parquet file.")],
+    id_columns: IdColumns,
+    out_path: Annotated[Path, typer.Option("--out", help="Output CSV: input rows + matched, matched_on.")],
+    default_region: Region = None,
+    tls_dir: TlsDir = None,
+    workers: Annotated[int | None, typer.Option("--workers")] = None,
+    report_count: Annotated[
+        bool, typer.Option("--report-count/--no-report-count", help="Tell the brand the match count.")
+    ] = True,
+    as_json: JsonOut = False,
+) -> None:
+    """PSI match: learn which of FILE's rows are in the brand audience."""
+    from cleanroom.client.sdk import write_match_output
+
+    with _errors():
+        columns = _columns(id_columns)
+        run, data, report = _partner_session(
+            server, token, tls_dir, audience, file, columns, default_region, "match", workers,
+            not as_json, report_count,
+        )
+        outcome = run.session.outcome
+        assert outcome is not None
+        write_match_output(file, out_path, outcome.matched_on, columns)
+    by_type = {
+        str(c.id_type): int((outcome.matched_on == i).sum()) for i, c in enumerate(columns)
+    }
+    summary = {
+        "session_id": run.session.session_id,
+        "rows": data.row_count,
+        "matched": outcome.matched_records,
+        "matched_on": by_type,
+        "brand_size": outcome.brand_points,
+        "resumes": run.resumes,
+        "out": str(out_path),
+        "read_report": report.to_dict(),
+    }
+    if as_json:
+        _print_json(summary)
+    else:
+        out.print(
+            f"matched [bold]{outcome.matched_records}[/] of {data.row_count} rows"
+            f" against {outcome.brand_points} brand identifiers → {out_path}"
+        )
+        for id_type, n in by_type.items():
+            out.print(f"  on {id_type}: {n}")
+
+
+@partner_app.command("overlap")
+def partner_overlap(
+    server: Server,
+    token: Token,
+    audience: Annotated[str, typer.Option("--audience")],
+    file: Annotated[Path, typer.Option("--file")],
+    id_columns: IdColumns,
+    default_region: Region = None,
+    tls_dir: TlsDir = None,
+    workers: Annotated[int | None, typer.Option("--workers")] = None,
+    as_json: JsonOut = False,
+) -> None:
+    """PSI cardinality: both sides learn only how many of FILE's records match."""
+    with _errors():
+        run, data, report = _partner_session(
+            server, token, tls_dir, audience, file, _columns(id_columns), default_region,
+            "cardinality", workers, not as_json,
+        )
+    assert run.result is not None
+    summary = {
+        "session_id": run.session.session_id,
+        "intersection": run.result.intersection,
+        "records": int(len(data.records())),
+        "brand_size": run.accepted.brand_points if run.accepted else None,
+        "read_report": report.to_dict(),
+    }
+    if as_json:
+        _print_json(summary)
+    else:
+        out.print(f"overlap: [bold]{run.result.intersection}[/] of {summary['records']} records")
+
+
+# ------------------------------------------------------------------ tools
+
+
+@app.command()
+def synth(
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory for brand.csv and partner.csv.")],
+    brand_rows: Annotated[int, typer.Option("--brand-rows")] = 10_000,
+    partner_rows: Annotated[int, typer.Option("--partner-rows")] = 10_000,
+    overlap: Annotated[float, typer.Option("--overlap", help="Share of partner rows that are brand customers.")] = 0.3,
+    seed: Annotated[int, typer.Option("--seed")] = 7,
+    region: Annotated[str, typer.Option("--region", help="Phone region of the population.")] = "US",
+) -> None:
+    """Write realistic synthetic brand and partner files with messy identifiers."""
+    from cleanroom.audiences.synth import synthesize
+
+    with _errors():
+        if not 0.0 <= overlap <= 1.0:
+            raise ValueError("--overlap is a fraction between 0 and 1")
+        result = synthesize(
+            out_dir,
+            brand_rows=brand_rows,
+            partner_rows=partner_rows,
+            overlap=overlap,
+            seed=seed,
+            default_region=region,
+        )
+    out.print(f"wrote {result.brand_path} and {result.partner_path}")
+
+
+@app.command()
+def certs(
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory for the CA and certificates.")],
+    host: Annotated[list[str] | None, typer.Option("--host", help="Server host names/IPs (repeat).")] = None,
+) -> None:
+    """Create a CA plus server and client certificates for mutual TLS."""
+    from cleanroom.server.tls import make_certificates
+
+    hosts = tuple(host) if host else ("localhost", "127.0.0.1", "::1")
+    for path in make_certificates(out_dir, hosts=hosts):
+        out.print(f"wrote {path}")
+
+
+@app.command()
+def demo(
+    rows: Annotated[int, typer.Option("--rows", help="Rows on each side.")] = 5_000,
+    keep: Annotated[Path | None, typer.Option("--keep", help="Keep the data in this directory.")] = None,
+) -> None:
+    """Synthesize data, start a brand node in-process, upload, match, overlap."""
+    from cleanroom.client.demo import run_demo
+
+    with _errors():
+        run_demo(rows=rows, keep=keep, console=out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,374 @@
+"""The partner SDK (and the brand's upload tool): everything over gRPC.
+
+Identifiers are normalized and hashed here, on the caller's machine; only
+SHA-256 digests (uploads) or blinded curve points (PSI) leave it.
+
+    conn = Connection("brand.example:50051", token, tls_dir=Path("certs"))
+    data, report = load_partner_set(Path("users.csv"), parse_id_columns("email,phone"), NormalizeOptions())
+    with CryptoPool.processes() as pool:
+        result = asyncio.run(run_psi(conn, "crm", Protocol.MATCH, data, pool=pool))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pandas as pd
+
+from cleanroom.audiences.identifiers import IdColumn, NormalizeOptions
+from cleanroom.audiences.reader import ReadReport, iter_frames, read_hashed_chunks
+from cleanroom.matching.messages import Accepted, Protocol, Result
+from cleanroom.matching.partner import PartnerColumn, PartnerProgress, PartnerSession, PartnerSet
+from cleanroom.matching.workers import CryptoPool
+from cleanroom.proto import cleanroom_pb2 as pb
+from cleanroom.proto import cleanroom_pb2_grpc as pb_grpc
+from cleanroom.proto import serde
+from cleanroom.server import tls
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
+MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+# gRPC codes after which a PSI stream is worth resuming: the network or the
+# server went away, not a refusal of what we sent.
+RESUMABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN}
+
+
+class ClientError(RuntimeError):
+    """A call the brand node refused or that could not complete."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Connection:
+    target: str
+    token: str
+    tls_dir: Path | None = None
+    timeout: float = 3600.0  # deadline of one call, seconds
+
+    @staticmethod
+    def _options() -> list[tuple[str, int]]:
+        return [
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            # Ping every 30 s so a dead brand node is noticed during long
+            # idle stretches of a session (the server permits this rate).
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+        ]
+
+    def _check_plaintext(self) -> None:
+        host = self.target.rsplit(":", 1)[0]
+        if host not in LOCAL_HOSTS:
+            raise ValueError(
+                f"refusing plaintext to {host}: identifiers are private; pass --tls-dir"
+                " (plaintext is allowed only to localhost)"
+            )
+
+    def channel(self) -> grpc.aio.Channel:
+        options = self._options()
+        if self.tls_dir is not None:
+            files = tls.load(self.tls_dir, server=False)
+            creds = grpc.ssl_channel_credentials(files.ca, files.key, files.cert)
+            return grpc.aio.secure_channel(self.target, creds, options=options)
+        self._check_plaintext()
+        return grpc.aio.insecure_channel(self.target, options=options)
+
+    def sync_channel(self) -> grpc.Channel:
+        options = self._options()
+        if self.tls_dir is not None:
+            files = tls.load(self.tls_dir, server=False)
+            creds = grpc.ssl_channel_credentials(files.ca, files.key, files.cert)
+            return grpc.secure_channel(self.target, creds, options=options)
+        self._check_plaintext()
+        return grpc.insecure_channel(self.target, options=options)
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.token}"),)
+
+
+def _client_error(exc: grpc.aio.AioRpcError) -> ClientError:
+    return ClientError(exc.code().name, exc.details() or "")
+
+
+# ------------------------------------------------------------------ uploads
+
+
+@dataclass
+class UploadResult:
+    report: ReadReport
+    audience: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = self.report.to_dict()
+        out["duplicates"] = self.audience.get("duplicates", 0)
+        out["audience"] = self.audience
+        return out
+
+
+async def upload_audience(
+    conn: Connection,
+    *,
+    name: str,
+    path: Path,
+    id_columns: Sequence[IdColumn],
+    options: NormalizeOptions,
+    replace: bool = False,
+    chunk_rows: int = 50_000,
+    on_rows: Callable[[int], None] | None = None,
+) -> UploadResult:
+    """Normalize, hash and upload ``path`` as audience ``name``."""
+    report = ReadReport()
+    # Reading the file first surfaces a missing column before any network use.
+    chunks = read_hashed_chunks(path, id_columns, options, chunk_rows=chunk_rows, report=report)
+    first = next(chunks, None)
+
+    failure: list[BaseException] = []
+
+    def requests() -> Iterator[pb.UploadRequest]:
+        try:
+            yield from _requests()
+        except Exception as exc:
+            failure.append(exc)  # re-raised below: more precise than CANCELLED
+            raise
+
+    def _requests() -> Iterator[pb.UploadRequest]:
+        yield pb.UploadRequest(
+            header=pb.UploadHeader(
+                name=name,
+                id_types=[serde.id_type_to_pb(c.id_type) for c in id_columns],
+                replace=replace,
+            )
+        )
+        seq = rows = 0
+        pending = [first] if first is not None else []
+        for chunk in _chain(pending, chunks):
+            present_rows = np.zeros(chunk.row_count, dtype=bool)
+            columns = []
+            for index, col in enumerate(chunk.columns):
+                present_rows |= col.present
+                if col.digests:
+                    columns.append(pb.IdColumnChunk(column=index, digests=col.digests))
+            accepted = int(present_rows.sum())
+            if accepted:
+                yield pb.UploadRequest(
+                    chunk=pb.UploadChunk(seq=seq, row_count=accepted, columns=columns)
+                )
+                seq += 1
+                rows += accepted
+            if on_rows is not None:
+                on_rows(chunk.row_count)
+        yield pb.UploadRequest(end=pb.UploadEnd(chunk_count=seq, row_count=rows))
+
+    def call() -> pb.UploadResponse:
+        # The blocking API on a thread: when the brand node refuses early
+        # while we are still streaming, it reports the node's status, where
+        # grpc.aio reports INTERNAL (grpc/grpc#36066).
+        with conn.sync_channel() as channel:
+            stub = pb_grpc.AudienceServiceStub(channel)
+            try:
+                response: pb.UploadResponse = stub.Upload(
+                    requests(), metadata=conn.metadata, timeout=conn.timeout
+                )
+            except grpc.RpcError as exc:
+                if failure:
+                    raise failure[0] from exc
+                raise ClientError(exc.code().name, exc.details() or "") from exc  # type: ignore[attr-defined]
+            return response
+
+    response = await asyncio.to_thread(call)
+    a = response.audience
+    return UploadResult(
+        report=report,
+        audience={
+            "audience_id": a.audience_id,
+            "name": a.name,
+            "records": a.records,
+            "elements": a.elements,
+            "duplicates": a.duplicates,
+            "elements_by_type": dict(a.elements_by_type),
+        },
+    )
+
+
+def _chain(first: list[Any], rest: Any) -> Any:
+    yield from first
+    yield from rest
+
+
+# ------------------------------------------------------------------ PSI
+
+
+def load_partner_set(
+    path: Path,
+    id_columns: Sequence[IdColumn],
+    options: NormalizeOptions,
+    *,
+    chunk_rows: int = 50_000,
+    on_rows: Callable[[int], None] | None = None,
+) -> tuple[PartnerSet, ReadReport]:
+    """Read, normalize and hash the partner file into a ``PartnerSet``."""
+    report = ReadReport()
+    rows: list[list[np.ndarray]] = [[] for _ in id_columns]
+    digests: list[list[bytes]] = [[] for _ in id_columns]
+    total = 0
+    for chunk in read_hashed_chunks(path, id_columns, options, chunk_rows=chunk_rows, report=report):
+        for index, col in enumerate(chunk.columns):
+            rows[index].append(chunk.first_row + np.flatnonzero(col.present))
+            digests[index].append(col.digests)
+        total = chunk.first_row + chunk.row_count
+        if on_rows is not None:
+            on_rows(chunk.row_count)
+    columns = [
+        PartnerColumn(
+            id_type=str(c.id_type),
+            rows=np.concatenate(rows[i]) if rows[i] else np.empty(0, dtype=np.int64),
+            digests=b"".join(digests[i]),
+        )
+        for i, c in enumerate(id_columns)
+    ]
+    return PartnerSet(row_count=total, columns=columns), report
+
+
+@dataclass
+class PsiRun:
+    session: PartnerSession
+    resumes: int = 0
+    accepted: Accepted | None = None
+    result: Result | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+async def run_psi(
+    conn: Connection,
+    audience: str,
+    protocol: Protocol,
+    data: PartnerSet,
+    *,
+    pool: CryptoPool,
+    report_count: bool = True,
+    max_resumes: int = 5,
+    on_progress: Callable[[PartnerProgress], None] | None = None,
+    session: PartnerSession | None = None,
+) -> PsiRun:
+    """Run one PSI session to the end, resuming after dropped streams."""
+    session = session or PartnerSession(
+        audience=audience, protocol=protocol, data=data, pool=pool, report_count=report_count
+    )
+    if on_progress is not None:
+        session.progress.listeners.append(on_progress)
+    run = PsiRun(session)
+    async with conn.channel() as channel:
+        stub = pb_grpc.MatchingServiceStub(channel)
+        while True:
+            try:
+                await _one_stream(stub, conn, session, run)
+                break
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() in RESUMABLE and session.session_id and run.resumes < max_resumes:
+                    run.resumes += 1
+                    await asyncio.sleep(min(5.0, 0.2 * 2**run.resumes))
+                    continue
+                session.close()
+                raise _client_error(exc) from exc
+            except BaseException:
+                session.close()
+                raise
+    run.result = session.result
+    return run
+
+
+async def _one_stream(
+    stub: pb_grpc.MatchingServiceStub, conn: Connection, session: PartnerSession, run: PsiRun
+) -> None:
+    # gRPC consumes the request iterator itself: when the server ends the
+    # call early (a refusal), the status we read is the server's, which a
+    # failed explicit write would hide behind INTERNAL.
+    accepted_future: asyncio.Future[Accepted] = asyncio.get_running_loop().create_future()
+
+    async def requests() -> AsyncIterator[pb.PartnerMessage]:
+        yield serde.partner_to_pb(session.hello())
+        acc = await accepted_future
+        async for msg in session.outgoing(acc.next_partner_seq, acc.next_value_seq):
+            yield serde.partner_to_pb(msg)
+
+    call = stub.Session(requests(), metadata=conn.metadata, timeout=conn.timeout)
+    try:
+        first = await call.read()
+        if first is grpc.aio.EOF:
+            await call  # raises the status the server ended with
+            raise ClientError("UNAVAILABLE", "the brand node closed the stream before accepting")
+        accepted = serde.brand_from_pb(first)
+        if not isinstance(accepted, Accepted):
+            raise ClientError("PROTOCOL", "the brand node did not accept the session")
+        await session.receive(accepted)
+        run.accepted = accepted
+        accepted_future.set_result(accepted)
+        while session.result is None:
+            response = await call.read()
+            if response is grpc.aio.EOF:
+                break
+            await session.receive(serde.brand_from_pb(response))
+        if session.result is None:
+            await call
+            raise ClientError("PROTOCOL", "the stream ended without a result")
+    except grpc.aio.AioRpcError:
+        if session.error is not None:
+            raise session.error from None
+        raise
+    finally:
+        if not accepted_future.done():
+            accepted_future.cancel()
+        call.cancel()
+
+
+# ------------------------------------------------------------------ output
+
+
+MATCHED, MATCHED_ON = "matched", "matched_on"
+
+
+def write_match_output(
+    source: Path,
+    out: Path,
+    matched_on: np.ndarray,
+    id_columns: Sequence[IdColumn],
+    *,
+    chunk_rows: int = 100_000,
+) -> int:
+    """Copy ``source`` to ``out`` adding ``matched`` and ``matched_on``; atomic."""
+    labels = np.array([""] + [str(c.id_type) for c in id_columns], dtype=object)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    written = 0
+    try:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            for frame in iter_frames(source, chunk_rows):
+                part = matched_on[written : written + len(frame)]
+                frame = frame.copy()
+                frame[MATCHED] = np.where(part >= 0, "true", "false")
+                frame[MATCHED_ON] = labels[part.astype(np.int64) + 1]
+                frame.to_csv(f, index=False, header=written == 0)
+                written += len(frame)
+            f.flush()
+            os.fsync(f.fileno())
+        if written != len(matched_on):
+            raise ValueError(f"{source} changed while matching: {written} rows now, {len(matched_on)} before")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return written
+
+
+def read_match_output(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype=str, keep_default_na=False)

@@ -1,0 +1,362 @@
+"""The brand node's side of ECDH-PSI as a transport-free state machine.
+
+Round by round (DESIGN.md §5; B = brand, P = partner, ``x^k`` = blind):
+
+``HELLO``     P opens with its declared sizes; B answers ``Accepted`` with
+              |S|, the comparison length and the chunk size.
+``EXCHANGE``  P streams H(p)^b in consecutive chunks. B re-blinds each to
+              H(p)^ba: in MATCH it returns them (truncated) in P's order; in
+              CARDINALITY it keeps them. Meanwhile B streams its own set as
+              H(s)^a, shuffled.
+``VALUES``    CARDINALITY only: P returns H(s)^ab, truncated and shuffled
+              across the whole set, so B cannot tell which of its records
+              matched. B counts P's records with any slot in that set.
+``DONE``      after P's ``Finish``: B emits ``Result``.
+
+Any message outside its round, a repeated or skipped sequence number, more
+points than declared, or an invalid curve point raises ``ProtocolError`` or
+``InvalidPointError`` and fails the session. Outgoing messages are kept until
+the session ends, so a partner whose stream dropped can reconnect and ask for
+everything after what it already received (``outgoing(values_from, points_from)``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from cleanroom.matching.errors import ProtocolError
+from cleanroom.matching.messages import (
+    POINT_LEN,
+    Accepted,
+    BrandMessage,
+    Finish,
+    Hello,
+    PartnerMessage,
+    PointChunk,
+    Protocol,
+    Result,
+    ValueChunk,
+)
+from cleanroom.matching.session import OrderedResults, Round, Signal, comparison_length
+from cleanroom.matching.workers import CryptoPool, blind_and_truncate, blind_points
+from cleanroom.matching.x25519 import BlindingKey
+
+MAX_SLOTS_PER_RECORD = 8
+
+
+@dataclass(frozen=True, slots=True)
+class BrandOutcome:
+    """What the brand learned, for its records: sizes and the count."""
+
+    partner_records: int
+    partner_points: int
+    brand_points: int
+    intersection: int | None
+
+
+class BrandSession:
+    """One PSI session on the brand node."""
+
+    def __init__(
+        self,
+        *,
+        session_id: str,
+        hello: Hello,
+        brand_points: np.ndarray,
+        pool: CryptoPool,
+        chunk_size: int,
+        key: BlindingKey | None = None,
+        rng: np.random.Generator | None = None,
+    ) -> None:
+        if brand_points.dtype != np.dtype(f"S{POINT_LEN}"):
+            raise TypeError("brand_points must be a numpy array of dtype S32")
+        _check_hello(hello, chunk_size)
+        self.session_id = session_id
+        self.hello = hello
+        self.protocol = hello.protocol
+        self.round = Round.HELLO
+        self.error: BaseException | None = None
+        self._pool = pool
+        self._key = key or BlindingKey.generate()
+        self._secret = self._key.secret_bytes()
+        self._rng = rng or np.random.default_rng()
+        self._brand = brand_points
+        self.chunk_size = chunk_size
+        self.value_len = comparison_length(hello.declared_points, len(brand_points))
+        self._signal = Signal()
+        # Everything sent, kept for resumption.
+        self.values_out: list[ValueChunk] = []
+        self.points_out: list[PointChunk] = []
+        self.result: Result | None = None
+        # Partner stream bookkeeping.
+        self.next_partner_seq = 0
+        self.partner_points_received = 0
+        self.next_value_seq = 0
+        self.values_received = 0
+        self._partner_values: list[bytes] = []  # CARDINALITY: H(p)^ba, kept
+        self._brand_values: list[bytes] = []  # CARDINALITY: H(s)^ab from P
+        self._reblind = OrderedResults[bytes](limit=2 * pool.workers)
+        self._finish: Finish | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._reblinded_all = asyncio.Event()
+        self._brand_sent_all = asyncio.Event()
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> Accepted:
+        """Leave HELLO: start streaming the brand set; returns ``Accepted``."""
+        if self.round is not Round.HELLO:
+            raise ProtocolError(f"session {self.session_id} already started")
+        self.round = Round.EXCHANGE
+        self._tasks = [
+            asyncio.ensure_future(self._guard(self._stream_brand_set)),
+            asyncio.ensure_future(self._guard(self._collect_reblinded)),
+        ]
+        if self.hello.declared_points == 0:
+            self._reblind.close()
+        return self.accepted()
+
+    def accepted(self) -> Accepted:
+        return Accepted(
+            session_id=self.session_id,
+            brand_points=len(self._brand),
+            value_len=self.value_len,
+            chunk_size=self.chunk_size,
+            next_partner_seq=self.next_partner_seq,
+            next_value_seq=self.next_value_seq,
+        )
+
+    def resume(self, hello: Hello) -> Accepted:
+        """A reconnecting partner: check it is the same session, re-accept."""
+        if self.round in (Round.DONE, Round.FAILED):
+            raise ProtocolError(f"session {self.session_id} is {self.round}; it cannot resume")
+        if (hello.audience, hello.protocol) != (self.hello.audience, self.hello.protocol):
+            raise ProtocolError("a resumed session must name the same audience and protocol")
+        if hello.received_values > len(self.values_out) or hello.received_points > len(
+            self.points_out
+        ):
+            raise ProtocolError("the partner claims chunks that were never sent")
+        return self.accepted()
+
+    def fail(self, exc: BaseException) -> None:
+        if self.round is Round.DONE:
+            return
+        self.round = Round.FAILED
+        self.error = exc
+        self.close()
+        self._signal.notify()
+
+    def close(self) -> None:
+        """Stop background work and drop key material."""
+        self._reblind.cancel()
+        current = asyncio.current_task()
+        for task in self._tasks:
+            if task is not current:
+                task.cancel()
+
+    @property
+    def finished(self) -> bool:
+        return self.round in (Round.DONE, Round.FAILED)
+
+    def outcome(self) -> BrandOutcome:
+        return BrandOutcome(
+            partner_records=self.hello.declared_records,
+            partner_points=self.hello.declared_points,
+            brand_points=len(self._brand),
+            intersection=(self.result.intersection if self.result and self.result.known else None),
+        )
+
+    # ------------------------------------------------------------- incoming
+
+    async def receive(self, msg: PartnerMessage) -> None:
+        """Handle one partner message (the stream reader calls this in order)."""
+        if self.round is Round.FAILED:
+            raise ProtocolError(f"session {self.session_id} has failed") from self.error
+        if isinstance(msg, PointChunk):
+            await self._on_points(msg)
+        elif isinstance(msg, ValueChunk):
+            self._on_values(msg)
+        elif isinstance(msg, Finish):
+            self._on_finish(msg)
+        elif isinstance(msg, Hello):
+            raise ProtocolError("Hello may only open a stream")
+        else:
+            raise TypeError(f"not a partner message: {type(msg).__name__}")
+
+    async def _on_points(self, chunk: PointChunk) -> None:
+        if self.round is not Round.EXCHANGE:
+            raise ProtocolError(f"points chunk {chunk.seq} arrived in round {self.round}")
+        self._check_seq("points", chunk.seq, self.next_partner_seq)
+        if not chunk.points or len(chunk.points) % POINT_LEN:
+            raise ProtocolError(
+                f"points chunk {chunk.seq} holds {len(chunk.points)} bytes,"
+                f" not a positive multiple of {POINT_LEN}"
+            )
+        if chunk.count > self.chunk_size:
+            raise ProtocolError(
+                f"points chunk {chunk.seq} holds {chunk.count} points; the limit is {self.chunk_size}"
+            )
+        if self.partner_points_received + chunk.count > self.hello.declared_points:
+            raise ProtocolError(
+                f"points chunk {chunk.seq} exceeds the declared {self.hello.declared_points} points;"
+                " the brand node re-blinds no more than declared"
+            )
+        await self._reblind.reserve()
+        self.next_partner_seq += 1
+        self.partner_points_received += chunk.count
+        self._reblind.put(
+            self._pool.run(blind_and_truncate, self._secret, chunk.points, self._kept_len())
+        )
+        if self.partner_points_received == self.hello.declared_points:
+            self._reblind.close()
+
+    def _on_values(self, chunk: ValueChunk) -> None:
+        if self.protocol is not Protocol.CARDINALITY:
+            raise ProtocolError("value chunks from the partner belong to CARDINALITY sessions")
+        if self.round is not Round.EXCHANGE:
+            raise ProtocolError(f"values chunk {chunk.seq} arrived in round {self.round}")
+        self._check_seq("values", chunk.seq, self.next_value_seq)
+        if not chunk.values or len(chunk.values) % self.value_len:
+            raise ProtocolError(
+                f"values chunk {chunk.seq} holds {len(chunk.values)} bytes,"
+                f" not a positive multiple of {self.value_len}"
+            )
+        count = len(chunk.values) // self.value_len
+        if self.values_received + count > len(self._brand):
+            raise ProtocolError(f"more values than the brand set's {len(self._brand)} points")
+        self.next_value_seq += 1
+        self.values_received += count
+        self._brand_values.append(chunk.values)
+
+    def _on_finish(self, finish: Finish) -> None:
+        if self.round is not Round.EXCHANGE:
+            raise ProtocolError(f"Finish arrived in round {self.round}")
+        if self.partner_points_received != self.hello.declared_points:
+            raise ProtocolError(
+                f"Finish after {self.partner_points_received} of"
+                f" {self.hello.declared_points} declared points"
+            )
+        if self.protocol is Protocol.CARDINALITY and self.values_received != len(self._brand):
+            raise ProtocolError(
+                f"Finish after {self.values_received} of {len(self._brand)} values"
+            )
+        if self.protocol is Protocol.MATCH and finish.report_count:
+            if finish.matched_records > self.hello.declared_records:
+                raise ProtocolError("the reported match count exceeds the declared records")
+        self._finish = finish
+        self.round = Round.VALUES
+        self._tasks.append(asyncio.ensure_future(self._guard(self._conclude)))
+
+    def _check_seq(self, stream: str, seq: int, expected: int) -> None:
+        if seq < expected:
+            raise ProtocolError(f"duplicate {stream} chunk {seq}: chunk {expected} is next")
+        if seq > expected:
+            raise ProtocolError(f"out-of-order {stream} chunk {seq}: chunk {expected} is next")
+
+    def _kept_len(self) -> int:
+        return self.value_len
+
+    # ----------------------------------------------------------- background
+
+    async def _guard(self, work: Callable[[], Awaitable[None]]) -> None:
+        """Run background work; any failure fails the whole session."""
+        try:
+            await work()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            self.fail(exc)
+
+    async def _stream_brand_set(self) -> None:
+        order = self._rng.permutation(len(self._brand))
+        results = OrderedResults[bytes](limit=2 * self._pool.workers)
+
+        async def feed() -> None:
+            for start in range(0, len(order), self.chunk_size):
+                packed = self._brand[order[start : start + self.chunk_size]].tobytes()
+                await results.submit(self._pool.run(blind_points, self._secret, packed, False))
+            results.close()
+
+        feeder = asyncio.ensure_future(feed())
+        try:
+            async for blinded in results:
+                self.points_out.append(PointChunk(seq=len(self.points_out), points=blinded))
+                self._signal.notify()
+            await feeder
+        finally:
+            feeder.cancel()
+            results.cancel()
+        self._brand_sent_all.set()
+
+    async def _collect_reblinded(self) -> None:
+        async for values in self._reblind:
+            if self.protocol is Protocol.MATCH:
+                self.values_out.append(ValueChunk(seq=len(self.values_out), values=values))
+                self._signal.notify()
+            else:
+                self._partner_values.append(values)
+        self._reblinded_all.set()
+
+    async def _conclude(self) -> None:
+        await self._reblinded_all.wait()
+        await self._brand_sent_all.wait()
+        finish = self._finish
+        assert finish is not None
+        if self.protocol is Protocol.MATCH:
+            self.result = Result(intersection=finish.matched_records, known=finish.report_count)
+        else:
+            self.result = Result(intersection=self._count_matching_records(), known=True)
+        self.round = Round.DONE
+        self._signal.notify()
+
+    def _count_matching_records(self) -> int:
+        dtype = np.dtype(f"S{self.value_len}")
+        partner = np.frombuffer(b"".join(self._partner_values), dtype=dtype)
+        brand = np.frombuffer(b"".join(self._brand_values), dtype=dtype)
+        slots = self.hello.slots_per_record
+        hits = np.isin(partner, brand).reshape(-1, slots)
+        return int(hits.any(axis=1).sum())
+
+    # ------------------------------------------------------------- outgoing
+
+    async def outgoing(self, values_from: int = 0, points_from: int = 0) -> AsyncIterator[BrandMessage]:
+        """Everything for the partner after what it already holds, then ``Result``."""
+        vi, pi = values_from, points_from
+        while True:
+            if self.error is not None:
+                raise self.error
+            waiting = self._signal.current()
+            while vi < len(self.values_out):
+                yield self.values_out[vi]
+                vi += 1
+            while pi < len(self.points_out):
+                yield self.points_out[pi]
+                pi += 1
+            if self.result is not None:
+                yield self.result
+                return
+            await waiting.wait()
+
+
+def _check_hello(hello: Hello, chunk_size: int) -> None:
+    if chunk_size < 1:
+        raise ValueError("chunk_size must be positive")
+    if hello.declared_points < 0 or hello.declared_records < 0:
+        raise ProtocolError("declared sizes cannot be negative")
+    if hello.protocol is Protocol.CARDINALITY:
+        if not 1 <= hello.slots_per_record <= MAX_SLOTS_PER_RECORD:
+            raise ProtocolError(
+                f"CARDINALITY needs 1..{MAX_SLOTS_PER_RECORD} slots per record,"
+                f" not {hello.slots_per_record}"
+            )
+        if hello.declared_points != hello.declared_records * hello.slots_per_record:
+            raise ProtocolError("CARDINALITY declares exactly records × slots points")
+    elif hello.declared_points > hello.declared_records * MAX_SLOTS_PER_RECORD:
+        raise ProtocolError(
+            f"{hello.declared_points} points for {hello.declared_records} records is more than"
+            f" {MAX_SLOTS_PER_RECORD} identifiers per record"
+        )

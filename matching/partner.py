@@ -1,0 +1,418 @@
+"""The partner's side of ECDH-PSI as a transport-free state machine.
+
+Rounds mirror ``cleanroom.matching.brand``: the partner sends ``Hello``, waits
+for ``Accepted``, then streams H(p)^b while it re-blinds the brand's H(s)^a.
+
+- MATCH: points go column by column in priority order, so the brand's
+  H(p)^ba values (returned in order) map back to (column, row). The partner
+  flags rows whose value is among the H(s)^ab values; ``matched_on`` is the
+  highest-priority column that matched.
+- CARDINALITY: every record becomes ``slots`` points (its identifiers plus
+  random dummy points for the missing ones), records and slots shuffled, so
+  the brand sees neither row order nor which identifiers a record has. The
+  partner returns H(s)^ab shuffled over the whole brand set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cleanroom.matching.errors import ProtocolError
+from cleanroom.matching.messages import (
+    POINT_LEN,
+    Accepted,
+    BrandMessage,
+    Finish,
+    Hello,
+    PartnerMessage,
+    PointChunk,
+    Protocol,
+    Result,
+    ValueChunk,
+)
+from cleanroom.matching.session import OrderedResults, Round, Signal
+from cleanroom.matching.workers import (
+    DIGEST_LEN,
+    DUMMY_DST,
+    CryptoPool,
+    blind_and_truncate,
+    dst_for,
+    hash_and_blind,
+    hash_and_blind_mixed,
+)
+from cleanroom.matching.x25519 import BlindingKey
+
+
+@dataclass(frozen=True)
+class PartnerColumn:
+    """One identifier column: which rows have a value, and their digests."""
+
+    id_type: str
+    rows: np.ndarray  # int64 row indices, ascending
+    digests: bytes  # 32 bytes per row in ``rows``
+
+    def __post_init__(self) -> None:
+        if len(self.digests) != DIGEST_LEN * len(self.rows):
+            raise ValueError("one 32-byte digest per row is required")
+
+
+@dataclass(frozen=True)
+class PartnerSet:
+    """The partner's identifiers, columns in matching priority order."""
+
+    row_count: int
+    columns: Sequence[PartnerColumn]
+
+    @property
+    def points(self) -> int:
+        return sum(len(c.rows) for c in self.columns)
+
+    def records(self) -> np.ndarray:
+        """Rows that carry at least one identifier."""
+        if not self.columns:
+            return np.empty(0, dtype=np.int64)
+        return np.unique(np.concatenate([c.rows for c in self.columns]))
+
+
+@dataclass
+class MatchOutcome:
+    """MATCH: per input row, the index of the column it matched on, or -1."""
+
+    matched_on: np.ndarray
+    brand_points: int
+
+    @property
+    def matched_records(self) -> int:
+        return int((self.matched_on >= 0).sum())
+
+
+@dataclass
+class PartnerProgress:
+    points_total: int = 0
+    points_sent: int = 0
+    brand_total: int = 0
+    brand_done: int = 0
+    listeners: list[Callable[[PartnerProgress], None]] = field(default_factory=list)
+
+    def update(self) -> None:
+        for listener in self.listeners:
+            listener(self)
+
+
+class PartnerSession:
+    def __init__(
+        self,
+        *,
+        audience: str,
+        protocol: Protocol,
+        data: PartnerSet,
+        pool: CryptoPool,
+        key: BlindingKey | None = None,
+        rng: np.random.Generator | None = None,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+        report_count: bool = True,
+    ) -> None:
+        if protocol is Protocol.CARDINALITY and not data.columns:
+            raise ValueError("CARDINALITY needs at least one identifier column")
+        self.audience = audience
+        self.protocol = protocol
+        self.data = data
+        self.report_count = report_count
+        self.round = Round.HELLO
+        self.progress = PartnerProgress()
+        self._pool = pool
+        self._key = key or BlindingKey.generate(random_bytes)
+        self._secret = self._key.secret_bytes()
+        self._rng = rng or np.random.default_rng()
+        self._random_bytes = random_bytes
+        self._signal = Signal()
+        self.session_id = ""
+        self.accepted: Accepted | None = None
+        self.points_out: list[PointChunk] = []
+        self.values_out: list[ValueChunk] = []
+        self.finish: Finish | None = None
+        self.values_in: list[bytes] = []  # MATCH: H(p)^ba in our order
+        self._values_in_count = 0
+        self.brand_chunks_in = 0
+        self._brand_values: list[bytes] = []
+        self._brand_results = OrderedResults[bytes](limit=2 * pool.workers)
+        self._tasks: list[asyncio.Task[None]] = []
+        self.error: BaseException | None = None
+        self.outcome: MatchOutcome | None = None
+        self.result: Result | None = None
+        self._done = asyncio.Event()
+        self._points_done = False
+        if protocol is Protocol.MATCH:
+            self._records = int(len(data.records()))
+            self._points = data.points
+            self._slots = 0
+        else:
+            self._records = int(len(data.records()))
+            self._slots = len(data.columns)
+            self._points = self._records * self._slots
+        self.progress.points_total = self._points
+
+    # ------------------------------------------------------------ handshake
+
+    def hello(self) -> Hello:
+        """The opening message, or the resuming one after a dropped stream."""
+        return Hello(
+            audience=self.audience,
+            protocol=self.protocol,
+            declared_records=self._records,
+            declared_points=self._points,
+            slots_per_record=self._slots,
+            resume_session_id=self.session_id,
+            received_values=len(self.values_in) if self.protocol is Protocol.MATCH else 0,
+            received_points=self.brand_chunks_in,
+        )
+
+    def on_accepted(self, accepted: Accepted) -> None:
+        if self.round is Round.HELLO:
+            self.session_id = accepted.session_id
+            self.accepted = accepted
+            self.round = Round.EXCHANGE
+            self.progress.brand_total = accepted.brand_points
+            self._tasks = [asyncio.ensure_future(self._guard(self._produce_points))]
+            self._tasks.append(asyncio.ensure_future(self._guard(self._collect_brand)))
+            if accepted.brand_points == 0:
+                self._brand_results.close()
+        elif accepted.session_id != self.session_id:
+            raise ProtocolError("the brand node resumed a different session")
+
+    # ------------------------------------------------------------- incoming
+
+    async def receive(self, msg: BrandMessage) -> None:
+        if self.error is not None:
+            raise self.error
+        if isinstance(msg, Accepted):
+            self.on_accepted(msg)
+            return
+        if self.round is Round.HELLO:
+            raise ProtocolError(f"{type(msg).__name__} arrived before Accepted")
+        if isinstance(msg, ValueChunk):
+            self._on_values(msg)
+        elif isinstance(msg, PointChunk):
+            await self._on_brand_points(msg)
+        elif isinstance(msg, Result):
+            self._on_result(msg)
+        else:
+            raise TypeError(f"not a brand message: {type(msg).__name__}")
+
+    def _on_values(self, chunk: ValueChunk) -> None:
+        assert self.accepted is not None
+        if self.protocol is not Protocol.MATCH:
+            raise ProtocolError("the brand sends value chunks only in MATCH sessions")
+        if chunk.seq != len(self.values_in):
+            raise ProtocolError(f"values chunk {chunk.seq} out of order; expected {len(self.values_in)}")
+        if not chunk.values or len(chunk.values) % self.accepted.value_len:
+            raise ProtocolError(f"values chunk {chunk.seq} has a partial value")
+        self._values_in_count += len(chunk.values) // self.accepted.value_len
+        if self._values_in_count > self._points:
+            raise ProtocolError("the brand returned more values than points sent")
+        self.values_in.append(chunk.values)
+        self._maybe_conclude()
+
+    async def _on_brand_points(self, chunk: PointChunk) -> None:
+        assert self.accepted is not None
+        if chunk.seq != self.brand_chunks_in:
+            raise ProtocolError(
+                f"brand points chunk {chunk.seq} out of order; expected {self.brand_chunks_in}"
+            )
+        if not chunk.points or len(chunk.points) % POINT_LEN:
+            raise ProtocolError(f"brand points chunk {chunk.seq} has a partial point")
+        if self.progress.brand_done + chunk.count > self.accepted.brand_points:
+            raise ProtocolError("the brand sent more points than it announced")
+        await self._brand_results.reserve()
+        self.brand_chunks_in += 1
+        self.progress.brand_done += chunk.count
+        self._brand_results.put(
+            self._pool.run(blind_and_truncate, self._secret, chunk.points, self.accepted.value_len)
+        )
+        if self.progress.brand_done == self.accepted.brand_points:
+            self._brand_results.close()
+        self.progress.update()
+
+    def _on_result(self, result: Result) -> None:
+        if self.finish is None:
+            raise ProtocolError("Result arrived before the partner finished")
+        self.result = result
+        self.round = Round.DONE
+        self._done.set()
+        self._signal.notify()
+
+    # ----------------------------------------------------------- background
+
+    async def _guard(self, work: Callable[[], Awaitable[None]]) -> None:
+        """Run background work; any failure fails the whole session."""
+        try:
+            await work()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            self.fail(exc)
+
+    def fail(self, exc: BaseException) -> None:
+        if self.round is Round.DONE:
+            return
+        self.error = exc
+        self.round = Round.FAILED
+        self._done.set()
+        self.close()
+        self._signal.notify()
+
+    def close(self) -> None:
+        self._brand_results.cancel()
+        current = asyncio.current_task()
+        for task in self._tasks:
+            if task is not current:
+                task.cancel()
+
+    async def wait(self) -> None:
+        await self._done.wait()
+        if self.error is not None:
+            raise self.error
+
+    async def _produce_points(self) -> None:
+        assert self.accepted is not None
+        size = self.accepted.chunk_size
+        results = OrderedResults[bytes](limit=2 * self._pool.workers)
+
+        async def feed() -> None:
+            if self.protocol is Protocol.MATCH:
+                for column in self.data.columns:
+                    dst = dst_for(column.id_type)
+                    step = size * DIGEST_LEN
+                    for start in range(0, len(column.digests), step):
+                        part = column.digests[start : start + step]
+                        await results.submit(self._pool.run(hash_and_blind, self._secret, part, dst))
+            else:
+                digests, codes = self._cardinality_slots()
+                dsts = [dst_for(c.id_type) for c in self.data.columns] + [DUMMY_DST]
+                for start in range(0, len(codes), size):
+                    part = digests[start * DIGEST_LEN : (start + size) * DIGEST_LEN]
+                    await results.submit(
+                        self._pool.run(
+                            hash_and_blind_mixed, self._secret, part, codes[start : start + size], dsts
+                        )
+                    )
+            results.close()
+
+        feeder = asyncio.ensure_future(feed())
+        try:
+            async for points in results:
+                self.points_out.append(PointChunk(seq=len(self.points_out), points=points))
+                self.progress.points_sent += len(points) // POINT_LEN
+                self.progress.update()
+                self._signal.notify()
+            await feeder
+        finally:
+            feeder.cancel()
+            results.cancel()
+        self._points_done = True
+        self._maybe_conclude()
+
+    def _cardinality_slots(self) -> tuple[bytes, bytes]:
+        """Record-major slots: identifiers plus dummies, records and slots shuffled."""
+        records = self.data.records()
+        k = self._slots
+        digests = np.frombuffer(self._random_bytes(len(records) * k * DIGEST_LEN), dtype=np.uint8)
+        digests = digests.reshape(len(records), k, DIGEST_LEN).copy()
+        codes = np.full((len(records), k), k, dtype=np.uint8)  # k = dummy
+        for c, column in enumerate(self.data.columns):
+            pos = np.searchsorted(records, column.rows)
+            digests[pos, c] = np.frombuffer(column.digests, dtype=np.uint8).reshape(-1, DIGEST_LEN)
+            codes[pos, c] = c
+        record_order = self._rng.permutation(len(records))
+        slot_order = np.argsort(self._rng.random((len(records), k)), axis=1)
+        digests = np.take_along_axis(digests[record_order], slot_order[:, :, None], axis=1)
+        codes = np.take_along_axis(codes[record_order], slot_order, axis=1)
+        return digests.tobytes(), codes.tobytes()
+
+    async def _collect_brand(self) -> None:
+        async for values in self._brand_results:
+            self._brand_values.append(values)
+        if self.protocol is Protocol.CARDINALITY:
+            self._send_shuffled_brand_values()
+        self._maybe_conclude()
+
+    def _send_shuffled_brand_values(self) -> None:
+        assert self.accepted is not None
+        length = self.accepted.value_len
+        values = np.frombuffer(b"".join(self._brand_values), dtype=np.uint8).reshape(-1, length)
+        values = values[self._rng.permutation(len(values))]
+        step = self.accepted.chunk_size
+        for start in range(0, len(values), step):
+            self.values_out.append(
+                ValueChunk(seq=len(self.values_out), values=values[start : start + step].tobytes())
+            )
+        self._signal.notify()
+
+    def _maybe_conclude(self) -> None:
+        assert self.accepted is not None
+        if self.finish is not None or not self._points_done:
+            return
+        if self.progress.brand_done != self.accepted.brand_points:
+            return
+        if not self._brand_results_done():
+            return
+        if self.protocol is Protocol.MATCH:
+            if self._values_in_count != self._points:
+                return
+            self.outcome = self._match_rows()
+            self.finish = Finish(
+                report_count=self.report_count,
+                matched_records=self.outcome.matched_records if self.report_count else 0,
+            )
+        else:
+            self.finish = Finish()
+        self._signal.notify()
+
+    def _brand_results_done(self) -> bool:
+        got = sum(len(v) for v in self._brand_values)
+        assert self.accepted is not None
+        return got == self.accepted.brand_points * self.accepted.value_len
+
+    def _match_rows(self) -> MatchOutcome:
+        assert self.accepted is not None
+        dtype = np.dtype(f"S{self.accepted.value_len}")
+        ours = np.frombuffer(b"".join(self.values_in), dtype=dtype)
+        theirs = np.frombuffer(b"".join(self._brand_values), dtype=dtype)
+        hits = np.isin(ours, theirs)
+        matched_on = np.full(self.data.row_count, -1, dtype=np.int8)
+        offset = 0
+        for index, column in enumerate(self.data.columns):
+            col_hits = hits[offset : offset + len(column.rows)]
+            offset += len(column.rows)
+            rows = column.rows[col_hits]
+            fresh = rows[matched_on[rows] < 0]
+            matched_on[fresh] = index
+        return MatchOutcome(matched_on=matched_on, brand_points=self.accepted.brand_points)
+
+    # ------------------------------------------------------------- outgoing
+
+    async def outgoing(self, points_from: int = 0, values_from: int = 0) -> AsyncIterator[PartnerMessage]:
+        """Everything after what the brand already holds, ending with ``Finish``."""
+        pi, vi = points_from, values_from
+        sent_finish = False
+        while True:
+            if self.error is not None:
+                raise self.error
+            waiting = self._signal.current()
+            while pi < len(self.points_out):
+                yield self.points_out[pi]
+                pi += 1
+            while vi < len(self.values_out):
+                yield self.values_out[vi]
+                vi += 1
+            if self.finish is not None and not sent_finish:
+                sent_finish = True
+                yield self.finish
+            if self.round in (Round.DONE, Round.FAILED):
+                return
+            await waiting.wait()

@@ -1,0 +1,126 @@
+"""CPU-bound PSI work, run in worker processes.
+
+Blinding and hash-to-curve hold the GIL, so threads would serialize them; the
+functions here are module-level (picklable) and take and return packed bytes
+so that moving a chunk between processes costs one buffer copy.
+``CryptoPool`` is the async face the protocol sessions use; any
+``concurrent.futures.Executor`` can sit behind it (a process pool by default,
+a thread pool in tests that want one process, a Dask client later).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor
+from typing import Any, TypeVar
+
+import numpy as np
+
+from cleanroom.matching.hash_to_curve import hash_to_curve_batch
+from cleanroom.matching.messages import POINT_LEN
+from cleanroom.matching.x25519 import blind_batch
+
+T = TypeVar("T")
+
+DIGEST_LEN = 32
+DST_PREFIX = b"CLEANROOM-PSI-V01-CS01-with-curve25519_XMD:SHA-512_ELL2_RO_-"
+DUMMY_DST = DST_PREFIX + b"dummy"
+
+
+def dst_for(id_type: str) -> bytes:
+    """Domain-separation tag per identifier type (RFC 9380 §3.1).
+
+    The type is part of the tag so an email digest and a phone digest that
+    happened to collide could never match each other.
+    """
+    return DST_PREFIX + id_type.encode("ascii")
+
+
+def truncate(packed_points: bytes, value_len: int) -> bytes:
+    """Keep the first ``value_len`` bytes of every 32-byte point."""
+    if value_len == POINT_LEN:
+        return packed_points
+    arr = np.frombuffer(packed_points, dtype=np.uint8).reshape(-1, POINT_LEN)
+    return arr[:, :value_len].tobytes()
+
+
+def hash_and_blind(secret: bytes, packed_digests: bytes, dst: bytes) -> bytes:
+    """H(x)^k for a batch of digests of one identifier type."""
+    return blind_batch(secret, hash_to_curve_batch(packed_digests, DIGEST_LEN, dst), validate=False)
+
+
+def hash_and_blind_mixed(
+    secret: bytes, packed_digests: bytes, type_codes: bytes, dsts: Sequence[bytes]
+) -> bytes:
+    """H_t(x)^k for a batch whose elements have different types.
+
+    ``type_codes[i]`` indexes ``dsts`` for element ``i``; elements are hashed
+    per type and put back in their original order.
+    """
+    digests = np.frombuffer(packed_digests, dtype=np.uint8).reshape(-1, DIGEST_LEN)
+    codes = np.frombuffer(type_codes, dtype=np.uint8)
+    if len(codes) != len(digests):
+        raise ValueError("one type code per digest is required")
+    points = np.empty((len(digests), POINT_LEN), dtype=np.uint8)
+    for code in np.unique(codes):
+        idx = np.flatnonzero(codes == code)
+        hashed = hash_to_curve_batch(digests[idx].tobytes(), DIGEST_LEN, dsts[int(code)])
+        points[idx] = np.frombuffer(hashed, dtype=np.uint8).reshape(-1, POINT_LEN)
+    return blind_batch(secret, points.tobytes(), validate=False)
+
+
+def blind_and_truncate(secret: bytes, packed_points: bytes, value_len: int) -> bytes:
+    """Re-blind a peer's points (validating them) and keep comparison bytes."""
+    return truncate(blind_batch(secret, packed_points, validate=True), value_len)
+
+
+def blind_points(secret: bytes, packed_points: bytes, validate: bool) -> bytes:
+    return blind_batch(secret, packed_points, validate=validate)
+
+
+def default_workers() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+def _warm(_: int) -> int:
+    return os.getpid()
+
+
+class CryptoPool:
+    """Async access to an executor for the CPU-bound crypto."""
+
+    def __init__(self, executor: Executor, workers: int) -> None:
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
+        self._executor = executor
+        self.workers = workers
+
+    @classmethod
+    def processes(cls, workers: int | None = None) -> CryptoPool:
+        """A pool of ``workers`` processes (default: all cores).
+
+        ``spawn`` rather than ``fork``: the parent runs gRPC threads, and
+        forking a process with live gRPC threads is unsupported.
+        """
+        n = workers or default_workers()
+        ctx = multiprocessing.get_context("spawn")
+        executor = ProcessPoolExecutor(max_workers=n, mp_context=ctx)
+        # Start every worker now so the first session does not pay for it.
+        list(executor.map(_warm, range(n)))
+        return cls(executor, n)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> CryptoPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,209 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class IdType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ID_TYPE_UNSPECIFIED: _ClassVar[IdType]
+    EMAIL: _ClassVar[IdType]
+    PHONE: _ClassVar[IdType]
+    MAID: _ClassVar[IdType]
+    CUSTOM: _ClassVar[IdType]
+
+class Protocol(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PROTOCOL_UNSPECIFIED: _ClassVar[Protocol]
+    MATCH: _ClassVar[Protocol]
+    CARDINALITY: _ClassVar[Protocol]
+ID_TYPE_UNSPECIFIED: IdType
+EMAIL: IdType
+PHONE: IdType
+MAID: IdType
+CUSTOM: IdType
+PROTOCOL_UNSPECIFIED: Protocol
+MATCH: Protocol
+CARDINALITY: Protocol
+
+class UploadHeader(_message.Message):
+    __slots__ = ("name", "id_types", "replace")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ID_TYPES_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    id_types: _containers.RepeatedScalarFieldContainer[IdType]
+    replace: bool
+    def __init__(self, name: _Optional[str] = ..., id_types: _Optional[_Iterable[_Union[IdType, str]]] = ..., replace: _Optional[bool] = ...) -> None: ...
+
+class IdColumnChunk(_message.Message):
+    __slots__ = ("column", "digests")
+    COLUMN_FIELD_NUMBER: _ClassVar[int]
+    DIGESTS_FIELD_NUMBER: _ClassVar[int]
+    column: int
+    digests: bytes
+    def __init__(self, column: _Optional[int] = ..., digests: _Optional[bytes] = ...) -> None: ...
+
+class UploadChunk(_message.Message):
+    __slots__ = ("seq", "row_count", "columns")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    ROW_COUNT_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    row_count: int
+    columns: _containers.RepeatedCompositeFieldContainer[IdColumnChunk]
+    def __init__(self, seq: _Optional[int] = ..., row_count: _Optional[int] = ..., columns: _Optional[_Iterable[_Union[IdColumnChunk, _Mapping]]] = ...) -> None: ...
+
+class UploadEnd(_message.Message):
+    __slots__ = ("chunk_count", "row_count")
+    CHUNK_COUNT_FIELD_NUMBER: _ClassVar[int]
+    ROW_COUNT_FIELD_NUMBER: _ClassVar[int]
+    chunk_count: int
+    row_count: int
+    def __init__(self, chunk_count: _Optional[int] = ..., row_count: _Optional[int] = ...) -> None: ...
+
+class UploadRequest(_message.Message):
+    __slots__ = ("header", "chunk", "end")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    header: UploadHeader
+    chunk: UploadChunk
+    end: UploadEnd
+    def __init__(self, header: _Optional[_Union[UploadHeader, _Mapping]] = ..., chunk: _Optional[_Union[UploadChunk, _Mapping]] = ..., end: _Optional[_Union[UploadEnd, _Mapping]] = ...) -> None: ...
+
+class UploadResponse(_message.Message):
+    __slots__ = ("audience",)
+    AUDIENCE_FIELD_NUMBER: _ClassVar[int]
+    audience: Audience
+    def __init__(self, audience: _Optional[_Union[Audience, _Mapping]] = ...) -> None: ...
+
+class Audience(_message.Message):
+    __slots__ = ("audience_id", "name", "records", "elements", "duplicates", "elements_by_type", "created_at")
+    class ElementsByTypeEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    AUDIENCE_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    ELEMENTS_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    ELEMENTS_BY_TYPE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    audience_id: str
+    name: str
+    records: int
+    elements: int
+    duplicates: int
+    elements_by_type: _containers.ScalarMap[str, int]
+    created_at: str
+    def __init__(self, audience_id: _Optional[str] = ..., name: _Optional[str] = ..., records: _Optional[int] = ..., elements: _Optional[int] = ..., duplicates: _Optional[int] = ..., elements_by_type: _Optional[_Mapping[str, int]] = ..., created_at: _Optional[str] = ...) -> None: ...
+
+class ListAudiencesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListAudiencesResponse(_message.Message):
+    __slots__ = ("audiences",)
+    AUDIENCES_FIELD_NUMBER: _ClassVar[int]
+    audiences: _containers.RepeatedCompositeFieldContainer[Audience]
+    def __init__(self, audiences: _Optional[_Iterable[_Union[Audience, _Mapping]]] = ...) -> None: ...
+
+class Hello(_message.Message):
+    __slots__ = ("audience", "protocol", "declared_records", "declared_points", "slots_per_record", "resume_session_id", "received_values", "received_points")
+    AUDIENCE_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    DECLARED_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    DECLARED_POINTS_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_PER_RECORD_FIELD_NUMBER: _ClassVar[int]
+    RESUME_SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_VALUES_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_POINTS_FIELD_NUMBER: _ClassVar[int]
+    audience: str
+    protocol: Protocol
+    declared_records: int
+    declared_points: int
+    slots_per_record: int
+    resume_session_id: str
+    received_values: int
+    received_points: int
+    def __init__(self, audience: _Optional[str] = ..., protocol: _Optional[_Union[Protocol, str]] = ..., declared_records: _Optional[int] = ..., declared_points: _Optional[int] = ..., slots_per_record: _Optional[int] = ..., resume_session_id: _Optional[str] = ..., received_values: _Optional[int] = ..., received_points: _Optional[int] = ...) -> None: ...
+
+class PointChunk(_message.Message):
+    __slots__ = ("seq", "points")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    points: bytes
+    def __init__(self, seq: _Optional[int] = ..., points: _Optional[bytes] = ...) -> None: ...
+
+class ValueChunk(_message.Message):
+    __slots__ = ("seq", "values")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    values: bytes
+    def __init__(self, seq: _Optional[int] = ..., values: _Optional[bytes] = ...) -> None: ...
+
+class Finish(_message.Message):
+    __slots__ = ("report_count", "matched_records")
+    REPORT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    MATCHED_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    report_count: bool
+    matched_records: int
+    def __init__(self, report_count: _Optional[bool] = ..., matched_records: _Optional[int] = ...) -> None: ...
+
+class PartnerMessage(_message.Message):
+    __slots__ = ("hello", "points", "values", "finish")
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    FINISH_FIELD_NUMBER: _ClassVar[int]
+    hello: Hello
+    points: PointChunk
+    values: ValueChunk
+    finish: Finish
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., points: _Optional[_Union[PointChunk, _Mapping]] = ..., values: _Optional[_Union[ValueChunk, _Mapping]] = ..., finish: _Optional[_Union[Finish, _Mapping]] = ...) -> None: ...
+
+class Accepted(_message.Message):
+    __slots__ = ("session_id", "brand_points", "value_len", "chunk_size", "next_partner_seq", "next_value_seq")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    BRAND_POINTS_FIELD_NUMBER: _ClassVar[int]
+    VALUE_LEN_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PARTNER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    NEXT_VALUE_SEQ_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    brand_points: int
+    value_len: int
+    chunk_size: int
+    next_partner_seq: int
+    next_value_seq: int
+    def __init__(self, session_id: _Optional[str] = ..., brand_points: _Optional[int] = ..., value_len: _Optional[int] = ..., chunk_size: _Optional[int] = ..., next_partner_seq: _Optional[int] = ..., next_value_seq: _Optional[int] = ...) -> None: ...
+
+class Result(_message.Message):
+    __slots__ = ("intersection", "known")
+    INTERSECTION_FIELD_NUMBER: _ClassVar[int]
+    KNOWN_FIELD_NUMBER: _ClassVar[int]
+    intersection: int
+    known: bool
+    def __init__(self, intersection: _Optional[int] = ..., known: _Optional[bool] = ...) -> None: ...
+
+class BrandMessage(_message.Message):
+    __slots__ = ("accepted", "values", "points", "result")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    accepted: Accepted
+    values: ValueChunk
+    points: PointChunk
+    result: Result
+    def __init__(self, accepted: _Optional[_Union[Accepted, _Mapping]] = ..., values: _Optional[_Union[ValueChunk, _Mapping]] = ..., points: _Optional[_Union[PointChunk, _Mapping]] = ..., result: _Optional[_Union[Result, _Mapping]] = ...) -> None: ...

@@ -1,0 +1,83 @@
+"""Bulk files under the data directory, written atomically.
+
+A writer streams to a temporary file in the destination's directory; only
+``commit`` makes it visible, by fsync and rename (atomic on POSIX), then
+fsyncs the directory so the rename itself survives a crash. A crash or an
+exception before ``commit`` leaves no trace under the final name.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from types import TracebackType
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class AtomicParquetWriter:
+    """Write a Parquet file in batches; it appears at ``path`` only on commit."""
+
+    def __init__(self, path: Path, schema: pa.Schema) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp_path = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        self._writer: pq.ParquetWriter | None = pq.ParquetWriter(
+            self.tmp_path, schema, compression="zstd"
+        )
+        self.rows = 0
+
+    def write(self, batch: pa.RecordBatch | pa.Table) -> None:
+        if self._writer is None:
+            raise ValueError("the writer is closed")
+        if isinstance(batch, pa.RecordBatch):
+            self._writer.write_batch(batch)
+        else:
+            self._writer.write_table(batch)
+        self.rows += batch.num_rows
+
+    def commit(self) -> Path:
+        if self._writer is None:
+            raise ValueError("the writer is closed")
+        self._writer.close()
+        self._writer = None
+        with open(self.tmp_path, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(self.tmp_path, self.path)
+        fsync_dir(self.path.parent)
+        return self.path
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        self.tmp_path.unlink(missing_ok=True)
+
+    def __enter__(self) -> AtomicParquetWriter:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._writer is not None:
+            self.abort()
+
+
+def remove_stale_temporaries(root: Path) -> int:
+    """Delete temporaries a crashed process left behind; returns how many."""
+    removed = 0
+    if root.exists():
+        for tmp in root.rglob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    return removed

@@ -1,0 +1,185 @@
+"""PSI sessions on the brand node (transport-free service).
+
+Opens sessions under the tenant's policy (minimum partner set size, daily
+session quota), keeps them in memory while they run (the blinding key never
+touches disk), lets a partner resume a session whose stream dropped, and
+records every outcome. A session not resumed within ``resume_seconds`` fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from cleanroom.matching.brand import BrandSession
+from cleanroom.matching.errors import PolicyViolation
+from cleanroom.matching.messages import Hello
+from cleanroom.matching.session import Round
+from cleanroom.server.audiences import AudienceService
+from cleanroom.server.errors import (
+    FailedPrecondition,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+)
+from cleanroom.server.store import AuditEntry, Principal, Role, SessionRecord, SqlStore
+
+log = logging.getLogger("cleanroom.server.matching")
+
+
+@dataclass
+class _Live:
+    session: BrandSession
+    tenant_id: str
+    detached_at: float | None = None
+    stream: int = 0
+    reader: asyncio.Task[None] | None = None
+
+
+@dataclass
+class MatchingService:
+    store: SqlStore
+    audiences: AudienceService
+    chunk_size: int = 8192
+    resume_seconds: float = 600.0
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    _live: dict[str, _Live] = field(default_factory=dict)
+
+    async def open(self, principal: Principal, hello: Hello) -> tuple[BrandSession, int]:
+        """A new session, or the one ``hello`` resumes; returns it and a stream id."""
+        if principal.role is not Role.PARTNER:
+            raise PermissionDenied("PSI sessions need a partner token")
+        self._reap()
+        if hello.resume_session_id:
+            live = self._live.get(hello.resume_session_id)
+            if live is None or live.tenant_id != principal.tenant_id:
+                raise NotFound(f"no resumable session {hello.resume_session_id}")
+            live.session.resume(hello)
+            if live.reader is not None:
+                # The old stream may still hold unread chunks; it must not
+                # feed the session once the new stream has been told where
+                # to continue.
+                live.reader.cancel()
+                live.reader = None
+            live.detached_at = None
+            live.stream += 1
+            self.store.update_session(principal.tenant_id, live.session.session_id, status="running")
+            return live.session, live.stream
+        tenant = self.store.get_tenant(principal.tenant_id)
+        assert tenant is not None
+        audience = self.audiences.get(principal, hello.audience)
+        policy = tenant.policy
+        if hello.declared_records < policy.min_partner_records:
+            raise PolicyViolation(
+                f"the partner set has {hello.declared_records} records; this brand's policy needs"
+                f" at least {policy.min_partner_records}"
+            )
+        now = self.clock()
+        day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        used = self.store.count_sessions_since(principal.tenant_id, day_start)
+        if used >= policy.sessions_per_day:
+            raise ResourceExhausted(
+                f"the session quota of {policy.sessions_per_day} per day is spent;"
+                f" it renews at {(day_start + timedelta(days=1)).isoformat()}"
+            )
+        points = await asyncio.to_thread(self.audiences.load_points, audience)
+        if len(points) == 0:
+            raise FailedPrecondition(f"audience {audience.name!r} is empty")
+        session_id = uuid.uuid4().hex
+        session = BrandSession(
+            session_id=session_id,
+            hello=hello,
+            brand_points=points,
+            pool=self.audiences.pool,
+            chunk_size=self.chunk_size,
+        )
+        self.store.create_session(
+            SessionRecord(
+                session_id=session_id,
+                tenant_id=principal.tenant_id,
+                audience_id=audience.audience_id,
+                protocol=hello.protocol.value,
+                status="running",
+                declared_records=hello.declared_records,
+                declared_points=hello.declared_points,
+                brand_points=len(points),
+                created_at=now,
+            )
+        )
+        self.store.audit(
+            AuditEntry(
+                principal.tenant_id,
+                principal.role.value,
+                "psi.start",
+                {
+                    "session": session_id,
+                    "audience": audience.name,
+                    "protocol": hello.protocol.value,
+                    "declared_records": hello.declared_records,
+                },
+            )
+        )
+        self._live[session_id] = _Live(session, principal.tenant_id)
+        return session, 0
+
+    def attach_reader(self, session: BrandSession, stream: int, reader: asyncio.Task[None]) -> None:
+        live = self._live.get(session.session_id)
+        if live is not None and live.stream == stream:
+            live.reader = reader
+
+    def detach(self, session: BrandSession, stream: int) -> None:
+        """A stream ended: record the outcome, or wait for a resumption."""
+        live = self._live.get(session.session_id)
+        if live is None or live.stream != stream:
+            return  # a newer stream owns the session
+        if session.finished:
+            self._record_end(live)
+        else:
+            live.detached_at = time.monotonic()
+            self.store.update_session(live.tenant_id, session.session_id, status="interrupted")
+            log.info("psi session %s interrupted; resumable", session.session_id)
+
+    def _record_end(self, live: _Live) -> None:
+        session = live.session
+        self._live.pop(session.session_id, None)
+        session.close()
+        if session.round is Round.DONE:
+            outcome = session.outcome()
+            self.store.update_session(
+                live.tenant_id,
+                session.session_id,
+                status="done",
+                intersection=outcome.intersection,
+                finished_at=self.clock(),
+            )
+            action, detail = "psi.done", {"intersection": outcome.intersection}
+        else:
+            error = str(session.error) if session.error else "failed"
+            self.store.update_session(
+                live.tenant_id, session.session_id, status="failed", error=error, finished_at=self.clock()
+            )
+            action, detail = "psi.failed", {"error": error}
+        detail["session"] = session.session_id
+        self.store.audit(AuditEntry(live.tenant_id, Role.PARTNER.value, action, detail))
+
+    def _reap(self) -> None:
+        now = time.monotonic()
+        for live in list(self._live.values()):
+            if live.detached_at is not None and now - live.detached_at > self.resume_seconds:
+                live.session.fail(TimeoutError("the partner did not resume the session in time"))
+                self._record_end(live)
+
+    async def reap_forever(self, every: float = 10.0) -> None:
+        while True:
+            await asyncio.sleep(every)
+            self._reap()
+
+    def close(self) -> None:
+        for live in list(self._live.values()):
+            live.session.fail(ConnectionAbortedError("the brand node shut down"))
+            self._record_end(live)

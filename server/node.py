@@ -1,0 +1,203 @@
+"""The brand node: wires storage, crypto workers, gRPC and HTTP together.
+
+Nothing starts at import time. ``BrandNode.start`` builds everything for one
+event loop; ``BrandNodeThread`` runs a node on a background thread for the
+demo and the end-to-end tests (real sockets, real processes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from cleanroom.matching.workers import CryptoPool
+from cleanroom.proto import cleanroom_pb2 as pb
+from cleanroom.proto import cleanroom_pb2_grpc as pb_grpc
+from cleanroom.server import tls
+from cleanroom.server.audiences import AudienceService
+from cleanroom.server.files import remove_stale_temporaries
+from cleanroom.server.grpc_api import AudienceServicer, MatchingServicer
+from cleanroom.server.matching import MatchingService
+from cleanroom.server.settings import ServerSettings
+from cleanroom.server.store import SqlStore
+
+log = logging.getLogger("cleanroom.server")
+
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+
+def grpc_options(max_message_bytes: int) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        # Pings every 30 s find a dead partner on an idle stream (a PSI
+        # session can sit idle while the other side computes) well before
+        # the resume window closes; tolerate the client's own 30 s pings.
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+@dataclass
+class Ports:
+    grpc: int
+    http: int | None
+
+
+class BrandNode:
+    def __init__(self, settings: ServerSettings, *, pool: CryptoPool | None = None) -> None:
+        self.settings = settings
+        self._own_pool = pool is None
+        self._pool = pool
+        self.store: SqlStore | None = None
+        self._server: grpc.aio.Server | None = None
+        self._http: Any = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.matching: MatchingService | None = None
+        self.ports: Ports | None = None
+
+    async def start(self) -> Ports:
+        s = self.settings
+        if s.tls_dir is None and s.host not in LOCAL_HOSTS:
+            raise ValueError(
+                f"refusing to serve plaintext on {s.host}: pass --tls-dir (see `cleanroom certs`)"
+                " or bind to 127.0.0.1"
+            )
+        if s.tls_dir is None:
+            log.warning("serving gRPC WITHOUT TLS on %s (localhost only)", s.host)
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(s.data_dir / "audiences")
+        self.store = SqlStore(s.resolved_database_url())
+        if self._pool is None:
+            self._pool = await asyncio.to_thread(CryptoPool.processes, s.workers)
+        audiences = AudienceService(self.store, s.data_dir, self._pool)
+        self.matching = MatchingService(
+            self.store, audiences, chunk_size=s.chunk_size, resume_seconds=s.resume_seconds
+        )
+        server = grpc.aio.server(options=grpc_options(s.max_message_bytes))
+        pb_grpc.add_AudienceServiceServicer_to_server(AudienceServicer(self.store, audiences), server)
+        pb_grpc.add_MatchingServiceServicer_to_server(MatchingServicer(self.store, self.matching), server)
+        health = health_aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+        names = (
+            pb.DESCRIPTOR.services_by_name["AudienceService"].full_name,
+            pb.DESCRIPTOR.services_by_name["MatchingService"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        )
+        reflection.enable_server_reflection(names, server)
+        address = f"{s.host}:{s.grpc_port}"
+        if s.tls_dir is not None:
+            files = tls.load(s.tls_dir, server=True)
+            creds = grpc.ssl_server_credentials(
+                [(files.key, files.cert)], root_certificates=files.ca, require_client_auth=True
+            )
+            port = server.add_secure_port(address, creds)
+        else:
+            port = server.add_insecure_port(address)
+        await server.start()
+        for name in names[:2] + ("",):
+            await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._server = server
+        self._tasks.append(asyncio.ensure_future(self.matching.reap_forever()))
+        http_port = None
+        if s.serve_http:
+            http_port = await self._start_http()
+        self.ports = Ports(grpc=port, http=http_port)
+        log.info("brand node serving gRPC on %s:%d", s.host, port)
+        return self.ports
+
+    async def _start_http(self) -> int:
+        import socket
+
+        import uvicorn
+
+        from cleanroom.server.rest import create_app
+
+        assert self.store is not None
+        app = create_app(self.store)
+        sock = socket.socket(socket.AF_INET6 if ":" in self.settings.host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.settings.host.strip("[]"), self.settings.http_port))
+        config = uvicorn.Config(app, log_level="warning", lifespan="off")
+        self._http = uvicorn.Server(config)
+        self._tasks.append(asyncio.ensure_future(self._http.serve(sockets=[sock])))
+        port: int = sock.getsockname()[1]
+        return port
+
+    async def stop(self) -> None:
+        if self._http is not None:
+            self._http.should_exit = True
+        if self._server is not None:
+            await self._server.stop(grace=2)
+        if self.matching is not None:
+            self.matching.close()
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=5)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self._own_pool and self._pool is not None:
+            await asyncio.to_thread(self._pool.close)
+        if self.store is not None:
+            self.store.close()
+
+    async def serve_forever(self) -> None:
+        await self.start()
+        assert self._server is not None
+        try:
+            await self._server.wait_for_termination()
+        finally:
+            await self.stop()
+
+
+class BrandNodeThread:
+    """A brand node on its own thread and event loop (demo, tests)."""
+
+    def __init__(self, settings: ServerSettings, *, pool_factory: Callable[[], CryptoPool] | None = None) -> None:
+        self.settings = settings
+        self._pool_factory = pool_factory
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="brand-node", daemon=True)
+        self.node: BrandNode | None = None
+        self.ports: Ports | None = None
+
+    def __enter__(self) -> BrandNodeThread:
+        self._thread.start()
+        pool = self._pool_factory() if self._pool_factory else None
+        self.node = BrandNode(self.settings, pool=pool)
+        fut = asyncio.run_coroutine_threadsafe(self.node.start(), self._loop)
+        self.ports = fut.result(timeout=120)
+        return self
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on the node's loop thread (for tests that inspect state)."""
+
+        async def run() -> Any:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout=60)
+
+    @property
+    def target(self) -> str:
+        assert self.ports is not None
+        return f"{self.settings.host}:{self.ports.grpc}"
+
+    def __exit__(self, *exc: object) -> None:
+        if self.node is not None:
+            asyncio.run_coroutine_threadsafe(self.node.stop(), self._loop).result(timeout=60)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()

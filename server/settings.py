@@ -1,0 +1,30 @@
+"""Brand-node settings (pydantic-settings: flags, then CLEANROOM_* env vars)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CLEANROOM_")
+
+    data_dir: Path = Path("cleanroom-data")
+    # Defaults to SQLite inside data_dir; a postgresql+psycopg:// URL works too.
+    database_url: str | None = None
+    host: str = "127.0.0.1"
+    grpc_port: int = Field(50051, ge=0, le=65535)
+    http_port: int = Field(8080, ge=0, le=65535)
+    tls_dir: Path | None = None
+    workers: int | None = Field(None, ge=1)  # crypto worker processes; default all cores
+    chunk_size: int = Field(8192, ge=16, le=65536)  # points per PSI chunk (256 KiB)
+    max_message_bytes: int = Field(32 * 1024 * 1024, ge=1024 * 1024)
+    resume_seconds: float = Field(600.0, gt=0)
+    serve_http: bool = True
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'cleanroom.db').resolve()}"

@@ -1,0 +1,149 @@
+"""Clients that die or drop their stream mid-way; the node loses nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from cleanroom.client.sdk import Connection, run_psi, upload_audience
+from cleanroom.audiences.identifiers import NormalizeOptions, parse_id_columns
+from cleanroom.matching.messages import Accepted, Protocol
+from cleanroom.matching.partner import PartnerColumn, PartnerSession, PartnerSet
+from cleanroom.matching.workers import CryptoPool
+from cleanroom.proto import cleanroom_pb2_grpc as pb_grpc
+from cleanroom.proto import serde
+from cleanroom.server.store import Role
+from tests.conftest import Node
+from tests.helpers import eventually, sha
+from tests.test_e2e import audience_names, healthy, no_temporaries
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def audience(node: Node, tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("faults") / "brand.csv"
+    path.write_text("email\n" + "\n".join(f"user{i}@example.com" for i in range(0, 400, 2)) + "\n")
+    conn = Connection(node.target, node.tokens["acme"][Role.ADMIN])
+    asyncio.run(
+        upload_audience(conn, name="faults", path=path, id_columns=parse_id_columns("email"), options=NormalizeOptions())
+    )
+    return "faults"
+
+
+def start_fault_client(node: Node, mode: str, role: Role, *extra: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.fault_client", mode, node.target, node.tokens["acme"][role], *extra],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.strip() == "READY", f"fault client did not get ready: {line!r}"
+    return proc
+
+
+def kill(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def test_client_killed_mid_upload_leaves_nothing(node: Node, audience: str) -> None:
+    before = audience_names(node)
+    proc = start_fault_client(node, "upload", Role.ADMIN)
+    staging = lambda: [p for p in node.data_dir.rglob("*") if "staging" in p.name]  # noqa: E731
+    kill(proc)
+    eventually(lambda: not staging(), what="the staging file to be removed")
+    assert audience_names(node) == before
+    assert no_temporaries(node)
+    assert healthy(node)
+
+
+def sessions(node: Node) -> list[object]:
+    store = node.store()
+    try:
+        tenant = store.find_tenant("acme")
+        assert tenant is not None
+        return list(store.list_sessions(tenant.tenant_id))
+    finally:
+        store.close()
+
+
+def test_partner_killed_mid_match_is_interrupted_and_node_serves_on(
+    node: Node, audience: str, process_pool: CryptoPool
+) -> None:
+    before = {s.session_id for s in sessions(node)}  # type: ignore[attr-defined]
+    proc = start_fault_client(node, "match", Role.PARTNER, audience)
+    kill(proc)
+
+    def interrupted() -> bool:
+        new = [s for s in sessions(node) if s.session_id not in before]  # type: ignore[attr-defined]
+        return len(new) == 1 and new[0].status == "interrupted"  # type: ignore[attr-defined]
+
+    eventually(interrupted, what="the session to be marked interrupted")
+    [killed] = [s for s in sessions(node) if s.session_id not in before]  # type: ignore[attr-defined]
+    assert killed.intersection is None  # type: ignore[attr-defined]
+    # The node serves the next partner normally.
+    run = asyncio.run(run_psi(partner(node), audience, Protocol.MATCH, email_set(), pool=process_pool))
+    assert run.session.outcome is not None and run.session.outcome.matched_records == 150
+    assert healthy(node)
+
+
+def email_set(rows: int = 300) -> PartnerSet:
+    digests = b"".join(sha(f"user{i}@example.com") for i in range(rows))
+    return PartnerSet(rows, [PartnerColumn("email", np.arange(rows, dtype=np.int64), digests)])
+
+
+def partner(node: Node) -> Connection:
+    return Connection(node.target, node.tokens["acme"][Role.PARTNER])
+
+
+def test_dropped_stream_resumes_to_the_right_answer(node: Node, audience: str, process_pool: CryptoPool) -> None:
+    conn = partner(node)
+    data = email_set(2000)  # four chunks of 512: the drop comes mid-stream
+
+    async def drop_then_resume() -> tuple[PartnerSession, int]:
+        session = PartnerSession(audience=audience, protocol=Protocol.MATCH, data=data, pool=process_pool)
+        async with conn.channel() as channel:
+            call = pb_grpc.MatchingServiceStub(channel).Session(metadata=conn.metadata, timeout=60)
+            await call.write(serde.partner_to_pb(session.hello()))
+            accepted = serde.brand_from_pb(await call.read())
+            assert isinstance(accepted, Accepted)
+            await session.receive(accepted)
+            sent = 0
+            async for msg in session.outgoing():
+                await call.write(serde.partner_to_pb(msg))
+                sent += 1
+                if sent == 2:
+                    break
+            reply = serde.brand_from_pb(await call.read())
+            await session.receive(reply)
+            call.cancel()  # the stream drops mid-session
+        run = await run_psi(conn, audience, Protocol.MATCH, data, pool=process_pool, session=session)
+        return run.session, run.resumes
+
+    session, _ = asyncio.run(drop_then_resume())
+    assert session.outcome is not None
+    expected = [0 if i % 2 == 0 and i < 400 else -1 for i in range(2000)]
+    assert session.outcome.matched_on.tolist() == expected
+    [record] = [s for s in sessions(node) if s.session_id == session.session_id]  # type: ignore[attr-defined]
+    assert (record.status, record.intersection) == ("done", 200)  # type: ignore[attr-defined]
+
+
+def test_resume_of_unknown_or_foreign_session_is_not_found(node: Node, audience: str, process_pool: CryptoPool) -> None:
+    session = PartnerSession(audience=audience, protocol=Protocol.MATCH, data=email_set(), pool=process_pool)
+    session.session_id = "0" * 32
+    with pytest.raises(Exception, match="NOT_FOUND"):
+        asyncio.run(run_psi(partner(node), audience, Protocol.MATCH, email_set(), pool=process_pool, session=session))
+    assert healthy(node)
+    _ = grpc

@@ -1,0 +1,225 @@
+"""The PSI state machines wired to each other in-process (no transport)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+
+import numpy as np
+import pytest
+
+from cleanroom.matching.brand import BrandSession
+from cleanroom.matching.errors import ProtocolError
+from cleanroom.matching.hash_to_curve import hash_to_curve
+from cleanroom.matching.messages import Finish, Hello, PointChunk, Protocol, Result, ValueChunk
+from cleanroom.matching.partner import PartnerColumn, PartnerSession, PartnerSet
+from cleanroom.matching.session import comparison_length
+from cleanroom.matching.workers import CryptoPool, dst_for
+from cleanroom.matching.x25519 import InvalidPointError
+
+
+def digest(text: str) -> bytes:
+    return hashlib.sha256(text.encode()).digest()
+
+
+def brand_points(items: list[tuple[str, str]]) -> np.ndarray:
+    pts = b"".join(hash_to_curve(digest(v), dst_for(t)) for t, v in items)
+    return np.frombuffer(pts, dtype="S32")
+
+
+def partner_set(rows: list[dict[str, str]], types: list[str]) -> PartnerSet:
+    columns = []
+    for t in types:
+        idx = [i for i, r in enumerate(rows) if t in r]
+        columns.append(
+            PartnerColumn(t, np.array(idx, dtype=np.int64), b"".join(digest(rows[i][t]) for i in idx))
+        )
+    return PartnerSet(row_count=len(rows), columns=columns)
+
+
+async def converse(brand: BrandSession, partner: PartnerSession) -> None:
+    """Carry messages both ways until both sides are done."""
+    accepted = brand.start()
+    await partner.receive(accepted)
+
+    async def to_brand() -> None:
+        async for msg in partner.outgoing():
+            await brand.receive(msg)
+
+    async def to_partner() -> None:
+        async for msg in brand.outgoing():
+            await partner.receive(msg)
+
+    await asyncio.wait_for(asyncio.gather(to_brand(), to_partner()), 60)
+
+
+BRAND = [("email", f"user{i}@example.com") for i in range(60)] + [
+    ("phone", f"+1201555{i:04d}") for i in range(40)
+]
+
+
+def partner_rows() -> list[dict[str, str]]:
+    rows: list[dict[str, str]] = []
+    for i in range(50):
+        row: dict[str, str] = {}
+        if i % 3 != 0:
+            row["email"] = f"user{i * 2}@example.com"  # even i*2 < 60 match
+        if i % 2 == 0:
+            row["phone"] = f"+1201555{i:04d}"  # i < 40 match
+        rows.append(row)
+    rows.append({})  # a row without identifiers
+    return rows
+
+
+def expected_matched_on(rows: list[dict[str, str]]) -> list[int]:
+    brand = set(BRAND)
+    out = []
+    for row in rows:
+        hit = -1
+        for index, t in enumerate(["email", "phone"]):
+            if t in row and (t, row[t]) in brand:
+                hit = index
+                break
+        out.append(hit)
+    return out
+
+
+def make(protocol: Protocol, pool: CryptoPool, rows: list[dict[str, str]]) -> tuple[BrandSession, PartnerSession]:
+    pset = partner_set(rows, ["email", "phone"])
+    partner = PartnerSession(audience="crm", protocol=protocol, data=pset, pool=pool, rng=np.random.default_rng(1))
+    brand = BrandSession(
+        session_id="s1",
+        hello=partner.hello(),
+        brand_points=brand_points(BRAND),
+        pool=pool,
+        chunk_size=7,
+        rng=np.random.default_rng(2),
+    )
+    return brand, partner
+
+
+def test_match_flags_equal_plaintext_join(thread_pool: CryptoPool) -> None:
+    rows = partner_rows()
+    brand, partner = make(Protocol.MATCH, thread_pool, rows)
+    asyncio.run(converse(brand, partner))
+    assert partner.outcome is not None
+    assert partner.outcome.matched_on.tolist() == expected_matched_on(rows)
+    expected = sum(1 for x in expected_matched_on(rows) if x >= 0)
+    assert brand.result == Result(intersection=expected, known=True)
+    assert brand.outcome().partner_records == 42  # rows with an identifier
+
+
+def test_cardinality_counts_records_once(thread_pool: CryptoPool) -> None:
+    rows = partner_rows()
+    brand, partner = make(Protocol.CARDINALITY, thread_pool, rows)
+    asyncio.run(converse(brand, partner))
+    expected = sum(1 for x in expected_matched_on(rows) if x >= 0)
+    assert brand.result == Result(intersection=expected, known=True)
+    assert partner.result == brand.result
+    # Padded slots: every record sends exactly two points.
+    assert brand.partner_points_received == 42 * 2
+
+
+def test_match_count_kept_private_when_partner_declines(thread_pool: CryptoPool) -> None:
+    rows = partner_rows()
+    pset = partner_set(rows, ["email", "phone"])
+    partner = PartnerSession(audience="crm", protocol=Protocol.MATCH, data=pset, pool=thread_pool, report_count=False)
+    brand = BrandSession(session_id="s", hello=partner.hello(), brand_points=brand_points(BRAND), pool=thread_pool, chunk_size=16)
+    asyncio.run(converse(brand, partner))
+    assert brand.result == Result(intersection=0, known=False)
+    assert brand.outcome().intersection is None
+
+
+def hello(points: int = 40, records: int = 40) -> Hello:
+    return Hello(audience="crm", protocol=Protocol.MATCH, declared_records=records, declared_points=points)
+
+
+def point(i: int) -> bytes:
+    return hash_to_curve(digest(str(i)), b"test")
+
+
+def test_wrong_round_and_sequence_errors(thread_pool: CryptoPool) -> None:
+    async def run() -> None:
+        brand = BrandSession(session_id="s", hello=hello(), brand_points=brand_points(BRAND[:5]), pool=thread_pool, chunk_size=8)
+        with pytest.raises(ProtocolError, match="round hello"):
+            await brand.receive(PointChunk(0, point(1)))
+        brand.start()
+        with pytest.raises(ProtocolError, match="Hello may only open"):
+            await brand.receive(hello())
+        await brand.receive(PointChunk(0, point(1) + point(2)))
+        with pytest.raises(ProtocolError, match="duplicate points chunk 0"):
+            await brand.receive(PointChunk(0, point(3)))
+        with pytest.raises(ProtocolError, match="out-of-order points chunk 5"):
+            await brand.receive(PointChunk(5, point(3)))
+        with pytest.raises(ProtocolError, match="not a positive multiple"):
+            await brand.receive(PointChunk(1, b"\x01" * 33))
+        with pytest.raises(ProtocolError, match="limit is 8"):
+            await brand.receive(PointChunk(1, b"".join(point(i) for i in range(9))))
+        with pytest.raises(ProtocolError, match="belong to CARDINALITY"):
+            await brand.receive(ValueChunk(0, b"x" * 12))
+        with pytest.raises(ProtocolError, match="Finish after 2 of 40"):
+            await brand.receive(Finish())
+        brand.close()
+
+    asyncio.run(run())
+
+
+def test_refuses_to_reblind_more_than_declared(thread_pool: CryptoPool) -> None:
+    async def run() -> None:
+        brand = BrandSession(session_id="s", hello=hello(points=3, records=3), brand_points=brand_points(BRAND[:5]), pool=thread_pool, chunk_size=8)
+        brand.start()
+        await brand.receive(PointChunk(0, point(1) + point(2)))
+        with pytest.raises(ProtocolError, match="exceeds the declared 3 points"):
+            await brand.receive(PointChunk(1, point(3) + point(4)))
+        brand.close()
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize(
+    ("bad", "why"),
+    [
+        (b"\x00" * 32, "low-order"),
+        ((2**255 - 19).to_bytes(32, "little"), "canonical"),
+    ],
+)
+def test_invalid_partner_points_fail_the_session(thread_pool: CryptoPool, bad: bytes, why: str) -> None:
+    async def run() -> None:
+        brand = BrandSession(session_id="s", hello=hello(points=3, records=3), brand_points=brand_points(BRAND[:5]), pool=thread_pool, chunk_size=8)
+        brand.start()
+        await brand.receive(PointChunk(0, point(1) + bad + point(2)))
+        with pytest.raises(InvalidPointError, match=why):
+            async for _ in brand.outgoing():
+                pass
+        assert brand.finished
+
+    asyncio.run(run())
+
+
+def test_hello_validation() -> None:
+    with ThreadPool() as pool:
+        for bad, msg in [
+            (Hello("crm", Protocol.CARDINALITY, 10, 20, slots_per_record=0), "slots per record"),
+            (Hello("crm", Protocol.CARDINALITY, 10, 21, slots_per_record=2), "records × slots"),
+            (Hello("crm", Protocol.MATCH, 1, 9), "identifiers per record"),
+        ]:
+            with pytest.raises(ProtocolError, match=msg):
+                BrandSession(session_id="s", hello=bad, brand_points=brand_points(BRAND[:2]), pool=pool, chunk_size=8)
+
+
+class ThreadPool:
+    def __enter__(self) -> CryptoPool:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._ex = ThreadPoolExecutor(1)
+        return CryptoPool(self._ex, 1)
+
+    def __exit__(self, *exc: object) -> None:
+        self._ex.shutdown()
+
+
+def test_comparison_length_meets_false_positive_bound() -> None:
+    for p, s in [(1, 1), (1000, 1000), (10**6, 10**6), (10**7, 10**8)]:
+        n = comparison_length(p, s)
+        assert p * s / 2 ** (8 * n) <= 2**-40
+        assert n == 8 or p * s / 2 ** (8 * (n - 1)) > 2**-40
