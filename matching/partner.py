@@ -41,6 +41,7 @@ from cleanroom.matching.workers import (
     DUMMY_DST,
     CryptoPool,
     blind_and_truncate,
+    blind_points,
     dst_for,
     hash_and_blind,
     hash_and_blind_mixed,
@@ -55,10 +56,16 @@ class PartnerColumn:
     id_type: str
     rows: np.ndarray  # int64 row indices, ascending
     digests: bytes  # 32 bytes per row in ``rows``
+    # H(digest), when prepared ahead (``prepare_points``): hash to curve is
+    # keyless and deterministic, so like the brand at upload time the
+    # partner may compute it before the session instead of inside it.
+    points: bytes | None = None
 
     def __post_init__(self) -> None:
         if len(self.digests) != DIGEST_LEN * len(self.rows):
             raise ValueError("one 32-byte digest per row is required")
+        if self.points is not None and len(self.points) != POINT_LEN * len(self.rows):
+            raise ValueError("one 32-byte point per row is required")
 
 
 @dataclass(frozen=True)
@@ -289,11 +296,19 @@ class PartnerSession:
                     dst = dst_for(column.id_type)
                     step = size * DIGEST_LEN
                     for start in range(0, len(column.digests), step):
-                        part = column.digests[start : start + step]
-                        await results.submit(self._pool.run(hash_and_blind, self._secret, part, dst))
+                        if column.points is not None:
+                            part = column.points[start : start + step]
+                            job = self._pool.run(blind_points, self._secret, part, False)
+                        else:
+                            part = column.digests[start : start + step]
+                            job = self._pool.run(hash_and_blind, self._secret, part, dst)
+                        await results.submit(job)
             else:
                 digests, codes = self._cardinality_slots()
-                dsts = [dst_for(c.id_type) for c in self.data.columns] + [DUMMY_DST]
+                dsts: list[bytes | None] = [
+                    None if c.points is not None else dst_for(c.id_type) for c in self.data.columns
+                ]
+                dsts.append(DUMMY_DST)
                 for start in range(0, len(codes), size):
                     part = digests[start * DIGEST_LEN : (start + size) * DIGEST_LEN]
                     await results.submit(
@@ -326,7 +341,8 @@ class PartnerSession:
         codes = np.full((len(records), k), k, dtype=np.uint8)  # k = dummy
         for c, column in enumerate(self.data.columns):
             pos = np.searchsorted(records, column.rows)
-            digests[pos, c] = np.frombuffer(column.digests, dtype=np.uint8).reshape(-1, DIGEST_LEN)
+            values = column.points if column.points is not None else column.digests
+            digests[pos, c] = np.frombuffer(values, dtype=np.uint8).reshape(-1, DIGEST_LEN)
             codes[pos, c] = c
         record_order = self._rng.permutation(len(records))
         slot_order = np.argsort(self._rng.random((len(records), k)), axis=1)

@@ -53,12 +53,13 @@ def hash_and_blind(secret: bytes, packed_digests: bytes, dst: bytes) -> bytes:
 
 
 def hash_and_blind_mixed(
-    secret: bytes, packed_digests: bytes, type_codes: bytes, dsts: Sequence[bytes]
+    secret: bytes, packed_digests: bytes, type_codes: bytes, dsts: Sequence[bytes | None]
 ) -> bytes:
     """H_t(x)^k for a batch whose elements have different types.
 
     ``type_codes[i]`` indexes ``dsts`` for element ``i``; elements are hashed
-    per type and put back in their original order.
+    per type and put back in their original order. A ``None`` tag marks
+    elements that are already curve points (hashed ahead of time).
     """
     digests = np.frombuffer(packed_digests, dtype=np.uint8).reshape(-1, DIGEST_LEN)
     codes = np.frombuffer(type_codes, dtype=np.uint8)
@@ -67,7 +68,11 @@ def hash_and_blind_mixed(
     points = np.empty((len(digests), POINT_LEN), dtype=np.uint8)
     for code in np.unique(codes):
         idx = np.flatnonzero(codes == code)
-        hashed = hash_to_curve_batch(digests[idx].tobytes(), DIGEST_LEN, dsts[int(code)])
+        dst = dsts[int(code)]
+        if dst is None:
+            points[idx] = digests[idx]
+            continue
+        hashed = hash_to_curve_batch(digests[idx].tobytes(), DIGEST_LEN, dst)
         points[idx] = np.frombuffer(hashed, dtype=np.uint8).reshape(-1, POINT_LEN)
     return blind_batch(secret, points.tobytes(), validate=False)
 
@@ -79,6 +84,11 @@ def blind_and_truncate(secret: bytes, packed_points: bytes, value_len: int) -> b
 
 def blind_points(secret: bytes, packed_points: bytes, validate: bool) -> bytes:
     return blind_batch(secret, packed_points, validate=validate)
+
+
+def hash_points(packed_digests: bytes, dst: bytes) -> bytes:
+    """H(x) for a batch of 32-byte digests of one identifier type."""
+    return hash_to_curve_batch(packed_digests, DIGEST_LEN, dst)
 
 
 def default_workers() -> int:

@@ -95,7 +95,7 @@ def _require_bytes(name: str, value: object) -> bytes:
 
 
 def _raise_invalid(u: bytes, index: int | None) -> NoReturn:
-    """Diagnose why ``u`` is invalid (checks in order of cost) and raise; also the slow path."""
+    """Raise the precise error for a point that failed the fast test (checks in RFC order)."""
     if len(u) != POINT_SIZE:
         raise InvalidPointError(f"wrong length: expected {POINT_SIZE} bytes, got {len(u)}", index)
     if u[-1] & 0x80:

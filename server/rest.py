@@ -49,23 +49,27 @@ def _session_json(s: SessionRecord) -> dict[str, Any]:
     }
 
 
+def _principal(request: Request) -> Principal:
+    header = request.headers.get("authorization", "")
+    if not header.startswith("Bearer "):
+        raise HTTPException(401, "missing bearer token: send 'Authorization: Bearer <token>'")
+    store: SqlStore = request.app.state.store
+    found = store.authenticate(header.removeprefix("Bearer ").strip())
+    if found is None:
+        raise HTTPException(401, "invalid bearer token")
+    return found
+
+
+Auth = Annotated[Principal, Depends(_principal)]
+
+
 def create_app(store: SqlStore) -> FastAPI:
     app = FastAPI(title="cleanroom brand node", version="0.1.0")
+    app.state.store = store
 
     @app.exception_handler(HTTPException)
     async def http_problem(_request: Request, exc: HTTPException) -> JSONResponse:
         return _problem(exc.status_code, "request failed", str(exc.detail))
-
-    def principal(request: Request) -> Principal:
-        header = request.headers.get("authorization", "")
-        if not header.startswith("Bearer "):
-            raise HTTPException(401, "missing bearer token: send 'Authorization: Bearer <token>'")
-        found = store.authenticate(header.removeprefix("Bearer ").strip())
-        if found is None:
-            raise HTTPException(401, "invalid bearer token")
-        return found
-
-    Auth = Annotated[Principal, Depends(principal)]
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

@@ -381,3 +381,65 @@ def test_raw_upload_round_trip(node: Node, uploaded: dict[str, object]) -> None:
     finally:
         store.close()
     assert a is not None and (a.records, a.elements, a.duplicates) == (6, 3, 3)
+
+
+# ------------------------------------------------------------------ policy, TLS
+
+
+def test_daily_session_quota_is_resource_exhausted(tmp_path: Path, process_pool: CryptoPool, files: tuple[Path, Path]) -> None:
+    from cleanroom.server.node import BrandNodeThread
+    from cleanroom.server.settings import ServerSettings
+    from cleanroom.server.store import Policy, SqlStore
+
+    settings = ServerSettings(data_dir=tmp_path, grpc_port=0, http_port=0, workers=1, serve_http=False)
+    store = SqlStore(settings.resolved_database_url())
+    tenant = store.create_tenant("quota", Policy(min_partner_records=10, sessions_per_day=1))
+    admin, partner_token = (store.issue_token(tenant.tenant_id, r) for r in (Role.ADMIN, Role.PARTNER))
+    store.close()
+    with BrandNodeThread(settings) as thread:
+        asyncio.run(upload_audience(Connection(thread.target, admin), name="crm", path=files[0], id_columns=COLUMNS, options=OPTIONS))
+        conn = Connection(thread.target, partner_token)
+        asyncio.run(run_psi(conn, "crm", Protocol.MATCH, small_set(), pool=process_pool))  # type: ignore[arg-type]
+        with pytest.raises(ClientError) as info:
+            asyncio.run(run_psi(conn, "crm", Protocol.MATCH, small_set(), pool=process_pool))  # type: ignore[arg-type]
+    assert info.value.code == "RESOURCE_EXHAUSTED"
+    assert "quota of 1 per day" in info.value.message
+
+
+def test_mutual_tls_end_to_end(tmp_path: Path, process_pool: CryptoPool, files: tuple[Path, Path]) -> None:
+    from cleanroom.server.node import BrandNodeThread
+    from cleanroom.server.settings import ServerSettings
+    from cleanroom.server.store import Policy, SqlStore
+    from cleanroom.server.tls import make_certificates
+
+    certs = tmp_path / "certs"
+    make_certificates(certs)
+    assert oct((certs / "server.key").stat().st_mode & 0o777) == "0o600"
+    settings = ServerSettings(
+        data_dir=tmp_path / "node", grpc_port=0, http_port=0, workers=1, serve_http=False, tls_dir=certs, host="localhost"
+    )
+    settings.data_dir.mkdir()
+    store = SqlStore(settings.resolved_database_url())
+    tenant = store.create_tenant("tls", Policy(min_partner_records=10))
+    admin, partner_token = (store.issue_token(tenant.tenant_id, r) for r in (Role.ADMIN, Role.PARTNER))
+    store.close()
+    with BrandNodeThread(settings) as thread:
+        target = f"localhost:{thread.ports.grpc}"  # type: ignore[union-attr]
+        asyncio.run(upload_audience(Connection(target, admin, certs), name="crm", path=files[0], id_columns=COLUMNS, options=OPTIONS))
+        run = asyncio.run(run_psi(Connection(target, partner_token, certs), "crm", Protocol.MATCH, small_set(), pool=process_pool))  # type: ignore[arg-type]
+        assert run.session.outcome is not None
+        # Without a client certificate the handshake fails: no plaintext, no anonymous TLS.
+        with pytest.raises(ClientError) as info:
+            asyncio.run(run_psi(Connection(target, partner_token), "crm", Protocol.MATCH, small_set(), pool=process_pool))  # type: ignore[arg-type]
+        assert info.value.code == "UNAVAILABLE"
+
+
+def test_plaintext_only_to_localhost() -> None:
+    with pytest.raises(ValueError, match="refusing plaintext to brand.example"):
+        Connection("brand.example:50051", "t").channel()
+
+    from cleanroom.server.node import BrandNode
+    from cleanroom.server.settings import ServerSettings
+
+    with pytest.raises(ValueError, match="refusing to serve plaintext on 0.0.0.0"):
+        asyncio.run(BrandNode(ServerSettings(host="0.0.0.0", grpc_port=0)).start())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from cleanroom.matching.hash_to_curve import hash_to_curve
 from cleanroom.matching.messages import Finish, Hello, PointChunk, Protocol, Result, ValueChunk
 from cleanroom.matching.partner import PartnerColumn, PartnerSession, PartnerSet
 from cleanroom.matching.session import comparison_length
-from cleanroom.matching.workers import CryptoPool, dst_for
+from cleanroom.matching.workers import CryptoPool, dst_for, hash_points
 from cleanroom.matching.x25519 import InvalidPointError
 
 
@@ -84,8 +85,21 @@ def expected_matched_on(rows: list[dict[str, str]]) -> list[int]:
     return out
 
 
-def make(protocol: Protocol, pool: CryptoPool, rows: list[dict[str, str]]) -> tuple[BrandSession, PartnerSession]:
+def prepared(pset: PartnerSet) -> PartnerSet:
+    """The same set with H(x) computed ahead of the session."""
+    columns = [
+        replace(c, points=hash_points(c.digests, dst_for(c.id_type)) if len(c.rows) else b"")
+        for c in pset.columns
+    ]
+    return PartnerSet(pset.row_count, columns)
+
+
+def make(
+    protocol: Protocol, pool: CryptoPool, rows: list[dict[str, str]], prepare: bool = False
+) -> tuple[BrandSession, PartnerSession]:
     pset = partner_set(rows, ["email", "phone"])
+    if prepare:
+        pset = prepared(pset)
     partner = PartnerSession(audience="crm", protocol=protocol, data=pset, pool=pool, rng=np.random.default_rng(1))
     brand = BrandSession(
         session_id="s1",
@@ -98,9 +112,10 @@ def make(protocol: Protocol, pool: CryptoPool, rows: list[dict[str, str]]) -> tu
     return brand, partner
 
 
-def test_match_flags_equal_plaintext_join(thread_pool: CryptoPool) -> None:
+@pytest.mark.parametrize("prepare", [False, True])
+def test_match_flags_equal_plaintext_join(thread_pool: CryptoPool, prepare: bool) -> None:
     rows = partner_rows()
-    brand, partner = make(Protocol.MATCH, thread_pool, rows)
+    brand, partner = make(Protocol.MATCH, thread_pool, rows, prepare)
     asyncio.run(converse(brand, partner))
     assert partner.outcome is not None
     assert partner.outcome.matched_on.tolist() == expected_matched_on(rows)
@@ -109,9 +124,10 @@ def test_match_flags_equal_plaintext_join(thread_pool: CryptoPool) -> None:
     assert brand.outcome().partner_records == 42  # rows with an identifier
 
 
-def test_cardinality_counts_records_once(thread_pool: CryptoPool) -> None:
+@pytest.mark.parametrize("prepare", [False, True])
+def test_cardinality_counts_records_once(thread_pool: CryptoPool, prepare: bool) -> None:
     rows = partner_rows()
-    brand, partner = make(Protocol.CARDINALITY, thread_pool, rows)
+    brand, partner = make(Protocol.CARDINALITY, thread_pool, rows, prepare)
     asyncio.run(converse(brand, partner))
     expected = sum(1 for x in expected_matched_on(rows) if x >= 0)
     assert brand.result == Result(intersection=expected, known=True)
