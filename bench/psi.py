@@ -31,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-
 from cleanroom.audiences.identifiers import NormalizeOptions, parse_id_columns
 from cleanroom.client.sdk import (
     Connection,
@@ -139,7 +138,9 @@ def run_openmined(brand: list[str], partner: list[str]) -> float | None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--workers", type=int, default=default_workers())
     parser.add_argument("--chunk-size", type=int, default=8192)
@@ -155,15 +156,39 @@ def main() -> int:
     data_dir = work / "node"
     cli = [sys.executable, "-m", "cleanroom.client.cli"]
     created = subprocess.run(
-        [*cli, "tenant", "create", "bench", "--data-dir", str(data_dir), "--json", "--min-partner-records", "1"],
-        check=True, capture_output=True, text=True,
+        [
+            *cli,
+            "tenant",
+            "create",
+            "bench",
+            "--data-dir",
+            str(data_dir),
+            "--json",
+            "--min-partner-records",
+            "1",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     )
     tokens = json.loads(created.stdout)["tokens"]
     port = free_port()
     node = subprocess.Popen(
-        [*cli, "serve", "--data-dir", str(data_dir), "--grpc-port", str(port), "--http-port", "0",
-         "--workers", str(workers)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [
+            *cli,
+            "serve",
+            "--data-dir",
+            str(data_dir),
+            "--grpc-port",
+            str(port),
+            "--http-port",
+            "0",
+            "--workers",
+            str(workers),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
         env={**os.environ, "CLEANROOM_CHUNK_SIZE": str(args.chunk_size)},
     )
     target = f"127.0.0.1:{port}"
@@ -174,19 +199,30 @@ def main() -> int:
         deadline = time.monotonic() + 60
         while True:
             try:
-                asyncio.run(upload_audience(admin, name="bench", path=brand_csv, id_columns=columns, options=options))
+                asyncio.run(
+                    upload_audience(
+                        admin, name="bench", path=brand_csv, id_columns=columns, options=options
+                    )
+                )
                 break
             except Exception:
                 if time.monotonic() > deadline or node.poll() is not None:
                     raise
                 time.sleep(0.5)
         data, _ = load_partner_set(partner_csv, columns, options)
-        with CryptoPool.processes(workers) as pool, RssSampler({"brand": node.pid, "partner": os.getpid()}) as rss:
+        with (
+            CryptoPool.processes(workers) as pool,
+            RssSampler({"brand": node.pid, "partner": os.getpid()}) as rss,
+        ):
             start = time.perf_counter()
             data = asyncio.run(prepare_points(data, pool))
             prepare_seconds = time.perf_counter() - start
             start = time.perf_counter()
-            run = asyncio.run(run_psi(Connection(target, tokens["partner"]), "bench", Protocol.MATCH, data, pool=pool))
+            run = asyncio.run(
+                run_psi(
+                    Connection(target, tokens["partner"]), "bench", Protocol.MATCH, data, pool=pool
+                )
+            )
             outcome = run.session.outcome
             assert outcome is not None
             write_match_output(partner_csv, out_csv, outcome.matched_on, columns)
@@ -202,7 +238,8 @@ def main() -> int:
     openmined = None
     if args.compare_openmined:
         openmined = run_openmined(
-            [f"user{i}@example.com" for i in range(n)], [f"user{i}@example.com" for i in range(n // 2, n // 2 + n)]
+            [f"user{i}@example.com" for i in range(n)],
+            [f"user{i}@example.com" for i in range(n // 2, n // 2 + n)],
         )
     result = {
         "bench": "psi",

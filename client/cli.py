@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from cleanroom.audiences.identifiers import IdColumn, NormalizeOptions, parse_id_columns
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-from cleanroom.audiences.identifiers import IdColumn, NormalizeOptions, parse_id_columns
 
 app = typer.Typer(
     name="cleanroom",
@@ -24,7 +23,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 tenant_app = typer.Typer(help="Tenants and their tokens (run on the brand node's machine).")
-audience_app = typer.Typer(help="Brand audiences: hashed on this machine, uploaded to the brand node.")
+audience_app = typer.Typer(
+    help="Brand audiences: hashed on this machine, uploaded to the brand node."
+)
 partner_app = typer.Typer(help="Media-partner side: private matching against a brand audience.")
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(audience_app, name="audience")
@@ -37,18 +38,24 @@ Server = Annotated[str, typer.Option("--server", help="Brand node gRPC address, 
 Token = Annotated[str, typer.Option("--token", envvar="CLEANROOM_TOKEN", help="Bearer token.")]
 IdColumns = Annotated[
     str,
-    typer.Option("--id-columns", help="Identifier columns in priority order, e.g. email,phone,maid."),
+    typer.Option(
+        "--id-columns", help="Identifier columns in priority order, e.g. email,phone,maid."
+    ),
 ]
 Region = Annotated[
-    str | None, typer.Option("--default-region", help="Region for phones without +country, e.g. US, CN.")
+    str | None,
+    typer.Option("--default-region", help="Region for phones without +country, e.g. US, CN."),
 ]
-TlsDir = Annotated[Path | None, typer.Option("--tls-dir", help="Directory from `cleanroom certs` (mTLS).")]
+TlsDir = Annotated[
+    Path | None, typer.Option("--tls-dir", help="Directory from `cleanroom certs` (mTLS).")
+]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
 
 def main() -> None:
     logging.basicConfig(
-        level=logging.INFO, format='{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}'
+        level=logging.INFO,
+        format='{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}',
     )
     logging.getLogger("cleanroom").setLevel(logging.WARNING)
     app()
@@ -108,15 +115,21 @@ def _print_json(data: Any) -> None:
 
 @app.command()
 def serve(
-    data_dir: Annotated[Path, typer.Option("--data-dir", help="Where metadata and audiences live.")] = Path(
-        "cleanroom-data"
-    ),
+    data_dir: Annotated[
+        Path, typer.Option("--data-dir", help="Where metadata and audiences live.")
+    ] = Path("cleanroom-data"),
     grpc_port: Annotated[int, typer.Option("--grpc-port")] = 50051,
     http_port: Annotated[int, typer.Option("--http-port")] = 8080,
-    host: Annotated[str, typer.Option("--host", help="Bind address; non-local needs --tls-dir.")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option("--host", help="Bind address; non-local needs --tls-dir.")
+    ] = "127.0.0.1",
     tls_dir: TlsDir = None,
-    workers: Annotated[int | None, typer.Option("--workers", help="Crypto processes (default: all cores).")] = None,
-    database_url: Annotated[str | None, typer.Option("--database-url", help="Default: SQLite in data dir.")] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", help="Crypto processes (default: all cores).")
+    ] = None,
+    database_url: Annotated[
+        str | None, typer.Option("--database-url", help="Default: SQLite in data dir.")
+    ] = None,
 ) -> None:
     """Run the brand node: gRPC service, REST API."""
     from cleanroom.server.node import BrandNode
@@ -195,7 +208,9 @@ def audience_upload(
     file: Annotated[Path, typer.Option("--file", help="CSV or Parquet file.")],
     id_columns: IdColumns,
     default_region: Region = None,
-    replace: Annotated[bool, typer.Option("--replace", help="Replace an audience of the same name.")] = False,
+    replace: Annotated[
+        bool, typer.Option("--replace", help="Replace an audience of the same name.")
+    ] = False,
     tls_dir: TlsDir = None,
     as_json: JsonOut = False,
 ) -> None:
@@ -287,15 +302,20 @@ def _partner_session(
 def partner_match(
     server: Server,
     token: Token,
-    audience: Annotated[str, typer.Option("--audience", help="The brand audience to match against.")],
+    audience: Annotated[
+        str, typer.Option("--audience", help="The brand audience to match against.")
+    ],
     file: Annotated[Path, typer.Option("--file", help="Partner CSV or Parquet file.")],
     id_columns: IdColumns,
-    out_path: Annotated[Path, typer.Option("--out", help="Output CSV: input rows + matched, matched_on.")],
+    out_path: Annotated[
+        Path, typer.Option("--out", help="Output CSV: input rows + matched, matched_on.")
+    ],
     default_region: Region = None,
     tls_dir: TlsDir = None,
     workers: Annotated[int | None, typer.Option("--workers")] = None,
     report_count: Annotated[
-        bool, typer.Option("--report-count/--no-report-count", help="Tell the brand the match count.")
+        bool,
+        typer.Option("--report-count/--no-report-count", help="Tell the brand the match count."),
     ] = True,
     as_json: JsonOut = False,
 ) -> None:
@@ -305,15 +325,22 @@ def partner_match(
     with _errors():
         columns = _columns(id_columns)
         run, data, report = _partner_session(
-            server, token, tls_dir, audience, file, columns, default_region, "match", workers,
-            not as_json, report_count,
+            server,
+            token,
+            tls_dir,
+            audience,
+            file,
+            columns,
+            default_region,
+            "match",
+            workers,
+            not as_json,
+            report_count,
         )
         outcome = run.session.outcome
         assert outcome is not None
         write_match_output(file, out_path, outcome.matched_on, columns)
-    by_type = {
-        str(c.id_type): int((outcome.matched_on == i).sum()) for i, c in enumerate(columns)
-    }
+    by_type = {str(c.id_type): int((outcome.matched_on == i).sum()) for i, c in enumerate(columns)}
     summary = {
         "session_id": run.session.session_id,
         "rows": data.row_count,
@@ -350,14 +377,22 @@ def partner_overlap(
     """PSI cardinality: both sides learn only how many of FILE's records match."""
     with _errors():
         run, data, report = _partner_session(
-            server, token, tls_dir, audience, file, _columns(id_columns), default_region,
-            "cardinality", workers, not as_json,
+            server,
+            token,
+            tls_dir,
+            audience,
+            file,
+            _columns(id_columns),
+            default_region,
+            "cardinality",
+            workers,
+            not as_json,
         )
     assert run.result is not None
     summary = {
         "session_id": run.session.session_id,
         "intersection": run.result.intersection,
-        "records": int(len(data.records())),
+        "records": len(data.records()),
         "brand_size": run.accepted.brand_points if run.accepted else None,
         "read_report": report.to_dict(),
     }
@@ -372,10 +407,14 @@ def partner_overlap(
 
 @app.command()
 def synth(
-    out_dir: Annotated[Path, typer.Option("--out", help="Directory for brand.csv and partner.csv.")],
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Directory for brand.csv and partner.csv.")
+    ],
     brand_rows: Annotated[int, typer.Option("--brand-rows")] = 10_000,
     partner_rows: Annotated[int, typer.Option("--partner-rows")] = 10_000,
-    overlap: Annotated[float, typer.Option("--overlap", help="Share of partner rows that are brand customers.")] = 0.3,
+    overlap: Annotated[
+        float, typer.Option("--overlap", help="Share of partner rows that are brand customers.")
+    ] = 0.3,
     seed: Annotated[int, typer.Option("--seed")] = 7,
     region: Annotated[str, typer.Option("--region", help="Phone region of the population.")] = "US",
 ) -> None:
@@ -399,7 +438,9 @@ def synth(
 @app.command()
 def certs(
     out_dir: Annotated[Path, typer.Option("--out", help="Directory for the CA and certificates.")],
-    host: Annotated[list[str] | None, typer.Option("--host", help="Server host names/IPs (repeat).")] = None,
+    host: Annotated[
+        list[str] | None, typer.Option("--host", help="Server host names/IPs (repeat).")
+    ] = None,
 ) -> None:
     """Create a CA plus server and client certificates for mutual TLS."""
     from cleanroom.server.tls import make_certificates
@@ -412,7 +453,9 @@ def certs(
 @app.command()
 def demo(
     rows: Annotated[int, typer.Option("--rows", help="Rows on each side.")] = 5_000,
-    keep: Annotated[Path | None, typer.Option("--keep", help="Keep the data in this directory.")] = None,
+    keep: Annotated[
+        Path | None, typer.Option("--keep", help="Keep the data in this directory.")
+    ] = None,
 ) -> None:
     """Synthesize data, start a brand node in-process, upload, match, overlap."""
     from cleanroom.client.demo import run_demo

@@ -14,20 +14,27 @@ import tempfile
 import time
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
-
 from cleanroom.audiences.identifiers import NormalizeOptions, parse_id_columns
 from cleanroom.audiences.synth import synthesize
-from cleanroom.client.sdk import Connection, load_partner_set, run_psi, upload_audience, write_match_output
+from cleanroom.client.sdk import (
+    Connection,
+    load_partner_set,
+    run_psi,
+    upload_audience,
+    write_match_output,
+)
 from cleanroom.matching.messages import Protocol
 from cleanroom.matching.workers import CryptoPool
 from cleanroom.server.node import BrandNodeThread
 from cleanroom.server.settings import ServerSettings
 from cleanroom.server.store import Policy, Role, SqlStore
+from rich.console import Console
+from rich.table import Table
 
 
-def run_demo(*, rows: int = 5_000, keep: Path | None = None, console: Console | None = None) -> dict[str, int]:
+def run_demo(
+    *, rows: int = 5_000, keep: Path | None = None, console: Console | None = None
+) -> dict[str, int]:
     console = console or Console()
     work = keep or Path(tempfile.mkdtemp(prefix="cleanroom-demo-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -61,12 +68,15 @@ def _demo(work: Path, rows: int, console: Console) -> dict[str, int]:
         admin = Connection(node.target, tokens[Role.ADMIN])
         partner = Connection(node.target, tokens[Role.PARTNER])
         upload = asyncio.run(
-            upload_audience(admin, name="crm", path=data.brand_path, id_columns=columns, options=options)
+            upload_audience(
+                admin, name="crm", path=data.brand_path, id_columns=columns, options=options
+            )
         )
         rep = upload.to_dict()
         console.print(
             f"3. brand uploaded audience 'crm': {rep['rows_accepted']} of {rep['rows_read']} rows,"
-            f" {rep['audience']['elements']} distinct hashed identifiers, {rep['duplicates']} duplicates,"
+            f" {rep['audience']['elements']} distinct hashed identifiers,"
+            f" {rep['duplicates']} duplicates,"
             f" rejected {sum(rep['rows_rejected'].values())}"
         )
         pset, _ = load_partner_set(data.partner_path, columns, options)

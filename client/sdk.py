@@ -4,7 +4,8 @@ Identifiers are normalized and hashed here, on the caller's machine; only
 SHA-256 digests (uploads) or blinded curve points (PSI) leave it.
 
     conn = Connection("brand.example:50051", token, tls_dir=Path("certs"))
-    data, report = load_partner_set(Path("users.csv"), parse_id_columns("email,phone"), NormalizeOptions())
+    columns = parse_id_columns("email,phone")
+    data, report = load_partner_set(Path("users.csv"), columns, NormalizeOptions())
     with CryptoPool.processes() as pool:
         result = asyncio.run(run_psi(conn, "crm", Protocol.MATCH, data, pool=pool))
 """
@@ -21,7 +22,6 @@ from typing import Any
 import grpc
 import numpy as np
 import pandas as pd
-
 from cleanroom.audiences.identifiers import IdColumn, NormalizeOptions
 from cleanroom.audiences.reader import ReadReport, iter_frames, read_hashed_chunks
 from cleanroom.matching.messages import Accepted, Protocol, Result
@@ -222,7 +222,9 @@ def load_partner_set(
     rows: list[list[np.ndarray]] = [[] for _ in id_columns]
     digests: list[list[bytes]] = [[] for _ in id_columns]
     total = 0
-    for chunk in read_hashed_chunks(path, id_columns, options, chunk_rows=chunk_rows, report=report):
+    for chunk in read_hashed_chunks(
+        path, id_columns, options, chunk_rows=chunk_rows, report=report
+    ):
         for index, col in enumerate(chunk.columns):
             rows[index].append(chunk.first_row + np.flatnonzero(col.present))
             digests[index].append(col.digests)
@@ -398,7 +400,9 @@ def write_match_output(
             f.flush()
             os.fsync(f.fileno())
         if written != len(matched_on):
-            raise ValueError(f"{source} changed while matching: {written} rows now, {len(matched_on)} before")
+            raise ValueError(
+                f"{source} changed while matching: {written} rows now, {len(matched_on)} before"
+            )
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)

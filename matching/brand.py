@@ -27,7 +27,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import numpy as np
-
 from cleanroom.matching.errors import ProtocolError
 from cleanroom.matching.messages import (
     POINT_LEN,
@@ -198,11 +197,13 @@ class BrandSession:
             )
         if chunk.count > self.chunk_size:
             raise ProtocolError(
-                f"points chunk {chunk.seq} holds {chunk.count} points; the limit is {self.chunk_size}"
+                f"points chunk {chunk.seq} holds {chunk.count} points;"
+                f" the limit is {self.chunk_size}"
             )
         if self.partner_points_received + chunk.count > self.hello.declared_points:
             raise ProtocolError(
-                f"points chunk {chunk.seq} exceeds the declared {self.hello.declared_points} points;"
+                f"points chunk {chunk.seq} exceeds the declared"
+                f" {self.hello.declared_points} points;"
                 " the brand node re-blinds no more than declared"
             )
         await self._reblind.reserve()
@@ -241,12 +242,10 @@ class BrandSession:
                 f" {self.hello.declared_points} declared points"
             )
         if self.protocol is Protocol.CARDINALITY and self.values_received != len(self._brand):
-            raise ProtocolError(
-                f"Finish after {self.values_received} of {len(self._brand)} values"
-            )
-        if self.protocol is Protocol.MATCH and finish.report_count:
-            if finish.matched_records > self.hello.declared_records:
-                raise ProtocolError("the reported match count exceeds the declared records")
+            raise ProtocolError(f"Finish after {self.values_received} of {len(self._brand)} values")
+        reported = self.protocol is Protocol.MATCH and finish.report_count
+        if reported and finish.matched_records > self.hello.declared_records:
+            raise ProtocolError("the reported match count exceeds the declared records")
         self._finish = finish
         self.round = Round.VALUES
         self._tasks.append(asyncio.ensure_future(self._guard(self._conclude)))
@@ -323,7 +322,9 @@ class BrandSession:
 
     # ------------------------------------------------------------- outgoing
 
-    async def outgoing(self, values_from: int = 0, points_from: int = 0) -> AsyncIterator[BrandMessage]:
+    async def outgoing(
+        self, values_from: int = 0, points_from: int = 0
+    ) -> AsyncIterator[BrandMessage]:
         """Everything for the partner after what it already holds, then ``Result``."""
         vi, pi = values_from, points_from
         while True:
@@ -354,7 +355,7 @@ def _check_hello(hello: Hello, chunk_size: int) -> None:
                 f" not {hello.slots_per_record}"
             )
         if hello.declared_points != hello.declared_records * hello.slots_per_record:
-            raise ProtocolError("CARDINALITY declares exactly records × slots points")
+            raise ProtocolError("CARDINALITY declares exactly records x slots points")
     elif hello.declared_points > hello.declared_records * MAX_SLOTS_PER_RECORD:
         raise ProtocolError(
             f"{hello.declared_points} points for {hello.declared_records} records is more than"

@@ -21,7 +21,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-
 from cleanroom.matching.errors import ProtocolError
 from cleanroom.matching.messages import (
     POINT_LEN,
@@ -155,11 +154,11 @@ class PartnerSession:
         self._done = asyncio.Event()
         self._points_done = False
         if protocol is Protocol.MATCH:
-            self._records = int(len(data.records()))
+            self._records = len(data.records())
             self._points = data.points
             self._slots = 0
         else:
-            self._records = int(len(data.records()))
+            self._records = len(data.records())
             self._slots = len(data.columns)
             self._points = self._records * self._slots
         self.progress.points_total = self._points
@@ -216,7 +215,9 @@ class PartnerSession:
         if self.protocol is not Protocol.MATCH:
             raise ProtocolError("the brand sends value chunks only in MATCH sessions")
         if chunk.seq != len(self.values_in):
-            raise ProtocolError(f"values chunk {chunk.seq} out of order; expected {len(self.values_in)}")
+            raise ProtocolError(
+                f"values chunk {chunk.seq} out of order; expected {len(self.values_in)}"
+            )
         if not chunk.values or len(chunk.values) % self.accepted.value_len:
             raise ProtocolError(f"values chunk {chunk.seq} has a partial value")
         self._values_in_count += len(chunk.values) // self.accepted.value_len
@@ -313,7 +314,11 @@ class PartnerSession:
                     part = digests[start * DIGEST_LEN : (start + size) * DIGEST_LEN]
                     await results.submit(
                         self._pool.run(
-                            hash_and_blind_mixed, self._secret, part, codes[start : start + size], dsts
+                            hash_and_blind_mixed,
+                            self._secret,
+                            part,
+                            codes[start : start + size],
+                            dsts,
                         )
                     )
             results.close()
@@ -412,7 +417,9 @@ class PartnerSession:
 
     # ------------------------------------------------------------- outgoing
 
-    async def outgoing(self, points_from: int = 0, values_from: int = 0) -> AsyncIterator[PartnerMessage]:
+    async def outgoing(
+        self, points_from: int = 0, values_from: int = 0
+    ) -> AsyncIterator[PartnerMessage]:
         """Everything after what the brand already holds, ending with ``Finish``."""
         pi, vi = points_from, values_from
         sent_finish = False

@@ -18,7 +18,6 @@ from concurrent.futures import Executor, ProcessPoolExecutor
 from typing import Any, TypeVar
 
 import numpy as np
-
 from cleanroom.matching.hash_to_curve import hash_to_curve_batch
 from cleanroom.matching.messages import POINT_LEN
 from cleanroom.matching.x25519 import blind_batch
@@ -92,7 +91,10 @@ def hash_points(packed_digests: bytes, dst: bytes) -> bytes:
 
 
 def default_workers() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+    return max(
+        1,
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1),
+    )
 
 
 def _warm(_: int) -> int:

@@ -33,7 +33,9 @@ def id_type_to_pb(id_type: str) -> int:
     try:
         return _ID_TYPE_TO_PB[str(id_type)]
     except KeyError:
-        raise ValueError(f"unknown identifier type {id_type!r}; expected one of {ID_TYPES}") from None
+        raise ValueError(
+            f"unknown identifier type {id_type!r}; expected one of {ID_TYPES}"
+        ) from None
 
 
 def id_type_from_pb(value: int) -> str:
@@ -94,7 +96,9 @@ def partner_from_pb(msg: pb.PartnerMessage) -> PartnerMessage:
     if kind == "values":
         return ValueChunk(seq=msg.values.seq, values=msg.values.values)
     if kind == "finish":
-        return Finish(report_count=msg.finish.report_count, matched_records=msg.finish.matched_records)
+        return Finish(
+            report_count=msg.finish.report_count, matched_records=msg.finish.matched_records
+        )
     raise ValueError("empty PartnerMessage: set one of hello, points, values, finish")
 
 

@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-
 from cleanroom.audiences.upload import DIGEST_LEN, UploadChunk, UploadEnd, UploadHeader
 from cleanroom.matching.errors import ProtocolError
 from cleanroom.matching.hash_to_curve import hash_to_curve_batch
@@ -99,7 +98,9 @@ class AudienceService:
 class AudienceUpload:
     """One upload in progress: header accepted, chunks arriving in order."""
 
-    def __init__(self, service: AudienceService, principal: Principal, header: UploadHeader) -> None:
+    def __init__(
+        self, service: AudienceService, principal: Principal, header: UploadHeader
+    ) -> None:
         self.service = service
         self.principal = principal
         self.header = header
@@ -128,7 +129,8 @@ class AudienceUpload:
             seen.add(col.column)
             if len(col.digests) % DIGEST_LEN:
                 raise ValueError(
-                    f"upload chunk {chunk.seq}, column {col.column}: {len(col.digests)} bytes is not"
+                    f"upload chunk {chunk.seq}, column {col.column}: {len(col.digests)} bytes"
+                    " is not"
                     f" a whole number of {DIGEST_LEN}-byte SHA-256 digests"
                 )
             n = len(col.digests) // DIGEST_LEN
@@ -164,7 +166,9 @@ class AudienceUpload:
         try:
             by_type: dict[str, int] = {}
             for id_type in dict.fromkeys(self.header.id_types):
-                table = pq.read_table(staging, filters=[("id_type", "=", id_type)], columns=["digest"])
+                table = pq.read_table(
+                    staging, filters=[("id_type", "=", id_type)], columns=["digest"]
+                )
                 distinct = np.unique(fixed_binary_to_numpy(table.column("digest"), DIGEST_LEN))
                 if len(distinct) == 0:
                     continue

@@ -12,7 +12,6 @@ import logging
 import uuid
 
 import grpc
-
 from cleanroom.matching.errors import PolicyViolation
 
 log = logging.getLogger("cleanroom.server")

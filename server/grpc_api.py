@@ -13,7 +13,6 @@ import logging
 from collections.abc import AsyncIterator
 
 import grpc
-
 from cleanroom.audiences.upload import ColumnDigests, UploadChunk, UploadEnd, UploadHeader
 from cleanroom.matching.brand import BrandSession
 from cleanroom.matching.messages import Hello
@@ -62,7 +61,7 @@ class AudienceServicer(pb_grpc.AudienceServiceServicer):
         self._store = store
         self._audiences = audiences
 
-    async def Upload(  # noqa: N802 - gRPC method name
+    async def Upload(
         self, request_iterator: AsyncIterator[pb.UploadRequest], context: grpc.aio.ServicerContext
     ) -> pb.UploadResponse:
         upload: AudienceUpload | None = None
@@ -111,7 +110,7 @@ class AudienceServicer(pb_grpc.AudienceServiceServicer):
             if upload is not None:  # cancelled: the client went away mid-upload
                 upload.abort()
 
-    async def ListAudiences(  # noqa: N802
+    async def ListAudiences(
         self, request: pb.ListAudiencesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListAudiencesResponse:
         try:
@@ -128,7 +127,7 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
         self._store = store
         self._matching = matching
 
-    async def Session(  # noqa: N802
+    async def Session(
         self, request_iterator: AsyncIterator[pb.PartnerMessage], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.BrandMessage]:
         session: BrandSession | None = None

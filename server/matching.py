@@ -68,7 +68,9 @@ class MatchingService:
                 live.reader = None
             live.detached_at = None
             live.stream += 1
-            self.store.update_session(principal.tenant_id, live.session.session_id, status="running")
+            self.store.update_session(
+                principal.tenant_id, live.session.session_id, status="running"
+            )
             return live.session, live.stream
         tenant = self.store.get_tenant(principal.tenant_id)
         assert tenant is not None
@@ -161,7 +163,11 @@ class MatchingService:
         else:
             error = str(session.error) if session.error else "failed"
             self.store.update_session(
-                live.tenant_id, session.session_id, status="failed", error=error, finished_at=self.clock()
+                live.tenant_id,
+                session.session_id,
+                status="failed",
+                error=error,
+                finished_at=self.clock(),
             )
             action, detail = "psi.failed", {"error": error}
         detail["session"] = session.session_id

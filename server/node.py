@@ -15,10 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
-
 from cleanroom.matching.workers import CryptoPool
 from cleanroom.proto import cleanroom_pb2 as pb
 from cleanroom.proto import cleanroom_pb2_grpc as pb_grpc
@@ -29,6 +25,9 @@ from cleanroom.server.grpc_api import AudienceServicer, MatchingServicer
 from cleanroom.server.matching import MatchingService
 from cleanroom.server.settings import ServerSettings
 from cleanroom.server.store import SqlStore
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
 
 log = logging.getLogger("cleanroom.server")
 
@@ -87,8 +86,12 @@ class BrandNode:
             self.store, audiences, chunk_size=s.chunk_size, resume_seconds=s.resume_seconds
         )
         server = grpc.aio.server(options=grpc_options(s.max_message_bytes))
-        pb_grpc.add_AudienceServiceServicer_to_server(AudienceServicer(self.store, audiences), server)
-        pb_grpc.add_MatchingServiceServicer_to_server(MatchingServicer(self.store, self.matching), server)
+        pb_grpc.add_AudienceServiceServicer_to_server(
+            AudienceServicer(self.store, audiences), server
+        )
+        pb_grpc.add_MatchingServiceServicer_to_server(
+            MatchingServicer(self.store, self.matching), server
+        )
         health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         names = (
@@ -108,7 +111,7 @@ class BrandNode:
         else:
             port = server.add_insecure_port(address)
         await server.start()
-        for name in names[:2] + ("",):
+        for name in (*names[:2], ""):
             await health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._server = server
         self._tasks.append(asyncio.ensure_future(self.matching.reap_forever()))
@@ -123,7 +126,6 @@ class BrandNode:
         import socket
 
         import uvicorn
-
         from cleanroom.server.rest import create_app
 
         assert self.store is not None
@@ -166,11 +168,15 @@ class BrandNode:
 class BrandNodeThread:
     """A brand node on its own thread and event loop (demo, tests)."""
 
-    def __init__(self, settings: ServerSettings, *, pool_factory: Callable[[], CryptoPool] | None = None) -> None:
+    def __init__(
+        self, settings: ServerSettings, *, pool_factory: Callable[[], CryptoPool] | None = None
+    ) -> None:
         self.settings = settings
         self._pool_factory = pool_factory
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="brand-node", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="brand-node", daemon=True
+        )
         self.node: BrandNode | None = None
         self.ports: Ports | None = None
 

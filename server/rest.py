@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+from cleanroom.server.store import AudienceRecord, Principal, SessionRecord, SqlStore
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
-
-from cleanroom.server.store import AudienceRecord, Principal, SessionRecord, SqlStore
 
 
 def _problem(status: int, title: str, detail: str) -> JSONResponse:

@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from cleanroom.server.errors import AlreadyExists, NotFound
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -45,8 +46,6 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
-
-from cleanroom.server.errors import AlreadyExists, NotFound
 
 
 class Role(StrEnum):
@@ -292,7 +291,9 @@ class SqlStore:
 
     # ----------------------------------------------------------- audiences
 
-    def put_audience(self, record: AudienceRecord, *, replace_existing: bool = False) -> AudienceRecord | None:
+    def put_audience(
+        self, record: AudienceRecord, *, replace_existing: bool = False
+    ) -> AudienceRecord | None:
         """Store ``record``; returns the record it replaced, if any."""
         with self._tx() as s:
             old = s.scalars(
@@ -304,7 +305,8 @@ class SqlStore:
             if old is not None:
                 if not replace_existing:
                     raise AlreadyExists(
-                        f"audience {record.name!r} already exists; upload with --replace to replace it"
+                        f"audience {record.name!r} already exists;"
+                        " upload with --replace to replace it"
                     )
                 s.delete(old)
                 s.flush()
@@ -438,7 +440,9 @@ class SqlStore:
             rows = s.scalars(
                 select(_AuditRow).where(_AuditRow.tenant_id == tenant_id).order_by(_AuditRow.id)
             ).all()
-            return [AuditEntry(r.tenant_id, r.role, r.action, dict(r.detail), _utc(r.at)) for r in rows]
+            return [
+                AuditEntry(r.tenant_id, r.role, r.action, dict(r.detail), _utc(r.at)) for r in rows
+            ]
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -36,7 +36,10 @@ class TlsFiles:
 
 def _name(cn: str) -> x509.Name:
     return x509.Name(
-        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "cleanroom"), x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "cleanroom"),
+            x509.NameAttribute(NameOID.COMMON_NAME, cn),
+        ]
     )
 
 
@@ -65,7 +68,8 @@ def make_certificates(
         .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
         )
         .sign(ca_key, hashes.SHA256())
     )
@@ -76,7 +80,9 @@ def make_certificates(
         except ValueError:
             sans.append(x509.DNSName(host))
 
-    def leaf(cn: str, usage: x509.ObjectIdentifier) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    def leaf(
+        cn: str, usage: x509.ObjectIdentifier
+    ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
         key = ec.generate_private_key(ec.SECP256R1())
         builder = (
             x509.CertificateBuilder()
@@ -110,8 +116,11 @@ def load(tls_dir: Path, *, server: bool) -> TlsFiles:
     missing = [n for n in (CA_CERT, cert, key) if not (tls_dir / n).is_file()]
     if missing:
         raise FileNotFoundError(
-            f"{tls_dir} lacks {', '.join(missing)}; create them with `cleanroom certs --out {tls_dir}`"
+            f"{tls_dir} lacks {', '.join(missing)};"
+            f" create them with `cleanroom certs --out {tls_dir}`"
         )
     return TlsFiles(
-        (tls_dir / CA_CERT).read_bytes(), (tls_dir / cert).read_bytes(), (tls_dir / key).read_bytes()
+        (tls_dir / CA_CERT).read_bytes(),
+        (tls_dir / cert).read_bytes(),
+        (tls_dir / key).read_bytes(),
     )

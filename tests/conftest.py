@@ -50,11 +50,15 @@ class Node:
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     """A brand node with two tenants, 'acme' and 'globex', on loopback."""
     data_dir = tmp_path_factory.mktemp("node")
-    settings = ServerSettings(data_dir=data_dir, grpc_port=0, http_port=0, workers=2, chunk_size=512)
+    settings = ServerSettings(
+        data_dir=data_dir, grpc_port=0, http_port=0, workers=2, chunk_size=512
+    )
     store = SqlStore(settings.resolved_database_url())
     tokens: dict[str, dict[Role, str]] = {}
     for name, minimum in (("acme", 20), ("globex", 20)):
-        tenant = store.create_tenant(name, Policy(min_partner_records=minimum, sessions_per_day=1000))
+        tenant = store.create_tenant(
+            name, Policy(min_partner_records=minimum, sessions_per_day=1000)
+        )
         tokens[name] = {role: store.issue_token(tenant.tenant_id, role) for role in Role}
     store.close()
     with BrandNodeThread(settings) as thread:

@@ -12,7 +12,6 @@ import sys
 from collections.abc import AsyncIterator
 
 import grpc
-
 from cleanroom.matching.hash_to_curve import hash_to_curve
 from cleanroom.proto import cleanroom_pb2 as pb
 from cleanroom.proto import cleanroom_pb2_grpc as pb_grpc
@@ -35,7 +34,9 @@ async def main(mode: str, target: str, token: str) -> None:
                     digests = b"".join(digest(seq * 100 + i) for i in range(100))
                     yield pb.UploadRequest(
                         chunk=pb.UploadChunk(
-                            seq=seq, row_count=100, columns=[pb.IdColumnChunk(column=0, digests=digests)]
+                            seq=seq,
+                            row_count=100,
+                            columns=[pb.IdColumnChunk(column=0, digests=digests)],
                         )
                     )
                 print("READY", flush=True)
@@ -47,7 +48,12 @@ async def main(mode: str, target: str, token: str) -> None:
             call = stub.Session(metadata=metadata)
             await call.write(
                 pb.PartnerMessage(
-                    hello=pb.Hello(audience=sys.argv[4], protocol=pb.MATCH, declared_records=200, declared_points=200)
+                    hello=pb.Hello(
+                        audience=sys.argv[4],
+                        protocol=pb.MATCH,
+                        declared_records=200,
+                        declared_points=200,
+                    )
                 )
             )
             await call.read()

@@ -38,7 +38,9 @@ def plaintext_match(
     brand: pd.DataFrame, partner: pd.DataFrame, columns: list[IdColumn], options: NormalizeOptions
 ) -> list[str]:
     """Per partner row, the highest-priority id type found in the brand set, or ''."""
-    brand_set = {(t, d) for row in plaintext_digests(brand, columns, options) for t, d in row.items()}
+    brand_set = {
+        (t, d) for row in plaintext_digests(brand, columns, options) for t, d in row.items()
+    }
     result = []
     for row in plaintext_digests(partner, columns, options):
         hit = ""
@@ -51,7 +53,9 @@ def plaintext_match(
     return result
 
 
-def eventually(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
+def eventually(
+    predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition"
+) -> None:
     """Wait until ``predicate`` holds (a bounded poll on observable state)."""
     deadline = time.monotonic() + timeout
     while not predicate():

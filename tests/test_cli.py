@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pandas as pd
 import pytest
-
 from cleanroom.audiences.identifiers import NormalizeOptions, parse_id_columns
+
 from tests.helpers import eventually, plaintext_match
 
 CLI = [sys.executable, "-m", "cleanroom.client.cli"]
@@ -22,7 +22,9 @@ CLI = [sys.executable, "-m", "cleanroom.client.cli"]
 def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     result = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=300)
     if check and result.returncode != 0:
-        raise AssertionError(f"cleanroom {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+        raise AssertionError(
+            f"cleanroom {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+        )
     return result
 
 
@@ -36,12 +38,25 @@ def free_port() -> int:
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
     root = tmp_path_factory.mktemp("cli")
     data_dir = root / "node"
-    created = json.loads(cli("tenant", "create", "acme", "--data-dir", str(data_dir), "--json").stdout)
+    created = json.loads(
+        cli("tenant", "create", "acme", "--data-dir", str(data_dir), "--json").stdout
+    )
     assert set(created) >= {"tenant", "tokens"}
     assert set(created["tokens"]) == {"admin", "partner", "analyst"}
     grpc_port, http_port = free_port(), free_port()
     proc = subprocess.Popen(
-        [*CLI, "serve", "--data-dir", str(data_dir), "--grpc-port", str(grpc_port), "--http-port", str(http_port), "--workers", "1"],
+        [
+            *CLI,
+            "serve",
+            "--data-dir",
+            str(data_dir),
+            "--grpc-port",
+            str(grpc_port),
+            "--http-port",
+            str(http_port),
+            "--workers",
+            "1",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -56,7 +71,19 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, objec
             return False
 
     eventually(up, timeout=60, what="cleanroom serve to come up")
-    cli("synth", "--out", str(root / "synth"), "--brand-rows", "300", "--partner-rows", "250", "--overlap", "0.4", "--seed", "3")
+    cli(
+        "synth",
+        "--out",
+        str(root / "synth"),
+        "--brand-rows",
+        "300",
+        "--partner-rows",
+        "250",
+        "--overlap",
+        "0.4",
+        "--seed",
+        "3",
+    )
     try:
         yield {
             "root": root,
@@ -77,37 +104,87 @@ def test_upload_match_overlap_through_the_cli(served: dict[str, object], tmp_pat
     server = str(served["server"])
     common = ["--id-columns", "email,phone,maid", "--default-region", "US"]
     upload = json.loads(
-        cli("audience", "upload", "--server", server, "--token", tokens["admin"], "--name", "crm",
-            "--file", str(served["brand"]), *common, "--json").stdout
+        cli(
+            "audience",
+            "upload",
+            "--server",
+            server,
+            "--token",
+            tokens["admin"],
+            "--name",
+            "crm",
+            "--file",
+            str(served["brand"]),
+            *common,
+            "--json",
+        ).stdout
     )
     assert upload["rows_read"] == 300
     assert upload["audience"]["elements"] > 0
-    assert {"rows_accepted", "rows_rejected", "invalid_identifiers", "identifiers", "duplicates"} <= set(upload)
+    assert {
+        "rows_accepted",
+        "rows_rejected",
+        "invalid_identifiers",
+        "identifiers",
+        "duplicates",
+    } <= set(upload)
 
     out = tmp_path / "matched.csv"
     match = json.loads(
-        cli("partner", "match", "--server", server, "--token", tokens["partner"], "--audience", "crm",
-            "--file", str(served["partner"]), *common, "--out", str(out), "--json").stdout
+        cli(
+            "partner",
+            "match",
+            "--server",
+            server,
+            "--token",
+            tokens["partner"],
+            "--audience",
+            "crm",
+            "--file",
+            str(served["partner"]),
+            *common,
+            "--out",
+            str(out),
+            "--json",
+        ).stdout
     )
     result = pd.read_csv(out, dtype=str, keep_default_na=False)
     brand = pd.read_csv(served["brand"], dtype=str, keep_default_na=False)
     partner = pd.read_csv(served["partner"], dtype=str, keep_default_na=False)
-    expected = plaintext_match(brand, partner, parse_id_columns("email,phone,maid"), NormalizeOptions("US"))
+    expected = plaintext_match(
+        brand, partner, parse_id_columns("email,phone,maid"), NormalizeOptions("US")
+    )
     assert result["matched_on"].tolist() == expected
     assert list(result.columns) == [*partner.columns, "matched", "matched_on"]
     assert match["matched"] == sum(1 for e in expected if e)
 
     overlap = json.loads(
-        cli("partner", "overlap", "--server", server, "--token", tokens["partner"], "--audience", "crm",
-            "--file", str(served["partner"]), *common, "--json").stdout
+        cli(
+            "partner",
+            "overlap",
+            "--server",
+            server,
+            "--token",
+            tokens["partner"],
+            "--audience",
+            "crm",
+            "--file",
+            str(served["partner"]),
+            *common,
+            "--json",
+        ).stdout
     )
     assert overlap["intersection"] == match["matched"]
 
     # The analyst reads through the REST API; only its own tenant.
     api = str(served["api"])
-    listed = httpx.get(f"{api}/v1/audiences", headers={"authorization": f"Bearer {tokens['analyst']}"}).json()
+    listed = httpx.get(
+        f"{api}/v1/audiences", headers={"authorization": f"Bearer {tokens['analyst']}"}
+    ).json()
     assert [a["name"] for a in listed] == ["crm"]
-    sessions = httpx.get(f"{api}/v1/sessions", headers={"authorization": f"Bearer {tokens['analyst']}"}).json()
+    sessions = httpx.get(
+        f"{api}/v1/sessions", headers={"authorization": f"Bearer {tokens['analyst']}"}
+    ).json()
     assert {s["protocol"] for s in sessions} == {"match", "cardinality"}
     missing = httpx.get(f"{api}/v1/audiences")
     assert missing.status_code == 401
@@ -118,21 +195,68 @@ def test_cli_errors_are_one_clear_line(served: dict[str, object], tmp_path: Path
     tokens = served["tokens"]
     assert isinstance(tokens, dict)
     server = str(served["server"])
-    bad = cli("audience", "upload", "--server", server, "--token", tokens["admin"], "--name", "x",
-              "--file", str(served["brand"]), "--id-columns", "email,fax_number:phone", check=False)
+    bad = cli(
+        "audience",
+        "upload",
+        "--server",
+        server,
+        "--token",
+        tokens["admin"],
+        "--name",
+        "x",
+        "--file",
+        str(served["brand"]),
+        "--id-columns",
+        "email,fax_number:phone",
+        check=False,
+    )
     assert bad.returncode == 1
     assert "fax_number" in bad.stderr and "Traceback" not in bad.stderr
 
-    denied = cli("partner", "overlap", "--server", server, "--token", "nope", "--audience", "crm",
-                 "--file", str(served["partner"]), "--id-columns", "email", check=False)
+    denied = cli(
+        "partner",
+        "overlap",
+        "--server",
+        server,
+        "--token",
+        "nope",
+        "--audience",
+        "crm",
+        "--file",
+        str(served["partner"]),
+        "--id-columns",
+        "email",
+        check=False,
+    )
     assert denied.returncode == 1
     assert "UNAUTHENTICATED" in denied.stderr and "Traceback" not in denied.stderr
 
-    missing = cli("partner", "match", "--server", server, "--token", tokens["partner"], "--audience", "crm",
-                  "--file", str(tmp_path / "none.csv"), "--id-columns", "email", "--out", str(tmp_path / "o.csv"), check=False)
+    missing = cli(
+        "partner",
+        "match",
+        "--server",
+        server,
+        "--token",
+        tokens["partner"],
+        "--audience",
+        "crm",
+        "--file",
+        str(tmp_path / "none.csv"),
+        "--id-columns",
+        "email",
+        "--out",
+        str(tmp_path / "o.csv"),
+        check=False,
+    )
     assert missing.returncode == 1 and "none.csv" in missing.stderr
 
 
 def test_certs_command_writes_the_files(tmp_path: Path) -> None:
     cli("certs", "--out", str(tmp_path))
-    assert {p.name for p in tmp_path.iterdir()} == {"ca.pem", "server.pem", "server.key", "client.pem", "client.key"}
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "ca.pem",
+        "server.pem",
+        "server.key",
+        "client.pem",
+        "client.key",
+    }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -10,8 +11,6 @@ import grpc
 import numpy as np
 import pandas as pd
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from cleanroom.audiences.identifiers import NormalizeOptions, parse_id_columns
 from cleanroom.audiences.reader import AudienceFileError
 from cleanroom.audiences.synth import synthesize
@@ -30,6 +29,8 @@ from cleanroom.matching.workers import CryptoPool
 from cleanroom.proto import cleanroom_pb2 as pb
 from cleanroom.proto import cleanroom_pb2_grpc as pb_grpc
 from cleanroom.server.store import Role
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from tests.conftest import Node
 from tests.helpers import plaintext_match, sha
 
@@ -40,7 +41,9 @@ COLUMNS = parse_id_columns("email,phone,maid")
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     out = tmp_path_factory.mktemp("synth")
-    result = synthesize(out, brand_rows=400, partner_rows=300, overlap=0.4, seed=11, default_region="US")
+    result = synthesize(
+        out, brand_rows=400, partner_rows=300, overlap=0.4, seed=11, default_region="US"
+    )
     return result.brand_path, result.partner_path
 
 
@@ -48,7 +51,9 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def uploaded(node: Node, files: tuple[Path, Path]) -> dict[str, object]:
     brand, _ = files
     conn = Connection(node.target, node.tokens["acme"][Role.ADMIN])
-    result = asyncio.run(upload_audience(conn, name="crm", path=brand, id_columns=COLUMNS, options=OPTIONS))
+    result = asyncio.run(
+        upload_audience(conn, name="crm", path=brand, id_columns=COLUMNS, options=OPTIONS)
+    )
     asyncio.run(
         upload_audience(
             Connection(node.target, node.tokens["globex"][Role.ADMIN]),
@@ -68,17 +73,23 @@ def partner(node: Node, tenant: str = "acme", role: Role = Role.PARTNER) -> Conn
 def healthy(node: Node) -> bool:
     async def check() -> int:
         async with grpc.aio.insecure_channel(node.target) as ch:
-            resp = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10)
+            resp = await health_pb2_grpc.HealthStub(ch).Check(
+                health_pb2.HealthCheckRequest(), timeout=10
+            )
             return int(resp.status)
 
     return asyncio.run(check()) == health_pb2.HealthCheckResponse.SERVING
 
 
 def no_temporaries(node: Node) -> bool:
-    return not [p for p in node.data_dir.rglob("*") if p.name.endswith(".tmp") or "staging" in p.name]
+    return not [
+        p for p in node.data_dir.rglob("*") if p.name.endswith(".tmp") or "staging" in p.name
+    ]
 
 
-def test_upload_report_matches_the_file(uploaded: dict[str, object], files: tuple[Path, Path]) -> None:
+def test_upload_report_matches_the_file(
+    uploaded: dict[str, object], files: tuple[Path, Path]
+) -> None:
     frame = pd.read_csv(files[0], dtype=str, keep_default_na=False)
     assert uploaded["rows_read"] == len(frame)
     rejected = sum(uploaded["rows_rejected"].values())  # type: ignore[attr-defined]
@@ -91,7 +102,11 @@ def test_upload_report_matches_the_file(uploaded: dict[str, object], files: tupl
 
 
 def test_multi_key_match_equals_plaintext_join(
-    node: Node, files: tuple[Path, Path], uploaded: dict[str, object], process_pool: CryptoPool, tmp_path: Path
+    node: Node,
+    files: tuple[Path, Path],
+    uploaded: dict[str, object],
+    process_pool: CryptoPool,
+    tmp_path: Path,
 ) -> None:
     brand_csv, partner_csv = files
     data, _ = load_partner_set(partner_csv, COLUMNS, OPTIONS)
@@ -144,7 +159,10 @@ def test_overlap_counts_records_matching_on_any_key(
         sessions = store.list_sessions(tenant.tenant_id)
     finally:
         store.close()
-    assert any(s.protocol == "cardinality" and s.status == "done" and s.intersection == expected for s in sessions)
+    assert any(
+        s.protocol == "cardinality" and s.status == "done" and s.intersection == expected
+        for s in sessions
+    )
 
 
 # ------------------------------------------------------------------ refusals
@@ -158,36 +176,48 @@ def small_set(rows: int = 30) -> object:
     return PartnerSet(rows, [PartnerColumn("email", np.arange(rows, dtype=np.int64), digests)])
 
 
-def psi_error(node: Node, conn: Connection, audience: str, pool: CryptoPool, rows: int = 30) -> ClientError:
+def psi_error(
+    node: Node, conn: Connection, audience: str, pool: CryptoPool, rows: int = 30
+) -> ClientError:
     with pytest.raises(ClientError) as info:
         asyncio.run(run_psi(conn, audience, Protocol.MATCH, small_set(rows), pool=pool))  # type: ignore[arg-type]
     assert healthy(node)
     return info.value
 
 
-def test_wrong_token_is_unauthenticated(node: Node, uploaded: dict[str, object], process_pool: CryptoPool) -> None:
+def test_wrong_token_is_unauthenticated(
+    node: Node, uploaded: dict[str, object], process_pool: CryptoPool
+) -> None:
     err = psi_error(node, Connection(node.target, "cr_partner_not-a-token"), "crm", process_pool)
     assert err.code == "UNAUTHENTICATED", err.message
 
 
-def test_analyst_cannot_run_psi(node: Node, uploaded: dict[str, object], process_pool: CryptoPool) -> None:
+def test_analyst_cannot_run_psi(
+    node: Node, uploaded: dict[str, object], process_pool: CryptoPool
+) -> None:
     err = psi_error(node, partner(node, role=Role.ANALYST), "crm", process_pool)
     assert err.code == "PERMISSION_DENIED"
 
 
-def test_other_tenants_audience_is_not_found(node: Node, uploaded: dict[str, object], process_pool: CryptoPool) -> None:
+def test_other_tenants_audience_is_not_found(
+    node: Node, uploaded: dict[str, object], process_pool: CryptoPool
+) -> None:
     err = psi_error(node, partner(node), "globex-only", process_pool)
     assert err.code == "NOT_FOUND"
     assert "globex-only" in err.message
 
 
-def test_set_below_policy_minimum(node: Node, uploaded: dict[str, object], process_pool: CryptoPool) -> None:
+def test_set_below_policy_minimum(
+    node: Node, uploaded: dict[str, object], process_pool: CryptoPool
+) -> None:
     err = psi_error(node, partner(node), "crm", process_pool, rows=5)
     assert err.code == "FAILED_PRECONDITION"
     assert "at least 20" in err.message
 
 
-async def raw_session(node: Node, messages: list[pb.PartnerMessage]) -> tuple[list[pb.BrandMessage], grpc.StatusCode, str]:
+async def raw_session(
+    node: Node, messages: list[pb.PartnerMessage]
+) -> tuple[list[pb.BrandMessage], grpc.StatusCode, str]:
     """Send ``messages`` after Hello/Accepted; collect replies and the final status."""
     received: list[pb.BrandMessage] = []
     async with grpc.aio.insecure_channel(node.target) as ch:
@@ -197,7 +227,11 @@ async def raw_session(node: Node, messages: list[pb.PartnerMessage]) -> tuple[li
             for m in messages:
                 yield m
 
-        call = stub.Session(requests(), metadata=(("authorization", f"Bearer {node.tokens['acme'][Role.PARTNER]}"),), timeout=30)
+        call = stub.Session(
+            requests(),
+            metadata=(("authorization", f"Bearer {node.tokens['acme'][Role.PARTNER]}"),),
+            timeout=30,
+        )
         try:
             async for msg in call:
                 received.append(msg)
@@ -207,7 +241,11 @@ async def raw_session(node: Node, messages: list[pb.PartnerMessage]) -> tuple[li
 
 
 def hello_pb(points: int = 64) -> pb.PartnerMessage:
-    return pb.PartnerMessage(hello=pb.Hello(audience="crm", protocol=pb.MATCH, declared_records=points, declared_points=points))
+    return pb.PartnerMessage(
+        hello=pb.Hello(
+            audience="crm", protocol=pb.MATCH, declared_records=points, declared_points=points
+        )
+    )
 
 
 def good_points(n: int, start: int = 0) -> bytes:
@@ -222,8 +260,13 @@ def good_points(n: int, start: int = 0) -> bytes:
         (b"\x01" * 31, "multiple of 32"),
     ],
 )
-def test_garbage_points_are_invalid_argument(node: Node, uploaded: dict[str, object], payload: bytes, why: str) -> None:
-    msgs = [hello_pb(), pb.PartnerMessage(points=pb.PointChunk(seq=0, points=good_points(2) + payload))]
+def test_garbage_points_are_invalid_argument(
+    node: Node, uploaded: dict[str, object], payload: bytes, why: str
+) -> None:
+    msgs = [
+        hello_pb(),
+        pb.PartnerMessage(points=pb.PointChunk(seq=0, points=good_points(2) + payload)),
+    ]
     received, code, details = asyncio.run(raw_session(node, msgs))
     assert received[0].WhichOneof("body") == "accepted"
     assert code == grpc.StatusCode.INVALID_ARGUMENT
@@ -231,9 +274,15 @@ def test_garbage_points_are_invalid_argument(node: Node, uploaded: dict[str, obj
     assert healthy(node)
 
 
-@pytest.mark.parametrize(("seqs", "why"), [((0, 0), "duplicate points chunk 0"), ((0, 2), "out-of-order points chunk 2")])
-def test_duplicate_or_out_of_order_chunks(node: Node, uploaded: dict[str, object], seqs: tuple[int, int], why: str) -> None:
-    msgs = [hello_pb()] + [pb.PartnerMessage(points=pb.PointChunk(seq=s, points=good_points(4, 10 * s))) for s in seqs]
+@pytest.mark.parametrize(
+    ("seqs", "why"), [((0, 0), "duplicate points chunk 0"), ((0, 2), "out-of-order points chunk 2")]
+)
+def test_duplicate_or_out_of_order_chunks(
+    node: Node, uploaded: dict[str, object], seqs: tuple[int, int], why: str
+) -> None:
+    msgs = [hello_pb()] + [
+        pb.PartnerMessage(points=pb.PointChunk(seq=s, points=good_points(4, 10 * s))) for s in seqs
+    ]
     _, code, details = asyncio.run(raw_session(node, msgs))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert why in details
@@ -264,7 +313,11 @@ def audience_names(node: Node, tenant: str = "acme") -> list[str]:
 
 def upload(node: Node, path: Path, columns: str = "email,phone,maid", name: str = "bad") -> None:
     conn = Connection(node.target, node.tokens["acme"][Role.ADMIN])
-    asyncio.run(upload_audience(conn, name=name, path=path, id_columns=parse_id_columns(columns), options=OPTIONS))
+    asyncio.run(
+        upload_audience(
+            conn, name=name, path=path, id_columns=parse_id_columns(columns), options=OPTIONS
+        )
+    )
 
 
 @pytest.mark.parametrize(
@@ -289,7 +342,9 @@ def test_bad_files_fail_before_anything_is_stored(
     assert healthy(node)
 
 
-def test_file_with_only_invalid_identifiers_is_refused(node: Node, uploaded: dict[str, object], tmp_path: Path) -> None:
+def test_file_with_only_invalid_identifiers_is_refused(
+    node: Node, uploaded: dict[str, object], tmp_path: Path
+) -> None:
     path = tmp_path / "bad.csv"
     path.write_text("email,phone\nnobody@,12\n  ,\n")
     before = audience_names(node)
@@ -299,12 +354,26 @@ def test_file_with_only_invalid_identifiers_is_refused(node: Node, uploaded: dic
     assert no_temporaries(node)
 
 
-def test_invalid_identifiers_are_counted(node: Node, uploaded: dict[str, object], tmp_path: Path) -> None:
+def test_invalid_identifiers_are_counted(
+    node: Node, uploaded: dict[str, object], tmp_path: Path
+) -> None:
     path = tmp_path / "mixed.csv"
-    rows = ["email,phone"] + [f"u{i}@example.com,(201) 555-01{i:02d}" for i in range(10)] + ["nobody@,12", ",", "ok@example.com,999"]
+    rows = (
+        ["email,phone"]
+        + [f"u{i}@example.com,(201) 555-01{i:02d}" for i in range(10)]
+        + ["nobody@,12", ",", "ok@example.com,999"]
+    )
     path.write_text("\n".join(rows) + "\n")
     conn = Connection(node.target, node.tokens["acme"][Role.ADMIN])
-    result = asyncio.run(upload_audience(conn, name="mixed", path=path, id_columns=parse_id_columns("email,phone"), options=OPTIONS))
+    result = asyncio.run(
+        upload_audience(
+            conn,
+            name="mixed",
+            path=path,
+            id_columns=parse_id_columns("email,phone"),
+            options=OPTIONS,
+        )
+    )
     report = result.to_dict()
     assert report["rows_read"] == 13
     assert report["rows_accepted"] == 11
@@ -314,7 +383,9 @@ def test_invalid_identifiers_are_counted(node: Node, uploaded: dict[str, object]
     assert report["identifiers"] == {"email": 11, "phone": 10}
 
 
-def test_existing_audience_needs_replace(node: Node, uploaded: dict[str, object], files: tuple[Path, Path]) -> None:
+def test_existing_audience_needs_replace(
+    node: Node, uploaded: dict[str, object], files: tuple[Path, Path]
+) -> None:
     with pytest.raises(ClientError, match="ALREADY_EXISTS"):
         upload(node, files[0], name="crm")
 
@@ -328,15 +399,25 @@ async def raw_upload(node: Node, messages: list[pb.UploadRequest]) -> tuple[grpc
                 yield m
 
         try:
-            await stub.Upload(requests(), metadata=(("authorization", f"Bearer {node.tokens['acme'][Role.ADMIN]}"),), timeout=30)
+            await stub.Upload(
+                requests(),
+                metadata=(("authorization", f"Bearer {node.tokens['acme'][Role.ADMIN]}"),),
+                timeout=30,
+            )
         except grpc.aio.AioRpcError as exc:
             return exc.code(), exc.details() or ""
         return grpc.StatusCode.OK, ""
 
 
 def upload_chunk(seq: int, digest_bytes: bytes | None = None) -> pb.UploadRequest:
-    digests = digest_bytes if digest_bytes is not None else b"".join(sha(f"{seq}-{i}") for i in range(3))
-    return pb.UploadRequest(chunk=pb.UploadChunk(seq=seq, row_count=3, columns=[pb.IdColumnChunk(column=0, digests=digests)]))
+    digests = (
+        digest_bytes if digest_bytes is not None else b"".join(sha(f"{seq}-{i}") for i in range(3))
+    )
+    return pb.UploadRequest(
+        chunk=pb.UploadChunk(
+            seq=seq, row_count=3, columns=[pb.IdColumnChunk(column=0, digests=digests)]
+        )
+    )
 
 
 HEADER = pb.UploadRequest(header=pb.UploadHeader(name="raw", id_types=[pb.EMAIL]))
@@ -349,12 +430,24 @@ HEADER = pb.UploadRequest(header=pb.UploadHeader(name="raw", id_types=[pb.EMAIL]
         ([HEADER, upload_chunk(0), upload_chunk(2)], "out-of-order upload chunk 2"),
         ([HEADER, upload_chunk(0, b"x" * 40)], "whole number of 32-byte"),
         ([HEADER, upload_chunk(0)], "ended without its end message"),
-        ([HEADER, upload_chunk(0), pb.UploadRequest(end=pb.UploadEnd(chunk_count=2, row_count=6))], "received 1 chunks"),
+        (
+            [
+                HEADER,
+                upload_chunk(0),
+                pb.UploadRequest(end=pb.UploadEnd(chunk_count=2, row_count=6)),
+            ],
+            "received 1 chunks",
+        ),
         ([upload_chunk(0)], "starts with its header"),
-        ([pb.UploadRequest(header=pb.UploadHeader(name="../etc", id_types=[pb.EMAIL]))], "invalid audience name"),
+        (
+            [pb.UploadRequest(header=pb.UploadHeader(name="../etc", id_types=[pb.EMAIL]))],
+            "invalid audience name",
+        ),
     ],
 )
-def test_bad_upload_streams_store_nothing(node: Node, uploaded: dict[str, object], messages: list[pb.UploadRequest], why: str) -> None:
+def test_bad_upload_streams_store_nothing(
+    node: Node, uploaded: dict[str, object], messages: list[pb.UploadRequest], why: str
+) -> None:
     before = audience_names(node)
     code, details = asyncio.run(raw_upload(node, messages))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
@@ -386,18 +479,32 @@ def test_raw_upload_round_trip(node: Node, uploaded: dict[str, object]) -> None:
 # ------------------------------------------------------------------ policy, TLS
 
 
-def test_daily_session_quota_is_resource_exhausted(tmp_path: Path, process_pool: CryptoPool, files: tuple[Path, Path]) -> None:
+def test_daily_session_quota_is_resource_exhausted(
+    tmp_path: Path, process_pool: CryptoPool, files: tuple[Path, Path]
+) -> None:
     from cleanroom.server.node import BrandNodeThread
     from cleanroom.server.settings import ServerSettings
     from cleanroom.server.store import Policy, SqlStore
 
-    settings = ServerSettings(data_dir=tmp_path, grpc_port=0, http_port=0, workers=1, serve_http=False)
+    settings = ServerSettings(
+        data_dir=tmp_path, grpc_port=0, http_port=0, workers=1, serve_http=False
+    )
     store = SqlStore(settings.resolved_database_url())
     tenant = store.create_tenant("quota", Policy(min_partner_records=10, sessions_per_day=1))
-    admin, partner_token = (store.issue_token(tenant.tenant_id, r) for r in (Role.ADMIN, Role.PARTNER))
+    admin, partner_token = (
+        store.issue_token(tenant.tenant_id, r) for r in (Role.ADMIN, Role.PARTNER)
+    )
     store.close()
     with BrandNodeThread(settings) as thread:
-        asyncio.run(upload_audience(Connection(thread.target, admin), name="crm", path=files[0], id_columns=COLUMNS, options=OPTIONS))
+        asyncio.run(
+            upload_audience(
+                Connection(thread.target, admin),
+                name="crm",
+                path=files[0],
+                id_columns=COLUMNS,
+                options=OPTIONS,
+            )
+        )
         conn = Connection(thread.target, partner_token)
         asyncio.run(run_psi(conn, "crm", Protocol.MATCH, small_set(), pool=process_pool))  # type: ignore[arg-type]
         with pytest.raises(ClientError) as info:
@@ -406,7 +513,9 @@ def test_daily_session_quota_is_resource_exhausted(tmp_path: Path, process_pool:
     assert "quota of 1 per day" in info.value.message
 
 
-def test_mutual_tls_end_to_end(tmp_path: Path, process_pool: CryptoPool, files: tuple[Path, Path]) -> None:
+def test_mutual_tls_end_to_end(
+    tmp_path: Path, process_pool: CryptoPool, files: tuple[Path, Path]
+) -> None:
     from cleanroom.server.node import BrandNodeThread
     from cleanroom.server.settings import ServerSettings
     from cleanroom.server.store import Policy, SqlStore
@@ -416,30 +525,116 @@ def test_mutual_tls_end_to_end(tmp_path: Path, process_pool: CryptoPool, files: 
     make_certificates(certs)
     assert oct((certs / "server.key").stat().st_mode & 0o777) == "0o600"
     settings = ServerSettings(
-        data_dir=tmp_path / "node", grpc_port=0, http_port=0, workers=1, serve_http=False, tls_dir=certs, host="localhost"
+        data_dir=tmp_path / "node",
+        grpc_port=0,
+        http_port=0,
+        workers=1,
+        serve_http=False,
+        tls_dir=certs,
+        host="localhost",
     )
     settings.data_dir.mkdir()
     store = SqlStore(settings.resolved_database_url())
     tenant = store.create_tenant("tls", Policy(min_partner_records=10))
-    admin, partner_token = (store.issue_token(tenant.tenant_id, r) for r in (Role.ADMIN, Role.PARTNER))
+    admin, partner_token = (
+        store.issue_token(tenant.tenant_id, r) for r in (Role.ADMIN, Role.PARTNER)
+    )
     store.close()
     with BrandNodeThread(settings) as thread:
         target = f"localhost:{thread.ports.grpc}"  # type: ignore[union-attr]
-        asyncio.run(upload_audience(Connection(target, admin, certs), name="crm", path=files[0], id_columns=COLUMNS, options=OPTIONS))
-        run = asyncio.run(run_psi(Connection(target, partner_token, certs), "crm", Protocol.MATCH, small_set(), pool=process_pool))  # type: ignore[arg-type]
+        asyncio.run(
+            upload_audience(
+                Connection(target, admin, certs),
+                name="crm",
+                path=files[0],
+                id_columns=COLUMNS,
+                options=OPTIONS,
+            )
+        )
+        run = asyncio.run(
+            run_psi(
+                Connection(target, partner_token, certs),
+                "crm",
+                Protocol.MATCH,
+                small_set(),
+                pool=process_pool,
+            )
+        )  # type: ignore[arg-type]
         assert run.session.outcome is not None
         # Without a client certificate the handshake fails: no plaintext, no anonymous TLS.
         with pytest.raises(ClientError) as info:
-            asyncio.run(run_psi(Connection(target, partner_token), "crm", Protocol.MATCH, small_set(), pool=process_pool))  # type: ignore[arg-type]
+            asyncio.run(
+                run_psi(
+                    Connection(target, partner_token),
+                    "crm",
+                    Protocol.MATCH,
+                    small_set(),
+                    pool=process_pool,
+                )
+            )  # type: ignore[arg-type]
         assert info.value.code == "UNAVAILABLE"
 
 
 def test_plaintext_only_to_localhost() -> None:
-    with pytest.raises(ValueError, match="refusing plaintext to brand.example"):
+    with pytest.raises(ValueError, match=r"refusing plaintext to brand\.example"):
         Connection("brand.example:50051", "t").channel()
 
     from cleanroom.server.node import BrandNode
     from cleanroom.server.settings import ServerSettings
 
-    with pytest.raises(ValueError, match="refusing to serve plaintext on 0.0.0.0"):
+    with pytest.raises(ValueError, match=r"refusing to serve plaintext on 0\.0\.0\.0"):
         asyncio.run(BrandNode(ServerSettings(host="0.0.0.0", grpc_port=0)).start())
+
+
+@pytest.mark.skipif(
+    not os.environ.get("CLEANROOM_TEST_POSTGRES_URL"), reason="needs CLEANROOM_TEST_POSTGRES_URL"
+)
+def test_brand_node_on_postgresql(
+    tmp_path: Path, process_pool: CryptoPool, files: tuple[Path, Path]
+) -> None:
+    from cleanroom.server.node import BrandNodeThread
+    from cleanroom.server.settings import ServerSettings
+    from cleanroom.server.store import Policy, SqlStore
+
+    from tests.test_store import _fresh_postgres_database
+
+    url = _fresh_postgres_database(os.environ["CLEANROOM_TEST_POSTGRES_URL"])
+    settings = ServerSettings(
+        data_dir=tmp_path, database_url=url, grpc_port=0, workers=1, serve_http=False
+    )
+    store = SqlStore(url)
+    tenant = store.create_tenant("pg", Policy(min_partner_records=10))
+    admin, partner_token = (
+        store.issue_token(tenant.tenant_id, r) for r in (Role.ADMIN, Role.PARTNER)
+    )
+    store.close()
+    with BrandNodeThread(settings) as thread:
+        asyncio.run(
+            upload_audience(
+                Connection(thread.target, admin),
+                name="crm",
+                path=files[0],
+                id_columns=COLUMNS,
+                options=OPTIONS,
+            )
+        )
+        data, _ = load_partner_set(files[1], COLUMNS, OPTIONS)
+        run = asyncio.run(
+            run_psi(
+                Connection(thread.target, partner_token),
+                "crm",
+                Protocol.CARDINALITY,
+                data,
+                pool=process_pool,
+            )
+        )
+    brand = pd.read_csv(files[0], dtype=str, keep_default_na=False)
+    partner_frame = pd.read_csv(files[1], dtype=str, keep_default_na=False)
+    expected = sum(1 for e in plaintext_match(brand, partner_frame, COLUMNS, OPTIONS) if e)
+    assert run.result is not None and run.result.intersection == expected
+    store = SqlStore(url)
+    try:
+        [session] = store.list_sessions(tenant.tenant_id)
+        assert (session.status, session.intersection) == ("done", expected)
+    finally:
+        store.close()

@@ -12,15 +12,15 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-
-from cleanroom.client.sdk import Connection, run_psi, upload_audience
 from cleanroom.audiences.identifiers import NormalizeOptions, parse_id_columns
+from cleanroom.client.sdk import Connection, run_psi, upload_audience
 from cleanroom.matching.messages import Accepted, Protocol
 from cleanroom.matching.partner import PartnerColumn, PartnerSession, PartnerSet
 from cleanroom.matching.workers import CryptoPool
 from cleanroom.proto import cleanroom_pb2_grpc as pb_grpc
 from cleanroom.proto import serde
 from cleanroom.server.store import Role
+
 from tests.conftest import Node
 from tests.helpers import eventually, sha
 from tests.test_e2e import audience_names, healthy, no_temporaries
@@ -34,14 +34,28 @@ def audience(node: Node, tmp_path_factory: pytest.TempPathFactory) -> str:
     path.write_text("email\n" + "\n".join(f"user{i}@example.com" for i in range(0, 400, 2)) + "\n")
     conn = Connection(node.target, node.tokens["acme"][Role.ADMIN])
     asyncio.run(
-        upload_audience(conn, name="faults", path=path, id_columns=parse_id_columns("email"), options=NormalizeOptions())
+        upload_audience(
+            conn,
+            name="faults",
+            path=path,
+            id_columns=parse_id_columns("email"),
+            options=NormalizeOptions(),
+        )
     )
     return "faults"
 
 
 def start_fault_client(node: Node, mode: str, role: Role, *extra: str) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.fault_client", mode, node.target, node.tokens["acme"][role], *extra],
+        [
+            sys.executable,
+            "-m",
+            "tests.fault_client",
+            mode,
+            node.target,
+            node.tokens["acme"][role],
+            *extra,
+        ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
@@ -94,7 +108,9 @@ def test_partner_killed_mid_match_is_interrupted_and_node_serves_on(
     [killed] = [s for s in sessions(node) if s.session_id not in before]  # type: ignore[attr-defined]
     assert killed.intersection is None  # type: ignore[attr-defined]
     # The node serves the next partner normally.
-    run = asyncio.run(run_psi(partner(node), audience, Protocol.MATCH, email_set(), pool=process_pool))
+    run = asyncio.run(
+        run_psi(partner(node), audience, Protocol.MATCH, email_set(), pool=process_pool)
+    )
     assert run.session.outcome is not None and run.session.outcome.matched_records == 150
     assert healthy(node)
 
@@ -108,12 +124,16 @@ def partner(node: Node) -> Connection:
     return Connection(node.target, node.tokens["acme"][Role.PARTNER])
 
 
-def test_dropped_stream_resumes_to_the_right_answer(node: Node, audience: str, process_pool: CryptoPool) -> None:
+def test_dropped_stream_resumes_to_the_right_answer(
+    node: Node, audience: str, process_pool: CryptoPool
+) -> None:
     conn = partner(node)
     data = email_set(2000)  # four chunks of 512: the drop comes mid-stream
 
     async def drop_then_resume() -> tuple[PartnerSession, int]:
-        session = PartnerSession(audience=audience, protocol=Protocol.MATCH, data=data, pool=process_pool)
+        session = PartnerSession(
+            audience=audience, protocol=Protocol.MATCH, data=data, pool=process_pool
+        )
         async with conn.channel() as channel:
             call = pb_grpc.MatchingServiceStub(channel).Session(metadata=conn.metadata, timeout=60)
             await call.write(serde.partner_to_pb(session.hello()))
@@ -129,7 +149,9 @@ def test_dropped_stream_resumes_to_the_right_answer(node: Node, audience: str, p
             reply = serde.brand_from_pb(await call.read())
             await session.receive(reply)
             call.cancel()  # the stream drops mid-session
-        run = await run_psi(conn, audience, Protocol.MATCH, data, pool=process_pool, session=session)
+        run = await run_psi(
+            conn, audience, Protocol.MATCH, data, pool=process_pool, session=session
+        )
         return run.session, run.resumes
 
     session, _ = asyncio.run(drop_then_resume())
@@ -140,10 +162,23 @@ def test_dropped_stream_resumes_to_the_right_answer(node: Node, audience: str, p
     assert (record.status, record.intersection) == ("done", 200)  # type: ignore[attr-defined]
 
 
-def test_resume_of_unknown_or_foreign_session_is_not_found(node: Node, audience: str, process_pool: CryptoPool) -> None:
-    session = PartnerSession(audience=audience, protocol=Protocol.MATCH, data=email_set(), pool=process_pool)
+def test_resume_of_unknown_or_foreign_session_is_not_found(
+    node: Node, audience: str, process_pool: CryptoPool
+) -> None:
+    session = PartnerSession(
+        audience=audience, protocol=Protocol.MATCH, data=email_set(), pool=process_pool
+    )
     session.session_id = "0" * 32
     with pytest.raises(Exception, match="NOT_FOUND"):
-        asyncio.run(run_psi(partner(node), audience, Protocol.MATCH, email_set(), pool=process_pool, session=session))
+        asyncio.run(
+            run_psi(
+                partner(node),
+                audience,
+                Protocol.MATCH,
+                email_set(),
+                pool=process_pool,
+                session=session,
+            )
+        )
     assert healthy(node)
     _ = grpc

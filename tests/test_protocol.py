@@ -8,7 +8,6 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-
 from cleanroom.matching.brand import BrandSession
 from cleanroom.matching.errors import ProtocolError
 from cleanroom.matching.hash_to_curve import hash_to_curve
@@ -33,7 +32,9 @@ def partner_set(rows: list[dict[str, str]], types: list[str]) -> PartnerSet:
     for t in types:
         idx = [i for i, r in enumerate(rows) if t in r]
         columns.append(
-            PartnerColumn(t, np.array(idx, dtype=np.int64), b"".join(digest(rows[i][t]) for i in idx))
+            PartnerColumn(
+                t, np.array(idx, dtype=np.int64), b"".join(digest(rows[i][t]) for i in idx)
+            )
         )
     return PartnerSet(row_count=len(rows), columns=columns)
 
@@ -100,7 +101,9 @@ def make(
     pset = partner_set(rows, ["email", "phone"])
     if prepare:
         pset = prepared(pset)
-    partner = PartnerSession(audience="crm", protocol=protocol, data=pset, pool=pool, rng=np.random.default_rng(1))
+    partner = PartnerSession(
+        audience="crm", protocol=protocol, data=pset, pool=pool, rng=np.random.default_rng(1)
+    )
     brand = BrandSession(
         session_id="s1",
         hello=partner.hello(),
@@ -139,15 +142,25 @@ def test_cardinality_counts_records_once(thread_pool: CryptoPool, prepare: bool)
 def test_match_count_kept_private_when_partner_declines(thread_pool: CryptoPool) -> None:
     rows = partner_rows()
     pset = partner_set(rows, ["email", "phone"])
-    partner = PartnerSession(audience="crm", protocol=Protocol.MATCH, data=pset, pool=thread_pool, report_count=False)
-    brand = BrandSession(session_id="s", hello=partner.hello(), brand_points=brand_points(BRAND), pool=thread_pool, chunk_size=16)
+    partner = PartnerSession(
+        audience="crm", protocol=Protocol.MATCH, data=pset, pool=thread_pool, report_count=False
+    )
+    brand = BrandSession(
+        session_id="s",
+        hello=partner.hello(),
+        brand_points=brand_points(BRAND),
+        pool=thread_pool,
+        chunk_size=16,
+    )
     asyncio.run(converse(brand, partner))
     assert brand.result == Result(intersection=0, known=False)
     assert brand.outcome().intersection is None
 
 
 def hello(points: int = 40, records: int = 40) -> Hello:
-    return Hello(audience="crm", protocol=Protocol.MATCH, declared_records=records, declared_points=points)
+    return Hello(
+        audience="crm", protocol=Protocol.MATCH, declared_records=records, declared_points=points
+    )
 
 
 def point(i: int) -> bytes:
@@ -156,7 +169,13 @@ def point(i: int) -> bytes:
 
 def test_wrong_round_and_sequence_errors(thread_pool: CryptoPool) -> None:
     async def run() -> None:
-        brand = BrandSession(session_id="s", hello=hello(), brand_points=brand_points(BRAND[:5]), pool=thread_pool, chunk_size=8)
+        brand = BrandSession(
+            session_id="s",
+            hello=hello(),
+            brand_points=brand_points(BRAND[:5]),
+            pool=thread_pool,
+            chunk_size=8,
+        )
         with pytest.raises(ProtocolError, match="round hello"):
             await brand.receive(PointChunk(0, point(1)))
         brand.start()
@@ -182,7 +201,13 @@ def test_wrong_round_and_sequence_errors(thread_pool: CryptoPool) -> None:
 
 def test_refuses_to_reblind_more_than_declared(thread_pool: CryptoPool) -> None:
     async def run() -> None:
-        brand = BrandSession(session_id="s", hello=hello(points=3, records=3), brand_points=brand_points(BRAND[:5]), pool=thread_pool, chunk_size=8)
+        brand = BrandSession(
+            session_id="s",
+            hello=hello(points=3, records=3),
+            brand_points=brand_points(BRAND[:5]),
+            pool=thread_pool,
+            chunk_size=8,
+        )
         brand.start()
         await brand.receive(PointChunk(0, point(1) + point(2)))
         with pytest.raises(ProtocolError, match="exceeds the declared 3 points"):
@@ -199,9 +224,17 @@ def test_refuses_to_reblind_more_than_declared(thread_pool: CryptoPool) -> None:
         ((2**255 - 19).to_bytes(32, "little"), "canonical"),
     ],
 )
-def test_invalid_partner_points_fail_the_session(thread_pool: CryptoPool, bad: bytes, why: str) -> None:
+def test_invalid_partner_points_fail_the_session(
+    thread_pool: CryptoPool, bad: bytes, why: str
+) -> None:
     async def run() -> None:
-        brand = BrandSession(session_id="s", hello=hello(points=3, records=3), brand_points=brand_points(BRAND[:5]), pool=thread_pool, chunk_size=8)
+        brand = BrandSession(
+            session_id="s",
+            hello=hello(points=3, records=3),
+            brand_points=brand_points(BRAND[:5]),
+            pool=thread_pool,
+            chunk_size=8,
+        )
         brand.start()
         await brand.receive(PointChunk(0, point(1) + bad + point(2)))
         with pytest.raises(InvalidPointError, match=why):
@@ -216,11 +249,17 @@ def test_hello_validation() -> None:
     with ThreadPool() as pool:
         for bad, msg in [
             (Hello("crm", Protocol.CARDINALITY, 10, 20, slots_per_record=0), "slots per record"),
-            (Hello("crm", Protocol.CARDINALITY, 10, 21, slots_per_record=2), "records × slots"),
+            (Hello("crm", Protocol.CARDINALITY, 10, 21, slots_per_record=2), "records x slots"),
             (Hello("crm", Protocol.MATCH, 1, 9), "identifiers per record"),
         ]:
             with pytest.raises(ProtocolError, match=msg):
-                BrandSession(session_id="s", hello=bad, brand_points=brand_points(BRAND[:2]), pool=pool, chunk_size=8)
+                BrandSession(
+                    session_id="s",
+                    hello=bad,
+                    brand_points=brand_points(BRAND[:2]),
+                    pool=pool,
+                    chunk_size=8,
+                )
 
 
 class ThreadPool:

@@ -25,7 +25,11 @@ def test_committed_stubs_are_fresh(tmp_path: Path) -> None:
     gen = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gen)
     written = gen.generate(tmp_path)
-    assert {p.name for p in written} == {"cleanroom_pb2.py", "cleanroom_pb2.pyi", "cleanroom_pb2_grpc.py"}
+    assert {p.name for p in written} == {
+        "cleanroom_pb2.py",
+        "cleanroom_pb2.pyi",
+        "cleanroom_pb2_grpc.py",
+    }
     for fresh in written:
         committed = ROOT / "proto" / fresh.name
         assert committed.exists(), f"{committed.name} is not committed; run scripts/gen_protos.py"

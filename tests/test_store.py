@@ -13,7 +13,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-
 from cleanroom.server.errors import AlreadyExists, NotFound
 from cleanroom.server.store import (
     AudienceRecord,
@@ -40,14 +39,14 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlStore]:
 
 
 def _fresh_postgres_database(base_url: str) -> str:
-    from sqlalchemy import create_engine, text
+    from sqlalchemy import create_engine, make_url, text
 
     name = f"cleanroom_test_{uuid.uuid4().hex[:12]}"
     admin = create_engine(base_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     admin.dispose()
-    return base_url.rsplit("/", 1)[0] + "/" + name
+    return make_url(base_url).set(database=name).render_as_string(hide_password=False)
 
 
 def audience(tenant_id: str, name: str = "crm", elements: int = 10) -> AudienceRecord:
@@ -76,13 +75,18 @@ def test_tenants_are_unique_by_name(store: SqlStore) -> None:
         store.set_policy("nope", Policy())
 
 
-def test_tokens_are_stored_hashed_and_resolve_to_their_role(store: SqlStore, tmp_path: Path) -> None:
+def test_tokens_are_stored_hashed_and_resolve_to_their_role(
+    store: SqlStore, tmp_path: Path
+) -> None:
     t = store.create_tenant("acme")
     tokens = {role: store.issue_token(t.tenant_id, role) for role in Role}
     assert len(set(tokens.values())) == 3
     for role, token in tokens.items():
         principal = store.authenticate(token)
-        assert principal is not None and (principal.tenant_id, principal.role) == (t.tenant_id, role)
+        assert principal is not None and (principal.tenant_id, principal.role) == (
+            t.tenant_id,
+            role,
+        )
     assert store.authenticate(tokens[Role.ADMIN] + "x") is None
     assert store.authenticate("") is None
     with pytest.raises(NotFound):
@@ -145,7 +149,9 @@ def test_sessions_are_tenant_scoped_and_countable(store: SqlStore) -> None:
     assert store.get_session(b.tenant_id, rec.session_id) is None
     with pytest.raises(NotFound):
         store.update_session(b.tenant_id, rec.session_id, status="done")
-    done = store.update_session(a.tenant_id, rec.session_id, status="done", intersection=42, finished_at=now)
+    done = store.update_session(
+        a.tenant_id, rec.session_id, status="done", intersection=42, finished_at=now
+    )
     assert (done.status, done.intersection, done.finished_at) == ("done", 42, now)
     with pytest.raises(TypeError):
         store.update_session(a.tenant_id, rec.session_id, brand_points=1)
