@@ -53,11 +53,9 @@ JsonOut = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
 
 
 def main() -> None:
-    logging.basicConfig(
-        level=logging.INFO,
-        format='{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}',
-    )
-    logging.getLogger("cleanroom").setLevel(logging.WARNING)
+    from cleanroom.server.logs import configure
+
+    configure(logging.WARNING)
     app()
 
 
@@ -132,10 +130,11 @@ def serve(
     ] = None,
 ) -> None:
     """Run the brand node: gRPC service, REST API."""
+    from cleanroom.server.logs import configure
     from cleanroom.server.node import BrandNode
     from cleanroom.server.settings import ServerSettings
 
-    logging.getLogger("cleanroom").setLevel(logging.INFO)
+    configure(logging.INFO)
     settings = ServerSettings(
         data_dir=data_dir,
         grpc_port=grpc_port,

@@ -14,7 +14,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
 from cleanroom.audiences.identifiers import NormalizeOptions, parse_id_columns
+from cleanroom.audiences.reference import plaintext_match
 from cleanroom.audiences.synth import synthesize
 from cleanroom.client.sdk import (
     Connection,
@@ -39,13 +41,13 @@ def run_demo(
     work = keep or Path(tempfile.mkdtemp(prefix="cleanroom-demo-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        return _demo(work, rows, console)
+        return _demo(work, rows, console, kept=keep is not None)
     finally:
         if keep is None:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _demo(work: Path, rows: int, console: Console) -> dict[str, int]:
+def _demo(work: Path, rows: int, console: Console, *, kept: bool) -> dict[str, int]:
     started = time.perf_counter()
     console.rule("[bold]cleanroom demo")
     data = synthesize(work / "data", brand_rows=rows, partner_rows=rows, overlap=0.3, seed=7)
@@ -88,6 +90,19 @@ def _demo(work: Path, rows: int, console: Console) -> dict[str, int]:
         out_csv = work / "matched.csv"
         write_match_output(data.partner_path, out_csv, outcome.matched_on, columns)
 
+    # Check the private results against the plaintext join of the same files.
+    expected = plaintext_match(
+        pd.read_csv(data.brand_path, dtype=str, keep_default_na=False),
+        pd.read_csv(data.partner_path, dtype=str, keep_default_na=False),
+        columns,
+        options,
+    )
+    labels = ["", *(str(c.id_type) for c in columns)]
+    got = [labels[i + 1] for i in outcome.matched_on.tolist()]
+    expected_count = sum(1 for e in expected if e)
+    if got != expected or overlap.result.intersection != expected_count:
+        raise RuntimeError("the private results differ from the plaintext join")
+
     table = Table(title="match summary (partner side)")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -99,7 +114,11 @@ def _demo(work: Path, rows: int, console: Console) -> dict[str, int]:
     table.add_row("overlap (PSI cardinality)", str(overlap.result.intersection))
     table.add_row("match rate", f"{outcome.matched_records / max(1, pset.row_count):.1%}")
     console.print(table)
-    console.print(f"4. partner output with matched/matched_on columns: {out_csv}")
+    console.print(
+        f"4. both results equal a plaintext join of the same files ({expected_count} matching rows)"
+    )
+    where = str(out_csv) if kept else f"{out_csv.name} (deleted; rerun with --keep DIR to keep it)"
+    console.print(f"5. partner output with matched/matched_on columns: {where}")
     console.print(f"done in {time.perf_counter() - started:.1f} s")
     return {
         "rows": pset.row_count,

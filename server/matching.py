@@ -127,6 +127,14 @@ class MatchingService:
             )
         )
         self._live[session_id] = _Live(session, principal.tenant_id)
+        log.info(
+            "psi session %s started: tenant=%s audience=%s protocol=%s partner_records=%d",
+            session_id,
+            principal.tenant_id,
+            audience.audience_id,
+            hello.protocol.value,
+            hello.declared_records,
+        )
         return session, 0
 
     def attach_reader(self, session: BrandSession, stream: int, reader: asyncio.Task[None]) -> None:
@@ -171,6 +179,7 @@ class MatchingService:
             )
             action, detail = "psi.failed", {"error": error}
         detail["session"] = session.session_id
+        log.info("psi session %s %s: %s", session.session_id, action.removeprefix("psi."), detail)
         self.store.audit(AuditEntry(live.tenant_id, Role.PARTNER.value, action, detail))
 
     def _reap(self) -> None:

@@ -23,7 +23,7 @@ from cleanroom.proto import cleanroom_pb2 as pb
 from cleanroom.server.store import Role
 
 from tests.conftest import Node
-from tests.helpers import plaintext_digests, plaintext_match
+from tests.helpers import plaintext_match, row_digests
 from tests.wire import RecordingProxy, data_by_stream, grpc_messages
 
 OPTIONS = NormalizeOptions(default_region="US")
@@ -57,11 +57,13 @@ def forbidden_values(frame: pd.DataFrame) -> list[bytes]:
             values.append(raw.strip().encode())
             with contextlib.suppress(ValueError):
                 values.append(normalize(col.id_type, raw, OPTIONS).encode())
-    for row in plaintext_digests(frame, COLUMNS, OPTIONS):
-        for id_type, digest in row.items():
+    for cells in row_digests(frame, COLUMNS, OPTIONS):
+        for col, digest in zip(COLUMNS, cells, strict=True):
+            if digest is None:
+                continue
             values.append(digest)
             values.append(digest.hex().encode())
-            values.append(hash_to_curve(digest, dst_for(id_type)))
+            values.append(hash_to_curve(digest, dst_for(col.id_type)))
     return [v for v in values if len(v) >= 6]
 
 
