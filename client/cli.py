@@ -165,7 +165,7 @@ def tenant_create(
 ) -> None:
     """Create a tenant and print its admin, partner and analyst tokens (shown once)."""
     from cleanroom.server.settings import ServerSettings
-    from cleanroom.server.store import Policy, Role, SqlStore
+    from cleanroom.server.store import Policy, SqlStore
 
     settings = ServerSettings(data_dir=data_dir, database_url=database_url)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -175,10 +175,12 @@ def tenant_create(
             from cleanroom.server.errors import AlreadyExists
 
             try:
-                tenant = store.create_tenant(name, Policy(min_partner_records, sessions_per_day))
+                tenant, issued = store.provision_tenant(
+                    name, Policy(min_partner_records, sessions_per_day)
+                )
             except AlreadyExists as exc:
                 raise ValueError(str(exc)) from exc
-            tokens = {role.value: store.issue_token(tenant.tenant_id, role) for role in Role}
+            tokens = {role.value: token for role, token in issued.items()}
     finally:
         store.close()
     result = {"tenant": tenant.tenant_id, "name": tenant.name, "tokens": tokens}

@@ -56,8 +56,7 @@ def _demo(work: Path, rows: int, console: Console, *, kept: bool) -> dict[str, i
     settings = ServerSettings(data_dir=work / "node", grpc_port=0, http_port=0)
     settings.data_dir.mkdir(parents=True)
     store = SqlStore(settings.resolved_database_url())
-    tenant = store.create_tenant("acme-brand", Policy(min_partner_records=100))
-    tokens = {role: store.issue_token(tenant.tenant_id, role) for role in Role}
+    _, tokens = store.provision_tenant("acme-brand", Policy(min_partner_records=100))
     store.close()
 
     columns = parse_id_columns("email,phone,maid")

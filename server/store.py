@@ -236,6 +236,13 @@ class SqlStore:
             raise AlreadyExists(f"a tenant named {name!r} already exists") from exc
         return self._tenant(row)
 
+    def provision_tenant(
+        self, name: str, policy: Policy | None = None
+    ) -> tuple[Tenant, dict[Role, str]]:
+        """A new tenant with one token per role (the plaintexts, shown once)."""
+        tenant = self.create_tenant(name, policy)
+        return tenant, {role: self.issue_token(tenant.tenant_id, role) for role in Role}
+
     def get_tenant(self, tenant_id: str) -> Tenant | None:
         with self._tx() as s:
             row = s.get(_TenantRow, tenant_id)

@@ -56,10 +56,9 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     store = SqlStore(settings.resolved_database_url())
     tokens: dict[str, dict[Role, str]] = {}
     for name, minimum in (("acme", 20), ("globex", 20)):
-        tenant = store.create_tenant(
+        _, tokens[name] = store.provision_tenant(
             name, Policy(min_partner_records=minimum, sessions_per_day=1000)
         )
-        tokens[name] = {role: store.issue_token(tenant.tenant_id, role) for role in Role}
     store.close()
     with BrandNodeThread(settings) as thread:
         yield Node(thread, data_dir, settings.resolved_database_url(), tokens)

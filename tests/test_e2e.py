@@ -490,10 +490,8 @@ def test_daily_session_quota_is_resource_exhausted(
         data_dir=tmp_path, grpc_port=0, http_port=0, workers=1, serve_http=False
     )
     store = SqlStore(settings.resolved_database_url())
-    tenant = store.create_tenant("quota", Policy(min_partner_records=10, sessions_per_day=1))
-    admin, partner_token = (
-        store.issue_token(tenant.tenant_id, r) for r in (Role.ADMIN, Role.PARTNER)
-    )
+    _, tokens = store.provision_tenant("quota", Policy(min_partner_records=10, sessions_per_day=1))
+    admin, partner_token = tokens[Role.ADMIN], tokens[Role.PARTNER]
     store.close()
     with BrandNodeThread(settings) as thread:
         asyncio.run(
@@ -535,10 +533,8 @@ def test_mutual_tls_end_to_end(
     )
     settings.data_dir.mkdir()
     store = SqlStore(settings.resolved_database_url())
-    tenant = store.create_tenant("tls", Policy(min_partner_records=10))
-    admin, partner_token = (
-        store.issue_token(tenant.tenant_id, r) for r in (Role.ADMIN, Role.PARTNER)
-    )
+    _, tokens = store.provision_tenant("tls", Policy(min_partner_records=10))
+    admin, partner_token = tokens[Role.ADMIN], tokens[Role.PARTNER]
     store.close()
     with BrandNodeThread(settings) as thread:
         target = f"localhost:{thread.ports.grpc}"  # type: ignore[union-attr]
@@ -603,10 +599,8 @@ def test_brand_node_on_postgresql(
         data_dir=tmp_path, database_url=url, grpc_port=0, workers=1, serve_http=False
     )
     store = SqlStore(url)
-    tenant = store.create_tenant("pg", Policy(min_partner_records=10))
-    admin, partner_token = (
-        store.issue_token(tenant.tenant_id, r) for r in (Role.ADMIN, Role.PARTNER)
-    )
+    tenant, tokens = store.provision_tenant("pg", Policy(min_partner_records=10))
+    admin, partner_token = tokens[Role.ADMIN], tokens[Role.PARTNER]
     store.close()
     with BrandNodeThread(settings) as thread:
         asyncio.run(
