@@ -632,3 +632,24 @@ def test_brand_node_on_postgresql(
         assert (session.status, session.intersection) == ("done", expected)
     finally:
         store.close()
+
+
+def test_reflection_lists_the_services(node: Node) -> None:
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    async def names() -> set[str]:
+        async with grpc.aio.insecure_channel(node.target) as ch:
+            stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+
+            async def req() -> AsyncIterator[reflection_pb2.ServerReflectionRequest]:
+                yield reflection_pb2.ServerReflectionRequest(list_services="")
+
+            async for resp in stub.ServerReflectionInfo(req(), timeout=10):
+                return {s.name for s in resp.list_services_response.service}
+        return set()
+
+    assert asyncio.run(names()) >= {
+        "cleanroom.v1.AudienceService",
+        "cleanroom.v1.MatchingService",
+        "grpc.health.v1.Health",
+    }
