@@ -1,0 +1,225 @@
+"""The attribution state machines, wired in-process, against the plaintext report."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from cleanroom.audiences.identifiers import NormalizeOptions, parse_id_columns
+from cleanroom.federated.attribution import (
+    AttrAggregates,
+    BrandAttribution,
+    DpParams,
+    PartnerAttribution,
+)
+from cleanroom.federated.attribution_data import brand_conversions, partner_exposures
+from cleanroom.federated.attribution_reference import (
+    Windows,
+    campaign_report,
+    parse_conversions,
+    parse_exposures,
+    read_spend,
+    reference_report,
+)
+from cleanroom.federated.paillier import _unsafe_generate_keypair_for_tests
+from cleanroom.federated.synth_attribution import synthesize_attribution
+from cleanroom.matching.errors import ProtocolError
+
+OPTIONS = NormalizeOptions(default_region="US")
+BRAND_IDS = parse_id_columns("email,phone")
+PARTNER_IDS = parse_id_columns("email,phone,maid")
+NO_DP = DpParams()
+DEFAULT_WINDOWS = Windows()
+
+
+def direct(fn: Callable[..., Any], *args: Any) -> Any:
+    return fn(*args)
+
+
+@pytest.fixture(scope="module")
+def keys() -> tuple[Any, Any]:
+    return _unsafe_generate_keypair_for_tests(1024)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    return synthesize_attribution(
+        tmp_path_factory.mktemp("attr"),
+        customers=300,
+        conversions=500,
+        partner_users=400,
+        exposure_rows=1500,
+        campaigns=3,
+        seed=4,
+        days=20,
+    )
+
+
+def run_protocol(
+    synth: Any,
+    keys: tuple[Any, Any],
+    *,
+    dp: DpParams = NO_DP,
+    windows: Windows = DEFAULT_WINDOWS,
+    seed: int = 0,
+) -> tuple[dict[str, Any], BrandAttribution, PartnerAttribution, AttrAggregates]:
+    conv = parse_conversions(
+        pd.read_csv(synth.conversions_path, dtype=str, keep_default_na=False),
+        customer_column="customer_id",
+        time_column="ts",
+        value_column="value",
+        id_columns=BRAND_IDS,
+    )
+    expo = parse_exposures(
+        pd.read_csv(synth.exposures_path, dtype=str, keep_default_na=False), id_columns=PARTNER_IDS
+    )
+    pk, sk = keys
+    partner = PartnerAttribution(
+        conversions="sales",
+        data=partner_exposures(expo, PARTNER_IDS, OPTIONS),
+        click_days=windows.click_days,
+        view_days=windows.view_days,
+        run=direct,
+        spend=read_spend(synth.spend_path),
+        rng=np.random.default_rng(seed),
+        min_key_bits=1024,
+    )
+    brand = BrandAttribution(
+        session_id="s",
+        hello=partner.hello(),
+        data=brand_conversions(conv, BRAND_IDS, OPTIONS),
+        public_key=pk,
+        private_key=sk,
+        dp=dp,
+        run=direct,
+        rng=np.random.default_rng(seed + 1),
+    )
+    partner.on_accepted(brand.accepted())
+    for chunk in partner.cell_token_chunks(chunk=256):
+        back = brand.on_cell_tokens(chunk)
+        if back is not None:
+            partner.on_cell_values(back)
+    for tokens in brand.conversion_tokens(chunk=512):
+        partner.on_conversion_tokens(tokens)
+    for values in brand.event_values(chunk=128):
+        partner.on_event_values(values)
+    aggregates = partner.aggregates()
+    inputs = brand.on_aggregates(aggregates)
+    report = {
+        "windows": {"click_days": windows.click_days, "view_days": windows.view_days},
+        "campaigns": campaign_report(
+            inputs["groups"], inputs["attributed"], inputs["spend"], threshold=0
+        ),  # type: ignore[arg-type]
+    }
+    return report, brand, partner, aggregates
+
+
+def reference(synth: Any, windows: Windows = DEFAULT_WINDOWS) -> dict[str, Any]:
+    return reference_report(
+        pd.read_csv(synth.conversions_path, dtype=str, keep_default_na=False),
+        pd.read_csv(synth.exposures_path, dtype=str, keep_default_na=False),
+        id_columns=PARTNER_IDS,
+        options=OPTIONS,
+        customer_column="customer_id",
+        time_column="ts",
+        value_column="value",
+        windows=windows,
+        spend=read_spend(synth.spend_path),
+        threshold=0,
+    )
+
+
+def assert_reports_equal(got: dict[str, Any], want: dict[str, Any]) -> None:
+    assert got["windows"] == want["windows"]
+    assert [c["campaign_id"] for c in got["campaigns"]] == [
+        c["campaign_id"] for c in want["campaigns"]
+    ]
+    for g, w in zip(got["campaigns"], want["campaigns"], strict=True):
+        for key in w:
+            _close(g[key], w[key], f"{w['campaign_id']}.{key}")
+
+
+def _close(a: Any, b: Any, where: str) -> None:
+    if isinstance(b, dict):
+        assert isinstance(a, dict), where
+        for k in b:
+            _close(a[k], b[k], f"{where}.{k}")
+    elif isinstance(b, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _close(x, y, f"{where}[{i}]")
+    elif isinstance(b, float):
+        assert a is not None and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-6), (
+            f"{where}: {a} != {b}"
+        )
+    else:
+        assert a == b, f"{where}: {a} != {b}"
+
+
+def test_private_report_equals_plaintext_reference(synth: Any, keys: tuple[Any, Any]) -> None:
+    got, _, _, _ = run_protocol(synth, keys)
+    want = reference(synth)
+    assert_reports_equal(got, want)
+    # The data is not trivial: conversions, both groups, attribution.
+    assert sum(c["exposed"]["conversions"] for c in want["campaigns"]) > 20
+    assert sum(c["holdout"]["users"] for c in want["campaigns"]) > 0
+    assert sum(c["attributed_conversions"] for c in want["campaigns"]) > 0
+
+
+def test_other_windows(synth: Any, keys: tuple[Any, Any]) -> None:
+    windows = Windows(click_days=3, view_days=0)
+    got, _, _, _ = run_protocol(synth, keys, windows=windows)
+    assert_reports_equal(got, reference(synth, windows))
+
+
+def test_no_value_or_per_user_flag_in_the_aggregates(synth: Any, keys: tuple[Any, Any]) -> None:
+    _, _, partner, aggregates = run_protocol(synth, keys)
+    pk = keys[0]
+    # Sums travel encrypted and re-randomized: not equal to a plain product of what B sent.
+    for g in aggregates.groups:
+        assert 0 < g.revenue < pk.nsquare
+    assert len(aggregates.groups) == len(partner.users)
+
+
+def test_messages_out_of_round_are_errors(synth: Any, keys: tuple[Any, Any]) -> None:
+    _, brand, _, aggregates = run_protocol(synth, keys)
+    with pytest.raises(ProtocolError):
+        brand.on_aggregates(aggregates)  # already done
+
+
+def test_noise_has_the_stated_scale() -> None:
+    """Seeded: Laplace b = sensitivity/epsilon; Gaussian sigma from the classic bound."""
+    from cleanroom.federated.attribution import _Noise, noise_scale
+
+    rng = np.random.default_rng(12345)
+    lap = DpParams("laplace", epsilon=0.5, delta=0.0, value_cap=100.0)
+    noise = _Noise(lap, rng)
+    draws = np.array([noise.count(1000) for _ in range(20000)]) - 1000
+    assert noise.count_scale == pytest.approx(2.0)
+    # Laplace(b): mean 0, standard deviation b*sqrt(2); 20k draws pin both within a few %.
+    assert abs(draws.mean()) < 0.1
+    assert draws.std() == pytest.approx(2.0 * math.sqrt(2), rel=0.05)
+    gauss = DpParams("gaussian", epsilon=1.0, delta=1e-5, value_cap=100.0)
+    sigma = noise_scale(gauss, 1.0)
+    assert sigma == pytest.approx(math.sqrt(2 * math.log(1.25 / 1e-5)))
+    g = _Noise(gauss, np.random.default_rng(7))
+    draws = np.array([g.count(10_000) for _ in range(20000)]) - 10_000
+    assert draws.std() == pytest.approx(sigma, rel=0.05)
+    assert noise_scale(DpParams(), 1.0) == 0.0
+
+
+def test_dp_noise_moves_the_report_but_not_far(synth: Any, keys: tuple[Any, Any]) -> None:
+    exact, _, _, _ = run_protocol(synth, keys)
+    noisy, _, _, _ = run_protocol(
+        synth, keys, dp=DpParams("laplace", epsilon=50.0, value_cap=1000.0), seed=3
+    )
+    diffs = [
+        abs(n["exposed"]["conversions"] - e["exposed"]["conversions"])
+        for n, e in zip(noisy["campaigns"], exact["campaigns"], strict=True)
+    ]
+    # epsilon 50 over 5 query families: Laplace b = 0.1 per count; rounding hides most draws.
+    assert max(diffs) <= 3
