@@ -30,6 +30,12 @@ partner_app = typer.Typer(help="Media-partner side: private matching against a b
 app.add_typer(tenant_app, name="tenant")
 app.add_typer(audience_app, name="audience")
 app.add_typer(partner_app, name="partner")
+conversions_app = typer.Typer(help="Brand conversions for attribution: hashed here, uploaded.")
+policy_app = typer.Typer(help="The tenant's privacy policy (admin token).")
+report_app = typer.Typer(help="Attribution reports from the brand node's REST API.")
+app.add_typer(conversions_app, name="conversions")
+app.add_typer(policy_app, name="policy")
+app.add_typer(report_app, name="report")
 
 err = Console(stderr=True)
 out = Console()
@@ -403,6 +409,177 @@ def partner_overlap(
         out.print(f"overlap: [bold]{run.result.intersection}[/] of {summary['records']} records")
 
 
+# ------------------------------------------------------------------ attribution
+
+
+@conversions_app.command("upload")
+def conversions_upload(
+    server: Server,
+    token: Token,
+    name: Annotated[str, typer.Option("--name", help="Conversion set name.")],
+    file: Annotated[Path, typer.Option("--file", help="CSV or Parquet conversions file.")],
+    id_columns: IdColumns,
+    customer_column: Annotated[str, typer.Option("--customer-column")] = "customer_id",
+    time_column: Annotated[str, typer.Option("--time-column")] = "ts",
+    value_column: Annotated[str, typer.Option("--value-column")] = "value",
+    default_region: Region = None,
+    replace: Annotated[bool, typer.Option("--replace")] = False,
+    tls_dir: TlsDir = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Validate and hash conversions here, upload digests, days and values."""
+    from cleanroom.client.attribution import upload_conversions
+
+    with _errors():
+        result = _run(
+            upload_conversions(
+                _connection(server, token, tls_dir),
+                name=name,
+                path=file,
+                id_columns=_columns(id_columns),
+                options=_options(default_region),
+                customer_column=customer_column,
+                time_column=time_column,
+                value_column=value_column,
+                replace=replace,
+            )
+        )
+    if as_json:
+        _print_json(result)
+    else:
+        out.print(
+            f"conversions [bold]{name}[/]: {result['events']} events of {result['customers']}"
+            f" customers, {result['identifiers']} identifiers"
+        )
+
+
+@policy_app.command("set")
+def policy_set(
+    server: Server,
+    token: Token,
+    aggregation_threshold: Annotated[int | None, typer.Option("--aggregation-threshold")] = None,
+    dp: Annotated[str | None, typer.Option("--dp", help="off, laplace or gaussian.")] = None,
+    epsilon_budget: Annotated[float | None, typer.Option("--epsilon-budget")] = None,
+    min_partner_records: Annotated[int | None, typer.Option("--min-partner-records")] = None,
+    tls_dir: TlsDir = None,
+) -> None:
+    """Change the tenant's policy; prints the policy in force."""
+    import grpc
+    from cleanroom.client.sdk import ClientError
+    from cleanroom.proto import cleanroom_pb2 as pb
+    from cleanroom.proto import cleanroom_pb2_grpc as pb_grpc
+
+    conn = _connection(server, token, tls_dir)
+    request = pb.PolicyRequest()
+    if aggregation_threshold is not None:
+        request.aggregation_threshold = aggregation_threshold
+    if dp is not None:
+        request.dp = dp
+    if epsilon_budget is not None:
+        request.epsilon_budget = epsilon_budget
+    if min_partner_records is not None:
+        request.min_partner_records = min_partner_records
+    with _errors(), conn.sync_channel() as channel:
+        try:
+            response = pb_grpc.AttributionServiceStub(channel).SetPolicy(
+                request, metadata=conn.metadata, timeout=60
+            )
+        except grpc.RpcError as exc:
+            raise ClientError(exc.code().name, exc.details() or "") from exc  # type: ignore[attr-defined]
+    _print_json(
+        {
+            "aggregation_threshold": response.aggregation_threshold,
+            "dp": response.dp,
+            "epsilon_budget": response.epsilon_budget,
+            "epsilon_spent": response.epsilon_spent,
+            "min_partner_records": response.min_partner_records,
+        }
+    )
+
+
+@partner_app.command("attribute")
+def partner_attribute(
+    server: Server,
+    token: Token,
+    conversions: Annotated[str, typer.Option("--conversions", help="The brand's conversion set.")],
+    exposures: Annotated[Path, typer.Option("--exposures", help="Exposure log CSV/Parquet.")],
+    id_columns: IdColumns,
+    user_column: Annotated[str, typer.Option("--user-column")] = "user_id",
+    spend: Annotated[Path | None, typer.Option("--spend", help="CSV: campaign_id,spend")] = None,
+    click_window: Annotated[int, typer.Option("--click-window")] = 7,
+    view_window: Annotated[int, typer.Option("--view-window")] = 1,
+    epsilon: Annotated[float, typer.Option("--epsilon", help="DP budget to spend.")] = 0.0,
+    default_region: Region = None,
+    tls_dir: TlsDir = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Closed-loop attribution against the brand's conversions; prints the report id."""
+    from cleanroom.client.attribution import (
+        AttributionRequest,
+        prepare_attribution,
+        run_attribution,
+    )
+    from cleanroom.federated.attribution_reference import Windows
+
+    with _errors():
+        request = AttributionRequest(
+            conversions=conversions,
+            exposures=exposures,
+            id_columns=_columns(id_columns),
+            options=_options(default_region),
+            user_column=user_column,
+            spend=spend,
+            windows=Windows(click_window, view_window),
+            epsilon=epsilon,
+        )
+        with err.status("hashing exposures and building tokens"):
+            partner = prepare_attribution(request)
+        with err.status("running private attribution"):
+            report_id = _run(run_attribution(_connection(server, token, tls_dir), partner))
+    if as_json:
+        _print_json({"report_id": report_id})
+    else:
+        out.print(f"report [bold]{report_id}[/]")
+
+
+@report_app.command("show")
+def report_show(
+    report_id: Annotated[str, typer.Argument()],
+    api: Annotated[str, typer.Option("--api", help="REST base URL, e.g. http://HOST:8080")],
+    token: Token,
+    fmt: Annotated[str, typer.Option("--format", help="table, json or csv")] = "table",
+) -> None:
+    """Fetch a report from the REST API."""
+    import httpx
+
+    if fmt not in ("table", "json", "csv"):
+        raise _fail("--format is table, json or csv")
+    headers = {"authorization": f"Bearer {token}"}
+    suffix = "?format=csv" if fmt == "csv" else ""
+    try:
+        resp = httpx.get(
+            f"{api.rstrip('/')}/v1/reports/{report_id}{suffix}", headers=headers, timeout=60
+        )
+    except httpx.HTTPError as exc:
+        raise _fail(f"cannot reach {api}: {exc}") from exc
+    if resp.status_code != 200:
+        try:
+            detail = resp.json().get("detail", resp.text)
+        except ValueError:
+            detail = resp.text
+        raise _fail(f"HTTP {resp.status_code}: {detail}")
+    if fmt == "csv":
+        sys.stdout.write(resp.text)
+        return
+    report = resp.json()
+    if fmt == "json":
+        _print_json(report)
+        return
+    from cleanroom.client.cli_tables import report_table
+
+    out.print(report_table(report))
+
+
 # ------------------------------------------------------------------ tools
 
 
@@ -457,12 +634,15 @@ def demo(
     keep: Annotated[
         Path | None, typer.Option("--keep", help="Keep the data in this directory.")
     ] = None,
+    serve: Annotated[
+        bool, typer.Option("--serve", help="Keep the node up afterwards for the dashboard.")
+    ] = False,
 ) -> None:
-    """Synthesize data, start a brand node in-process, upload, match, overlap."""
+    """Synthesize data, start a brand node in-process: match, overlap, attribution."""
     from cleanroom.client.demo import run_demo
 
     with _errors():
-        run_demo(rows=rows, keep=keep, console=out)
+        run_demo(rows=rows, keep=keep, console=out, serve=serve)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,10 @@ against a plaintext join of the same files.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -18,6 +20,13 @@ import pandas as pd
 from cleanroom.audiences.identifiers import NormalizeOptions, parse_id_columns
 from cleanroom.audiences.reference import plaintext_match
 from cleanroom.audiences.synth import synthesize
+from cleanroom.client.attribution import (
+    AttributionRequest,
+    prepare_attribution,
+    run_attribution,
+    upload_conversions,
+)
+from cleanroom.client.cli_tables import report_table as _report_table
 from cleanroom.client.sdk import (
     Connection,
     load_partner_set,
@@ -25,6 +34,7 @@ from cleanroom.client.sdk import (
     upload_audience,
     write_match_output,
 )
+from cleanroom.federated.synth_attribution import synthesize_attribution
 from cleanroom.matching.messages import Protocol
 from cleanroom.matching.workers import CryptoPool
 from cleanroom.server.node import BrandNodeThread
@@ -35,19 +45,84 @@ from rich.table import Table
 
 
 def run_demo(
-    *, rows: int = 5_000, keep: Path | None = None, console: Console | None = None
+    *,
+    rows: int = 5_000,
+    keep: Path | None = None,
+    console: Console | None = None,
+    serve: bool = False,
 ) -> dict[str, int]:
     console = console or Console()
     work = keep or Path(tempfile.mkdtemp(prefix="cleanroom-demo-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        return _demo(work, rows, console, kept=keep is not None)
+        return _demo(work, rows, console, kept=keep is not None, serve=serve)
     finally:
         if keep is None:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _demo(work: Path, rows: int, console: Console, *, kept: bool) -> dict[str, int]:
+def _attribution_step(
+    node: BrandNodeThread, tokens: dict[Role, str], work: Path, console: Console
+) -> tuple[str, str]:
+    """Closed-loop attribution on synthetic conversions and exposures."""
+    synth = synthesize_attribution(
+        work / "attribution",
+        customers=1500,
+        conversions=2500,
+        partner_users=2500,
+        exposure_rows=8000,
+        campaigns=3,
+        seed=7,
+        days=21,
+    )
+    admin = Connection(node.target, tokens[Role.ADMIN])
+    brand_ids = parse_id_columns("email,phone")
+    options = NormalizeOptions(default_region="US")
+    uploaded = asyncio.run(
+        upload_conversions(
+            admin,
+            name="sales",
+            path=synth.conversions_path,
+            id_columns=brand_ids,
+            options=options,
+            customer_column="customer_id",
+            time_column="ts",
+            value_column="value",
+        )
+    )
+    console.print(
+        f"6. brand uploaded {uploaded['events']} conversions of {uploaded['customers']} customers;"
+        " the partner runs private attribution against its exposure log"
+    )
+    request = AttributionRequest(
+        conversions="sales",
+        exposures=synth.exposures_path,
+        id_columns=parse_id_columns("email,phone,maid"),
+        options=options,
+        spend=synth.spend_path,
+    )
+    report_id = asyncio.run(
+        run_attribution(Connection(node.target, tokens[Role.PARTNER]), prepare_attribution(request))
+    )
+    store = SqlStore(node.settings.resolved_database_url())
+    try:
+        tenant = store.find_tenant("acme-brand")
+        assert tenant is not None
+        record = store.get_report(tenant.tenant_id, report_id)
+    finally:
+        store.close()
+    assert record is not None and node.ports is not None
+    console.print(_report_table(record.body))
+    dashboard = (
+        f"http://127.0.0.1:{node.ports.http}/dashboard/reports/{report_id}"
+        f"#token={tokens[Role.ANALYST]}"
+    )
+    return report_id, dashboard
+
+
+def _demo(
+    work: Path, rows: int, console: Console, *, kept: bool, serve: bool = False
+) -> dict[str, int]:
     started = time.perf_counter()
     console.rule("[bold]cleanroom demo")
     data = synthesize(work / "data", brand_rows=rows, partner_rows=rows, overlap=0.3, seed=7)
@@ -88,6 +163,12 @@ def _demo(work: Path, rows: int, console: Console, *, kept: bool) -> dict[str, i
         assert outcome is not None and overlap.result is not None
         out_csv = work / "matched.csv"
         write_match_output(data.partner_path, out_csv, outcome.matched_on, columns)
+        report_id, dashboard = _attribution_step(node, tokens, work, console)
+        if serve:
+            console.print(f"dashboard: {dashboard}")
+            console.print("serving until Ctrl-C ...")
+            with contextlib.suppress(KeyboardInterrupt):
+                threading.Event().wait()
 
     # Check the private results against the plaintext join of the same files.
     expected = plaintext_match(
@@ -118,6 +199,9 @@ def _demo(work: Path, rows: int, console: Console, *, kept: bool) -> dict[str, i
     )
     where = str(out_csv) if kept else f"{out_csv.name} (deleted; rerun with --keep DIR to keep it)"
     console.print(f"5. partner output with matched/matched_on columns: {where}")
+    console.print(f"7. attribution report {report_id}; dashboard (while serving): {dashboard}")
+    if not serve:
+        console.print("   rerun with `cleanroom demo --serve` to keep the node up and open it")
     console.print(f"done in {time.perf_counter() - started:.1f} s")
     return {
         "rows": pset.row_count,

@@ -82,7 +82,7 @@ class DpParams:
     mechanism: str = "off"
     epsilon: float = 0.0
     delta: float = 0.0
-    value_cap: float = 10_000.0  # a conversion's value is clipped to this
+    value_cap: float = 1_000.0  # with DP on, a conversion's value is clipped to this
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,12 +385,21 @@ class BrandAttribution:
         for g in msg.groups:
             if g.group not in GROUPS:
                 raise ProtocolError(f"unknown group {g.group!r}")
-            revenue = self.private_key.decrypt(pk.validate(g.revenue)) / VALUE_SCALE
-            groups[(g.campaign_id, g.group)] = (g.users, g.conversions, g.converters, revenue)
+            # Noise can push a small sum below zero; clamping is post-processing,
+            # so it costs no privacy.
+            revenue = max(0.0, self.private_key.decrypt(pk.validate(g.revenue)) / VALUE_SCALE)
+            converters = g.converters
+            if converters > g.conversions:
+                if self.dp.mechanism == "off":
+                    raise ProtocolError(
+                        f"{g.campaign_id}/{g.group}: more converters than conversions"
+                    )
+                converters = g.conversions  # independent noise on both; post-processing
+            groups[(g.campaign_id, g.group)] = (g.users, g.conversions, converters, revenue)
         attributed = {
             a.campaign_id: (
                 a.conversions,
-                self.private_key.decrypt(pk.validate(a.revenue)) / VALUE_SCALE,
+                max(0.0, self.private_key.decrypt(pk.validate(a.revenue)) / VALUE_SCALE),
             )
             for a in msg.attributed
         }
@@ -475,6 +484,7 @@ class PartnerAttribution:
         self._brand_lags: list[np.ndarray] = []
         self._event_customer: np.ndarray | None = None
         self._event_ct: list[int] = []
+        self._events_received = 0
         self.accepted: AttrAccepted | None = None
         users = {}
         for (c, g), group in _group_rows(d).items():
@@ -516,6 +526,17 @@ class PartnerAttribution:
                     out.append(CellTokens(seq=len(out), cell=ci, points=pts))
         return out
 
+    @property
+    def ready_for_aggregates(self) -> bool:
+        """Every cell, brand token and event value has arrived."""
+        a = self.accepted
+        return (
+            a is not None
+            and len(self._cell_values) == len(self.cells)
+            and sum(len(e) for e in self._brand_events) == a.brand_tokens
+            and self._events_received == a.events
+        )
+
     def on_cell_values(self, msg: CellValues) -> None:
         assert self.accepted is not None
         if msg.cell in self._cell_values or not 0 <= msg.cell < len(self.cells):
@@ -551,6 +572,7 @@ class PartnerAttribution:
         cts = self.public_key.validate_many(msg.ciphertexts)
         self._event_customer[msg.start : msg.start + len(customers)] = customers
         self._event_ct[msg.start : msg.start + len(cts)] = cts
+        self._events_received += len(cts)
 
     def aggregates(self) -> AttrAggregates:
         """Intersect, apply windows and last touch, sum homomorphically, add noise."""

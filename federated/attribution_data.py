@@ -20,7 +20,7 @@ from cleanroom.audiences.identifiers import (
 from cleanroom.federated.attribution import BrandConversions, PartnerExposures
 
 
-def _hashed_ids(
+def hashed_identifiers(
     frame: pd.DataFrame, id_columns: Sequence[IdColumn], options: NormalizeOptions
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(row, type, digest) for every valid identifier, in row order per column."""
@@ -54,7 +54,7 @@ def brand_conversions(
 ) -> BrandConversions:
     """``parsed`` comes from ``attribution_reference.parse_conversions``."""
     _, customer_index = np.unique(parsed["customer_id"].to_numpy(dtype=str), return_inverse=True)
-    id_row, id_type, id_digest = _hashed_ids(parsed, id_columns, options)
+    id_row, id_type, id_digest = hashed_identifiers(parsed, id_columns, options)
     return BrandConversions(
         customer=customer_index.astype(np.int64),
         day=parsed["day"].to_numpy(dtype=np.int64),
@@ -70,7 +70,7 @@ def partner_exposures(
 ) -> PartnerExposures:
     """``parsed`` comes from ``attribution_reference.parse_exposures``."""
     _, user_index = np.unique(parsed["user_id"].to_numpy(dtype=str), return_inverse=True)
-    id_row, id_type, id_digest = _hashed_ids(parsed, id_columns, options)
+    id_row, id_type, id_digest = hashed_identifiers(parsed, id_columns, options)
     return PartnerExposures(
         row_user=user_index.astype(np.int64),
         row_campaign=parsed["campaign_id"].to_numpy(dtype=object),

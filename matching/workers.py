@@ -124,6 +124,10 @@ class CryptoPool:
         list(executor.map(_warm, range(n)))
         return cls(executor, n)
 
+    @property
+    def executor(self) -> Executor:
+        return self._executor
+
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, fn, *args)

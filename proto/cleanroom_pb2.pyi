@@ -40,12 +40,14 @@ class UploadHeader(_message.Message):
     def __init__(self, name: _Optional[str] = ..., id_types: _Optional[_Iterable[_Union[IdType, str]]] = ..., replace: _Optional[bool] = ...) -> None: ...
 
 class IdColumnChunk(_message.Message):
-    __slots__ = ("column", "digests")
+    __slots__ = ("column", "digests", "present")
     COLUMN_FIELD_NUMBER: _ClassVar[int]
     DIGESTS_FIELD_NUMBER: _ClassVar[int]
+    PRESENT_FIELD_NUMBER: _ClassVar[int]
     column: int
     digests: bytes
-    def __init__(self, column: _Optional[int] = ..., digests: _Optional[bytes] = ...) -> None: ...
+    present: bytes
+    def __init__(self, column: _Optional[int] = ..., digests: _Optional[bytes] = ..., present: _Optional[bytes] = ...) -> None: ...
 
 class UploadChunk(_message.Message):
     __slots__ = ("seq", "row_count", "columns")
@@ -207,3 +209,245 @@ class BrandMessage(_message.Message):
     points: PointChunk
     result: Result
     def __init__(self, accepted: _Optional[_Union[Accepted, _Mapping]] = ..., values: _Optional[_Union[ValueChunk, _Mapping]] = ..., points: _Optional[_Union[PointChunk, _Mapping]] = ..., result: _Optional[_Union[Result, _Mapping]] = ...) -> None: ...
+
+class ConversionsChunk(_message.Message):
+    __slots__ = ("seq", "row_count", "customers", "days", "values", "columns")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    ROW_COUNT_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMERS_FIELD_NUMBER: _ClassVar[int]
+    DAYS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    row_count: int
+    customers: bytes
+    days: bytes
+    values: bytes
+    columns: _containers.RepeatedCompositeFieldContainer[IdColumnChunk]
+    def __init__(self, seq: _Optional[int] = ..., row_count: _Optional[int] = ..., customers: _Optional[bytes] = ..., days: _Optional[bytes] = ..., values: _Optional[bytes] = ..., columns: _Optional[_Iterable[_Union[IdColumnChunk, _Mapping]]] = ...) -> None: ...
+
+class ConversionsUploadRequest(_message.Message):
+    __slots__ = ("header", "chunk", "end")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    header: UploadHeader
+    chunk: ConversionsChunk
+    end: UploadEnd
+    def __init__(self, header: _Optional[_Union[UploadHeader, _Mapping]] = ..., chunk: _Optional[_Union[ConversionsChunk, _Mapping]] = ..., end: _Optional[_Union[UploadEnd, _Mapping]] = ...) -> None: ...
+
+class ConversionSet(_message.Message):
+    __slots__ = ("conversions_id", "name", "events", "customers", "identifiers")
+    CONVERSIONS_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMERS_FIELD_NUMBER: _ClassVar[int]
+    IDENTIFIERS_FIELD_NUMBER: _ClassVar[int]
+    conversions_id: str
+    name: str
+    events: int
+    customers: int
+    identifiers: int
+    def __init__(self, conversions_id: _Optional[str] = ..., name: _Optional[str] = ..., events: _Optional[int] = ..., customers: _Optional[int] = ..., identifiers: _Optional[int] = ...) -> None: ...
+
+class AttrCell(_message.Message):
+    __slots__ = ("campaign_id", "group", "touch")
+    CAMPAIGN_ID_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    TOUCH_FIELD_NUMBER: _ClassVar[int]
+    campaign_id: str
+    group: str
+    touch: str
+    def __init__(self, campaign_id: _Optional[str] = ..., group: _Optional[str] = ..., touch: _Optional[str] = ...) -> None: ...
+
+class AttrHello(_message.Message):
+    __slots__ = ("conversions", "click_days", "view_days", "cells", "cell_tokens", "epsilon", "submission_key")
+    CONVERSIONS_FIELD_NUMBER: _ClassVar[int]
+    CLICK_DAYS_FIELD_NUMBER: _ClassVar[int]
+    VIEW_DAYS_FIELD_NUMBER: _ClassVar[int]
+    CELLS_FIELD_NUMBER: _ClassVar[int]
+    CELL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    SUBMISSION_KEY_FIELD_NUMBER: _ClassVar[int]
+    conversions: str
+    click_days: int
+    view_days: int
+    cells: _containers.RepeatedCompositeFieldContainer[AttrCell]
+    cell_tokens: _containers.RepeatedScalarFieldContainer[int]
+    epsilon: float
+    submission_key: str
+    def __init__(self, conversions: _Optional[str] = ..., click_days: _Optional[int] = ..., view_days: _Optional[int] = ..., cells: _Optional[_Iterable[_Union[AttrCell, _Mapping]]] = ..., cell_tokens: _Optional[_Iterable[int]] = ..., epsilon: _Optional[float] = ..., submission_key: _Optional[str] = ...) -> None: ...
+
+class AttrCellTokens(_message.Message):
+    __slots__ = ("seq", "cell", "points")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    CELL_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    cell: int
+    points: bytes
+    def __init__(self, seq: _Optional[int] = ..., cell: _Optional[int] = ..., points: _Optional[bytes] = ...) -> None: ...
+
+class AttrGroupAggregate(_message.Message):
+    __slots__ = ("campaign_id", "group", "users", "conversions", "converters", "revenue")
+    CAMPAIGN_ID_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    USERS_FIELD_NUMBER: _ClassVar[int]
+    CONVERSIONS_FIELD_NUMBER: _ClassVar[int]
+    CONVERTERS_FIELD_NUMBER: _ClassVar[int]
+    REVENUE_FIELD_NUMBER: _ClassVar[int]
+    campaign_id: str
+    group: str
+    users: int
+    conversions: int
+    converters: int
+    revenue: bytes
+    def __init__(self, campaign_id: _Optional[str] = ..., group: _Optional[str] = ..., users: _Optional[int] = ..., conversions: _Optional[int] = ..., converters: _Optional[int] = ..., revenue: _Optional[bytes] = ...) -> None: ...
+
+class AttrAttributedAggregate(_message.Message):
+    __slots__ = ("campaign_id", "conversions", "revenue")
+    CAMPAIGN_ID_FIELD_NUMBER: _ClassVar[int]
+    CONVERSIONS_FIELD_NUMBER: _ClassVar[int]
+    REVENUE_FIELD_NUMBER: _ClassVar[int]
+    campaign_id: str
+    conversions: int
+    revenue: bytes
+    def __init__(self, campaign_id: _Optional[str] = ..., conversions: _Optional[int] = ..., revenue: _Optional[bytes] = ...) -> None: ...
+
+class AttrSpend(_message.Message):
+    __slots__ = ("campaign_id", "spend")
+    CAMPAIGN_ID_FIELD_NUMBER: _ClassVar[int]
+    SPEND_FIELD_NUMBER: _ClassVar[int]
+    campaign_id: str
+    spend: float
+    def __init__(self, campaign_id: _Optional[str] = ..., spend: _Optional[float] = ...) -> None: ...
+
+class AttrAggregates(_message.Message):
+    __slots__ = ("groups", "attributed", "spend")
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTED_FIELD_NUMBER: _ClassVar[int]
+    SPEND_FIELD_NUMBER: _ClassVar[int]
+    groups: _containers.RepeatedCompositeFieldContainer[AttrGroupAggregate]
+    attributed: _containers.RepeatedCompositeFieldContainer[AttrAttributedAggregate]
+    spend: _containers.RepeatedCompositeFieldContainer[AttrSpend]
+    def __init__(self, groups: _Optional[_Iterable[_Union[AttrGroupAggregate, _Mapping]]] = ..., attributed: _Optional[_Iterable[_Union[AttrAttributedAggregate, _Mapping]]] = ..., spend: _Optional[_Iterable[_Union[AttrSpend, _Mapping]]] = ...) -> None: ...
+
+class AttrPartnerMessage(_message.Message):
+    __slots__ = ("hello", "cell_tokens", "aggregates")
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    CELL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATES_FIELD_NUMBER: _ClassVar[int]
+    hello: AttrHello
+    cell_tokens: AttrCellTokens
+    aggregates: AttrAggregates
+    def __init__(self, hello: _Optional[_Union[AttrHello, _Mapping]] = ..., cell_tokens: _Optional[_Union[AttrCellTokens, _Mapping]] = ..., aggregates: _Optional[_Union[AttrAggregates, _Mapping]] = ...) -> None: ...
+
+class DpParams(_message.Message):
+    __slots__ = ("mechanism", "epsilon", "delta", "value_cap")
+    MECHANISM_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    VALUE_CAP_FIELD_NUMBER: _ClassVar[int]
+    mechanism: str
+    epsilon: float
+    delta: float
+    value_cap: float
+    def __init__(self, mechanism: _Optional[str] = ..., epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., value_cap: _Optional[float] = ...) -> None: ...
+
+class AttrAccepted(_message.Message):
+    __slots__ = ("session_id", "public_key_n", "max_lag", "value_len", "events", "brand_tokens", "dp", "report_id")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_N_FIELD_NUMBER: _ClassVar[int]
+    MAX_LAG_FIELD_NUMBER: _ClassVar[int]
+    VALUE_LEN_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    BRAND_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    DP_FIELD_NUMBER: _ClassVar[int]
+    REPORT_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    public_key_n: bytes
+    max_lag: int
+    value_len: int
+    events: int
+    brand_tokens: int
+    dp: DpParams
+    report_id: str
+    def __init__(self, session_id: _Optional[str] = ..., public_key_n: _Optional[bytes] = ..., max_lag: _Optional[int] = ..., value_len: _Optional[int] = ..., events: _Optional[int] = ..., brand_tokens: _Optional[int] = ..., dp: _Optional[_Union[DpParams, _Mapping]] = ..., report_id: _Optional[str] = ...) -> None: ...
+
+class AttrCellValues(_message.Message):
+    __slots__ = ("cell", "values")
+    CELL_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    cell: int
+    values: bytes
+    def __init__(self, cell: _Optional[int] = ..., values: _Optional[bytes] = ...) -> None: ...
+
+class AttrConversionTokens(_message.Message):
+    __slots__ = ("seq", "points", "events", "lags")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    LAGS_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    points: bytes
+    events: bytes
+    lags: bytes
+    def __init__(self, seq: _Optional[int] = ..., points: _Optional[bytes] = ..., events: _Optional[bytes] = ..., lags: _Optional[bytes] = ...) -> None: ...
+
+class AttrEventValues(_message.Message):
+    __slots__ = ("seq", "start", "customers", "ciphertexts")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMERS_FIELD_NUMBER: _ClassVar[int]
+    CIPHERTEXTS_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    start: int
+    customers: bytes
+    ciphertexts: bytes
+    def __init__(self, seq: _Optional[int] = ..., start: _Optional[int] = ..., customers: _Optional[bytes] = ..., ciphertexts: _Optional[bytes] = ...) -> None: ...
+
+class AttrDone(_message.Message):
+    __slots__ = ("report_id",)
+    REPORT_ID_FIELD_NUMBER: _ClassVar[int]
+    report_id: str
+    def __init__(self, report_id: _Optional[str] = ...) -> None: ...
+
+class AttrBrandMessage(_message.Message):
+    __slots__ = ("accepted", "cell_values", "conversion_tokens", "event_values", "done")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    CELL_VALUES_FIELD_NUMBER: _ClassVar[int]
+    CONVERSION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    EVENT_VALUES_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    accepted: AttrAccepted
+    cell_values: AttrCellValues
+    conversion_tokens: AttrConversionTokens
+    event_values: AttrEventValues
+    done: AttrDone
+    def __init__(self, accepted: _Optional[_Union[AttrAccepted, _Mapping]] = ..., cell_values: _Optional[_Union[AttrCellValues, _Mapping]] = ..., conversion_tokens: _Optional[_Union[AttrConversionTokens, _Mapping]] = ..., event_values: _Optional[_Union[AttrEventValues, _Mapping]] = ..., done: _Optional[_Union[AttrDone, _Mapping]] = ...) -> None: ...
+
+class PolicyRequest(_message.Message):
+    __slots__ = ("aggregation_threshold", "dp", "epsilon_budget", "min_partner_records")
+    AGGREGATION_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    DP_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_BUDGET_FIELD_NUMBER: _ClassVar[int]
+    MIN_PARTNER_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    aggregation_threshold: int
+    dp: str
+    epsilon_budget: float
+    min_partner_records: int
+    def __init__(self, aggregation_threshold: _Optional[int] = ..., dp: _Optional[str] = ..., epsilon_budget: _Optional[float] = ..., min_partner_records: _Optional[int] = ...) -> None: ...
+
+class PolicyResponse(_message.Message):
+    __slots__ = ("aggregation_threshold", "dp", "epsilon_budget", "epsilon_spent", "min_partner_records")
+    AGGREGATION_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    DP_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_BUDGET_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_SPENT_FIELD_NUMBER: _ClassVar[int]
+    MIN_PARTNER_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    aggregation_threshold: int
+    dp: str
+    epsilon_budget: float
+    epsilon_spent: float
+    min_partner_records: int
+    def __init__(self, aggregation_threshold: _Optional[int] = ..., dp: _Optional[str] = ..., epsilon_budget: _Optional[float] = ..., epsilon_spent: _Optional[float] = ..., min_partner_records: _Optional[int] = ...) -> None: ...

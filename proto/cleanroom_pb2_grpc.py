@@ -226,3 +226,170 @@ class MatchingService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class AttributionServiceStub:
+    """---------------------------------------------------------------- attribution
+
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.UploadConversions = channel.stream_unary(
+                '/cleanroom.v1.AttributionService/UploadConversions',
+                request_serializer=cleanroom_dot_proto_dot_cleanroom__pb2.ConversionsUploadRequest.SerializeToString,
+                response_deserializer=cleanroom_dot_proto_dot_cleanroom__pb2.ConversionSet.FromString,
+                _registered_method=True)
+        self.Attribute = channel.stream_stream(
+                '/cleanroom.v1.AttributionService/Attribute',
+                request_serializer=cleanroom_dot_proto_dot_cleanroom__pb2.AttrPartnerMessage.SerializeToString,
+                response_deserializer=cleanroom_dot_proto_dot_cleanroom__pb2.AttrBrandMessage.FromString,
+                _registered_method=True)
+        self.SetPolicy = channel.unary_unary(
+                '/cleanroom.v1.AttributionService/SetPolicy',
+                request_serializer=cleanroom_dot_proto_dot_cleanroom__pb2.PolicyRequest.SerializeToString,
+                response_deserializer=cleanroom_dot_proto_dot_cleanroom__pb2.PolicyResponse.FromString,
+                _registered_method=True)
+
+
+class AttributionServiceServicer:
+    """---------------------------------------------------------------- attribution
+
+    """
+
+    def UploadConversions(self, request_iterator, context):
+        """Brand conversions: UploadHeader, chunks whose rows carry customers, days,
+        values and per-column digests with presence, then UploadEnd.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Attribute(self, request_iterator, context):
+        """One attribution run (DESIGN.md §6) per stream.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetPolicy(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AttributionServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'UploadConversions': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadConversions,
+                    request_deserializer=cleanroom_dot_proto_dot_cleanroom__pb2.ConversionsUploadRequest.FromString,
+                    response_serializer=cleanroom_dot_proto_dot_cleanroom__pb2.ConversionSet.SerializeToString,
+            ),
+            'Attribute': grpc.stream_stream_rpc_method_handler(
+                    servicer.Attribute,
+                    request_deserializer=cleanroom_dot_proto_dot_cleanroom__pb2.AttrPartnerMessage.FromString,
+                    response_serializer=cleanroom_dot_proto_dot_cleanroom__pb2.AttrBrandMessage.SerializeToString,
+            ),
+            'SetPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPolicy,
+                    request_deserializer=cleanroom_dot_proto_dot_cleanroom__pb2.PolicyRequest.FromString,
+                    response_serializer=cleanroom_dot_proto_dot_cleanroom__pb2.PolicyResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'cleanroom.v1.AttributionService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('cleanroom.v1.AttributionService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class AttributionService:
+    """---------------------------------------------------------------- attribution
+
+    """
+
+    @staticmethod
+    def UploadConversions(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/cleanroom.v1.AttributionService/UploadConversions',
+            cleanroom_dot_proto_dot_cleanroom__pb2.ConversionsUploadRequest.SerializeToString,
+            cleanroom_dot_proto_dot_cleanroom__pb2.ConversionSet.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Attribute(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/cleanroom.v1.AttributionService/Attribute',
+            cleanroom_dot_proto_dot_cleanroom__pb2.AttrPartnerMessage.SerializeToString,
+            cleanroom_dot_proto_dot_cleanroom__pb2.AttrBrandMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cleanroom.v1.AttributionService/SetPolicy',
+            cleanroom_dot_proto_dot_cleanroom__pb2.PolicyRequest.SerializeToString,
+            cleanroom_dot_proto_dot_cleanroom__pb2.PolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -147,3 +147,192 @@ def brand_from_pb(msg: pb.BrandMessage) -> BrandMessage:
     if kind == "result":
         return Result(intersection=msg.result.intersection, known=msg.result.known)
     raise ValueError("empty BrandMessage")
+
+
+# ------------------------------------------------------------------ attribution
+
+
+def _n_to_bytes(n: int) -> bytes:
+    return n.to_bytes((n.bit_length() + 7) // 8, "big")
+
+
+def attr_partner_to_pb(msg: object, public_key: object = None) -> pb.AttrPartnerMessage:
+    from cleanroom.federated import attribution as a
+    from cleanroom.federated.paillier import PaillierPublicKey, ciphertexts_to_bytes
+
+    if isinstance(msg, a.AttrHello):
+        return pb.AttrPartnerMessage(
+            hello=pb.AttrHello(
+                conversions=msg.conversions,
+                click_days=msg.click_days,
+                view_days=msg.view_days,
+                cells=[
+                    pb.AttrCell(campaign_id=c.campaign_id, group=c.group, touch=c.touch)
+                    for c in msg.cells
+                ],
+                cell_tokens=list(msg.cell_tokens),
+                epsilon=msg.epsilon,
+                submission_key=msg.submission_key,
+            )
+        )
+    if isinstance(msg, a.CellTokens):
+        return pb.AttrPartnerMessage(
+            cell_tokens=pb.AttrCellTokens(seq=msg.seq, cell=msg.cell, points=msg.points)
+        )
+    if isinstance(msg, a.AttrAggregates):
+        if not isinstance(public_key, PaillierPublicKey):
+            raise TypeError("aggregates need the Paillier public key to serialize")
+        return pb.AttrPartnerMessage(
+            aggregates=pb.AttrAggregates(
+                groups=[
+                    pb.AttrGroupAggregate(
+                        campaign_id=g.campaign_id,
+                        group=g.group,
+                        users=g.users,
+                        conversions=g.conversions,
+                        converters=g.converters,
+                        revenue=ciphertexts_to_bytes([g.revenue], public_key),
+                    )
+                    for g in msg.groups
+                ],
+                attributed=[
+                    pb.AttrAttributedAggregate(
+                        campaign_id=t.campaign_id,
+                        conversions=t.conversions,
+                        revenue=ciphertexts_to_bytes([t.revenue], public_key),
+                    )
+                    for t in msg.attributed
+                ],
+                spend=[pb.AttrSpend(campaign_id=c, spend=s) for c, s in msg.spend],
+            )
+        )
+    raise TypeError(f"not an attribution partner message: {type(msg).__name__}")
+
+
+def attr_partner_from_pb(msg: pb.AttrPartnerMessage, public_key: object = None) -> object:
+    from cleanroom.federated import attribution as a
+    from cleanroom.federated.paillier import PaillierPublicKey, ciphertexts_from_bytes
+
+    kind = msg.WhichOneof("body")
+    if kind == "hello":
+        h = msg.hello
+        if not h.conversions:
+            raise ValueError("AttrHello.conversions is required")
+        return a.AttrHello(
+            conversions=h.conversions,
+            click_days=h.click_days,
+            view_days=h.view_days,
+            cells=tuple(a.Cell(c.campaign_id, c.group, c.touch) for c in h.cells),
+            cell_tokens=tuple(h.cell_tokens),
+            epsilon=h.epsilon,
+            submission_key=h.submission_key,
+        )
+    if kind == "cell_tokens":
+        t = msg.cell_tokens
+        return a.CellTokens(seq=t.seq, cell=t.cell, points=t.points)
+    if kind == "aggregates":
+        if not isinstance(public_key, PaillierPublicKey):
+            raise TypeError("aggregates need the Paillier public key to parse")
+
+        def one(data: bytes) -> int:
+            [c] = ciphertexts_from_bytes(data, public_key)
+            return c
+
+        g = msg.aggregates
+        return a.AttrAggregates(
+            groups=tuple(
+                a.GroupAggregate(
+                    x.campaign_id, x.group, x.users, x.conversions, x.converters, one(x.revenue)
+                )
+                for x in g.groups
+            ),
+            attributed=tuple(
+                a.AttributedAggregate(x.campaign_id, x.conversions, one(x.revenue))
+                for x in g.attributed
+            ),
+            spend=tuple((x.campaign_id, x.spend) for x in g.spend),
+        )
+    raise ValueError("empty AttrPartnerMessage")
+
+
+def attr_brand_to_pb(msg: object, public_key: object = None) -> pb.AttrBrandMessage:
+    from cleanroom.federated import attribution as a
+    from cleanroom.federated.paillier import PaillierPublicKey, ciphertexts_to_bytes
+
+    if isinstance(msg, a.AttrAccepted):
+        return pb.AttrBrandMessage(
+            accepted=pb.AttrAccepted(
+                session_id=msg.session_id,
+                public_key_n=_n_to_bytes(msg.public_key_n),
+                max_lag=msg.max_lag,
+                value_len=msg.value_len,
+                events=msg.events,
+                brand_tokens=msg.brand_tokens,
+                dp=pb.DpParams(
+                    mechanism=msg.dp.mechanism,
+                    epsilon=msg.dp.epsilon,
+                    delta=msg.dp.delta,
+                    value_cap=msg.dp.value_cap,
+                ),
+                report_id=msg.report_id,
+            )
+        )
+    if isinstance(msg, a.CellValues):
+        return pb.AttrBrandMessage(cell_values=pb.AttrCellValues(cell=msg.cell, values=msg.values))
+    if isinstance(msg, a.ConversionTokens):
+        return pb.AttrBrandMessage(
+            conversion_tokens=pb.AttrConversionTokens(
+                seq=msg.seq, points=msg.points, events=msg.events, lags=msg.lags
+            )
+        )
+    if isinstance(msg, a.EventValues):
+        if not isinstance(public_key, PaillierPublicKey):
+            raise TypeError("event values need the Paillier public key to serialize")
+        return pb.AttrBrandMessage(
+            event_values=pb.AttrEventValues(
+                seq=msg.seq,
+                start=msg.start,
+                customers=msg.customers,
+                ciphertexts=ciphertexts_to_bytes(msg.ciphertexts, public_key),
+            )
+        )
+    if isinstance(msg, a.AttrDone):
+        return pb.AttrBrandMessage(done=pb.AttrDone(report_id=msg.report_id))
+    raise TypeError(f"not an attribution brand message: {type(msg).__name__}")
+
+
+def attr_brand_from_pb(msg: pb.AttrBrandMessage, public_key: object = None) -> object:
+    from cleanroom.federated import attribution as a
+    from cleanroom.federated.paillier import PaillierPublicKey, ciphertexts_from_bytes
+
+    kind = msg.WhichOneof("body")
+    if kind == "accepted":
+        x = msg.accepted
+        return a.AttrAccepted(
+            session_id=x.session_id,
+            public_key_n=int.from_bytes(x.public_key_n, "big"),
+            max_lag=x.max_lag,
+            value_len=x.value_len,
+            events=x.events,
+            brand_tokens=x.brand_tokens,
+            dp=a.DpParams(x.dp.mechanism or "off", x.dp.epsilon, x.dp.delta, x.dp.value_cap),
+            report_id=x.report_id,
+        )
+    if kind == "cell_values":
+        return a.CellValues(cell=msg.cell_values.cell, values=msg.cell_values.values)
+    if kind == "conversion_tokens":
+        t = msg.conversion_tokens
+        return a.ConversionTokens(seq=t.seq, points=t.points, events=t.events, lags=t.lags)
+    if kind == "event_values":
+        if not isinstance(public_key, PaillierPublicKey):
+            raise TypeError("event values need the Paillier public key to parse")
+        e = msg.event_values
+        return a.EventValues(
+            seq=e.seq,
+            start=e.start,
+            customers=e.customers,
+            ciphertexts=tuple(ciphertexts_from_bytes(e.ciphertexts, public_key)),
+        )
+    if kind == "done":
+        return a.AttrDone(report_id=msg.done.report_id)
+    raise ValueError("empty AttrBrandMessage")

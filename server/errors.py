@@ -43,6 +43,10 @@ class FailedPrecondition(CleanroomError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class BudgetExceeded(FailedPrecondition):
+    """A differential-privacy release would overspend the epsilon budget."""
+
+
 class ResourceExhausted(CleanroomError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 

@@ -9,20 +9,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 
 import grpc
+import numpy as np
 from cleanroom.audiences.upload import ColumnDigests, UploadChunk, UploadEnd, UploadHeader
+from cleanroom.federated.attribution import AttrAggregates, AttrDone, AttrHello, CellTokens
 from cleanroom.matching.brand import BrandSession
 from cleanroom.matching.messages import Hello
 from cleanroom.proto import cleanroom_pb2 as pb
 from cleanroom.proto import cleanroom_pb2_grpc as pb_grpc
 from cleanroom.proto import serde
+from cleanroom.server.attribution import (
+    AttributionRun,
+    AttributionService,
+    ConversionRows,
+    ConversionsUpload,
+)
 from cleanroom.server.audiences import AudienceService, AudienceUpload
-from cleanroom.server.errors import Unauthenticated, status_for
+from cleanroom.server.errors import PermissionDenied, Unauthenticated, status_for
 from cleanroom.server.matching import MatchingService
-from cleanroom.server.store import AudienceRecord, Principal, SqlStore
+from cleanroom.server.store import AudienceRecord, AuditEntry, Principal, Role, SqlStore
 
 log = logging.getLogger("cleanroom.server.grpc")
 
@@ -175,3 +184,151 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
             return  # the stream broke; the handler's cancellation does the rest
         except Exception as exc:
             session.fail(exc)
+
+
+class AttributionServicer(pb_grpc.AttributionServiceServicer):
+    def __init__(self, store: SqlStore, attribution: AttributionService) -> None:
+        self._store = store
+        self._service = attribution
+
+    async def UploadConversions(
+        self,
+        request_iterator: AsyncIterator[pb.ConversionsUploadRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> pb.ConversionSet:
+        upload: ConversionsUpload | None = None
+        try:
+            principal: Principal | None = None
+            async for req in request_iterator:
+                kind = req.WhichOneof("body")
+                if principal is None:
+                    principal = authenticate(self._store, context)
+                if upload is None:
+                    if kind != "header":
+                        raise ValueError("an upload starts with its header")
+                    upload = self._service.begin_upload(
+                        principal,
+                        req.header.name,
+                        tuple(serde.id_type_from_pb(t) for t in req.header.id_types),
+                        req.header.replace,
+                    )
+                elif kind == "chunk":
+                    c = req.chunk
+                    upload.add(
+                        ConversionRows(
+                            seq=c.seq,
+                            customers=c.customers,
+                            days=np.frombuffer(c.days, dtype="<i4"),
+                            values=np.frombuffer(c.values, dtype="<f8"),
+                            columns=tuple((x.column, x.present, x.digests) for x in c.columns),
+                        )
+                    )
+                elif kind == "end":
+                    record = await asyncio.to_thread(
+                        upload.finish, req.end.chunk_count, req.end.row_count
+                    )
+                    upload = None
+                    return pb.ConversionSet(
+                        conversions_id=record.conversions_id,
+                        name=record.name,
+                        events=record.events,
+                        customers=record.customers,
+                        identifiers=record.identifiers,
+                    )
+                else:
+                    raise ValueError(f"unexpected upload message {kind!r} after the header")
+            raise ValueError("the upload stream ended without its end message; nothing was stored")
+        except Exception as exc:
+            if upload is not None:
+                upload.abort()
+                upload = None
+            await abort_with(context, exc)
+            raise AssertionError("unreachable") from exc
+        finally:
+            if upload is not None:
+                upload.abort()
+
+    async def Attribute(
+        self,
+        request_iterator: AsyncIterator[pb.AttrPartnerMessage],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.AttrBrandMessage]:
+        run: AttributionRun | None = None
+        ended = False
+        try:
+            requests = aiter(request_iterator)
+            first = await anext(requests)
+            principal = authenticate(self._store, context)
+            hello = serde.attr_partner_from_pb(first)
+            if not isinstance(hello, AttrHello):
+                raise ValueError("an attribution stream starts with AttrHello")
+            run, accepted = await asyncio.to_thread(self._service.open, principal, hello)
+            yield serde.attr_brand_to_pb(accepted)
+            if run is None:
+                ended = True
+                yield serde.attr_brand_to_pb(AttrDone(report_id=accepted.report_id))
+                return
+            cells_done = 0
+            async for req in requests:
+                msg = serde.attr_partner_from_pb(req, run.public_key)
+                if isinstance(msg, CellTokens):
+                    back = await asyncio.to_thread(run.brand.on_cell_tokens, msg)
+                    if back is None:
+                        continue
+                    yield serde.attr_brand_to_pb(back)
+                    cells_done += 1
+                    if cells_done == len(hello.cells):
+                        for tokens in await asyncio.to_thread(run.brand.conversion_tokens):
+                            yield serde.attr_brand_to_pb(tokens)
+                        for values in await asyncio.to_thread(run.brand.event_values):
+                            yield serde.attr_brand_to_pb(values, run.public_key)
+                elif isinstance(msg, AttrAggregates):
+                    report_id = await asyncio.to_thread(self._service.conclude, run, msg)
+                    ended = True
+                    yield serde.attr_brand_to_pb(AttrDone(report_id=report_id))
+                    return
+                else:
+                    raise ValueError(f"unexpected {type(msg).__name__} during the run")
+            raise ValueError("the stream ended before the aggregates; no report was stored")
+        except StopAsyncIteration:
+            await abort_with(context, ValueError("the stream closed before AttrHello"))
+        except Exception as exc:
+            if run is not None and not ended:
+                ended = True
+                self._service.finish(run, "failed", str(exc))
+            await abort_with(context, exc)
+        finally:
+            if run is not None and not ended:  # the partner went away mid-run
+                self._service.finish(
+                    run, "failed", "the partner disconnected; no report was stored"
+                )
+
+    async def SetPolicy(
+        self, request: pb.PolicyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PolicyResponse:
+        try:
+            principal = authenticate(self._store, context)
+            if principal.role is not Role.ADMIN:
+                raise PermissionDenied("changing the policy needs an admin token")
+            tenant = self._store.get_tenant(principal.tenant_id)
+            assert tenant is not None
+            changes: dict[str, object] = {}
+            for name in ("aggregation_threshold", "dp", "epsilon_budget", "min_partner_records"):
+                if request.HasField(name):
+                    changes[name] = getattr(request, name)
+            policy = dataclasses.replace(tenant.policy, **changes)  # validates in __post_init__
+            updated = self._store.set_policy(principal.tenant_id, policy)
+            self._store.audit(AuditEntry(principal.tenant_id, "admin", "policy.set", dict(changes)))
+            p = updated.policy
+            return pb.PolicyResponse(
+                aggregation_threshold=p.aggregation_threshold,
+                dp=p.dp,
+                epsilon_budget=p.epsilon_budget,
+                epsilon_spent=self._store.epsilon_spent(
+                    principal.tenant_id, f"{principal.tenant_id}:partner"
+                ),
+                min_partner_records=p.min_partner_records,
+            )
+        except Exception as exc:
+            await abort_with(context, exc)
+            raise AssertionError("unreachable") from exc

@@ -19,9 +19,10 @@ from cleanroom.matching.workers import CryptoPool
 from cleanroom.proto import cleanroom_pb2 as pb
 from cleanroom.proto import cleanroom_pb2_grpc as pb_grpc
 from cleanroom.server import tls
+from cleanroom.server.attribution import AttributionService
 from cleanroom.server.audiences import AudienceService
 from cleanroom.server.files import remove_stale_temporaries
-from cleanroom.server.grpc_api import AudienceServicer, MatchingServicer
+from cleanroom.server.grpc_api import AttributionServicer, AudienceServicer, MatchingServicer
 from cleanroom.server.matching import MatchingService
 from cleanroom.server.settings import ServerSettings
 from cleanroom.server.store import SqlStore
@@ -85,6 +86,8 @@ class BrandNode:
         self.matching = MatchingService(
             self.store, audiences, chunk_size=s.chunk_size, resume_seconds=s.resume_seconds
         )
+        assert self._pool is not None
+        attribution = AttributionService(self.store, s.data_dir, executor=self._pool.executor)
         server = grpc.aio.server(options=grpc_options(s.max_message_bytes))
         pb_grpc.add_AudienceServiceServicer_to_server(
             AudienceServicer(self.store, audiences), server
@@ -92,11 +95,15 @@ class BrandNode:
         pb_grpc.add_MatchingServiceServicer_to_server(
             MatchingServicer(self.store, self.matching), server
         )
+        pb_grpc.add_AttributionServiceServicer_to_server(
+            AttributionServicer(self.store, attribution), server
+        )
         health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         names = (
             pb.DESCRIPTOR.services_by_name["AudienceService"].full_name,
             pb.DESCRIPTOR.services_by_name["MatchingService"].full_name,
+            pb.DESCRIPTOR.services_by_name["AttributionService"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         )
@@ -111,7 +118,7 @@ class BrandNode:
         else:
             port = server.add_insecure_port(address)
         await server.start()
-        for name in (*names[:2], ""):
+        for name in (*names[:3], ""):
             await health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._server = server
         self._tasks.append(asyncio.ensure_future(self.matching.reap_forever()))

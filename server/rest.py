@@ -1,24 +1,145 @@
 """The brand node's REST API (FastAPI): thin routes over the store.
 
 Every route authenticates the bearer token and only ever reads the token's
-own tenant; another tenant's object is indistinguishable from a missing one.
+own tenant; another tenant's object is indistinguishable from a missing one
+(404). Errors are ``application/problem+json`` (RFC 9457): 401 without a
+valid token, 403 for a role that may not do this, 404, 422 for invalid input
+(with an ``errors`` list). OpenAPI: ``/openapi.json``, docs at ``/docs``.
+
+Roles: attribution reports, the epsilon ledger, the audit log and the policy
+are read with admin or analyst tokens (partner tokens get 403); only admin
+tokens change the policy (``PUT /v1/policy``, audited as ``policy.update``).
+
+Report JSON (``GET /v1/reports/{id}``; made by the attribution protocol)::
+
+    {"report_id", "conversions_name", "created_at", "dp": {"mechanism", "epsilon"},
+     "windows": {"click_days", "view_days"},
+     "campaigns": [{"campaign_id", "attributed_conversions", "attributed_revenue",
+                    "exposed": {"users", "conversions", "revenue", "converters", "rate"},
+                    "holdout": {...the same}, "lift", "lift_ci95": [lo, hi],
+                    "incremental_converters", "spend", "iroas", "suppressed"}]}
+
+Suppressed campaigns (below the aggregation threshold) have null numbers;
+lift, its interval, incremental converters and iROAS may be null. The CSV
+form (``GET /v1/reports/{id}.csv`` or ``?format=csv``) has one row per
+campaign with the nested fields flattened (``exposed_users``,
+``lift_ci95_lo``...), null as an empty cell.
+
+Dashboard authentication (``GET /dashboard/reports/{id}``). A browser cannot
+put a header on a link, so the page accepts the token in the URL:
+
+- ``#token=...`` (preferred): the fragment never leaves the browser, so no
+  server, proxy or access log sees it.
+- ``?token=...``: works everywhere, but the query string travels with the
+  request, so the token can land in proxy and access logs. This server
+  redacts ``token=`` (and anything shaped like a cleanroom token) from the
+  uvicorn loggers, sets ``Referrer-Policy: no-referrer`` and loads nothing
+  from other origins so no Referer carries it; the page removes it from the
+  address bar and history as soon as it has read it. Proxies in front of the
+  node still see it: prefer the fragment or a short-lived analyst token.
+- ``Authorization: Bearer`` header (an authenticating proxy, curl): the
+  server checks it like any API route and embeds the report JSON in the
+  page; no token reaches the URL at all.
+
+In the first two cases the page itself is served without data; its script
+fetches ``/v1/reports/{id}`` with the token in an ``Authorization`` header,
+so the report API's checks (role, tenant, 404) apply unchanged. The page is
+self-contained (inline SVG, no external scripts, a nonce-based
+Content-Security-Policy), see ``server/dashboard.py``.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import csv
+import io
+import logging
+import math
+import re
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, Literal
 
-from cleanroom.server.store import AudienceRecord, Principal, SessionRecord, SqlStore
-from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
+from cleanroom.server.dashboard import render_page
+from cleanroom.server.store import (
+    REPORT_ID,
+    AudienceRecord,
+    AuditEntry,
+    Policy,
+    Principal,
+    ReportRecord,
+    Role,
+    SessionRecord,
+    SqlStore,
+)
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+_TITLES = {
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not found",
+    405: "method not allowed",
+    422: "invalid request",
+}
 
 
-def _problem(status: int, title: str, detail: str) -> JSONResponse:
+def _problem(
+    status: int,
+    title: str,
+    detail: str,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
     return JSONResponse(
-        {"type": "about:blank", "title": title, "status": status, "detail": detail},
+        {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra},
         status_code=status,
         media_type="application/problem+json",
+        headers=headers,
     )
+
+
+# ------------------------------------------------------------ token redaction
+
+_QUERY_TOKEN = re.compile(r"(?i)((?:^|[?&;])(?:access_)?token=)[^&;#\s\"']*")
+_BARE_TOKEN = re.compile(r"\bcr_(?:admin|partner|analyst)_[A-Za-z0-9_-]+")
+
+
+def redact(text: str) -> str:
+    """``text`` without bearer tokens (``token=`` query values, ``cr_<role>_...``)."""
+    return _BARE_TOKEN.sub("cr_<redacted>", _QUERY_TOKEN.sub(r"\1<redacted>", text))
+
+
+class RedactTokens(logging.Filter):
+    """Removes tokens from a log record's message and arguments (uvicorn's
+    access log formats the request path, query string included)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {
+                k: redact(v) if isinstance(v, str) else v for k, v in record.args.items()
+            }
+        return True
+
+
+REDACTED_LOGGERS = ("uvicorn.access", "uvicorn.error", "uvicorn")
+
+
+def install_log_redaction() -> None:
+    for name in REDACTED_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactTokens) for f in logger.filters):
+            logger.addFilter(RedactTokens())
+
+
+# ------------------------------------------------------------------ JSON views
 
 
 def _audience_json(a: AudienceRecord) -> dict[str, Any]:
@@ -48,31 +169,256 @@ def _session_json(s: SessionRecord) -> dict[str, Any]:
     }
 
 
-def _principal(request: Request) -> Principal:
-    header = request.headers.get("authorization", "")
-    if not header.startswith("Bearer "):
-        raise HTTPException(401, "missing bearer token: send 'Authorization: Bearer <token>'")
+def report_json(r: ReportRecord) -> dict[str, Any]:
+    """The report as the API serves it: its body, with id, name and time filled in."""
+    body = dict(r.body)
+    body.pop("report_id", None)
+    created = body.pop("created_at", None) or r.created_at.isoformat()
+    return {
+        "report_id": r.report_id,
+        "conversions_name": r.conversions_name,
+        "created_at": created,
+        **body,
+    }
+
+
+def _report_summary(r: ReportRecord) -> dict[str, Any]:
+    listed = r.body.get("campaigns")
+    campaigns = [c for c in listed if isinstance(c, dict)] if isinstance(listed, list) else []
+    return {
+        "report_id": r.report_id,
+        "conversions_name": r.conversions_name,
+        "created_at": r.body.get("created_at") or r.created_at.isoformat(),
+        "campaigns": len(campaigns),
+        "suppressed": sum(1 for c in campaigns if c.get("suppressed")),
+        "dp": r.body.get("dp"),
+    }
+
+
+def _policy_json(p: Policy) -> dict[str, Any]:
+    return {
+        "min_partner_records": p.min_partner_records,
+        "sessions_per_day": p.sessions_per_day,
+        "aggregation_threshold": p.aggregation_threshold,
+        "dp": p.dp,
+        "epsilon_budget": p.epsilon_budget,
+        "delta": p.delta,
+    }
+
+
+GROUP_FIELDS = ("users", "converters", "conversions", "revenue", "rate")
+CSV_COLUMNS = (
+    "report_id",
+    "campaign_id",
+    "suppressed",
+    "attributed_conversions",
+    "attributed_revenue",
+    *(f"exposed_{f}" for f in GROUP_FIELDS),
+    *(f"holdout_{f}" for f in GROUP_FIELDS),
+    "lift",
+    "lift_ci95_lo",
+    "lift_ci95_hi",
+    "incremental_converters",
+    "spend",
+    "iroas",
+    "click_days",
+    "view_days",
+    "dp_mechanism",
+    "dp_epsilon",
+)
+
+
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and not math.isfinite(value):
+        return ""
+    return str(value)
+
+
+def _text_cell(value: Any) -> str:
+    # A spreadsheet runs a cell starting with = + - @ as a formula.
+    text = _cell(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+def report_csv(r: ReportRecord) -> str:
+    """One row per campaign, nested fields flattened (``CSV_COLUMNS``)."""
+    body = r.body
+    windows = _object(body.get("windows"))
+    dp = _object(body.get("dp"))
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(CSV_COLUMNS)
+    campaigns = body.get("campaigns")
+    for c in campaigns if isinstance(campaigns, list) else []:
+        if not isinstance(c, dict):
+            continue
+        ci = c.get("lift_ci95")
+        ci = ci if isinstance(ci, list) else []
+        groups = {g: _object(c.get(g)) for g in ("exposed", "holdout")}
+        row: dict[str, Any] = {
+            "report_id": r.report_id,
+            "campaign_id": c.get("campaign_id"),
+            "suppressed": bool(c.get("suppressed")),
+            "attributed_conversions": c.get("attributed_conversions"),
+            "attributed_revenue": c.get("attributed_revenue"),
+            "lift": c.get("lift"),
+            "lift_ci95_lo": ci[0] if len(ci) > 0 else None,
+            "lift_ci95_hi": ci[1] if len(ci) > 1 else None,
+            "incremental_converters": c.get("incremental_converters"),
+            "spend": c.get("spend"),
+            "iroas": c.get("iroas"),
+            "click_days": windows.get("click_days"),
+            "view_days": windows.get("view_days"),
+            "dp_mechanism": dp.get("mechanism"),
+            "dp_epsilon": dp.get("epsilon"),
+        }
+        for g, values in groups.items():
+            for f in GROUP_FIELDS:
+                row[f"{g}_{f}"] = values.get(f)
+        writer.writerow(
+            [_text_cell(row[k]) if k == "campaign_id" else _cell(row[k]) for k in CSV_COLUMNS]
+        )
+    return out.getvalue()
+
+
+# ------------------------------------------------------------------------ auth
+
+_bearer = HTTPBearer(
+    auto_error=False, description="A tenant token (admin, partner or analyst role)."
+)
+
+
+def _principal(
+    request: Request,
+    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    if creds is None or not creds.credentials:
+        raise HTTPException(
+            401,
+            "missing bearer token: send 'Authorization: Bearer <token>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     store: SqlStore = request.app.state.store
-    found = store.authenticate(header.removeprefix("Bearer ").strip())
+    found = store.authenticate(creds.credentials.strip())
     if found is None:
-        raise HTTPException(401, "invalid bearer token")
+        raise HTTPException(401, "invalid bearer token", headers={"WWW-Authenticate": "Bearer"})
     return found
 
 
 Auth = Annotated[Principal, Depends(_principal)]
 
+READ_ROLES = (Role.ADMIN, Role.ANALYST)
+
+
+def _reader(who: Auth) -> Principal:
+    if who.role not in READ_ROLES:
+        raise HTTPException(
+            403, f"a {who.role} token cannot read this; use an analyst or admin token"
+        )
+    return who
+
+
+def _admin(who: Auth) -> Principal:
+    if who.role is not Role.ADMIN:
+        raise HTTPException(403, f"only an admin token can change the policy, not {who.role}")
+    return who
+
+
+Reader = Annotated[Principal, Depends(_reader)]
+Admin = Annotated[Principal, Depends(_admin)]
+
+
+class PolicyUpdate(BaseModel):
+    """Attribution policy fields to change; fields left out keep their value.
+
+    Through the API suppression stays on (``aggregation_threshold`` >= 1);
+    the store's 0, which turns it off, is for operator tooling and tests.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    aggregation_threshold: int | None = Field(
+        None, ge=1, le=1_000_000, description="suppress cells with fewer users than this"
+    )
+    dp: Literal["off", "laplace", "gaussian"] | None = Field(
+        None, description="differential-privacy mechanism for attribution"
+    )
+    epsilon_budget: float | None = Field(
+        None, ge=0, le=1000, allow_inf_nan=False, description="epsilon per partnership"
+    )
+    delta: float | None = Field(
+        None, gt=0, lt=1, allow_inf_nan=False, description="delta (Gaussian mechanism)"
+    )
+
+
+def _find_report(store: SqlStore, who: Principal, report_id: str) -> ReportRecord:
+    found = store.get_report(who.tenant_id, report_id) if REPORT_ID.fullmatch(report_id) else None
+    if found is None:
+        raise HTTPException(404, f"no report {report_id!r}")
+    return found
+
+
+def _csv_response(r: ReportRecord) -> Response:
+    return Response(
+        report_csv(r),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="report-{r.report_id}.csv"'},
+    )
+
+
+# ------------------------------------------------------------------------- app
+
 
 def create_app(store: SqlStore) -> FastAPI:
-    app = FastAPI(title="cleanroom brand node", version="0.1.0")
+    app = FastAPI(
+        title="cleanroom brand node",
+        version="0.1.0",
+        description="Audiences, PSI sessions, attribution reports, the epsilon ledger, "
+        "the audit log and the tenant policy. Authenticate with `Authorization: Bearer`.",
+    )
     app.state.store = store
+    install_log_redaction()
 
-    @app.exception_handler(HTTPException)
-    async def http_problem(_request: Request, exc: HTTPException) -> JSONResponse:
-        return _problem(exc.status_code, "request failed", str(exc.detail))
+    @app.exception_handler(StarletteHTTPException)
+    async def http_problem(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _problem(
+            exc.status_code,
+            _TITLES.get(exc.status_code, "request failed"),
+            str(exc.detail),
+            headers=dict(exc.headers) if exc.headers else None,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_problem(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"loc": ".".join(str(p) for p in e.get("loc", ())), "msg": str(e.get("msg", ""))}
+            for e in exc.errors()
+        ]
+        detail = "; ".join(f"{e['loc']}: {e['msg']}" for e in errors) or "invalid request"
+        return _problem(422, _TITLES[422], detail, errors=errors)
+
+    @app.middleware("http")
+    async def no_store(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        response = await call_next(request)
+        if request.url.path.startswith(("/v1/", "/dashboard/")):
+            response.headers["Cache-Control"] = "no-store"
+        return response
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    # ------------------------------------------------------ audiences, sessions
 
     @app.get("/v1/audiences")
     def list_audiences(who: Auth) -> list[dict[str, Any]]:
@@ -88,5 +434,157 @@ def create_app(store: SqlStore) -> FastAPI:
     @app.get("/v1/sessions")
     def list_sessions(who: Auth) -> list[dict[str, Any]]:
         return [_session_json(s) for s in store.list_sessions(who.tenant_id)]
+
+    # ------------------------------------------------------------------ reports
+
+    @app.get("/v1/reports", summary="List the tenant's attribution reports")
+    def list_reports(who: Reader) -> list[dict[str, Any]]:
+        return [_report_summary(r) for r in store.list_reports(who.tenant_id)]
+
+    @app.get(
+        "/v1/reports/{report_id}.csv",
+        summary="An attribution report as CSV (one row per campaign)",
+        response_class=Response,
+        responses={200: {"content": {"text/csv": {}}}},
+    )
+    def get_report_csv(report_id: str, who: Reader) -> Response:
+        return _csv_response(_find_report(store, who, report_id))
+
+    @app.get(
+        "/v1/reports/{report_id}",
+        summary="An attribution report (JSON, or CSV with ?format=csv)",
+        response_model=None,
+        responses={200: {"content": {"text/csv": {}}}},
+    )
+    def get_report(
+        report_id: str, who: Reader, format: Literal["json", "csv"] = "json"
+    ) -> dict[str, Any] | Response:
+        found = _find_report(store, who, report_id)
+        return _csv_response(found) if format == "csv" else report_json(found)
+
+    # ------------------------------------------------- ledger, audit, policy
+
+    @app.get("/v1/ledger", summary="Epsilon spent per partnership, and every charge")
+    def get_ledger(who: Reader) -> dict[str, Any]:
+        tenant = store.get_tenant(who.tenant_id)
+        assert tenant is not None
+        budget = tenant.policy.epsilon_budget
+        entries = store.ledger(who.tenant_id)
+        partnerships = []
+        for name in sorted({e.partnership for e in entries}):
+            spent = store.epsilon_spent(who.tenant_id, name)
+            partnerships.append(
+                {"partnership": name, "spent": spent, "remaining": max(budget - spent, 0.0)}
+            )
+        return {
+            "dp": tenant.policy.dp,
+            "epsilon_budget": budget,
+            "partnerships": partnerships,
+            "entries": [
+                {
+                    "partnership": e.partnership,
+                    "report_id": e.report_id,
+                    "epsilon": e.epsilon,
+                    "at": e.at.isoformat(),
+                }
+                for e in entries
+            ],
+        }
+
+    @app.get("/v1/audit", summary="The tenant's audit log, oldest first")
+    def get_audit(who: Reader) -> list[dict[str, Any]]:
+        return [
+            {
+                "role": e.role,
+                "action": e.action,
+                "detail": e.detail,
+                "at": e.at.isoformat() if e.at else None,
+            }
+            for e in store.audit_log(who.tenant_id)
+        ]
+
+    @app.get("/v1/policy", summary="The tenant's privacy policy")
+    def get_policy(who: Reader) -> dict[str, Any]:
+        tenant = store.get_tenant(who.tenant_id)
+        assert tenant is not None
+        return _policy_json(tenant.policy)
+
+    @app.put("/v1/policy", summary="Change the attribution policy (admin only)")
+    def put_policy(update: PolicyUpdate, who: Admin) -> dict[str, Any]:
+        tenant = store.get_tenant(who.tenant_id)
+        assert tenant is not None
+        changes = update.model_dump(exclude_none=True)
+        try:
+            policy = Policy(**{**_policy_json(tenant.policy), **changes})
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from exc
+        updated = store.set_policy(who.tenant_id, policy)
+        store.audit(
+            AuditEntry(
+                who.tenant_id,
+                who.role.value,
+                "policy.update",
+                {
+                    "changes": changes,
+                    "before": _policy_json(tenant.policy),
+                    "after": _policy_json(updated.policy),
+                },
+            )
+        )
+        return _policy_json(updated.policy)
+
+    # ---------------------------------------------------------------- dashboard
+
+    @app.get(
+        "/dashboard/reports/{report_id}",
+        response_class=HTMLResponse,
+        summary="Report dashboard (HTML)",
+        description="Open with `#token=<analyst token>` (preferred: never sent to the server),"
+        " `?token=` (the page strips it; this server keeps it out of its logs, proxies may"
+        " not) or an `Authorization: Bearer` header (the server embeds the report).",
+    )
+    def dashboard(
+        report_id: str,
+        request: Request,
+        token: Annotated[
+            str | None, Query(description="read by the page's script, never by the server")
+        ] = None,
+    ) -> HTMLResponse:
+        del token  # the page's script reads it and fetches the report with it
+        if not REPORT_ID.fullmatch(report_id):
+            raise HTTPException(404, f"no report {report_id!r}")
+        embedded = None
+        header = request.headers.get("authorization")
+        if header is not None:
+            scheme, _, credentials = header.partition(" ")
+            if scheme.lower() != "bearer":
+                raise HTTPException(
+                    401, "send 'Authorization: Bearer <token>'", {"WWW-Authenticate": "Bearer"}
+                )
+            who = _reader(
+                _principal(
+                    request, HTTPAuthorizationCredentials(scheme="Bearer", credentials=credentials)
+                )
+            )
+            embedded = report_json(_find_report(store, who, report_id))
+        nonce = secrets.token_urlsafe(16)
+        page = render_page(
+            report_id=report_id,
+            report_url=f"/v1/reports/{report_id}",
+            nonce=nonce,
+            embedded=embedded,
+        )
+        return HTMLResponse(
+            page,
+            headers={
+                "Content-Security-Policy": (
+                    f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}';"
+                    " connect-src 'self'; img-src 'self' data:; base-uri 'none';"
+                    " form-action 'none'; frame-ancestors 'none'"
+                ),
+                "Referrer-Policy": "no-referrer",
+                "X-Content-Type-Options": "nosniff",
+            },
+        )
 
     return app

@@ -1,4 +1,5 @@
-"""Metadata storage: tenants, tokens, audiences, PSI sessions, audit log.
+"""Metadata storage: tenants, tokens, audiences, PSI sessions, attribution
+reports, the epsilon ledger, audit log.
 
 Rules every backend follows (``tests/test_store.py`` runs the same suite on
 each):
@@ -11,6 +12,21 @@ each):
   ``put_audience`` with ``replace`` swaps the old record for the new one in
   that single transaction.
 - Times are timezone-aware UTC.
+- Reports are idempotent per submission: ``put_report`` with a
+  ``(tenant_id, submission_key)`` already stored returns the stored report
+  and creates nothing (a retried submission never makes a second report).
+  Report ids are 1 to 64 characters of ``[A-Za-z0-9_-]``; a report body is a
+  JSON object without NaN or infinities, stored and returned as JSON.
+- The epsilon ledger is append-only. ``charge_epsilon`` checks and charges
+  in one step that concurrent charges cannot interleave: it refuses with
+  ``BudgetExceeded`` (and charges nothing) when the partnership's spent
+  epsilon plus the new charge would exceed the budget (within 1e-9, so that
+  e.g. ten charges of 0.1 fit a budget of 1.0). A charge is keyed by report:
+  charging the same ``(tenant, partnership, report_id)`` again charges
+  nothing and returns the remaining budget.
+- Tenant policies written before the attribution fields existed still load:
+  missing ``tenants`` columns are added with the ``Policy`` defaults when
+  the store opens (the only schema change made outside ``create_all``).
 
 ``SqlStore`` implements it over SQLAlchemy, so SQLite (the embedded default)
 and PostgreSQL run the same code.
@@ -19,6 +35,9 @@ and PostgreSQL run the same code.
 from __future__ import annotations
 
 import hashlib
+import json
+import math
+import re
 import secrets
 import uuid
 from collections.abc import Callable, Iterator
@@ -28,11 +47,12 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from cleanroom.server.errors import AlreadyExists, NotFound
+from cleanroom.server.errors import AlreadyExists, BudgetExceeded, NotFound
 from sqlalchemy import (
     JSON,
     BigInteger,
     DateTime,
+    Float,
     ForeignKey,
     Integer,
     String,
@@ -41,7 +61,10 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    inspect,
     select,
+    text,
+    update,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
@@ -54,12 +77,36 @@ class Role(StrEnum):
     ANALYST = "analyst"  # reads reports
 
 
+DP_MECHANISMS = ("off", "laplace", "gaussian")
+
+
 @dataclass(frozen=True)
 class Policy:
-    """Per-tenant privacy policy for matching (DESIGN.md §9)."""
+    """Per-tenant privacy policy for matching and attribution (DESIGN.md §9).
+
+    Attribution: cells with fewer users than ``aggregation_threshold`` are
+    suppressed; ``dp`` is the noise mechanism ("off", "laplace" or
+    "gaussian"), charged against ``epsilon_budget`` per partnership
+    (``delta`` for the Gaussian mechanism).
+    """
 
     min_partner_records: int = 100
     sessions_per_day: int = 100
+    aggregation_threshold: int = 50
+    dp: str = "off"
+    epsilon_budget: float = 10.0
+    delta: float = 1e-6
+
+    def __post_init__(self) -> None:
+        if self.dp not in DP_MECHANISMS:
+            raise ValueError(f"dp must be one of {', '.join(DP_MECHANISMS)}, not {self.dp!r}")
+        if self.aggregation_threshold < 0:
+            # 0 turns suppression off (the issue's exactness check runs with it).
+            raise ValueError("aggregation_threshold must be at least 0")
+        if not (math.isfinite(self.epsilon_budget) and self.epsilon_budget >= 0):
+            raise ValueError("epsilon_budget must be a finite number >= 0")
+        if not 0 < self.delta < 1:
+            raise ValueError("delta must be between 0 and 1 (exclusive)")
 
 
 @dataclass(frozen=True)
@@ -114,6 +161,33 @@ class AuditEntry:
     at: datetime | None = None
 
 
+@dataclass(frozen=True)
+class ReportRecord:
+    """An attribution report; ``body`` is the report JSON (see server/rest.py)."""
+
+    report_id: str
+    tenant_id: str
+    conversions_name: str
+    created_at: datetime
+    body: dict[str, Any]
+    submission_key: str  # idempotency: one report per (tenant, submission key)
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One epsilon charge: ``epsilon`` spent on ``partnership`` by a report."""
+
+    tenant_id: str
+    partnership: str
+    report_id: str
+    epsilon: float
+    at: datetime
+
+
+REPORT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+EPSILON_SLACK = 1e-9  # float sums: ten charges of 0.1 fit a budget of 1.0
+
+
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
@@ -128,7 +202,22 @@ class _TenantRow(_Base):
     name: Mapped[str] = mapped_column(String(200), unique=True)
     min_partner_records: Mapped[int] = mapped_column(Integer)
     sessions_per_day: Mapped[int] = mapped_column(Integer)
+    # Attribution policy; server defaults so rows written before they existed
+    # load with the ``Policy`` defaults (see _add_missing_policy_columns).
+    aggregation_threshold: Mapped[int] = mapped_column(Integer, server_default=text("50"))
+    dp: Mapped[str] = mapped_column(String(16), server_default=text("'off'"))
+    epsilon_budget: Mapped[float] = mapped_column(Float, server_default=text("10.0"))
+    delta: Mapped[float] = mapped_column(Float, server_default=text("0.000001"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+# Columns added to ``tenants`` after its first release, with their SQL default.
+_POLICY_COLUMNS = {
+    "aggregation_threshold": ("INTEGER", "50"),
+    "dp": ("VARCHAR(16)", "'off'"),
+    "epsilon_budget": ("FLOAT", "10.0"),
+    "delta": ("FLOAT", "0.000001"),
+}
 
 
 class _TokenRow(_Base):
@@ -169,6 +258,37 @@ class _SessionRow(_Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
+class _ReportRow(_Base):
+    __tablename__ = "reports"
+    __table_args__ = (UniqueConstraint("tenant_id", "submission_key"),)
+    report_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.tenant_id"), index=True)
+    conversions_name: Mapped[str] = mapped_column(String(200))
+    submission_key: Mapped[str] = mapped_column(String(200))
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class _LedgerRow(_Base):
+    __tablename__ = "epsilon_ledger"
+    __table_args__ = (UniqueConstraint("tenant_id", "partnership", "report_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.tenant_id"), index=True)
+    partnership: Mapped[str] = mapped_column(String(200))
+    report_id: Mapped[str] = mapped_column(String(64))
+    epsilon: Mapped[float] = mapped_column(Float)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class _SpentRow(_Base):
+    # Running total per partnership: the row a charge updates conditionally,
+    # which serializes concurrent charges (row lock / SQLite write lock).
+    __tablename__ = "epsilon_spent"
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.tenant_id"), primary_key=True)
+    partnership: Mapped[str] = mapped_column(String(200), primary_key=True)
+    spent: Mapped[float] = mapped_column(Float)
+
+
 class _AuditRow(_Base):
     __tablename__ = "audit_log"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -184,6 +304,33 @@ def _utc(value: datetime | None) -> datetime | None:
     if value is None or value.tzinfo is not None:
         return value
     return value.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class ConversionSetRecord:
+    """A brand's uploaded conversions (two Parquet files under ``path``)."""
+
+    conversions_id: str
+    tenant_id: str
+    name: str
+    path: str  # relative to the data directory, without the suffixes
+    events: int
+    customers: int
+    identifiers: int
+    created_at: datetime
+
+
+class _ConversionSetRow(_Base):
+    __tablename__ = "conversion_sets"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+    conversions_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.tenant_id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    path: Mapped[str] = mapped_column(Text)
+    events: Mapped[int] = mapped_column(BigInteger)
+    customers: Mapped[int] = mapped_column(BigInteger)
+    identifiers: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 def _now() -> datetime:
@@ -204,6 +351,7 @@ class SqlStore:
         if self._engine.dialect.name == "sqlite":
             event.listen(self._engine, "connect", _sqlite_pragmas)
         _Base.metadata.create_all(self._engine)
+        _add_missing_policy_columns(self._engine)
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
         self._clock = clock
         self._token_bytes = token_bytes
@@ -222,13 +370,8 @@ class SqlStore:
         if not name or len(name) > 200:
             raise ValueError("a tenant name is 1 to 200 characters")
         policy = policy or Policy()
-        row = _TenantRow(
-            tenant_id=uuid.uuid4().hex,
-            name=name,
-            min_partner_records=policy.min_partner_records,
-            sessions_per_day=policy.sessions_per_day,
-            created_at=self._clock(),
-        )
+        row = _TenantRow(tenant_id=uuid.uuid4().hex, name=name, created_at=self._clock())
+        _write_policy(row, policy)
         try:
             with self._tx() as s:
                 s.add(row)
@@ -258,8 +401,7 @@ class SqlStore:
             row = s.get(_TenantRow, tenant_id)
             if row is None:
                 raise NotFound(f"no tenant {tenant_id}")
-            row.min_partner_records = policy.min_partner_records
-            row.sessions_per_day = policy.sessions_per_day
+            _write_policy(row, policy)
             return self._tenant(row)
 
     @staticmethod
@@ -269,7 +411,14 @@ class SqlStore:
         return Tenant(
             tenant_id=row.tenant_id,
             name=row.name,
-            policy=Policy(row.min_partner_records, row.sessions_per_day),
+            policy=Policy(
+                min_partner_records=row.min_partner_records,
+                sessions_per_day=row.sessions_per_day,
+                aggregation_threshold=row.aggregation_threshold,
+                dp=row.dp,
+                epsilon_budget=row.epsilon_budget,
+                delta=row.delta,
+            ),
             created_at=created,
         )
 
@@ -428,6 +577,182 @@ class SqlStore:
             finished_at=_utc(row.finished_at),
         )
 
+    # ------------------------------------------------------------- reports
+
+    def put_report(self, record: ReportRecord) -> ReportRecord:
+        """Store ``record``, or return the report already stored for its
+        ``(tenant_id, submission_key)`` (idempotent submission)."""
+        record = _checked_report(record)
+        try:
+            with self._tx() as s:
+                if s.get(_TenantRow, record.tenant_id) is None:
+                    raise NotFound(f"no tenant {record.tenant_id}")
+                existing = self._report_by_key(s, record.tenant_id, record.submission_key)
+                if existing is not None:
+                    return self._report(existing)
+                s.add(
+                    _ReportRow(
+                        report_id=record.report_id,
+                        tenant_id=record.tenant_id,
+                        conversions_name=record.conversions_name,
+                        submission_key=record.submission_key,
+                        body=record.body,
+                        created_at=record.created_at,
+                    )
+                )
+        except IntegrityError as exc:
+            # A concurrent put of the same submission won the race, or the
+            # report id is already taken by another report.
+            with self._tx() as s:
+                existing = self._report_by_key(s, record.tenant_id, record.submission_key)
+                if existing is not None:
+                    return self._report(existing)
+            raise AlreadyExists(f"a report with id {record.report_id} already exists") from exc
+        return record
+
+    def get_report(self, tenant_id: str, report_id: str) -> ReportRecord | None:
+        with self._tx() as s:
+            row = s.get(_ReportRow, report_id)
+            return self._report(row) if row and row.tenant_id == tenant_id else None
+
+    def find_report(self, tenant_id: str, submission_key: str) -> ReportRecord | None:
+        """The report stored for a submission, if any."""
+        with self._tx() as s:
+            row = self._report_by_key(s, tenant_id, submission_key)
+            return self._report(row) if row else None
+
+    def list_reports(self, tenant_id: str) -> list[ReportRecord]:
+        with self._tx() as s:
+            rows = s.scalars(
+                select(_ReportRow)
+                .where(_ReportRow.tenant_id == tenant_id)
+                .order_by(_ReportRow.created_at, _ReportRow.report_id)
+            ).all()
+            return [self._report(r) for r in rows]
+
+    @staticmethod
+    def _report_by_key(s: Session, tenant_id: str, submission_key: str) -> _ReportRow | None:
+        return s.scalars(
+            select(_ReportRow).where(
+                _ReportRow.tenant_id == tenant_id, _ReportRow.submission_key == submission_key
+            )
+        ).first()
+
+    @staticmethod
+    def _report(row: _ReportRow) -> ReportRecord:
+        created = _utc(row.created_at)
+        assert created is not None
+        return ReportRecord(
+            report_id=row.report_id,
+            tenant_id=row.tenant_id,
+            conversions_name=row.conversions_name,
+            created_at=created,
+            body=dict(row.body),
+            submission_key=row.submission_key,
+        )
+
+    # -------------------------------------------------------------- ledger
+
+    def charge_epsilon(
+        self, tenant_id: str, partnership: str, report_id: str, epsilon: float, budget: float
+    ) -> float:
+        """Charge ``epsilon`` to ``partnership`` for ``report_id``; the budget left.
+
+        Raises ``BudgetExceeded`` (charging nothing) when the spent epsilon
+        plus ``epsilon`` would exceed ``budget``. Charging the same report
+        again charges nothing; with a different epsilon it is ``AlreadyExists``.
+        """
+        if not partnership or len(partnership) > 200:
+            raise ValueError("a partnership name is 1 to 200 characters")
+        if not REPORT_ID.fullmatch(report_id):
+            raise ValueError("a report id is 1 to 64 characters of [A-Za-z0-9_-]")
+        if not (math.isfinite(epsilon) and epsilon > 0):
+            raise ValueError(f"epsilon must be a finite number > 0, not {epsilon}")
+        if not (math.isfinite(budget) and budget >= 0):
+            raise ValueError(f"an epsilon budget must be a finite number >= 0, not {budget}")
+        self._ensure_spent_row(tenant_id, partnership)
+        for _attempt in range(2):
+            try:
+                return self._charge(tenant_id, partnership, report_id, epsilon, budget)
+            except _AlreadyCharged as prior:
+                if prior.epsilon != epsilon:
+                    raise AlreadyExists(
+                        f"report {report_id} was already charged epsilon {prior.epsilon}"
+                        f" on {partnership!r}, not {epsilon}"
+                    ) from None
+                return max(budget - self.epsilon_spent(tenant_id, partnership), 0.0)
+            except IntegrityError:
+                continue  # a concurrent charge of the same report: now _AlreadyCharged
+        raise AssertionError("unreachable: a repeated charge resolves on the second attempt")
+
+    def _charge(
+        self, tenant_id: str, partnership: str, report_id: str, epsilon: float, budget: float
+    ) -> float:
+        with self._tx() as s:
+            # The conditional update comes first: it takes the lock (PostgreSQL
+            # row lock, SQLite write lock) before anything is read.
+            key = (_SpentRow.tenant_id == tenant_id, _SpentRow.partnership == partnership)
+            charged = s.execute(
+                update(_SpentRow)
+                .where(*key, _SpentRow.spent + epsilon <= budget + EPSILON_SLACK)
+                .values(spent=_SpentRow.spent + epsilon)
+                .execution_options(synchronize_session=False)
+            )
+            prior = s.scalars(
+                select(_LedgerRow).where(
+                    _LedgerRow.tenant_id == tenant_id,
+                    _LedgerRow.partnership == partnership,
+                    _LedgerRow.report_id == report_id,
+                )
+            ).first()
+            if prior is not None:
+                raise _AlreadyCharged(prior.epsilon)  # rolls the update back
+            spent = float(s.scalar(select(_SpentRow.spent).where(*key)) or 0.0)
+            if getattr(charged, "rowcount", 0) != 1:
+                raise BudgetExceeded(
+                    f"epsilon budget exceeded for partnership {partnership!r}: spent"
+                    f" {spent:g} of {budget:g}, this report needs {epsilon:g}"
+                    f" (remaining {max(budget - spent, 0.0):g})"
+                )
+            s.add(
+                _LedgerRow(
+                    tenant_id=tenant_id,
+                    partnership=partnership,
+                    report_id=report_id,
+                    epsilon=epsilon,
+                    at=self._clock(),
+                )
+            )
+            s.flush()
+        return max(budget - spent, 0.0)
+
+    def _ensure_spent_row(self, tenant_id: str, partnership: str) -> None:
+        with self._tx() as s:
+            if s.get(_TenantRow, tenant_id) is None:
+                raise NotFound(f"no tenant {tenant_id}")
+            if s.get(_SpentRow, (tenant_id, partnership)) is not None:
+                return
+        try:
+            with self._tx() as s:
+                s.add(_SpentRow(tenant_id=tenant_id, partnership=partnership, spent=0.0))
+        except IntegrityError:
+            pass  # created concurrently: just as good
+
+    def ledger(self, tenant_id: str) -> list[LedgerEntry]:
+        with self._tx() as s:
+            rows = s.scalars(
+                select(_LedgerRow).where(_LedgerRow.tenant_id == tenant_id).order_by(_LedgerRow.id)
+            ).all()
+            return [
+                LedgerEntry(r.tenant_id, r.partnership, r.report_id, r.epsilon, _utc(r.at) or r.at)
+                for r in rows
+            ]
+
+    def epsilon_spent(self, tenant_id: str, partnership: str) -> float:
+        with self._tx() as s:
+            row = s.get(_SpentRow, (tenant_id, partnership))
+            return float(row.spent) if row else 0.0
+
     # --------------------------------------------------------------- audit
 
     def audit(self, entry: AuditEntry) -> None:
@@ -451,6 +776,115 @@ class SqlStore:
                 AuditEntry(r.tenant_id, r.role, r.action, dict(r.detail), _utc(r.at)) for r in rows
             ]
 
+    # ----------------------------------------------------- conversion sets
+
+    def put_conversion_set(
+        self, record: ConversionSetRecord, *, replace_existing: bool = False
+    ) -> ConversionSetRecord | None:
+        """Store ``record``; returns the set it replaced, if any (same rules as audiences)."""
+        with self._tx() as s:
+            old = s.scalars(
+                select(_ConversionSetRow).where(
+                    _ConversionSetRow.tenant_id == record.tenant_id,
+                    _ConversionSetRow.name == record.name,
+                )
+            ).first()
+            previous = self._conversion_set(old) if old else None
+            if old is not None:
+                if not replace_existing:
+                    raise AlreadyExists(
+                        f"conversions {record.name!r} already exist;"
+                        " upload with --replace to replace them"
+                    )
+                s.delete(old)
+                s.flush()
+            s.add(_ConversionSetRow(**record.__dict__))
+        return previous
+
+    def get_conversion_set(self, tenant_id: str, name: str) -> ConversionSetRecord | None:
+        with self._tx() as s:
+            row = s.scalars(
+                select(_ConversionSetRow).where(
+                    _ConversionSetRow.tenant_id == tenant_id, _ConversionSetRow.name == name
+                )
+            ).first()
+            return self._conversion_set(row) if row else None
+
+    @staticmethod
+    def _conversion_set(row: _ConversionSetRow) -> ConversionSetRecord:
+        created = _utc(row.created_at)
+        assert created is not None
+        return ConversionSetRecord(
+            conversions_id=row.conversions_id,
+            tenant_id=row.tenant_id,
+            name=row.name,
+            path=row.path,
+            events=row.events,
+            customers=row.customers,
+            identifiers=row.identifiers,
+            created_at=created,
+        )
+
+
+class _AlreadyCharged(Exception):
+    def __init__(self, epsilon: float) -> None:
+        super().__init__(epsilon)
+        self.epsilon = epsilon
+
+
+def _write_policy(row: _TenantRow, policy: Policy) -> None:
+    row.min_partner_records = policy.min_partner_records
+    row.sessions_per_day = policy.sessions_per_day
+    row.aggregation_threshold = policy.aggregation_threshold
+    row.dp = policy.dp
+    row.epsilon_budget = policy.epsilon_budget
+    row.delta = policy.delta
+
+
+def _checked_report(record: ReportRecord) -> ReportRecord:
+    """``record`` with its body as it will read back (plain JSON), or ValueError."""
+    if not REPORT_ID.fullmatch(record.report_id):
+        raise ValueError("a report id is 1 to 64 characters of [A-Za-z0-9_-]")
+    if not record.submission_key or len(record.submission_key) > 200:
+        raise ValueError("a submission key is 1 to 200 characters")
+    if len(record.conversions_name) > 200:
+        raise ValueError("a conversions set name is at most 200 characters")
+    if record.created_at.tzinfo is None:
+        raise ValueError("created_at must be timezone-aware")
+    if not isinstance(record.body, dict):
+        raise ValueError("a report body is a JSON object")
+    body_id = record.body.get("report_id")
+    if body_id is not None and body_id != record.report_id:
+        raise ValueError(f"the body's report_id {body_id!r} is not {record.report_id!r}")
+    try:
+        body = json.loads(json.dumps(record.body, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"a report body must be plain JSON without NaN: {exc}") from exc
+    return ReportRecord(
+        report_id=record.report_id,
+        tenant_id=record.tenant_id,
+        conversions_name=record.conversions_name,
+        created_at=record.created_at,
+        body=body,
+        submission_key=record.submission_key,
+    )
+
+
+def _add_missing_policy_columns(engine: Engine) -> None:
+    """Add the attribution policy columns to a ``tenants`` table made before them."""
+    present = {c["name"] for c in inspect(engine).get_columns("tenants")}
+    for name, (sql_type, default) in _POLICY_COLUMNS.items():
+        if name in present:
+            continue
+        try:
+            with engine.begin() as conn:
+                ddl = f"ALTER TABLE tenants ADD COLUMN {name} {sql_type} NOT NULL DEFAULT {default}"
+                conn.execute(text(ddl))
+        except Exception:
+            # Another process may have added it meanwhile; anything else is real.
+            if name not in {c["name"] for c in inspect(engine).get_columns("tenants")}:
+                raise
+
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # WAL lets readers proceed during a write; a busy timeout instead of
@@ -463,10 +897,14 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 __all__ = [
+    "DP_MECHANISMS",
     "AudienceRecord",
     "AuditEntry",
+    "ConversionSetRecord",
+    "LedgerEntry",
     "Policy",
     "Principal",
+    "ReportRecord",
     "Role",
     "SessionRecord",
     "SqlStore",

@@ -6,18 +6,22 @@ SQLite always; PostgreSQL when CLEANROOM_TEST_POSTGRES_URL names a server
 
 from __future__ import annotations
 
+import math
 import os
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
-from cleanroom.server.errors import AlreadyExists, NotFound
+from cleanroom.server.errors import AlreadyExists, BudgetExceeded, FailedPrecondition, NotFound
 from cleanroom.server.store import (
     AudienceRecord,
     AuditEntry,
     Policy,
+    ReportRecord,
     Role,
     SessionRecord,
     SqlStore,
@@ -28,12 +32,16 @@ BACKENDS = ["sqlite"] + (["postgresql"] if os.environ.get("CLEANROOM_TEST_POSTGR
 
 
 @pytest.fixture(params=BACKENDS)
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlStore]:
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database on each backend."""
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'meta.db'}"
-    else:
-        url = _fresh_postgres_database(os.environ["CLEANROOM_TEST_POSTGRES_URL"])
-    s = SqlStore(url)
+        return f"sqlite:///{tmp_path / 'meta.db'}"
+    return _fresh_postgres_database(os.environ["CLEANROOM_TEST_POSTGRES_URL"])
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[SqlStore]:
+    s = SqlStore(db_url)
     yield s
     s.close()
 
@@ -169,3 +177,276 @@ def test_audit_log_is_per_tenant_and_ordered(store: SqlStore) -> None:
     log = store.audit_log(a.tenant_id)
     assert [(e.action, e.detail["n"]) for e in log] == [("audience.upload", 1), ("psi.start", 3)]
     assert all(e.at is not None and e.at.tzinfo is not None for e in log)
+
+
+# ------------------------------------------------------------ attribution
+
+
+def report(
+    tenant_id: str, key: str = "sub-1", report_id: str | None = None, lift: float = 0.12
+) -> ReportRecord:
+    rid = report_id or uuid.uuid4().hex
+    return ReportRecord(
+        report_id=rid,
+        tenant_id=tenant_id,
+        conversions_name="purchases",
+        created_at=datetime.now(UTC),
+        body={
+            "report_id": rid,
+            "windows": {"click_days": 7, "view_days": 1},
+            "dp": {"mechanism": "laplace", "epsilon": 0.5},
+            "campaigns": [
+                {
+                    "campaign_id": "spring",
+                    "lift": lift,
+                    "lift_ci95": (0.01, 0.2),  # a tuple reads back as a JSON list
+                    "exposed": {"users": 1000, "rate": 0.02},
+                    "holdout": {"users": None, "rate": None},
+                    "suppressed": False,
+                }
+            ],
+        },
+        submission_key=key,
+    )
+
+
+def test_policy_has_attribution_defaults_and_round_trips(store: SqlStore) -> None:
+    t = store.create_tenant("a")
+    assert t.policy == Policy()
+    assert (t.policy.aggregation_threshold, t.policy.dp) == (50, "off")
+    assert (t.policy.epsilon_budget, t.policy.delta) == (10.0, 1e-6)
+    p = Policy(
+        min_partner_records=5,
+        sessions_per_day=3,
+        aggregation_threshold=75,
+        dp="gaussian",
+        epsilon_budget=2.5,
+        delta=1e-8,
+    )
+    assert store.set_policy(t.tenant_id, p).policy == p
+    assert store.get_tenant(t.tenant_id) == store.find_tenant("a")
+    got = store.get_tenant(t.tenant_id)
+    assert got is not None and got.policy == p
+    assert store.create_tenant("b", p).policy == p
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"dp": "exponential"},
+        {"aggregation_threshold": -1},
+        {"epsilon_budget": -1.0},
+        {"epsilon_budget": math.inf},
+        {"epsilon_budget": math.nan},
+        {"delta": 0.0},
+        {"delta": 1.0},
+    ],
+)
+def test_policy_rejects_bad_attribution_values(bad: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        Policy(**bad)
+
+
+def test_tenants_written_before_the_attribution_policy_still_load(db_url: str) -> None:
+    from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, create_engine
+
+    # The tenants table as the first release created it, with one tenant.
+    engine = create_engine(db_url)
+    old = MetaData()
+    tenants = Table(
+        "tenants",
+        old,
+        Column("tenant_id", String(32), primary_key=True),
+        Column("name", String(200), unique=True),
+        Column("min_partner_records", Integer),
+        Column("sessions_per_day", Integer),
+        Column("created_at", DateTime(timezone=True)),
+    )
+    old.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(
+            tenants.insert().values(
+                tenant_id="t" * 32,
+                name="legacy",
+                min_partner_records=7,
+                sessions_per_day=9,
+                created_at=datetime.now(UTC),
+            )
+        )
+    engine.dispose()
+    s = SqlStore(db_url)
+    try:
+        t = s.find_tenant("legacy")
+        assert t is not None and t.policy == Policy(min_partner_records=7, sessions_per_day=9)
+        s.set_policy(t.tenant_id, Policy(7, 9, aggregation_threshold=100, dp="laplace"))
+        again = s.get_tenant(t.tenant_id)
+        assert again is not None and again.policy.dp == "laplace"
+        assert s.create_tenant("fresh").policy == Policy()
+    finally:
+        s.close()
+    SqlStore(db_url).close()  # opening an up-to-date store changes nothing
+
+
+def test_reports_are_tenant_scoped(store: SqlStore) -> None:
+    a = store.create_tenant("a")
+    b = store.create_tenant("b")
+    rec = report(a.tenant_id)
+    stored = store.put_report(rec)
+    assert stored.body["campaigns"][0]["lift_ci95"] == [0.01, 0.2]
+    assert store.get_report(a.tenant_id, rec.report_id) == stored
+    assert store.get_report(b.tenant_id, rec.report_id) is None
+    assert store.get_report(a.tenant_id, "missing") is None
+    assert store.list_reports(a.tenant_id) == [stored]
+    assert store.list_reports(b.tenant_id) == []
+    # The same submission key in another tenant is another submission.
+    other = store.put_report(report(b.tenant_id))
+    assert store.list_reports(b.tenant_id) == [other]
+    got = store.get_report(a.tenant_id, rec.report_id)
+    assert got is not None and got.created_at.tzinfo is not None
+    assert got.body["dp"] == {"mechanism": "laplace", "epsilon": 0.5}
+    assert got.body["campaigns"][0]["holdout"] == {"users": None, "rate": None}
+
+
+def test_putting_a_report_is_idempotent_per_submission_key(store: SqlStore) -> None:
+    t = store.create_tenant("a")
+    first = store.put_report(report(t.tenant_id, key="k1", lift=0.1))
+    retry = store.put_report(report(t.tenant_id, key="k1", lift=0.9))
+    assert retry == first
+    assert store.find_report(t.tenant_id, "k1") == first
+    assert store.find_report(t.tenant_id, "k2") is None
+    assert store.find_report(store.create_tenant("b").tenant_id, "k1") is None
+    assert [r.report_id for r in store.list_reports(t.tenant_id)] == [first.report_id]
+    second = store.put_report(report(t.tenant_id, key="k2"))
+    assert {r.report_id for r in store.list_reports(t.tenant_id)} == {
+        first.report_id,
+        second.report_id,
+    }
+    # Another submission cannot take an existing report id.
+    with pytest.raises(AlreadyExists):
+        store.put_report(report(t.tenant_id, key="k3", report_id=first.report_id))
+
+
+def test_concurrent_puts_of_one_submission_make_one_report(store: SqlStore) -> None:
+    t = store.create_tenant("a")
+    with ThreadPoolExecutor(8) as ex:
+        results = list(ex.map(lambda _: store.put_report(report(t.tenant_id, key="k")), range(8)))
+    assert len({r.report_id for r in results}) == 1
+    assert len(store.list_reports(t.tenant_id)) == 1
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"report_id": "has space"},
+        {"report_id": "x" * 65},
+        {"report_id": "r.csv"},
+        {"submission_key": ""},
+        {"created_at": datetime.now()},  # naive
+        {"body": {"report_id": "another", "campaigns": []}},
+        {"body": {"campaigns": [{"lift": math.nan}]}},
+        {"body": {"campaigns": [{"at": datetime.now(UTC)}]}},
+    ],
+)
+def test_bad_reports_are_refused(store: SqlStore, change: dict[str, Any]) -> None:
+    t = store.create_tenant("a")
+    good = report(t.tenant_id, report_id="r1")
+    fields = {**good.__dict__, **change}
+    with pytest.raises(ValueError):
+        store.put_report(ReportRecord(**fields))
+    assert store.list_reports(t.tenant_id) == []
+
+
+def test_a_report_needs_its_tenant(store: SqlStore) -> None:
+    with pytest.raises(NotFound):
+        store.put_report(report("no-such-tenant"))
+
+
+def test_epsilon_ledger_charges_until_the_budget_then_refuses(store: SqlStore) -> None:
+    a = store.create_tenant("a")
+    b = store.create_tenant("b")
+    assert store.epsilon_spent(a.tenant_id, "meta") == 0.0
+    assert store.charge_epsilon(a.tenant_id, "meta", "r1", 0.4, budget=1.0) == pytest.approx(0.6)
+    assert store.charge_epsilon(a.tenant_id, "meta", "r2", 0.5, budget=1.0) == pytest.approx(0.1)
+    with pytest.raises(BudgetExceeded, match=r"remaining 0\.1") as refused:
+        store.charge_epsilon(a.tenant_id, "meta", "r3", 0.2, budget=1.0)
+    assert isinstance(refused.value, FailedPrecondition)
+    # The refusal charged nothing; what still fits, fits.
+    assert store.epsilon_spent(a.tenant_id, "meta") == pytest.approx(0.9)
+    assert store.charge_epsilon(a.tenant_id, "meta", "r3", 0.1, budget=1.0) == pytest.approx(0)
+    # Budgets are per partnership and per tenant.
+    assert store.charge_epsilon(a.tenant_id, "tiktok", "r4", 1.0, budget=1.0) == 0.0
+    assert store.charge_epsilon(b.tenant_id, "meta", "r1", 0.5, budget=1.0) == 0.5
+    entries = store.ledger(a.tenant_id)
+    assert [(e.partnership, e.report_id, e.epsilon) for e in entries] == [
+        ("meta", "r1", 0.4),
+        ("meta", "r2", 0.5),
+        ("meta", "r3", 0.1),
+        ("tiktok", "r4", 1.0),
+    ]
+    assert all(e.tenant_id == a.tenant_id and e.at.tzinfo is not None for e in entries)
+    assert [e.report_id for e in store.ledger(b.tenant_id)] == ["r1"]
+
+
+def test_ten_charges_of_a_tenth_fit_a_budget_of_one(store: SqlStore) -> None:
+    t = store.create_tenant("a")
+    for i in range(10):
+        store.charge_epsilon(t.tenant_id, "p", f"r{i}", 0.1, budget=1.0)
+    with pytest.raises(BudgetExceeded):
+        store.charge_epsilon(t.tenant_id, "p", "r10", 0.1, budget=1.0)
+
+
+def test_charging_a_report_again_charges_nothing(store: SqlStore) -> None:
+    t = store.create_tenant("a")
+    assert store.charge_epsilon(t.tenant_id, "p", "r1", 0.5, budget=1.0) == 0.5
+    assert store.charge_epsilon(t.tenant_id, "p", "r1", 0.5, budget=1.0) == 0.5
+    assert store.epsilon_spent(t.tenant_id, "p") == 0.5
+    with pytest.raises(AlreadyExists):
+        store.charge_epsilon(t.tenant_id, "p", "r1", 0.3, budget=1.0)
+    assert len(store.ledger(t.tenant_id)) == 1
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("", "r", 0.1, 1.0),
+        ("p", "bad id", 0.1, 1.0),
+        ("p", "r", 0.0, 1.0),
+        ("p", "r", -0.1, 1.0),
+        ("p", "r", math.nan, 1.0),
+        ("p", "r", 0.1, math.inf),
+        ("p", "r", 0.1, -1.0),
+    ],
+)
+def test_bad_charges_are_refused(store: SqlStore, args: tuple[str, str, float, float]) -> None:
+    t = store.create_tenant("a")
+    with pytest.raises(ValueError):
+        store.charge_epsilon(t.tenant_id, *args)
+    assert store.ledger(t.tenant_id) == []
+
+
+def test_charging_an_unknown_tenant_is_not_found(store: SqlStore) -> None:
+    with pytest.raises(NotFound):
+        store.charge_epsilon("nobody", "p", "r", 0.1, budget=1.0)
+
+
+def test_concurrent_charges_never_overspend(db_url: str) -> None:
+    # Separate stores (separate connection pools), as separate processes would be.
+    stores = [SqlStore(db_url) for _ in range(4)]
+    try:
+        t = stores[0].create_tenant("a")
+
+        def charge(i: int) -> bool:
+            try:
+                stores[i % 4].charge_epsilon(t.tenant_id, "p", f"r{i}", 1.0, budget=10.0)
+                return True
+            except BudgetExceeded:
+                return False
+
+        with ThreadPoolExecutor(8) as ex:
+            outcomes = list(ex.map(charge, range(24)))
+        assert outcomes.count(True) == 10
+        assert stores[0].epsilon_spent(t.tenant_id, "p") == 10.0
+        assert len(stores[0].ledger(t.tenant_id)) == 10
+    finally:
+        for s in stores:
+            s.close()

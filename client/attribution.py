@@ -1,0 +1,238 @@
+"""Attribution from the partner's side, and the brand's conversions upload.
+
+The partner's exposure log and the brand's conversions are validated and
+hashed on their owners' machines; over the wire go digests (brand upload),
+blinded tokens and encrypted aggregates (attribution run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pandas as pd
+from cleanroom.audiences.identifiers import IdColumn, NormalizeOptions
+from cleanroom.audiences.reader import iter_frames
+from cleanroom.client.sdk import ClientError, Connection
+from cleanroom.federated.attribution import (
+    AttrAccepted,
+    AttrDone,
+    CellValues,
+    ConversionTokens,
+    EventValues,
+    PartnerAttribution,
+)
+from cleanroom.federated.attribution_data import hashed_identifiers, partner_exposures
+from cleanroom.federated.attribution_reference import (
+    Windows,
+    parse_conversions,
+    parse_exposures,
+    read_spend,
+)
+from cleanroom.proto import cleanroom_pb2 as pb
+from cleanroom.proto import cleanroom_pb2_grpc as pb_grpc
+from cleanroom.proto import serde
+
+
+def _call_error(exc: grpc.RpcError) -> ClientError:
+    return ClientError(exc.code().name, exc.details() or "")  # type: ignore[attr-defined]
+
+
+async def upload_conversions(
+    conn: Connection,
+    *,
+    name: str,
+    path: Path,
+    id_columns: Sequence[IdColumn],
+    options: NormalizeOptions,
+    customer_column: str,
+    time_column: str,
+    value_column: str,
+    replace: bool = False,
+    chunk_rows: int = 50_000,
+) -> dict[str, Any]:
+    """Validate, hash and upload a conversions file; returns the stored set."""
+    frames = iter_frames(path, chunk_rows)
+    failure: list[BaseException] = []
+
+    def requests() -> Iterator[pb.ConversionsUploadRequest]:
+        try:
+            yield pb.ConversionsUploadRequest(
+                header=pb.UploadHeader(
+                    name=name,
+                    id_types=[serde.id_type_to_pb(c.id_type) for c in id_columns],
+                    replace=replace,
+                )
+            )
+            seq = rows = 0
+            for frame in frames:
+                parsed = parse_conversions(
+                    frame,
+                    customer_column=customer_column,
+                    time_column=time_column,
+                    value_column=value_column,
+                    id_columns=id_columns,
+                )
+                customers = b"".join(
+                    hashlib.sha256(c.encode("utf-8")).digest() for c in parsed["customer_id"]
+                )
+                columns = []
+                for index, col in enumerate(id_columns):
+                    id_rows, _, digests = hashed_identifiers(parsed, [col], options)
+                    present = np.zeros(len(parsed), dtype=np.uint8)
+                    present[id_rows] = 1
+                    columns.append(
+                        pb.IdColumnChunk(
+                            column=index, present=present.tobytes(), digests=digests.tobytes()
+                        )
+                    )
+                yield pb.ConversionsUploadRequest(
+                    chunk=pb.ConversionsChunk(
+                        seq=seq,
+                        row_count=len(parsed),
+                        customers=customers,
+                        days=parsed["day"].to_numpy().astype("<i4").tobytes(),
+                        values=parsed["value"].to_numpy().astype("<f8").tobytes(),
+                        columns=columns,
+                    )
+                )
+                seq += 1
+                rows += len(parsed)
+            yield pb.ConversionsUploadRequest(end=pb.UploadEnd(chunk_count=seq, row_count=rows))
+        except Exception as exc:
+            failure.append(exc)
+            raise
+
+    def call() -> pb.ConversionSet:
+        with conn.sync_channel() as channel:
+            stub = pb_grpc.AttributionServiceStub(channel)
+            try:
+                response: pb.ConversionSet = stub.UploadConversions(
+                    requests(), metadata=conn.metadata, timeout=conn.timeout
+                )
+            except grpc.RpcError as exc:
+                if failure:
+                    raise failure[0] from exc
+                raise _call_error(exc) from exc
+            return response
+
+    result = await asyncio.to_thread(call)
+    return {
+        "conversions_id": result.conversions_id,
+        "name": result.name,
+        "events": result.events,
+        "customers": result.customers,
+        "identifiers": result.identifiers,
+    }
+
+
+@dataclass
+class AttributionRequest:
+    conversions: str
+    exposures: Path
+    id_columns: Sequence[IdColumn]
+    options: NormalizeOptions
+    user_column: str = "user_id"
+    spend: Path | None = None
+    windows: Windows = Windows()  # noqa: RUF009 - frozen dataclass
+    epsilon: float = 0.0
+
+
+def submission_key(req: AttributionRequest, spend: Mapping[str, float]) -> str:
+    """Same file, same parameters: same key, so a resubmission is idempotent."""
+    digest = hashlib.sha256()
+    with open(req.exposures, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    digest.update(
+        json.dumps(
+            {
+                "conversions": req.conversions,
+                "ids": [f"{c.column}:{c.id_type}" for c in req.id_columns],
+                "user": req.user_column,
+                "windows": [req.windows.click_days, req.windows.view_days],
+                "epsilon": req.epsilon,
+                "spend": sorted(spend.items()),
+            },
+            sort_keys=True,
+        ).encode()
+    )
+    return digest.hexdigest()
+
+
+def prepare_attribution(req: AttributionRequest) -> PartnerAttribution:
+    frame = (
+        pd.read_csv(req.exposures, dtype=str, keep_default_na=False)
+        if str(req.exposures).endswith((".csv", ".csv.gz"))
+        else pd.concat(list(iter_frames(req.exposures, 200_000)))
+    )
+    parsed = parse_exposures(frame, id_columns=req.id_columns, user_column=req.user_column)
+    spend = read_spend(req.spend) if req.spend else {}
+    return PartnerAttribution(
+        conversions=req.conversions,
+        data=partner_exposures(parsed, req.id_columns, req.options),
+        click_days=req.windows.click_days,
+        view_days=req.windows.view_days,
+        run=lambda fn, *args: fn(*args),
+        epsilon=req.epsilon,
+        submission_key=submission_key(req, spend),
+        spend=spend,
+    )
+
+
+async def run_attribution(conn: Connection, partner: PartnerAttribution) -> str:
+    """One attribution run; returns the brand node's report id."""
+    loop = asyncio.get_running_loop()
+    accepted_future: asyncio.Future[AttrAccepted] = loop.create_future()
+    aggregates_future: asyncio.Future[pb.AttrPartnerMessage | None] = loop.create_future()
+
+    async def requests() -> AsyncIterator[pb.AttrPartnerMessage]:
+        yield serde.attr_partner_to_pb(partner.hello())
+        accepted = await accepted_future
+        if accepted.report_id:
+            return
+        for chunk in await asyncio.to_thread(partner.cell_token_chunks):
+            yield serde.attr_partner_to_pb(chunk)
+        final = await aggregates_future
+        if final is not None:
+            yield final
+
+    async with conn.channel() as channel:
+        call = pb_grpc.AttributionServiceStub(channel).Attribute(
+            requests(), metadata=conn.metadata, timeout=conn.timeout
+        )
+        try:
+            async for response in call:
+                public_key = getattr(partner, "public_key", None)
+                msg = serde.attr_brand_from_pb(response, public_key)
+                if isinstance(msg, AttrAccepted):
+                    if not msg.report_id:
+                        partner.on_accepted(msg)
+                    accepted_future.set_result(msg)
+                elif isinstance(msg, CellValues):
+                    partner.on_cell_values(msg)
+                elif isinstance(msg, ConversionTokens):
+                    await asyncio.to_thread(partner.on_conversion_tokens, msg)
+                elif isinstance(msg, EventValues):
+                    partner.on_event_values(msg)
+                elif isinstance(msg, AttrDone):
+                    return msg.report_id
+                if partner.ready_for_aggregates and not aggregates_future.done():
+                    aggregates = await asyncio.to_thread(partner.aggregates)
+                    aggregates_future.set_result(
+                        serde.attr_partner_to_pb(aggregates, partner.public_key)
+                    )
+        except grpc.aio.AioRpcError as exc:
+            raise ClientError(exc.code().name, exc.details() or "") from exc
+        finally:
+            for fut in (accepted_future, aggregates_future):
+                if not fut.done():
+                    fut.cancel()
+    raise ClientError("PROTOCOL", "the brand node ended the run without a report")

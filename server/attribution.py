@@ -1,0 +1,383 @@
+"""Conversion uploads and attribution runs on the brand node (transport-free).
+
+Conversions arrive hashed (customer ids and identifiers as SHA-256 digests,
+days, values) and are written atomically as two Parquet files (events and
+identifiers). An attribution run checks the tenant's policy before any work
+(the DP budget, refused when it would be overspent), generates a fresh
+Paillier key and blinding key for the run, drives ``BrandAttribution`` and
+stores the report only when the partner's aggregates have been decrypted,
+so a disconnect never leaves a partial report. The same submission key
+returns the stored report instead of running again.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from cleanroom.audiences.upload import DIGEST_LEN
+from cleanroom.federated.attribution import (
+    AttrAccepted,
+    AttrAggregates,
+    AttrHello,
+    BrandAttribution,
+    BrandConversions,
+    DpParams,
+)
+from cleanroom.federated.attribution_reference import campaign_report
+from cleanroom.federated.paillier import PaillierPrivateKey, PaillierPublicKey, generate_keypair
+from cleanroom.matching.errors import ProtocolError
+from cleanroom.server.audiences import check_audience_name, fixed_binary_to_numpy
+from cleanroom.server.errors import AlreadyExists, FailedPrecondition, NotFound, PermissionDenied
+from cleanroom.server.files import AtomicParquetWriter
+from cleanroom.server.store import (
+    AuditEntry,
+    ConversionSetRecord,
+    Principal,
+    ReportRecord,
+    Role,
+    SessionRecord,
+    SqlStore,
+)
+
+EVENTS_SCHEMA = pa.schema(
+    [("customer", pa.binary(DIGEST_LEN)), ("day", pa.int32()), ("value", pa.float64())]
+)
+IDS_SCHEMA = pa.schema(
+    [("event", pa.int64()), ("id_type", pa.string()), ("digest", pa.binary(DIGEST_LEN))]
+)
+ID_TYPES = ("email", "phone", "maid", "custom")
+
+
+@dataclass(frozen=True)
+class ConversionRows:
+    """One chunk of an upload: per row customer digest, day, value; identifiers."""
+
+    seq: int
+    customers: bytes
+    days: np.ndarray  # int32
+    values: np.ndarray  # float64
+    columns: tuple[tuple[int, bytes, bytes], ...]  # (column, present per row, digests)
+
+
+class ConversionsUpload:
+    def __init__(
+        self,
+        service: AttributionService,
+        principal: Principal,
+        name: str,
+        id_types: tuple[str, ...],
+        replace: bool,
+    ) -> None:
+        if principal.role is not Role.ADMIN:
+            raise PermissionDenied("uploading conversions needs an admin token")
+        check_audience_name(name)
+        if not id_types or any(t not in ID_TYPES for t in id_types):
+            raise ValueError(f"identifier types must be among {ID_TYPES}")
+        if not replace and service.store.get_conversion_set(principal.tenant_id, name):
+            raise AlreadyExists(
+                f"conversions {name!r} already exist; upload with --replace to replace them"
+            )
+        self.service = service
+        self.principal = principal
+        self.name = name
+        self.id_types = id_types
+        self.replace = replace
+        self.set_id = uuid.uuid4().hex
+        base = service.data_dir / "conversions" / principal.tenant_id / self.set_id
+        self._events = AtomicParquetWriter(base.with_suffix(".events.parquet"), EVENTS_SCHEMA)
+        self._ids = AtomicParquetWriter(base.with_suffix(".ids.parquet"), IDS_SCHEMA)
+        self.next_seq = 0
+        self.rows = 0
+        self.identifiers = 0
+
+    def add(self, chunk: ConversionRows) -> None:
+        if chunk.seq != self.next_seq:
+            kind = "duplicate" if chunk.seq < self.next_seq else "out-of-order"
+            raise ProtocolError(
+                f"{kind} conversions chunk {chunk.seq}: chunk {self.next_seq} is next"
+            )
+        n = len(chunk.days)
+        if n == 0 or len(chunk.values) != n or len(chunk.customers) != n * DIGEST_LEN:
+            raise ValueError(f"conversions chunk {chunk.seq}: customers, days and values disagree")
+        if not np.all(np.isfinite(chunk.values)) or np.any(chunk.values < 0):
+            raise ValueError(f"conversions chunk {chunk.seq}: values must be finite and >= 0")
+        events = np.arange(self.rows, self.rows + n, dtype=np.int64)
+        id_events, id_types, digests = [], [], []
+        for column, present, packed in chunk.columns:
+            if not 0 <= column < len(self.id_types):
+                raise ValueError(f"conversions chunk {chunk.seq} names column {column}")
+            mask = np.frombuffer(present, dtype=np.uint8).astype(bool)
+            if len(mask) != n or len(packed) != int(mask.sum()) * DIGEST_LEN:
+                raise ValueError(
+                    f"conversions chunk {chunk.seq}, column {column}: presence and digests disagree"
+                )
+            id_events.append(events[mask])
+            id_types.extend([self.id_types[column]] * int(mask.sum()))
+            digests.append(packed)
+        self._events.write(
+            pa.table(
+                {
+                    "customer": _fixed(chunk.customers),
+                    "day": pa.array(chunk.days.astype(np.int32)),
+                    "value": pa.array(chunk.values.astype(np.float64)),
+                },
+                schema=EVENTS_SCHEMA,
+            )
+        )
+        if id_types:
+            self._ids.write(
+                pa.table(
+                    {
+                        "event": pa.array(np.concatenate(id_events)),
+                        "id_type": pa.array(id_types, pa.string()),
+                        "digest": _fixed(b"".join(digests)),
+                    },
+                    schema=IDS_SCHEMA,
+                )
+            )
+        self.next_seq += 1
+        self.rows += n
+        self.identifiers += len(id_types)
+
+    def finish(self, chunk_count: int, row_count: int) -> ConversionSetRecord:
+        if chunk_count != self.next_seq or row_count != self.rows:
+            raise ProtocolError(
+                f"the upload ended claiming {chunk_count} chunks and {row_count} rows;"
+                f" the brand node received {self.next_seq} chunks and {self.rows} rows"
+            )
+        if self.rows == 0:
+            raise ValueError("the upload carries no conversions; nothing was stored")
+        events_path = self._events.commit()
+        ids_path = self._ids.commit()
+        customers = len(
+            np.unique(
+                fixed_binary_to_numpy(
+                    pq.read_table(events_path, columns=["customer"]).column("customer"), DIGEST_LEN
+                )
+            )
+        )
+        record = ConversionSetRecord(
+            conversions_id=self.set_id,
+            tenant_id=self.principal.tenant_id,
+            name=self.name,
+            path=str(events_path.relative_to(self.service.data_dir)).removesuffix(
+                ".events.parquet"
+            ),
+            events=self.rows,
+            customers=customers,
+            identifiers=self.identifiers,
+            created_at=datetime.now(UTC),
+        )
+        try:
+            previous = self.service.store.put_conversion_set(record, replace_existing=self.replace)
+        except BaseException:
+            events_path.unlink(missing_ok=True)
+            ids_path.unlink(missing_ok=True)
+            raise
+        if previous is not None:
+            for suffix in (".events.parquet", ".ids.parquet"):
+                (self.service.data_dir / (previous.path + suffix)).unlink(missing_ok=True)
+        self.service.store.audit(
+            AuditEntry(
+                self.principal.tenant_id,
+                "admin",
+                "conversions.upload",
+                {"name": self.name, "events": self.rows},
+            )
+        )
+        return record
+
+    def abort(self) -> None:
+        self._events.abort()
+        self._ids.abort()
+
+
+def _fixed(packed: bytes) -> pa.FixedSizeBinaryArray:
+    return pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(DIGEST_LEN), len(packed) // DIGEST_LEN, [None, pa.py_buffer(packed)]
+    )
+
+
+@dataclass
+class AttributionRun:
+    brand: BrandAttribution
+    principal: Principal
+    hello: AttrHello
+    report_id: str
+    public_key: PaillierPublicKey
+
+
+@dataclass
+class AttributionService:
+    store: SqlStore
+    data_dir: Path
+    executor: Executor | None = None
+    key_bits: int = 2048
+    keygen: Callable[[int], tuple[PaillierPublicKey, PaillierPrivateKey]] = lambda bits: (
+        generate_keypair(bits)
+    )
+
+    def begin_upload(
+        self, principal: Principal, name: str, id_types: tuple[str, ...], replace: bool
+    ) -> ConversionsUpload:
+        return ConversionsUpload(self, principal, name, id_types, replace)
+
+    def load(self, principal: Principal, name: str) -> tuple[ConversionSetRecord, BrandConversions]:
+        record = self.store.get_conversion_set(principal.tenant_id, name)
+        if record is None:
+            raise NotFound(f"no conversions named {name!r} for this tenant")
+        base = self.data_dir / record.path
+        events = pq.read_table(str(base) + ".events.parquet")
+        ids = pq.read_table(str(base) + ".ids.parquet")
+        _, customer = np.unique(
+            fixed_binary_to_numpy(events.column("customer"), DIGEST_LEN), return_inverse=True
+        )
+        digests = fixed_binary_to_numpy(ids.column("digest"), DIGEST_LEN)
+        return record, BrandConversions(
+            customer=customer.astype(np.int64),
+            day=events.column("day").to_numpy().astype(np.int64),
+            value=events.column("value").to_numpy().astype(np.float64),
+            id_event=ids.column("event").to_numpy().astype(np.int64),
+            id_type=np.array(ids.column("id_type").to_pylist(), dtype=object),
+            id_digest=np.frombuffer(digests.tobytes(), dtype=np.uint8).reshape(-1, DIGEST_LEN),
+        )
+
+    def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self.executor is None:
+            return fn(*args)
+        return self.executor.submit(fn, *args).result()
+
+    def open(
+        self, principal: Principal, hello: AttrHello
+    ) -> tuple[AttributionRun | None, AttrAccepted]:
+        """Policy checks, then a run (or the stored report for a repeated submission)."""
+        if principal.role is not Role.PARTNER:
+            raise PermissionDenied("attribution runs need a partner token")
+        tenant = self.store.get_tenant(principal.tenant_id)
+        assert tenant is not None
+        policy = tenant.policy
+        if hello.submission_key:
+            existing = self.store.find_report(principal.tenant_id, hello.submission_key)
+            if existing is not None:
+                return None, AttrAccepted(
+                    "", 0, 0, 0, 0, 0, DpParams(), report_id=existing.report_id
+                )
+        record, data = self.load(principal, hello.conversions)
+        dp = DpParams()
+        report_id = uuid.uuid4().hex
+        partnership = f"{principal.tenant_id}:partner"
+        if policy.dp != "off":
+            if hello.epsilon <= 0:
+                remaining = policy.epsilon_budget - self.store.epsilon_spent(
+                    principal.tenant_id, partnership
+                )
+                raise FailedPrecondition(
+                    f"this brand's policy applies {policy.dp} differential privacy: pass --epsilon"
+                    f" (remaining budget {remaining:g})"
+                )
+            # Charged before any work: an overspending run is refused up front.
+            self.store.charge_epsilon(
+                principal.tenant_id, partnership, report_id, hello.epsilon, policy.epsilon_budget
+            )
+            dp = DpParams(
+                policy.dp, hello.epsilon, policy.delta if policy.dp == "gaussian" else 0.0
+            )
+        public_key, private_key = self.keygen(self.key_bits)
+        session_id = uuid.uuid4().hex
+        brand = BrandAttribution(
+            session_id=session_id,
+            hello=hello,
+            data=data,
+            public_key=public_key,
+            private_key=private_key,
+            dp=dp,
+            run=self._run,
+        )
+        self.store.create_session(
+            SessionRecord(
+                session_id=session_id,
+                tenant_id=principal.tenant_id,
+                audience_id=record.conversions_id,
+                protocol="attribution",
+                status="running",
+                declared_records=int(sum(hello.cell_tokens)),
+                declared_points=int(sum(hello.cell_tokens)),
+                brand_points=brand.brand_tokens,
+                created_at=datetime.now(UTC),
+            )
+        )
+        self.store.audit(
+            AuditEntry(
+                principal.tenant_id,
+                "partner",
+                "attribution.start",
+                {"session": session_id, "conversions": record.name, "epsilon": hello.epsilon},
+            )
+        )
+        return AttributionRun(brand, principal, hello, report_id, public_key), brand.accepted()
+
+    def conclude(self, run: AttributionRun, aggregates: AttrAggregates) -> str:
+        inputs = run.brand.on_aggregates(aggregates)
+        tenant = self.store.get_tenant(run.principal.tenant_id)
+        assert tenant is not None
+        dp = run.brand.dp
+        body = {
+            "report_id": run.report_id,
+            "conversions": run.hello.conversions,
+            "windows": {"click_days": run.hello.click_days, "view_days": run.hello.view_days},
+            "campaigns": campaign_report(
+                inputs["groups"],  # type: ignore[arg-type]
+                inputs["attributed"],  # type: ignore[arg-type]
+                inputs["spend"],  # type: ignore[arg-type]
+                tenant.policy.aggregation_threshold,
+            ),
+            "dp": {
+                "mechanism": dp.mechanism,
+                "epsilon": dp.epsilon,
+                "delta": dp.delta,
+                "value_cap": dp.value_cap,
+            },
+            "aggregation_threshold": tenant.policy.aggregation_threshold,
+            "created_at": datetime.now(UTC).isoformat(),
+        }
+        stored = self.store.put_report(
+            ReportRecord(
+                report_id=run.report_id,
+                tenant_id=run.principal.tenant_id,
+                conversions_name=run.hello.conversions,
+                created_at=datetime.now(UTC),
+                body=body,
+                submission_key=run.hello.submission_key or run.report_id,
+            )
+        )
+        self.finish(run, "done")
+        return stored.report_id
+
+    def finish(self, run: AttributionRun, status: str, error: str | None = None) -> None:
+        self.store.update_session(
+            run.principal.tenant_id,
+            run.brand.session_id,
+            status=status,
+            error=error,
+            finished_at=datetime.now(UTC),
+        )
+        self.store.audit(
+            AuditEntry(
+                run.principal.tenant_id,
+                "partner",
+                f"attribution.{status}",
+                {
+                    "session": run.brand.session_id,
+                    "report": run.report_id if status == "done" else None,
+                },
+            )
+        )

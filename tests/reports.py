@@ -1,0 +1,87 @@
+"""A realistic attribution report (the JSON schema of server/rest.py) for tests."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from cleanroom.server.store import ReportRecord
+
+
+def _group(users: int, converters: int, conversions: int, revenue: float) -> dict[str, Any]:
+    return {
+        "users": users,
+        "conversions": conversions,
+        "revenue": revenue,
+        "converters": converters,
+        "rate": round(converters / users, 6),
+    }
+
+
+def _nulls() -> dict[str, Any]:
+    return dict.fromkeys(("users", "conversions", "revenue", "converters", "rate"))
+
+
+def sample_body(report_id: str) -> dict[str, Any]:
+    """Three campaigns: a clear winner, an inconclusive one, one suppressed."""
+    return {
+        "report_id": report_id,
+        "created_at": "2025-06-30T09:15:00+00:00",
+        "dp": {"mechanism": "laplace", "epsilon": 0.5},
+        "aggregation_threshold": 50,
+        "windows": {"click_days": 7, "view_days": 1},
+        "campaigns": [
+            {
+                "campaign_id": "spring_sale",
+                "attributed_conversions": 1310,
+                "attributed_revenue": 98420.75,
+                "exposed": _group(48210, 1205, 1498, 112350.4),
+                "holdout": _group(5320, 112, 131, 9210.0),
+                "lift": 0.1873,
+                "lift_ci95": [0.0212, 0.3534],
+                "incremental_converters": 190,
+                "spend": 25000.0,
+                "iroas": 1.42,
+                "suppressed": False,
+            },
+            {
+                "campaign_id": "retargeting_q2",
+                "attributed_conversions": 642,
+                "attributed_revenue": 41233.1,
+                "exposed": _group(21400, 514, 601, 44120.0),
+                "holdout": _group(2390, 60, 66, 4810.5),
+                "lift": -0.0433,
+                "lift_ci95": [-0.2511, 0.1645],
+                "incremental_converters": -23,
+                "spend": 12000.0,
+                "iroas": None,
+                "suppressed": False,
+            },
+            {
+                "campaign_id": "podcast_test",
+                "attributed_conversions": None,
+                "attributed_revenue": None,
+                "exposed": _nulls(),
+                "holdout": _nulls(),
+                "lift": None,
+                "lift_ci95": None,
+                "incremental_converters": None,
+                "spend": 3000.0,
+                "iroas": None,
+                "suppressed": True,
+            },
+        ],
+    }
+
+
+def sample_report(tenant_id: str, report_id: str | None = None) -> ReportRecord:
+    rid = report_id or uuid.uuid4().hex
+    return ReportRecord(
+        report_id=rid,
+        tenant_id=tenant_id,
+        conversions_name="purchases",
+        created_at=datetime(2025, 6, 30, 9, 15, tzinfo=UTC),
+        body=sample_body(rid),
+        submission_key=f"submission-{rid}",
+    )

@@ -1,0 +1,250 @@
+"""Attribution over real gRPC: upload conversions, run, read the report."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+import pytest
+from cleanroom.audiences.identifiers import NormalizeOptions, parse_id_columns
+from cleanroom.client.attribution import (
+    AttributionRequest,
+    prepare_attribution,
+    run_attribution,
+    upload_conversions,
+)
+from cleanroom.client.sdk import ClientError, Connection
+from cleanroom.federated.attribution_reference import Windows, read_spend, reference_report
+from cleanroom.federated.synth_attribution import synthesize_attribution
+from cleanroom.server.node import BrandNodeThread
+from cleanroom.server.settings import ServerSettings
+from cleanroom.server.store import Policy, Role, SqlStore
+
+OPTIONS = NormalizeOptions(default_region="US")
+BRAND_IDS = parse_id_columns("email,phone")
+PARTNER_IDS = parse_id_columns("email,phone,maid")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("attr-e2e")
+    synth = synthesize_attribution(
+        root / "data",
+        customers=250,
+        conversions=400,
+        partner_users=300,
+        exposure_rows=1200,
+        campaigns=3,
+        seed=9,
+        days=20,
+    )
+    settings = ServerSettings(data_dir=root / "node", grpc_port=0, http_port=0, workers=1)
+    settings.data_dir.mkdir()
+    store = SqlStore(settings.resolved_database_url())
+    _, tokens = store.provision_tenant(
+        "brand", Policy(min_partner_records=10, aggregation_threshold=0)
+    )
+    _, dp_tokens = store.provision_tenant(
+        "dp-brand",
+        Policy(min_partner_records=10, aggregation_threshold=0, dp="laplace", epsilon_budget=1.0),
+    )
+    store.close()
+    with BrandNodeThread(settings) as node:
+        for t in (tokens, dp_tokens):
+            asyncio.run(
+                upload_conversions(
+                    Connection(node.target, t[Role.ADMIN]),
+                    name="sales",
+                    path=synth.conversions_path,
+                    id_columns=BRAND_IDS,
+                    options=OPTIONS,
+                    customer_column="customer_id",
+                    time_column="ts",
+                    value_column="value",
+                )
+            )
+        yield {
+            "node": node,
+            "synth": synth,
+            "tokens": tokens,
+            "dp_tokens": dp_tokens,
+            "settings": settings,
+        }
+
+
+def request(synth: Any, **changes: Any) -> AttributionRequest:
+    base = AttributionRequest(
+        conversions="sales",
+        exposures=synth.exposures_path,
+        id_columns=PARTNER_IDS,
+        options=OPTIONS,
+        spend=synth.spend_path,
+    )
+    return dataclasses.replace(base, **changes)
+
+
+def attribute(world: dict[str, Any], req: AttributionRequest, tokens: str = "tokens") -> str:
+    node = world["node"]
+    return asyncio.run(
+        run_attribution(
+            Connection(node.target, world[tokens][Role.PARTNER]), prepare_attribution(req)
+        )
+    )
+
+
+def stored(world: dict[str, Any], report_id: str, tokens: str = "tokens") -> dict[str, Any]:
+    node = world["node"]
+    resp = httpx.get(
+        f"http://127.0.0.1:{node.ports.http}/v1/reports/{report_id}",
+        headers={"authorization": f"Bearer {world[tokens][Role.ANALYST]}"},
+        timeout=30,
+    )
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def close(a: Any, b: Any, where: str = "") -> None:
+    if isinstance(b, dict):
+        for k in b:
+            close(a[k], b[k], f"{where}.{k}")
+    elif isinstance(b, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            close(x, y, f"{where}[{i}]")
+    elif isinstance(b, float):
+        assert a is not None and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-6), (
+            f"{where}: {a} != {b}"
+        )
+    else:
+        assert a == b, f"{where}: {a} != {b}"
+
+
+def test_report_over_grpc_equals_plaintext(world: dict[str, Any]) -> None:
+    synth = world["synth"]
+    report_id = attribute(world, request(synth))
+    report = stored(world, report_id)
+    want = reference_report(
+        pd.read_csv(synth.conversions_path, dtype=str, keep_default_na=False),
+        pd.read_csv(synth.exposures_path, dtype=str, keep_default_na=False),
+        id_columns=PARTNER_IDS,
+        options=OPTIONS,
+        customer_column="customer_id",
+        time_column="ts",
+        value_column="value",
+        spend=read_spend(synth.spend_path),
+        threshold=0,
+    )
+    assert report["report_id"] == report_id
+    close(report["windows"], want["windows"])
+    close(report["campaigns"], want["campaigns"])
+    assert sum(c["exposed"]["conversions"] for c in report["campaigns"]) > 10
+
+
+def test_same_submission_is_idempotent(world: dict[str, Any]) -> None:
+    synth = world["synth"]
+    first = attribute(world, request(synth, windows=Windows(3, 1)))
+    second = attribute(world, request(synth, windows=Windows(3, 1)))
+    assert first == second
+    store = SqlStore(world["settings"].resolved_database_url())
+    try:
+        tenant = store.find_tenant("brand")
+        assert tenant is not None
+        runs = [s for s in store.list_sessions(tenant.tenant_id) if s.protocol == "attribution"]
+    finally:
+        store.close()
+    assert all(s.status == "done" for s in runs)
+
+
+def test_dp_budget_is_charged_and_overspending_refused_before_work(world: dict[str, Any]) -> None:
+    synth = world["synth"]
+    with pytest.raises(ClientError, match=r"FAILED_PRECONDITION.*--epsilon"):
+        attribute(world, request(synth), tokens="dp_tokens")
+    first = attribute(world, request(synth, epsilon=0.6), tokens="dp_tokens")
+    report = stored(world, first, tokens="dp_tokens")
+    assert report["dp"]["mechanism"] == "laplace" and report["dp"]["epsilon"] == 0.6
+    with pytest.raises(ClientError, match="FAILED_PRECONDITION"):
+        attribute(world, request(synth, epsilon=0.6, windows=Windows(5, 1)), tokens="dp_tokens")
+    store = SqlStore(world["settings"].resolved_database_url())
+    try:
+        tenant = store.find_tenant("dp-brand")
+        assert tenant is not None
+        assert [e.epsilon for e in store.ledger(tenant.tenant_id)] == [0.6]
+    finally:
+        store.close()
+
+
+def test_bad_exposure_rows_fail_on_the_partner_machine(
+    world: dict[str, Any], tmp_path: Path
+) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text(
+        "user_id,email,campaign_id,ts,touch,group\nu1,a@example.com,c1,2026-01-01,impression,exposed\n"
+    )
+    with pytest.raises(ValueError, match="touch"):
+        prepare_attribution(
+            request(
+                world["synth"], exposures=path, id_columns=parse_id_columns("email"), spend=None
+            )
+        )
+    path.write_text(
+        "user_id,email,campaign_id,ts,touch,group\nu1,a@example.com,c1,yesterday,click,exposed\n"
+    )
+    with pytest.raises(ValueError, match="row 1"):
+        prepare_attribution(
+            request(
+                world["synth"], exposures=path, id_columns=parse_id_columns("email"), spend=None
+            )
+        )
+
+
+def test_unknown_conversions_and_wrong_role(world: dict[str, Any]) -> None:
+    synth = world["synth"]
+    with pytest.raises(ClientError, match="NOT_FOUND"):
+        attribute(world, request(synth, conversions="nope"))
+    node = world["node"]
+    with pytest.raises(ClientError, match="PERMISSION_DENIED"):
+        asyncio.run(
+            run_attribution(
+                Connection(node.target, world["tokens"][Role.ANALYST]),
+                prepare_attribution(request(synth)),
+            )
+        )
+
+
+def test_partner_disconnecting_mid_run_leaves_no_report(world: dict[str, Any]) -> None:
+    from tests.helpers import eventually
+
+    synth = world["synth"]
+    partner = prepare_attribution(request(synth, windows=Windows(6, 1)))
+
+    class Gone(Exception):
+        pass
+
+    def vanish() -> Any:
+        raise Gone  # the partner dies after the brand sent everything
+
+    partner.aggregates = vanish  # type: ignore[method-assign]
+    node = world["node"]
+    with pytest.raises(Gone):
+        asyncio.run(
+            run_attribution(Connection(node.target, world["tokens"][Role.PARTNER]), partner)
+        )
+    store = SqlStore(world["settings"].resolved_database_url())
+    try:
+        tenant = store.find_tenant("brand")
+        assert tenant is not None
+
+        def failed() -> bool:
+            runs = [s for s in store.list_sessions(tenant.tenant_id) if s.protocol == "attribution"]
+            return runs[-1].status == "failed"
+
+        eventually(failed, what="the run to be marked failed")
+        assert store.find_report(tenant.tenant_id, partner.submission_key) is None
+    finally:
+        store.close()

@@ -1,0 +1,196 @@
+"""The report dashboard in a real headless Chromium against a real brand node.
+
+Chromium is the Debian package (``/usr/bin/chromium``); ``.ci/run`` installs
+it when it is missing. Nothing is downloaded: the browser renders the page,
+which fetches the report from the node with the token from the URL and draws
+inline SVG; we read the rendered DOM (``--dump-dom``) and a screenshot.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import zlib
+from collections.abc import Iterator
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from cleanroom.server.store import Role
+
+from tests.conftest import Node
+from tests.reports import sample_body, sample_report
+
+CHROMIUM = os.environ.get("CLEANROOM_CHROMIUM", "/usr/bin/chromium")
+VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source"}
+
+
+def chromium() -> str:
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(
+            f"headless Chromium not found at {CHROMIUM}: the dashboard tests need the Debian"
+            " package `chromium` (.ci/run installs it: apt-get install -y chromium)"
+        )
+    return CHROMIUM
+
+
+def run_chromium(tmp: Path, url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    profile = tmp / f"profile-{len(list(tmp.glob('profile-*')))}"
+    cmd = [
+        chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--virtual-time-budget=5000",
+        *args,
+        url,
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+class Elements(HTMLParser):
+    """Every element with its attributes and the nearest enclosing data-campaign."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[tuple[str, dict[str, str], str | None]] = []
+        self._stack: list[tuple[str, str | None]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        campaign = a.get("data-campaign") or (self._stack[-1][1] if self._stack else None)
+        self.found.append((tag, a, campaign))
+        if tag not in VOID:
+            self._stack.append((tag, campaign))
+
+    def handle_endtag(self, tag: str) -> None:
+        while self._stack:
+            if self._stack.pop()[0] == tag:
+                break
+
+    def having(self, cls: str) -> list[tuple[dict[str, str], str | None]]:
+        return [(a, c) for _, a, c in self.found if cls in a.get("class", "").split()]
+
+
+@pytest.fixture(scope="module")
+def report_id(node: Node) -> Iterator[str]:
+    store = node.store()
+    tenant = store.find_tenant("acme")
+    assert tenant is not None
+    rid = store.put_report(sample_report(tenant.tenant_id)).report_id
+    store.close()
+    yield rid
+
+
+def _url(node: Node, rid: str, token: str) -> str:
+    return f"{node.http}/dashboard/reports/{rid}?token={token}"
+
+
+def test_the_dashboard_draws_lift_funnel_and_revenue(
+    node: Node, report_id: str, tmp_path: Path
+) -> None:
+    token = node.tokens["acme"][Role.ANALYST]
+    dom = run_chromium(tmp_path, _url(node, report_id, token), "--dump-dom").stdout
+    assert 'data-state="ready"' in dom, dom[-3000:]
+    assert token not in dom
+    parsed = Elements()
+    parsed.feed(dom)
+    campaigns = {c["campaign_id"]: c for c in sample_body(report_id)["campaigns"]}
+    shown = [cid for cid, c in campaigns.items() if not c["suppressed"]]
+    assert shown == ["spring_sale", "retargeting_q2"]
+
+    # Lift: one row per campaign; a bar and an error bar per reported campaign.
+    rows = {a["data-campaign"]: a for a, _ in parsed.having("lift-row")}
+    assert list(rows) == list(campaigns)
+    bars = {c: a for a, c in parsed.having("lift-bar")}
+    errors = {c: a for a, c in parsed.having("error-bar")}
+    assert list(bars) == list(errors) == shown
+    for cid in shown:
+        lo, hi = campaigns[cid]["lift_ci95"]
+        assert float(rows[cid]["data-lift"]) == float(bars[cid]["data-lift"])
+        assert float(bars[cid]["data-lift"]) == campaigns[cid]["lift"]
+        assert (float(errors[cid]["data-ci-lo"]), float(errors[cid]["data-ci-hi"])) == (lo, hi)
+        # The whisker spans the interval around the bar's end.
+        assert float(errors[cid]["x1"]) < float(errors[cid]["x2"])
+    assert rows["podcast_test"]["data-suppressed"] == "true"
+    assert rows["podcast_test"]["data-lift"] == ""
+    assert "+18.7%" in dom and "[+2.1%, +35.3%]" in dom
+
+    # Funnel: users -> converters -> conversions for both groups of each campaign.
+    funnel = {(c, a["data-group"], a["data-stage"]): a for a, c in parsed.having("funnel-bar")}
+    for cid in shown:
+        for group in ("exposed", "holdout"):
+            for stage in ("users", "converters", "conversions"):
+                want = campaigns[cid][group][stage]
+                assert float(funnel[(cid, group, stage)]["data-value"]) == want
+                assert f"{want:,}" in dom
+    assert not [k for k in funnel if k[0] == "podcast_test"]
+
+    # Attributed revenue per campaign.
+    revenue = {c: a for a, c in parsed.having("revenue-bar")}
+    assert list(revenue) == shown
+    for cid in shown:
+        want = campaigns[cid]["attributed_revenue"]
+        assert float(revenue[cid]["data-revenue"]) == want
+        assert f"{want:,.2f}" in dom
+    # The suppressed campaign is said to be suppressed in every chart and the table.
+    assert dom.count("suppressed (below threshold)") >= 4
+    suppressed_rows = [a for a, c in parsed.having("revenue-row") if c == "podcast_test"]
+    assert suppressed_rows and suppressed_rows[0]["data-suppressed"] == "true"
+
+
+def test_the_dashboard_screenshot_is_not_blank(node: Node, report_id: str, tmp_path: Path) -> None:
+    png = tmp_path / "dashboard.png"
+    token = node.tokens["acme"][Role.ANALYST]
+    run_chromium(
+        tmp_path, _url(node, report_id, token), "--window-size=1100,1500", f"--screenshot={png}"
+    )
+    assert png.exists()
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", data[16:24])
+    assert (width, height) == (1100, 1500)
+    # Non-trivial: the decoded image has many distinct byte values (a blank
+    # or single-colour page has a handful).
+    idat = b""
+    pos = 8
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind = data[pos + 4 : pos + 8]
+        if kind == b"IDAT":
+            idat += data[pos + 8 : pos + 8 + length]
+        pos += 12 + length
+    pixels = zlib.decompress(idat)
+    assert len(set(pixels)) > 64
+    assert len(data) > 30_000
+
+
+@pytest.mark.parametrize(
+    ("tenant", "role", "status"),
+    [("globex", Role.ANALYST, "404"), ("acme", Role.PARTNER, "403"), (None, None, "401")],
+)
+def test_the_dashboard_says_why_it_cannot_show_a_report(
+    node: Node,
+    report_id: str,
+    tmp_path: Path,
+    tenant: str | None,
+    role: Role | None,
+    status: str,
+) -> None:
+    token = node.tokens[tenant][role] if tenant and role else "cr_analyst_wrong"
+    dom = run_chromium(tmp_path, _url(node, report_id, token), "--dump-dom").stdout
+    assert 'data-state="error"' in dom, dom[-3000:]
+    assert f"({status})" in dom
+    assert "spring_sale" not in dom
+    parsed = Elements()
+    parsed.feed(dom)
+    assert not parsed.having("lift-bar") and not parsed.having("funnel-bar")
