@@ -168,11 +168,9 @@ def submission_key(req: AttributionRequest, spend: Mapping[str, float]) -> str:
 
 
 def prepare_attribution(req: AttributionRequest) -> PartnerAttribution:
-    frame = (
-        pd.read_csv(req.exposures, dtype=str, keep_default_na=False)
-        if str(req.exposures).endswith((".csv", ".csv.gz"))
-        else pd.concat(list(iter_frames(req.exposures, 200_000)))
-    )
+    # The audience reader's checks (missing file, empty, header only, bad CSV)
+    # apply to exposure logs too.
+    frame = pd.concat(list(iter_frames(req.exposures, 200_000)), ignore_index=True)
     parsed = parse_exposures(frame, id_columns=req.id_columns, user_column=req.user_column)
     spend = read_spend(req.spend) if req.spend else {}
     return PartnerAttribution(

@@ -248,3 +248,68 @@ def test_partner_disconnecting_mid_run_leaves_no_report(world: dict[str, Any]) -
         assert store.find_report(tenant.tenant_id, partner.submission_key) is None
     finally:
         store.close()
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        ("customer_id,email,phone,ts,value\nc1,a@example.com,,2026-01-02,-5\n", "value"),
+        ("customer_id,email,phone,ts,value\nc1,a@example.com,,2026-01-02,ten\n", "value"),
+        ("customer_id,email,phone,ts,value\nc1,a@example.com,,not a date,5\n", "row 1"),
+        ("customer_id,email,phone,ts,value\n", "no data rows"),
+        ("", "empty"),
+    ],
+)
+def test_bad_conversion_files_store_nothing(
+    world: dict[str, Any], tmp_path: Path, content: str, why: str
+) -> None:
+    path = tmp_path / "conv.csv"
+    path.write_text(content)
+    node = world["node"]
+    with pytest.raises(ValueError, match=why):
+        asyncio.run(
+            upload_conversions(
+                Connection(node.target, world["tokens"][Role.ADMIN]),
+                name="broken",
+                path=path,
+                id_columns=BRAND_IDS,
+                options=OPTIONS,
+                customer_column="customer_id",
+                time_column="ts",
+                value_column="value",
+            )
+        )
+    store = SqlStore(world["settings"].resolved_database_url())
+    try:
+        tenant = store.find_tenant("brand")
+        assert tenant is not None
+        assert store.get_conversion_set(tenant.tenant_id, "broken") is None
+    finally:
+        store.close()
+    leftovers = [
+        p
+        for p in (world["settings"].data_dir / "conversions").rglob("*")
+        if p.name.endswith(".tmp")
+    ]
+    assert leftovers == []
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        (
+            "user_id,email,campaign_id,ts,touch,group\nu1,a@example.com,c1,2026-01-01,click,control\n",
+            "group",
+        ),
+        ("user_id,email,campaign_id,ts,touch,group\n", "no"),
+    ],
+)
+def test_bad_exposure_files(world: dict[str, Any], tmp_path: Path, content: str, why: str) -> None:
+    path = tmp_path / "exp.csv"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=why):
+        prepare_attribution(
+            request(
+                world["synth"], exposures=path, id_columns=parse_id_columns("email"), spend=None
+            )
+        )

@@ -260,3 +260,154 @@ def test_certs_command_writes_the_files(tmp_path: Path) -> None:
         "client.pem",
         "client.key",
     }
+
+
+def test_attribution_through_the_cli(served: dict[str, object], tmp_path: Path) -> None:
+    from cleanroom.federated.synth_attribution import synthesize_attribution
+
+    tokens = served["tokens"]
+    assert isinstance(tokens, dict)
+    server = str(served["server"])
+    synth = synthesize_attribution(
+        tmp_path,
+        customers=200,
+        conversions=300,
+        partner_users=250,
+        exposure_rows=900,
+        campaigns=2,
+        seed=5,
+        days=15,
+    )
+    policy = json.loads(
+        cli(
+            "policy",
+            "set",
+            "--server",
+            server,
+            "--token",
+            tokens["admin"],
+            "--aggregation-threshold",
+            "0",
+        ).stdout
+    )
+    assert policy["aggregation_threshold"] == 0 and policy["dp"] == "off"
+    denied = cli(
+        "policy",
+        "set",
+        "--server",
+        server,
+        "--token",
+        tokens["analyst"],
+        "--dp",
+        "laplace",
+        check=False,
+    )
+    assert denied.returncode == 1 and "PERMISSION_DENIED" in denied.stderr
+    bad = cli(
+        "policy",
+        "set",
+        "--server",
+        server,
+        "--token",
+        tokens["admin"],
+        "--dp",
+        "fuzzy",
+        check=False,
+    )
+    assert bad.returncode == 1 and "dp must be one of" in bad.stderr
+
+    uploaded = json.loads(
+        cli(
+            "conversions",
+            "upload",
+            "--server",
+            server,
+            "--token",
+            tokens["admin"],
+            "--name",
+            "sales",
+            "--file",
+            str(synth.conversions_path),
+            "--id-columns",
+            "email,phone",
+            "--customer-column",
+            "customer_id",
+            "--time-column",
+            "ts",
+            "--value-column",
+            "value",
+            "--default-region",
+            "US",
+            "--json",
+        ).stdout
+    )
+    assert uploaded["events"] == 300
+    attributed = json.loads(
+        cli(
+            "partner",
+            "attribute",
+            "--server",
+            server,
+            "--token",
+            tokens["partner"],
+            "--conversions",
+            "sales",
+            "--exposures",
+            str(synth.exposures_path),
+            "--id-columns",
+            "email,phone,maid",
+            "--user-column",
+            "user_id",
+            "--spend",
+            str(synth.spend_path),
+            "--click-window",
+            "7",
+            "--view-window",
+            "1",
+            "--default-region",
+            "US",
+            "--json",
+        ).stdout
+    )
+    report_id = attributed["report_id"]
+    api = str(served["api"])
+    shown = json.loads(
+        cli(
+            "report",
+            "show",
+            report_id,
+            "--api",
+            api,
+            "--token",
+            tokens["analyst"],
+            "--format",
+            "json",
+        ).stdout
+    )
+    assert shown["report_id"] == report_id
+    assert set(shown) >= {"report_id", "windows", "campaigns"}
+    assert shown["windows"] == {"click_days": 7, "view_days": 1}
+    keys = {
+        "campaign_id",
+        "attributed_conversions",
+        "attributed_revenue",
+        "exposed",
+        "holdout",
+        "lift",
+        "lift_ci95",
+        "incremental_converters",
+        "spend",
+        "iroas",
+        "suppressed",
+    }
+    assert all(keys <= set(c) for c in shown["campaigns"])
+    csv_text = cli(
+        "report", "show", report_id, "--api", api, "--token", tokens["analyst"], "--format", "csv"
+    ).stdout
+    assert "campaign_id" in csv_text.splitlines()[0] and len(csv_text.splitlines()) == 1 + len(
+        shown["campaigns"]
+    )
+    table = cli("report", "show", report_id, "--api", api, "--token", tokens["analyst"]).stdout
+    assert report_id in table
+    missing = cli("report", "show", "nope", "--api", api, "--token", tokens["analyst"], check=False)
+    assert missing.returncode == 1 and "404" in missing.stderr
