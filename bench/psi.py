@@ -19,18 +19,15 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
-import psutil
 from cleanroom.audiences.identifiers import NormalizeOptions, parse_id_columns
 from cleanroom.client.sdk import (
     Connection,
@@ -43,6 +40,7 @@ from cleanroom.client.sdk import (
 from cleanroom.matching.messages import Protocol
 from cleanroom.matching.workers import CryptoPool, default_workers
 from cleanroom.matching.x25519 import BlindingKey, blind_batch
+from common import RssSampler, free_port
 
 
 def write_csv(path: Path, start: int, n: int) -> None:
@@ -52,49 +50,6 @@ def write_csv(path: Path, start: int, n: int) -> None:
         for lo in range(start, start + n, step):
             hi = min(start + n, lo + step)
             f.write("".join(f"user{i}@example.com\n" for i in range(lo, hi)))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class RssSampler:
-    """Peak RSS of each process tree, sampled every 100 ms."""
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.pids = pids
-        self.peak_process_mb = 0.0
-        self.peak_tree_mb: dict[str, float] = dict.fromkeys(pids, 0.0)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.1):
-            for name, pid in self.pids.items():
-                try:
-                    root = psutil.Process(pid)
-                    procs = [root, *root.children(recursive=True)]
-                except psutil.Error:
-                    continue
-                total = 0.0
-                for p in procs:
-                    try:
-                        rss = p.memory_info().rss / 2**20
-                    except psutil.Error:
-                        continue
-                    total += rss
-                    self.peak_process_mb = max(self.peak_process_mb, rss)
-                self.peak_tree_mb[name] = max(self.peak_tree_mb[name], total)
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def _floor_part(args: tuple[bytes, int]) -> int:

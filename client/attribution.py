@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+from collections import deque
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,10 +26,12 @@ from cleanroom.client.sdk import ClientError, Connection
 from cleanroom.federated.attribution import (
     AttrAccepted,
     AttrDone,
+    CellTokens,
     CellValues,
     ConversionTokens,
     EventValues,
     PartnerAttribution,
+    hash_days_and_blind,
 )
 from cleanroom.federated.attribution_data import hashed_identifiers, partner_exposures
 from cleanroom.federated.attribution_reference import (
@@ -167,7 +171,10 @@ def submission_key(req: AttributionRequest, spend: Mapping[str, float]) -> str:
     return digest.hexdigest()
 
 
-def prepare_attribution(req: AttributionRequest) -> PartnerAttribution:
+def prepare_attribution(
+    req: AttributionRequest, executor: Executor | None = None
+) -> PartnerAttribution:
+    """Validate and hash the exposure log; ``executor`` runs the crypto (default: here)."""
     # The audience reader's checks (missing file, empty, header only, bad CSV)
     # apply to exposure logs too.
     frame = pd.concat(list(iter_frames(req.exposures, 200_000)), ignore_index=True)
@@ -179,10 +186,22 @@ def prepare_attribution(req: AttributionRequest) -> PartnerAttribution:
         click_days=req.windows.click_days,
         view_days=req.windows.view_days,
         run=lambda fn, *args: fn(*args),
+        run_many=(
+            None
+            if executor is None
+            else lambda fn, jobs: [f.result() for f in [executor.submit(fn, *a) for a in jobs]]
+        ),
+        submit=None if executor is None else executor.submit,
         epsilon=req.epsilon,
         submission_key=submission_key(req, spend),
         spend=spend,
     )
+
+
+async def _in_pool(partner: PartnerAttribution, job: tuple[Any, ...]) -> bytes:
+    if partner.submit is not None:
+        return await asyncio.wrap_future(partner.submit(hash_days_and_blind, *job))
+    return await asyncio.to_thread(hash_days_and_blind, *job)
 
 
 async def run_attribution(conn: Connection, partner: PartnerAttribution) -> str:
@@ -196,8 +215,17 @@ async def run_attribution(conn: Connection, partner: PartnerAttribution) -> str:
         accepted = await accepted_future
         if accepted.report_id:
             return
-        for chunk in await asyncio.to_thread(partner.cell_token_chunks):
-            yield serde.attr_partner_to_pb(chunk)
+        # Chunks go out as the workers finish them, in order, while later
+        # ones are still being hashed; the brand re-blinds meanwhile.
+        cells, jobs = await asyncio.to_thread(partner.cell_token_jobs)
+        pending: deque[tuple[int, asyncio.Future[bytes]]] = deque()
+        for seq, job in enumerate(jobs):
+            pending.append((seq, asyncio.ensure_future(_in_pool(partner, job))))
+            while len(pending) > 8 or (seq == len(jobs) - 1 and pending):
+                done_seq, fut = pending.popleft()
+                yield serde.attr_partner_to_pb(
+                    CellTokens(seq=done_seq, cell=cells[done_seq], points=await fut)
+                )
         final = await aggregates_future
         if final is not None:
             yield final

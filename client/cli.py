@@ -509,6 +509,7 @@ def partner_attribute(
     click_window: Annotated[int, typer.Option("--click-window")] = 7,
     view_window: Annotated[int, typer.Option("--view-window")] = 1,
     epsilon: Annotated[float, typer.Option("--epsilon", help="DP budget to spend.")] = 0.0,
+    workers: Annotated[int | None, typer.Option("--workers")] = None,
     default_region: Region = None,
     tls_dir: TlsDir = None,
     as_json: JsonOut = False,
@@ -532,10 +533,13 @@ def partner_attribute(
             windows=Windows(click_window, view_window),
             epsilon=epsilon,
         )
-        with err.status("hashing exposures and building tokens"):
-            partner = prepare_attribution(request)
-        with err.status("running private attribution"):
-            report_id = _run(run_attribution(_connection(server, token, tls_dir), partner))
+        from cleanroom.matching.workers import CryptoPool
+
+        with CryptoPool.processes(workers) as pool:
+            with err.status("hashing the exposure log"):
+                partner = prepare_attribution(request, pool.executor)
+            with err.status("running private attribution (blinding, matching, encrypted sums)"):
+                report_id = _run(run_attribution(_connection(server, token, tls_dir), partner))
     if as_json:
         _print_json({"report_id": report_id})
     else:

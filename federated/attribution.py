@@ -32,13 +32,22 @@ Values travel only as Paillier ciphertexts under B's key, fixed-point with
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 import numpy as np
-from cleanroom.federated.paillier import MIN_KEY_BITS, PaillierPrivateKey, PaillierPublicKey
+from cleanroom.federated.paillier import (
+    MIN_KEY_BITS,
+    PaillierPrivateKey,
+    PaillierPublicKey,
+    private_key_from_json,
+    private_key_to_json,
+)
 from cleanroom.matching.errors import PolicyViolation, ProtocolError
 from cleanroom.matching.hash_to_curve import hash_to_curve_batch
 from cleanroom.matching.messages import POINT_LEN
@@ -199,6 +208,27 @@ def blind_truncate(secret: bytes, packed_points: bytes, value_len: int) -> bytes
     return truncate(blind_batch(secret, packed_points, validate=True), value_len)
 
 
+RunMany = Callable[[Callable[..., Any], list[tuple[Any, ...]]], list[Any]]
+
+
+def map_jobs(
+    run: Callable[..., object],
+    run_many: RunMany | None,
+    fn: Callable[..., Any],
+    jobs: list[tuple[Any, ...]],
+) -> list[Any]:
+    """Run ``fn`` over ``jobs`` through the worker pool (all at once when it can)."""
+    if run_many is not None:
+        return run_many(fn, jobs)
+    return [run(fn, *args) for args in jobs]
+
+
+def encrypt_scaled(private_key_json: str, min_bits: int, values: list[int]) -> list[int]:
+    """Key-owner Paillier encryption in a worker process (the key stays in the party)."""
+    key = private_key_from_json(private_key_json, min_bits=min_bits)
+    return key.encrypt_many(values)
+
+
 def noise_scale(dp: DpParams, sensitivity: float) -> float:
     """Laplace b or Gaussian sigma for a query family of the given sensitivity."""
     if dp.mechanism == "off" or dp.epsilon <= 0:
@@ -255,6 +285,7 @@ class BrandAttribution:
     private_key: PaillierPrivateKey
     dp: DpParams
     run: Callable[..., object]  # sync callable(fn, *args) -> result
+    run_many: RunMany | None = None  # parallel map over the worker pool
     rng: np.random.Generator = field(default_factory=np.random.default_rng)
     key: BlindingKey = field(default_factory=BlindingKey.generate)
     round: AttrRound = AttrRound.HELLO
@@ -281,6 +312,9 @@ class BrandAttribution:
         self._event_anon[self._event_order] = np.arange(self.data.events)
         customers = int(self.data.customer.max()) + 1 if self.data.events else 0
         self._customer_anon = self.rng.permutation(customers)
+        # Cells are shuffled on another thread than the conversion tokens are
+        # built on (they overlap); numpy generators are not thread-safe.
+        self._cell_rng = np.random.default_rng(self.rng.integers(2**63))
 
     def accepted(self) -> AttrAccepted:
         self.round = AttrRound.TOKENS
@@ -310,14 +344,15 @@ class BrandAttribution:
         if self._received_count[msg.cell] + count > expected:
             raise ProtocolError(f"cell {msg.cell} exceeds its declared {expected} tokens")
         self._next_seq += 1
-        values = self.run(blind_truncate, self._secret, msg.points, self.value_len)
-        assert isinstance(values, bytes)
-        self._received[msg.cell].append(values)
+        self._received[msg.cell].append(msg.points)
         self._received_count[msg.cell] += count
         if self._received_count[msg.cell] < expected:
             return None
-        arr = np.frombuffer(b"".join(self._received.pop(msg.cell)), dtype=np.uint8)
-        arr = arr.reshape(-1, self.value_len)[self.rng.permutation(expected)]
+        # A whole cell at once, re-blinded over all workers, then shuffled.
+        jobs = [(self._secret, pts, self.value_len) for pts in self._received.pop(msg.cell)]
+        values = map_jobs(self.run, self.run_many, blind_truncate, jobs)
+        arr = np.frombuffer(b"".join(values), dtype=np.uint8)
+        arr = arr.reshape(-1, self.value_len)[self._cell_rng.permutation(expected)]
         return CellValues(cell=msg.cell, values=arr.tobytes())
 
     def conversion_tokens(self, chunk: int = 8192) -> list[ConversionTokens]:
@@ -332,14 +367,19 @@ class BrandAttribution:
         days = d.day[d.id_event[tok_id]] - tok_lag
         types = d.id_type[tok_id]
         points = np.empty((len(tok_id), POINT_LEN), dtype=np.uint8)
+        parts: list[np.ndarray] = []
+        jobs: list[tuple[Any, ...]] = []
         for id_type in np.unique(types):
             idx = np.flatnonzero(types == id_type)
             for start in range(0, len(idx), chunk):
                 part = idx[start : start + chunk]
                 msgs = token_messages(d.id_digest[tok_id[part]], days[part])
-                out = self.run(hash_days_and_blind, self._secret, msgs, day_dst(str(id_type)))
-                assert isinstance(out, bytes)
-                points[part] = np.frombuffer(out, dtype=np.uint8).reshape(-1, POINT_LEN)
+                parts.append(part)
+                jobs.append((self._secret, msgs, day_dst(str(id_type))))
+        for part, out in zip(
+            parts, map_jobs(self.run, self.run_many, hash_days_and_blind, jobs), strict=True
+        ):
+            points[part] = np.frombuffer(out, dtype=np.uint8).reshape(-1, POINT_LEN)
         anon = self._event_anon[d.id_event[tok_id]].astype("<u4")
         lag8 = tok_lag.astype(np.uint8)
         return [
@@ -361,9 +401,20 @@ class BrandAttribution:
             d.value[order], self.dp.value_cap if self.dp.mechanism != "off" else np.inf
         )
         scaled = [round(float(v) * VALUE_SCALE) for v in clipped]
+        if self.run_many is not None and len(scaled) > 4 * chunk:
+            # Spread the encryptions over the workers in a few large parts (each
+            # worker builds its fixed-base table once per part).
+            key = json.dumps(private_key_to_json(self.private_key))
+            step = -(-len(scaled) // 4)
+            jobs: list[tuple[Any, ...]] = [
+                (key, scaled[i : i + step]) for i in range(0, len(scaled), step)
+            ]
+            encrypted = [c for part in self.run_many(encrypt_scaled, jobs) for c in part]
+        else:
+            encrypted = self.private_key.encrypt_many(scaled)
         out = []
         for i, start in enumerate(range(0, len(order), chunk)):
-            cts = self.private_key.encrypt_many(scaled[start : start + chunk])
+            cts = encrypted[start : start + chunk]
             out.append(
                 EventValues(
                     seq=i,
@@ -433,6 +484,8 @@ class PartnerAttribution:
     click_days: int
     view_days: int
     run: Callable[..., object]
+    run_many: RunMany | None = None
+    submit: Callable[..., Future[Any]] | None = None  # start one job, result later
     epsilon: float = 0.0
     submission_key: str = ""
     spend: Mapping[str, float] = field(default_factory=dict)
@@ -479,7 +532,7 @@ class PartnerAttribution:
             self._cell_tokens.append(per_type)
         self._counts = tuple(sum(len(v[1]) for v in t.values()) for t in self._cell_tokens)
         self._cell_values: dict[int, np.ndarray] = {}
-        self._brand_values: list[bytes] = []
+        self._brand_values: list[Any] = []  # raw points, or futures of values
         self._brand_events: list[np.ndarray] = []
         self._brand_lags: list[np.ndarray] = []
         self._event_customer: np.ndarray | None = None
@@ -513,18 +566,36 @@ class PartnerAttribution:
         self._event_customer = np.full(msg.events, -1, dtype=np.int64)
         self.round = AttrRound.TOKENS
 
-    def cell_token_chunks(self, chunk: int = 8192) -> list[CellTokens]:
-        out: list[CellTokens] = []
+    def cell_token_jobs(self, chunk: int = 8192) -> tuple[list[int], list[tuple[Any, ...]]]:
+        """Per chunk: its cell, and the ``hash_days_and_blind`` arguments."""
+        cells: list[int] = []
+        jobs: list[tuple[Any, ...]] = []
         for ci, per_type in enumerate(self._cell_tokens):
             for id_type, (digests, days) in per_type.items():
                 for start in range(0, len(days), chunk):
                     msgs = token_messages(
                         digests[start : start + chunk], days[start : start + chunk]
                     )
-                    pts = self.run(hash_days_and_blind, self._secret, msgs, day_dst(id_type))
-                    assert isinstance(pts, bytes)
-                    out.append(CellTokens(seq=len(out), cell=ci, points=pts))
-        return out
+                    cells.append(ci)
+                    jobs.append((self._secret, msgs, day_dst(id_type)))
+        return cells, jobs
+
+    def cell_token_chunks(self, chunk: int = 8192) -> list[CellTokens]:
+        cells: list[int] = []
+        jobs: list[tuple[Any, ...]] = []
+        for ci, per_type in enumerate(self._cell_tokens):
+            for id_type, (digests, days) in per_type.items():
+                for start in range(0, len(days), chunk):
+                    msgs = token_messages(
+                        digests[start : start + chunk], days[start : start + chunk]
+                    )
+                    cells.append(ci)
+                    jobs.append((self._secret, msgs, day_dst(id_type)))
+        points = map_jobs(self.run, self.run_many, hash_days_and_blind, jobs)
+        return [
+            CellTokens(seq=i, cell=ci, points=pts)
+            for i, (ci, pts) in enumerate(zip(cells, points, strict=True))
+        ]
 
     @property
     def ready_for_aggregates(self) -> bool:
@@ -555,9 +626,14 @@ class PartnerAttribution:
             raise ProtocolError(f"conversion chunk {msg.seq} is inconsistent")
         if events.max() >= self.accepted.events or lags.max() > self.accepted.max_lag:
             raise ProtocolError(f"conversion chunk {msg.seq} names unknown events or lags")
-        values = self.run(blind_truncate, self._secret, msg.points, self.accepted.value_len)
-        assert isinstance(values, bytes)
-        self._brand_values.append(values)
+        # Re-blinded as they arrive when a pool is at hand, else all together
+        # in ``aggregates``.
+        if self.submit is not None:
+            self._brand_values.append(
+                self.submit(blind_truncate, self._secret, msg.points, self.accepted.value_len)
+            )
+        else:
+            self._brand_values.append(msg.points)
         self._brand_events.append(events)
         self._brand_lags.append(lags)
 
@@ -580,7 +656,12 @@ class PartnerAttribution:
         if len(self._cell_values) != len(self.cells):
             raise ProtocolError("not every cell came back from the brand")
         length = self.accepted.value_len
-        brand = np.frombuffer(b"".join(self._brand_values), dtype=f"S{length}")
+        if self.submit is not None:
+            reblinded = [f.result() for f in self._brand_values]  # type: ignore[union-attr]
+        else:
+            jobs = [(self._secret, pts, length) for pts in self._brand_values]
+            reblinded = map_jobs(self.run, self.run_many, blind_truncate, jobs)
+        brand = np.frombuffer(b"".join(reblinded), dtype=f"S{length}")
         events = np.concatenate(self._brand_events) if self._brand_events else np.empty(0, np.int64)
         lags = np.concatenate(self._brand_lags) if self._brand_lags else np.empty(0, np.int64)
         if len(brand) != self.accepted.brand_tokens:

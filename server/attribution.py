@@ -256,6 +256,11 @@ class AttributionService:
             return fn(*args)
         return self.executor.submit(fn, *args).result()
 
+    def _run_many(self, fn: Callable[..., Any], jobs: list[tuple[Any, ...]]) -> list[Any]:
+        if self.executor is None:
+            return [fn(*args) for args in jobs]
+        return [f.result() for f in [self.executor.submit(fn, *args) for args in jobs]]
+
     def open(
         self, principal: Principal, hello: AttrHello
     ) -> tuple[AttributionRun | None, AttrAccepted]:
@@ -301,6 +306,7 @@ class AttributionService:
             private_key=private_key,
             dp=dp,
             run=self._run,
+            run_many=self._run_many,
         )
         self.store.create_session(
             SessionRecord(

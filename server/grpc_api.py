@@ -269,6 +269,10 @@ class AttributionServicer(pb_grpc.AttributionServiceServicer):
                 yield serde.attr_brand_to_pb(AttrDone(report_id=accepted.report_id))
                 return
             cells_done = 0
+            # The brand's own tokens and encrypted values do not depend on the
+            # partner's: build them while the partner's cells stream in.
+            brand_tokens = asyncio.ensure_future(asyncio.to_thread(run.brand.conversion_tokens))
+            brand_values = asyncio.ensure_future(asyncio.to_thread(run.brand.event_values))
             async for req in requests:
                 msg = serde.attr_partner_from_pb(req, run.public_key)
                 if isinstance(msg, CellTokens):
@@ -278,9 +282,9 @@ class AttributionServicer(pb_grpc.AttributionServiceServicer):
                     yield serde.attr_brand_to_pb(back)
                     cells_done += 1
                     if cells_done == len(hello.cells):
-                        for tokens in await asyncio.to_thread(run.brand.conversion_tokens):
+                        for tokens in await brand_tokens:
                             yield serde.attr_brand_to_pb(tokens)
-                        for values in await asyncio.to_thread(run.brand.event_values):
+                        for values in await brand_values:
                             yield serde.attr_brand_to_pb(values, run.public_key)
                 elif isinstance(msg, AttrAggregates):
                     report_id = await asyncio.to_thread(self._service.conclude, run, msg)

@@ -1,0 +1,203 @@
+"""Closed-loop attribution benchmark: brand-node process vs partner process.
+
+    python bench/attribution.py --conversions 100000 --exposure-rows 1000000
+
+Synthetic data with realistic repetition of users and days. The brand's
+conversions are uploaded first (not timed). ``seconds`` runs from the
+partner reading its exposure log to the stored report id (hashing, tokens,
+the whole protocol). ``floor_seconds`` is this run's own X25519 operations
+(2 per partner token, 2 per brand token) and Paillier encryptions, each at
+its single-operation speed measured in the same run, divided over the
+workers. ``phe.encrypt`` and the fast path are timed side by side, per
+process, 2048-bit keys. Prints one JSON line at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from cleanroom.audiences.identifiers import NormalizeOptions, parse_id_columns
+from cleanroom.client.attribution import (
+    AttributionRequest,
+    prepare_attribution,
+    run_attribution,
+    upload_conversions,
+)
+from cleanroom.client.sdk import Connection
+from cleanroom.federated.paillier import generate_keypair
+from cleanroom.federated.synth_attribution import synthesize_attribution
+from cleanroom.matching.workers import CryptoPool, default_workers
+from cleanroom.matching.x25519 import BlindingKey, blind_batch
+from common import RssSampler, free_port
+
+
+def x25519_seconds_per_op(samples: int = 20_000) -> float:
+    secret = BlindingKey.generate().secret_bytes()
+    pts = np.random.default_rng(1).integers(0, 256, size=(samples, 32), dtype=np.uint8)
+    pts[:, 31] &= 0x7F
+    packed = pts.tobytes()
+    start = time.perf_counter()
+    blind_batch(secret, packed, validate=False)
+    return (time.perf_counter() - start) / samples
+
+
+def paillier_rates(samples: int = 200) -> tuple[float, float]:
+    """Encryptions per second: fast path (key owner) and phe, interleaved."""
+    public, private = generate_keypair(2048)
+    phe_key = public.to_phe_public_key()
+    private.precompute()
+    values = [random.getrandbits(40) for _ in range(samples)]
+    fast = slow = 0.0
+    for start in range(0, samples, 25):
+        part = values[start : start + 25]
+        t = time.perf_counter()
+        for v in part:
+            private.encrypt(v)
+        fast += time.perf_counter() - t
+        t = time.perf_counter()
+        for v in part:
+            phe_key.encrypt(v)
+        slow += time.perf_counter() - t
+    return samples / fast, samples / slow
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--conversions", type=int, default=100_000)
+    parser.add_argument("--exposure-rows", type=int, default=1_000_000)
+    parser.add_argument("--workers", type=int, default=default_workers())
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    n_conv, n_rows, workers = args.conversions, args.exposure_rows, args.workers
+
+    work = Path(tempfile.mkdtemp(prefix="cleanroom-bench-attr-"))
+    synth = synthesize_attribution(
+        work / "data",
+        customers=max(100, n_conv // 2),
+        conversions=n_conv,
+        partner_users=max(100, n_rows // 8),
+        exposure_rows=n_rows,
+        campaigns=5,
+        seed=args.seed,
+        days=30,
+    )
+    data_dir = work / "node"
+    cli = [sys.executable, "-m", "cleanroom.client.cli"]
+    created = subprocess.run(
+        [*cli, "tenant", "create", "bench", "--data-dir", str(data_dir), "--json"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    tokens = json.loads(created.stdout)["tokens"]
+    port = free_port()
+    node = subprocess.Popen(
+        [
+            *cli,
+            "serve",
+            "--data-dir",
+            str(data_dir),
+            "--grpc-port",
+            str(port),
+            "--http-port",
+            "0",
+            "--workers",
+            str(workers),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    target = f"127.0.0.1:{port}"
+    options = NormalizeOptions(default_region="US")
+    try:
+        admin = Connection(target, tokens["admin"])
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                asyncio.run(
+                    upload_conversions(
+                        admin,
+                        name="sales",
+                        path=synth.conversions_path,
+                        id_columns=parse_id_columns("email,phone"),
+                        options=options,
+                        customer_column="customer_id",
+                        time_column="ts",
+                        value_column="value",
+                    )
+                )
+                break
+            except Exception:
+                if time.monotonic() > deadline or node.poll() is not None:
+                    raise
+                time.sleep(0.5)
+        request = AttributionRequest(
+            conversions="sales",
+            exposures=synth.exposures_path,
+            id_columns=parse_id_columns("email,phone,maid"),
+            options=options,
+            spend=synth.spend_path,
+        )
+        with (
+            CryptoPool.processes(workers) as pool,
+            RssSampler({"brand": node.pid, "partner": os.getpid()}) as rss,
+        ):
+            start = time.perf_counter()
+            partner = prepare_attribution(request, pool.executor)
+            prepare_seconds = time.perf_counter() - start
+            report_id = asyncio.run(run_attribution(Connection(target, tokens["partner"]), partner))
+            seconds = time.perf_counter() - start
+        accepted = partner.accepted
+        assert accepted is not None and report_id
+        partner_tokens = int(sum(partner.hello().cell_tokens))
+        brand_tokens = int(accepted.brand_tokens)
+    finally:
+        node.terminate()
+        node.wait(timeout=60)
+
+    x25519_ops = 2 * partner_tokens + 2 * brand_tokens
+    paillier_ops = int(accepted.events)
+    per_x25519 = x25519_seconds_per_op()
+    fast_rate, phe_rate = paillier_rates()
+    floor = (x25519_ops * per_x25519 + paillier_ops / fast_rate) / workers
+    print(
+        json.dumps(
+            {
+                "bench": "attribution",
+                "conversions": n_conv,
+                "exposure_rows": n_rows,
+                "workers": workers,
+                "seconds": round(seconds, 3),
+                "partner_prepare_seconds": round(prepare_seconds, 3),
+                "x25519_ops": x25519_ops,
+                "paillier_ops": paillier_ops,
+                "partner_tokens": partner_tokens,
+                "brand_tokens": brand_tokens,
+                "floor_seconds": round(floor, 3),
+                "ratio_to_floor": round(seconds / floor, 3),
+                "paillier_encrypt_per_s": round(fast_rate, 1),
+                "phe_encrypt_per_s": round(phe_rate, 1),
+                "speedup_vs_phe": round(fast_rate / phe_rate, 2),
+                "peak_rss_mb": round(rss.peak_process_mb, 1),
+                "peak_rss_tree_mb": {k: round(v, 1) for k, v in rss.peak_tree_mb.items()},
+                "report_id": report_id,
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
