@@ -406,8 +406,9 @@ class BrandAttribution:
             # worker builds its fixed-base table once per part).
             key = json.dumps(private_key_to_json(self.private_key))
             step = -(-len(scaled) // 4)
+            bits = self.public_key.n.bit_length()
             jobs: list[tuple[Any, ...]] = [
-                (key, scaled[i : i + step]) for i in range(0, len(scaled), step)
+                (key, bits, scaled[i : i + step]) for i in range(0, len(scaled), step)
             ]
             encrypted = [c for part in self.run_many(encrypt_scaled, jobs) for c in part]
         else:

@@ -66,6 +66,7 @@ def run_protocol(
     dp: DpParams = NO_DP,
     windows: Windows = DEFAULT_WINDOWS,
     seed: int = 0,
+    threshold: int = 0,
 ) -> tuple[dict[str, Any], BrandAttribution, PartnerAttribution, AttrAggregates]:
     conv = parse_conversions(
         pd.read_csv(synth.conversions_path, dtype=str, keep_default_na=False),
@@ -112,7 +113,7 @@ def run_protocol(
     report = {
         "windows": {"click_days": windows.click_days, "view_days": windows.view_days},
         "campaigns": campaign_report(
-            inputs["groups"], inputs["attributed"], inputs["spend"], threshold=0
+            inputs["groups"], inputs["attributed"], inputs["spend"], threshold=threshold
         ),  # type: ignore[arg-type]
     }
     return report, brand, partner, aggregates
@@ -223,3 +224,29 @@ def test_dp_noise_moves_the_report_but_not_far(synth: Any, keys: tuple[Any, Any]
     ]
     # epsilon 50 over 5 query families: Laplace b = 0.1 per count; rounding hides most draws.
     assert max(diffs) <= 3
+
+
+def test_event_values_encrypted_over_the_pool_decrypt_to_the_values(
+    synth: Any, keys: tuple[Any, Any]
+) -> None:
+    """The parallel path (key shipped to workers as JSON) encrypts the same values."""
+    _, brand, _, _ = run_protocol(synth, keys)
+    brand.run_many = lambda fn, jobs: [fn(*a) for a in jobs]
+    pooled = brand.event_values(chunk=16)  # > 4 chunks: the pool path
+    brand.run_many = None
+    plain = brand.event_values(chunk=16)
+    pk, sk = keys
+    got = [sk.decrypt(c) for ev in pooled for c in ev.ciphertexts]
+    want = [sk.decrypt(c) for ev in plain for c in ev.ciphertexts]
+    assert got == want and len(got) == brand.data.events
+
+
+def test_groups_below_the_threshold_carry_no_numbers(synth: Any, keys: tuple[Any, Any]) -> None:
+    exact, _, _, _ = run_protocol(synth, keys)
+    holdout_users = sorted(c["holdout"]["users"] for c in exact["campaigns"])
+    threshold = holdout_users[-1] + 1  # every holdout group falls below it
+    report, _, _, _ = run_protocol(synth, keys, threshold=threshold)
+    for c in report["campaigns"]:
+        assert c["suppressed"] is True
+        assert all(v is None for v in c["holdout"].values())
+        assert c["lift"] is None and c["lift_ci95"] is None and c["iroas"] is None
