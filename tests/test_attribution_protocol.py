@@ -235,7 +235,7 @@ def test_event_values_encrypted_over_the_pool_decrypt_to_the_values(
     pooled = brand.event_values(chunk=16)  # > 4 chunks: the pool path
     brand.run_many = None
     plain = brand.event_values(chunk=16)
-    pk, sk = keys
+    _, sk = keys
     got = [sk.decrypt(c) for ev in pooled for c in ev.ciphertexts]
     want = [sk.decrypt(c) for ev in plain for c in ev.ciphertexts]
     assert got == want and len(got) == brand.data.events
