@@ -19,7 +19,6 @@ import asyncio
 import json
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +37,7 @@ from cleanroom.federated.paillier import generate_keypair
 from cleanroom.federated.synth_attribution import synthesize_attribution
 from cleanroom.matching.workers import CryptoPool, default_workers
 from cleanroom.matching.x25519 import BlindingKey, blind_batch
-from common import RssSampler, free_port
+from common import RssSampler, retry_until_up, start_node
 
 
 def x25519_seconds_per_op(samples: int = 20_000) -> float:
@@ -93,56 +92,25 @@ def main() -> int:
         seed=args.seed,
         days=30,
     )
-    data_dir = work / "node"
-    cli = [sys.executable, "-m", "cleanroom.client.cli"]
-    created = subprocess.run(
-        [*cli, "tenant", "create", "bench", "--data-dir", str(data_dir), "--json"],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    tokens = json.loads(created.stdout)["tokens"]
-    port = free_port()
-    node = subprocess.Popen(
-        [
-            *cli,
-            "serve",
-            "--data-dir",
-            str(data_dir),
-            "--grpc-port",
-            str(port),
-            "--http-port",
-            "0",
-            "--workers",
-            str(workers),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    target = f"127.0.0.1:{port}"
+    node = start_node(work / "node", workers)
     options = NormalizeOptions(default_region="US")
     try:
-        admin = Connection(target, tokens["admin"])
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                asyncio.run(
-                    upload_conversions(
-                        admin,
-                        name="sales",
-                        path=synth.conversions_path,
-                        id_columns=parse_id_columns("email,phone"),
-                        options=options,
-                        customer_column="customer_id",
-                        time_column="ts",
-                        value_column="value",
-                    )
+        admin = Connection(node.target, node.tokens["admin"])
+        retry_until_up(
+            node,
+            lambda: asyncio.run(
+                upload_conversions(
+                    admin,
+                    name="sales",
+                    path=synth.conversions_path,
+                    id_columns=parse_id_columns("email,phone"),
+                    options=options,
+                    customer_column="customer_id",
+                    time_column="ts",
+                    value_column="value",
                 )
-                break
-            except Exception:
-                if time.monotonic() > deadline or node.poll() is not None:
-                    raise
-                time.sleep(0.5)
+            ),
+        )
         request = AttributionRequest(
             conversions="sales",
             exposures=synth.exposures_path,
@@ -152,20 +120,21 @@ def main() -> int:
         )
         with (
             CryptoPool.processes(workers) as pool,
-            RssSampler({"brand": node.pid, "partner": os.getpid()}) as rss,
+            RssSampler({"brand": node.process.pid, "partner": os.getpid()}) as rss,
         ):
             start = time.perf_counter()
             partner = prepare_attribution(request, pool.executor)
             prepare_seconds = time.perf_counter() - start
-            report_id = asyncio.run(run_attribution(Connection(target, tokens["partner"]), partner))
+            report_id = asyncio.run(
+                run_attribution(Connection(node.target, node.tokens["partner"]), partner)
+            )
             seconds = time.perf_counter() - start
         accepted = partner.accepted
         assert accepted is not None and report_id
         partner_tokens = int(sum(partner.hello().cell_tokens))
         brand_tokens = int(accepted.brand_tokens)
     finally:
-        node.terminate()
-        node.wait(timeout=60)
+        node.stop()
 
     x25519_ops = 2 * partner_tokens + 2 * brand_tokens
     paillier_ops = int(accepted.events)

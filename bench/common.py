@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import os
 import socket
+import subprocess
+import sys
 import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
 
 import psutil
+
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -49,3 +60,67 @@ class RssSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+@dataclass
+class BenchNode:
+    """A brand node in its own process (``cleanroom serve``) with one tenant."""
+
+    process: subprocess.Popen[bytes]
+    target: str
+    tokens: dict[str, str]
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=60)
+
+
+def start_node(data_dir: Path, workers: int, env: dict[str, str] | None = None) -> BenchNode:
+    cli = [sys.executable, "-m", "cleanroom.client.cli"]
+    created = subprocess.run(
+        [
+            *cli,
+            "tenant",
+            "create",
+            "bench",
+            "--data-dir",
+            str(data_dir),
+            "--json",
+            "--min-partner-records",
+            "1",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            *cli,
+            "serve",
+            "--data-dir",
+            str(data_dir),
+            "--grpc-port",
+            str(port),
+            "--http-port",
+            "0",
+            "--workers",
+            str(workers),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
+    )
+    return BenchNode(process, f"127.0.0.1:{port}", json.loads(created.stdout)["tokens"])
+
+
+def retry_until_up(node: BenchNode, action: Callable[[], T], seconds: float = 60) -> T:
+    """Run the first call against a node that may still be starting."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return action()
+        except Exception:
+            if time.monotonic() > deadline or node.process.poll() is not None:
+                raise
+            time.sleep(0.5)

@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,7 +39,7 @@ from cleanroom.client.sdk import (
 from cleanroom.matching.messages import Protocol
 from cleanroom.matching.workers import CryptoPool, default_workers
 from cleanroom.matching.x25519 import BlindingKey, blind_batch
-from common import RssSampler, free_port
+from common import RssSampler, retry_until_up, start_node
 
 
 def write_csv(path: Path, start: int, n: int) -> None:
@@ -108,66 +107,23 @@ def main() -> int:
     brand_csv, partner_csv, out_csv = work / "brand.csv", work / "partner.csv", work / "out.csv"
     write_csv(brand_csv, 0, n)
     write_csv(partner_csv, n // 2, n)
-    data_dir = work / "node"
-    cli = [sys.executable, "-m", "cleanroom.client.cli"]
-    created = subprocess.run(
-        [
-            *cli,
-            "tenant",
-            "create",
-            "bench",
-            "--data-dir",
-            str(data_dir),
-            "--json",
-            "--min-partner-records",
-            "1",
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    tokens = json.loads(created.stdout)["tokens"]
-    port = free_port()
-    node = subprocess.Popen(
-        [
-            *cli,
-            "serve",
-            "--data-dir",
-            str(data_dir),
-            "--grpc-port",
-            str(port),
-            "--http-port",
-            "0",
-            "--workers",
-            str(workers),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "CLEANROOM_CHUNK_SIZE": str(args.chunk_size)},
-    )
-    target = f"127.0.0.1:{port}"
+    node = start_node(work / "node", workers, env={"CLEANROOM_CHUNK_SIZE": str(args.chunk_size)})
     columns = parse_id_columns("email")
     options = NormalizeOptions()
     try:
-        admin = Connection(target, tokens["admin"])
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                asyncio.run(
-                    upload_audience(
-                        admin, name="bench", path=brand_csv, id_columns=columns, options=options
-                    )
+        admin = Connection(node.target, node.tokens["admin"])
+        retry_until_up(
+            node,
+            lambda: asyncio.run(
+                upload_audience(
+                    admin, name="bench", path=brand_csv, id_columns=columns, options=options
                 )
-                break
-            except Exception:
-                if time.monotonic() > deadline or node.poll() is not None:
-                    raise
-                time.sleep(0.5)
+            ),
+        )
         data, _ = load_partner_set(partner_csv, columns, options)
         with (
             CryptoPool.processes(workers) as pool,
-            RssSampler({"brand": node.pid, "partner": os.getpid()}) as rss,
+            RssSampler({"brand": node.process.pid, "partner": os.getpid()}) as rss,
         ):
             start = time.perf_counter()
             data = asyncio.run(prepare_points(data, pool))
@@ -175,7 +131,11 @@ def main() -> int:
             start = time.perf_counter()
             run = asyncio.run(
                 run_psi(
-                    Connection(target, tokens["partner"]), "bench", Protocol.MATCH, data, pool=pool
+                    Connection(node.target, node.tokens["partner"]),
+                    "bench",
+                    Protocol.MATCH,
+                    data,
+                    pool=pool,
                 )
             )
             outcome = run.session.outcome
@@ -186,8 +146,7 @@ def main() -> int:
         if not np.array_equal(outcome.matched_on == 0, expected):
             raise AssertionError("the match result differs from the plaintext answer")
     finally:
-        node.terminate()
-        node.wait(timeout=60)
+        node.stop()
 
     floor = None if args.skip_floor else measure_floor(4 * n, workers, args.chunk_size)
     openmined = None
