@@ -139,7 +139,8 @@ def _demo(
     with BrandNodeThread(settings) as node:
         assert node.ports is not None
         console.print(
-            f"2. brand node up: gRPC {node.target}, REST http://127.0.0.1:{node.ports.http}/docs"
+            f"2. brand node up: gRPC {node.target},"
+            f" REST http://127.0.0.1:{node.ports.http}/v1 (OpenAPI at /openapi.json)"
         )
         admin = Connection(node.target, tokens[Role.ADMIN])
         partner = Connection(node.target, tokens[Role.PARTNER])
@@ -163,6 +164,38 @@ def _demo(
         assert outcome is not None and overlap.result is not None
         out_csv = work / "matched.csv"
         write_match_output(data.partner_path, out_csv, outcome.matched_on, columns)
+        # Check the private results against the plaintext join of the same files.
+        expected = plaintext_match(
+            pd.read_csv(data.brand_path, dtype=str, keep_default_na=False),
+            pd.read_csv(data.partner_path, dtype=str, keep_default_na=False),
+            columns,
+            options,
+        )
+        labels = ["", *(str(c.id_type) for c in columns)]
+        got = [labels[i + 1] for i in outcome.matched_on.tolist()]
+        expected_count = sum(1 for e in expected if e)
+        if got != expected or overlap.result.intersection != expected_count:
+            raise RuntimeError("the private results differ from the plaintext join")
+
+        table = Table(title="match summary (partner side)")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        table.add_row("partner rows", str(pset.row_count))
+        table.add_row("brand identifiers (|S|)", str(outcome.brand_points))
+        table.add_row("matched rows (PSI match)", str(outcome.matched_records))
+        for i, c in enumerate(columns):
+            table.add_row(f"  matched on {c.id_type}", str(int((outcome.matched_on == i).sum())))
+        table.add_row("overlap (PSI cardinality)", str(overlap.result.intersection))
+        table.add_row("match rate", f"{outcome.matched_records / max(1, pset.row_count):.1%}")
+        console.print(table)
+        console.print(
+            "4. both results equal a plaintext join of the same files"
+            f" ({expected_count} matching rows)"
+        )
+        where = (
+            str(out_csv) if kept else f"{out_csv.name} (deleted; rerun with --keep DIR to keep it)"
+        )
+        console.print(f"5. partner output with matched/matched_on columns: {where}")
         report_id, dashboard = _attribution_step(node, tokens, work, console)
         if serve:
             console.print(f"dashboard: {dashboard}")
@@ -170,35 +203,6 @@ def _demo(
             with contextlib.suppress(KeyboardInterrupt):
                 threading.Event().wait()
 
-    # Check the private results against the plaintext join of the same files.
-    expected = plaintext_match(
-        pd.read_csv(data.brand_path, dtype=str, keep_default_na=False),
-        pd.read_csv(data.partner_path, dtype=str, keep_default_na=False),
-        columns,
-        options,
-    )
-    labels = ["", *(str(c.id_type) for c in columns)]
-    got = [labels[i + 1] for i in outcome.matched_on.tolist()]
-    expected_count = sum(1 for e in expected if e)
-    if got != expected or overlap.result.intersection != expected_count:
-        raise RuntimeError("the private results differ from the plaintext join")
-
-    table = Table(title="match summary (partner side)")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    table.add_row("partner rows", str(pset.row_count))
-    table.add_row("brand identifiers (|S|)", str(outcome.brand_points))
-    table.add_row("matched rows (PSI match)", str(outcome.matched_records))
-    for i, c in enumerate(columns):
-        table.add_row(f"  matched on {c.id_type}", str(int((outcome.matched_on == i).sum())))
-    table.add_row("overlap (PSI cardinality)", str(overlap.result.intersection))
-    table.add_row("match rate", f"{outcome.matched_records / max(1, pset.row_count):.1%}")
-    console.print(table)
-    console.print(
-        f"4. both results equal a plaintext join of the same files ({expected_count} matching rows)"
-    )
-    where = str(out_csv) if kept else f"{out_csv.name} (deleted; rerun with --keep DIR to keep it)"
-    console.print(f"5. partner output with matched/matched_on columns: {where}")
     console.print(f"7. attribution report {report_id}; dashboard (while serving): {dashboard}")
     if not serve:
         console.print("   rerun with `cleanroom demo --serve` to keep the node up and open it")
