@@ -508,6 +508,21 @@ def _hash_chunk(
     return HashedChunk(first_row=first_row, row_count=row_count, columns=hashed)
 
 
+def hash_frame(
+    frame: pd.DataFrame, id_columns: Sequence[IdColumn], options: NormalizeOptions
+) -> HashedChunk:
+    """Normalize and hash the identifier columns of an in-memory frame.
+
+    The same vectorized path as ``read_hashed_chunks``; module-level so it can
+    run in a worker process on one slice of a large frame.
+    """
+    columns = {
+        c.column: pa.array(frame[c.column].fillna("").astype(str).tolist(), pa.string())
+        for c in id_columns
+    }
+    return _hash_chunk(0, len(frame), columns, id_columns, options, None)
+
+
 def read_hashed_chunks(
     path: str | Path,
     id_columns: Sequence[IdColumn],

@@ -182,7 +182,7 @@ def prepare_attribution(
     spend = read_spend(req.spend) if req.spend else {}
     return PartnerAttribution(
         conversions=req.conversions,
-        data=partner_exposures(parsed, req.id_columns, req.options),
+        data=partner_exposures(parsed, req.id_columns, req.options, executor),
         click_days=req.windows.click_days,
         view_days=req.windows.view_days,
         run=lambda fn, *args: fn(*args),
