@@ -339,14 +339,15 @@ Admin = Annotated[Principal, Depends(_admin)]
 class PolicyUpdate(BaseModel):
     """Attribution policy fields to change; fields left out keep their value.
 
-    Through the API suppression stays on (``aggregation_threshold`` >= 1);
-    the store's 0, which turns it off, is for operator tooling and tests.
+    ``aggregation_threshold`` 0 turns suppression off (as ``cleanroom policy
+    set`` allows); only admins can change the policy, and every change is
+    audited.
     """
 
     model_config = ConfigDict(extra="forbid")
 
     aggregation_threshold: int | None = Field(
-        None, ge=1, le=1_000_000, description="suppress cells with fewer users than this"
+        None, ge=0, le=1_000_000, description="suppress cells with fewer users than this"
     )
     dp: Literal["off", "laplace", "gaussian"] | None = Field(
         None, description="differential-privacy mechanism for attribution"

@@ -260,7 +260,7 @@ def test_policy_is_read_by_readers_and_changed_by_admins(node: Node) -> None:
     "body",
     [
         b'{"dp": "exponential"}',
-        b'{"aggregation_threshold": 0}',
+        b'{"aggregation_threshold": -1}',
         b'{"aggregation_threshold": "many"}',
         b'{"aggregation_threshold": 2.5}',
         b'{"epsilon_budget": -1}',
