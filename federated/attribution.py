@@ -41,6 +41,7 @@ from enum import StrEnum
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from cleanroom.federated.paillier import (
     MIN_KEY_BITS,
     PaillierPrivateKey,
@@ -498,22 +499,19 @@ class PartnerAttribution:
     def __post_init__(self) -> None:
         self._secret = self.key.secret_bytes()
         d = self.data
-        cells = sorted(
+        rows = pd.DataFrame(
             {
-                Cell(str(c), str(g), str(t))
-                for c, g, t in zip(d.row_campaign, d.row_group, d.row_touch, strict=True)
-            },
-            key=lambda c: (c.campaign_id, c.group, c.touch),
+                "campaign": pd.Series(d.row_campaign, dtype=str),
+                "group": pd.Series(d.row_group, dtype=str),
+                "touch": pd.Series(d.row_touch, dtype=str),
+            }
         )
+        # Cell numbers in sorted (campaign, group, touch) order, vectorized:
+        # exposure logs have millions of rows.
+        by_cell = rows.groupby(["campaign", "group", "touch"], sort=True)
+        row_cell = by_cell.ngroup().to_numpy(dtype=np.int64)
+        cells = [Cell(c, g, t) for c, g, t in by_cell.size().index]
         self.cells = tuple(cells)
-        index = {c: i for i, c in enumerate(cells)}
-        row_cell = np.array(
-            [
-                index[Cell(str(c), str(g), str(t))]
-                for c, g, t in zip(d.row_campaign, d.row_group, d.row_touch, strict=True)
-            ],
-            dtype=np.int64,
-        )
         # Tokens: distinct (cell, type, digest, day) — one per person, day and cell.
         self._cell_tokens: list[dict[str, tuple[np.ndarray, np.ndarray]]] = []
         id_cell = row_cell[d.id_row]
@@ -523,11 +521,13 @@ class PartnerAttribution:
             mask = id_cell == ci
             for id_type in np.unique(d.id_type[mask]):
                 sel = np.flatnonzero(mask & (d.id_type == id_type))
-                key = np.concatenate(
-                    [d.id_digest[sel], id_day[sel].astype(">i8").view(np.uint8).reshape(-1, 8)],
-                    axis=1,
-                )
-                _, first = np.unique(key, axis=0, return_index=True)
+                key = np.ascontiguousarray(
+                    np.concatenate(
+                        [d.id_digest[sel], id_day[sel].astype(">i8").view(np.uint8).reshape(-1, 8)],
+                        axis=1,
+                    )
+                ).view(np.dtype((np.void, DIGEST_LEN + 8)))[:, 0]
+                _, first = np.unique(key, return_index=True)
                 keep = sel[np.sort(first)]
                 per_type[str(id_type)] = (d.id_digest[keep], id_day[keep])
             self._cell_tokens.append(per_type)
@@ -540,10 +540,8 @@ class PartnerAttribution:
         self._event_ct: list[int] = []
         self._events_received = 0
         self.accepted: AttrAccepted | None = None
-        users = {}
-        for (c, g), group in _group_rows(d).items():
-            users[(c, g)] = len(np.unique(d.row_user[group]))
-        self.users = users
+        distinct = rows.assign(user=d.row_user).groupby(["campaign", "group"])["user"].nunique()
+        self.users = {(str(c), str(g)): int(n) for (c, g), n in distinct.items()}
 
     def hello(self) -> AttrHello:
         return AttrHello(
@@ -743,13 +741,6 @@ class PartnerAttribution:
         for ev, (_, _, campaign) in best.items():
             out.setdefault(campaign, []).append(ev)
         return {c: np.array(sorted(v), dtype=np.int64) for c, v in out.items()}
-
-
-def _group_rows(d: PartnerExposures) -> dict[tuple[str, str], np.ndarray]:
-    out: dict[tuple[str, str], list[int]] = {}
-    for i, (c, g) in enumerate(zip(d.row_campaign, d.row_group, strict=True)):
-        out.setdefault((str(c), str(g)), []).append(i)
-    return {k: np.array(v, dtype=np.int64) for k, v in out.items()}
 
 
 class _Noise:
