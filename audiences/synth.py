@@ -165,7 +165,7 @@ class _RowPlan:
         return keys
 
 
-def _phone_prefixes(
+def phone_prefixes(
     region: str, wanted: int, needed: int, rng: np.random.Generator
 ) -> tuple[list[str], int]:
     """Find up to ``wanted`` (at least ``needed``) number prefixes that phonenumbers accepts for
@@ -215,7 +215,7 @@ def _make_people(count: int, region: str, rng: np.random.Generator) -> _People:
     # Enough ranges for unique numbers with room to spare; at least 200 so that even small
     # files show many different area codes.
     needed = max(1, math.ceil(1.25 * count / _SUFFIX_SPACE))
-    prefixes, country_code = _phone_prefixes(region, max(200, 2 * needed), needed, rng)
+    prefixes, country_code = phone_prefixes(region, max(200, 2 * needed), needed, rng)
     # Sampling without replacement keeps every person's phone number unique.
     codes = rng.choice(len(prefixes) * _SUFFIX_SPACE, size=count, replace=False)
     weights = np.array([w for _, w in _DOMAINS])
@@ -259,7 +259,7 @@ def _plan_rows(
         gmail_tag=gmail_tag,
         prehashed=usable_email & (rng.random(rows) < prehash_rate),
         prehashed_upper=rng.random(rows) < 0.5,
-        phone_style=rng.choice(5, size=rows, p=(0.35, 0.3, 0.2, 0.1, 0.05)),
+        phone_style=rng.choice(5, size=rows, p=PHONE_STYLE_PROBS),
         maid_style=rng.choice(4, size=rows, p=(0.6, 0.3, 0.05, 0.05)),
     )
 
@@ -267,15 +267,15 @@ def _plan_rows(
 # --------------------------------------------------------------------------- string building
 
 
-def _join(*parts: pa.Array | str) -> pa.Array:
+def join_strings(*parts: pa.Array | str) -> pa.Array:
     return pc.binary_join_element_wise(*parts, "")
 
 
-def _pick(options: tuple[str, ...], index: IntArray) -> pa.Array:
+def pick_strings(options: tuple[str, ...], index: IntArray) -> pa.Array:
     return pa.array(options, type=pa.string()).take(pa.array(index))
 
 
-def _select(choice: IntArray, variants: list[pa.Array]) -> pa.Array:
+def select_variant(choice: IntArray, variants: list[pa.Array]) -> pa.Array:
     out = variants[0]
     for value, variant in enumerate(variants[1:], start=1):
         out = pc.if_else(pa.array(choice == value), variant, out)
@@ -290,20 +290,22 @@ def _replace(values: pa.Array, mask: BoolArray, replacements: pa.Array) -> pa.Ar
 
 def _emails(plan: _RowPlan, people: _People, rows: slice) -> pa.Array:
     persons = plan.persons[rows]
-    local = _join(
-        _pick(_FIRST_NAMES, people.first[persons]),
-        _pick(_SEPARATORS, people.sep[persons]),
-        _pick(_LAST_NAMES, people.last[persons]),
+    local = join_strings(
+        pick_strings(_FIRST_NAMES, people.first[persons]),
+        pick_strings(_SEPARATORS, people.sep[persons]),
+        pick_strings(_LAST_NAMES, people.last[persons]),
         pc.cast(pa.array(persons), pa.string()),  # person number keeps addresses unique
     )
     tag = plan.gmail_tag[rows]
     local = pc.if_else(
         pa.array(tag > 0),
-        _join(local, "+", _pick(("", *_GMAIL_TAGS), tag)),
+        join_strings(local, "+", pick_strings(("", *_GMAIL_TAGS), tag)),
         local,
     )
-    normalized = _join(local, "@", _pick(tuple(d for d, _ in _DOMAINS), people.domain[persons]))
-    cased = _select(
+    normalized = join_strings(
+        local, "@", pick_strings(tuple(d for d, _ in _DOMAINS), people.domain[persons])
+    )
+    cased = select_variant(
         plan.email_case[rows],
         [
             normalized,
@@ -312,10 +314,10 @@ def _emails(plan: _RowPlan, people: _People, rows: slice) -> pa.Array:
             pc.utf8_title(normalized),
         ],
     )
-    messy = _join(
-        _pick(("", " ", "  "), plan.lead_space[rows]),
+    messy = join_strings(
+        pick_strings(("", " ", "  "), plan.lead_space[rows]),
         cased,
-        _pick(("", " ", "\t"), plan.trail_space[rows]),
+        pick_strings(("", " ", "\t"), plan.trail_space[rows]),
     )
     prehashed = plan.prehashed[rows]
     if prehashed.any():
@@ -334,32 +336,38 @@ def _emails(plan: _RowPlan, people: _People, rows: slice) -> pa.Array:
 
 def _phones(plan: _RowPlan, people: _People, rows: slice) -> pa.Array:
     persons = plan.persons[rows]
-    nsn = _join(
+    nsn = join_strings(
         people.phone_prefixes.take(pa.array(people.phone_block[persons])),
         pc.utf8_lpad(pc.cast(pa.array(people.phone_suffix[persons]), pa.string()), 4, "0"),
     )
-    cc = f"+{people.country_code}"
+    return select_variant(plan.phone_style[rows], phone_variants(nsn, people.country_code))
+
+
+PHONE_STYLE_PROBS = (0.35, 0.3, 0.2, 0.1, 0.05)
+
+
+def phone_variants(nsn: pa.Array, country_code: int) -> list[pa.Array]:
+    """The ways people write a number, one array per style (see ``PHONE_STYLE_PROBS``)."""
+    cc = f"+{country_code}"
     head = pc.utf8_slice_codeunits(nsn, 0, 3)
     middle = pc.utf8_slice_codeunits(nsn, 3, -4)
     tail = pc.utf8_slice_codeunits(nsn, -4)
-    if people.country_code == 1:
+    if country_code == 1:
         # North American habits: (201) 555-0123, 201-555-0123, +1 201 555 0123, ...
-        variants = [
-            _join("(", head, ") ", middle, "-", tail),
-            _join(head, "-", middle, "-", tail),
-            _join(cc, " ", head, " ", middle, " ", tail),
+        return [
+            join_strings("(", head, ") ", middle, "-", tail),
+            join_strings(head, "-", middle, "-", tail),
+            join_strings(cc, " ", head, " ", middle, " ", tail),
             nsn,
-            _join(head, ".", middle, ".", tail),
+            join_strings(head, ".", middle, ".", tail),
         ]
-    else:
-        variants = [
-            nsn,
-            _join(head, " ", middle, " ", tail),
-            _join(cc, " ", nsn),
-            _join(cc, " ", head, " ", middle, " ", tail),
-            _join(head, "-", middle, "-", tail),
-        ]
-    return _select(plan.phone_style[rows], variants)
+    return [
+        nsn,
+        join_strings(head, " ", middle, " ", tail),
+        join_strings(cc, " ", nsn),
+        join_strings(cc, " ", head, " ", middle, " ", tail),
+        join_strings(head, "-", middle, "-", tail),
+    ]
 
 
 def _maids(plan: _RowPlan, people: _People, rows: slice) -> pa.Array:
@@ -375,12 +383,12 @@ def _maids(plan: _RowPlan, people: _People, rows: slice) -> pa.Array:
         dashed[:, target : target + width] = hex_chars[:, source : source + width]
     canonical = pc.cast(pa.array(np.ascontiguousarray(dashed).view("S36").ravel()), pa.string())
     upper = pc.utf8_upper(canonical)
-    return _select(
+    return select_variant(
         plan.maid_style[rows],
         [
             canonical,
             upper,
-            _join("{", upper, "}"),
+            join_strings("{", upper, "}"),
             pc.replace_substring(canonical, "-", ""),
         ],
     )
@@ -391,7 +399,7 @@ def _finish(
 ) -> pa.Array:
     """Spoil the cells chosen to be invalid and blank the absent ones."""
     invalid = plan.invalid[rows, column]
-    values = _replace(values, invalid, _pick(junk, plan.junk[rows, column][invalid]))
+    values = _replace(values, invalid, pick_strings(junk, plan.junk[rows, column][invalid]))
     return pc.if_else(pa.array(plan.present[rows, column]), values, "")
 
 
@@ -402,7 +410,7 @@ def _chunks(
     for start in range(0, total, _CHUNK_ROWS):
         rows = slice(start, min(start + _CHUNK_ROWS, total))
         numbers = pa.array(np.arange(rows.start + 1, rows.stop + 1))
-        ids = _join(id_prefix, pc.utf8_lpad(pc.cast(numbers, pa.string()), 9, "0"))
+        ids = join_strings(id_prefix, pc.utf8_lpad(pc.cast(numbers, pa.string()), 9, "0"))
         yield pa.record_batch(
             [
                 ids,

@@ -31,11 +31,18 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-import phonenumbers
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 from cleanroom.audiences.identifiers import NormalizeOptions
+from cleanroom.audiences.synth import (
+    PHONE_STYLE_PROBS,
+    join_strings,
+    phone_prefixes,
+    phone_variants,
+    pick_strings,
+    select_variant,
+)
 
 __all__ = [
     "CONVERSION_COLUMNS",
@@ -105,63 +112,22 @@ class _People:
 # --------------------------------------------------------------------------- people
 
 
-def _phone_prefixes(region: str, needed: int, rng: np.random.Generator) -> tuple[list[str], int]:
-    """Number prefixes (all digits but the last four) that phonenumbers accepts for sampled
-    suffixes, derived from the region's example mobile number."""
-    example = phonenumbers.example_number_for_type(
-        region, phonenumbers.PhoneNumberType.MOBILE
-    ) or phonenumbers.example_number(region)
-    if example is None or not example.country_code:
-        raise ValueError(f"phonenumbers has no example number for region {region!r}")
-    nsn = phonenumbers.national_significant_number(example)
-    country_code = int(example.country_code)
-    keep = 0 if country_code == 1 else 1
-    free = len(nsn) - 4 - keep
-    if free < 1:
-        raise ValueError(f"numbers of region {region!r} are too short to synthesize")
-    prefixes: dict[str, None] = {}
-    for _ in range(50 * needed + 2000):
-        if len(prefixes) >= needed:
-            break
-        candidate = nsn[:keep] + "".join(map(str, rng.integers(0, 10, size=free)))
-        if candidate in prefixes:
-            continue
-        if all(
-            phonenumbers.is_valid_number(
-                phonenumbers.parse(f"+{country_code}{candidate}{int(s):04d}", None)
-            )
-            for s in rng.integers(0, _SUFFIX_SPACE, size=5)
-        ):
-            prefixes[candidate] = None
-    if len(prefixes) < needed:
-        raise ValueError(f"could not find enough valid phone number ranges for {region!r}")
-    return list(prefixes), country_code
-
-
-def _join(*parts: pa.Array | str) -> pa.Array:
-    return pc.binary_join_element_wise(*parts, "")
-
-
-def _pick(options: tuple[str, ...], index: npt.NDArray[np.integer]) -> pa.Array:
-    return pa.array(options, type=pa.string()).take(pa.array(index))
-
-
 def _make_people(count: int, region: str, rng: np.random.Generator) -> _People:
     needed = max(20, math.ceil(1.25 * count / _SUFFIX_SPACE))
-    prefixes, country_code = _phone_prefixes(region, needed, rng)
+    prefixes, country_code = phone_prefixes(region, needed, needed, rng)
     codes = rng.choice(len(prefixes) * _SUFFIX_SPACE, size=count, replace=False)
-    nsn = _join(
+    nsn = join_strings(
         pa.array(prefixes, type=pa.string()).take(pa.array(codes // _SUFFIX_SPACE)),
         pc.utf8_lpad(pc.cast(pa.array(codes % _SUFFIX_SPACE), pa.string()), 4, "0"),
     )
     weights = np.array(_DOMAIN_WEIGHTS)
-    emails = _join(
-        _pick(_FIRST, rng.integers(0, len(_FIRST), size=count)),
-        _pick(_SEPARATORS, rng.integers(0, len(_SEPARATORS), size=count)),
-        _pick(_LAST, rng.integers(0, len(_LAST), size=count)),
+    emails = join_strings(
+        pick_strings(_FIRST, rng.integers(0, len(_FIRST), size=count)),
+        pick_strings(_SEPARATORS, rng.integers(0, len(_SEPARATORS), size=count)),
+        pick_strings(_LAST, rng.integers(0, len(_LAST), size=count)),
         pc.cast(pa.array(np.arange(count)), pa.string()),  # keeps addresses unique
         "@",
-        _pick(_DOMAINS, rng.choice(len(_DOMAINS), size=count, p=weights / weights.sum())),
+        pick_strings(_DOMAINS, rng.choice(len(_DOMAINS), size=count, p=weights / weights.sum())),
     )
     raw = rng.integers(0, 256, size=(count, 16), dtype=np.uint8)
     raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40  # version 4 UUIDs, like real IDFA/GAID
@@ -184,13 +150,6 @@ def _make_people(count: int, region: str, rng: np.random.Generator) -> _People:
 
 
 # --------------------------------------------------------------------------- identifier cells
-
-
-def _select(choice: npt.NDArray[np.integer], variants: list[pa.Array]) -> pa.Array:
-    out = variants[0]
-    for value, variant in enumerate(variants[1:], start=1):
-        out = pc.if_else(pa.array(choice == value), variant, out)
-    return out
 
 
 def _presence(
@@ -220,13 +179,17 @@ def _email_cells(
 ) -> pa.Array:
     rows = len(persons)
     normalized = people.emails.take(pa.array(persons))
-    cased = _select(
+    cased = select_variant(
         rng.choice(3, size=rows, p=(0.8, 0.1, 0.1)),
         [normalized, pc.utf8_upper(normalized), pc.utf8_capitalize(normalized)],
     )
-    spaced = _join(_pick(("", " "), (rng.random(rows) < 0.03).astype(np.int64)), cased)
+    spaced = join_strings(
+        pick_strings(("", " "), (rng.random(rows) < 0.03).astype(np.int64)), cased
+    )
     junk = rng.random(rows) < _JUNK_RATE
-    spoiled = pc.if_else(pa.array(junk), _pick(_JUNK, rng.integers(0, len(_JUNK), rows)), spaced)
+    spoiled = pc.if_else(
+        pa.array(junk), pick_strings(_JUNK, rng.integers(0, len(_JUNK), rows)), spaced
+    )
     return pc.if_else(pa.array(present), spoiled, "")
 
 
@@ -234,27 +197,8 @@ def _phone_cells(
     persons: IntArray, present: BoolArray, people: _People, rng: np.random.Generator
 ) -> pa.Array:
     nsn = people.nsn.take(pa.array(persons))
-    cc = f"+{people.country_code}"
-    head = pc.utf8_slice_codeunits(nsn, 0, 3)
-    middle = pc.utf8_slice_codeunits(nsn, 3, -4)
-    tail = pc.utf8_slice_codeunits(nsn, -4)
-    if people.country_code == 1:
-        variants = [
-            _join("(", head, ") ", middle, "-", tail),
-            _join(head, "-", middle, "-", tail),
-            _join(cc, " ", head, " ", middle, " ", tail),
-            nsn,
-            _join(head, ".", middle, ".", tail),
-        ]
-    else:
-        variants = [
-            nsn,
-            _join(head, " ", middle, " ", tail),
-            _join(cc, " ", nsn),
-            _join(cc, " ", head, " ", middle, " ", tail),
-            _join(head, "-", middle, "-", tail),
-        ]
-    styled = _select(rng.choice(5, size=len(persons), p=(0.35, 0.3, 0.2, 0.1, 0.05)), variants)
+    choice = rng.choice(5, size=len(persons), p=PHONE_STYLE_PROBS)
+    styled = select_variant(choice, phone_variants(nsn, people.country_code))
     return pc.if_else(pa.array(present), styled, "")
 
 
@@ -269,7 +213,7 @@ def _maid_cells(
 
 
 def _ids(prefix: str, numbers: IntArray) -> pa.Array:
-    return _join(prefix, pc.utf8_lpad(pc.cast(pa.array(numbers + 1), pa.string()), 9, "0"))
+    return join_strings(prefix, pc.utf8_lpad(pc.cast(pa.array(numbers + 1), pa.string()), 9, "0"))
 
 
 # --------------------------------------------------------------------------- helpers
@@ -309,7 +253,7 @@ def _write_csv(path: Path, columns: tuple[str, ...], arrays: list[pa.Array]) -> 
 
 
 def _money(cents: IntArray) -> pa.Array:
-    return _join(
+    return join_strings(
         pc.cast(pa.array(cents // 100), pa.string()),
         ".",
         pc.utf8_lpad(pc.cast(pa.array(cents % 100), pa.string()), 2, "0"),
@@ -478,10 +422,10 @@ def synthesize_attribution(
             _email_cells(persons_of_rows, e_email, people, rng),
             _phone_cells(persons_of_rows, e_phone, people, rng),
             _maid_cells(persons_of_rows, e_maid, people, rng),
-            _pick(campaign_ids, campaign),
+            pick_strings(campaign_ids, campaign),
             pc.cast(pa.array(exp_ts), pa.string()),
-            _pick(("view", "click"), click.astype(np.int64)),
-            _pick(("exposed", "holdout"), holdout.astype(np.int64)),
+            pick_strings(("view", "click"), click.astype(np.int64)),
+            pick_strings(("exposed", "holdout"), holdout.astype(np.int64)),
         ],
     )
 
