@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from cleanroom.audiences.identifiers import IdColumn, NormalizeOptions
 from cleanroom.audiences.reader import iter_frames
-from cleanroom.client.sdk import ClientError, Connection
+from cleanroom.client.sdk import ClientError, Connection, stream_upload
 from cleanroom.federated.attribution import (
     AttrAccepted,
     AttrDone,
@@ -45,10 +45,6 @@ from cleanroom.proto import cleanroom_pb2_grpc as pb_grpc
 from cleanroom.proto import serde
 
 
-def _call_error(exc: grpc.RpcError) -> ClientError:
-    return ClientError(exc.code().name, exc.details() or "")  # type: ignore[attr-defined]
-
-
 async def upload_conversions(
     conn: Connection,
     *,
@@ -64,70 +60,58 @@ async def upload_conversions(
 ) -> dict[str, Any]:
     """Validate, hash and upload a conversions file; returns the stored set."""
     frames = iter_frames(path, chunk_rows)
-    failure: list[BaseException] = []
 
     def requests() -> Iterator[pb.ConversionsUploadRequest]:
-        try:
+        yield pb.ConversionsUploadRequest(
+            header=pb.UploadHeader(
+                name=name,
+                id_types=[serde.id_type_to_pb(c.id_type) for c in id_columns],
+                replace=replace,
+            )
+        )
+        seq = rows = 0
+        for frame in frames:
+            parsed = parse_conversions(
+                frame,
+                customer_column=customer_column,
+                time_column=time_column,
+                value_column=value_column,
+                id_columns=id_columns,
+            )
+            customers = b"".join(
+                hashlib.sha256(c.encode("utf-8")).digest() for c in parsed["customer_id"]
+            )
+            columns = []
+            for index, col in enumerate(id_columns):
+                id_rows, _, digests = hashed_identifiers(parsed, [col], options)
+                present = np.zeros(len(parsed), dtype=np.uint8)
+                present[id_rows] = 1
+                columns.append(
+                    pb.IdColumnChunk(
+                        column=index, present=present.tobytes(), digests=digests.tobytes()
+                    )
+                )
             yield pb.ConversionsUploadRequest(
-                header=pb.UploadHeader(
-                    name=name,
-                    id_types=[serde.id_type_to_pb(c.id_type) for c in id_columns],
-                    replace=replace,
+                chunk=pb.ConversionsChunk(
+                    seq=seq,
+                    row_count=len(parsed),
+                    customers=customers,
+                    days=parsed["day"].to_numpy().astype("<i4").tobytes(),
+                    values=parsed["value"].to_numpy().astype("<f8").tobytes(),
+                    columns=columns,
                 )
             )
-            seq = rows = 0
-            for frame in frames:
-                parsed = parse_conversions(
-                    frame,
-                    customer_column=customer_column,
-                    time_column=time_column,
-                    value_column=value_column,
-                    id_columns=id_columns,
-                )
-                customers = b"".join(
-                    hashlib.sha256(c.encode("utf-8")).digest() for c in parsed["customer_id"]
-                )
-                columns = []
-                for index, col in enumerate(id_columns):
-                    id_rows, _, digests = hashed_identifiers(parsed, [col], options)
-                    present = np.zeros(len(parsed), dtype=np.uint8)
-                    present[id_rows] = 1
-                    columns.append(
-                        pb.IdColumnChunk(
-                            column=index, present=present.tobytes(), digests=digests.tobytes()
-                        )
-                    )
-                yield pb.ConversionsUploadRequest(
-                    chunk=pb.ConversionsChunk(
-                        seq=seq,
-                        row_count=len(parsed),
-                        customers=customers,
-                        days=parsed["day"].to_numpy().astype("<i4").tobytes(),
-                        values=parsed["value"].to_numpy().astype("<f8").tobytes(),
-                        columns=columns,
-                    )
-                )
-                seq += 1
-                rows += len(parsed)
-            yield pb.ConversionsUploadRequest(end=pb.UploadEnd(chunk_count=seq, row_count=rows))
-        except Exception as exc:
-            failure.append(exc)
-            raise
+            seq += 1
+            rows += len(parsed)
+        yield pb.ConversionsUploadRequest(end=pb.UploadEnd(chunk_count=seq, row_count=rows))
 
-    def call() -> pb.ConversionSet:
-        with conn.sync_channel() as channel:
-            stub = pb_grpc.AttributionServiceStub(channel)
-            try:
-                response: pb.ConversionSet = stub.UploadConversions(
-                    requests(), metadata=conn.metadata, timeout=conn.timeout
-                )
-            except grpc.RpcError as exc:
-                if failure:
-                    raise failure[0] from exc
-                raise _call_error(exc) from exc
-            return response
-
-    result = await asyncio.to_thread(call)
+    result: pb.ConversionSet = await stream_upload(
+        conn,
+        lambda channel, reqs: pb_grpc.AttributionServiceStub(channel).UploadConversions(
+            reqs, metadata=conn.metadata, timeout=conn.timeout
+        ),
+        requests(),
+    )
     return {
         "conversions_id": result.conversions_id,
         "name": result.name,
@@ -256,7 +240,7 @@ async def run_attribution(conn: Connection, partner: PartnerAttribution) -> str:
                         serde.attr_partner_to_pb(aggregates, partner.public_key)
                     )
         except grpc.aio.AioRpcError as exc:
-            raise ClientError(exc.code().name, exc.details() or "") from exc
+            raise ClientError.from_rpc(exc) from exc
         finally:
             for fut in (accepted_future, aggregates_future):
                 if not fut.done():

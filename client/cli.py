@@ -485,7 +485,7 @@ def policy_set(
                 request, metadata=conn.metadata, timeout=60
             )
         except grpc.RpcError as exc:
-            raise ClientError(exc.code().name, exc.details() or "") from exc  # type: ignore[attr-defined]
+            raise ClientError.from_rpc(exc) from exc
     _print_json(
         {
             "aggregation_threshold": response.aggregation_threshold,

@@ -17,7 +17,7 @@ import os
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
@@ -31,6 +31,8 @@ from cleanroom.proto import cleanroom_pb2 as pb
 from cleanroom.proto import cleanroom_pb2_grpc as pb_grpc
 from cleanroom.proto import serde
 from cleanroom.server import tls
+
+R = TypeVar("R")
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
@@ -46,6 +48,11 @@ class ClientError(RuntimeError):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+
+    @classmethod
+    def from_rpc(cls, exc: grpc.RpcError) -> ClientError:
+        """The status a failed call ended with (blocking or asyncio API)."""
+        return cls(exc.code().name, exc.details() or "")  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -97,8 +104,37 @@ class Connection:
         return (("authorization", f"Bearer {self.token}"),)
 
 
-def _client_error(exc: grpc.aio.AioRpcError) -> ClientError:
-    return ClientError(exc.code().name, exc.details() or "")
+async def stream_upload(
+    conn: Connection,
+    invoke: Callable[[grpc.Channel, Iterator[Any]], R],
+    requests: Iterator[Any],
+) -> R:
+    """A client-streaming call on the blocking API, run on a thread.
+
+    The blocking API reports the brand node's status when it refuses early
+    while we are still streaming, where grpc.aio reports INTERNAL
+    (grpc/grpc#36066). An error raised while producing the requests (a bad
+    row in the file) is re-raised as itself: it says more than CANCELLED.
+    """
+    failure: list[BaseException] = []
+
+    def recording() -> Iterator[Any]:
+        try:
+            yield from requests
+        except Exception as exc:
+            failure.append(exc)
+            raise
+
+    def call() -> R:
+        with conn.sync_channel() as channel:
+            try:
+                return invoke(channel, recording())
+            except grpc.RpcError as exc:
+                if failure:
+                    raise failure[0] from exc
+                raise ClientError.from_rpc(exc) from exc
+
+    return await asyncio.to_thread(call)
 
 
 # ------------------------------------------------------------------ uploads
@@ -133,16 +169,7 @@ async def upload_audience(
     chunks = read_hashed_chunks(path, id_columns, options, chunk_rows=chunk_rows, report=report)
     first = next(chunks, None)
 
-    failure: list[BaseException] = []
-
     def requests() -> Iterator[pb.UploadRequest]:
-        try:
-            yield from _requests()
-        except Exception as exc:
-            failure.append(exc)  # re-raised below: more precise than CANCELLED
-            raise
-
-    def _requests() -> Iterator[pb.UploadRequest]:
         yield pb.UploadRequest(
             header=pb.UploadHeader(
                 name=name,
@@ -170,23 +197,13 @@ async def upload_audience(
                 on_rows(chunk.row_count)
         yield pb.UploadRequest(end=pb.UploadEnd(chunk_count=seq, row_count=rows))
 
-    def call() -> pb.UploadResponse:
-        # The blocking API on a thread: when the brand node refuses early
-        # while we are still streaming, it reports the node's status, where
-        # grpc.aio reports INTERNAL (grpc/grpc#36066).
-        with conn.sync_channel() as channel:
-            stub = pb_grpc.AudienceServiceStub(channel)
-            try:
-                response: pb.UploadResponse = stub.Upload(
-                    requests(), metadata=conn.metadata, timeout=conn.timeout
-                )
-            except grpc.RpcError as exc:
-                if failure:
-                    raise failure[0] from exc
-                raise ClientError(exc.code().name, exc.details() or "") from exc  # type: ignore[attr-defined]
-            return response
-
-    response = await asyncio.to_thread(call)
+    response: pb.UploadResponse = await stream_upload(
+        conn,
+        lambda channel, reqs: pb_grpc.AudienceServiceStub(channel).Upload(
+            reqs, metadata=conn.metadata, timeout=conn.timeout
+        ),
+        requests(),
+    )
     a = response.audience
     return UploadResult(
         report=report,
@@ -317,7 +334,7 @@ async def run_psi(
                     await asyncio.sleep(min(5.0, 0.2 * 2**run.resumes))
                     continue
                 session.close()
-                raise _client_error(exc) from exc
+                raise ClientError.from_rpc(exc) from exc
             except BaseException:
                 session.close()
                 raise
