@@ -675,8 +675,6 @@ class PartnerAttribution:
                 matches.append((events[ok], ci, lags[ok]))
         dp = family_dp(self.accepted.dp)
         noise = _Noise(dp, self.rng)
-        pk = self.public_key
-        cts = self._event_ct
         groups: list[GroupAggregate] = []
         for (campaign, group), users in sorted(self.users.items()):
             evs = np.unique(
@@ -691,7 +689,6 @@ class PartnerAttribution:
                 )
             )
             converters = len(np.unique(self._event_customer[evs]))
-            revenue = pk.add_many([cts[int(e)] for e in evs]) if len(evs) else pk.encrypt(0)
             groups.append(
                 GroupAggregate(
                     campaign_id=campaign,
@@ -699,7 +696,7 @@ class PartnerAttribution:
                     users=users,
                     conversions=noise.count(len(evs)),
                     converters=noise.count(converters),
-                    revenue=pk.rerandomize(pk.add(revenue, pk.encrypt(noise.amount()))),
+                    revenue=self._noisy_sum(evs, noise),
                 )
             )
         attributed = self._last_touch(matches)
@@ -707,12 +704,11 @@ class PartnerAttribution:
         attr_out = []
         for campaign in campaigns:
             evs = attributed.get(campaign, np.empty(0, np.int64))
-            revenue = pk.add_many([cts[int(e)] for e in evs]) if len(evs) else pk.encrypt(0)
             attr_out.append(
                 AttributedAggregate(
                     campaign_id=campaign,
                     conversions=noise.count(len(evs)),
-                    revenue=pk.rerandomize(pk.add(revenue, pk.encrypt(noise.amount()))),
+                    revenue=self._noisy_sum(evs, noise),
                 )
             )
         self.round = AttrRound.RESULT
@@ -721,6 +717,17 @@ class PartnerAttribution:
             attributed=tuple(attr_out),
             spend=tuple(sorted(self.spend.items())),
         )
+
+    def _noisy_sum(self, events: np.ndarray, noise: _Noise) -> int:
+        """Enc(sum of the events' values + noise).
+
+        The noise is encrypted with full-size fresh randomness (the public key
+        has no short-exponent base), so the product is re-randomized: B cannot
+        link it to the ciphertexts it sent. ``add_many([])`` is Enc(0).
+        """
+        pk = self.public_key
+        total = pk.add_many([self._event_ct[int(e)] for e in events])
+        return pk.add(total, pk.encrypt(noise.amount()))
 
     def _last_touch(
         self, matches: Sequence[tuple[np.ndarray, int, np.ndarray]]
