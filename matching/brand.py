@@ -23,7 +23,7 @@ everything after what it already received (``outgoing(values_from, points_from)`
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,7 +40,7 @@ from cleanroom.matching.messages import (
     Result,
     ValueChunk,
 )
-from cleanroom.matching.session import OrderedResults, Round, Signal, comparison_length
+from cleanroom.matching.session import OrderedResults, Round, Signal, comparison_length, guarded
 from cleanroom.matching.workers import CryptoPool, blind_and_truncate, blind_points
 from cleanroom.matching.x25519 import BlindingKey
 
@@ -112,8 +112,8 @@ class BrandSession:
             raise ProtocolError(f"session {self.session_id} already started")
         self.round = Round.EXCHANGE
         self._tasks = [
-            asyncio.ensure_future(self._guard(self._stream_brand_set)),
-            asyncio.ensure_future(self._guard(self._collect_reblinded)),
+            asyncio.ensure_future(guarded(self._stream_brand_set, self.fail)),
+            asyncio.ensure_future(guarded(self._collect_reblinded, self.fail)),
         ]
         if self.hello.declared_points == 0:
             self._reblind.close()
@@ -248,7 +248,7 @@ class BrandSession:
             raise ProtocolError("the reported match count exceeds the declared records")
         self._finish = finish
         self.round = Round.VALUES
-        self._tasks.append(asyncio.ensure_future(self._guard(self._conclude)))
+        self._tasks.append(asyncio.ensure_future(guarded(self._conclude, self.fail)))
 
     def _check_seq(self, stream: str, seq: int, expected: int) -> None:
         if seq < expected:
@@ -260,15 +260,6 @@ class BrandSession:
         return self.value_len
 
     # ----------------------------------------------------------- background
-
-    async def _guard(self, work: Callable[[], Awaitable[None]]) -> None:
-        """Run background work; any failure fails the whole session."""
-        try:
-            await work()
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:
-            self.fail(exc)
 
     async def _stream_brand_set(self) -> None:
         order = self._rng.permutation(len(self._brand))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,7 +34,7 @@ from cleanroom.matching.messages import (
     Result,
     ValueChunk,
 )
-from cleanroom.matching.session import OrderedResults, Round, Signal
+from cleanroom.matching.session import OrderedResults, Round, Signal, guarded
 from cleanroom.matching.workers import (
     DIGEST_LEN,
     DUMMY_DST,
@@ -184,8 +184,8 @@ class PartnerSession:
             self.accepted = accepted
             self.round = Round.EXCHANGE
             self.progress.brand_total = accepted.brand_points
-            self._tasks = [asyncio.ensure_future(self._guard(self._produce_points))]
-            self._tasks.append(asyncio.ensure_future(self._guard(self._collect_brand)))
+            self._tasks = [asyncio.ensure_future(guarded(self._produce_points, self.fail))]
+            self._tasks.append(asyncio.ensure_future(guarded(self._collect_brand, self.fail)))
             if accepted.brand_points == 0:
                 self._brand_results.close()
         elif accepted.session_id != self.session_id:
@@ -255,15 +255,6 @@ class PartnerSession:
         self._signal.notify()
 
     # ----------------------------------------------------------- background
-
-    async def _guard(self, work: Callable[[], Awaitable[None]]) -> None:
-        """Run background work; any failure fails the whole session."""
-        try:
-            await work()
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:
-            self.fail(exc)
 
     def fail(self, exc: BaseException) -> None:
         if self.round is Round.DONE:

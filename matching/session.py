@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from enum import StrEnum
 from typing import Generic, TypeVar
 
@@ -32,6 +32,18 @@ class Round(StrEnum):
     VALUES = "values"  # CARDINALITY: the brand waits for H(s)^ab
     DONE = "done"
     FAILED = "failed"
+
+
+async def guarded(
+    work: Callable[[], Awaitable[None]], fail: Callable[[BaseException], None]
+) -> None:
+    """Run a session's background work; any failure fails the whole session."""
+    try:
+        await work()
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:
+        fail(exc)
 
 
 class Signal:

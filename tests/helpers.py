@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections.abc import Callable
+from typing import Any
 
 from cleanroom.audiences.reference import plaintext_match, row_digests
 
-__all__ = ["eventually", "plaintext_match", "row_digests", "sha"]
+__all__ = ["assert_reports_equal", "eventually", "plaintext_match", "row_digests", "sha"]
 
 
 def eventually(
@@ -24,3 +26,31 @@ def eventually(
 
 def sha(value: str) -> bytes:
     return hashlib.sha256(value.encode()).digest()
+
+
+def assert_reports_equal(got: dict[str, Any], want: dict[str, Any]) -> None:
+    assert got["windows"] == want["windows"]
+    assert [c["campaign_id"] for c in got["campaigns"]] == [
+        c["campaign_id"] for c in want["campaigns"]
+    ]
+    for g, w in zip(got["campaigns"], want["campaigns"], strict=True):
+        for key in w:
+            assert_close(g[key], w[key], f"{w['campaign_id']}.{key}")
+
+
+def assert_close(a: Any, b: Any, where: str = "") -> None:
+    """Equal structure; floats equal to 1e-9 relative (they went through fixed point)."""
+    if isinstance(b, dict):
+        assert isinstance(a, dict), where
+        for k in b:
+            assert_close(a[k], b[k], f"{where}.{k}")
+    elif isinstance(b, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_close(x, y, f"{where}[{i}]")
+    elif isinstance(b, float):
+        assert a is not None and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-6), (
+            f"{where}: {a} != {b}"
+        )
+    else:
+        assert a == b, f"{where}: {a} != {b}"

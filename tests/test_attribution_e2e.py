@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,8 @@ from cleanroom.federated.synth_attribution import synthesize_attribution
 from cleanroom.server.node import BrandNodeThread
 from cleanroom.server.settings import ServerSettings
 from cleanroom.server.store import Policy, Role, SqlStore
+
+from tests.helpers import assert_reports_equal
 
 OPTIONS = NormalizeOptions(default_region="US")
 BRAND_IDS = parse_id_columns("email,phone")
@@ -109,22 +110,6 @@ def stored(world: dict[str, Any], report_id: str, tokens: str = "tokens") -> dic
     return resp.json()
 
 
-def close(a: Any, b: Any, where: str = "") -> None:
-    if isinstance(b, dict):
-        for k in b:
-            close(a[k], b[k], f"{where}.{k}")
-    elif isinstance(b, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            close(x, y, f"{where}[{i}]")
-    elif isinstance(b, float):
-        assert a is not None and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-6), (
-            f"{where}: {a} != {b}"
-        )
-    else:
-        assert a == b, f"{where}: {a} != {b}"
-
-
 def test_report_over_grpc_equals_plaintext(world: dict[str, Any]) -> None:
     synth = world["synth"]
     report_id = attribute(world, request(synth))
@@ -141,8 +126,7 @@ def test_report_over_grpc_equals_plaintext(world: dict[str, Any]) -> None:
         threshold=0,
     )
     assert report["report_id"] == report_id
-    close(report["windows"], want["windows"])
-    close(report["campaigns"], want["campaigns"])
+    assert_reports_equal(report, want)
     assert sum(c["exposed"]["conversions"] for c in report["campaigns"]) > 10
 
 

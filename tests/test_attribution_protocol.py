@@ -29,6 +29,8 @@ from cleanroom.federated.paillier import _unsafe_generate_keypair_for_tests
 from cleanroom.federated.synth_attribution import synthesize_attribution
 from cleanroom.matching.errors import ProtocolError
 
+from tests.helpers import assert_reports_equal
+
 OPTIONS = NormalizeOptions(default_region="US")
 BRAND_IDS = parse_id_columns("email,phone")
 PARTNER_IDS = parse_id_columns("email,phone,maid")
@@ -132,33 +134,6 @@ def reference(synth: Any, windows: Windows = DEFAULT_WINDOWS) -> dict[str, Any]:
         spend=read_spend(synth.spend_path),
         threshold=0,
     )
-
-
-def assert_reports_equal(got: dict[str, Any], want: dict[str, Any]) -> None:
-    assert got["windows"] == want["windows"]
-    assert [c["campaign_id"] for c in got["campaigns"]] == [
-        c["campaign_id"] for c in want["campaigns"]
-    ]
-    for g, w in zip(got["campaigns"], want["campaigns"], strict=True):
-        for key in w:
-            _close(g[key], w[key], f"{w['campaign_id']}.{key}")
-
-
-def _close(a: Any, b: Any, where: str) -> None:
-    if isinstance(b, dict):
-        assert isinstance(a, dict), where
-        for k in b:
-            _close(a[k], b[k], f"{where}.{k}")
-    elif isinstance(b, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _close(x, y, f"{where}[{i}]")
-    elif isinstance(b, float):
-        assert a is not None and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-6), (
-            f"{where}: {a} != {b}"
-        )
-    else:
-        assert a == b, f"{where}: {a} != {b}"
 
 
 def test_private_report_equals_plaintext_reference(synth: Any, keys: tuple[Any, Any]) -> None:
