@@ -11,7 +11,8 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol, TypeVar
 
 import grpc
 import numpy as np
@@ -65,6 +66,62 @@ def audience_to_pb(record: AudienceRecord) -> pb.Audience:
     )
 
 
+class _Abortable(Protocol):
+    def abort(self) -> None: ...
+
+
+U = TypeVar("U", bound=_Abortable)
+R = TypeVar("R")
+
+
+async def drive_upload(
+    store: SqlStore,
+    request_iterator: AsyncIterator[Any],
+    context: grpc.aio.ServicerContext,
+    begin: Callable[[Principal, Any], U],
+    add: Callable[[U, Any], None],
+    finish: Callable[[U, Any], Awaitable[R]],
+) -> R:
+    """The client-streaming upload shape both datasets share: header, chunks, end.
+
+    Authenticates on the first message (read before any refusal, see the
+    matching servicer), and aborts the upload, so nothing is stored, on any
+    error or when the client goes away (cancellation).
+    """
+    upload: U | None = None
+    try:
+        principal: Principal | None = None
+        async for req in request_iterator:
+            kind = req.WhichOneof("body")
+            if principal is None:
+                principal = authenticate(store, context)
+            if upload is None:
+                if kind != "header":
+                    raise ValueError("an upload starts with its header")
+                upload = begin(principal, req.header)
+            elif kind == "chunk":
+                add(upload, req.chunk)
+            elif kind == "end":
+                done, upload = upload, None
+                try:
+                    return await finish(done, req.end)
+                except BaseException:
+                    done.abort()
+                    raise
+            else:
+                raise ValueError(f"unexpected upload message {kind!r} after the header")
+        raise ValueError("the upload stream ended without its end message; nothing was stored")
+    except Exception as exc:
+        if upload is not None:  # before the status goes out: the client may look next
+            upload.abort()
+            upload = None
+        await abort_with(context, exc)
+        raise AssertionError("unreachable") from exc
+    finally:
+        if upload is not None:  # the client went away mid-upload (cancellation)
+            upload.abort()
+
+
 class AudienceServicer(pb_grpc.AudienceServiceServicer):
     def __init__(self, store: SqlStore, audiences: AudienceService) -> None:
         self._store = store
@@ -73,51 +130,32 @@ class AudienceServicer(pb_grpc.AudienceServiceServicer):
     async def Upload(
         self, request_iterator: AsyncIterator[pb.UploadRequest], context: grpc.aio.ServicerContext
     ) -> pb.UploadResponse:
-        upload: AudienceUpload | None = None
-        try:
-            principal: Principal | None = None
-            async for req in request_iterator:
-                kind = req.WhichOneof("body")
-                if principal is None:
-                    principal = authenticate(self._store, context)
-                if upload is None:
-                    if kind != "header":
-                        raise ValueError("an upload starts with its header")
-                    upload = self._audiences.begin(
-                        principal,
-                        UploadHeader(
-                            name=req.header.name,
-                            id_types=tuple(serde.id_type_from_pb(t) for t in req.header.id_types),
-                            replace=req.header.replace,
-                        ),
-                    )
-                elif kind == "chunk":
-                    upload.add_chunk(
-                        UploadChunk(
-                            seq=req.chunk.seq,
-                            row_count=req.chunk.row_count,
-                            columns=tuple(
-                                ColumnDigests(c.column, c.digests) for c in req.chunk.columns
-                            ),
-                        )
-                    )
-                elif kind == "end":
-                    record = await upload.finish(
-                        UploadEnd(chunk_count=req.end.chunk_count, row_count=req.end.row_count)
-                    )
-                    upload = None
-                    return pb.UploadResponse(audience=audience_to_pb(record))
-                else:
-                    raise ValueError(f"unexpected upload message {kind!r} after the header")
-            raise ValueError("the upload stream ended without its end message; nothing was stored")
-        except Exception as exc:
-            if upload is not None:
-                upload.abort()
-            await abort_with(context, exc)
-            raise AssertionError("unreachable") from exc
-        finally:
-            if upload is not None:  # cancelled: the client went away mid-upload
-                upload.abort()
+        def begin(principal: Principal, header: pb.UploadHeader) -> AudienceUpload:
+            return self._audiences.begin(
+                principal,
+                UploadHeader(
+                    name=header.name,
+                    id_types=tuple(serde.id_type_from_pb(t) for t in header.id_types),
+                    replace=header.replace,
+                ),
+            )
+
+        def add(upload: AudienceUpload, chunk: pb.UploadChunk) -> None:
+            upload.add_chunk(
+                UploadChunk(
+                    seq=chunk.seq,
+                    row_count=chunk.row_count,
+                    columns=tuple(ColumnDigests(c.column, c.digests) for c in chunk.columns),
+                )
+            )
+
+        async def finish(upload: AudienceUpload, end: pb.UploadEnd) -> pb.UploadResponse:
+            record = await upload.finish(
+                UploadEnd(chunk_count=end.chunk_count, row_count=end.row_count)
+            )
+            return pb.UploadResponse(audience=audience_to_pb(record))
+
+        return await drive_upload(self._store, request_iterator, context, begin, add, finish)
 
     async def ListAudiences(
         self, request: pb.ListAudiencesRequest, context: grpc.aio.ServicerContext
@@ -196,57 +234,36 @@ class AttributionServicer(pb_grpc.AttributionServiceServicer):
         request_iterator: AsyncIterator[pb.ConversionsUploadRequest],
         context: grpc.aio.ServicerContext,
     ) -> pb.ConversionSet:
-        upload: ConversionsUpload | None = None
-        try:
-            principal: Principal | None = None
-            async for req in request_iterator:
-                kind = req.WhichOneof("body")
-                if principal is None:
-                    principal = authenticate(self._store, context)
-                if upload is None:
-                    if kind != "header":
-                        raise ValueError("an upload starts with its header")
-                    upload = self._service.begin_upload(
-                        principal,
-                        req.header.name,
-                        tuple(serde.id_type_from_pb(t) for t in req.header.id_types),
-                        req.header.replace,
-                    )
-                elif kind == "chunk":
-                    c = req.chunk
-                    upload.add(
-                        ConversionRows(
-                            seq=c.seq,
-                            customers=c.customers,
-                            days=np.frombuffer(c.days, dtype="<i4"),
-                            values=np.frombuffer(c.values, dtype="<f8"),
-                            columns=tuple((x.column, x.present, x.digests) for x in c.columns),
-                        )
-                    )
-                elif kind == "end":
-                    record = await asyncio.to_thread(
-                        upload.finish, req.end.chunk_count, req.end.row_count
-                    )
-                    upload = None
-                    return pb.ConversionSet(
-                        conversions_id=record.conversions_id,
-                        name=record.name,
-                        events=record.events,
-                        customers=record.customers,
-                        identifiers=record.identifiers,
-                    )
-                else:
-                    raise ValueError(f"unexpected upload message {kind!r} after the header")
-            raise ValueError("the upload stream ended without its end message; nothing was stored")
-        except Exception as exc:
-            if upload is not None:
-                upload.abort()
-                upload = None
-            await abort_with(context, exc)
-            raise AssertionError("unreachable") from exc
-        finally:
-            if upload is not None:
-                upload.abort()
+        def begin(principal: Principal, header: pb.UploadHeader) -> ConversionsUpload:
+            return self._service.begin_upload(
+                principal,
+                header.name,
+                tuple(serde.id_type_from_pb(t) for t in header.id_types),
+                header.replace,
+            )
+
+        def add(upload: ConversionsUpload, c: pb.ConversionsChunk) -> None:
+            upload.add(
+                ConversionRows(
+                    seq=c.seq,
+                    customers=c.customers,
+                    days=np.frombuffer(c.days, dtype="<i4"),
+                    values=np.frombuffer(c.values, dtype="<f8"),
+                    columns=tuple((x.column, x.present, x.digests) for x in c.columns),
+                )
+            )
+
+        async def finish(upload: ConversionsUpload, end: pb.UploadEnd) -> pb.ConversionSet:
+            record = await asyncio.to_thread(upload.finish, end.chunk_count, end.row_count)
+            return pb.ConversionSet(
+                conversions_id=record.conversions_id,
+                name=record.name,
+                events=record.events,
+                customers=record.customers,
+                identifiers=record.identifiers,
+            )
+
+        return await drive_upload(self._store, request_iterator, context, begin, add, finish)
 
     async def Attribute(
         self,
