@@ -270,12 +270,15 @@ def test_bad_conversion_files_store_nothing(
         assert store.get_conversion_set(tenant.tenant_id, "broken") is None
     finally:
         store.close()
-    leftovers = [
-        p
-        for p in (world["settings"].data_dir / "conversions").rglob("*")
-        if p.name.endswith(".tmp")
-    ]
-    assert leftovers == []
+    # The client fails while streaming; the node drops the partial upload
+    # when it sees the cancellation, which may be just after the client's error.
+    from tests.helpers import eventually
+
+    conversions_dir = world["settings"].data_dir / "conversions"
+    eventually(
+        lambda: not [p for p in conversions_dir.rglob("*") if p.name.endswith(".tmp")],
+        what="the partial upload to be removed",
+    )
 
 
 @pytest.mark.parametrize(

@@ -32,7 +32,7 @@ from cleanroom.server.store import Role
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.conftest import Node
-from tests.helpers import plaintext_match, sha
+from tests.helpers import eventually, plaintext_match, sha
 
 OPTIONS = NormalizeOptions(default_region="US")
 COLUMNS = parse_id_columns("email,phone,maid")
@@ -152,17 +152,23 @@ def test_overlap_counts_records_matching_on_any_key(
     partner_frame = pd.read_csv(partner_csv, dtype=str, keep_default_na=False)
     expected = sum(1 for e in plaintext_match(brand, partner_frame, COLUMNS, OPTIONS) if e)
     assert run.result is not None and run.result.intersection == expected
-    store = node.store()
-    try:
-        tenant = store.find_tenant("acme")
-        assert tenant is not None
-        sessions = store.list_sessions(tenant.tenant_id)
-    finally:
-        store.close()
-    assert any(
-        s.protocol == "cardinality" and s.status == "done" and s.intersection == expected
-        for s in sessions
-    )
+
+    def recorded() -> bool:
+        # The node records the outcome as its side of the stream closes,
+        # which can be a moment after the partner has its result.
+        store = node.store()
+        try:
+            tenant = store.find_tenant("acme")
+            assert tenant is not None
+            sessions = store.list_sessions(tenant.tenant_id)
+        finally:
+            store.close()
+        return any(
+            s.protocol == "cardinality" and s.status == "done" and s.intersection == expected
+            for s in sessions
+        )
+
+    eventually(recorded, what="the cardinality session to be recorded as done")
 
 
 # ------------------------------------------------------------------ refusals
