@@ -24,6 +24,7 @@ from cleanroom.audiences.identifiers import IdColumn, NormalizeOptions
 from cleanroom.audiences.reader import iter_frames
 from cleanroom.client.sdk import ClientError, Connection, stream_upload
 from cleanroom.federated.attribution import (
+    POINT_CHUNK,
     AttrAccepted,
     AttrDone,
     CellTokens,
@@ -31,7 +32,6 @@ from cleanroom.federated.attribution import (
     ConversionTokens,
     EventValues,
     PartnerAttribution,
-    hash_days_and_blind,
 )
 from cleanroom.federated.attribution_data import hashed_identifiers, partner_exposures
 from cleanroom.federated.attribution_reference import (
@@ -40,6 +40,8 @@ from cleanroom.federated.attribution_reference import (
     parse_exposures,
     read_spend,
 )
+from cleanroom.matching.messages import POINT_LEN
+from cleanroom.matching.workers import hash_and_blind_mixed
 from cleanroom.proto import cleanroom_pb2 as pb
 from cleanroom.proto import cleanroom_pb2_grpc as pb_grpc
 from cleanroom.proto import serde
@@ -184,8 +186,49 @@ def prepare_attribution(
 
 async def _in_pool(partner: PartnerAttribution, job: tuple[Any, ...]) -> bytes:
     if partner.submit is not None:
-        return await asyncio.wrap_future(partner.submit(hash_days_and_blind, *job))
-    return await asyncio.to_thread(hash_days_and_blind, *job)
+        return await asyncio.wrap_future(partner.submit(hash_and_blind_mixed, *job))
+    return await asyncio.to_thread(hash_and_blind_mixed, *job)
+
+
+class _CellTokenStream:
+    """The partner's cell chunks, each sent as soon as the points it carries are blinded.
+
+    Point jobs start when this is created (before the brand has answered the
+    hello: they need only the partner's own key) and run up to ``ahead`` jobs
+    ahead of the chunk being sent, so the brand re-blinds early chunks while
+    later points are still hashed.
+    """
+
+    def __init__(self, partner: PartnerAttribution, ahead: int = 8) -> None:
+        self.partner = partner
+        self.ahead = ahead
+        self._running: deque[asyncio.Future[bytes]] = deque()
+        self._submitted = 0
+        self._top_up(ahead)
+
+    def _top_up(self, target: int) -> None:
+        while self._submitted < min(self.partner.point_job_count, target):
+            job = self.partner.point_job(self._submitted)
+            self._running.append(asyncio.ensure_future(_in_pool(self.partner, job)))
+            self._submitted += 1
+
+    def cancel(self) -> None:
+        for fut in self._running:
+            fut.cancel()
+
+    async def chunks(self) -> AsyncIterator[CellTokens]:
+        partner = self.partner
+        points = np.empty((partner.point_count, POINT_LEN), dtype=np.uint8)
+        ready = 0
+        for seq, (cell, numbers) in enumerate(partner.cell_chunks()):
+            needed = int(numbers.max()) // POINT_CHUNK + 1
+            self._top_up(max(needed, ready + self.ahead))
+            while ready < needed:
+                blinded = np.frombuffer(await self._running.popleft(), dtype=np.uint8)
+                start = ready * POINT_CHUNK
+                points[start : start + len(blinded) // POINT_LEN] = blinded.reshape(-1, POINT_LEN)
+                ready += 1
+            yield CellTokens(seq=seq, cell=cell, points=points[numbers].tobytes())
 
 
 async def run_attribution(conn: Connection, partner: PartnerAttribution) -> str:
@@ -196,20 +239,13 @@ async def run_attribution(conn: Connection, partner: PartnerAttribution) -> str:
 
     async def requests() -> AsyncIterator[pb.AttrPartnerMessage]:
         yield serde.attr_partner_to_pb(partner.hello())
+        stream = _CellTokenStream(partner)
         accepted = await accepted_future
         if accepted.report_id:
+            stream.cancel()
             return
-        # Chunks go out as the workers finish them, in order, while later
-        # ones are still being hashed; the brand re-blinds meanwhile.
-        cells, jobs = await asyncio.to_thread(partner.cell_token_jobs)
-        pending: deque[tuple[int, asyncio.Future[bytes]]] = deque()
-        for seq, job in enumerate(jobs):
-            pending.append((seq, asyncio.ensure_future(_in_pool(partner, job))))
-            while len(pending) > 8 or (seq == len(jobs) - 1 and pending):
-                done_seq, fut = pending.popleft()
-                yield serde.attr_partner_to_pb(
-                    CellTokens(seq=done_seq, cell=cells[done_seq], points=await fut)
-                )
+        async for tokens in stream.chunks():
+            yield serde.attr_partner_to_pb(tokens)
         final = await aggregates_future
         if final is not None:
             yield final

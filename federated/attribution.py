@@ -50,10 +50,9 @@ from cleanroom.federated.paillier import (
     private_key_to_json,
 )
 from cleanroom.matching.errors import PolicyViolation, ProtocolError
-from cleanroom.matching.hash_to_curve import hash_to_curve_batch
 from cleanroom.matching.messages import POINT_LEN
 from cleanroom.matching.session import comparison_length
-from cleanroom.matching.workers import dst_for, truncate
+from cleanroom.matching.workers import dst_for, hash_and_blind_mixed, truncate
 from cleanroom.matching.x25519 import BlindingKey, blind_batch
 
 TOUCHES = ("click", "view")
@@ -62,6 +61,7 @@ DIGEST_LEN = 32
 TOKEN_MSG_LEN = DIGEST_LEN + 4  # digest || day (uint32, big-endian)
 VALUE_SCALE = 10**6  # fixed point: micro-units of the currency
 DAY_DST_SUFFIX = "-day"
+POINT_CHUNK = 8192  # token points per worker job
 
 
 class AttrRound(StrEnum):
@@ -199,10 +199,91 @@ def token_messages(digests: np.ndarray, days: np.ndarray) -> bytes:
     return out.tobytes()
 
 
-def hash_days_and_blind(secret: bytes, packed_messages: bytes, dst: bytes) -> bytes:
-    """T(x)^k for packed ``digest || day`` messages (worker-process function)."""
-    points = hash_to_curve_batch(packed_messages, TOKEN_MSG_LEN, dst)
-    return blind_batch(secret, points, validate=False)
+def distinct_keys(type_codes: np.ndarray, digests: np.ndarray, days: np.ndarray) -> np.ndarray:
+    """Number each distinct (type, digest, day) in order of first appearance.
+
+    Both parties hash and blind every distinct token message once, however many
+    cells, events or lags it serves: blinding is deterministic, so the values on
+    the wire are the same, only the work is not repeated.
+    """
+    words = np.ascontiguousarray(digests, dtype=np.uint8).view("<u8")
+    frame = pd.DataFrame(
+        {
+            "type": np.asarray(type_codes),
+            "w0": words[:, 0],
+            "w1": words[:, 1],
+            "w2": words[:, 2],
+            "w3": words[:, 3],
+            "day": np.asarray(days),
+        }
+    )
+    return frame.groupby(list(frame.columns), sort=False).ngroup().to_numpy(dtype=np.int64)
+
+
+def first_of_each(keys: np.ndarray) -> np.ndarray:
+    """Index of the first element of each key (keys numbered 0..k-1)."""
+    return np.unique(keys, return_index=True)[1]
+
+
+PRECOMPUTED_LAGS = 8  # points stored at upload: lags 0..7 cover the default windows
+
+
+@dataclass(frozen=True)
+class LaggedPoints:
+    """The distinct messages T(id, day - lag) of identifiers over lags ``0..lags-1``.
+
+    ``keys[i, lag]`` numbers the distinct (type, digest, day) of identifier
+    ``i`` at ``lag``; ``first_item`` gives, per key, the flat (i * lags + lag)
+    position where it first appears.
+    """
+
+    keys: np.ndarray  # int64 (m, lags)
+    first_item: np.ndarray  # int64 per key
+    type_codes: np.ndarray  # uint8 per key
+    messages: np.ndarray  # uint8 (k, TOKEN_MSG_LEN) per key
+    dsts: tuple[bytes, ...]
+
+    @classmethod
+    def of(
+        cls, id_types: np.ndarray, digests: np.ndarray, days: np.ndarray, lags: int
+    ) -> LaggedPoints:
+        """``id_types`` (str), ``digests`` and ``days`` are per identifier."""
+        n = len(digests)
+        item_id = np.repeat(np.arange(n), lags)
+        item_days = days[item_id] - np.tile(np.arange(lags), n)
+        names, codes = np.unique(np.asarray(id_types).astype(str), return_inverse=True)
+        keys = distinct_keys(codes[item_id], digests[item_id], item_days)
+        first = first_of_each(keys)
+        return cls(
+            keys=keys.reshape(n, lags),
+            first_item=first,
+            type_codes=codes[item_id[first]].astype(np.uint8),
+            messages=np.frombuffer(
+                token_messages(digests[item_id[first]], item_days[first]), dtype=np.uint8
+            ).reshape(-1, TOKEN_MSG_LEN),
+            dsts=tuple(day_dst(str(t)) for t in names),
+        )
+
+    def per_identifier(self, hashed: bytes) -> np.ndarray:
+        """uint8 (m, lags, 32): every key's point (``hashed``, in key order) per identifier."""
+        return np.frombuffer(hashed, dtype=np.uint8).reshape(-1, POINT_LEN)[self.keys]
+
+    def hash_jobs(
+        self, select: np.ndarray | None = None
+    ) -> list[tuple[np.ndarray, tuple[Any, ...]]]:
+        """Per ``POINT_CHUNK`` of the selected keys (default all): the keys, ``hash_mixed`` args."""
+        keys = np.arange(len(self.first_item)) if select is None else select
+        out: list[tuple[np.ndarray, tuple[Any, ...]]] = []
+        for start in range(0, len(keys), POINT_CHUNK):
+            part = keys[start : start + POINT_CHUNK]
+            job = (
+                self.messages[part].tobytes(),
+                self.type_codes[part].tobytes(),
+                self.dsts,
+                TOKEN_MSG_LEN,
+            )
+            out.append((part, job))
+        return out
 
 
 def blind_truncate(secret: bytes, packed_points: bytes, value_len: int) -> bytes:
@@ -269,6 +350,9 @@ class BrandConversions:
     id_event: np.ndarray  # int64 per identifier: which event
     id_type: np.ndarray  # object/str per identifier
     id_digest: np.ndarray  # uint8 (m, 32)
+    # Hash-to-curve points of T(id, day - lag) for lags 0..k-1, computed at
+    # upload: uint8 (m, k, 32), or None (then every point is hashed per run).
+    id_points: np.ndarray | None = None
 
     @property
     def events(self) -> int:
@@ -303,6 +387,9 @@ class BrandAttribution:
         self._secret = self.key.secret_bytes()
         tokens_total = sum(h.cell_tokens)
         self.brand_tokens = int(len(self.data.id_event) * (self.max_lag + 1))
+        d = self.data
+        self._lagged = LaggedPoints.of(d.id_type, d.id_digest, d.day[d.id_event], self.max_lag + 1)
+        self.point_count = len(self._lagged.first_item)  # distinct tokens: blinded once each
         self.value_len = comparison_length(tokens_total, self.brand_tokens)
         self._received: dict[int, list[bytes]] = {i: [] for i in range(len(h.cells))}
         self._received_count = [0] * len(h.cells)
@@ -357,30 +444,36 @@ class BrandAttribution:
         return CellValues(cell=msg.cell, values=arr.tobytes())
 
     def conversion_tokens(self, chunk: int = 8192) -> list[ConversionTokens]:
-        """T(y)^b for every (identifier, lag), shuffled, with event and lag labels."""
-        d = self.data
-        lags = np.arange(self.max_lag + 1, dtype=np.int64)
-        n_ids = len(d.id_event)
-        tok_id = np.repeat(np.arange(n_ids), len(lags))
-        tok_lag = np.tile(lags, n_ids)
-        order = self.rng.permutation(len(tok_id))
-        tok_id, tok_lag = tok_id[order], tok_lag[order]
-        days = d.day[d.id_event[tok_id]] - tok_lag
-        types = d.id_type[tok_id]
-        points = np.empty((len(tok_id), POINT_LEN), dtype=np.uint8)
-        parts: list[np.ndarray] = []
+        """T(y)^b for every (identifier, lag), shuffled, with event and lag labels.
+
+        Each distinct token is blinded once, from its point stored at upload
+        when there is one (lags below ``PRECOMPUTED_LAGS``), else hashed here.
+        """
+        d, lp = self.data, self._lagged
+        lags = self.max_lag + 1
+        order = self.rng.permutation(len(d.id_event) * lags)  # flat: identifier * lags + lag
+        tok_id, tok_lag = order // lags, order % lags
+        rep_id, rep_lag = lp.first_item // lags, lp.first_item % lags
+        stored_lags = 0 if d.id_points is None else d.id_points.shape[1]
+        from_store = np.flatnonzero(rep_lag < stored_lags)
+        to_hash = np.flatnonzero(rep_lag >= stored_lags)
+        targets: list[np.ndarray] = []
         jobs: list[tuple[Any, ...]] = []
-        for id_type in np.unique(types):
-            idx = np.flatnonzero(types == id_type)
-            for start in range(0, len(idx), chunk):
-                part = idx[start : start + chunk]
-                msgs = token_messages(d.id_digest[tok_id[part]], days[part])
-                parts.append(part)
-                jobs.append((self._secret, msgs, day_dst(str(id_type))))
-        for part, out in zip(
-            parts, map_jobs(self.run, self.run_many, hash_days_and_blind, jobs), strict=True
+        for start in range(0, len(from_store), POINT_CHUNK):
+            sel = from_store[start : start + POINT_CHUNK]
+            assert d.id_points is not None
+            stored = d.id_points[rep_id[sel], rep_lag[sel]].tobytes()
+            targets.append(sel)
+            jobs.append((self._secret, stored, bytes(len(sel)), (None,), POINT_LEN))
+        for part, job in lp.hash_jobs(to_hash):
+            targets.append(part)
+            jobs.append((self._secret, *job))
+        blinded = np.empty((self.point_count, POINT_LEN), dtype=np.uint8)
+        for sel, out in zip(
+            targets, map_jobs(self.run, self.run_many, hash_and_blind_mixed, jobs), strict=True
         ):
-            points[part] = np.frombuffer(out, dtype=np.uint8).reshape(-1, POINT_LEN)
+            blinded[sel] = np.frombuffer(out, dtype=np.uint8).reshape(-1, POINT_LEN)
+        points = blinded[lp.keys.reshape(-1)[order]]
         anon = self._event_anon[d.id_event[tok_id]].astype("<u4")
         lag8 = tok_lag.astype(np.uint8)
         return [
@@ -390,7 +483,7 @@ class BrandAttribution:
                 events=anon[s : s + chunk].tobytes(),
                 lags=lag8[s : s + chunk].tobytes(),
             )
-            for i, s in enumerate(range(0, len(tok_id), chunk))
+            for i, s in enumerate(range(0, len(order), chunk))
         ]
 
     def event_values(self, chunk: int = 4096) -> list[EventValues]:
@@ -512,26 +605,26 @@ class PartnerAttribution:
         row_cell = by_cell.ngroup().to_numpy(dtype=np.int64)
         cells = [Cell(c, g, t) for c, g, t in by_cell.size().index]
         self.cells = tuple(cells)
-        # Tokens: distinct (cell, type, digest, day) — one per person, day and cell.
-        self._cell_tokens: list[dict[str, tuple[np.ndarray, np.ndarray]]] = []
+        # Tokens: one per (cell, type, digest, day) — per person, day and cell —
+        # in cell order. Each distinct (type, digest, day) is a "point": hashed
+        # and blinded once, however many cells it appears in.
         id_cell = row_cell[d.id_row]
-        id_day = d.row_day[d.id_row]
-        for ci in range(len(cells)):
-            per_type: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-            mask = id_cell == ci
-            for id_type in np.unique(d.id_type[mask]):
-                sel = np.flatnonzero(mask & (d.id_type == id_type))
-                key = np.ascontiguousarray(
-                    np.concatenate(
-                        [d.id_digest[sel], id_day[sel].astype(">i8").view(np.uint8).reshape(-1, 8)],
-                        axis=1,
-                    )
-                ).view(np.dtype((np.void, DIGEST_LEN + 8)))[:, 0]
-                _, first = np.unique(key, return_index=True)
-                keep = sel[np.sort(first)]
-                per_type[str(id_type)] = (d.id_digest[keep], id_day[keep])
-            self._cell_tokens.append(per_type)
-        self._counts = tuple(sum(len(v[1]) for v in t.values()) for t in self._cell_tokens)
+        order = np.argsort(id_cell, kind="stable")
+        id_cell = id_cell[order]
+        type_names, type_code = np.unique(d.id_type[order].astype(str), return_inverse=True)
+        digests = d.id_digest[order]
+        days = d.row_day[d.id_row][order]
+        point = distinct_keys(type_code, digests, days)
+        keep = ~pd.DataFrame({"cell": id_cell, "point": point}).duplicated().to_numpy()
+        self._token_cell = id_cell[keep]
+        self._token_point = point[keep]
+        first = first_of_each(point)
+        self._point_type = type_code[first].astype(np.uint8)
+        self._point_digest = digests[first]
+        self._point_day = days[first]
+        self._dsts = [day_dst(str(t)) for t in type_names]
+        self.point_count = len(first)
+        self._counts = tuple(int(n) for n in np.bincount(self._token_cell, minlength=len(cells)))
         self._cell_values: dict[int, np.ndarray] = {}
         self._brand_values: list[Any] = []  # raw points, or futures of values
         self._brand_events: list[np.ndarray] = []
@@ -565,35 +658,39 @@ class PartnerAttribution:
         self._event_customer = np.full(msg.events, -1, dtype=np.int64)
         self.round = AttrRound.TOKENS
 
-    def cell_token_jobs(self, chunk: int = 8192) -> tuple[list[int], list[tuple[Any, ...]]]:
-        """Per chunk: its cell, and the ``hash_days_and_blind`` arguments."""
-        cells: list[int] = []
-        jobs: list[tuple[Any, ...]] = []
-        for ci, per_type in enumerate(self._cell_tokens):
-            for id_type, (digests, days) in per_type.items():
-                for start in range(0, len(days), chunk):
-                    msgs = token_messages(
-                        digests[start : start + chunk], days[start : start + chunk]
-                    )
-                    cells.append(ci)
-                    jobs.append((self._secret, msgs, day_dst(id_type)))
-        return cells, jobs
+    @property
+    def point_job_count(self) -> int:
+        return -(-self.point_count // POINT_CHUNK)
+
+    def point_job(self, index: int) -> tuple[Any, ...]:
+        """``hash_and_blind_mixed`` arguments for points ``POINT_CHUNK * index`` onwards."""
+        start, stop = index * POINT_CHUNK, (index + 1) * POINT_CHUNK
+        msgs = token_messages(self._point_digest[start:stop], self._point_day[start:stop])
+        codes = self._point_type[start:stop].tobytes()
+        return (self._secret, msgs, codes, self._dsts, TOKEN_MSG_LEN)
+
+    def cell_chunks(self, chunk: int = 8192) -> list[tuple[int, np.ndarray]]:
+        """Per ``CellTokens`` message: its cell and the points it carries (by number).
+
+        Points are numbered in order of first appearance along this list, so a
+        chunk only needs the point jobs up to its largest number.
+        """
+        out: list[tuple[int, np.ndarray]] = []
+        bounds = np.concatenate([[0], np.cumsum(self._counts)])
+        for ci in range(len(self.cells)):
+            for start in range(int(bounds[ci]), int(bounds[ci + 1]), chunk):
+                stop = min(start + chunk, int(bounds[ci + 1]))
+                out.append((ci, self._token_point[start:stop]))
+        return out
 
     def cell_token_chunks(self, chunk: int = 8192) -> list[CellTokens]:
-        cells: list[int] = []
-        jobs: list[tuple[Any, ...]] = []
-        for ci, per_type in enumerate(self._cell_tokens):
-            for id_type, (digests, days) in per_type.items():
-                for start in range(0, len(days), chunk):
-                    msgs = token_messages(
-                        digests[start : start + chunk], days[start : start + chunk]
-                    )
-                    cells.append(ci)
-                    jobs.append((self._secret, msgs, day_dst(id_type)))
-        points = map_jobs(self.run, self.run_many, hash_days_and_blind, jobs)
+        """Every ``CellTokens`` message at once (in-process runs and tests)."""
+        jobs = [self.point_job(i) for i in range(self.point_job_count)]
+        blinded = map_jobs(self.run, self.run_many, hash_and_blind_mixed, jobs)
+        points = np.frombuffer(b"".join(blinded), dtype=np.uint8).reshape(-1, POINT_LEN)
         return [
-            CellTokens(seq=i, cell=ci, points=pts)
-            for i, (ci, pts) in enumerate(zip(cells, points, strict=True))
+            CellTokens(seq=i, cell=ci, points=points[idx].tobytes())
+            for i, (ci, idx) in enumerate(self.cell_chunks(chunk))
         ]
 
     @property

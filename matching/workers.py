@@ -51,29 +51,45 @@ def hash_and_blind(secret: bytes, packed_digests: bytes, dst: bytes) -> bytes:
     return blind_batch(secret, hash_to_curve_batch(packed_digests, DIGEST_LEN, dst), validate=False)
 
 
-def hash_and_blind_mixed(
-    secret: bytes, packed_digests: bytes, type_codes: bytes, dsts: Sequence[bytes | None]
+def hash_mixed(
+    packed_msgs: bytes,
+    type_codes: bytes,
+    dsts: Sequence[bytes | None],
+    msg_len: int = DIGEST_LEN,
 ) -> bytes:
-    """H_t(x)^k for a batch whose elements have different types.
+    """H_t(x) for a batch of ``msg_len``-byte messages whose elements have different types.
 
     ``type_codes[i]`` indexes ``dsts`` for element ``i``; elements are hashed
     per type and put back in their original order. A ``None`` tag marks
     elements that are already curve points (hashed ahead of time).
     """
-    digests = np.frombuffer(packed_digests, dtype=np.uint8).reshape(-1, DIGEST_LEN)
+    msgs = np.frombuffer(packed_msgs, dtype=np.uint8).reshape(-1, msg_len)
     codes = np.frombuffer(type_codes, dtype=np.uint8)
-    if len(codes) != len(digests):
-        raise ValueError("one type code per digest is required")
-    points = np.empty((len(digests), POINT_LEN), dtype=np.uint8)
+    if len(codes) != len(msgs):
+        raise ValueError("one type code per message is required")
+    points = np.empty((len(msgs), POINT_LEN), dtype=np.uint8)
     for code in np.unique(codes):
         idx = np.flatnonzero(codes == code)
         dst = dsts[int(code)]
         if dst is None:
-            points[idx] = digests[idx]
+            if msg_len != POINT_LEN:
+                raise ValueError("pre-hashed elements must be points")
+            points[idx] = msgs[idx]
             continue
-        hashed = hash_to_curve_batch(digests[idx].tobytes(), DIGEST_LEN, dst)
+        hashed = hash_to_curve_batch(msgs[idx].tobytes(), msg_len, dst)
         points[idx] = np.frombuffer(hashed, dtype=np.uint8).reshape(-1, POINT_LEN)
-    return blind_batch(secret, points.tobytes(), validate=False)
+    return points.tobytes()
+
+
+def hash_and_blind_mixed(
+    secret: bytes,
+    packed_msgs: bytes,
+    type_codes: bytes,
+    dsts: Sequence[bytes | None],
+    msg_len: int = DIGEST_LEN,
+) -> bytes:
+    """H_t(x)^k for a batch whose elements have different types (see ``hash_mixed``)."""
+    return blind_batch(secret, hash_mixed(packed_msgs, type_codes, dsts, msg_len), validate=False)
 
 
 def blind_and_truncate(secret: bytes, packed_points: bytes, value_len: int) -> bytes:

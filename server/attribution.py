@@ -13,8 +13,9 @@ returns the stored report instead of running again.
 from __future__ import annotations
 
 import uuid
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,16 +26,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from cleanroom.audiences.upload import DIGEST_LEN
 from cleanroom.federated.attribution import (
+    PRECOMPUTED_LAGS,
     AttrAccepted,
     AttrAggregates,
     AttrHello,
     BrandAttribution,
     BrandConversions,
     DpParams,
+    LaggedPoints,
 )
 from cleanroom.federated.attribution_reference import campaign_report
 from cleanroom.federated.paillier import PaillierPrivateKey, PaillierPublicKey, generate_keypair
 from cleanroom.matching.errors import ProtocolError
+from cleanroom.matching.messages import POINT_LEN
+from cleanroom.matching.workers import hash_mixed
 from cleanroom.server.audiences import check_audience_name, fixed_binary_to_numpy
 from cleanroom.server.errors import AlreadyExists, FailedPrecondition, NotFound, PermissionDenied
 from cleanroom.server.files import AtomicParquetWriter
@@ -54,7 +59,9 @@ EVENTS_SCHEMA = pa.schema(
 IDS_SCHEMA = pa.schema(
     [("event", pa.int64()), ("id_type", pa.string()), ("digest", pa.binary(DIGEST_LEN))]
 )
+POINTS_SCHEMA = pa.schema([("points", pa.binary(POINT_LEN * PRECOMPUTED_LAGS))])
 ID_TYPES = ("email", "phone", "maid", "custom")
+SUFFIXES = (".events.parquet", ".ids.parquet", ".points.parquet")
 
 
 @dataclass(frozen=True)
@@ -95,6 +102,11 @@ class ConversionsUpload:
         base = service.data_dir / "conversions" / principal.tenant_id / self.set_id
         self._events = AtomicParquetWriter(base.with_suffix(".events.parquet"), EVENTS_SCHEMA)
         self._ids = AtomicParquetWriter(base.with_suffix(".ids.parquet"), IDS_SCHEMA)
+        # Hash-to-curve of every identifier's tokens T(id, day - lag), computed
+        # here once (in the worker pool, while later chunks stream in) rather
+        # than in every attribution run. Rows align with the ids file.
+        self._points = AtomicParquetWriter(base.with_suffix(".points.parquet"), POINTS_SCHEMA)
+        self._pending: deque[tuple[LaggedPoints, list[Future[bytes]]]] = deque()
         self.next_seq = 0
         self.rows = 0
         self.identifiers = 0
@@ -134,15 +146,22 @@ class ConversionsUpload:
             )
         )
         if id_types:
+            id_event = np.concatenate(id_events)
+            packed = b"".join(digests)
             self._ids.write(
                 pa.table(
                     {
-                        "event": pa.array(np.concatenate(id_events)),
+                        "event": pa.array(id_event),
                         "id_type": pa.array(id_types, pa.string()),
-                        "digest": _fixed(b"".join(digests)),
+                        "digest": _fixed(packed),
                     },
                     schema=IDS_SCHEMA,
                 )
+            )
+            self._hash_points(
+                np.array(id_types, dtype=object),
+                np.frombuffer(packed, dtype=np.uint8).reshape(-1, DIGEST_LEN),
+                chunk.days.astype(np.int64)[id_event - self.rows],
             )
         self.next_seq += 1
         self.rows += n
@@ -156,8 +175,10 @@ class ConversionsUpload:
             )
         if self.rows == 0:
             raise ValueError("the upload carries no conversions; nothing was stored")
+        self._write_points(wait=True)
         events_path = self._events.commit()
         ids_path = self._ids.commit()
+        points_path = self._points.commit()
         customers = len(
             np.unique(
                 fixed_binary_to_numpy(
@@ -180,11 +201,11 @@ class ConversionsUpload:
         try:
             previous = self.service.store.put_conversion_set(record, replace_existing=self.replace)
         except BaseException:
-            events_path.unlink(missing_ok=True)
-            ids_path.unlink(missing_ok=True)
+            for path in (events_path, ids_path, points_path):
+                path.unlink(missing_ok=True)
             raise
         if previous is not None:
-            for suffix in (".events.parquet", ".ids.parquet"):
+            for suffix in SUFFIXES:
                 (self.service.data_dir / (previous.path + suffix)).unlink(missing_ok=True)
         self.service.store.audit(
             AuditEntry(
@@ -197,13 +218,43 @@ class ConversionsUpload:
         return record
 
     def abort(self) -> None:
+        for _, futures in self._pending:
+            for future in futures:
+                future.cancel()
+        self._pending.clear()
         self._events.abort()
         self._ids.abort()
+        self._points.abort()
+
+    def _hash_points(self, id_types: np.ndarray, digests: np.ndarray, days: np.ndarray) -> None:
+        lagged = LaggedPoints.of(id_types, digests, days, PRECOMPUTED_LAGS)
+        executor = self.service.executor
+        futures: list[Future[bytes]] = []
+        for _, job in lagged.hash_jobs():
+            if executor is not None:
+                futures.append(executor.submit(hash_mixed, *job))
+            else:
+                futures.append(Future())
+                futures[-1].set_result(hash_mixed(*job))
+        self._pending.append((lagged, futures))
+        self._write_points(wait=False)
+
+    def _write_points(self, wait: bool) -> None:
+        """Write the hashed chunks in order: all of them, or those already done."""
+        while self._pending and (wait or all(f.done() for f in self._pending[0][1])):
+            lagged, futures = self._pending.popleft()
+            per_id = lagged.per_identifier(b"".join(f.result() for f in futures))
+            self._points.write(
+                pa.table(
+                    {"points": _fixed(per_id.tobytes(), POINT_LEN * PRECOMPUTED_LAGS)},
+                    schema=POINTS_SCHEMA,
+                )
+            )
 
 
-def _fixed(packed: bytes) -> pa.FixedSizeBinaryArray:
+def _fixed(packed: bytes, width: int = DIGEST_LEN) -> pa.FixedSizeBinaryArray:
     return pa.FixedSizeBinaryArray.from_buffers(
-        pa.binary(DIGEST_LEN), len(packed) // DIGEST_LEN, [None, pa.py_buffer(packed)]
+        pa.binary(width), len(packed) // width, [None, pa.py_buffer(packed)]
     )
 
 
@@ -238,6 +289,14 @@ class AttributionService:
         base = self.data_dir / record.path
         events = pq.read_table(str(base) + ".events.parquet")
         ids = pq.read_table(str(base) + ".ids.parquet")
+        points_path = Path(str(base) + ".points.parquet")
+        id_points = None
+        if points_path.exists():
+            width = POINT_LEN * PRECOMPUTED_LAGS
+            stored = fixed_binary_to_numpy(pq.read_table(points_path).column("points"), width)
+            id_points = np.frombuffer(stored.tobytes(), dtype=np.uint8).reshape(
+                -1, PRECOMPUTED_LAGS, POINT_LEN
+            )
         _, customer = np.unique(
             fixed_binary_to_numpy(events.column("customer"), DIGEST_LEN), return_inverse=True
         )
@@ -249,6 +308,9 @@ class AttributionService:
             id_event=ids.column("event").to_numpy().astype(np.int64),
             id_type=np.array(ids.column("id_type").to_pylist(), dtype=object),
             id_digest=np.frombuffer(digests.tobytes(), dtype=np.uint8).reshape(-1, DIGEST_LEN),
+            id_points=id_points
+            if id_points is not None and len(id_points) == ids.num_rows
+            else None,
         )
 
     def _run(self, fn: Callable[..., Any], *args: Any) -> Any:

@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from cleanroom.audiences.identifiers import NormalizeOptions, parse_id_columns
 from cleanroom.client.attribution import (
@@ -19,8 +20,10 @@ from cleanroom.client.attribution import (
     upload_conversions,
 )
 from cleanroom.client.sdk import ClientError, Connection
+from cleanroom.federated.attribution import PRECOMPUTED_LAGS, day_dst
 from cleanroom.federated.attribution_reference import Windows, read_spend, reference_report
 from cleanroom.federated.synth_attribution import synthesize_attribution
+from cleanroom.matching.hash_to_curve import hash_to_curve
 from cleanroom.server.node import BrandNodeThread
 from cleanroom.server.settings import ServerSettings
 from cleanroom.server.store import Policy, Role, SqlStore
@@ -30,6 +33,22 @@ from tests.helpers import assert_reports_equal
 OPTIONS = NormalizeOptions(default_region="US")
 BRAND_IDS = parse_id_columns("email,phone")
 PARTNER_IDS = parse_id_columns("email,phone,maid")
+
+
+def upload(admin: Connection, synth: Any, name: str = "sales", **options: Any) -> dict[str, Any]:
+    return asyncio.run(
+        upload_conversions(
+            admin,
+            name=name,
+            path=synth.conversions_path,
+            id_columns=BRAND_IDS,
+            options=OPTIONS,
+            customer_column="customer_id",
+            time_column="ts",
+            value_column="value",
+            **options,
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -58,18 +77,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     store.close()
     with BrandNodeThread(settings) as node:
         for t in (tokens, dp_tokens):
-            asyncio.run(
-                upload_conversions(
-                    Connection(node.target, t[Role.ADMIN]),
-                    name="sales",
-                    path=synth.conversions_path,
-                    id_columns=BRAND_IDS,
-                    options=OPTIONS,
-                    customer_column="customer_id",
-                    time_column="ts",
-                    value_column="value",
-                )
-            )
+            upload(Connection(node.target, t[Role.ADMIN]), synth)
         yield {
             "node": node,
             "synth": synth,
@@ -128,6 +136,42 @@ def test_report_over_grpc_equals_plaintext(world: dict[str, Any]) -> None:
     assert report["report_id"] == report_id
     assert_reports_equal(report, want)
     assert sum(c["exposed"]["conversions"] for c in report["campaigns"]) > 10
+
+
+def test_upload_stores_hashed_points_and_replacing_removes_the_old_files(
+    world: dict[str, Any],
+) -> None:
+    node, synth = world["node"], world["synth"]
+    admin = Connection(node.target, world["tokens"][Role.ADMIN])
+    # Several chunks: points are written in upload order.
+    first = upload(admin, synth, "sales-points", chunk_rows=150)
+
+    def files(set_id: str) -> list[Path]:
+        return sorted((world["settings"].data_dir / "conversions").rglob(f"{set_id}.*"))
+
+    paths = files(first["conversions_id"])
+    assert [p.name.split(".", 1)[1] for p in paths] == [
+        "events.parquet",
+        "ids.parquet",
+        "points.parquet",
+    ]
+    ids = pq.read_table(paths[1])
+    points = pq.read_table(paths[2]).column("points")
+    assert len(points) == ids.num_rows == first["identifiers"]
+    # Row i holds hash_to_curve(digest_i || day - lag) for lags 0..7.
+    events = pq.read_table(paths[0])
+    row = ids.num_rows - 1
+    digest = ids.column("digest")[row].as_py()
+    day = events.column("day")[ids.column("event")[row].as_py()].as_py()
+    dst = day_dst(ids.column("id_type")[row].as_py())
+    point = points[row].as_py()
+    for lag in range(PRECOMPUTED_LAGS):
+        want = hash_to_curve(digest + (day - lag).to_bytes(4, "big"), dst)
+        assert point[32 * lag : 32 * (lag + 1)] == want
+
+    second = upload(admin, synth, "sales-points", chunk_rows=150, replace=True)
+    assert files(first["conversions_id"]) == []
+    assert len(files(second["conversions_id"])) == 3
 
 
 def test_same_submission_is_idempotent(world: dict[str, Any]) -> None:

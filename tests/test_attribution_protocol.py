@@ -10,13 +10,23 @@ import numpy as np
 import pandas as pd
 import pytest
 from cleanroom.audiences.identifiers import NormalizeOptions, parse_id_columns
+from cleanroom.audiences.reader import hash_frame
 from cleanroom.federated.attribution import (
+    PRECOMPUTED_LAGS,
     AttrAggregates,
     BrandAttribution,
+    BrandConversions,
     DpParams,
+    LaggedPoints,
     PartnerAttribution,
+    day_dst,
+    distinct_keys,
 )
-from cleanroom.federated.attribution_data import brand_conversions, partner_exposures
+from cleanroom.federated.attribution_data import (
+    brand_conversions,
+    hashed_identifiers,
+    partner_exposures,
+)
 from cleanroom.federated.attribution_reference import (
     Windows,
     campaign_report,
@@ -28,6 +38,8 @@ from cleanroom.federated.attribution_reference import (
 from cleanroom.federated.paillier import _unsafe_generate_keypair_for_tests
 from cleanroom.federated.synth_attribution import synthesize_attribution
 from cleanroom.matching.errors import ProtocolError
+from cleanroom.matching.hash_to_curve import hash_to_curve
+from cleanroom.matching.workers import hash_mixed
 
 from tests.helpers import assert_reports_equal
 
@@ -61,6 +73,17 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> Any:
     )
 
 
+def brand_data(synth: Any) -> BrandConversions:
+    conv = parse_conversions(
+        pd.read_csv(synth.conversions_path, dtype=str, keep_default_na=False),
+        customer_column="customer_id",
+        time_column="ts",
+        value_column="value",
+        id_columns=BRAND_IDS,
+    )
+    return brand_conversions(conv, BRAND_IDS, OPTIONS)
+
+
 def run_protocol(
     synth: Any,
     keys: tuple[Any, Any],
@@ -69,14 +92,8 @@ def run_protocol(
     windows: Windows = DEFAULT_WINDOWS,
     seed: int = 0,
     threshold: int = 0,
+    precomputed: bool = False,
 ) -> tuple[dict[str, Any], BrandAttribution, PartnerAttribution, AttrAggregates]:
-    conv = parse_conversions(
-        pd.read_csv(synth.conversions_path, dtype=str, keep_default_na=False),
-        customer_column="customer_id",
-        time_column="ts",
-        value_column="value",
-        id_columns=BRAND_IDS,
-    )
     expo = parse_exposures(
         pd.read_csv(synth.exposures_path, dtype=str, keep_default_na=False), id_columns=PARTNER_IDS
     )
@@ -91,10 +108,13 @@ def run_protocol(
         rng=np.random.default_rng(seed),
         min_key_bits=1024,
     )
+    data = brand_data(synth)
+    if precomputed:  # as the brand node stores them at upload
+        data.id_points = stored_points(data)
     brand = BrandAttribution(
         session_id="s",
         hello=partner.hello(),
-        data=brand_conversions(conv, BRAND_IDS, OPTIONS),
+        data=data,
         public_key=pk,
         private_key=sk,
         dp=dp,
@@ -119,6 +139,12 @@ def run_protocol(
         ),  # type: ignore[arg-type]
     }
     return report, brand, partner, aggregates
+
+
+def stored_points(data: BrandConversions) -> np.ndarray:
+    days = data.day[data.id_event]
+    lagged = LaggedPoints.of(data.id_type, data.id_digest, days, PRECOMPUTED_LAGS)
+    return lagged.per_identifier(b"".join(hash_mixed(*job) for _, job in lagged.hash_jobs()))
 
 
 def reference(synth: Any, windows: Windows = DEFAULT_WINDOWS) -> dict[str, Any]:
@@ -150,6 +176,69 @@ def test_other_windows(synth: Any, keys: tuple[Any, Any]) -> None:
     windows = Windows(click_days=3, view_days=0)
     got, _, _, _ = run_protocol(synth, keys, windows=windows)
     assert_reports_equal(got, reference(synth, windows))
+
+
+@pytest.mark.parametrize(
+    "windows",
+    [DEFAULT_WINDOWS, Windows(click_days=10, view_days=2)],
+    ids=["within-stored-lags", "beyond-stored-lags"],
+)
+def test_points_stored_at_upload_give_the_same_report(
+    synth: Any, keys: tuple[Any, Any], windows: Windows
+) -> None:
+    """Stored points serve lags 0..7; a longer window hashes the rest in the run."""
+    got, brand, partner, _ = run_protocol(synth, keys, windows=windows, precomputed=True)
+    assert_reports_equal(got, reference(synth, windows))
+    assert brand.brand_tokens == len(brand.data.id_event) * (windows.click_days + 1)
+    # Distinct tokens are blinded once: fewer points than tokens on both sides.
+    assert brand.point_count < brand.brand_tokens
+    assert partner.point_count <= sum(partner.hello().cell_tokens)
+
+
+def test_stored_points_are_the_hash_of_identifier_and_day(synth: Any) -> None:
+    data = brand_data(synth)
+    points = stored_points(data)
+    assert points.shape == (len(data.id_event), PRECOMPUTED_LAGS, 32)
+    for i in (0, 7, len(data.id_event) - 1):
+        day = int(data.day[data.id_event[i]])
+        for lag in (0, 3, PRECOMPUTED_LAGS - 1):
+            message = bytes(data.id_digest[i]) + (day - lag).to_bytes(4, "big")
+            want = hash_to_curve(message, day_dst(str(data.id_type[i])))
+            assert points[i, lag].tobytes() == want
+
+
+def test_distinct_keys_number_by_first_appearance() -> None:
+    digests = np.zeros((6, 32), dtype=np.uint8)
+    digests[[1, 4], 0] = 1  # two digests: zero and one
+    types = np.array([0, 0, 0, 1, 0, 0])
+    days = np.array([5, 5, 6, 5, 5, 5])
+    # (t0,d0,5) (t0,d1,5) (t0,d0,6) (t1,d0,5) (t0,d1,5) (t0,d0,5)
+    assert distinct_keys(types, digests, days).tolist() == [0, 1, 2, 3, 1, 0]
+
+
+@pytest.mark.parametrize("pooled", [False, True], ids=["here", "pool"])
+def test_identifiers_are_hashed_once_per_distinct_value(
+    pooled: bool, request: pytest.FixtureRequest
+) -> None:
+    """Hashing distinct values gives, row for row, what hashing every row gives."""
+    rng = np.random.default_rng(3)
+    emails = ["a@x.com", " A@X.com", "not-an-email", "", "b@y.org"]
+    phones = ["+1 201 555 0123", "201-555-0123", "12", "", "+44 20 7946 0958"]
+    frame = pd.DataFrame(
+        {
+            "email": rng.choice(emails, size=400).tolist(),
+            "phone": rng.choice(phones, size=400).tolist(),
+        }
+    )
+    frame.loc[5, "email"] = None
+    executor = request.getfixturevalue("process_pool").executor if pooled else None
+    rows, types, digests = hashed_identifiers(frame, BRAND_IDS, OPTIONS, executor, slice_rows=2)
+    whole = hash_frame(frame, BRAND_IDS, OPTIONS)
+    want_rows = [np.flatnonzero(c.present) for c in whole.columns]
+    assert rows.tolist() == np.concatenate(want_rows).tolist()
+    assert types.tolist() == ["email"] * len(want_rows[0]) + ["phone"] * len(want_rows[1])
+    assert digests.tobytes() == b"".join(c.digests for c in whole.columns)
+    assert 0 < len(want_rows[0]) < 400 and 0 < len(want_rows[1]) < 400
 
 
 def test_no_value_or_per_user_flag_in_the_aggregates(synth: Any, keys: tuple[Any, Any]) -> None:
