@@ -6,8 +6,10 @@ Synthetic data with realistic repetition of users and days. The brand's
 conversions are uploaded first (not timed). ``seconds`` runs from the
 partner reading its exposure log to the stored report id (hashing, tokens,
 the whole protocol). ``floor_seconds`` is this run's own X25519 operations
-(2 per partner token, 2 per brand token) and Paillier encryptions, each at
-its single-operation speed measured in the same run, divided over the
+(each side blinds its distinct tokens once and re-blinds every token of the
+other) and Paillier encryptions, each at
+its single-operation speed measured in the same run (X25519: the median of
+measurements just before and just after the run), divided over the
 workers. ``phe.encrypt`` and the fast path are timed side by side, per
 process, 2048-bit keys. Prints one JSON line at the end.
 """
@@ -33,21 +35,29 @@ from cleanroom.client.attribution import (
     upload_conversions,
 )
 from cleanroom.client.sdk import Connection
+from cleanroom.federated.attribution import LaggedPoints
 from cleanroom.federated.paillier import generate_keypair
 from cleanroom.federated.synth_attribution import synthesize_attribution
 from cleanroom.matching.workers import CryptoPool, default_workers
 from cleanroom.matching.x25519 import BlindingKey, blind_batch
+from cleanroom.server.attribution import AttributionService
+from cleanroom.server.settings import ServerSettings
+from cleanroom.server.store import SqlStore
 from common import RssSampler, retry_until_up, start_node
 
 
-def x25519_seconds_per_op(samples: int = 20_000) -> float:
+def x25519_seconds_per_op(samples: int = 10_000, repeats: int = 3) -> list[float]:
+    """Seconds per X25519 operation, ``repeats`` measurements (this VM's speed drifts)."""
     secret = BlindingKey.generate().secret_bytes()
     pts = np.random.default_rng(1).integers(0, 256, size=(samples, 32), dtype=np.uint8)
     pts[:, 31] &= 0x7F
     packed = pts.tobytes()
-    start = time.perf_counter()
-    blind_batch(secret, packed, validate=False)
-    return (time.perf_counter() - start) / samples
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        blind_batch(secret, packed, validate=False)
+        out.append((time.perf_counter() - start) / samples)
+    return out
 
 
 def paillier_rates(samples: int = 200) -> tuple[float, float]:
@@ -68,6 +78,22 @@ def paillier_rates(samples: int = 200) -> tuple[float, float]:
             phe_key.encrypt(v)
         slow += time.perf_counter() - t
     return samples / fast, samples / slow
+
+
+def brand_point_count(data_dir: Path, token: str, max_lag: int) -> int:
+    """The distinct tokens the brand blinded: read from its stored conversions, after the run."""
+    store = SqlStore(ServerSettings(data_dir=data_dir).resolved_database_url())
+    try:
+        principal = store.authenticate(token)
+        assert principal is not None
+        _, data = AttributionService(store, data_dir).load(principal, "sales")
+    finally:
+        store.close()
+    return len(
+        LaggedPoints.of(
+            data.id_type, data.id_digest, data.day[data.id_event], max_lag + 1
+        ).first_item
+    )
 
 
 def main() -> int:
@@ -96,6 +122,7 @@ def main() -> int:
     options = NormalizeOptions(default_region="US")
     try:
         admin = Connection(node.target, node.tokens["admin"])
+        upload_start = time.perf_counter()
         retry_until_up(
             node,
             lambda: asyncio.run(
@@ -111,6 +138,7 @@ def main() -> int:
                 )
             ),
         )
+        upload_seconds = time.perf_counter() - upload_start
         request = AttributionRequest(
             conversions="sales",
             exposures=synth.exposures_path,
@@ -122,6 +150,7 @@ def main() -> int:
             CryptoPool.processes(workers) as pool,
             RssSampler({"brand": node.process.pid, "partner": os.getpid()}) as rss,
         ):
+            x25519_before = x25519_seconds_per_op()
             start = time.perf_counter()
             partner = prepare_attribution(request, pool.executor)
             prepare_seconds = time.perf_counter() - start
@@ -132,13 +161,17 @@ def main() -> int:
         accepted = partner.accepted
         assert accepted is not None and report_id
         partner_tokens = int(sum(partner.hello().cell_tokens))
+        partner_points = partner.point_count
         brand_tokens = int(accepted.brand_tokens)
     finally:
         node.stop()
+    brand_points = brand_point_count(work / "node", node.tokens["partner"], accepted.max_lag)
 
-    x25519_ops = 2 * partner_tokens + 2 * brand_tokens
+    # Each side blinds its distinct points once and re-blinds every token of the other.
+    x25519_ops = partner_points + brand_tokens + brand_points + partner_tokens
     paillier_ops = int(accepted.events)
-    per_x25519 = x25519_seconds_per_op()
+    # Measured before and after the run, the median of both.
+    per_x25519 = float(np.median(x25519_before + x25519_seconds_per_op()))
     fast_rate, phe_rate = paillier_rates()
     floor = (x25519_ops * per_x25519 + paillier_ops / fast_rate) / workers
     print(
@@ -150,10 +183,14 @@ def main() -> int:
                 "workers": workers,
                 "seconds": round(seconds, 3),
                 "partner_prepare_seconds": round(prepare_seconds, 3),
+                "conversions_upload_seconds": round(upload_seconds, 3),
                 "x25519_ops": x25519_ops,
                 "paillier_ops": paillier_ops,
                 "partner_tokens": partner_tokens,
                 "brand_tokens": brand_tokens,
+                "partner_points": partner_points,
+                "brand_points": brand_points,
+                "x25519_us": round(per_x25519 * 1e6, 2),
                 "floor_seconds": round(floor, 3),
                 "ratio_to_floor": round(seconds / floor, 3),
                 "paillier_encrypt_per_s": round(fast_rate, 1),

@@ -26,31 +26,46 @@ def free_port() -> int:
 
 
 class RssSampler:
-    """Peak RSS of each process tree, sampled every 100 ms."""
+    """Peak RSS of each process tree, sampled every ``interval`` seconds.
 
-    def __init__(self, pids: dict[str, int]) -> None:
+    The sampler runs inside a measured process, so it is kept cheap: the
+    process trees (a scan of all of /proc) are refreshed every ``rescan``
+    samples, and the per-process peak is the kernel's own high-water mark.
+    """
+
+    def __init__(self, pids: dict[str, int], interval: float = 0.5, rescan: int = 10) -> None:
         self.pids = pids
+        self.interval = interval
+        self.rescan = rescan
         self.peak_process_mb = 0.0
         self.peak_tree_mb: dict[str, float] = dict.fromkeys(pids, 0.0)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    @staticmethod
+    def _tree(pid: int) -> list[psutil.Process]:
+        try:
+            root = psutil.Process(pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return []
+
     def _run(self) -> None:
-        while not self._stop.wait(0.1):
-            for name, pid in self.pids.items():
-                try:
-                    root = psutil.Process(pid)
-                    procs = [root, *root.children(recursive=True)]
-                except psutil.Error:
-                    continue
+        trees: dict[str, list[psutil.Process]] = {}
+        samples = 0
+        while not self._stop.wait(self.interval):
+            if samples % self.rescan == 0:
+                trees = {name: self._tree(pid) for name, pid in self.pids.items()}
+            samples += 1
+            for name, procs in trees.items():
                 total = 0.0
                 for p in procs:
                     try:
-                        rss = p.memory_info().rss / 2**20
-                    except psutil.Error:
+                        total += p.memory_info().rss / 2**20
+                        peak_kb = _high_water_kb(p.pid)
+                    except (psutil.Error, OSError):
                         continue
-                    total += rss
-                    self.peak_process_mb = max(self.peak_process_mb, rss)
+                    self.peak_process_mb = max(self.peak_process_mb, peak_kb / 1024)
                 self.peak_tree_mb[name] = max(self.peak_tree_mb[name], total)
 
     def __enter__(self) -> RssSampler:
@@ -60,6 +75,15 @@ class RssSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def _high_water_kb(pid: int) -> int:
+    """VmHWM: the process's peak resident set so far, as the kernel counts it (Linux)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
 
 
 @dataclass
