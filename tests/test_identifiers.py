@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import random
 
+import phonenumbers
 import pytest
 from cleanroom.audiences.identifiers import (
     IdColumn,
@@ -251,6 +253,54 @@ def test_phone_without_country_code_needs_region(raw: str) -> None:
 )
 def test_invalid_phones_are_reported_not_guessed(raw: str, region: str | None) -> None:
     assert reason_of(normalize_phone, raw, region) == "invalid_phone"
+
+
+def _parsed_e164(raw: str, region: str | None) -> str | None:
+    """The full phonenumbers path (parse, validate, format), or None when it rejects."""
+    try:
+        number = phonenumbers.parse(raw, region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(number):
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+@pytest.mark.parametrize("region", ["US", "CA", None, "GB", "CN"])
+def test_north_american_shortcut_agrees_with_the_full_parse(region: str | None) -> None:
+    """Common NANP spellings skip phonenumbers.parse; the outcome must not change."""
+    rng = random.Random(f"nanp-{region}")
+    styles = [
+        "{a}{e}{s}",
+        "{a}-{e}-{s}",
+        "{a}.{e}.{s}",
+        "{a} {e} {s}",
+        "({a}) {e}-{s}",
+        "({a}){e}-{s}",
+        "+1 {a} {e} {s}",
+        "+1-{a}-{e}-{s}",
+        "+1{a}{e}{s}",
+        "+1 ({a}) {e}-{s}",
+        " {a}-{e}-{s} ",
+        "({a} {e}-{s}",  # unbalanced: not a shortcut spelling
+        "1 {a} {e} {s}",  # trunk prefix without +: not a shortcut spelling
+    ]
+    checked = valid = 0
+    for _ in range(1500):
+        area = f"{rng.randrange(200, 1000)}"
+        exchange = f"{rng.randrange(0, 1000):03d}"
+        line = f"{rng.randrange(0, 10000):04d}"
+        raw = rng.choice(styles).format(a=area, e=exchange, s=line)
+        want = _parsed_e164(raw, region)
+        try:
+            got: str | None = normalize_phone(raw, region)
+        except InvalidIdentifier as exc:
+            assert exc.reason in {"invalid_phone", "phone_needs_region"}
+            got = None
+        assert got == want, raw
+        checked += 1
+        valid += got is not None
+    assert checked == 1500 and 0 < valid < checked
 
 
 def test_normalize_phone_validates_region_argument() -> None:
