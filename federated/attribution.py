@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -762,29 +762,16 @@ class PartnerAttribution:
         lags = np.concatenate(self._brand_lags) if self._brand_lags else np.empty(0, np.int64)
         if len(brand) != self.accepted.brand_tokens:
             raise ProtocolError("not every conversion token arrived")
-        window = {"click": self.click_days, "view": self.view_days}
-        # (event, cell, lag) for every brand token found in a partner cell.
-        matches: list[tuple[np.ndarray, int, np.ndarray]] = []
-        for ci, cell in enumerate(self.cells):
-            hit = np.isin(brand, self._cell_values[ci])
-            ok = hit & (lags <= window[cell.touch])
-            if ok.any():
-                matches.append((events[ok], ci, lags[ok]))
+        match_event, match_cell, match_lag = self._matches(brand, events, lags)
         dp = family_dp(self.accepted.dp)
         noise = _Noise(dp, self.rng)
         groups: list[GroupAggregate] = []
+        cell_group: dict[tuple[str, str], list[int]] = {}
+        for ci, c in enumerate(self.cells):
+            cell_group.setdefault((c.campaign_id, c.group), []).append(ci)
         for (campaign, group), users in sorted(self.users.items()):
-            evs = np.unique(
-                np.concatenate(
-                    [
-                        m[0]
-                        for m in matches
-                        if self.cells[m[1]].campaign_id == campaign
-                        and self.cells[m[1]].group == group
-                    ]
-                    or [np.empty(0, np.int64)]
-                )
-            )
+            in_group = np.isin(match_cell, cell_group.get((campaign, group), []))
+            evs = np.unique(match_event[in_group])
             converters = len(np.unique(self._event_customer[evs]))
             groups.append(
                 GroupAggregate(
@@ -796,7 +783,7 @@ class PartnerAttribution:
                     revenue=self._noisy_sum(evs, noise),
                 )
             )
-        attributed = self._last_touch(matches)
+        attributed = self._last_touch(match_event, match_cell, match_lag)
         campaigns = sorted({c.campaign_id for c in self.cells if c.group == "exposed"})
         attr_out = []
         for campaign in campaigns:
@@ -826,25 +813,61 @@ class PartnerAttribution:
         total = pk.add_many([self._event_ct[int(e)] for e in events])
         return pk.add(total, pk.encrypt(noise.amount()))
 
+    def _matches(
+        self, brand: np.ndarray, events: np.ndarray, lags: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(event, cell, lag) of every brand token found in a cell, within that cell's window.
+
+        One hash join of the brand's values against every cell's (values are
+        compared as two 64-bit words: a sort of byte strings per cell would
+        take seconds on millions of tokens).
+        """
+        sizes = [len(self._cell_values[ci]) for ci in range(len(self.cells))]
+        values = np.concatenate([self._cell_values[ci] for ci in range(len(self.cells))])
+        left = _words(values)
+        left["cell"] = np.repeat(np.arange(len(self.cells)), sizes)
+        right = _words(brand)
+        right["token"] = np.arange(len(brand))
+        joined = left.merge(right, on=[c for c in left.columns if c != "cell"])
+        cell = joined["cell"].to_numpy(dtype=np.int64)
+        token = joined["token"].to_numpy(dtype=np.int64)
+        window = {"click": self.click_days, "view": self.view_days}
+        cell_window = np.array([window[c.touch] for c in self.cells], dtype=np.int64)
+        ok = lags[token] <= cell_window[cell]
+        return events[token[ok]], cell[ok], lags[token[ok]]
+
     def _last_touch(
-        self, matches: Sequence[tuple[np.ndarray, int, np.ndarray]]
+        self, event: np.ndarray, cell: np.ndarray, lag: np.ndarray
     ) -> dict[str, np.ndarray]:
         """Exposed only: click beats view, then smallest lag, then smallest campaign id."""
-        rows = [
-            (ev, self.cells[ci], lag)
-            for evs, ci, lags in matches
-            if self.cells[ci].group == "exposed"
-            for ev, lag in zip(evs.tolist(), lags.tolist(), strict=True)
-        ]
-        best: dict[int, tuple[int, int, str]] = {}
-        for ev, cell, lag in rows:
-            rank = (0 if cell.touch == "click" else 1, lag, cell.campaign_id)
-            if ev not in best or rank < best[ev]:
-                best[ev] = rank
-        out: dict[str, list[int]] = {}
-        for ev, (_, _, campaign) in best.items():
-            out.setdefault(campaign, []).append(ev)
-        return {c: np.array(sorted(v), dtype=np.int64) for c, v in out.items()}
+        campaigns = sorted({c.campaign_id for c in self.cells})
+        code = {c: i for i, c in enumerate(campaigns)}
+        exposed = np.array([c.group == "exposed" for c in self.cells], dtype=bool)
+        touch_rank = np.array([0 if c.touch == "click" else 1 for c in self.cells])
+        campaign_rank = np.array([code[c.campaign_id] for c in self.cells])
+        keep = exposed[cell] if len(cell) else np.zeros(0, dtype=bool)
+        rows = pd.DataFrame(
+            {
+                "event": event[keep],
+                "touch": touch_rank[cell[keep]],
+                "lag": lag[keep],
+                "campaign": campaign_rank[cell[keep]],
+            }
+        )
+        best = rows.sort_values(["event", "touch", "lag", "campaign"]).drop_duplicates("event")
+        return {
+            campaigns[int(c)]: np.sort(part["event"].to_numpy(dtype=np.int64))
+            for c, part in best.groupby("campaign")
+        }
+
+
+def _words(values: np.ndarray) -> pd.DataFrame:
+    """Byte strings as columns of little-endian 64-bit words (zero-padded), for hash joins."""
+    width = values.dtype.itemsize
+    padded = np.zeros((len(values), -(-width // 8) * 8), dtype=np.uint8)
+    padded[:, :width] = np.frombuffer(values.tobytes(), dtype=np.uint8).reshape(-1, width)
+    words = padded.view("<u8")
+    return pd.DataFrame({f"w{i}": words[:, i] for i in range(words.shape[1])})
 
 
 class _Noise:

@@ -89,7 +89,7 @@ def partner_exposures(
     executor: Executor | None = None,
 ) -> PartnerExposures:
     """``parsed`` comes from ``attribution_reference.parse_exposures``."""
-    _, user_index = np.unique(parsed["user_id"].to_numpy(dtype=str), return_inverse=True)
+    user_index, _ = pd.factorize(parsed["user_id"])  # dense user numbers (hashing, not sorting)
     id_row, id_type, id_digest = hashed_identifiers(parsed, id_columns, options, executor)
     return PartnerExposures(
         row_user=user_index.astype(np.int64),
