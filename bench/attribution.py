@@ -9,7 +9,8 @@ the whole protocol). ``floor_seconds`` is this run's own X25519 operations
 (each side blinds its distinct tokens once and re-blinds every token of the
 other) and Paillier encryptions, each at
 its single-operation speed measured in the same run (X25519: the median of
-measurements just before and just after the run), divided over the
+CPU time per operation sampled before, every few seconds during, and after
+the run), divided over the
 workers. ``phe.encrypt`` and the fast path are timed side by side, per
 process, 2048-bit keys. Prints one JSON line at the end.
 """
@@ -19,11 +20,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import random
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -43,21 +46,21 @@ from cleanroom.matching.x25519 import BlindingKey, blind_batch
 from cleanroom.server.attribution import AttributionService
 from cleanroom.server.settings import ServerSettings
 from cleanroom.server.store import SqlStore
-from common import RssSampler, retry_until_up, start_node
+from common import OpSampler, RssSampler, retry_until_up, start_node
 
 
-def x25519_seconds_per_op(samples: int = 10_000, repeats: int = 3) -> list[float]:
-    """Seconds per X25519 operation, ``repeats`` measurements (this VM's speed drifts)."""
+def x25519_batch(samples: int = 512) -> Callable[[], int]:
+    """A batch of X25519 operations on random points (the floor's unit of work)."""
     secret = BlindingKey.generate().secret_bytes()
     pts = np.random.default_rng(1).integers(0, 256, size=(samples, 32), dtype=np.uint8)
     pts[:, 31] &= 0x7F
     packed = pts.tobytes()
-    out = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+
+    def batch() -> int:
         blind_batch(secret, packed, validate=False)
-        out.append((time.perf_counter() - start) / samples)
-    return out
+        return samples
+
+    return batch
 
 
 def paillier_rates(samples: int = 200) -> tuple[float, float]:
@@ -105,6 +108,10 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=default_workers())
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
+    # The run's timeline (phases, counts; never data) goes to stderr.
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(relativeCreated)9.0f ms  %(message)s"
+    )
     n_conv, n_rows, workers = args.conversions, args.exposure_rows, args.workers
 
     work = Path(tempfile.mkdtemp(prefix="cleanroom-bench-attr-"))
@@ -146,14 +153,18 @@ def main() -> int:
             options=options,
             spend=synth.spend_path,
         )
+        x25519 = OpSampler(x25519_batch())
+        for _ in range(5):  # before the run, on an idle machine
+            x25519.sample()
         with (
             CryptoPool.processes(workers) as pool,
             RssSampler({"brand": node.process.pid, "partner": os.getpid()}) as rss,
+            x25519,  # and every few seconds during it
         ):
-            x25519_before = x25519_seconds_per_op()
             start = time.perf_counter()
             partner = prepare_attribution(request, pool.executor)
             prepare_seconds = time.perf_counter() - start
+            logging.info("partner prepared its exposure log in %.1f s", prepare_seconds)
             report_id = asyncio.run(
                 run_attribution(Connection(node.target, node.tokens["partner"]), partner)
             )
@@ -170,8 +181,9 @@ def main() -> int:
     # Each side blinds its distinct points once and re-blinds every token of the other.
     x25519_ops = partner_points + brand_tokens + brand_points + partner_tokens
     paillier_ops = int(accepted.events)
-    # Measured before and after the run, the median of both.
-    per_x25519 = float(np.median(x25519_before + x25519_seconds_per_op()))
+    for _ in range(5):  # and after it
+        x25519.sample()
+    per_x25519 = float(np.median(x25519.samples))
     fast_rate, phe_rate = paillier_rates()
     floor = (x25519_ops * per_x25519 + paillier_ops / fast_rate) / workers
     print(
@@ -191,6 +203,7 @@ def main() -> int:
                 "partner_points": partner_points,
                 "brand_points": brand_points,
                 "x25519_us": round(per_x25519 * 1e6, 2),
+                "x25519_us_samples": len(x25519.samples),
                 "floor_seconds": round(floor, 3),
                 "ratio_to_floor": round(seconds / floor, 3),
                 "paillier_encrypt_per_s": round(fast_rate, 1),

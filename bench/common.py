@@ -77,6 +77,43 @@ class RssSampler:
         self._thread.join()
 
 
+class OpSampler:
+    """CPU seconds per operation of ``batch()``, sampled every ``interval`` seconds.
+
+    Runs on a thread of a measured process while the run goes on, so the
+    single-operation speed is taken under the run's own conditions (this
+    VM's speed drifts by 10% over minutes). ``time.thread_time`` counts only
+    this thread's time on a core, not its waits for one. ``batch`` returns how
+    many operations it did.
+    """
+
+    def __init__(self, batch: Callable[[], int], interval: float = 5.0) -> None:
+        self.batch = batch
+        self.interval = interval
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def sample(self) -> float:
+        start = time.thread_time()
+        ops = self.batch()
+        per_op = (time.thread_time() - start) / ops
+        self.samples.append(per_op)
+        return per_op
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def __enter__(self) -> OpSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def _high_water_kb(pid: int) -> int:
     """VmHWM: the process's peak resident set so far, as the kernel counts it (Linux)."""
     with open(f"/proc/{pid}/status") as f:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 from collections import deque
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from concurrent.futures import Executor
@@ -45,6 +46,8 @@ from cleanroom.matching.workers import hash_and_blind_mixed
 from cleanroom.proto import cleanroom_pb2 as pb
 from cleanroom.proto import cleanroom_pb2_grpc as pb_grpc
 from cleanroom.proto import serde
+
+_log = logging.getLogger(__name__)
 
 
 async def upload_conversions(
@@ -238,7 +241,14 @@ async def run_attribution(conn: Connection, partner: PartnerAttribution) -> str:
     aggregates_future: asyncio.Future[pb.AttrPartnerMessage | None] = loop.create_future()
 
     async def requests() -> AsyncIterator[pb.AttrPartnerMessage]:
-        yield serde.attr_partner_to_pb(partner.hello())
+        hello = partner.hello()
+        yield serde.attr_partner_to_pb(hello)
+        _log.info(
+            "attribution hello sent: %d cells, %d tokens, %d distinct points",
+            len(hello.cells),
+            sum(hello.cell_tokens),
+            partner.point_count,
+        )
         stream = _CellTokenStream(partner)
         accepted = await accepted_future
         if accepted.report_id:
@@ -246,6 +256,7 @@ async def run_attribution(conn: Connection, partner: PartnerAttribution) -> str:
             return
         async for tokens in stream.chunks():
             yield serde.attr_partner_to_pb(tokens)
+        _log.info("attribution: every partner token sent")
         final = await aggregates_future
         if final is not None:
             yield final
@@ -254,10 +265,14 @@ async def run_attribution(conn: Connection, partner: PartnerAttribution) -> str:
         call = pb_grpc.AttributionServiceStub(channel).Attribute(
             requests(), metadata=conn.metadata, timeout=conn.timeout
         )
+        seen: set[str] = set()
         try:
             async for response in call:
                 public_key = getattr(partner, "public_key", None)
                 msg = serde.attr_brand_from_pb(response, public_key)
+                if type(msg).__name__ not in seen:
+                    seen.add(type(msg).__name__)
+                    _log.info("attribution: first %s from the brand node", type(msg).__name__)
                 if isinstance(msg, AttrAccepted):
                     if not msg.report_id:
                         partner.on_accepted(msg)
@@ -271,6 +286,7 @@ async def run_attribution(conn: Connection, partner: PartnerAttribution) -> str:
                 elif isinstance(msg, AttrDone):
                     return msg.report_id
                 if partner.ready_for_aggregates and not aggregates_future.done():
+                    _log.info("attribution: everything arrived, computing the aggregates")
                     aggregates = await asyncio.to_thread(partner.aggregates)
                     aggregates_future.set_result(
                         serde.attr_partner_to_pb(aggregates, partner.public_key)
