@@ -3,16 +3,17 @@
     python bench/attribution.py --conversions 100000 --exposure-rows 1000000
 
 Synthetic data with realistic repetition of users and days. The brand's
-conversions are uploaded first (not timed). ``seconds`` runs from the
-partner reading its exposure log to the stored report id (hashing, tokens,
-the whole protocol). ``floor_seconds`` is this run's own X25519 operations
-(each side blinds its distinct tokens once and re-blinds every token of the
-other) and Paillier encryptions, each at
-its single-operation speed measured in the same run (X25519: the median of
-CPU time per operation sampled before, every few seconds during, and after
-the run), divided over the
-workers. ``phe.encrypt`` and the fast path are timed side by side, per
-process, 2048-bit keys. Prints one JSON line at the end.
+conversions are uploaded first (not in ``seconds``; reported as
+``conversions_upload_seconds``: the upload hashes the brand's tokens to the
+curve). ``seconds`` runs from the partner reading its exposure log to the
+stored report id (hashing, tokens, the whole protocol). ``floor_seconds`` is
+this run's own X25519 operations (each side blinds its distinct tokens once
+and re-blinds every token of the other) and Paillier encryptions, each at its
+single-operation speed measured in the same run, divided over the workers.
+The X25519 speed is the median CPU time per operation sampled before, every
+few seconds during, and after the run. ``phe.encrypt`` and the fast path are
+timed side by side, per process, 2048-bit keys. Prints one JSON line at the
+end; the run's phases go to stderr.
 """
 
 from __future__ import annotations
