@@ -204,19 +204,44 @@ def distinct_keys(type_codes: np.ndarray, digests: np.ndarray, days: np.ndarray)
 
     Both parties hash and blind every distinct token message once, however many
     cells, events or lags it serves: blinding is deterministic, so the values on
-    the wire are the same, only the work is not repeated.
+    the wire are the same, only the work is not repeated. Keys are grouped by a
+    64-bit mix of their fields (one hash pass over millions of rows), then
+    checked field by field; a collision falls back to grouping by the fields.
     """
-    words = np.ascontiguousarray(digests, dtype=np.uint8).view("<u8")
-    frame = pd.DataFrame(
-        {
-            "type": np.asarray(type_codes),
-            "w0": words[:, 0],
-            "w1": words[:, 1],
-            "w2": words[:, 2],
-            "w3": words[:, 3],
-            "day": np.asarray(days),
-        }
-    )
+    types = np.asarray(type_codes, dtype=np.int64)
+    day = np.asarray(days, dtype=np.int64)
+    digest = np.ascontiguousarray(digests, dtype=np.uint8)
+    keys, _ = pd.factorize(key_mix(types, digest, day))
+    rep = first_of_each(keys)[keys]
+    if (
+        np.array_equal(digest, digest[rep])
+        and np.array_equal(day, day[rep])
+        and np.array_equal(types, types[rep])
+    ):
+        return keys.astype(np.int64)
+    return exact_distinct_keys(types, digest, day)
+
+
+_MIX = np.array(
+    [0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xFF51AFD7ED558CCD],
+    dtype=np.uint64,
+)
+
+
+def key_mix(types: np.ndarray, digests: np.ndarray, days: np.ndarray) -> np.ndarray:
+    """A 64-bit mix of (type, digest, day); digests are SHA-256 outputs, so already uniform."""
+    words = digests.view("<u8")
+    mixed = words[:, 0] ^ (words[:, 1] * _MIX[0]) ^ (words[:, 2] * _MIX[1])
+    tag = (days.astype(np.uint64) << np.uint64(8)) | types.astype(np.uint64)
+    return mixed ^ (words[:, 3] * _MIX[2]) ^ (tag * _MIX[3])  # products wrap mod 2^64
+
+
+def exact_distinct_keys(types: np.ndarray, digests: np.ndarray, days: np.ndarray) -> np.ndarray:
+    """``distinct_keys`` by grouping on every field (the collision fallback)."""
+    words = digests.view("<u8")
+    frame = pd.DataFrame({"type": types, "day": days})
+    for i in range(words.shape[1]):
+        frame[f"w{i}"] = words[:, i]
     return frame.groupby(list(frame.columns), sort=False).ngroup().to_numpy(dtype=np.int64)
 
 
@@ -592,18 +617,25 @@ class PartnerAttribution:
     def __post_init__(self) -> None:
         self._secret = self.key.secret_bytes()
         d = self.data
-        rows = pd.DataFrame(
-            {
-                "campaign": pd.Series(d.row_campaign, dtype=str),
-                "group": pd.Series(d.row_group, dtype=str),
-                "touch": pd.Series(d.row_touch, dtype=str),
-            }
-        )
         # Cell numbers in sorted (campaign, group, touch) order, vectorized:
-        # exposure logs have millions of rows.
+        # exposure logs have millions of rows. Labels are factorized (sorted)
+        # once, and rows grouped by their codes.
+        labels: dict[str, list[str]] = {}
+        codes: dict[str, np.ndarray] = {}
+        for name, values in (
+            ("campaign", d.row_campaign),
+            ("group", d.row_group),
+            ("touch", d.row_touch),
+        ):
+            code, uniques = pd.factorize(np.asarray(values, dtype=object), sort=True)
+            codes[name], labels[name] = code, [str(u) for u in uniques]
+        rows = pd.DataFrame(codes)
         by_cell = rows.groupby(["campaign", "group", "touch"], sort=True)
         row_cell = by_cell.ngroup().to_numpy(dtype=np.int64)
-        cells = [Cell(c, g, t) for c, g, t in by_cell.size().index]
+        cells = [
+            Cell(labels["campaign"][c], labels["group"][g], labels["touch"][t])
+            for c, g, t in by_cell.size().index
+        ]
         self.cells = tuple(cells)
         # Tokens: one per (cell, type, digest, day) — per person, day and cell —
         # in cell order. Each distinct (type, digest, day) is a "point": hashed
@@ -611,7 +643,7 @@ class PartnerAttribution:
         id_cell = row_cell[d.id_row]
         order = np.argsort(id_cell, kind="stable")
         id_cell = id_cell[order]
-        type_names, type_code = np.unique(d.id_type[order].astype(str), return_inverse=True)
+        type_code, type_names = pd.factorize(np.asarray(d.id_type, dtype=object)[order], sort=True)
         digests = d.id_digest[order]
         days = d.row_day[d.id_row][order]
         point = distinct_keys(type_code, digests, days)
@@ -634,7 +666,9 @@ class PartnerAttribution:
         self._events_received = 0
         self.accepted: AttrAccepted | None = None
         distinct = rows.assign(user=d.row_user).groupby(["campaign", "group"])["user"].nunique()
-        self.users = {(str(c), str(g)): int(n) for (c, g), n in distinct.items()}
+        self.users = {
+            (labels["campaign"][c], labels["group"][g]): int(n) for (c, g), n in distinct.items()
+        }
 
     def hello(self) -> AttrHello:
         return AttrHello(

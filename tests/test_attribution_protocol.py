@@ -21,6 +21,8 @@ from cleanroom.federated.attribution import (
     PartnerAttribution,
     day_dst,
     distinct_keys,
+    exact_distinct_keys,
+    key_mix,
 )
 from cleanroom.federated.attribution_data import (
     brand_conversions,
@@ -214,6 +216,30 @@ def test_distinct_keys_number_by_first_appearance() -> None:
     days = np.array([5, 5, 6, 5, 5, 5])
     # (t0,d0,5) (t0,d1,5) (t0,d0,6) (t1,d0,5) (t0,d1,5) (t0,d0,5)
     assert distinct_keys(types, digests, days).tolist() == [0, 1, 2, 3, 1, 0]
+
+
+def test_distinct_keys_survive_a_collision_of_their_64_bit_mix() -> None:
+    rng = np.random.default_rng(5)
+    digests = rng.integers(0, 256, size=(1000, 32), dtype=np.uint8)
+    digests[500:] = digests[:500]  # every key twice
+    types = np.zeros(1000, dtype=np.int64)
+    days = np.full(1000, 20_000, dtype=np.int64)
+    plain = distinct_keys(types, digests, days)
+    assert plain.tolist() == list(range(500)) * 2
+    assert plain.tolist() == exact_distinct_keys(types, digests, days).tolist()
+    # Craft key 0's twin at index 500: another digest whose mix equals key 0's.
+    collided = digests.copy()
+    collided[500, 8:] ^= 1
+    words = collided.view("<u8")
+    words[500, 0] ^= (
+        key_mix(types[:501], collided[:501], days[:501])[500]
+        ^ key_mix(types[:1], collided[:1], days[:1])[0]
+    )
+    assert key_mix(types, collided, days)[500] == key_mix(types, collided, days)[0]
+    assert not np.array_equal(collided[0], collided[500])
+    keys = distinct_keys(types, collided, days)
+    assert keys.tolist() == exact_distinct_keys(types, collided, days).tolist()
+    assert len(np.unique(keys)) == 501  # the twin is a key of its own
 
 
 @pytest.mark.parametrize("pooled", [False, True], ids=["here", "pool"])
