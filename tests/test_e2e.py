@@ -332,7 +332,7 @@ def upload(node: Node, path: Path, columns: str = "email,phone,maid", name: str 
         ("", "email", "empty"),
         ("email,phone\n", "email", "no data rows"),
         ("name,phone\nx,1\n", "email", "email"),
-        ('email\n"unterminated\n', "email", ""),
+        ('email\n"unterminated\n', "email", "malformed CSV.*EOF inside string"),
     ],
 )
 def test_bad_files_fail_before_anything_is_stored(
