@@ -1,8 +1,10 @@
 """Conversion uploads and attribution runs on the brand node (transport-free).
 
 Conversions arrive hashed (customer ids and identifiers as SHA-256 digests,
-days, values) and are written atomically as two Parquet files (events and
-identifiers). An attribution run checks the tenant's policy before any work
+days, values) and are written atomically as three Parquet files: events,
+identifiers, and each identifier's token points hash_to_curve(digest || day -
+lag) for lags 0..7, hashed once here in the worker pool so that runs only
+blind them. An attribution run checks the tenant's policy before any work
 (the DP budget, refused when it would be overspent), generates a fresh
 Paillier key and blinding key for the run, drives ``BrandAttribution`` and
 stores the report only when the partner's aggregates have been decrypted,
