@@ -10,11 +10,15 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from multiprocessing import get_context
 from pathlib import Path
 from typing import TypeVar
 
+import numpy as np
 import psutil
+from cleanroom.matching.x25519 import BlindingKey, blind_batch
 
 T = TypeVar("T")
 
@@ -57,16 +61,19 @@ class RssSampler:
             if samples % self.rescan == 0:
                 trees = {name: self._tree(pid) for name, pid in self.pids.items()}
             samples += 1
-            for name, procs in trees.items():
-                total = 0.0
-                for p in procs:
-                    try:
-                        total += p.memory_info().rss / 2**20
-                        peak_kb = _high_water_kb(p.pid)
-                    except (psutil.Error, OSError):
-                        continue
-                    self.peak_process_mb = max(self.peak_process_mb, peak_kb / 1024)
-                self.peak_tree_mb[name] = max(self.peak_tree_mb[name], total)
+            self._sample(trees)
+
+    def _sample(self, trees: dict[str, list[psutil.Process]]) -> None:
+        for name, procs in trees.items():
+            total = 0.0
+            for p in procs:
+                try:
+                    total += p.memory_info().rss / 2**20
+                    peak_kb = _high_water_kb(p.pid)
+                except (psutil.Error, OSError):
+                    continue
+                self.peak_process_mb = max(self.peak_process_mb, peak_kb / 1024)
+            self.peak_tree_mb[name] = max(self.peak_tree_mb[name], total)
 
     def __enter__(self) -> RssSampler:
         self._thread.start()
@@ -75,43 +82,34 @@ class RssSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        self._sample({name: self._tree(pid) for name, pid in self.pids.items()})  # short runs
 
 
-class OpSampler:
-    """CPU seconds per operation of ``batch()``, sampled every ``interval`` seconds.
+def _blind_random(args: tuple[bytes, int]) -> int:
+    secret, count = args
+    pts = np.random.default_rng(count).integers(0, 256, size=(count, 32), dtype=np.uint8)
+    pts[:, 31] &= 0x7F
+    blind_batch(secret, pts.tobytes(), validate=False)
+    return count
 
-    Runs on a thread of a measured process while the run goes on, so the
-    single-operation speed is taken under the run's own conditions (this
-    VM's speed drifts by 10% over minutes). ``time.thread_time`` counts only
-    this thread's time on a core, not its waits for one. ``batch`` returns how
-    many operations it did.
+
+def measure_floor(ops: int, workers: int, chunk: int = 8192) -> float:
+    """Wall seconds for ``ops`` X25519 operations over ``workers`` worker processes.
+
+    Sustained, on every worker at once, as the protocol runs them (a short
+    burst on one idle core runs faster on this VM than a long run on all).
     """
-
-    def __init__(self, batch: Callable[[], int], interval: float = 5.0) -> None:
-        self.batch = batch
-        self.interval = interval
-        self.samples: list[float] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def sample(self) -> float:
-        start = time.thread_time()
-        ops = self.batch()
-        per_op = (time.thread_time() - start) / ops
-        self.samples.append(per_op)
-        return per_op
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.sample()
-
-    def __enter__(self) -> OpSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+    secret = BlindingKey.generate().secret_bytes()
+    # Equal shares per worker, so the time is not one worker's extra chunk.
+    count = workers * max(1, round(ops / (workers * chunk)))
+    parts = [(secret, ops // count + (i < ops % count)) for i in range(count)]
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as ex:
+        list(ex.map(_blind_random, [(secret, 16)] * workers))  # start the workers
+        start = time.perf_counter()
+        done = sum(ex.map(_blind_random, parts))
+        elapsed = time.perf_counter() - start
+    assert done == ops
+    return elapsed
 
 
 def _high_water_kb(pid: int) -> int:

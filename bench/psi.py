@@ -22,8 +22,6 @@ import os
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -38,8 +36,7 @@ from cleanroom.client.sdk import (
 )
 from cleanroom.matching.messages import Protocol
 from cleanroom.matching.workers import CryptoPool, default_workers
-from cleanroom.matching.x25519 import BlindingKey, blind_batch
-from common import RssSampler, retry_until_up, start_node
+from common import RssSampler, measure_floor, retry_until_up, start_node
 
 
 def write_csv(path: Path, start: int, n: int) -> None:
@@ -49,28 +46,6 @@ def write_csv(path: Path, start: int, n: int) -> None:
         for lo in range(start, start + n, step):
             hi = min(start + n, lo + step)
             f.write("".join(f"user{i}@example.com\n" for i in range(lo, hi)))
-
-
-def _floor_part(args: tuple[bytes, int]) -> int:
-    secret, count = args
-    pts = np.random.default_rng(count).integers(0, 256, size=(count, 32), dtype=np.uint8)
-    pts[:, 31] &= 0x7F
-    packed = pts.tobytes()
-    blind_batch(secret, packed, validate=False)
-    return count
-
-
-def measure_floor(ops: int, workers: int, chunk: int) -> float:
-    """Wall time of ``ops`` X25519 operations over ``workers`` processes."""
-    secret = BlindingKey.generate().secret_bytes()
-    parts = [(secret, min(chunk, ops - i)) for i in range(0, ops, chunk)]
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as ex:
-        list(ex.map(_floor_part, [(secret, 16)] * workers))  # start the workers
-        start = time.perf_counter()
-        done = sum(ex.map(_floor_part, parts))
-        elapsed = time.perf_counter() - start
-    assert done == ops
-    return elapsed
 
 
 def run_openmined(brand: list[str], partner: list[str]) -> float | None:
