@@ -28,7 +28,7 @@ from cleanroom.server.node import BrandNodeThread
 from cleanroom.server.settings import ServerSettings
 from cleanroom.server.store import Policy, Role, SqlStore
 
-from tests.helpers import assert_reports_equal
+from tests.helpers import assert_reports_equal, eventually
 
 OPTIONS = NormalizeOptions(default_region="US")
 BRAND_IDS = parse_id_columns("email,phone")
@@ -36,11 +36,11 @@ PARTNER_IDS = parse_id_columns("email,phone,maid")
 
 
 def upload(admin: Connection, synth: Any, name: str = "sales", **options: Any) -> dict[str, Any]:
+    options.setdefault("path", synth.conversions_path)
     return asyncio.run(
         upload_conversions(
             admin,
             name=name,
-            path=synth.conversions_path,
             id_columns=BRAND_IDS,
             options=OPTIONS,
             customer_column="customer_id",
@@ -278,6 +278,37 @@ def test_partner_disconnecting_mid_run_leaves_no_report(world: dict[str, Any]) -
         store.close()
 
 
+def assert_nothing_stored(world: dict[str, Any], name: str) -> None:
+    """No conversion set ``name``, and (eventually) no staged files: the node drops a
+    partial upload when it sees the cancellation, possibly just after the client's error."""
+    store = SqlStore(world["settings"].resolved_database_url())
+    try:
+        tenant = store.find_tenant("brand")
+        assert tenant is not None
+        assert store.get_conversion_set(tenant.tenant_id, name) is None
+    finally:
+        store.close()
+    conversions_dir = world["settings"].data_dir / "conversions"
+    eventually(
+        lambda: not [p for p in conversions_dir.rglob("*") if p.name.endswith(".tmp")],
+        what="the partial upload (events, ids and points) to be removed",
+    )
+
+
+def test_upload_failing_after_hashed_chunks_leaves_nothing(
+    world: dict[str, Any], tmp_path: Path
+) -> None:
+    """Chunks already stored and hashed to points are dropped with the failed upload."""
+    rows = [f"c{i},u{i}@example.com,,2026-01-{1 + i % 28:02d}T10:00:00Z,5" for i in range(300)]
+    path = tmp_path / "late.csv"
+    lines = ["customer_id,email,phone,ts,value", *rows, "c9,x@example.com,,never,5"]
+    path.write_text("\n".join(lines) + "\n")
+    admin = Connection(world["node"].target, world["tokens"][Role.ADMIN])
+    with pytest.raises(ValueError, match="unparsable timestamp"):
+        upload(admin, world["synth"], "late", path=path, chunk_rows=100)
+    assert_nothing_stored(world, "late")
+
+
 @pytest.mark.parametrize(
     ("content", "why"),
     [
@@ -307,22 +338,7 @@ def test_bad_conversion_files_store_nothing(
                 value_column="value",
             )
         )
-    store = SqlStore(world["settings"].resolved_database_url())
-    try:
-        tenant = store.find_tenant("brand")
-        assert tenant is not None
-        assert store.get_conversion_set(tenant.tenant_id, "broken") is None
-    finally:
-        store.close()
-    # The client fails while streaming; the node drops the partial upload
-    # when it sees the cancellation, which may be just after the client's error.
-    from tests.helpers import eventually
-
-    conversions_dir = world["settings"].data_dir / "conversions"
-    eventually(
-        lambda: not [p for p in conversions_dir.rglob("*") if p.name.endswith(".tmp")],
-        what="the partial upload to be removed",
-    )
+    assert_nothing_stored(world, "broken")
 
 
 @pytest.mark.parametrize(
