@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -152,7 +153,7 @@ def serve(
     )
     with _errors():
         try:
-            asyncio.run(BrandNode(settings).serve_forever())
+            asyncio.run(BrandNode(settings).serve_forever((signal.SIGTERM, signal.SIGINT)))
         except KeyboardInterrupt:
             err.print("stopped")
 

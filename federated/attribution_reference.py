@@ -36,13 +36,14 @@ accept frames pandas typed itself (numbers, datetimes, NaN).
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import pandas as pd
@@ -338,8 +339,19 @@ def _require_columns(frame: pd.DataFrame, columns: Iterable[str], what: str) -> 
         )
 
 
+class BadRowError(ValueError):
+    """A file row that cannot be used; ``row`` counts from 1 (the header is not a row)."""
+
+    def __init__(self, what: str, row: int, detail: str) -> None:
+        self.what, self.row, self.detail = what, row, detail
+        super().__init__(f"{what} row {row}: {detail}")
+
+    def shifted(self, rows: int) -> BadRowError:
+        return BadRowError(self.what, self.row + rows, self.detail)
+
+
 def _raise_bad_rows(bad: np.ndarray, raw: pd.Series, what: str, problem: str) -> None:
-    """Raise for the first flagged row; rows are numbered from 1 (the header is not a row)."""
+    """Raise for the first flagged row (numbered within the frame, from 1)."""
     positions = np.flatnonzero(bad)
     if len(positions) == 0:
         return
@@ -347,7 +359,26 @@ def _raise_bad_rows(bad: np.ndarray, raw: pd.Series, what: str, problem: str) ->
     more = f" (and {len(positions) - 1} more bad rows)" if len(positions) > 1 else ""
     value = raw.iloc[first]
     shown = "" if _is_missing(value) else value
-    raise ValueError(f"{what} row {first + 1}: {problem}: {shown!r}{more}")
+    raise BadRowError(what, first + 1, f"{problem}: {shown!r}{more}")
+
+
+_Parse = TypeVar("_Parse", bound=Callable[..., pd.DataFrame])
+
+
+def _rows_of_the_file(parse: _Parse) -> _Parse:
+    """Name rows of the file, not of the frame, when a chunk keeps the file's row
+    numbers in its index (``audiences.reader.iter_frames`` does)."""
+
+    @functools.wraps(parse)
+    def wrapper(frame: pd.DataFrame, *args: Any, **kwargs: Any) -> pd.DataFrame:
+        try:
+            return parse(frame, *args, **kwargs)
+        except BadRowError as exc:
+            if isinstance(frame.index, pd.RangeIndex) and frame.index.start:
+                raise exc.shifted(frame.index.start) from None
+            raise
+
+    return cast(_Parse, wrapper)
 
 
 def _is_missing(value: object) -> bool:
@@ -459,6 +490,7 @@ def _id_column_names(
     return names
 
 
+@_rows_of_the_file
 def parse_exposures(
     frame: pd.DataFrame,
     *,
@@ -518,6 +550,7 @@ def parse_exposures(
     return out
 
 
+@_rows_of_the_file
 def parse_conversions(
     frame: pd.DataFrame,
     *,

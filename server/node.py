@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -163,13 +163,28 @@ class BrandNode:
         if self.store is not None:
             self.store.close()
 
-    async def serve_forever(self) -> None:
+    async def serve_forever(self, stop_signals: Sequence[int] = ()) -> None:
+        """Serve until the server ends or one of ``stop_signals`` arrives, then stop
+        cleanly: worker processes too (a default SIGTERM would orphan them)."""
         await self.start()
         assert self._server is not None
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in stop_signals:
+            loop.add_signal_handler(sig, stop.set)
+        ended = asyncio.ensure_future(self._server.wait_for_termination())
+        stopped = asyncio.ensure_future(stop.wait())
         try:
-            await self._server.wait_for_termination()
+            await asyncio.wait({ended, stopped}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            for sig in stop_signals:
+                loop.remove_signal_handler(sig)
+            stopped.cancel()
+            # Stopping the server ends wait_for_termination; cancelling that wait
+            # first would cancel grpc's own shutdown.
             await self.stop()
+            await asyncio.wait({ended}, timeout=10)
+            ended.cancel()
 
 
 class BrandNodeThread:

@@ -304,7 +304,7 @@ def test_upload_failing_after_hashed_chunks_leaves_nothing(
     lines = ["customer_id,email,phone,ts,value", *rows, "c9,x@example.com,,never,5"]
     path.write_text("\n".join(lines) + "\n")
     admin = Connection(world["node"].target, world["tokens"][Role.ADMIN])
-    with pytest.raises(ValueError, match="unparsable timestamp"):
+    with pytest.raises(ValueError, match="conversions row 301: unparsable timestamp"):
         upload(admin, world["synth"], "late", path=path, chunk_rows=100)
     assert_nothing_stored(world, "late")
 

@@ -550,6 +550,21 @@ def test_conversion_validation_names_row_and_value(column: str, bad: str, messag
     assert repr(bad) in str(info.value)
 
 
+def test_rows_are_numbered_in_the_file_for_a_chunk() -> None:
+    """A chunk from ``iter_frames`` keeps the file's row numbers in its index."""
+    frame = conv(("c1", "a@x.com", "", "2026-01-10", "1"), ("c2", "", "", "soon", "2"))
+    frame.index = pd.RangeIndex(50_000, 50_002)
+    with pytest.raises(ValueError, match="conversions row 50002: unparsable timestamp"):
+        parse_conversions(
+            frame, customer_column="customer_id", time_column="ts", value_column="value"
+        )
+    exposures = expo(GOOD_EXPOSURE, GOOD_EXPOSURE)
+    exposures.loc[1, "touch"] = "swipe"
+    exposures.index = pd.RangeIndex(10, 12)
+    with pytest.raises(ValueError, match=r"exposures row 12: .*'swipe'"):
+        parse_exposures(exposures, id_columns=IDS)
+
+
 def test_reference_report_validates_inputs() -> None:
     conversions, exposures = lift_data()
     bad = exposures.copy()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pandas as pd
+import psutil
 import pytest
 from cleanroom.audiences.identifiers import NormalizeOptions, parse_id_columns
 
@@ -96,6 +98,55 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, objec
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_serve_stops_its_worker_processes_on_sigterm(tmp_path: Path) -> None:
+    data_dir = tmp_path / "node"
+    cli("tenant", "create", "acme", "--data-dir", str(data_dir), "--json")
+    http_port = free_port()
+    proc = subprocess.Popen(
+        [
+            *CLI,
+            "serve",
+            "--data-dir",
+            str(data_dir),
+            "--grpc-port",
+            "0",
+            "--http-port",
+            str(http_port),
+            "--workers",
+            "2",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+
+        def workers() -> list[psutil.Process]:
+            try:
+                return psutil.Process(proc.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                return []
+
+        def up() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{http_port}/healthz", timeout=1).is_success
+            except httpx.HTTPError:
+                return False
+
+        eventually(up, timeout=60, what="cleanroom serve to come up")
+        children = workers()
+        assert len(children) >= 2  # the crypto worker processes
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        eventually(
+            lambda: not [c for c in children if c.is_running() and c.status() != "zombie"],
+            timeout=30,
+            what="the worker processes to exit with the node",
+        )
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 def test_upload_match_overlap_through_the_cli(served: dict[str, object], tmp_path: Path) -> None:
