@@ -52,8 +52,8 @@ from cleanroom.federated.paillier import (
 from cleanroom.matching.errors import PolicyViolation, ProtocolError
 from cleanroom.matching.messages import POINT_LEN
 from cleanroom.matching.session import comparison_length
-from cleanroom.matching.workers import dst_for, hash_and_blind_mixed, truncate
-from cleanroom.matching.x25519 import BlindingKey, blind_batch
+from cleanroom.matching.workers import blind_and_truncate, dst_for, hash_and_blind_mixed
+from cleanroom.matching.x25519 import BlindingKey
 
 TOUCHES = ("click", "view")
 GROUPS = ("exposed", "holdout")
@@ -199,8 +199,12 @@ def token_messages(digests: np.ndarray, days: np.ndarray) -> bytes:
     return out.tobytes()
 
 
-def distinct_keys(type_codes: np.ndarray, digests: np.ndarray, days: np.ndarray) -> np.ndarray:
+def distinct_keys(
+    type_codes: np.ndarray, digests: np.ndarray, days: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Number each distinct (type, digest, day) in order of first appearance.
+
+    Returns the key of every element and, per key, the index of its first element.
 
     Both parties hash and blind every distinct token message once, however many
     cells, events or lags it serves: blinding is deterministic, so the values on
@@ -211,15 +215,17 @@ def distinct_keys(type_codes: np.ndarray, digests: np.ndarray, days: np.ndarray)
     types = np.asarray(type_codes, dtype=np.int64)
     day = np.asarray(days, dtype=np.int64)
     digest = np.ascontiguousarray(digests, dtype=np.uint8)
-    keys, _ = pd.factorize(key_mix(types, digest, day))
-    rep = first_of_each(keys)[keys]
+    keys = pd.factorize(key_mix(types, digest, day))[0].astype(np.int64)
+    first = first_of_each(keys)
+    rep = first[keys]
     if (
         np.array_equal(digest, digest[rep])
         and np.array_equal(day, day[rep])
         and np.array_equal(types, types[rep])
     ):
-        return keys.astype(np.int64)
-    return exact_distinct_keys(types, digest, day)
+        return keys, first
+    keys = exact_distinct_keys(types, digest, day)
+    return keys, first_of_each(keys)
 
 
 _MIX = np.array(
@@ -277,8 +283,7 @@ class LaggedPoints:
         item_id = np.repeat(np.arange(n), lags)
         item_days = days[item_id] - np.tile(np.arange(lags), n)
         names, codes = np.unique(np.asarray(id_types).astype(str), return_inverse=True)
-        keys = distinct_keys(codes[item_id], digests[item_id], item_days)
-        first = first_of_each(keys)
+        keys, first = distinct_keys(codes[item_id], digests[item_id], item_days)
         return cls(
             keys=keys.reshape(n, lags),
             first_item=first,
@@ -309,10 +314,6 @@ class LaggedPoints:
             )
             out.append((part, job))
         return out
-
-
-def blind_truncate(secret: bytes, packed_points: bytes, value_len: int) -> bytes:
-    return truncate(blind_batch(secret, packed_points, validate=True), value_len)
 
 
 RunMany = Callable[[Callable[..., Any], list[tuple[Any, ...]]], list[Any]]
@@ -463,7 +464,7 @@ class BrandAttribution:
             return None
         # A whole cell at once, re-blinded over all workers, then shuffled.
         jobs = [(self._secret, pts, self.value_len) for pts in self._received.pop(msg.cell)]
-        values = map_jobs(self.run, self.run_many, blind_truncate, jobs)
+        values = map_jobs(self.run, self.run_many, blind_and_truncate, jobs)
         arr = np.frombuffer(b"".join(values), dtype=np.uint8)
         arr = arr.reshape(-1, self.value_len)[self._cell_rng.permutation(expected)]
         return CellValues(cell=msg.cell, values=arr.tobytes())
@@ -646,11 +647,10 @@ class PartnerAttribution:
         type_code, type_names = pd.factorize(np.asarray(d.id_type, dtype=object)[order], sort=True)
         digests = d.id_digest[order]
         days = d.row_day[d.id_row][order]
-        point = distinct_keys(type_code, digests, days)
+        point, first = distinct_keys(type_code, digests, days)
         keep = ~pd.DataFrame({"cell": id_cell, "point": point}).duplicated().to_numpy()
         self._token_cell = id_cell[keep]
         self._token_point = point[keep]
-        first = first_of_each(point)
         self._point_type = type_code[first].astype(np.uint8)
         self._point_digest = digests[first]
         self._point_day = days[first]
@@ -760,7 +760,7 @@ class PartnerAttribution:
         # in ``aggregates``.
         if self.submit is not None:
             self._brand_values.append(
-                self.submit(blind_truncate, self._secret, msg.points, self.accepted.value_len)
+                self.submit(blind_and_truncate, self._secret, msg.points, self.accepted.value_len)
             )
         else:
             self._brand_values.append(msg.points)
@@ -790,7 +790,7 @@ class PartnerAttribution:
             reblinded = [f.result() for f in self._brand_values]  # type: ignore[union-attr]
         else:
             jobs = [(self._secret, pts, length) for pts in self._brand_values]
-            reblinded = map_jobs(self.run, self.run_many, blind_truncate, jobs)
+            reblinded = map_jobs(self.run, self.run_many, blind_and_truncate, jobs)
         brand = np.frombuffer(b"".join(reblinded), dtype=f"S{length}")
         events = np.concatenate(self._brand_events) if self._brand_events else np.empty(0, np.int64)
         lags = np.concatenate(self._brand_lags) if self._brand_lags else np.empty(0, np.int64)

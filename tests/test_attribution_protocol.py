@@ -215,7 +215,9 @@ def test_distinct_keys_number_by_first_appearance() -> None:
     types = np.array([0, 0, 0, 1, 0, 0])
     days = np.array([5, 5, 6, 5, 5, 5])
     # (t0,d0,5) (t0,d1,5) (t0,d0,6) (t1,d0,5) (t0,d1,5) (t0,d0,5)
-    assert distinct_keys(types, digests, days).tolist() == [0, 1, 2, 3, 1, 0]
+    keys, first = distinct_keys(types, digests, days)
+    assert keys.tolist() == [0, 1, 2, 3, 1, 0]
+    assert first.tolist() == [0, 1, 2, 3]
 
 
 def test_distinct_keys_survive_a_collision_of_their_64_bit_mix() -> None:
@@ -224,7 +226,7 @@ def test_distinct_keys_survive_a_collision_of_their_64_bit_mix() -> None:
     digests[500:] = digests[:500]  # every key twice
     types = np.zeros(1000, dtype=np.int64)
     days = np.full(1000, 20_000, dtype=np.int64)
-    plain = distinct_keys(types, digests, days)
+    plain, _ = distinct_keys(types, digests, days)
     assert plain.tolist() == list(range(500)) * 2
     assert plain.tolist() == exact_distinct_keys(types, digests, days).tolist()
     # Craft key 0's twin at index 500: another digest whose mix equals key 0's.
@@ -237,9 +239,10 @@ def test_distinct_keys_survive_a_collision_of_their_64_bit_mix() -> None:
     )
     assert key_mix(types, collided, days)[500] == key_mix(types, collided, days)[0]
     assert not np.array_equal(collided[0], collided[500])
-    keys = distinct_keys(types, collided, days)
+    keys, first = distinct_keys(types, collided, days)
     assert keys.tolist() == exact_distinct_keys(types, collided, days).tolist()
     assert len(np.unique(keys)) == 501  # the twin is a key of its own
+    assert first[keys[500]] == 500
 
 
 @pytest.mark.parametrize("pooled", [False, True], ids=["here", "pool"])
