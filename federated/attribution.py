@@ -841,10 +841,11 @@ class PartnerAttribution:
 
         The noise is encrypted with full-size fresh randomness (the public key
         has no short-exponent base), so the product is re-randomized: B cannot
-        link it to the ciphertexts it sent. ``add_many([])`` is Enc(0).
+        link it to the ciphertexts it sent. The empty sum is Enc(0). The
+        events' ciphertexts were validated when they arrived.
         """
         pk = self.public_key
-        total = pk.add_many([self._event_ct[int(e)] for e in events])
+        total = pk.raw_add_many([self._event_ct[int(e)] for e in events])
         return pk.add(total, pk.encrypt(noise.amount()))
 
     def _matches(

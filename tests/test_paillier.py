@@ -114,6 +114,9 @@ def test_homomorphic_add_sum_mul(
     assert sk.decrypt(peer_pk.add_many(cs)) == sum(xs)
     assert sk.decrypt(peer_pk.add_many(iter(cs))) == sum(xs)
     assert peer_pk.add_many([]) == 1 and sk.decrypt(1) == 0
+    # The unchecked sum (for ciphertexts validated once on arrival) is the same product.
+    assert peer_pk.raw_add_many(peer_pk.validate_many(cs)) == peer_pk.add_many(cs)
+    assert peer_pk.raw_add_many([]) == 1
     for k in (0, 1, 3, -1, -7, 2**30, -(2**30)):
         assert sk.decrypt(peer_pk.mul_plain(cs[2], k)) == xs[2] * k
     # weighted sum: sum k_i * x_i
