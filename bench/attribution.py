@@ -28,7 +28,6 @@ import logging
 import os
 import random
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -48,7 +47,7 @@ from cleanroom.matching.workers import CryptoPool, default_workers
 from cleanroom.server.attribution import AttributionService
 from cleanroom.server.settings import ServerSettings
 from cleanroom.server.store import SqlStore
-from common import RssSampler, measure_floor, retry_until_up, start_node
+from common import RssSampler, measure_floor, retry_until_up, start_node, work_dir
 
 
 def paillier_rates(samples: int = 200) -> tuple[float, float]:
@@ -105,7 +104,7 @@ def main() -> int:
     )
     n_conv, n_rows, workers = args.conversions, args.exposure_rows, args.workers
 
-    work = Path(tempfile.mkdtemp(prefix="cleanroom-bench-attr-"))
+    work = work_dir("cleanroom-bench-attr-")
     synth = synthesize_attribution(
         work / "data",
         customers=max(100, n_conv // 2),

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -91,6 +94,16 @@ def _blind_random(args: tuple[bytes, int]) -> int:
     pts[:, 31] &= 0x7F
     blind_batch(secret, pts.tobytes(), validate=False)
     return count
+
+
+def work_dir(prefix: str) -> Path:
+    """A fresh temporary directory, removed when the benchmark exits.
+
+    Data sets and node stores run to hundreds of megabytes a run.
+    """
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, True)
+    return path
 
 
 def measure_floor(ops: int, workers: int, chunk: int = 8192) -> float:

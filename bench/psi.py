@@ -20,7 +20,6 @@ import asyncio
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -36,7 +35,7 @@ from cleanroom.client.sdk import (
 )
 from cleanroom.matching.messages import Protocol
 from cleanroom.matching.workers import CryptoPool, default_workers
-from common import RssSampler, measure_floor, retry_until_up, start_node
+from common import RssSampler, measure_floor, retry_until_up, start_node, work_dir
 
 
 def write_csv(path: Path, start: int, n: int) -> None:
@@ -78,7 +77,7 @@ def main() -> int:
     args = parser.parse_args()
     n, workers = args.n, args.workers
 
-    work = Path(tempfile.mkdtemp(prefix="cleanroom-bench-"))
+    work = work_dir("cleanroom-bench-")
     brand_csv, partner_csv, out_csv = work / "brand.csv", work / "partner.csv", work / "out.csv"
     write_csv(brand_csv, 0, n)
     write_csv(partner_csv, n // 2, n)
