@@ -70,13 +70,14 @@ def paillier_rates(samples: int = 200) -> tuple[float, float]:
     return samples / fast, samples / slow
 
 
-def brand_point_count(data_dir: Path, token: str, max_lag: int) -> int:
+def brand_point_count(data_dir: Path, token: str, id_types: tuple[str, ...], max_lag: int) -> int:
     """The distinct tokens the brand blinded: read from its stored conversions, after the run."""
     store = SqlStore(ServerSettings(data_dir=data_dir).resolved_database_url())
     try:
         principal = store.authenticate(token)
         assert principal is not None
         _, data = AttributionService(store, data_dir).load(principal, "sales")
+        data = data.with_types(id_types)  # only types both sides hold are tokenized
     finally:
         store.close()
     return len(
@@ -150,21 +151,24 @@ def main() -> int:
             RssSampler({"brand": node.process.pid, "partner": os.getpid()}) as rss,
         ):
             start = time.perf_counter()
-            partner = prepare_attribution(request, pool.executor)
+            prepared = prepare_attribution(request, pool.executor)
             prepare_seconds = time.perf_counter() - start
-            logging.info("partner prepared its exposure log in %.1f s", prepare_seconds)
+            logging.info("partner read and validated its exposure log in %.1f s", prepare_seconds)
             report_id = asyncio.run(
-                run_attribution(Connection(node.target, node.tokens["partner"]), partner)
+                run_attribution(Connection(node.target, node.tokens["partner"]), prepared)
             )
             seconds = time.perf_counter() - start
+        partner = prepared.partner
         accepted = partner.accepted
         assert accepted is not None and report_id
-        partner_tokens = int(sum(partner.hello().cell_tokens))
+        partner_tokens = int(sum(partner.cell_tokens))
         partner_points = partner.point_count
         brand_tokens = int(accepted.brand_tokens)
     finally:
         node.stop()
-    brand_points = brand_point_count(work / "node", node.tokens["partner"], accepted.max_lag)
+    brand_points = brand_point_count(
+        work / "node", node.tokens["partner"], accepted.id_types, accepted.max_lag
+    )
 
     # Each side blinds its distinct points once and re-blinds every token of the other.
     x25519_ops = partner_points + brand_tokens + brand_points + partner_tokens

@@ -27,12 +27,14 @@ from cleanroom.client.sdk import ClientError, Connection, stream_upload
 from cleanroom.federated.attribution import (
     POINT_CHUNK,
     AttrAccepted,
+    AttrCells,
     AttrDone,
     CellTokens,
     CellValues,
     ConversionTokens,
     EventValues,
     PartnerAttribution,
+    PartnerExposures,
 )
 from cleanroom.federated.attribution_data import hashed_identifiers, partner_exposures
 from cleanroom.federated.attribution_reference import (
@@ -160,20 +162,38 @@ def submission_key(req: AttributionRequest, spend: Mapping[str, float]) -> str:
     return digest.hexdigest()
 
 
+@dataclass
+class PreparedAttribution:
+    """The partner's side of a run before connecting: the exposure log read and
+    validated (bad files fail here, before any network), the spend file and the
+    submission key. Identifiers are hashed once the brand has named the types
+    both sides hold (:meth:`exposures`)."""
+
+    request: AttributionRequest
+    parsed: pd.DataFrame
+    executor: Executor | None
+    partner: PartnerAttribution
+
+    def exposures(self, id_types: Sequence[str]) -> PartnerExposures:
+        """The log with the identifiers of ``id_types`` normalized and hashed."""
+        columns = [c for c in self.request.id_columns if str(c.id_type) in set(id_types)]
+        return partner_exposures(self.parsed, columns, self.request.options, self.executor)
+
+
 def prepare_attribution(
     req: AttributionRequest, executor: Executor | None = None
-) -> PartnerAttribution:
-    """Validate and hash the exposure log; ``executor`` runs the crypto (default: here)."""
+) -> PreparedAttribution:
+    """Read and validate the exposure log; ``executor`` runs the crypto (default: here)."""
     # The audience reader's checks (missing file, empty, header only, bad CSV)
     # apply to exposure logs too.
     frame = pd.concat(list(iter_frames(req.exposures, 200_000)), ignore_index=True)
     parsed = parse_exposures(frame, id_columns=req.id_columns, user_column=req.user_column)
     spend = read_spend(req.spend) if req.spend else {}
-    return PartnerAttribution(
+    partner = PartnerAttribution(
         conversions=req.conversions,
-        data=partner_exposures(parsed, req.id_columns, req.options, executor),
         click_days=req.windows.click_days,
         view_days=req.windows.view_days,
+        id_types=tuple(sorted({str(c.id_type) for c in req.id_columns})),
         run=lambda fn, *args: fn(*args),
         run_many=(
             None
@@ -185,6 +205,7 @@ def prepare_attribution(
         submission_key=submission_key(req, spend),
         spend=spend,
     )
+    return PreparedAttribution(req, parsed, executor, partner)
 
 
 async def _in_pool(partner: PartnerAttribution, job: tuple[Any, ...]) -> bytes:
@@ -196,10 +217,9 @@ async def _in_pool(partner: PartnerAttribution, job: tuple[Any, ...]) -> bytes:
 class _CellTokenStream:
     """The partner's cell chunks, each sent as soon as the points it carries are blinded.
 
-    Point jobs start when this is created (before the brand has answered the
-    hello: they need only the partner's own key) and run up to ``ahead`` jobs
-    ahead of the chunk being sent, so the brand re-blinds early chunks while
-    later points are still hashed.
+    Point jobs start when this is created (right after the cells) and run up
+    to ``ahead`` jobs ahead of the chunk being sent, so the brand re-blinds
+    early chunks while later points are still hashed.
     """
 
     def __init__(self, partner: PartnerAttribution, ahead: int = 8) -> None:
@@ -234,28 +254,37 @@ class _CellTokenStream:
             yield CellTokens(seq=seq, cell=cell, points=points[numbers].tobytes())
 
 
-async def run_attribution(conn: Connection, partner: PartnerAttribution) -> str:
-    """One attribution run; returns the brand node's report id."""
+async def run_attribution(conn: Connection, prepared: PreparedAttribution) -> str:
+    """One attribution run; returns the brand node's report id.
+
+    The hello goes out first, so the brand checks its policy (a refused run
+    costs the partner nothing more) and starts on its own tokens while the
+    partner hashes its log, for the identifier types both hold only.
+    """
+    partner = prepared.partner
     loop = asyncio.get_running_loop()
-    accepted_future: asyncio.Future[AttrAccepted] = loop.create_future()
+    cells_future: asyncio.Future[AttrCells | None] = loop.create_future()
     aggregates_future: asyncio.Future[pb.AttrPartnerMessage | None] = loop.create_future()
 
     async def requests() -> AsyncIterator[pb.AttrPartnerMessage]:
-        hello = partner.hello()
-        yield serde.attr_partner_to_pb(hello)
+        yield serde.attr_partner_to_pb(partner.hello())
+        _log.info("attribution hello sent")
+        cells = await cells_future
+        if cells is None:  # this submission already has a report
+            return
+        yield serde.attr_partner_to_pb(cells)
         _log.info(
-            "attribution hello sent: %d cells, %d tokens, %d distinct points",
-            len(hello.cells),
-            sum(hello.cell_tokens),
+            "attribution cells sent: %d cells, %d tokens, %d distinct points",
+            len(cells.cells),
+            sum(cells.cell_tokens),
             partner.point_count,
         )
         stream = _CellTokenStream(partner)
-        accepted = await accepted_future
-        if accepted.report_id:
+        try:
+            async for tokens in stream.chunks():
+                yield serde.attr_partner_to_pb(tokens)
+        finally:
             stream.cancel()
-            return
-        async for tokens in stream.chunks():
-            yield serde.attr_partner_to_pb(tokens)
         _log.info("attribution: every partner token sent")
         final = await aggregates_future
         if final is not None:
@@ -274,9 +303,12 @@ async def run_attribution(conn: Connection, partner: PartnerAttribution) -> str:
                     seen.add(type(msg).__name__)
                     _log.info("attribution: first %s from the brand node", type(msg).__name__)
                 if isinstance(msg, AttrAccepted):
-                    if not msg.report_id:
-                        partner.on_accepted(msg)
-                    accepted_future.set_result(msg)
+                    if msg.report_id:
+                        cells_future.set_result(None)
+                        continue
+                    partner.on_accepted(msg)
+                    data = await asyncio.to_thread(prepared.exposures, msg.id_types)
+                    cells_future.set_result(await asyncio.to_thread(partner.on_exposures, data))
                 elif isinstance(msg, CellValues):
                     partner.on_cell_values(msg)
                 elif isinstance(msg, ConversionTokens):
@@ -294,7 +326,7 @@ async def run_attribution(conn: Connection, partner: PartnerAttribution) -> str:
         except grpc.aio.AioRpcError as exc:
             raise ClientError.from_rpc(exc) from exc
         finally:
-            for fut in (accepted_future, aggregates_future):
+            for fut in (cells_future, aggregates_future):
                 if not fut.done():
                     fut.cancel()
     raise ClientError("PROTOCOL", "the brand node ended the run without a report")

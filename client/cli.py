@@ -537,10 +537,12 @@ def partner_attribute(
         from cleanroom.matching.workers import CryptoPool
 
         with CryptoPool.processes(workers) as pool:
-            with err.status("hashing the exposure log"):
-                partner = prepare_attribution(request, pool.executor)
-            with err.status("running private attribution (blinding, matching, encrypted sums)"):
-                report_id = _run(run_attribution(_connection(server, token, tls_dir), partner))
+            with err.status("reading the exposure log"):
+                prepared = prepare_attribution(request, pool.executor)
+            with err.status(
+                "running private attribution (hashing, blinding, matching, encrypted sums)"
+            ):
+                report_id = _run(run_attribution(_connection(server, token, tls_dir), prepared))
     if as_json:
         _print_json({"report_id": report_id})
     else:

@@ -12,10 +12,16 @@ exposure of that cell, same person". Windows are then P's check ``L <= W_touch``
 
 Rounds (``AttrRound``):
 
-``HELLO``    P: conversions set name, windows, cell labels and their token
-             counts, requested epsilon, submission key. B: policy checks
-             (the DP budget before any work), ``AttrAccepted`` with the
-             Paillier public key and the DP parameters P must apply.
+``HELLO``    P: conversions set name, windows, its identifier types,
+             requested epsilon, submission key; sent before P reads its
+             log. B: policy checks (the DP budget before any work),
+             ``AttrAccepted`` with the Paillier public key, the DP parameters
+             P must apply and the identifier types both hold (only those are
+             tokenized: other types cannot match). B starts on its own
+             tokens and encrypted values at once.
+``CELLS``    P prepares its log (types in common only) and sends its cell
+             labels with their token counts. Both sides derive the
+             comparison length from the two token counts.
 ``TOKENS``   P streams T(x)^p per cell. B re-blinds, shuffles within the
              cell (P can no longer link a value to a user) and returns it.
              B streams its conversion tokens T(y)^b shuffled, each with an
@@ -66,6 +72,7 @@ POINT_CHUNK = 8192  # token points per worker job
 
 class AttrRound(StrEnum):
     HELLO = "hello"
+    CELLS = "cells"
     TOKENS = "tokens"
     RESULT = "result"
     DONE = "done"
@@ -100,8 +107,7 @@ class AttrHello:
     conversions: str
     click_days: int
     view_days: int
-    cells: tuple[Cell, ...]
-    cell_tokens: tuple[int, ...]  # tokens P will send per cell
+    id_types: tuple[str, ...]  # P's identifier types
     epsilon: float = 0.0
     submission_key: str = ""
 
@@ -111,11 +117,19 @@ class AttrAccepted:
     session_id: str
     public_key_n: int
     max_lag: int
-    value_len: int
     events: int
     brand_tokens: int
     dp: DpParams
     report_id: str = ""  # set when this submission already has a report
+    id_types: tuple[str, ...] = ()  # the types both hold: the only ones tokenized
+
+
+@dataclass(frozen=True, slots=True)
+class AttrCells:
+    """P -> B after ``AttrAccepted``: cell labels and the tokens P will send per cell."""
+
+    cells: tuple[Cell, ...]
+    cell_tokens: tuple[int, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,6 +380,18 @@ def family_dp(dp: DpParams) -> DpParams:
 # ------------------------------------------------------------------ brand side
 
 
+def common_id_types(held: tuple[str, ...], declared: tuple[str, ...]) -> tuple[str, ...]:
+    """The identifier types both sides hold, or PolicyViolation when there is none."""
+    common = tuple(t for t in held if t in set(declared))
+    if not common:
+        raise PolicyViolation(
+            "no identifier type in common: the conversions hold "
+            f"{', '.join(held) or 'no identifiers'}, the partner declared "
+            f"{', '.join(declared) or 'none'}"
+        )
+    return common
+
+
 @dataclass
 class BrandConversions:
     """The brand's conversion set: per event and per (event, identifier)."""
@@ -383,6 +409,22 @@ class BrandConversions:
     @property
     def events(self) -> int:
         return len(self.day)
+
+    def held_types(self) -> tuple[str, ...]:
+        return tuple(sorted({str(t) for t in self.id_type}))
+
+    def with_types(self, id_types: tuple[str, ...]) -> BrandConversions:
+        """The same events with only the identifiers of ``id_types``."""
+        keep = np.isin(self.id_type.astype(str), list(id_types))
+        return BrandConversions(
+            customer=self.customer,
+            day=self.day,
+            value=self.value,
+            id_event=self.id_event[keep],
+            id_type=self.id_type[keep],
+            id_digest=self.id_digest[keep],
+            id_points=None if self.id_points is None else self.id_points[keep],
+        )
 
 
 @dataclass
@@ -403,22 +445,25 @@ class BrandAttribution:
 
     def __post_init__(self) -> None:
         h = self.hello
-        if len(h.cells) != len(h.cell_tokens) or not h.cells:
-            raise ProtocolError("one token count per cell, and at least one cell")
-        if len(set(h.cells)) != len(h.cells):
-            raise ProtocolError("cells must be distinct")
         if h.click_days < 0 or h.view_days < 0 or max(h.click_days, h.view_days) > 90:
             raise ProtocolError("attribution windows are 0..90 days")
         self.max_lag = max(h.click_days, h.view_days)
         self._secret = self.key.secret_bytes()
-        tokens_total = sum(h.cell_tokens)
+        # Only types both sides hold are tokenized: tokens are domain-separated
+        # by type, so any other token could never match.
+        held = self.data.held_types()
+        self.id_types = common_id_types(held, h.id_types)
+        if len(self.id_types) < len(held):
+            self.data = self.data.with_types(self.id_types)
         self.brand_tokens = int(len(self.data.id_event) * (self.max_lag + 1))
         d = self.data
         self._lagged = LaggedPoints.of(d.id_type, d.id_digest, d.day[d.id_event], self.max_lag + 1)
         self.point_count = len(self._lagged.first_item)  # distinct tokens: blinded once each
-        self.value_len = comparison_length(tokens_total, self.brand_tokens)
-        self._received: dict[int, list[bytes]] = {i: [] for i in range(len(h.cells))}
-        self._received_count = [0] * len(h.cells)
+        self.cells: tuple[Cell, ...] = ()
+        self.cell_tokens: tuple[int, ...] = ()
+        self.value_len = 0  # known once P's cells are
+        self._received: dict[int, list[bytes]] = {}
+        self._received_count: list[int] = []
         self._next_seq = 0
         # Anonymous event and customer numbering, fresh per session.
         self._event_order = self.rng.permutation(self.data.events)  # anonymous -> event
@@ -431,16 +476,32 @@ class BrandAttribution:
         self._cell_rng = np.random.default_rng(self.rng.integers(2**63))
 
     def accepted(self) -> AttrAccepted:
-        self.round = AttrRound.TOKENS
+        self.round = AttrRound.CELLS
         return AttrAccepted(
             session_id=self.session_id,
             public_key_n=self.public_key.n,
             max_lag=self.max_lag,
-            value_len=self.value_len,
             events=self.data.events,
             brand_tokens=self.brand_tokens,
             dp=self.dp,
+            id_types=self.id_types,
         )
+
+    def on_cells(self, msg: AttrCells) -> None:
+        """P's cells: from here its tokens may stream in."""
+        if self.round is not AttrRound.CELLS:
+            raise ProtocolError(f"cells arrived in round {self.round}")
+        if len(msg.cells) != len(msg.cell_tokens) or not msg.cells:
+            raise ProtocolError("one token count per cell, and at least one cell")
+        if len(set(msg.cells)) != len(msg.cells):
+            raise ProtocolError("cells must be distinct")
+        if min(msg.cell_tokens) < 1:
+            raise ProtocolError("every cell carries at least one token")
+        self.cells, self.cell_tokens = tuple(msg.cells), tuple(msg.cell_tokens)
+        self.value_len = comparison_length(sum(self.cell_tokens), self.brand_tokens)
+        self._received = {i: [] for i in range(len(self.cells))}
+        self._received_count = [0] * len(self.cells)
+        self.round = AttrRound.TOKENS
 
     def on_cell_tokens(self, msg: CellTokens) -> CellValues | None:
         """Re-blind a chunk; a complete cell comes back shuffled."""
@@ -449,12 +510,12 @@ class BrandAttribution:
         if msg.seq != self._next_seq:
             kind = "duplicate" if msg.seq < self._next_seq else "out-of-order"
             raise ProtocolError(f"{kind} cell chunk {msg.seq}: chunk {self._next_seq} is next")
-        if not 0 <= msg.cell < len(self.hello.cells):
+        if not 0 <= msg.cell < len(self.cells):
             raise ProtocolError(f"cell chunk {msg.seq} names unknown cell {msg.cell}")
         if not msg.points or len(msg.points) % POINT_LEN:
             raise ProtocolError(f"cell chunk {msg.seq} is not a whole number of points")
         count = len(msg.points) // POINT_LEN
-        expected = self.hello.cell_tokens[msg.cell]
+        expected = self.cell_tokens[msg.cell]
         if self._received_count[msg.cell] + count > expected:
             raise ProtocolError(f"cell {msg.cell} exceeds its declared {expected} tokens")
         self._next_seq += 1
@@ -550,7 +611,7 @@ class BrandAttribution:
         """Decrypt the aggregates (and only them) into report inputs."""
         if self.round is not AttrRound.TOKENS:
             raise ProtocolError(f"aggregates arrived in round {self.round}")
-        if any(self._received_count[i] != n for i, n in enumerate(self.hello.cell_tokens)):
+        if any(self._received_count[i] != n for i, n in enumerate(self.cell_tokens)):
             raise ProtocolError("aggregates arrived before every cell's tokens")
         pk = self.public_key
         groups: dict[tuple[str, str], tuple[int, int, int, float]] = {}
@@ -598,12 +659,13 @@ class PartnerExposures:
 
 @dataclass
 class PartnerAttribution:
-    """P's state machine."""
+    """P's state machine: ``hello``, ``on_accepted``, then ``on_exposures`` (the
+    log, hashed) gives the cells; then tokens, values and the aggregates."""
 
     conversions: str
-    data: PartnerExposures
     click_days: int
     view_days: int
+    id_types: tuple[str, ...]  # P's identifier types (those its log may carry)
     run: Callable[..., object]
     run_many: RunMany | None = None
     submit: Callable[..., Future[Any]] | None = None  # start one job, result later
@@ -616,8 +678,59 @@ class PartnerAttribution:
     round: AttrRound = AttrRound.HELLO
 
     def __post_init__(self) -> None:
+        self.id_types = tuple(self.id_types)
         self._secret = self.key.secret_bytes()
-        d = self.data
+        self.accepted: AttrAccepted | None = None
+        self.cells: tuple[Cell, ...] = ()
+        self.users: dict[tuple[str, str], int] = {}
+        self.point_count = 0
+        self.value_len = 0
+        self.cell_tokens: tuple[int, ...] = ()
+        self._cell_values: dict[int, np.ndarray] = {}
+        self._brand_values: list[Any] = []  # raw points, or futures of values
+        self._brand_events: list[np.ndarray] = []
+        self._brand_lags: list[np.ndarray] = []
+        self._event_customer: np.ndarray | None = None
+        self._event_ct: list[int] = []
+        self._events_received = 0
+
+    def hello(self) -> AttrHello:
+        return AttrHello(
+            conversions=self.conversions,
+            click_days=self.click_days,
+            view_days=self.view_days,
+            id_types=self.id_types,
+            epsilon=self.epsilon,
+            submission_key=self.submission_key,
+        )
+
+    def on_accepted(self, msg: AttrAccepted) -> None:
+        if self.round is not AttrRound.HELLO:
+            raise ProtocolError(f"Accepted arrived in round {self.round}")
+        if msg.max_lag < max(self.click_days, self.view_days):
+            raise ProtocolError("the brand's tokens do not cover the requested windows")
+        if not msg.id_types or not set(msg.id_types) <= set(self.id_types):
+            raise ProtocolError(
+                f"the brand named identifier types {list(msg.id_types)}; ours are "
+                f"{list(self.id_types)}"
+            )
+        self.accepted = msg
+        self.public_key = PaillierPublicKey(msg.public_key_n, min_bits=self.min_key_bits)
+        self._event_ct = [0] * msg.events
+        self._event_customer = np.full(msg.events, -1, dtype=np.int64)
+        self.round = AttrRound.CELLS
+
+    def on_exposures(self, d: PartnerExposures) -> AttrCells:
+        """Cells and tokens of the log (identifiers of the types in common only)."""
+        if self.round is not AttrRound.CELLS or self.accepted is None:
+            raise ProtocolError(f"the exposure log came in round {self.round}")
+        common = np.isin(np.asarray(d.id_type, dtype=str), list(self.accepted.id_types))
+        id_row, id_type, id_digest = d.id_row[common], d.id_type[common], d.id_digest[common]
+        if not len(id_row):
+            raise ValueError(
+                "the exposure log has no identifier of the types both sides hold "
+                f"({', '.join(self.accepted.id_types)})"
+            )
         # Cell numbers in sorted (campaign, group, touch) order, vectorized:
         # exposure logs have millions of rows. Labels are factorized (sorted)
         # once, and rows grouped by their codes.
@@ -631,66 +744,43 @@ class PartnerAttribution:
             code, uniques = pd.factorize(np.asarray(values, dtype=object), sort=True)
             codes[name], labels[name] = code, [str(u) for u in uniques]
         rows = pd.DataFrame(codes)
+        distinct = rows.assign(user=d.row_user).groupby(["campaign", "group"])["user"].nunique()
+        self.users = {
+            (labels["campaign"][c], labels["group"][g]): int(n) for (c, g), n in distinct.items()
+        }
         by_cell = rows.groupby(["campaign", "group", "touch"], sort=True)
         row_cell = by_cell.ngroup().to_numpy(dtype=np.int64)
-        cells = [
+        all_cells = [
             Cell(labels["campaign"][c], labels["group"][g], labels["touch"][t])
             for c, g, t in by_cell.size().index
         ]
-        self.cells = tuple(cells)
         # Tokens: one per (cell, type, digest, day) — per person, day and cell —
         # in cell order. Each distinct (type, digest, day) is a "point": hashed
         # and blinded once, however many cells it appears in.
-        id_cell = row_cell[d.id_row]
+        id_cell = row_cell[id_row]
         order = np.argsort(id_cell, kind="stable")
         id_cell = id_cell[order]
-        type_code, type_names = pd.factorize(np.asarray(d.id_type, dtype=object)[order], sort=True)
-        digests = d.id_digest[order]
-        days = d.row_day[d.id_row][order]
+        type_code, type_names = pd.factorize(np.asarray(id_type, dtype=object)[order], sort=True)
+        digests = id_digest[order]
+        days = d.row_day[id_row][order]
         point, first = distinct_keys(type_code, digests, days)
         keep = ~pd.DataFrame({"cell": id_cell, "point": point}).duplicated().to_numpy()
-        self._token_cell = id_cell[keep]
+        # Cells without tokens (no identifier of a common type) are not sent:
+        # their users still count, and nothing of theirs can match.
+        counts = np.bincount(id_cell[keep], minlength=len(all_cells))
+        renumber = np.cumsum(counts > 0) - 1
+        self.cells = tuple(c for c, n in zip(all_cells, counts, strict=True) if n > 0)
+        self._token_cell = renumber[id_cell[keep]]
         self._token_point = point[keep]
         self._point_type = type_code[first].astype(np.uint8)
         self._point_digest = digests[first]
         self._point_day = days[first]
         self._dsts = [day_dst(str(t)) for t in type_names]
         self.point_count = len(first)
-        self._counts = tuple(int(n) for n in np.bincount(self._token_cell, minlength=len(cells)))
-        self._cell_values: dict[int, np.ndarray] = {}
-        self._brand_values: list[Any] = []  # raw points, or futures of values
-        self._brand_events: list[np.ndarray] = []
-        self._brand_lags: list[np.ndarray] = []
-        self._event_customer: np.ndarray | None = None
-        self._event_ct: list[int] = []
-        self._events_received = 0
-        self.accepted: AttrAccepted | None = None
-        distinct = rows.assign(user=d.row_user).groupby(["campaign", "group"])["user"].nunique()
-        self.users = {
-            (labels["campaign"][c], labels["group"][g]): int(n) for (c, g), n in distinct.items()
-        }
-
-    def hello(self) -> AttrHello:
-        return AttrHello(
-            conversions=self.conversions,
-            click_days=self.click_days,
-            view_days=self.view_days,
-            cells=self.cells,
-            cell_tokens=self._counts,
-            epsilon=self.epsilon,
-            submission_key=self.submission_key,
-        )
-
-    def on_accepted(self, msg: AttrAccepted) -> None:
-        if self.round is not AttrRound.HELLO:
-            raise ProtocolError(f"Accepted arrived in round {self.round}")
-        if msg.max_lag < max(self.click_days, self.view_days):
-            raise ProtocolError("the brand's tokens do not cover the requested windows")
-        self.accepted = msg
-        self.public_key = PaillierPublicKey(msg.public_key_n, min_bits=self.min_key_bits)
-        self._event_ct = [0] * msg.events
-        self._event_customer = np.full(msg.events, -1, dtype=np.int64)
+        self.cell_tokens = tuple(int(n) for n in counts[counts > 0])
+        self.value_len = comparison_length(sum(self.cell_tokens), self.accepted.brand_tokens)
         self.round = AttrRound.TOKENS
+        return AttrCells(cells=self.cells, cell_tokens=self.cell_tokens)
 
     @property
     def point_job_count(self) -> int:
@@ -710,7 +800,7 @@ class PartnerAttribution:
         chunk only needs the point jobs up to its largest number.
         """
         out: list[tuple[int, np.ndarray]] = []
-        bounds = np.concatenate([[0], np.cumsum(self._counts)])
+        bounds = np.concatenate([[0], np.cumsum(self.cell_tokens)])
         for ci in range(len(self.cells)):
             for start in range(int(bounds[ci]), int(bounds[ci + 1]), chunk):
                 stop = min(start + chunk, int(bounds[ci + 1]))
@@ -739,15 +829,19 @@ class PartnerAttribution:
         )
 
     def on_cell_values(self, msg: CellValues) -> None:
+        if self.round is not AttrRound.TOKENS:
+            raise ProtocolError(f"cell values arrived in round {self.round}")
         assert self.accepted is not None
         if msg.cell in self._cell_values or not 0 <= msg.cell < len(self.cells):
             raise ProtocolError(f"unexpected values for cell {msg.cell}")
-        arr = np.frombuffer(msg.values, dtype=f"S{self.accepted.value_len}")
-        if len(arr) != self._counts[msg.cell]:
+        arr = np.frombuffer(msg.values, dtype=f"S{self.value_len}")
+        if len(arr) != self.cell_tokens[msg.cell]:
             raise ProtocolError(f"cell {msg.cell} came back with {len(arr)} values")
         self._cell_values[msg.cell] = arr
 
     def on_conversion_tokens(self, msg: ConversionTokens) -> None:
+        if self.round is not AttrRound.TOKENS:
+            raise ProtocolError(f"conversion tokens arrived in round {self.round}")
         assert self.accepted is not None
         n = len(msg.points) // POINT_LEN
         events = np.frombuffer(msg.events, dtype="<u4").astype(np.int64)
@@ -760,7 +854,7 @@ class PartnerAttribution:
         # in ``aggregates``.
         if self.submit is not None:
             self._brand_values.append(
-                self.submit(blind_and_truncate, self._secret, msg.points, self.accepted.value_len)
+                self.submit(blind_and_truncate, self._secret, msg.points, self.value_len)
             )
         else:
             self._brand_values.append(msg.points)
@@ -768,6 +862,8 @@ class PartnerAttribution:
         self._brand_lags.append(lags)
 
     def on_event_values(self, msg: EventValues) -> None:
+        if self.round is not AttrRound.TOKENS:
+            raise ProtocolError(f"event values arrived in round {self.round}")
         assert self.accepted is not None and self._event_customer is not None
         customers = np.frombuffer(msg.customers, dtype="<u4").astype(np.int64)
         if (
@@ -785,7 +881,7 @@ class PartnerAttribution:
         assert self.accepted is not None and self._event_customer is not None
         if len(self._cell_values) != len(self.cells):
             raise ProtocolError("not every cell came back from the brand")
-        length = self.accepted.value_len
+        length = self.value_len
         if self.submit is not None:
             reblinded = [f.result() for f in self._brand_values]  # type: ignore[union-attr]
         else:
@@ -818,7 +914,7 @@ class PartnerAttribution:
                 )
             )
         attributed = self._last_touch(match_event, match_cell, match_lag)
-        campaigns = sorted({c.campaign_id for c in self.cells if c.group == "exposed"})
+        campaigns = sorted({c for c, g in self.users if g == "exposed"})
         attr_out = []
         for campaign in campaigns:
             evs = attributed.get(campaign, np.empty(0, np.int64))
@@ -931,6 +1027,7 @@ class _Noise:
 __all__ = [
     "AttrAccepted",
     "AttrAggregates",
+    "AttrCells",
     "AttrDone",
     "AttrHello",
     "AttributedAggregate",

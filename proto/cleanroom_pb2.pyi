@@ -261,22 +261,28 @@ class AttrCell(_message.Message):
     def __init__(self, campaign_id: _Optional[str] = ..., group: _Optional[str] = ..., touch: _Optional[str] = ...) -> None: ...
 
 class AttrHello(_message.Message):
-    __slots__ = ("conversions", "click_days", "view_days", "cells", "cell_tokens", "epsilon", "submission_key")
+    __slots__ = ("conversions", "click_days", "view_days", "epsilon", "submission_key", "id_types")
     CONVERSIONS_FIELD_NUMBER: _ClassVar[int]
     CLICK_DAYS_FIELD_NUMBER: _ClassVar[int]
     VIEW_DAYS_FIELD_NUMBER: _ClassVar[int]
-    CELLS_FIELD_NUMBER: _ClassVar[int]
-    CELL_TOKENS_FIELD_NUMBER: _ClassVar[int]
     EPSILON_FIELD_NUMBER: _ClassVar[int]
     SUBMISSION_KEY_FIELD_NUMBER: _ClassVar[int]
+    ID_TYPES_FIELD_NUMBER: _ClassVar[int]
     conversions: str
     click_days: int
     view_days: int
-    cells: _containers.RepeatedCompositeFieldContainer[AttrCell]
-    cell_tokens: _containers.RepeatedScalarFieldContainer[int]
     epsilon: float
     submission_key: str
-    def __init__(self, conversions: _Optional[str] = ..., click_days: _Optional[int] = ..., view_days: _Optional[int] = ..., cells: _Optional[_Iterable[_Union[AttrCell, _Mapping]]] = ..., cell_tokens: _Optional[_Iterable[int]] = ..., epsilon: _Optional[float] = ..., submission_key: _Optional[str] = ...) -> None: ...
+    id_types: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, conversions: _Optional[str] = ..., click_days: _Optional[int] = ..., view_days: _Optional[int] = ..., epsilon: _Optional[float] = ..., submission_key: _Optional[str] = ..., id_types: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class AttrCells(_message.Message):
+    __slots__ = ("cells", "cell_tokens")
+    CELLS_FIELD_NUMBER: _ClassVar[int]
+    CELL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    cells: _containers.RepeatedCompositeFieldContainer[AttrCell]
+    cell_tokens: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, cells: _Optional[_Iterable[_Union[AttrCell, _Mapping]]] = ..., cell_tokens: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class AttrCellTokens(_message.Message):
     __slots__ = ("seq", "cell", "points")
@@ -333,14 +339,16 @@ class AttrAggregates(_message.Message):
     def __init__(self, groups: _Optional[_Iterable[_Union[AttrGroupAggregate, _Mapping]]] = ..., attributed: _Optional[_Iterable[_Union[AttrAttributedAggregate, _Mapping]]] = ..., spend: _Optional[_Iterable[_Union[AttrSpend, _Mapping]]] = ...) -> None: ...
 
 class AttrPartnerMessage(_message.Message):
-    __slots__ = ("hello", "cell_tokens", "aggregates")
+    __slots__ = ("hello", "cell_tokens", "aggregates", "cells")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     CELL_TOKENS_FIELD_NUMBER: _ClassVar[int]
     AGGREGATES_FIELD_NUMBER: _ClassVar[int]
+    CELLS_FIELD_NUMBER: _ClassVar[int]
     hello: AttrHello
     cell_tokens: AttrCellTokens
     aggregates: AttrAggregates
-    def __init__(self, hello: _Optional[_Union[AttrHello, _Mapping]] = ..., cell_tokens: _Optional[_Union[AttrCellTokens, _Mapping]] = ..., aggregates: _Optional[_Union[AttrAggregates, _Mapping]] = ...) -> None: ...
+    cells: AttrCells
+    def __init__(self, hello: _Optional[_Union[AttrHello, _Mapping]] = ..., cell_tokens: _Optional[_Union[AttrCellTokens, _Mapping]] = ..., aggregates: _Optional[_Union[AttrAggregates, _Mapping]] = ..., cells: _Optional[_Union[AttrCells, _Mapping]] = ...) -> None: ...
 
 class DpParams(_message.Message):
     __slots__ = ("mechanism", "epsilon", "delta", "value_cap")
@@ -355,24 +363,24 @@ class DpParams(_message.Message):
     def __init__(self, mechanism: _Optional[str] = ..., epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., value_cap: _Optional[float] = ...) -> None: ...
 
 class AttrAccepted(_message.Message):
-    __slots__ = ("session_id", "public_key_n", "max_lag", "value_len", "events", "brand_tokens", "dp", "report_id")
+    __slots__ = ("session_id", "public_key_n", "max_lag", "events", "brand_tokens", "dp", "report_id", "id_types")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_KEY_N_FIELD_NUMBER: _ClassVar[int]
     MAX_LAG_FIELD_NUMBER: _ClassVar[int]
-    VALUE_LEN_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     BRAND_TOKENS_FIELD_NUMBER: _ClassVar[int]
     DP_FIELD_NUMBER: _ClassVar[int]
     REPORT_ID_FIELD_NUMBER: _ClassVar[int]
+    ID_TYPES_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     public_key_n: bytes
     max_lag: int
-    value_len: int
     events: int
     brand_tokens: int
     dp: DpParams
     report_id: str
-    def __init__(self, session_id: _Optional[str] = ..., public_key_n: _Optional[bytes] = ..., max_lag: _Optional[int] = ..., value_len: _Optional[int] = ..., events: _Optional[int] = ..., brand_tokens: _Optional[int] = ..., dp: _Optional[_Union[DpParams, _Mapping]] = ..., report_id: _Optional[str] = ...) -> None: ...
+    id_types: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, session_id: _Optional[str] = ..., public_key_n: _Optional[bytes] = ..., max_lag: _Optional[int] = ..., events: _Optional[int] = ..., brand_tokens: _Optional[int] = ..., dp: _Optional[_Union[DpParams, _Mapping]] = ..., report_id: _Optional[str] = ..., id_types: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AttrCellValues(_message.Message):
     __slots__ = ("cell", "values")

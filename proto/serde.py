@@ -166,13 +166,19 @@ def attr_partner_to_pb(msg: object, public_key: object = None) -> pb.AttrPartner
                 conversions=msg.conversions,
                 click_days=msg.click_days,
                 view_days=msg.view_days,
+                id_types=list(msg.id_types),
+                epsilon=msg.epsilon,
+                submission_key=msg.submission_key,
+            )
+        )
+    if isinstance(msg, a.AttrCells):
+        return pb.AttrPartnerMessage(
+            cells=pb.AttrCells(
                 cells=[
                     pb.AttrCell(campaign_id=c.campaign_id, group=c.group, touch=c.touch)
                     for c in msg.cells
                 ],
                 cell_tokens=list(msg.cell_tokens),
-                epsilon=msg.epsilon,
-                submission_key=msg.submission_key,
             )
         )
     if isinstance(msg, a.CellTokens):
@@ -222,10 +228,15 @@ def attr_partner_from_pb(msg: pb.AttrPartnerMessage, public_key: object = None) 
             conversions=h.conversions,
             click_days=h.click_days,
             view_days=h.view_days,
-            cells=tuple(a.Cell(c.campaign_id, c.group, c.touch) for c in h.cells),
-            cell_tokens=tuple(h.cell_tokens),
+            id_types=tuple(h.id_types),
             epsilon=h.epsilon,
             submission_key=h.submission_key,
+        )
+    if kind == "cells":
+        c = msg.cells
+        return a.AttrCells(
+            cells=tuple(a.Cell(x.campaign_id, x.group, x.touch) for x in c.cells),
+            cell_tokens=tuple(c.cell_tokens),
         )
     if kind == "cell_tokens":
         t = msg.cell_tokens
@@ -265,7 +276,6 @@ def attr_brand_to_pb(msg: object, public_key: object = None) -> pb.AttrBrandMess
                 session_id=msg.session_id,
                 public_key_n=_n_to_bytes(msg.public_key_n),
                 max_lag=msg.max_lag,
-                value_len=msg.value_len,
                 events=msg.events,
                 brand_tokens=msg.brand_tokens,
                 dp=pb.DpParams(
@@ -275,6 +285,7 @@ def attr_brand_to_pb(msg: object, public_key: object = None) -> pb.AttrBrandMess
                     value_cap=msg.dp.value_cap,
                 ),
                 report_id=msg.report_id,
+                id_types=list(msg.id_types),
             )
         )
     if isinstance(msg, a.CellValues):
@@ -312,11 +323,11 @@ def attr_brand_from_pb(msg: pb.AttrBrandMessage, public_key: object = None) -> o
             session_id=x.session_id,
             public_key_n=int.from_bytes(x.public_key_n, "big"),
             max_lag=x.max_lag,
-            value_len=x.value_len,
             events=x.events,
             brand_tokens=x.brand_tokens,
             dp=a.DpParams(x.dp.mechanism or "off", x.dp.epsilon, x.dp.delta, x.dp.value_cap),
             report_id=x.report_id,
+            id_types=tuple(x.id_types),
         )
     if kind == "cell_values":
         return a.CellValues(cell=msg.cell_values.cell, values=msg.cell_values.values)

@@ -31,11 +31,13 @@ from cleanroom.federated.attribution import (
     PRECOMPUTED_LAGS,
     AttrAccepted,
     AttrAggregates,
+    AttrCells,
     AttrHello,
     BrandAttribution,
     BrandConversions,
     DpParams,
     LaggedPoints,
+    common_id_types,
 )
 from cleanroom.federated.attribution_reference import campaign_report
 from cleanroom.federated.paillier import PaillierPrivateKey, PaillierPublicKey, generate_keypair
@@ -337,10 +339,9 @@ class AttributionService:
         if hello.submission_key:
             existing = self.store.find_report(principal.tenant_id, hello.submission_key)
             if existing is not None:
-                return None, AttrAccepted(
-                    "", 0, 0, 0, 0, 0, DpParams(), report_id=existing.report_id
-                )
+                return None, AttrAccepted("", 0, 0, 0, 0, DpParams(), report_id=existing.report_id)
         record, data = self.load(principal, hello.conversions)
+        common_id_types(data.held_types(), hello.id_types)  # refused before any charge
         dp = DpParams()
         report_id = uuid.uuid4().hex
         partnership = f"{principal.tenant_id}:partner"
@@ -379,8 +380,8 @@ class AttributionService:
                 audience_id=record.conversions_id,
                 protocol="attribution",
                 status="running",
-                declared_records=int(sum(hello.cell_tokens)),
-                declared_points=int(sum(hello.cell_tokens)),
+                declared_records=0,  # known with the partner's cells
+                declared_points=0,
                 brand_points=brand.brand_tokens,
                 created_at=datetime.now(UTC),
             )
@@ -394,6 +395,17 @@ class AttributionService:
             )
         )
         return AttributionRun(brand, principal, hello, report_id, public_key), brand.accepted()
+
+    def cells(self, run: AttributionRun, msg: AttrCells) -> None:
+        """The partner's cells: its tokens may stream in from here."""
+        run.brand.on_cells(msg)
+        tokens = int(sum(msg.cell_tokens))
+        self.store.update_session(
+            run.principal.tenant_id,
+            run.brand.session_id,
+            declared_records=tokens,
+            declared_points=tokens,
+        )
 
     def conclude(self, run: AttributionRun, aggregates: AttrAggregates) -> str:
         inputs = run.brand.on_aggregates(aggregates)

@@ -17,7 +17,13 @@ from typing import Any, Protocol, TypeVar
 import grpc
 import numpy as np
 from cleanroom.audiences.upload import ColumnDigests, UploadChunk, UploadEnd, UploadHeader
-from cleanroom.federated.attribution import AttrAggregates, AttrDone, AttrHello, CellTokens
+from cleanroom.federated.attribution import (
+    AttrAggregates,
+    AttrCells,
+    AttrDone,
+    AttrHello,
+    CellTokens,
+)
 from cleanroom.matching.brand import BrandSession
 from cleanroom.matching.messages import Hello
 from cleanroom.proto import cleanroom_pb2 as pb
@@ -287,18 +293,20 @@ class AttributionServicer(pb_grpc.AttributionServiceServicer):
                 return
             cells_done = 0
             # The brand's own tokens and encrypted values do not depend on the
-            # partner's: build them while the partner's cells stream in.
+            # partner's: build them while the partner prepares its log.
             brand_tokens = asyncio.ensure_future(asyncio.to_thread(run.brand.conversion_tokens))
             brand_values = asyncio.ensure_future(asyncio.to_thread(run.brand.event_values))
             async for req in requests:
                 msg = serde.attr_partner_from_pb(req, run.public_key)
-                if isinstance(msg, CellTokens):
+                if isinstance(msg, AttrCells):
+                    await asyncio.to_thread(self._service.cells, run, msg)
+                elif isinstance(msg, CellTokens):
                     back = await asyncio.to_thread(run.brand.on_cell_tokens, msg)
                     if back is None:
                         continue
                     yield serde.attr_brand_to_pb(back)
                     cells_done += 1
-                    if cells_done == len(hello.cells):
+                    if cells_done == len(run.brand.cells):
                         for tokens in await brand_tokens:
                             yield serde.attr_brand_to_pb(tokens)
                         for values in await brand_values:

@@ -24,6 +24,10 @@ each):
   e.g. ten charges of 0.1 fit a budget of 1.0). A charge is keyed by report:
   charging the same ``(tenant, partnership, report_id)`` again charges
   nothing and returns the remaining budget.
+- A session's id, tenant, protocol, brand points and creation time never
+  change; ``update_session`` changes only its status, outcome and the
+  partner's declared counts (an attribution partner declares them after the
+  hello).
 - Tenant policies written before the attribution fields existed still load:
   missing ``tenants`` columns are added with the ``Policy`` defaults when
   the store opens (the only schema change made outside ``create_all``).
@@ -522,7 +526,14 @@ class SqlStore:
             s.add(_SessionRow(**record.__dict__))
 
     def update_session(self, tenant_id: str, session_id: str, **changes: Any) -> SessionRecord:
-        allowed = {"status", "intersection", "error", "finished_at"}
+        allowed = {
+            "status",
+            "intersection",
+            "error",
+            "finished_at",
+            "declared_records",
+            "declared_points",
+        }
         if not set(changes) <= allowed:
             raise TypeError(f"only {sorted(allowed)} can change")
         with self._tx() as s:

@@ -20,7 +20,7 @@ from cleanroom.client.attribution import (
     upload_conversions,
 )
 from cleanroom.client.sdk import ClientError, Connection
-from cleanroom.federated.attribution import PRECOMPUTED_LAGS, day_dst
+from cleanroom.federated.attribution import PRECOMPUTED_LAGS, AttrRound, day_dst
 from cleanroom.federated.attribution_reference import Windows, read_spend, reference_report
 from cleanroom.federated.synth_attribution import synthesize_attribution
 from cleanroom.matching.hash_to_curve import hash_to_curve
@@ -118,13 +118,11 @@ def stored(world: dict[str, Any], report_id: str, tokens: str = "tokens") -> dic
     return resp.json()
 
 
-def test_report_over_grpc_equals_plaintext(world: dict[str, Any]) -> None:
-    synth = world["synth"]
-    report_id = attribute(world, request(synth))
-    report = stored(world, report_id)
-    want = reference_report(
+def plaintext(synth: Any, exposures: Path) -> dict[str, Any]:
+    """The report computed in the clear with pandas (threshold 0, DP off)."""
+    return reference_report(
         pd.read_csv(synth.conversions_path, dtype=str, keep_default_na=False),
-        pd.read_csv(synth.exposures_path, dtype=str, keep_default_na=False),
+        pd.read_csv(exposures, dtype=str, keep_default_na=False),
         id_columns=PARTNER_IDS,
         options=OPTIONS,
         customer_column="customer_id",
@@ -133,6 +131,13 @@ def test_report_over_grpc_equals_plaintext(world: dict[str, Any]) -> None:
         spend=read_spend(synth.spend_path),
         threshold=0,
     )
+
+
+def test_report_over_grpc_equals_plaintext(world: dict[str, Any]) -> None:
+    synth = world["synth"]
+    report_id = attribute(world, request(synth))
+    report = stored(world, report_id)
+    want = plaintext(synth, synth.exposures_path)
     assert report["report_id"] == report_id
     assert_reports_equal(report, want)
     assert sum(c["exposed"]["conversions"] for c in report["campaigns"]) > 10
@@ -196,8 +201,15 @@ def test_dp_budget_is_charged_and_overspending_refused_before_work(world: dict[s
     first = attribute(world, request(synth, epsilon=0.6), tokens="dp_tokens")
     report = stored(world, first, tokens="dp_tokens")
     assert report["dp"]["mechanism"] == "laplace" and report["dp"]["epsilon"] == 0.6
+    overspending = prepare_attribution(request(synth, epsilon=0.6, windows=Windows(5, 1)))
+    node = world["node"]
     with pytest.raises(ClientError, match="FAILED_PRECONDITION"):
-        attribute(world, request(synth, epsilon=0.6, windows=Windows(5, 1)), tokens="dp_tokens")
+        asyncio.run(
+            run_attribution(Connection(node.target, world["dp_tokens"][Role.PARTNER]), overspending)
+        )
+    # Refused at the hello: the partner never hashed its log.
+    assert overspending.partner.round is AttrRound.HELLO
+    assert overspending.partner.point_count == 0
     store = SqlStore(world["settings"].resolved_database_url())
     try:
         tenant = store.find_tenant("dp-brand")
@@ -205,6 +217,57 @@ def test_dp_budget_is_charged_and_overspending_refused_before_work(world: dict[s
         assert [e.epsilon for e in store.ledger(tenant.tenant_id)] == [0.6]
     finally:
         store.close()
+
+
+def test_no_identifier_type_in_common_is_refused_before_any_charge(
+    world: dict[str, Any],
+) -> None:
+    synth = world["synth"]
+    store = SqlStore(world["settings"].resolved_database_url())
+    try:
+        tenant = store.find_tenant("dp-brand")
+        assert tenant is not None
+        before = store.ledger(tenant.tenant_id)
+        prepared = prepare_attribution(
+            request(synth, id_columns=parse_id_columns("maid"), epsilon=0.1)
+        )
+        node = world["node"]
+        with pytest.raises(
+            ClientError, match=r"FAILED_PRECONDITION.*no identifier type in common.*email, phone"
+        ):
+            asyncio.run(
+                run_attribution(Connection(node.target, world["dp_tokens"][Role.PARTNER]), prepared)
+            )
+        assert prepared.partner.round is AttrRound.HELLO
+        assert store.ledger(tenant.tenant_id) == before
+    finally:
+        store.close()
+
+
+def test_cells_with_no_identifier_in_common_count_their_users(
+    world: dict[str, Any], tmp_path: Path
+) -> None:
+    """A campaign whose rows carry only maids (which the brand lacks) sends no
+    tokens, yet its users count: the report still equals the plaintext one."""
+    synth = world["synth"]
+    exposures = pd.read_csv(synth.exposures_path, dtype=str, keep_default_na=False)
+    extra = exposures.head(80).copy()
+    extra["campaign_id"] = "camp_maids_only"
+    extra["email"] = extra["phone"] = ""
+    extra["maid"] = [f"{i:08x}-0000-4000-8000-{i:012x}" for i in range(len(extra))]
+    path = tmp_path / "exposures.csv"
+    pd.concat([exposures, extra]).to_csv(path, index=False)
+    prepared = prepare_attribution(request(synth, exposures=path))
+    node = world["node"]
+    report_id = asyncio.run(
+        run_attribution(Connection(node.target, world["tokens"][Role.PARTNER]), prepared)
+    )
+    assert all(c.campaign_id != "camp_maids_only" for c in prepared.partner.cells)
+    want = plaintext(synth, path)
+    report = stored(world, report_id)
+    assert_reports_equal(report, want)
+    [maids] = [c for c in report["campaigns"] if c["campaign_id"] == "camp_maids_only"]
+    assert maids["exposed"]["users"] + maids["holdout"]["users"] > 0
 
 
 def test_bad_exposure_rows_fail_on_the_partner_machine(
@@ -249,7 +312,7 @@ def test_partner_disconnecting_mid_run_leaves_no_report(world: dict[str, Any]) -
     from tests.helpers import eventually
 
     synth = world["synth"]
-    partner = prepare_attribution(request(synth, windows=Windows(6, 1)))
+    prepared = prepare_attribution(request(synth, windows=Windows(6, 1)))
 
     class Gone(Exception):
         pass
@@ -257,11 +320,11 @@ def test_partner_disconnecting_mid_run_leaves_no_report(world: dict[str, Any]) -
     def vanish() -> Any:
         raise Gone  # the partner dies after the brand sent everything
 
-    partner.aggregates = vanish  # type: ignore[method-assign]
+    prepared.partner.aggregates = vanish  # type: ignore[method-assign]
     node = world["node"]
     with pytest.raises(Gone):
         asyncio.run(
-            run_attribution(Connection(node.target, world["tokens"][Role.PARTNER]), partner)
+            run_attribution(Connection(node.target, world["tokens"][Role.PARTNER]), prepared)
         )
     store = SqlStore(world["settings"].resolved_database_url())
     try:
@@ -273,7 +336,7 @@ def test_partner_disconnecting_mid_run_leaves_no_report(world: dict[str, Any]) -
             return runs[-1].status == "failed"
 
         eventually(failed, what="the run to be marked failed")
-        assert store.find_report(tenant.tenant_id, partner.submission_key) is None
+        assert store.find_report(tenant.tenant_id, prepared.partner.submission_key) is None
     finally:
         store.close()
 

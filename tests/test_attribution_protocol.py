@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any
@@ -14,8 +15,12 @@ from cleanroom.audiences.reader import hash_frame
 from cleanroom.federated.attribution import (
     PRECOMPUTED_LAGS,
     AttrAggregates,
+    AttrCells,
+    AttrHello,
     BrandAttribution,
     BrandConversions,
+    CellTokens,
+    CellValues,
     DpParams,
     LaggedPoints,
     PartnerAttribution,
@@ -39,7 +44,7 @@ from cleanroom.federated.attribution_reference import (
 )
 from cleanroom.federated.paillier import _unsafe_generate_keypair_for_tests
 from cleanroom.federated.synth_attribution import synthesize_attribution
-from cleanroom.matching.errors import ProtocolError
+from cleanroom.matching.errors import PolicyViolation, ProtocolError
 from cleanroom.matching.hash_to_curve import hash_to_curve
 from cleanroom.matching.workers import hash_mixed
 
@@ -102,7 +107,7 @@ def run_protocol(
     pk, sk = keys
     partner = PartnerAttribution(
         conversions="sales",
-        data=partner_exposures(expo, PARTNER_IDS, OPTIONS),
+        id_types=tuple(str(c.id_type) for c in PARTNER_IDS),
         click_days=windows.click_days,
         view_days=windows.view_days,
         run=direct,
@@ -124,6 +129,7 @@ def run_protocol(
         rng=np.random.default_rng(seed + 1),
     )
     partner.on_accepted(brand.accepted())
+    brand.on_cells(partner.on_exposures(partner_exposures(expo, PARTNER_IDS, OPTIONS)))
     for chunk in partner.cell_token_chunks(chunk=256):
         back = brand.on_cell_tokens(chunk)
         if back is not None:
@@ -194,7 +200,7 @@ def test_points_stored_at_upload_give_the_same_report(
     assert brand.brand_tokens == len(brand.data.id_event) * (windows.click_days + 1)
     # Distinct tokens are blinded once: fewer points than tokens on both sides.
     assert brand.point_count < brand.brand_tokens
-    assert partner.point_count <= sum(partner.hello().cell_tokens)
+    assert partner.point_count <= sum(partner.cell_tokens)
 
 
 def test_stored_points_are_the_hash_of_identifier_and_day(synth: Any) -> None:
@@ -283,6 +289,69 @@ def test_messages_out_of_round_are_errors(synth: Any, keys: tuple[Any, Any]) -> 
     _, brand, _, aggregates = run_protocol(synth, keys)
     with pytest.raises(ProtocolError):
         brand.on_aggregates(aggregates)  # already done
+
+    # The opening rounds, one message at a time.
+    pk, sk = keys
+    expo = parse_exposures(
+        pd.read_csv(synth.exposures_path, dtype=str, keep_default_na=False), id_columns=PARTNER_IDS
+    )
+    exposures = partner_exposures(expo, PARTNER_IDS, OPTIONS)
+    partner = PartnerAttribution(
+        conversions="sales",
+        id_types=("email", "maid", "phone"),
+        click_days=7,
+        view_days=1,
+        run=direct,
+        min_key_bits=1024,
+    )
+    with pytest.raises(ProtocolError, match="round hello"):
+        partner.on_exposures(exposures)  # before the brand accepted
+    brand = BrandAttribution(
+        session_id="s",
+        hello=partner.hello(),
+        data=brand_data(synth),
+        public_key=pk,
+        private_key=sk,
+        dp=NO_DP,
+        run=direct,
+    )
+    accepted = brand.accepted()
+    assert accepted.id_types == ("email", "phone")  # the brand holds no maids
+    with pytest.raises(ProtocolError, match="round cells"):
+        brand.on_cell_tokens(CellTokens(seq=0, cell=0, points=bytes(32)))  # before the cells
+    stranger = dataclasses.replace(accepted, id_types=("email", "passport"))
+    with pytest.raises(ProtocolError, match="identifier types"):
+        dataclasses.replace(partner).on_accepted(stranger)
+    partner.on_accepted(accepted)
+    with pytest.raises(ProtocolError, match="round cells"):
+        partner.on_cell_values(CellValues(cell=0, values=b""))  # before its own cells
+    cells = partner.on_exposures(exposures)
+    for bad in (
+        AttrCells(cells=(), cell_tokens=()),
+        AttrCells(cells=cells.cells[:1], cell_tokens=(0,)),
+        AttrCells(cells=cells.cells[:1] * 2, cell_tokens=(1, 1)),
+        AttrCells(cells=cells.cells, cell_tokens=cells.cell_tokens[1:]),
+    ):
+        with pytest.raises(ProtocolError):
+            brand.on_cells(bad)
+    brand.on_cells(cells)
+    with pytest.raises(ProtocolError, match="round tokens"):
+        brand.on_cells(cells)  # twice
+    assert brand.value_len == partner.value_len > 0
+
+
+def test_no_identifier_type_in_common_is_refused(synth: Any, keys: tuple[Any, Any]) -> None:
+    pk, sk = keys
+    with pytest.raises(PolicyViolation, match="no identifier type in common"):
+        BrandAttribution(
+            session_id="s",
+            hello=AttrHello(conversions="sales", click_days=7, view_days=1, id_types=("maid",)),
+            data=brand_data(synth),
+            public_key=pk,
+            private_key=sk,
+            dp=NO_DP,
+            run=direct,
+        )
 
 
 def test_noise_has_the_stated_scale() -> None:

@@ -17,6 +17,7 @@ from cleanroom.federated.attribution import day_dst, token_messages
 from cleanroom.federated.attribution_data import hashed_identifiers
 from cleanroom.federated.attribution_reference import parse_conversions, parse_exposures
 from cleanroom.matching.hash_to_curve import hash_to_curve_batch
+from cleanroom.matching.session import comparison_length
 from cleanroom.proto import cleanroom_pb2 as pb
 from cleanroom.server.store import Role
 
@@ -70,13 +71,31 @@ def test_attribution_wire_carries_only_what_section_13_allows(world: dict[str, A
     up_msgs = grpc_messages(up, pb.AttrPartnerMessage)
     down_msgs = grpc_messages(down, pb.AttrBrandMessage)
 
-    # Partner -> brand: Hello (cells and token counts), blinded tokens, aggregates.
+    # Partner -> brand: Hello (set name, windows, identifier types), cells and
+    # their token counts, blinded tokens, aggregates.
     kinds = [m.WhichOneof("body") for m in up_msgs]
-    assert kinds[0] == "hello" and kinds[-1] == "aggregates"
-    assert set(kinds) == {"hello", "cell_tokens", "aggregates"}
+    assert kinds[:2] == ["hello", "cells"] and kinds[-1] == "aggregates"
+    assert set(kinds) == {"hello", "cells", "cell_tokens", "aggregates"}
     hello = up_msgs[0].hello
+    assert sorted(hello.id_types) == ["email", "maid", "phone"]
+    assert {f.name for f, _ in hello.ListFields()} <= {
+        "conversions",
+        "click_days",
+        "view_days",
+        "id_types",
+        "epsilon",
+        "submission_key",
+    }
+    cells_msg = up_msgs[1].cells
+    accepted = down_msgs[0].accepted
+    # Only types both hold are tokenized: the brand has no maids, so none are sent.
+    assert list(accepted.id_types) == ["email", "phone"]
     sent_points = sum(len(m.cell_tokens.points) for m in up_msgs if m.HasField("cell_tokens")) // 32
-    assert sent_points == sum(hello.cell_tokens)  # tokens only, one per person, day and cell
+    assert sent_points == sum(cells_msg.cell_tokens)  # one token per person, day and cell
+    assert sent_points == sum(partner.partner.cell_tokens)
+    no_maid = parse_exposures(exposures, id_columns=PARTNER_IDS)
+    maid_points = _digests_and_tokens(no_maid, [c for c in PARTNER_IDS if c.column == "maid"])
+    assert maid_points and not any(p in sent for p in maid_points)
     parsed_exp = parse_exposures(exposures, id_columns=PARTNER_IDS)
     for secret in _identifier_strings(exposures, PARTNER_IDS) + _digests_and_tokens(
         parsed_exp, PARTNER_IDS
@@ -126,7 +145,8 @@ def test_attribution_wire_carries_only_what_section_13_allows(world: dict[str, A
     assert sum(len(v.ciphertexts) for v in values) == width * len(parsed_conv)
     # Cells come back shuffled: same multiset sizes, order unlinkable (fresh key).
     cells = [m.cell_values for m in down_msgs if m.HasField("cell_values")]
+    value_len = comparison_length(sum(cells_msg.cell_tokens), accepted.brand_tokens)
     assert sorted(len(c.values) for c in cells) == sorted(
-        n * down_msgs[0].accepted.value_len for n in hello.cell_tokens
+        n * value_len for n in cells_msg.cell_tokens
     )
     assert np.isfinite(float(len(cells)))

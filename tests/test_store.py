@@ -163,6 +163,16 @@ def test_sessions_are_tenant_scoped_and_countable(store: SqlStore) -> None:
     assert (done.status, done.intersection, done.finished_at) == ("done", 42, now)
     with pytest.raises(TypeError):
         store.update_session(a.tenant_id, rec.session_id, brand_points=1)
+    with pytest.raises(TypeError):
+        store.update_session(a.tenant_id, rec.session_id, protocol="psi")
+    declared = store.update_session(
+        a.tenant_id, rec.session_id, declared_records=7, declared_points=9
+    )
+    assert (declared.declared_records, declared.declared_points, declared.brand_points) == (
+        7,
+        9,
+        80,
+    )
     assert store.count_sessions_since(a.tenant_id, now - timedelta(seconds=1)) == 1
     assert store.count_sessions_since(a.tenant_id, now + timedelta(seconds=1)) == 0
     assert store.count_sessions_since(b.tenant_id, now - timedelta(days=1)) == 0
