@@ -949,19 +949,14 @@ class PartnerAttribution:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(event, cell, lag) of every brand token found in a cell, within that cell's window.
 
-        One hash join of the brand's values against every cell's (values are
-        compared as two 64-bit words: a sort of byte strings per cell would
-        take seconds on millions of tokens).
+        One join of the brand's values against every cell's (see
+        :func:`equal_pairs`).
         """
         sizes = [len(self._cell_values[ci]) for ci in range(len(self.cells))]
         values = np.concatenate([self._cell_values[ci] for ci in range(len(self.cells))])
-        left = _words(values)
-        left["cell"] = np.repeat(np.arange(len(self.cells)), sizes)
-        right = _words(brand)
-        right["token"] = np.arange(len(brand))
-        joined = left.merge(right, on=[c for c in left.columns if c != "cell"])
-        cell = joined["cell"].to_numpy(dtype=np.int64)
-        token = joined["token"].to_numpy(dtype=np.int64)
+        value_cell = np.repeat(np.arange(len(self.cells), dtype=np.int64), sizes)
+        found, token = equal_pairs(values, brand)
+        cell = value_cell[found]
         window = {"click": self.click_days, "view": self.view_days}
         cell_window = np.array([window[c.touch] for c in self.cells], dtype=np.int64)
         ok = lags[token] <= cell_window[cell]
@@ -992,13 +987,31 @@ class PartnerAttribution:
         }
 
 
-def _words(values: np.ndarray) -> pd.DataFrame:
-    """Byte strings as columns of little-endian 64-bit words (zero-padded), for hash joins."""
-    width = values.dtype.itemsize
-    padded = np.zeros((len(values), -(-width // 8) * 8), dtype=np.uint8)
-    padded[:, :width] = np.frombuffer(values.tobytes(), dtype=np.uint8).reshape(-1, width)
-    words = padded.view("<u8")
-    return pd.DataFrame({f"w{i}": words[:, i] for i in range(words.shape[1])})
+def equal_pairs(left: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every ``(i, j)`` with ``left[i] == right[j]``: equal-width byte strings, 8+ bytes.
+
+    Sorts ``left`` by its first 8 bytes as an integer, looks every ``right``
+    value up by binary search, then checks the remaining bytes of each
+    candidate pair. Vectorized throughout: a pandas merge of millions of
+    values takes seconds, this a fraction of one. Both sides may repeat values.
+    """
+    width = left.dtype.itemsize
+    if right.dtype.itemsize != width or width < 8:
+        raise ValueError("equal_pairs needs byte strings of one width, at least 8 bytes")
+    lbytes = np.ascontiguousarray(left).view(np.uint8).reshape(-1, width)
+    rbytes = np.ascontiguousarray(right).view(np.uint8).reshape(-1, width)
+    lkey = np.ascontiguousarray(lbytes[:, :8]).view("<u8").ravel()
+    rkey = np.ascontiguousarray(rbytes[:, :8]).view("<u8").ravel()
+    order = np.argsort(lkey, kind="stable")
+    sorted_keys = lkey[order]
+    lo = np.searchsorted(sorted_keys, rkey, side="left")
+    counts = np.searchsorted(sorted_keys, rkey, side="right") - lo
+    j = np.repeat(np.arange(len(rkey), dtype=np.int64), counts)
+    # Position k of right value r's run of equal keys is lo[r] + k.
+    run_start = np.repeat(np.cumsum(counts) - counts, counts)
+    i = order[np.repeat(lo, counts) + np.arange(len(j), dtype=np.int64) - run_start]
+    same = np.all(lbytes[i, 8:] == rbytes[j, 8:], axis=1)
+    return i[same].astype(np.int64), j[same]
 
 
 class _Noise:

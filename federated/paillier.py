@@ -94,6 +94,7 @@ __all__ = [
     "private_key_to_json",
     "public_key_from_json",
     "public_key_to_json",
+    "raw_ciphertexts_from_bytes",
     "to_phe_encrypted_number",
     "validate_ciphertext",
     "validate_ciphertexts",
@@ -1061,6 +1062,13 @@ def ciphertexts_to_bytes(cs: Iterable[int], public_key: PaillierPublicKey) -> by
 def ciphertexts_from_bytes(data: bytes, public_key: PaillierPublicKey) -> list[int]:
     """Inverse of :func:`ciphertexts_to_bytes`; validates each ciphertext (the error names the
     index) and the total length."""
+    return public_key.validate_many(raw_ciphertexts_from_bytes(data, public_key))
+
+
+def raw_ciphertexts_from_bytes(data: bytes, public_key: PaillierPublicKey) -> list[int]:
+    """:func:`ciphertexts_from_bytes` WITHOUT validating the values (the total length is
+    still checked): only for callers that validate them next, e.g. the attribution state
+    machine, which checks event values when they arrive."""
     _expect_public_key(public_key)
     if not isinstance(data, bytes | bytearray | memoryview):
         raise TypeError(f"expected bytes, got {type(data).__name__}")
@@ -1072,5 +1080,4 @@ def ciphertexts_from_bytes(data: bytes, public_key: PaillierPublicKey) -> list[i
             "(the byte length of n**2)"
         )
     count = len(view) // width
-    values = [int.from_bytes(view[i * width : (i + 1) * width], "big") for i in range(count)]
-    return public_key.validate_many(values)
+    return [int.from_bytes(view[i * width : (i + 1) * width], "big") for i in range(count)]

@@ -314,7 +314,7 @@ def attr_brand_to_pb(msg: object, public_key: object = None) -> pb.AttrBrandMess
 
 def attr_brand_from_pb(msg: pb.AttrBrandMessage, public_key: object = None) -> object:
     from cleanroom.federated import attribution as a
-    from cleanroom.federated.paillier import PaillierPublicKey, ciphertexts_from_bytes
+    from cleanroom.federated.paillier import PaillierPublicKey, raw_ciphertexts_from_bytes
 
     kind = msg.WhichOneof("body")
     if kind == "accepted":
@@ -342,7 +342,8 @@ def attr_brand_from_pb(msg: pb.AttrBrandMessage, public_key: object = None) -> o
             seq=e.seq,
             start=e.start,
             customers=e.customers,
-            ciphertexts=tuple(ciphertexts_from_bytes(e.ciphertexts, public_key)),
+            # Validated by the state machine when they arrive (once).
+            ciphertexts=tuple(raw_ciphertexts_from_bytes(e.ciphertexts, public_key)),
         )
     if kind == "done":
         return a.AttrDone(report_id=msg.done.report_id)

@@ -26,6 +26,7 @@ from cleanroom.federated.attribution import (
     PartnerAttribution,
     day_dst,
     distinct_keys,
+    equal_pairs,
     exact_distinct_keys,
     key_mix,
 )
@@ -249,6 +250,29 @@ def test_distinct_keys_survive_a_collision_of_their_64_bit_mix() -> None:
     assert keys.tolist() == exact_distinct_keys(types, collided, days).tolist()
     assert len(np.unique(keys)) == 501  # the twin is a key of its own
     assert first[keys[500]] == 500
+
+
+@pytest.mark.parametrize("width", [8, 11, 32])
+def test_equal_pairs_finds_every_equal_pair(width: int) -> None:
+    """Against a plain dictionary join: repeats on both sides, and values that
+    share their first 8 bytes (the search key) but differ after them."""
+    rng = np.random.default_rng(width)
+    pool = rng.integers(0, 256, size=(300, width), dtype=np.uint8)
+    if width > 8:
+        pool[150:200, :8] = pool[100:150, :8]  # same key, other value
+    left = pool[rng.integers(0, 250, 2000)].copy().view(f"S{width}").ravel()
+    right = pool[rng.integers(50, 300, 1500)].copy().view(f"S{width}").ravel()
+    i, j = equal_pairs(left, right)
+    positions: dict[bytes, list[int]] = {}
+    for n, v in enumerate(left.tolist()):
+        positions.setdefault(v, []).append(n)
+    want = sorted((a, b) for b, v in enumerate(right.tolist()) for a in positions.get(v, []))
+    assert sorted(zip(i.tolist(), j.tolist(), strict=True)) == want
+    assert len(want) > 1000
+    empty_i, empty_j = equal_pairs(left[:0], right)
+    assert len(empty_i) == len(empty_j) == 0
+    with pytest.raises(ValueError, match="at least 8 bytes"):
+        equal_pairs(left.astype("S4"), right.astype("S4"))
 
 
 @pytest.mark.parametrize("pooled", [False, True], ids=["here", "pool"])

@@ -410,6 +410,13 @@ def test_ciphertext_bytes_roundtrip_and_tampering(
         tampered = blob[: i * width] + chunk + blob[(i + 1) * width :]
         with pytest.raises(InvalidCiphertextError, match=rf"ciphertext\[{i}\]: .*{msg}"):
             P.ciphertexts_from_bytes(tampered, pk)
+        # The raw split leaves the values to its caller's validation.
+        raw = P.raw_ciphertexts_from_bytes(tampered, pk)
+        assert raw[i] == int.from_bytes(chunk, "big")
+        with pytest.raises(InvalidCiphertextError, match=rf"ciphertext\[{i}\]: .*{msg}"):
+            pk.validate_many(raw)
+    with pytest.raises(InvalidCiphertextError, match="not a multiple"):
+        P.raw_ciphertexts_from_bytes(blob[:-1], pk)
     with pytest.raises(TypeError):
         P.ciphertexts_from_bytes("00" * width, pk)  # type: ignore[arg-type]
 
