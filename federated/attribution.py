@@ -38,6 +38,7 @@ Values travel only as Paillier ciphertexts under B's key, fixed-point with
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Callable, Mapping
@@ -456,9 +457,6 @@ class BrandAttribution:
         if len(self.id_types) < len(held):
             self.data = self.data.with_types(self.id_types)
         self.brand_tokens = int(len(self.data.id_event) * (self.max_lag + 1))
-        d = self.data
-        self._lagged = LaggedPoints.of(d.id_type, d.id_digest, d.day[d.id_event], self.max_lag + 1)
-        self.point_count = len(self._lagged.first_item)  # distinct tokens: blinded once each
         self.cells: tuple[Cell, ...] = ()
         self.cell_tokens: tuple[int, ...] = ()
         self.value_len = 0  # known once P's cells are
@@ -474,6 +472,17 @@ class BrandAttribution:
         # Cells are shuffled on another thread than the conversion tokens are
         # built on (they overlap); numpy generators are not thread-safe.
         self._cell_rng = np.random.default_rng(self.rng.integers(2**63))
+
+    @functools.cached_property
+    def _lagged(self) -> LaggedPoints:
+        # Built on first use, off the hello's path: the partner waits for the answer.
+        d = self.data
+        return LaggedPoints.of(d.id_type, d.id_digest, d.day[d.id_event], self.max_lag + 1)
+
+    @property
+    def point_count(self) -> int:
+        """Distinct tokens: each is blinded once."""
+        return len(self._lagged.first_item)
 
     def accepted(self) -> AttrAccepted:
         self.round = AttrRound.CELLS
