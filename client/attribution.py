@@ -167,7 +167,8 @@ class PreparedAttribution:
     """The partner's side of a run before connecting: the exposure log read and
     validated (bad files fail here, before any network), the spend file and the
     submission key. Identifiers are hashed once the brand has named the types
-    both sides hold (:meth:`exposures`)."""
+    both sides hold (:meth:`exposures`). One run per preparation: ``partner``
+    is that run's state machine."""
 
     request: AttributionRequest
     parsed: pd.DataFrame
