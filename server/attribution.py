@@ -14,10 +14,11 @@ returns the stored report instead of running again.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Executor, Future
+from concurrent.futures import CancelledError, Executor, Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -262,6 +263,50 @@ def _fixed(packed: bytes, width: int = DIGEST_LEN) -> pa.FixedSizeBinaryArray:
     )
 
 
+class RunJobs:
+    """One run's jobs in the node's worker pool (or here, without one).
+
+    ``cancel`` drops the jobs not yet started and refuses new ones: a partner
+    that goes away must not leave minutes of its run queued in the pool.
+    """
+
+    def __init__(self, executor: Executor | None) -> None:
+        self._executor = executor
+        self._lock = threading.Lock()
+        self._pending: set[Future[Any]] = set()
+        self._cancelled = False
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return self.run_many(fn, [args])[0]
+
+    def run_many(self, fn: Callable[..., Any], jobs: list[tuple[Any, ...]]) -> list[Any]:
+        if self._executor is None:
+            out = []
+            for args in jobs:
+                self._check()
+                out.append(fn(*args))
+            return out
+        with self._lock:
+            self._check()
+            futures = [self._executor.submit(fn, *args) for args in jobs]
+            self._pending.update(futures)
+        try:
+            return [f.result() for f in futures]
+        finally:
+            with self._lock:
+                self._pending.difference_update(futures)
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancelled = True
+            for future in self._pending:
+                future.cancel()
+
+    def _check(self) -> None:
+        if self._cancelled:
+            raise CancelledError("the run was cancelled")
+
+
 @dataclass
 class AttributionRun:
     brand: BrandAttribution
@@ -269,6 +314,7 @@ class AttributionRun:
     hello: AttrHello
     report_id: str
     public_key: PaillierPublicKey
+    jobs: RunJobs
 
 
 @dataclass
@@ -317,16 +363,6 @@ class AttributionService:
             else None,
         )
 
-    def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        if self.executor is None:
-            return fn(*args)
-        return self.executor.submit(fn, *args).result()
-
-    def _run_many(self, fn: Callable[..., Any], jobs: list[tuple[Any, ...]]) -> list[Any]:
-        if self.executor is None:
-            return [fn(*args) for args in jobs]
-        return [f.result() for f in [self.executor.submit(fn, *args) for args in jobs]]
-
     def open(
         self, principal: Principal, hello: AttrHello
     ) -> tuple[AttributionRun | None, AttrAccepted]:
@@ -363,6 +399,7 @@ class AttributionService:
             )
         public_key, private_key = self.keygen(self.key_bits)
         session_id = uuid.uuid4().hex
+        jobs = RunJobs(self.executor)
         brand = BrandAttribution(
             session_id=session_id,
             hello=hello,
@@ -370,8 +407,8 @@ class AttributionService:
             public_key=public_key,
             private_key=private_key,
             dp=dp,
-            run=self._run,
-            run_many=self._run_many,
+            run=jobs.run,
+            run_many=jobs.run_many,
         )
         self.store.create_session(
             SessionRecord(
@@ -394,7 +431,10 @@ class AttributionService:
                 {"session": session_id, "conversions": record.name, "epsilon": hello.epsilon},
             )
         )
-        return AttributionRun(brand, principal, hello, report_id, public_key), brand.accepted()
+        return (
+            AttributionRun(brand, principal, hello, report_id, public_key, jobs),
+            brand.accepted(),
+        )
 
     def cells(self, run: AttributionRun, msg: AttrCells) -> None:
         """The partner's cells: its tokens may stream in from here."""
@@ -445,6 +485,8 @@ class AttributionService:
         return stored.report_id
 
     def finish(self, run: AttributionRun, status: str, error: str | None = None) -> None:
+        if status != "done":
+            run.jobs.cancel()
         self.store.update_session(
             run.principal.tenant_id,
             run.brand.session_id,

@@ -230,6 +230,12 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
             session.fail(exc)
 
 
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a background job's outcome as seen (a failed run's jobs end cancelled)."""
+    if not future.cancelled():
+        future.exception()
+
+
 class AttributionServicer(pb_grpc.AttributionServiceServicer):
     def __init__(self, store: SqlStore, attribution: AttributionService) -> None:
         self._store = store
@@ -278,6 +284,7 @@ class AttributionServicer(pb_grpc.AttributionServiceServicer):
     ) -> AsyncIterator[pb.AttrBrandMessage]:
         run: AttributionRun | None = None
         ended = False
+        background: list[asyncio.Future[Any]] = []
         try:
             requests = aiter(request_iterator)
             first = await anext(requests)
@@ -296,6 +303,7 @@ class AttributionServicer(pb_grpc.AttributionServiceServicer):
             # partner's: build them while the partner prepares its log.
             brand_tokens = asyncio.ensure_future(asyncio.to_thread(run.brand.conversion_tokens))
             brand_values = asyncio.ensure_future(asyncio.to_thread(run.brand.event_values))
+            background += [brand_tokens, brand_values]
             async for req in requests:
                 msg = serde.attr_partner_from_pb(req, run.public_key)
                 if isinstance(msg, AttrCells):
@@ -331,6 +339,8 @@ class AttributionServicer(pb_grpc.AttributionServiceServicer):
                 self._service.finish(
                     run, "failed", "the partner disconnected; no report was stored"
                 )
+            for job in background:  # cancelled with the run, or no longer needed
+                job.add_done_callback(_retrieve)
 
     async def SetPolicy(
         self, request: pb.PolicyRequest, context: grpc.aio.ServicerContext

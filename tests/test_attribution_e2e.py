@@ -423,3 +423,48 @@ def test_bad_exposure_files(world: dict[str, Any], tmp_path: Path, content: str,
                 world["synth"], exposures=path, id_columns=parse_id_columns("email"), spend=None
             )
         )
+
+
+def test_a_cancelled_run_drops_its_queued_jobs() -> None:
+    """A partner that goes away must not leave its run's work queued in the pool."""
+    import threading
+    from concurrent.futures import CancelledError, ThreadPoolExecutor
+
+    from cleanroom.server.attribution import RunJobs
+
+    gate = threading.Event()
+    started: list[int] = []
+
+    def job(i: int) -> int:
+        started.append(i)
+        if i == 0:
+            gate.wait(timeout=30)
+        return i * 10
+
+    with ThreadPoolExecutor(1) as pool:
+        jobs = RunJobs(pool)
+        assert jobs.run_many(job, [(1,), (2,)]) == [10, 20] and jobs.run(job, 3) == 30
+        started.clear()
+        outcome: list[object] = []
+
+        def many() -> None:
+            try:
+                outcome.append(jobs.run_many(job, [(i,) for i in range(5)]))
+            except CancelledError as exc:
+                outcome.append(exc)
+
+        caller = threading.Thread(target=many)
+        caller.start()
+        eventually(lambda: started == [0], what="the first job to start")
+        jobs.cancel()
+        gate.set()
+        caller.join(timeout=30)
+        assert len(outcome) == 1 and isinstance(outcome[0], CancelledError)
+        assert started == [0]  # the queued four never ran
+        with pytest.raises(CancelledError):
+            jobs.run(job, 7)
+    here = RunJobs(None)
+    assert here.run_many(job, [(4,)]) == [40]
+    here.cancel()
+    with pytest.raises(CancelledError):
+        here.run_many(job, [(5,)])
