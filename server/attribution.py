@@ -38,7 +38,6 @@ from cleanroom.federated.attribution import (
     BrandConversions,
     DpParams,
     LaggedPoints,
-    common_id_types,
 )
 from cleanroom.federated.attribution_reference import campaign_report
 from cleanroom.federated.paillier import PaillierPrivateKey, PaillierPublicKey, generate_keypair
@@ -377,7 +376,6 @@ class AttributionService:
             if existing is not None:
                 return None, AttrAccepted("", 0, 0, 0, 0, DpParams(), report_id=existing.report_id)
         record, data = self.load(principal, hello.conversions)
-        common_id_types(data.held_types(), hello.id_types)  # refused before any charge
         dp = DpParams()
         report_id = uuid.uuid4().hex
         partnership = f"{principal.tenant_id}:partner"
@@ -390,16 +388,14 @@ class AttributionService:
                     f"this brand's policy applies {policy.dp} differential privacy: pass --epsilon"
                     f" (remaining budget {remaining:g})"
                 )
-            # Charged before any work: an overspending run is refused up front.
-            self.store.charge_epsilon(
-                principal.tenant_id, partnership, report_id, hello.epsilon, policy.epsilon_budget
-            )
             dp = DpParams(
                 policy.dp, hello.epsilon, policy.delta if policy.dp == "gaussian" else 0.0
             )
         public_key, private_key = self.keygen(self.key_bits)
         session_id = uuid.uuid4().hex
         jobs = RunJobs(self.executor)
+        # The run's own checks (windows, an identifier type in common) refuse it
+        # before the charge below.
         brand = BrandAttribution(
             session_id=session_id,
             hello=hello,
@@ -410,6 +406,11 @@ class AttributionService:
             run=jobs.run,
             run_many=jobs.run_many,
         )
+        if dp.mechanism != "off":
+            # Charged before any work: an overspending run is refused up front.
+            self.store.charge_epsilon(
+                principal.tenant_id, partnership, report_id, hello.epsilon, policy.epsilon_budget
+            )
         self.store.create_session(
             SessionRecord(
                 session_id=session_id,

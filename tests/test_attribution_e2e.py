@@ -15,6 +15,7 @@ import pytest
 from cleanroom.audiences.identifiers import NormalizeOptions, parse_id_columns
 from cleanroom.client.attribution import (
     AttributionRequest,
+    PreparedAttribution,
     prepare_attribution,
     run_attribution,
     upload_conversions,
@@ -98,13 +99,17 @@ def request(synth: Any, **changes: Any) -> AttributionRequest:
     return dataclasses.replace(base, **changes)
 
 
-def attribute(world: dict[str, Any], req: AttributionRequest, tokens: str = "tokens") -> str:
+def run_prepared(
+    world: dict[str, Any], prepared: PreparedAttribution, tokens: str = "tokens"
+) -> str:
     node = world["node"]
     return asyncio.run(
-        run_attribution(
-            Connection(node.target, world[tokens][Role.PARTNER]), prepare_attribution(req)
-        )
+        run_attribution(Connection(node.target, world[tokens][Role.PARTNER]), prepared)
     )
+
+
+def attribute(world: dict[str, Any], req: AttributionRequest, tokens: str = "tokens") -> str:
+    return run_prepared(world, prepare_attribution(req), tokens)
 
 
 def stored(world: dict[str, Any], report_id: str, tokens: str = "tokens") -> dict[str, Any]:
@@ -202,11 +207,8 @@ def test_dp_budget_is_charged_and_overspending_refused_before_work(world: dict[s
     report = stored(world, first, tokens="dp_tokens")
     assert report["dp"]["mechanism"] == "laplace" and report["dp"]["epsilon"] == 0.6
     overspending = prepare_attribution(request(synth, epsilon=0.6, windows=Windows(5, 1)))
-    node = world["node"]
     with pytest.raises(ClientError, match="FAILED_PRECONDITION"):
-        asyncio.run(
-            run_attribution(Connection(node.target, world["dp_tokens"][Role.PARTNER]), overspending)
-        )
+        run_prepared(world, overspending, tokens="dp_tokens")
     # Refused at the hello: the partner never hashed its log.
     assert overspending.partner.round is AttrRound.HELLO
     assert overspending.partner.point_count == 0
@@ -219,27 +221,27 @@ def test_dp_budget_is_charged_and_overspending_refused_before_work(world: dict[s
         store.close()
 
 
-def test_no_identifier_type_in_common_is_refused_before_any_charge(
-    world: dict[str, Any],
-) -> None:
+def test_refused_runs_charge_no_budget(world: dict[str, Any]) -> None:
+    """No identifier type in common, or windows beyond 90 days: refused at the
+    hello, before the DP charge and before the partner hashes its log."""
     synth = world["synth"]
     store = SqlStore(world["settings"].resolved_database_url())
     try:
         tenant = store.find_tenant("dp-brand")
         assert tenant is not None
         before = store.ledger(tenant.tenant_id)
-        prepared = prepare_attribution(
-            request(synth, id_columns=parse_id_columns("maid"), epsilon=0.1)
-        )
-        node = world["node"]
-        with pytest.raises(
-            ClientError, match=r"FAILED_PRECONDITION.*no identifier type in common.*email, phone"
+        for req, why in (
+            (
+                request(synth, id_columns=parse_id_columns("maid"), epsilon=0.1),
+                r"FAILED_PRECONDITION.*no identifier type in common.*email, phone",
+            ),
+            (request(synth, windows=Windows(91, 1), epsilon=0.1), "windows are 0..90 days"),
         ):
-            asyncio.run(
-                run_attribution(Connection(node.target, world["dp_tokens"][Role.PARTNER]), prepared)
-            )
-        assert prepared.partner.round is AttrRound.HELLO
-        assert store.ledger(tenant.tenant_id) == before
+            prepared = prepare_attribution(req)
+            with pytest.raises(ClientError, match=why):
+                run_prepared(world, prepared, tokens="dp_tokens")
+            assert prepared.partner.round is AttrRound.HELLO
+            assert store.ledger(tenant.tenant_id) == before
     finally:
         store.close()
 
@@ -258,10 +260,7 @@ def test_cells_with_no_identifier_in_common_count_their_users(
     path = tmp_path / "exposures.csv"
     pd.concat([exposures, extra]).to_csv(path, index=False)
     prepared = prepare_attribution(request(synth, exposures=path))
-    node = world["node"]
-    report_id = asyncio.run(
-        run_attribution(Connection(node.target, world["tokens"][Role.PARTNER]), prepared)
-    )
+    report_id = run_prepared(world, prepared)
     assert all(c.campaign_id != "camp_maids_only" for c in prepared.partner.cells)
     want = plaintext(synth, path)
     report = stored(world, report_id)
@@ -309,8 +308,6 @@ def test_unknown_conversions_and_wrong_role(world: dict[str, Any]) -> None:
 
 
 def test_partner_disconnecting_mid_run_leaves_no_report(world: dict[str, Any]) -> None:
-    from tests.helpers import eventually
-
     synth = world["synth"]
     prepared = prepare_attribution(request(synth, windows=Windows(6, 1)))
 
@@ -321,11 +318,8 @@ def test_partner_disconnecting_mid_run_leaves_no_report(world: dict[str, Any]) -
         raise Gone  # the partner dies after the brand sent everything
 
     prepared.partner.aggregates = vanish  # type: ignore[method-assign]
-    node = world["node"]
     with pytest.raises(Gone):
-        asyncio.run(
-            run_attribution(Connection(node.target, world["tokens"][Role.PARTNER]), prepared)
-        )
+        run_prepared(world, prepared)
     store = SqlStore(world["settings"].resolved_database_url())
     try:
         tenant = store.find_tenant("brand")
