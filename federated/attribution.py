@@ -13,12 +13,12 @@ exposure of that cell, same person". Windows are then P's check ``L <= W_touch``
 Rounds (``AttrRound``):
 
 ``HELLO``    P: conversions set name, windows, its identifier types,
-             requested epsilon, submission key; sent before P reads its
-             log. B: policy checks (the DP budget before any work),
-             ``AttrAccepted`` with the Paillier public key, the DP parameters
-             P must apply and the identifier types both hold (only those are
-             tokenized: other types cannot match). B starts on its own
-             tokens and encrypted values at once.
+             requested epsilon, submission key; sent once P has read and
+             validated its log, before it hashes it. B: policy checks (the
+             DP budget before any work), ``AttrAccepted`` with the Paillier
+             public key, the DP parameters P must apply and the identifier
+             types both hold (only those are tokenized: other types cannot
+             match). B starts on its own tokens and encrypted values at once.
 ``CELLS``    P prepares its log (types in common only) and sends its cell
              labels with their token counts. Both sides derive the
              comparison length from the two token counts.
