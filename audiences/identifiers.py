@@ -180,10 +180,14 @@ _PREHASHED_RE = re.compile("[0-9a-fA-F]{64}")
 # phonenumbers.parse turns each into (country code 1, those ten digits) when the number
 # carries +1 or the default region is US or CA (national prefix "1", no transform rule);
 # skipping the parse halves the cost of a phone, and is_valid_number still decides.
-_NANP_RE = re.compile(
-    r"(\+1[ .-]?)?(?:\(([2-9][0-9]{2})\) ?|([2-9][0-9]{2})[ .-]?)([0-9]{3})[ .-]?([0-9]{4})"
+# The pattern is written for both Python's re and Arrow's RE2 (audiences.phones).
+NANP_PATTERN = (
+    r"(?P<plus>\+1[ .-]?)?"
+    r"(?:\((?P<area>[2-9][0-9]{2})\) ?|(?P<area_plain>[2-9][0-9]{2})[ .-]?)"
+    r"(?P<exchange>[0-9]{3})[ .-]?(?P<line>[0-9]{4})"
 )
-_NANP_REGIONS = frozenset({"US", "CA"})
+_NANP_RE = re.compile(NANP_PATTERN)
+NANP_REGIONS = frozenset({"US", "CA"})
 # phonenumbers finds a +1 number's region by trying country code 1's regions in
 # this order and keeping the first whose patterns know the number; is_valid_number
 # then validates against that region. With the US first, a number valid for the
@@ -224,8 +228,8 @@ def normalize_phone(value: str, default_region: str | None = None) -> str:
     region = _check_region(default_region)
     text = _require_value(value, IdType.PHONE)
     nanp = _NANP_RE.fullmatch(text)
-    if nanp is not None and (nanp.group(1) or region in _NANP_REGIONS):
-        digits = (nanp.group(2) or nanp.group(3)) + nanp.group(4) + nanp.group(5)
+    if nanp is not None and (nanp["plus"] or region in NANP_REGIONS):
+        digits = (nanp["area"] or nanp["area_plain"]) + nanp["exchange"] + nanp["line"]
         number = phonenumbers.PhoneNumber(country_code=1, national_number=int(digits))
         if _US_FIRST and phonenumbers.is_valid_number_for_region(number, "US"):
             return "+1" + digits

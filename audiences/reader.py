@@ -35,6 +35,7 @@ from .identifiers import (
     NormalizeOptions,
     identifier_digest,
 )
+from .phones import nanp_national_numbers, valid_national_numbers
 
 __all__ = [
     "AudienceFileError",
@@ -406,8 +407,22 @@ def _hash_column(values: pa.Array, id_type: IdType, options: NormalizeOptions) -
         digests[todo] = _sha256_rows(trimmed, todo)
         status[todo] = _VALID
     else:
-        # Phone numbers need the phonenumbers library: one call per distinct value.
-        scalar_rows |= todo
+        # North American spellings are validated here a column at a time; other
+        # numbers need phonenumbers' full parse, one call per distinct value.
+        shaped, national = nanp_national_numbers(trimmed, options.default_region)
+        nanp = todo & shaped
+        nanp_rows = np.flatnonzero(nanp)
+        valid = np.zeros(len(nanp), dtype=np.bool_)
+        valid[nanp_rows] = valid_national_numbers(1, national.take(pa.array(nanp_rows)))
+        invalid = nanp & ~valid
+        reasons["invalid_phone"] += int(invalid.sum())
+        status[invalid] = _INVALID
+        e164 = pc.binary_join_element_wise(
+            pa.scalar("+1", type=national.type), national, pa.scalar("", type=national.type)
+        )
+        digests[valid] = _sha256_rows(e164, valid)
+        status[valid] = _VALID
+        scalar_rows |= todo & ~nanp
 
     if scalar_rows.any():
         # Trimmed ASCII values give the same results (the scalar functions trim identically)

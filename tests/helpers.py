@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import random
 import time
 from collections.abc import Callable
 from typing import Any
@@ -54,3 +55,33 @@ def assert_close(a: Any, b: Any, where: str = "") -> None:
         )
     else:
         assert a == b, f"{where}: {a} != {b}"
+
+
+NANP_SPELLINGS = (
+    "{a}{e}{s}",
+    "{a}-{e}-{s}",
+    "{a}.{e}.{s}",
+    "{a} {e} {s}",
+    "({a}) {e}-{s}",
+    "({a}){e}-{s}",
+    "+1 {a} {e} {s}",
+    "+1-{a}-{e}-{s}",
+    "+1-{a}.{e}.{s}",
+    "+1{a}{e}{s}",
+    "+1 ({a}) {e}-{s}",
+    "+1 ({a}){e}{s}",
+    " {a}-{e}-{s} ",
+    "({a} {e}-{s}",  # unbalanced: not a North American shortcut spelling
+    "1 {a} {e} {s}",  # trunk prefix without +: not a shortcut spelling
+    "{a}  {e} {s}",  # two spaces: not a shortcut spelling
+    "+44 {a} {e} {s}",
+    "{a}-{e}-{s}x",
+)
+
+
+def random_nanp_spelling(rng: random.Random) -> str:
+    """A ten-digit number (US, Canadian, Caribbean or no area code) in a random spelling."""
+    area = f"{rng.randrange(100, 1000)}"
+    exchange = f"{rng.randrange(0, 1000):03d}"
+    line = f"{rng.randrange(0, 10000):04d}"
+    return rng.choice(NANP_SPELLINGS).format(a=area, e=exchange, s=line)

@@ -23,6 +23,8 @@ from cleanroom.audiences.identifiers import (
     sha256_hex,
 )
 
+from tests.helpers import random_nanp_spelling
+
 # Digests computed independently with hashlib.sha256(<value>.encode()).hexdigest().
 SHA_TEST_EXAMPLE_COM = "973dfe463ec85785f5f95af5ba3906eedb2d931c24e69824a89ea65dba4e813b"
 SHA_US_PHONE = "e7e096141fe6290f8c04e20b51a686070a9c40f7f304667849b430645aaaf07d"  # +12015550123
@@ -270,27 +272,9 @@ def _parsed_e164(raw: str, region: str | None) -> str | None:
 def test_north_american_shortcut_agrees_with_the_full_parse(region: str | None) -> None:
     """Common NANP spellings skip phonenumbers.parse; the outcome must not change."""
     rng = random.Random(f"nanp-{region}")
-    styles = [
-        "{a}{e}{s}",
-        "{a}-{e}-{s}",
-        "{a}.{e}.{s}",
-        "{a} {e} {s}",
-        "({a}) {e}-{s}",
-        "({a}){e}-{s}",
-        "+1 {a} {e} {s}",
-        "+1-{a}-{e}-{s}",
-        "+1{a}{e}{s}",
-        "+1 ({a}) {e}-{s}",
-        " {a}-{e}-{s} ",
-        "({a} {e}-{s}",  # unbalanced: not a shortcut spelling
-        "1 {a} {e} {s}",  # trunk prefix without +: not a shortcut spelling
-    ]
     checked = valid = 0
     for _ in range(1500):
-        area = f"{rng.randrange(200, 1000)}"
-        exchange = f"{rng.randrange(0, 1000):03d}"
-        line = f"{rng.randrange(0, 10000):04d}"
-        raw = rng.choice(styles).format(a=area, e=exchange, s=line)
+        raw = random_nanp_spelling(rng)
         want = _parsed_e164(raw, region)
         try:
             got: str | None = normalize_phone(raw, region)

@@ -29,6 +29,8 @@ from cleanroom.audiences.reader import (
     read_hashed_chunks,
 )
 
+from tests.helpers import random_nanp_spelling
+
 US = NormalizeOptions(default_region="US")
 ID_COLUMNS = parse_id_columns("email,phone,maid,crm_id")
 HEADER = ["crm_id", "email", "phone", "maid", "note"]
@@ -343,6 +345,29 @@ def test_vectorized_regexes_match_python_on_random_ascii(tmp_path: Path, fold_gm
     for i in range(2):
         present = np.concatenate([c.columns[i].present for c in chunks])
         assert 0.05 < present.mean() < 0.95
+
+
+@pytest.mark.parametrize("region", ["US", "CA", None, "GB"])
+def test_north_american_phones_match_the_scalar_reference(
+    tmp_path: Path, region: str | None
+) -> None:
+    """Phones of NANP shape are validated a column at a time; the outcome must not change.
+
+    Area codes cover the US, Canada and the Caribbean, valid or not.
+    """
+    rng = random.Random(f"phones-{region}")
+    rows = []
+    for _ in range(2500):
+        spelling = random_nanp_spelling(rng)
+        rows.append([rng.choice(["", " ", "\t"]) + spelling + rng.choice(["", " "])])
+    path = tmp_path / "phones.parquet"
+    pq.write_table(pa.table({"phone": [row[0] for row in rows]}), path)
+    options = NormalizeOptions(default_region=region)
+    id_columns = parse_id_columns("phone")
+    chunks = list(read_hashed_chunks(path, id_columns, options, chunk_rows=700))
+    check_against_scalar(chunks, rows, ["phone"], id_columns, options)
+    present = np.concatenate([c.columns[0].present for c in chunks])
+    assert 0.1 < present.mean() < 0.9
 
 
 def test_same_column_with_two_types(tmp_path: Path) -> None:
