@@ -22,7 +22,7 @@ import grpc
 import numpy as np
 import pandas as pd
 from cleanroom.audiences.identifiers import IdColumn, NormalizeOptions
-from cleanroom.audiences.reader import iter_frames
+from cleanroom.audiences.reader import iter_frames, read_frame
 from cleanroom.client.sdk import ClientError, Connection, stream_upload
 from cleanroom.federated.attribution import (
     POINT_CHUNK,
@@ -187,7 +187,7 @@ def prepare_attribution(
     """Read and validate the exposure log; ``executor`` runs the crypto (default: here)."""
     # The audience reader's checks (missing file, empty, header only, bad CSV)
     # apply to exposure logs too.
-    frame = pd.concat(list(iter_frames(req.exposures, 200_000)), ignore_index=True)
+    frame = read_frame(req.exposures)
     parsed = parse_exposures(frame, id_columns=req.id_columns, user_column=req.user_column)
     spend = read_spend(req.spend) if req.spend else {}
     partner = PartnerAttribution(

@@ -26,6 +26,7 @@ from cleanroom.audiences.reader import (
     ReadReport,
     iter_frames,
     read_columns,
+    read_frame,
     read_hashed_chunks,
 )
 
@@ -392,6 +393,50 @@ def test_iter_frames_csv(tmp_path: Path) -> None:
     assert whole.loc[10, "note"] == "007"  # text stays text: no number parsing
     assert whole.loc[11].tolist() == ["c12", "NA", "", "", ""]  # short row, no NaN
     assert whole.loc[0, "email"] == " A@Example.com "  # raw values, not normalized
+
+
+CSV_SHAPES: dict[str, str | bytes] = {
+    "plain": 'a,b,c\n1,x,\n2, y ,"q, r"\n',
+    "bom_crlf": '\ufeffa,b,c\r\n1,"say ""hi""",z\r\n\r\n2,NA,null\r\n',
+    "unicode": "a,b,c\nÉlodie,straße,\u3000x\n007,1e3,-0\n",
+    "short_row": "a,b,c\n1,2\n3,4,5\n",  # Arrow refuses; pandas fills ""
+    "quoted_newline": 'a,b,c\n1,"two\nlines",3\n',
+    "duplicate_names": "a,b,a\n1,2,3\n",
+    "not_utf8": b"a,b,c\n1,2,3\n1,\xff,3\n",
+}
+
+
+@pytest.mark.parametrize("shape", sorted(CSV_SHAPES))
+@pytest.mark.parametrize("suffix", [".csv", ".csv.gz"])
+def test_read_frame_equals_the_concatenated_frames(tmp_path: Path, shape: str, suffix: str) -> None:
+    content = CSV_SHAPES[shape]
+    data = content.encode("utf-8") if isinstance(content, str) else content
+    path = tmp_path / f"f{suffix}"
+    path.write_bytes(gzip.compress(data) if suffix.endswith(".gz") else data)
+    try:
+        expected = pd.concat(list(iter_frames(path, chunk_rows=1)), ignore_index=True)
+    except AudienceFileError as exc:
+        with pytest.raises(AudienceFileError) as caught:
+            read_frame(path)
+        assert str(caught.value) == str(exc)
+        return
+    pd.testing.assert_frame_equal(read_frame(path), expected)
+
+
+def test_read_frame_of_a_large_messy_file(tmp_path: Path) -> None:
+    rng = random.Random(11)
+    rows = [[random_cell(rng).replace("\t", " ") for _ in HEADER] for _ in range(30_000)]
+    for row in rows[::97]:  # quoted line breaks, across Arrow's 1 MB blocks
+        row[4] = "two\nlines, quoted"
+    frame = pd.DataFrame(rows, columns=HEADER)
+    path = tmp_path / "messy.csv"
+    frame.to_csv(path, index=False)
+    assert path.stat().st_size > 2**21
+    expected = pd.concat(list(iter_frames(path, chunk_rows=7000)), ignore_index=True)
+    pd.testing.assert_frame_equal(read_frame(path), expected)
+    parquet = tmp_path / "messy.parquet"
+    frame.to_parquet(parquet)
+    assert read_frame(parquet).astype(object).equals(expected.astype(object))
 
 
 def test_iter_frames_parquet_matches_csv(tmp_path: Path) -> None:
