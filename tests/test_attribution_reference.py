@@ -17,6 +17,7 @@ from cleanroom.federated.attribution_reference import (
     parse_conversions,
     parse_exposures,
     parse_spend,
+    parse_timestamps,
     read_spend,
     reference_report,
 )
@@ -137,6 +138,22 @@ def test_timestamps_offsets_epoch_and_naive_are_utc_days() -> None:
         ("c1", "a@x.com", "", "2026-01-12 00:00:00", "2"),  # naive = UTC, lag 2: out
     )
     assert counts(report(conversions, exposures)["A"], "exposed") == (1, 1, 1, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("text", "micros"),
+    [
+        ("+5", 5_000_000),
+        ("5.", 5_000_000),
+        (".5", 500_000),
+        ("-0.000001", -1),
+        (" 1767225602.25 ", 1_767_225_602_250_000),
+        ("1767225602.0000004", 1_767_225_602_000_000),  # rounded to the microsecond
+    ],
+)
+def test_epoch_second_spellings(text: str, micros: int) -> None:
+    stamps = parse_timestamps(pd.Series([text, "2026-01-01T00:00:00Z"]), what="x", column="ts")
+    assert stamps.dt.as_unit("us").astype("int64").tolist() == [micros, 1_767_225_600_000_000]
 
 
 # --------------------------------------------------------------------------- last touch
