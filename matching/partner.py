@@ -411,22 +411,29 @@ class PartnerSession:
     async def outgoing(
         self, points_from: int = 0, values_from: int = 0
     ) -> AsyncIterator[PartnerMessage]:
-        """Everything after what the brand already holds, ending with ``Finish``."""
+        """Everything after what the brand already holds, ending with ``Finish``.
+
+        One message per pass, chosen from the state as it is after the
+        previous ``yield``: chunks produced while a message was being sent
+        (in CARDINALITY the values are often ready before the points) still go
+        before ``Finish``, which the brand refuses unless every point came first.
+        """
         pi, vi = points_from, values_from
         sent_finish = False
         while True:
             if self.error is not None:
                 raise self.error
             waiting = self._signal.current()
-            while pi < len(self.points_out):
+            if pi < len(self.points_out):
                 yield self.points_out[pi]
                 pi += 1
-            while vi < len(self.values_out):
+            elif vi < len(self.values_out):
                 yield self.values_out[vi]
                 vi += 1
-            if self.finish is not None and not sent_finish:
+            elif self.finish is not None and not sent_finish:
                 sent_finish = True
                 yield self.finish
-            if self.round in (Round.DONE, Round.FAILED):
+            elif self.round in (Round.DONE, Round.FAILED):
                 return
-            await waiting.wait()
+            else:
+                await waiting.wait()

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import replace
+from typing import Any, TypeVar
 
 import numpy as np
 import pytest
@@ -14,8 +17,10 @@ from cleanroom.matching.hash_to_curve import hash_to_curve
 from cleanroom.matching.messages import Finish, Hello, PointChunk, Protocol, Result, ValueChunk
 from cleanroom.matching.partner import PartnerColumn, PartnerSession, PartnerSet
 from cleanroom.matching.session import comparison_length
-from cleanroom.matching.workers import CryptoPool, dst_for, hash_points
+from cleanroom.matching.workers import CryptoPool, dst_for, hash_and_blind_mixed, hash_points
 from cleanroom.matching.x25519 import InvalidPointError
+
+T = TypeVar("T")
 
 
 def digest(text: str) -> bytes:
@@ -137,6 +142,59 @@ def test_cardinality_counts_records_once(thread_pool: CryptoPool, prepare: bool)
     assert partner.result == brand.result
     # Padded slots: every record sends exactly two points.
     assert brand.partner_points_received == 42 * 2
+
+
+class HeldPartnerPoints(CryptoPool):
+    """Runs jobs inline, except the partner's own points, held until ``release``."""
+
+    def __init__(self, executor: Executor) -> None:
+        super().__init__(executor, 2)
+        self.release = asyncio.Event()
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        if fn is hash_and_blind_mixed:
+            await self.release.wait()
+        return fn(*args)
+
+
+def test_cardinality_finish_waits_for_points_produced_during_a_send(
+    thread_pool: CryptoPool,
+) -> None:
+    """CARDINALITY: the partner's values are often ready before its own points.
+
+    If its points complete while a values chunk is being sent, they still go
+    before ``Finish`` (a Finish ahead of them failed the session with
+    "Finish after 0 of N declared points").
+    """
+    pool = HeldPartnerPoints(thread_pool.executor)
+    brand, partner = make(Protocol.CARDINALITY, pool, partner_rows())
+
+    async def run() -> list[str]:
+        await partner.receive(brand.start())
+
+        async def to_partner() -> None:
+            async for msg in brand.outgoing():
+                await partner.receive(msg)
+
+        down = asyncio.ensure_future(to_partner())
+        sent: list[str] = []
+        async for msg in partner.outgoing():
+            sent.append(type(msg).__name__)
+            if isinstance(msg, ValueChunk) and not pool.release.is_set():
+                # While this chunk is on its way, every point becomes ready.
+                pool.release.set()
+                while partner.finish is None:
+                    await asyncio.sleep(0)
+            await brand.receive(msg)
+        await down
+        return sent
+
+    sent = asyncio.run(asyncio.wait_for(run(), 60))
+    assert sent[0] == "ValueChunk" and sent[-1] == "Finish"
+    assert sent.count("PointChunk") == len(partner.points_out) == 12  # 84 points, 7 per chunk
+    assert brand.partner_points_received == 42 * 2
+    expected = sum(1 for x in expected_matched_on(partner_rows()) if x >= 0)
+    assert brand.result == partner.result == Result(intersection=expected, known=True)
 
 
 def test_match_count_kept_private_when_partner_declines(thread_pool: CryptoPool) -> None:
