@@ -464,7 +464,12 @@ def _hash_column(values: pa.Array, id_type: IdType, options: NormalizeOptions) -
         nanp = todo & shaped
         nanp_rows = np.flatnonzero(nanp)
         valid = np.zeros(len(nanp), dtype=np.bool_)
-        valid[nanp_rows] = valid_national_numbers(1, national.take(pa.array(nanp_rows)))
+        try:
+            valid[nanp_rows] = valid_national_numbers(1, national.take(pa.array(nanp_rows)))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            # A phonenumbers release whose patterns RE2 cannot compile: every
+            # number takes the scalar path, slower but the same answers.
+            nanp[:] = False
         invalid = nanp & ~valid
         reasons["invalid_phone"] += int(invalid.sum())
         status[invalid] = _INVALID

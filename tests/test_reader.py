@@ -395,6 +395,25 @@ def test_iter_frames_csv(tmp_path: Path) -> None:
     assert whole.loc[0, "email"] == " A@Example.com "  # raw values, not normalized
 
 
+def test_phones_fall_back_when_re2_cannot_read_the_metadata(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A future phonenumbers pattern RE2 cannot compile must cost speed, not answers."""
+
+    def unreadable(country_code: int, numbers: pa.Array) -> np.ndarray:
+        raise pa.ArrowInvalid("invalid regex")
+
+    monkeypatch.setattr("cleanroom.audiences.reader.valid_national_numbers", unreadable)
+    rng = random.Random("fallback")
+    rows = [[random_nanp_spelling(rng)] for _ in range(300)]
+    path = tmp_path / "phones.parquet"
+    pq.write_table(pa.table({"phone": [row[0] for row in rows]}), path)
+    id_columns = parse_id_columns("phone")
+    chunks = list(read_hashed_chunks(path, id_columns, US, chunk_rows=100))
+    check_against_scalar(chunks, rows, ["phone"], id_columns, US)
+    assert np.concatenate([c.columns[0].present for c in chunks]).any()
+
+
 CSV_SHAPES: dict[str, str | bytes] = {
     "plain": 'a,b,c\n1,x,\n2, y ,"q, r"\n',
     "bom_crlf": '\ufeffa,b,c\r\n1,"say ""hi""",z\r\n\r\n2,NA,null\r\n',
