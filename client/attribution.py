@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
@@ -255,14 +255,38 @@ class _CellTokenStream:
             yield CellTokens(seq=seq, cell=cell, points=points[numbers].tobytes())
 
 
-async def run_attribution(conn: Connection, prepared: PreparedAttribution) -> str:
+@dataclass
+class AttributionProgress:
+    """Where a partner's attribution run is; handed to ``on_progress`` at each change."""
+
+    phase: str = "waiting for the brand node"
+    tokens_total: int = 0  # the partner's tokens, one per (cell, identifier, day)
+    tokens_sent: int = 0
+    brand_total: int = 0  # the brand's conversion tokens, re-blinded here
+    brand_received: int = 0
+
+
+async def run_attribution(
+    conn: Connection,
+    prepared: PreparedAttribution,
+    on_progress: Callable[[AttributionProgress], None] | None = None,
+) -> str:
     """One attribution run; returns the brand node's report id.
 
     The hello goes out first, so the brand checks its policy (a refused run
     costs the partner nothing more) and starts on its own tokens while the
     partner hashes its log, for the identifier types both hold only.
+    ``on_progress`` sees the phase and the token counts as they move.
     """
     partner = prepared.partner
+    progress = AttributionProgress()
+
+    def moved(**changes: Any) -> None:
+        for name, value in changes.items():
+            setattr(progress, name, value)
+        if on_progress is not None:
+            on_progress(progress)
+
     loop = asyncio.get_running_loop()
     cells_future: asyncio.Future[AttrCells | None] = loop.create_future()
     aggregates_future: asyncio.Future[pb.AttrPartnerMessage | None] = loop.create_future()
@@ -270,10 +294,12 @@ async def run_attribution(conn: Connection, prepared: PreparedAttribution) -> st
     async def requests() -> AsyncIterator[pb.AttrPartnerMessage]:
         yield serde.attr_partner_to_pb(partner.hello())
         _log.info("attribution hello sent")
+        moved()
         cells = await cells_future
         if cells is None:  # this submission already has a report
             return
         yield serde.attr_partner_to_pb(cells)
+        moved(phase="blinding and sending tokens", tokens_total=sum(cells.cell_tokens))
         _log.info(
             "attribution cells sent: %d cells, %d tokens, %d distinct points",
             len(cells.cells),
@@ -284,12 +310,14 @@ async def run_attribution(conn: Connection, prepared: PreparedAttribution) -> st
         try:
             async for tokens in stream.chunks():
                 yield serde.attr_partner_to_pb(tokens)
+                moved(tokens_sent=progress.tokens_sent + len(tokens.points) // POINT_LEN)
         finally:
             stream.cancel()
         _log.info("attribution: every partner token sent")
         final = await aggregates_future
         if final is not None:
             yield final
+            moved(phase="waiting for the report")
 
     async with conn.channel() as channel:
         call = pb_grpc.AttributionServiceStub(channel).Attribute(
@@ -308,18 +336,22 @@ async def run_attribution(conn: Connection, prepared: PreparedAttribution) -> st
                         cells_future.set_result(None)
                         continue
                     partner.on_accepted(msg)
+                    moved(phase="hashing the exposure log", brand_total=msg.brand_tokens)
                     data = await asyncio.to_thread(prepared.exposures, msg.id_types)
                     cells_future.set_result(await asyncio.to_thread(partner.on_exposures, data))
                 elif isinstance(msg, CellValues):
                     partner.on_cell_values(msg)
                 elif isinstance(msg, ConversionTokens):
                     await asyncio.to_thread(partner.on_conversion_tokens, msg)
+                    received = progress.brand_received + len(msg.points) // POINT_LEN
+                    moved(brand_received=received)
                 elif isinstance(msg, EventValues):
                     partner.on_event_values(msg)
                 elif isinstance(msg, AttrDone):
                     return msg.report_id
                 if partner.ready_for_aggregates and not aggregates_future.done():
                     _log.info("attribution: everything arrived, computing the aggregates")
+                    moved(phase="computing the encrypted sums")
                     aggregates = await asyncio.to_thread(partner.aggregates)
                     aggregates_future.set_result(
                         serde.attr_partner_to_pb(aggregates, partner.public_key)

@@ -517,6 +517,7 @@ def partner_attribute(
 ) -> None:
     """Closed-loop attribution against the brand's conversions; prints the report id."""
     from cleanroom.client.attribution import (
+        AttributionProgress,
         AttributionRequest,
         prepare_attribution,
         run_attribution,
@@ -536,13 +537,24 @@ def partner_attribute(
         )
         from cleanroom.matching.workers import CryptoPool
 
-        with CryptoPool.processes(workers) as pool:
-            with err.status("reading the exposure log"):
-                prepared = prepare_attribution(request, pool.executor)
-            with err.status(
-                "running private attribution (hashing, blinding, matching, encrypted sums)"
-            ):
-                report_id = _run(run_attribution(_connection(server, token, tls_dir), prepared))
+        with CryptoPool.processes(workers) as pool, _progress(not as_json) as progress:
+            phase = progress.add_task("reading the exposure log", total=None)
+            prepared = prepare_attribution(request, pool.executor)
+            sent = progress.add_task("partner tokens sent", total=None, visible=False)
+            received = progress.add_task("brand tokens received", total=None, visible=False)
+
+            def on_progress(p: AttributionProgress) -> None:
+                progress.update(phase, description=p.phase)
+                if p.tokens_total:
+                    progress.update(sent, completed=p.tokens_sent, total=p.tokens_total)
+                    progress.update(sent, visible=True)
+                if p.brand_total:
+                    progress.update(received, completed=p.brand_received, total=p.brand_total)
+                    progress.update(received, visible=True)
+
+            report_id = _run(
+                run_attribution(_connection(server, token, tls_dir), prepared, on_progress)
+            )
     if as_json:
         _print_json({"report_id": report_id})
     else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from cleanroom.audiences.identifiers import NormalizeOptions, parse_id_columns
 from cleanroom.client.attribution import (
+    AttributionProgress,
     AttributionRequest,
     PreparedAttribution,
     prepare_attribution,
@@ -100,12 +101,14 @@ def request(synth: Any, **changes: Any) -> AttributionRequest:
 
 
 def run_prepared(
-    world: dict[str, Any], prepared: PreparedAttribution, tokens: str = "tokens"
+    world: dict[str, Any],
+    prepared: PreparedAttribution,
+    tokens: str = "tokens",
+    on_progress: Callable[[AttributionProgress], None] | None = None,
 ) -> str:
     node = world["node"]
-    return asyncio.run(
-        run_attribution(Connection(node.target, world[tokens][Role.PARTNER]), prepared)
-    )
+    conn = Connection(node.target, world[tokens][Role.PARTNER])
+    return asyncio.run(run_attribution(conn, prepared, on_progress))
 
 
 def attribute(world: dict[str, Any], req: AttributionRequest, tokens: str = "tokens") -> str:
@@ -146,6 +149,29 @@ def test_report_over_grpc_equals_plaintext(world: dict[str, Any]) -> None:
     assert report["report_id"] == report_id
     assert_reports_equal(report, want)
     assert sum(c["exposed"]["conversions"] for c in report["campaigns"]) > 10
+
+
+def test_progress_reports_each_phase_and_every_token(world: dict[str, Any]) -> None:
+    prepared = prepare_attribution(request(world["synth"], windows=Windows(7, 2)))
+    seen: list[AttributionProgress] = []
+    report_id = run_prepared(
+        world, prepared, on_progress=lambda p: seen.append(dataclasses.replace(p))
+    )
+    assert report_id
+    phases = [p.phase for i, p in enumerate(seen) if i == 0 or p.phase != seen[i - 1].phase]
+    assert phases == [
+        "waiting for the brand node",
+        "hashing the exposure log",
+        "blinding and sending tokens",
+        "computing the encrypted sums",
+        "waiting for the report",
+    ]
+    partner, last = prepared.partner, seen[-1]
+    assert partner.accepted is not None
+    assert last.tokens_sent == last.tokens_total == sum(partner.cell_tokens) > 0
+    assert last.brand_received == last.brand_total == partner.accepted.brand_tokens > 0
+    for counts in ([p.tokens_sent for p in seen], [p.brand_received for p in seen]):
+        assert counts == sorted(counts)
 
 
 def test_upload_stores_hashed_points_and_replacing_removes_the_old_files(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -393,31 +394,16 @@ def test_attribution_through_the_cli(served: dict[str, object], tmp_path: Path) 
         ).stdout
     )
     assert uploaded["events"] == 300
+    attribute = [
+        *("partner", "attribute", "--server", server, "--token", tokens["partner"]),
+        *("--conversions", "sales", "--exposures", str(synth.exposures_path)),
+        *("--id-columns", "email,phone,maid", "--default-region", "US"),
+    ]
     attributed = json.loads(
         cli(
-            "partner",
-            "attribute",
-            "--server",
-            server,
-            "--token",
-            tokens["partner"],
-            "--conversions",
-            "sales",
-            "--exposures",
-            str(synth.exposures_path),
-            "--id-columns",
-            "email,phone,maid",
-            "--user-column",
-            "user_id",
-            "--spend",
-            str(synth.spend_path),
-            "--click-window",
-            "7",
-            "--view-window",
-            "1",
-            "--default-region",
-            "US",
-            "--json",
+            *attribute,
+            *("--user-column", "user_id", "--spend", str(synth.spend_path)),
+            *("--click-window", "7", "--view-window", "1", "--json"),
         ).stdout
     )
     report_id = attributed["report_id"]
@@ -462,3 +448,7 @@ def test_attribution_through_the_cli(served: dict[str, object], tmp_path: Path) 
     assert report_id in table
     missing = cli("report", "show", "nope", "--api", api, "--token", tokens["analyst"], check=False)
     assert missing.returncode == 1 and "404" in missing.stderr
+    # Without --json: progress on stderr, the report id on stdout.
+    plain = cli(*attribute, "--view-window", "2")
+    [second] = re.findall(r"report ([0-9a-f]{32})", plain.stdout)
+    assert second != report_id
