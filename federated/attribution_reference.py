@@ -82,7 +82,8 @@ Z_95 = 1.959963984540054  # standard normal 97.5% quantile
 # they are nearly always epoch *milliseconds*, which would otherwise land far in the future.
 _MAX_EPOCH_SECONDS = 1e11
 _MICROS_PER_DAY = 86_400 * 1_000_000
-_EPOCH_NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)"
+# ASCII digits only: Python's \d (and float()) would take other scripts' digits too.
+_EPOCH_NUMBER = r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
 
 # (campaign, group) -> (users, conversions, converters, revenue)
 Aggregate = tuple[int, int, int, float]

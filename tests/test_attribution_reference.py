@@ -156,6 +156,12 @@ def test_epoch_second_spellings(text: str, micros: int) -> None:
     assert stamps.dt.as_unit("us").astype("int64").tolist() == [micros, 1_767_225_600_000_000]
 
 
+@pytest.mark.parametrize("text", ["\uff11\uff17\uff16\uff17", "\u0661\u0667\u0666\u0667"])
+def test_epoch_seconds_are_ascii_digits(text: str) -> None:
+    with pytest.raises(ValueError, match="unparsable timestamp"):
+        parse_timestamps(pd.Series([text]), what="x", column="ts")
+
+
 # --------------------------------------------------------------------------- last touch
 
 
