@@ -88,7 +88,8 @@ def valid_national_numbers(country_code: int, numbers: pa.Array) -> BoolArray:
     for region in regions:
         if not len(undecided):
             break
-        metadata = PhoneMetadata.metadata_for_region(region, None)
+        # As is_valid_number_for_region looks it up ("001": non-geographic numbers).
+        metadata = PhoneMetadata.metadata_for_region_or_calling_code(country_code, region)
         if metadata is None:
             continue
         subset = numbers.take(pa.array(undecided))

@@ -314,9 +314,10 @@ def read_frame(path: str | Path) -> pd.DataFrame:
     Arrow's multithreaded reader, ~2x faster than pandas' parser, configured to
     read what pandas reads (every cell as text, no missing values, quoted line
     breaks allowed; tests compare the two on messy files). Files Arrow refuses
-    (rows shorter or longer than the header, bad UTF-8) or would name
-    differently (duplicate column names) take the pandas path, which gives the
-    frame or the precise error.
+    (rows shorter or longer than the header, bad UTF-8), would name
+    differently (duplicate column names) or would read differently (a single
+    column, where pandas skips whitespace-only lines) take the pandas path,
+    which gives the frame or the precise error.
     """
     info = _inspect(path)
     if info.format == "csv":
@@ -333,6 +334,8 @@ def read_frame(path: str | Path) -> pd.DataFrame:
 
 def _arrow_csv_frame(info: _FileInfo) -> pd.DataFrame | None:
     if len(set(info.columns)) != len(info.columns):  # pandas renames duplicates
+        return None
+    if len(info.columns) < 2:  # pandas skips whitespace-only lines as blank; Arrow keeps them
         return None
     try:
         table = pa_csv.read_csv(

@@ -25,6 +25,7 @@ def reference(country_code: int, national: str) -> bool:
         (44, (9, 10)),  # the UK and the Crown dependencies
         (86, (10, 11)),  # one region
         (999, (8,)),  # no region at all
+        (800, (8,)),  # non-geographic (freephone)
     ],
 )
 def test_validity_equals_phonenumbers(country_code: int, lengths: tuple[int, ...]) -> None:

@@ -400,7 +400,10 @@ def test_phones_fall_back_when_re2_cannot_read_the_metadata(
 ) -> None:
     """A future phonenumbers pattern RE2 cannot compile must cost speed, not answers."""
 
+    calls = []
+
     def unreadable(country_code: int, numbers: pa.Array) -> np.ndarray:
+        calls.append(country_code)
         raise pa.ArrowInvalid("invalid regex")
 
     monkeypatch.setattr("cleanroom.audiences.reader.valid_national_numbers", unreadable)
@@ -412,6 +415,7 @@ def test_phones_fall_back_when_re2_cannot_read_the_metadata(
     chunks = list(read_hashed_chunks(path, id_columns, US, chunk_rows=100))
     check_against_scalar(chunks, rows, ["phone"], id_columns, US)
     assert np.concatenate([c.columns[0].present for c in chunks]).any()
+    assert calls == [1, 1, 1]  # one attempt per chunk
 
 
 CSV_SHAPES: dict[str, str | bytes] = {
@@ -421,6 +425,7 @@ CSV_SHAPES: dict[str, str | bytes] = {
     "short_row": "a,b,c\n1,2\n3,4,5\n",  # Arrow refuses; pandas fills ""
     "quoted_newline": 'a,b,c\n1,"two\nlines",3\n',
     "duplicate_names": "a,b,a\n1,2,3\n",
+    "one_column_blank_lines": "a\n1\n \n\t\n2\n ",
     "not_utf8": b"a,b,c\n1,2,3\n1,\xff,3\n",
 }
 
