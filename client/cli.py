@@ -546,11 +546,13 @@ def partner_attribute(
             def on_progress(p: AttributionProgress) -> None:
                 progress.update(phase, description=p.phase)
                 if p.tokens_total:
-                    progress.update(sent, completed=p.tokens_sent, total=p.tokens_total)
-                    progress.update(sent, visible=True)
+                    progress.update(
+                        sent, completed=p.tokens_sent, total=p.tokens_total, visible=True
+                    )
                 if p.brand_total:
-                    progress.update(received, completed=p.brand_received, total=p.brand_total)
-                    progress.update(received, visible=True)
+                    progress.update(
+                        received, completed=p.brand_received, total=p.brand_total, visible=True
+                    )
 
             report_id = _run(
                 run_attribution(_connection(server, token, tls_dir), prepared, on_progress)
