@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pandas as pd
+
 from cleanroom.audiences.identifiers import (
     IdColumn,
     InvalidIdentifier,

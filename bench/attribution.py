@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import RssSampler, measure_floor, retry_until_up, start_node, work_dir
+
 from cleanroom.audiences.identifiers import NormalizeOptions, parse_id_columns
 from cleanroom.client.attribution import (
     AttributionRequest,
@@ -48,7 +50,6 @@ from cleanroom.matching.workers import CryptoPool, default_workers
 from cleanroom.server.attribution import AttributionService
 from cleanroom.server.settings import ServerSettings
 from cleanroom.server.store import SqlStore
-from common import RssSampler, measure_floor, retry_until_up, start_node, work_dir
 
 
 def paillier_rates(samples: int = 200, fast_per_slow: int = 10) -> tuple[float, float]:

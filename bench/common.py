@@ -21,6 +21,7 @@ from typing import TypeVar
 
 import numpy as np
 import psutil
+
 from cleanroom.matching.x25519 import BlindingKey, blind_batch
 
 T = TypeVar("T")

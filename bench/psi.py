@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import RssSampler, measure_floor, retry_until_up, start_node, work_dir
+
 from cleanroom.audiences.identifiers import NormalizeOptions, parse_id_columns
 from cleanroom.client.sdk import (
     Connection,
@@ -35,7 +37,6 @@ from cleanroom.client.sdk import (
 )
 from cleanroom.matching.messages import Protocol
 from cleanroom.matching.workers import CryptoPool, default_workers
-from common import RssSampler, measure_floor, retry_until_up, start_node, work_dir
 
 
 def write_csv(path: Path, start: int, n: int) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pandas as pd
+
 from cleanroom.audiences.identifiers import IdColumn, NormalizeOptions
 from cleanroom.audiences.reader import iter_frames, read_frame
 from cleanroom.client.sdk import ClientError, Connection, stream_upload

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from cleanroom.audiences.identifiers import IdColumn, NormalizeOptions, parse_id_columns
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from cleanroom.audiences.identifiers import IdColumn, NormalizeOptions, parse_id_columns
 
 app = typer.Typer(
     name="cleanroom",
@@ -466,6 +467,7 @@ def policy_set(
 ) -> None:
     """Change the tenant's policy; prints the policy in force."""
     import grpc
+
     from cleanroom.client.sdk import ClientError
     from cleanroom.proto import cleanroom_pb2 as pb
     from cleanroom.proto import cleanroom_pb2_grpc as pb_grpc

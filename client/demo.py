@@ -17,6 +17,9 @@ import time
 from pathlib import Path
 
 import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
 from cleanroom.audiences.identifiers import NormalizeOptions, parse_id_columns
 from cleanroom.audiences.reference import plaintext_match
 from cleanroom.audiences.synth import synthesize
@@ -40,8 +43,6 @@ from cleanroom.matching.workers import CryptoPool
 from cleanroom.server.node import BrandNodeThread
 from cleanroom.server.settings import ServerSettings
 from cleanroom.server.store import Policy, Role, SqlStore
-from rich.console import Console
-from rich.table import Table
 
 
 def run_demo(

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 import pandas as pd
+
 from cleanroom.audiences.identifiers import IdColumn, NormalizeOptions
 from cleanroom.audiences.reader import ReadReport, iter_frames, read_hashed_chunks
 from cleanroom.matching.messages import Accepted, Protocol, Result

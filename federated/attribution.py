@@ -49,6 +49,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from cleanroom.federated.paillier import (
     MIN_KEY_BITS,
     PaillierPrivateKey,

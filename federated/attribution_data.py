@@ -12,6 +12,7 @@ from concurrent.futures import Executor
 
 import numpy as np
 import pandas as pd
+
 from cleanroom.audiences.identifiers import IdColumn, NormalizeOptions
 from cleanroom.audiences.reader import hash_frame
 from cleanroom.federated.attribution import DIGEST_LEN, BrandConversions, PartnerExposures

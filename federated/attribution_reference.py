@@ -47,6 +47,7 @@ from typing import Any, TypeVar, cast
 
 import numpy as np
 import pandas as pd
+
 from cleanroom.audiences.identifiers import (
     IdColumn,
     IdType,

@@ -34,6 +34,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
+
 from cleanroom.audiences.identifiers import NormalizeOptions
 from cleanroom.audiences.synth import (
     PHONE_STYLE_PROBS,

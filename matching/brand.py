@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import numpy as np
+
 from cleanroom.matching.errors import ProtocolError
 from cleanroom.matching.messages import (
     POINT_LEN,

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from cleanroom.matching.errors import ProtocolError
 from cleanroom.matching.messages import (
     POINT_LEN,

@@ -18,6 +18,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor
 from typing import Any, TypeVar
 
 import numpy as np
+
 from cleanroom.matching.hash_to_curve import hash_to_curve_batch
 from cleanroom.matching.messages import POINT_LEN
 from cleanroom.matching.x25519 import blind_batch

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 from cleanroom.audiences.upload import DIGEST_LEN
 from cleanroom.federated.attribution import (
     PRECOMPUTED_LAGS,

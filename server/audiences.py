@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 from cleanroom.audiences.upload import DIGEST_LEN, UploadChunk, UploadEnd, UploadHeader
 from cleanroom.matching.errors import ProtocolError
 from cleanroom.matching.hash_to_curve import hash_to_curve_batch

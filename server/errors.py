@@ -12,6 +12,7 @@ import logging
 import uuid
 
 import grpc
+
 from cleanroom.matching.errors import PolicyViolation
 
 log = logging.getLogger("cleanroom.server")

@@ -16,6 +16,7 @@ from typing import Any, Protocol, TypeVar
 
 import grpc
 import numpy as np
+
 from cleanroom.audiences.upload import ColumnDigests, UploadChunk, UploadEnd, UploadHeader
 from cleanroom.federated.attribution import (
     AttrAggregates,

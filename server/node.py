@@ -15,6 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
 from cleanroom.matching.workers import CryptoPool
 from cleanroom.proto import cleanroom_pb2 as pb
 from cleanroom.proto import cleanroom_pb2_grpc as pb_grpc
@@ -26,9 +30,6 @@ from cleanroom.server.grpc_api import AttributionServicer, AudienceServicer, Mat
 from cleanroom.server.matching import MatchingService
 from cleanroom.server.settings import ServerSettings
 from cleanroom.server.store import SqlStore
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
 
 log = logging.getLogger("cleanroom.server")
 
@@ -133,6 +134,7 @@ class BrandNode:
         import socket
 
         import uvicorn
+
         from cleanroom.server.rest import create_app
 
         assert self.store is not None

@@ -51,7 +51,6 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from cleanroom.server.errors import AlreadyExists, BudgetExceeded, NotFound
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -73,6 +72,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from cleanroom.server.errors import AlreadyExists, BudgetExceeded, NotFound
 
 
 class Role(StrEnum):

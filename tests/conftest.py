@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from cleanroom.matching.workers import CryptoPool
 from cleanroom.server.node import BrandNodeThread
 from cleanroom.server.settings import ServerSettings

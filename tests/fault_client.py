@@ -12,6 +12,7 @@ import sys
 from collections.abc import AsyncIterator
 
 import grpc
+
 from cleanroom.matching.hash_to_curve import hash_to_curve
 from cleanroom.proto import cleanroom_pb2 as pb
 from cleanroom.proto import cleanroom_pb2_grpc as pb_grpc

@@ -12,6 +12,7 @@ import httpx
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+
 from cleanroom.audiences.identifiers import NormalizeOptions, parse_id_columns
 from cleanroom.client.attribution import (
     AttributionProgress,
@@ -29,7 +30,6 @@ from cleanroom.matching.hash_to_curve import hash_to_curve
 from cleanroom.server.node import BrandNodeThread
 from cleanroom.server.settings import ServerSettings
 from cleanroom.server.store import Policy, Role, SqlStore
-
 from tests.helpers import assert_reports_equal, eventually
 
 OPTIONS = NormalizeOptions(default_region="US")

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+
 from cleanroom.audiences.identifiers import NormalizeOptions, parse_id_columns
 from cleanroom.audiences.reader import hash_frame
 from cleanroom.federated.attribution import (
@@ -48,7 +49,6 @@ from cleanroom.federated.synth_attribution import synthesize_attribution
 from cleanroom.matching.errors import PolicyViolation, ProtocolError
 from cleanroom.matching.hash_to_curve import hash_to_curve
 from cleanroom.matching.workers import hash_mixed
-
 from tests.helpers import assert_reports_equal
 
 OPTIONS = NormalizeOptions(default_region="US")

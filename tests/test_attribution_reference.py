@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+
 from cleanroom.audiences.identifiers import NormalizeOptions, parse_id_columns
 from cleanroom.federated.attribution_reference import (
     GroupStats,

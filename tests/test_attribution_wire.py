@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from cleanroom.audiences.identifiers import normalize
 from cleanroom.client.attribution import prepare_attribution, run_attribution
 from cleanroom.client.sdk import Connection
@@ -20,7 +21,6 @@ from cleanroom.matching.hash_to_curve import hash_to_curve_batch
 from cleanroom.matching.session import comparison_length
 from cleanroom.proto import cleanroom_pb2 as pb
 from cleanroom.server.store import Role
-
 from tests.test_attribution_e2e import BRAND_IDS, OPTIONS, PARTNER_IDS, request, world  # noqa: F401
 from tests.wire import RecordingProxy, data_by_stream, grpc_messages
 

@@ -15,8 +15,8 @@ import httpx
 import pandas as pd
 import psutil
 import pytest
-from cleanroom.audiences.identifiers import NormalizeOptions, parse_id_columns
 
+from cleanroom.audiences.identifiers import NormalizeOptions, parse_id_columns
 from tests.helpers import eventually, plaintext_match
 
 CLI = [sys.executable, "-m", "cleanroom.client.cli"]

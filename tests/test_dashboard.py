@@ -17,8 +17,8 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from cleanroom.server.store import Role
 
+from cleanroom.server.store import Role
 from tests.conftest import Node
 from tests.reports import sample_body, sample_report
 

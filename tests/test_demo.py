@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import io
 
-from cleanroom.client.demo import run_demo
 from rich.console import Console
+
+from cleanroom.client.demo import run_demo
 
 
 def test_demo_runs_and_agrees_with_the_plaintext_join() -> None:

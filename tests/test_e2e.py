@@ -11,6 +11,8 @@ import grpc
 import numpy as np
 import pandas as pd
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from cleanroom.audiences.identifiers import NormalizeOptions, parse_id_columns
 from cleanroom.audiences.reader import AudienceFileError
 from cleanroom.audiences.synth import synthesize
@@ -29,8 +31,6 @@ from cleanroom.matching.workers import CryptoPool
 from cleanroom.proto import cleanroom_pb2 as pb
 from cleanroom.proto import cleanroom_pb2_grpc as pb_grpc
 from cleanroom.server.store import Role
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from tests.conftest import Node
 from tests.helpers import eventually, plaintext_match, sha
 
@@ -597,7 +597,6 @@ def test_brand_node_on_postgresql(
     from cleanroom.server.node import BrandNodeThread
     from cleanroom.server.settings import ServerSettings
     from cleanroom.server.store import Policy, SqlStore
-
     from tests.test_store import _fresh_postgres_database
 
     url = _fresh_postgres_database(os.environ["CLEANROOM_TEST_POSTGRES_URL"])

@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+
 from cleanroom.audiences.identifiers import NormalizeOptions, parse_id_columns
 from cleanroom.client.sdk import Connection, run_psi, upload_audience
 from cleanroom.matching.messages import Accepted, Protocol
@@ -20,7 +21,6 @@ from cleanroom.matching.workers import CryptoPool
 from cleanroom.proto import cleanroom_pb2_grpc as pb_grpc
 from cleanroom.proto import serde
 from cleanroom.server.store import Role
-
 from tests.conftest import Node
 from tests.helpers import eventually, sha
 from tests.test_e2e import audience_names, healthy, no_temporaries

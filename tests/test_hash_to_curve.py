@@ -7,6 +7,7 @@ import random
 from typing import Any
 
 import pytest
+
 from cleanroom.matching import hash_to_curve as h2c
 from cleanroom.matching.hash_to_curve import (
     expand_message_xmd,

@@ -7,6 +7,7 @@ import random
 
 import phonenumbers
 import pytest
+
 from cleanroom.audiences.identifiers import (
     IdColumn,
     IdType,
@@ -22,7 +23,6 @@ from cleanroom.audiences.identifiers import (
     parse_id_columns,
     sha256_hex,
 )
-
 from tests.helpers import random_nanp_spelling
 
 # Digests computed independently with hashlib.sha256(<value>.encode()).hexdigest().

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from cleanroom.audiences.identifiers import NormalizeOptions, parse_id_columns
 from cleanroom.client.sdk import Connection, run_psi, upload_audience
 from cleanroom.matching.messages import Protocol
@@ -15,7 +16,6 @@ from cleanroom.matching.partner import PartnerColumn, PartnerSet
 from cleanroom.matching.workers import CryptoPool
 from cleanroom.server.logs import JsonFormatter
 from cleanroom.server.store import Role
-
 from tests.conftest import Node
 from tests.helpers import sha
 

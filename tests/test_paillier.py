@@ -11,6 +11,8 @@ import random
 
 import gmpy2
 import pytest
+from phe import paillier as phe_paillier
+
 from cleanroom.federated import paillier as P
 from cleanroom.federated.paillier import (
     InvalidCiphertextError,
@@ -19,7 +21,6 @@ from cleanroom.federated.paillier import (
     PaillierPublicKey,
     PlaintextOverflowError,
 )
-from phe import paillier as phe_paillier
 
 BITS = 1024  # test-only; the safe API refuses it
 

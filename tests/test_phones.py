@@ -8,6 +8,7 @@ import numpy as np
 import phonenumbers
 import pyarrow as pa
 import pytest
+
 from cleanroom.audiences.phones import nanp_national_numbers, valid_national_numbers
 
 

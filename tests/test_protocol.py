@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pytest
+
 from cleanroom.matching.brand import BrandSession
 from cleanroom.matching.errors import ProtocolError
 from cleanroom.matching.hash_to_curve import hash_to_curve

@@ -12,6 +12,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
 from cleanroom.audiences.identifiers import (
     IdColumn,
     IdType,
@@ -29,7 +30,6 @@ from cleanroom.audiences.reader import (
     read_frame,
     read_hashed_chunks,
 )
-
 from tests.helpers import random_nanp_spelling
 
 US = NormalizeOptions(default_region="US")

@@ -14,10 +14,10 @@ from typing import Any
 
 import httpx
 import pytest
+
 from cleanroom.server.errors import BudgetExceeded
 from cleanroom.server.rest import CSV_COLUMNS, create_app, redact
 from cleanroom.server.store import AuditEntry, Role, SqlStore
-
 from tests.conftest import Node
 from tests.reports import sample_body, sample_report
 

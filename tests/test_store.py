@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from cleanroom.server.errors import AlreadyExists, BudgetExceeded, FailedPrecondition, NotFound
 from cleanroom.server.store import (
     AudienceRecord,

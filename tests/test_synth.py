@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
 from cleanroom.audiences import synth
 from cleanroom.audiences.identifiers import (
     IdType,

@@ -12,6 +12,7 @@ import contextlib
 
 import pandas as pd
 import pytest
+
 from cleanroom.audiences.identifiers import NormalizeOptions, normalize, parse_id_columns
 from cleanroom.audiences.synth import synthesize
 from cleanroom.client.sdk import Connection, PsiRun, load_partner_set, run_psi, upload_audience
@@ -21,7 +22,6 @@ from cleanroom.matching.partner import PartnerSet
 from cleanroom.matching.workers import CryptoPool, dst_for
 from cleanroom.proto import cleanroom_pb2 as pb
 from cleanroom.server.store import Role
-
 from tests.conftest import Node
 from tests.helpers import plaintext_match, row_digests
 from tests.wire import RecordingProxy, data_by_stream, grpc_messages

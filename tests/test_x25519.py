@@ -10,6 +10,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
 from cleanroom.matching.hash_to_curve import hash_to_curve, hash_to_curve_batch
 from cleanroom.matching.x25519 import (
     BlindingKey,
@@ -17,7 +19,6 @@ from cleanroom.matching.x25519 import (
     blind_batch,
     validate_point,
 )
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 P = 2**255 - 19
 A = 486662
