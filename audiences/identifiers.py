@@ -16,6 +16,7 @@ from enum import StrEnum
 import phonenumbers
 
 __all__ = [
+    "ID_TYPES",
     "IdColumn",
     "IdType",
     "InvalidIdentifier",
@@ -39,6 +40,9 @@ class IdType(StrEnum):
     PHONE = "phone"
     MAID = "maid"
     CUSTOM = "custom"
+
+
+ID_TYPES: tuple[str, ...] = tuple(t.value for t in IdType)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-DIGEST_LEN = 32
+DIGEST_LEN = 32  # SHA-256: every identifier crosses the wire as this digest
 
 
 @dataclass(frozen=True, slots=True)

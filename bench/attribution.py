@@ -43,9 +43,9 @@ from cleanroom.client.attribution import (
     upload_conversions,
 )
 from cleanroom.client.sdk import Connection
-from cleanroom.federated.attribution import LaggedPoints
+from cleanroom.federated.attribution.synth import synthesize_attribution
+from cleanroom.federated.attribution.tokens import LaggedPoints
 from cleanroom.federated.paillier import generate_keypair
-from cleanroom.federated.synth_attribution import synthesize_attribution
 from cleanroom.matching.workers import CryptoPool, default_workers
 from cleanroom.server.attribution import AttributionService
 from cleanroom.server.settings import ServerSettings

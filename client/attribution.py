@@ -25,8 +25,16 @@ import pandas as pd
 from cleanroom.audiences.identifiers import IdColumn, NormalizeOptions
 from cleanroom.audiences.reader import iter_frames, read_frame
 from cleanroom.client.sdk import ClientError, Connection, stream_upload
-from cleanroom.federated.attribution import (
-    POINT_CHUNK,
+from cleanroom.federated.attribution.inputs import (
+    PartnerExposures,
+    Windows,
+    hashed_identifiers,
+    parse_conversions,
+    parse_exposures,
+    partner_exposures,
+    read_spend,
+)
+from cleanroom.federated.attribution.messages import (
     AttrAccepted,
     AttrCells,
     AttrDone,
@@ -34,16 +42,9 @@ from cleanroom.federated.attribution import (
     CellValues,
     ConversionTokens,
     EventValues,
-    PartnerAttribution,
-    PartnerExposures,
 )
-from cleanroom.federated.attribution_data import hashed_identifiers, partner_exposures
-from cleanroom.federated.attribution_reference import (
-    Windows,
-    parse_conversions,
-    parse_exposures,
-    read_spend,
-)
+from cleanroom.federated.attribution.partner import PartnerAttribution
+from cleanroom.federated.attribution.tokens import POINT_CHUNK
 from cleanroom.matching.messages import POINT_LEN
 from cleanroom.matching.workers import hash_and_blind_mixed
 from cleanroom.proto import cleanroom_pb2 as pb

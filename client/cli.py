@@ -524,7 +524,7 @@ def partner_attribute(
         prepare_attribution,
         run_attribution,
     )
-    from cleanroom.federated.attribution_reference import Windows
+    from cleanroom.federated.attribution.inputs import Windows
 
     with _errors():
         request = AttributionRequest(

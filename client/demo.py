@@ -37,7 +37,7 @@ from cleanroom.client.sdk import (
     upload_audience,
     write_match_output,
 )
-from cleanroom.federated.synth_attribution import synthesize_attribution
+from cleanroom.federated.attribution.synth import synthesize_attribution
 from cleanroom.matching.messages import Protocol
 from cleanroom.matching.workers import CryptoPool
 from cleanroom.server.node import BrandNodeThread

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cleanroom.audiences.upload import DIGEST_LEN
 from cleanroom.matching.errors import ProtocolError
 from cleanroom.matching.messages import (
     POINT_LEN,
@@ -37,7 +38,6 @@ from cleanroom.matching.messages import (
 )
 from cleanroom.matching.session import OrderedResults, Round, Signal, guarded
 from cleanroom.matching.workers import (
-    DIGEST_LEN,
     DUMMY_DST,
     CryptoPool,
     blind_and_truncate,

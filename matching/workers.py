@@ -19,13 +19,13 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from cleanroom.audiences.upload import DIGEST_LEN
 from cleanroom.matching.hash_to_curve import hash_to_curve_batch
 from cleanroom.matching.messages import POINT_LEN
 from cleanroom.matching.x25519 import blind_batch
 
 T = TypeVar("T")
 
-DIGEST_LEN = 32
 DST_PREFIX = b"CLEANROOM-PSI-V01-CS01-with-curve25519_XMD:SHA-512_ELL2_RO_-"
 DUMMY_DST = DST_PREFIX + b"dummy"
 

@@ -8,6 +8,7 @@ the field named.
 
 from __future__ import annotations
 
+from cleanroom.audiences.identifiers import ID_TYPES
 from cleanroom.matching.messages import (
     Accepted,
     BrandMessage,
@@ -24,7 +25,6 @@ from cleanroom.proto import cleanroom_pb2 as pb
 _PROTOCOL_TO_PB = {Protocol.MATCH: pb.MATCH, Protocol.CARDINALITY: pb.CARDINALITY}
 _PROTOCOL_FROM_PB = {v: k for k, v in _PROTOCOL_TO_PB.items()}
 
-ID_TYPES = ("email", "phone", "maid", "custom")
 _ID_TYPE_TO_PB = {"email": pb.EMAIL, "phone": pb.PHONE, "maid": pb.MAID, "custom": pb.CUSTOM}
 _ID_TYPE_FROM_PB = {v: k for k, v in _ID_TYPE_TO_PB.items()}
 
@@ -157,7 +157,7 @@ def _n_to_bytes(n: int) -> bytes:
 
 
 def attr_partner_to_pb(msg: object, public_key: object = None) -> pb.AttrPartnerMessage:
-    from cleanroom.federated import attribution as a
+    from cleanroom.federated.attribution import messages as a
     from cleanroom.federated.paillier import PaillierPublicKey, ciphertexts_to_bytes
 
     if isinstance(msg, a.AttrHello):
@@ -216,7 +216,7 @@ def attr_partner_to_pb(msg: object, public_key: object = None) -> pb.AttrPartner
 
 
 def attr_partner_from_pb(msg: pb.AttrPartnerMessage, public_key: object = None) -> object:
-    from cleanroom.federated import attribution as a
+    from cleanroom.federated.attribution import messages as a
     from cleanroom.federated.paillier import PaillierPublicKey, ciphertexts_from_bytes
 
     kind = msg.WhichOneof("body")
@@ -267,7 +267,7 @@ def attr_partner_from_pb(msg: pb.AttrPartnerMessage, public_key: object = None) 
 
 
 def attr_brand_to_pb(msg: object, public_key: object = None) -> pb.AttrBrandMessage:
-    from cleanroom.federated import attribution as a
+    from cleanroom.federated.attribution import messages as a
     from cleanroom.federated.paillier import PaillierPublicKey, ciphertexts_to_bytes
 
     if isinstance(msg, a.AttrAccepted):
@@ -313,7 +313,7 @@ def attr_brand_to_pb(msg: object, public_key: object = None) -> pb.AttrBrandMess
 
 
 def attr_brand_from_pb(msg: pb.AttrBrandMessage, public_key: object = None) -> object:
-    from cleanroom.federated import attribution as a
+    from cleanroom.federated.attribution import messages as a
     from cleanroom.federated.paillier import PaillierPublicKey, raw_ciphertexts_from_bytes
 
     kind = msg.WhichOneof("body")

@@ -28,19 +28,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cleanroom.audiences.identifiers import ID_TYPES
 from cleanroom.audiences.upload import DIGEST_LEN
-from cleanroom.federated.attribution import (
-    PRECOMPUTED_LAGS,
+from cleanroom.federated.attribution.brand import BrandAttribution
+from cleanroom.federated.attribution.inputs import BrandConversions
+from cleanroom.federated.attribution.messages import (
     AttrAccepted,
     AttrAggregates,
     AttrCells,
     AttrHello,
-    BrandAttribution,
-    BrandConversions,
     DpParams,
-    LaggedPoints,
 )
-from cleanroom.federated.attribution_reference import campaign_report
+from cleanroom.federated.attribution.report import campaign_report
+from cleanroom.federated.attribution.tokens import PRECOMPUTED_LAGS, LaggedPoints
 from cleanroom.federated.paillier import PaillierPrivateKey, PaillierPublicKey, generate_keypair
 from cleanroom.matching.errors import ProtocolError
 from cleanroom.matching.messages import POINT_LEN
@@ -65,7 +65,6 @@ IDS_SCHEMA = pa.schema(
     [("event", pa.int64()), ("id_type", pa.string()), ("digest", pa.binary(DIGEST_LEN))]
 )
 POINTS_SCHEMA = pa.schema([("points", pa.binary(POINT_LEN * PRECOMPUTED_LAGS))])
-ID_TYPES = ("email", "phone", "maid", "custom")
 SUFFIXES = (".events.parquet", ".ids.parquet", ".points.parquet")
 
 

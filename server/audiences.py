@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cleanroom.audiences.identifiers import ID_TYPES
 from cleanroom.audiences.upload import DIGEST_LEN, UploadChunk, UploadEnd, UploadHeader
 from cleanroom.matching.errors import ProtocolError
 from cleanroom.matching.hash_to_curve import hash_to_curve_batch
@@ -30,7 +31,6 @@ from cleanroom.server.errors import AlreadyExists, NotFound, PermissionDenied
 from cleanroom.server.files import AtomicParquetWriter
 from cleanroom.server.store import AudienceRecord, AuditEntry, Principal, Role, SqlStore
 
-ID_TYPES = ("email", "phone", "maid", "custom")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 STAGING_SCHEMA = pa.schema([("id_type", pa.string()), ("digest", pa.binary(DIGEST_LEN))])
 AUDIENCE_SCHEMA = pa.schema(

@@ -18,7 +18,7 @@ import grpc
 import numpy as np
 
 from cleanroom.audiences.upload import ColumnDigests, UploadChunk, UploadEnd, UploadHeader
-from cleanroom.federated.attribution import (
+from cleanroom.federated.attribution.messages import (
     AttrAggregates,
     AttrCells,
     AttrDone,

@@ -23,9 +23,11 @@ from cleanroom.client.attribution import (
     upload_conversions,
 )
 from cleanroom.client.sdk import ClientError, Connection
-from cleanroom.federated.attribution import PRECOMPUTED_LAGS, AttrRound, day_dst
-from cleanroom.federated.attribution_reference import Windows, read_spend, reference_report
-from cleanroom.federated.synth_attribution import synthesize_attribution
+from cleanroom.federated.attribution.inputs import Windows, read_spend
+from cleanroom.federated.attribution.messages import AttrRound
+from cleanroom.federated.attribution.reference import reference_report
+from cleanroom.federated.attribution.synth import synthesize_attribution
+from cleanroom.federated.attribution.tokens import PRECOMPUTED_LAGS, day_dst
 from cleanroom.matching.hash_to_curve import hash_to_curve
 from cleanroom.server.node import BrandNodeThread
 from cleanroom.server.settings import ServerSettings

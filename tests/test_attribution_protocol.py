@@ -13,39 +13,39 @@ import pytest
 
 from cleanroom.audiences.identifiers import NormalizeOptions, parse_id_columns
 from cleanroom.audiences.reader import hash_frame
-from cleanroom.federated.attribution import (
-    PRECOMPUTED_LAGS,
+from cleanroom.federated.attribution.brand import BrandAttribution
+from cleanroom.federated.attribution.inputs import (
+    BrandConversions,
+    Windows,
+    brand_conversions,
+    hashed_identifiers,
+    parse_conversions,
+    parse_exposures,
+    partner_exposures,
+    read_spend,
+)
+from cleanroom.federated.attribution.messages import (
     AttrAggregates,
     AttrCells,
     AttrHello,
-    BrandAttribution,
-    BrandConversions,
     CellTokens,
     CellValues,
     DpParams,
+)
+from cleanroom.federated.attribution.partner import PartnerAttribution
+from cleanroom.federated.attribution.reference import reference_report
+from cleanroom.federated.attribution.report import campaign_report
+from cleanroom.federated.attribution.synth import synthesize_attribution
+from cleanroom.federated.attribution.tokens import (
+    PRECOMPUTED_LAGS,
     LaggedPoints,
-    PartnerAttribution,
     day_dst,
     distinct_keys,
     equal_pairs,
     exact_distinct_keys,
     key_mix,
 )
-from cleanroom.federated.attribution_data import (
-    brand_conversions,
-    hashed_identifiers,
-    partner_exposures,
-)
-from cleanroom.federated.attribution_reference import (
-    Windows,
-    campaign_report,
-    parse_conversions,
-    parse_exposures,
-    read_spend,
-    reference_report,
-)
 from cleanroom.federated.paillier import _unsafe_generate_keypair_for_tests
-from cleanroom.federated.synth_attribution import synthesize_attribution
 from cleanroom.matching.errors import PolicyViolation, ProtocolError
 from cleanroom.matching.hash_to_curve import hash_to_curve
 from cleanroom.matching.workers import hash_mixed
@@ -380,11 +380,11 @@ def test_no_identifier_type_in_common_is_refused(synth: Any, keys: tuple[Any, An
 
 def test_noise_has_the_stated_scale() -> None:
     """Seeded: Laplace b = sensitivity/epsilon; Gaussian sigma from the classic bound."""
-    from cleanroom.federated.attribution import _Noise, noise_scale
+    from cleanroom.federated.attribution.noise import Noise, noise_scale
 
     rng = np.random.default_rng(12345)
     lap = DpParams("laplace", epsilon=0.5, delta=0.0, value_cap=100.0)
-    noise = _Noise(lap, rng)
+    noise = Noise(lap, rng)
     draws = np.array([noise.count(1000) for _ in range(20000)]) - 1000
     assert noise.count_scale == pytest.approx(2.0)
     # Laplace(b): mean 0, standard deviation b*sqrt(2); 20k draws pin both within a few %.
@@ -393,7 +393,7 @@ def test_noise_has_the_stated_scale() -> None:
     gauss = DpParams("gaussian", epsilon=1.0, delta=1e-5, value_cap=100.0)
     sigma = noise_scale(gauss, 1.0)
     assert sigma == pytest.approx(math.sqrt(2 * math.log(1.25 / 1e-5)))
-    g = _Noise(gauss, np.random.default_rng(7))
+    g = Noise(gauss, np.random.default_rng(7))
     draws = np.array([g.count(10_000) for _ in range(20000)]) - 10_000
     assert draws.std() == pytest.approx(sigma, rel=0.05)
     assert noise_scale(DpParams(), 1.0) == 0.0

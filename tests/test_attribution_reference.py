@@ -10,19 +10,17 @@ import pandas as pd
 import pytest
 
 from cleanroom.audiences.identifiers import NormalizeOptions, parse_id_columns
-from cleanroom.federated.attribution_reference import (
-    GroupStats,
+from cleanroom.federated.attribution.inputs import (
     Windows,
-    campaign_report,
-    lift_interval,
     parse_conversions,
     parse_exposures,
     parse_spend,
     parse_timestamps,
     read_spend,
-    reference_report,
 )
-from cleanroom.federated.synth_attribution import synthesize_attribution
+from cleanroom.federated.attribution.reference import reference_report
+from cleanroom.federated.attribution.report import GroupStats, campaign_report, lift_interval
+from cleanroom.federated.attribution.synth import synthesize_attribution
 
 OPTIONS = NormalizeOptions(default_region="US")
 IDS = parse_id_columns("email,phone,maid")

@@ -14,9 +14,12 @@ import pandas as pd
 from cleanroom.audiences.identifiers import normalize
 from cleanroom.client.attribution import prepare_attribution, run_attribution
 from cleanroom.client.sdk import Connection
-from cleanroom.federated.attribution import day_dst, token_messages
-from cleanroom.federated.attribution_data import hashed_identifiers
-from cleanroom.federated.attribution_reference import parse_conversions, parse_exposures
+from cleanroom.federated.attribution.inputs import (
+    hashed_identifiers,
+    parse_conversions,
+    parse_exposures,
+)
+from cleanroom.federated.attribution.tokens import day_dst, token_messages
 from cleanroom.matching.hash_to_curve import hash_to_curve_batch
 from cleanroom.matching.session import comparison_length
 from cleanroom.proto import cleanroom_pb2 as pb
@@ -57,7 +60,7 @@ def test_attribution_wire_carries_only_what_section_13_allows(world: dict[str, A
         request(
             synth,
             windows=__import__(
-                "cleanroom.federated.attribution_reference", fromlist=["Windows"]
+                "cleanroom.federated.attribution.inputs", fromlist=["Windows"]
             ).Windows(4, 2),
         )
     )

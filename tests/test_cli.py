@@ -315,7 +315,7 @@ def test_certs_command_writes_the_files(tmp_path: Path) -> None:
 
 
 def test_attribution_through_the_cli(served: dict[str, object], tmp_path: Path) -> None:
-    from cleanroom.federated.synth_attribution import synthesize_attribution
+    from cleanroom.federated.attribution.synth import synthesize_attribution
 
     tokens = served["tokens"]
     assert isinstance(tokens, dict)

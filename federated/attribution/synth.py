@@ -1,7 +1,7 @@
 """Synthetic brand conversions, partner exposure logs and campaign spend for attribution.
 
 The data is shaped like the real thing, so that the private protocol, the plaintext reference
-(:mod:`cleanroom.federated.attribution_reference`) and benchmarks see realistic input:
+(:mod:`cleanroom.federated.attribution.reference`) and benchmarks see realistic input:
 
 * People are known by several identifiers (email, phone, mobile ad id) and no row carries all of
   them: the brand's conversion rows have email and/or phone, the partner's exposure rows email,
