@@ -31,12 +31,10 @@ from cleanroom.matching.workers import CryptoPool, dst_for, hash_points
 from cleanroom.proto import cleanroom_pb2 as pb
 from cleanroom.proto import cleanroom_pb2_grpc as pb_grpc
 from cleanroom.proto import serde
-from cleanroom.server import tls
+from cleanroom.proto.transport import channel_options, host_of, is_local, load_tls
 
 R = TypeVar("R")
 
-LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
-MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 # gRPC codes after which a PSI stream is worth resuming: the network or the
 # server went away, not a refusal of what we sent.
 RESUMABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN}
@@ -63,38 +61,27 @@ class Connection:
     tls_dir: Path | None = None
     timeout: float = 3600.0  # deadline of one call, seconds
 
-    @staticmethod
-    def _options() -> list[tuple[str, int]]:
-        return [
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            # Ping every 30 s so a dead brand node is noticed during long
-            # idle stretches of a session (the server permits this rate).
-            ("grpc.keepalive_time_ms", 30_000),
-            ("grpc.keepalive_timeout_ms", 10_000),
-        ]
-
     def _check_plaintext(self) -> None:
-        host = self.target.rsplit(":", 1)[0]
-        if host not in LOCAL_HOSTS:
+        host = host_of(self.target)
+        if not is_local(host):
             raise ValueError(
                 f"refusing plaintext to {host}: identifiers are private; pass --tls-dir"
                 " (plaintext is allowed only to localhost)"
             )
 
     def channel(self) -> grpc.aio.Channel:
-        options = self._options()
+        options = channel_options()
         if self.tls_dir is not None:
-            files = tls.load(self.tls_dir, server=False)
+            files = load_tls(self.tls_dir, server=False)
             creds = grpc.ssl_channel_credentials(files.ca, files.key, files.cert)
             return grpc.aio.secure_channel(self.target, creds, options=options)
         self._check_plaintext()
         return grpc.aio.insecure_channel(self.target, options=options)
 
     def sync_channel(self) -> grpc.Channel:
-        options = self._options()
+        options = channel_options()
         if self.tls_dir is not None:
-            files = tls.load(self.tls_dir, server=False)
+            files = load_tls(self.tls_dir, server=False)
             creds = grpc.ssl_channel_credentials(files.ca, files.key, files.cert)
             return grpc.secure_channel(self.target, creds, options=options)
         self._check_plaintext()

@@ -22,7 +22,7 @@ from grpc_reflection.v1alpha import reflection
 from cleanroom.matching.workers import CryptoPool
 from cleanroom.proto import cleanroom_pb2 as pb
 from cleanroom.proto import cleanroom_pb2_grpc as pb_grpc
-from cleanroom.server import tls
+from cleanroom.proto.transport import is_local, load_tls, server_options
 from cleanroom.server.attribution import AttributionService
 from cleanroom.server.audiences import AudienceService
 from cleanroom.server.files import remove_stale_temporaries
@@ -32,23 +32,6 @@ from cleanroom.server.settings import ServerSettings
 from cleanroom.server.store import SqlStore
 
 log = logging.getLogger("cleanroom.server")
-
-LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
-
-
-def grpc_options(max_message_bytes: int) -> list[tuple[str, Any]]:
-    return [
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.max_receive_message_length", max_message_bytes),
-        # Pings every 30 s find a dead partner on an idle stream (a PSI
-        # session can sit idle while the other side computes) well before
-        # the resume window closes; tolerate the client's own 30 s pings.
-        ("grpc.keepalive_time_ms", 30_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-        ("grpc.http2.max_pings_without_data", 0),
-    ]
 
 
 @dataclass
@@ -71,7 +54,7 @@ class BrandNode:
 
     async def start(self) -> Ports:
         s = self.settings
-        if s.tls_dir is None and s.host not in LOCAL_HOSTS:
+        if s.tls_dir is None and not is_local(s.host):
             raise ValueError(
                 f"refusing to serve plaintext on {s.host}: pass --tls-dir (see `cleanroom certs`)"
                 " or bind to 127.0.0.1"
@@ -89,7 +72,7 @@ class BrandNode:
         )
         assert self._pool is not None
         attribution = AttributionService(self.store, s.data_dir, executor=self._pool.executor)
-        server = grpc.aio.server(options=grpc_options(s.max_message_bytes))
+        server = grpc.aio.server(options=server_options(s.max_message_bytes))
         pb_grpc.add_AudienceServiceServicer_to_server(
             AudienceServicer(self.store, audiences), server
         )
@@ -111,7 +94,7 @@ class BrandNode:
         reflection.enable_server_reflection(names, server)
         address = f"{s.host}:{s.grpc_port}"
         if s.tls_dir is not None:
-            files = tls.load(s.tls_dir, server=True)
+            files = load_tls(s.tls_dir, server=True)
             creds = grpc.ssl_server_credentials(
                 [(files.key, files.cert)], root_certificates=files.ca, require_client_auth=True
             )

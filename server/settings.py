@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cleanroom.proto.transport import MAX_MESSAGE_BYTES
+
 
 class ServerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CLEANROOM_")
@@ -20,7 +22,7 @@ class ServerSettings(BaseSettings):
     tls_dir: Path | None = None
     workers: int | None = Field(None, ge=1)  # crypto worker processes; default all cores
     chunk_size: int = Field(8192, ge=16, le=65536)  # points per PSI chunk (256 KiB)
-    max_message_bytes: int = Field(32 * 1024 * 1024, ge=1024 * 1024)
+    max_message_bytes: int = Field(MAX_MESSAGE_BYTES, ge=1024 * 1024)
     resume_seconds: float = Field(600.0, gt=0)
     serve_http: bool = True
 

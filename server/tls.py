@@ -2,7 +2,8 @@
 
 ``make_certificates`` writes a private CA and a server and a client
 certificate signed by it (via ``cryptography``). Private keys are written with
-mode 0600. Both sides then verify each other against the CA.
+mode 0600. Both sides then verify each other against the CA; loading the
+files is ``cleanroom.proto.transport.load_tls`` (the partner SDK uses it too).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
@@ -18,20 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-CA_CERT, SERVER_CERT, SERVER_KEY, CLIENT_CERT, CLIENT_KEY = (
-    "ca.pem",
-    "server.pem",
-    "server.key",
-    "client.pem",
-    "client.key",
-)
-
-
-@dataclass(frozen=True)
-class TlsFiles:
-    ca: bytes
-    cert: bytes
-    key: bytes
+from cleanroom.proto.transport import CA_CERT, CLIENT_CERT, CLIENT_KEY, SERVER_CERT, SERVER_KEY
 
 
 def _name(cn: str) -> x509.Name:
@@ -109,18 +96,3 @@ def make_certificates(
     # The CA key is not kept: new certificates mean a new CA, which keeps a
     # stolen directory from minting more identities.
     return [out / n for n in (CA_CERT, SERVER_CERT, SERVER_KEY, CLIENT_CERT, CLIENT_KEY)]
-
-
-def load(tls_dir: Path, *, server: bool) -> TlsFiles:
-    cert, key = (SERVER_CERT, SERVER_KEY) if server else (CLIENT_CERT, CLIENT_KEY)
-    missing = [n for n in (CA_CERT, cert, key) if not (tls_dir / n).is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"{tls_dir} lacks {', '.join(missing)};"
-            f" create them with `cleanroom certs --out {tls_dir}`"
-        )
-    return TlsFiles(
-        (tls_dir / CA_CERT).read_bytes(),
-        (tls_dir / cert).read_bytes(),
-        (tls_dir / key).read_bytes(),
-    )
