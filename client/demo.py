@@ -29,7 +29,6 @@ from cleanroom.client.attribution import (
     run_attribution,
     upload_conversions,
 )
-from cleanroom.client.cli_tables import report_table as _report_table
 from cleanroom.client.sdk import (
     Connection,
     load_partner_set,
@@ -37,6 +36,7 @@ from cleanroom.client.sdk import (
     upload_audience,
     write_match_output,
 )
+from cleanroom.client.tables import report_table as _report_table
 from cleanroom.federated.attribution.synth import synthesize_attribution
 from cleanroom.matching.messages import Protocol
 from cleanroom.matching.workers import CryptoPool

@@ -1,13 +1,8 @@
 """The partner SDK (and the brand's upload tool): everything over gRPC.
 
 Identifiers are normalized and hashed here, on the caller's machine; only
-SHA-256 digests (uploads) or blinded curve points (PSI) leave it.
-
-    conn = Connection("brand.example:50051", token, tls_dir=Path("certs"))
-    columns = parse_id_columns("email,phone")
-    data, report = load_partner_set(Path("users.csv"), columns, NormalizeOptions())
-    with CryptoPool.processes() as pool:
-        result = asyncio.run(run_psi(conn, "crm", Protocol.MATCH, data, pool=pool))
+SHA-256 digests (uploads) or blinded curve points (PSI) leave it. The public
+surface is exported by ``cleanroom.client`` (see its docstring for an example).
 """
 
 from __future__ import annotations
@@ -26,7 +21,13 @@ import pandas as pd
 from cleanroom.audiences.identifiers import IdColumn, NormalizeOptions
 from cleanroom.audiences.reader import ReadReport, iter_frames, read_hashed_chunks
 from cleanroom.matching.messages import Accepted, Protocol, Result
-from cleanroom.matching.partner import PartnerColumn, PartnerProgress, PartnerSession, PartnerSet
+from cleanroom.matching.partner import (
+    MatchOutcome,
+    PartnerColumn,
+    PartnerProgress,
+    PartnerSession,
+    PartnerSet,
+)
 from cleanroom.matching.workers import CryptoPool, dst_for, hash_points
 from cleanroom.proto import cleanroom_pb2 as pb
 from cleanroom.proto import cleanroom_pb2_grpc as pb_grpc
@@ -289,6 +290,13 @@ class PsiRun:
     accepted: Accepted | None = None
     result: Result | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def outcome(self) -> MatchOutcome:
+        """MATCH: which row matched on which column (``matched_on``), and the counts."""
+        if self.session.outcome is None:
+            raise ValueError("only a finished MATCH session has per-row outcomes")
+        return self.session.outcome
 
 
 async def run_psi(

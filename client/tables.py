@@ -1,4 +1,4 @@
-"""Rich tables for reports (CLI and demo)."""
+"""Rich renderings of attribution reports for a terminal (the CLI and the demo)."""
 
 from __future__ import annotations
 

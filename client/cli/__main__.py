@@ -1,0 +1,3 @@
+from cleanroom.client.cli import main
+
+main()

@@ -1,0 +1,172 @@
+"""Brand commands: audiences, conversions and the privacy policy (hashed here, uploaded)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cleanroom.client.cli.common import (
+    IdColumns,
+    JsonOut,
+    Region,
+    Server,
+    TlsDir,
+    Token,
+    connection,
+    errors,
+    normalize_options,
+    out,
+    parse_columns,
+    print_json,
+    progress_bars,
+)
+
+audience_app = typer.Typer(
+    help="Brand audiences: hashed on this machine, uploaded to the brand node."
+)
+conversions_app = typer.Typer(help="Brand conversions for attribution: hashed here, uploaded.")
+policy_app = typer.Typer(help="The tenant's privacy policy (admin token).")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(audience_app, name="audience")
+    app.add_typer(conversions_app, name="conversions")
+    app.add_typer(policy_app, name="policy")
+
+
+@audience_app.command("upload")
+def audience_upload(
+    server: Server,
+    token: Token,
+    name: Annotated[str, typer.Option("--name", help="Audience name.")],
+    file: Annotated[Path, typer.Option("--file", help="CSV or Parquet file.")],
+    id_columns: IdColumns,
+    default_region: Region = None,
+    replace: Annotated[
+        bool, typer.Option("--replace", help="Replace an audience of the same name.")
+    ] = False,
+    tls_dir: TlsDir = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Normalize and hash FILE here, upload the digests, print the upload report."""
+    from cleanroom.client.sdk import upload_audience
+
+    with errors():
+        columns = parse_columns(id_columns)
+        with progress_bars(not as_json) as progress:
+            task = progress.add_task("hashing and uploading rows", total=None)
+            result = asyncio.run(
+                upload_audience(
+                    connection(server, token, tls_dir),
+                    name=name,
+                    path=file,
+                    id_columns=columns,
+                    options=normalize_options(default_region),
+                    replace=replace,
+                    on_rows=lambda n: progress.advance(task, n),
+                )
+            )
+    report = result.to_dict()
+    if as_json:
+        print_json(report)
+        return
+    out.print(f"audience [bold]{name}[/] uploaded")
+    out.print(f"  rows read      {report['rows_read']}")
+    out.print(f"  rows accepted  {report['rows_accepted']}")
+    for reason, n in sorted(report["rows_rejected"].items()):
+        out.print(f"  rejected: {reason}  {n}")
+    for reason, n in sorted(report["invalid_identifiers"].items()):
+        out.print(f"  invalid identifiers: {reason}  {n}")
+    for id_type, n in sorted(report["identifiers"].items()):
+        out.print(f"  {id_type} identifiers  {n}")
+    out.print(f"  duplicates     {report['duplicates']}")
+    out.print(f"  distinct identifiers stored  {report['audience']['elements']}")
+
+
+@conversions_app.command("upload")
+def conversions_upload(
+    server: Server,
+    token: Token,
+    name: Annotated[str, typer.Option("--name", help="Conversion set name.")],
+    file: Annotated[Path, typer.Option("--file", help="CSV or Parquet conversions file.")],
+    id_columns: IdColumns,
+    customer_column: Annotated[str, typer.Option("--customer-column")] = "customer_id",
+    time_column: Annotated[str, typer.Option("--time-column")] = "ts",
+    value_column: Annotated[str, typer.Option("--value-column")] = "value",
+    default_region: Region = None,
+    replace: Annotated[bool, typer.Option("--replace")] = False,
+    tls_dir: TlsDir = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Validate and hash conversions here, upload digests, days and values."""
+    from cleanroom.client.attribution import upload_conversions
+
+    with errors():
+        result = asyncio.run(
+            upload_conversions(
+                connection(server, token, tls_dir),
+                name=name,
+                path=file,
+                id_columns=parse_columns(id_columns),
+                options=normalize_options(default_region),
+                customer_column=customer_column,
+                time_column=time_column,
+                value_column=value_column,
+                replace=replace,
+            )
+        )
+    if as_json:
+        print_json(result)
+    else:
+        out.print(
+            f"conversions [bold]{name}[/]: {result['events']} events of {result['customers']}"
+            f" customers, {result['identifiers']} identifiers"
+        )
+
+
+@policy_app.command("set")
+def policy_set(
+    server: Server,
+    token: Token,
+    aggregation_threshold: Annotated[int | None, typer.Option("--aggregation-threshold")] = None,
+    dp: Annotated[str | None, typer.Option("--dp", help="off, laplace or gaussian.")] = None,
+    epsilon_budget: Annotated[float | None, typer.Option("--epsilon-budget")] = None,
+    min_partner_records: Annotated[int | None, typer.Option("--min-partner-records")] = None,
+    tls_dir: TlsDir = None,
+) -> None:
+    """Change the tenant's policy; prints the policy in force."""
+    import grpc
+
+    from cleanroom.client.sdk import ClientError
+    from cleanroom.proto import cleanroom_pb2 as pb
+    from cleanroom.proto import cleanroom_pb2_grpc as pb_grpc
+
+    conn = connection(server, token, tls_dir)
+    request = pb.PolicyRequest()
+    if aggregation_threshold is not None:
+        request.aggregation_threshold = aggregation_threshold
+    if dp is not None:
+        request.dp = dp
+    if epsilon_budget is not None:
+        request.epsilon_budget = epsilon_budget
+    if min_partner_records is not None:
+        request.min_partner_records = min_partner_records
+    with errors(), conn.sync_channel() as channel:
+        try:
+            response = pb_grpc.AttributionServiceStub(channel).SetPolicy(
+                request, metadata=conn.metadata, timeout=60
+            )
+        except grpc.RpcError as exc:
+            raise ClientError.from_rpc(exc) from exc
+    print_json(
+        {
+            "aggregation_threshold": response.aggregation_threshold,
+            "dp": response.dp,
+            "epsilon_budget": response.epsilon_budget,
+            "epsilon_spent": response.epsilon_spent,
+            "min_partner_records": response.min_partner_records,
+        }
+    )

@@ -1,0 +1,90 @@
+"""What every ``cleanroom`` command shares: option types, consoles, errors, progress."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from cleanroom.audiences.identifiers import IdColumn, NormalizeOptions, parse_id_columns
+
+if TYPE_CHECKING:
+    from cleanroom.client.sdk import Connection
+
+err = Console(stderr=True)
+out = Console()
+
+Server = Annotated[str, typer.Option("--server", help="Brand node gRPC address, HOST:PORT.")]
+Token = Annotated[str, typer.Option("--token", envvar="CLEANROOM_TOKEN", help="Bearer token.")]
+IdColumns = Annotated[
+    str,
+    typer.Option(
+        "--id-columns", help="Identifier columns in priority order, e.g. email,phone,maid."
+    ),
+]
+Region = Annotated[
+    str | None,
+    typer.Option("--default-region", help="Region for phones without +country, e.g. US, CN."),
+]
+TlsDir = Annotated[
+    Path | None, typer.Option("--tls-dir", help="Directory from `cleanroom certs` (mTLS).")
+]
+JsonOut = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    return typer.Exit(code)
+
+
+@contextmanager
+def errors() -> Iterator[None]:
+    """Turn the project's error vocabulary into one clear line and exit 1."""
+    from cleanroom.client.sdk import ClientError
+
+    try:
+        yield
+    except ClientError as exc:
+        raise fail(f"{exc.code}: {exc.message}") from exc
+    except (ValueError, FileNotFoundError, PermissionError) as exc:
+        raise fail(str(exc)) from exc
+
+
+def parse_columns(spec: str) -> list[IdColumn]:
+    return parse_id_columns(spec)
+
+
+def normalize_options(region: str | None) -> NormalizeOptions:
+    return NormalizeOptions(default_region=region)
+
+
+@contextmanager
+def progress_bars(enabled: bool) -> Iterator[Progress]:
+    progress = Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        disable=not enabled,
+        transient=True,
+    )
+    with progress:
+        yield progress
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def connection(server: str, token: str, tls_dir: Path | None) -> Connection:
+    from cleanroom.client.sdk import Connection
+
+    return Connection(server, token, tls_dir)
