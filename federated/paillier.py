@@ -76,6 +76,8 @@ from typing import Any, Protocol, TypeAlias
 import gmpy2
 from gmpy2 import mpz
 
+from cleanroom.proto.errors import InvalidInput
+
 __all__ = [
     "MAX_KEY_BITS",
     "MIN_KEY_BITS",
@@ -125,7 +127,7 @@ _MPZ_TYPE = type(mpz(0))
 # --------------------------------------------------------------------------------------------
 
 
-class InvalidCiphertextError(ValueError):
+class InvalidCiphertextError(InvalidInput):
     """A ciphertext is not a valid Paillier ciphertext for the key.
 
     ``index`` is the position in a batch, or ``None`` for a single ciphertext.

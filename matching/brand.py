@@ -28,7 +28,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cleanroom.matching.errors import ProtocolError
 from cleanroom.matching.messages import (
     POINT_LEN,
     Accepted,
@@ -44,6 +43,7 @@ from cleanroom.matching.messages import (
 from cleanroom.matching.session import OrderedResults, Round, Signal, comparison_length, guarded
 from cleanroom.matching.workers import CryptoPool, blind_and_truncate, blind_points
 from cleanroom.matching.x25519 import BlindingKey
+from cleanroom.proto.errors import ProtocolError
 
 MAX_SLOTS_PER_RECORD = 8
 

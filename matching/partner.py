@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cleanroom.audiences.upload import DIGEST_LEN
-from cleanroom.matching.errors import ProtocolError
 from cleanroom.matching.messages import (
     POINT_LEN,
     Accepted,
@@ -47,6 +46,7 @@ from cleanroom.matching.workers import (
     hash_and_blind_mixed,
 )
 from cleanroom.matching.x25519 import BlindingKey
+from cleanroom.proto.errors import ProtocolError
 
 
 @dataclass(frozen=True)

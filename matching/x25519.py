@@ -39,6 +39,8 @@ import gmpy2
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from gmpy2 import mpz
 
+from cleanroom.proto.errors import InvalidInput
+
 __all__ = [
     "POINT_SIZE",
     "SECRET_SIZE",
@@ -69,7 +71,7 @@ _LOW_ORDER_U: Final[dict[int, str]] = {
 _LOW_ORDER: Final = frozenset(mpz(u) for u in _LOW_ORDER_U)
 
 
-class InvalidPointError(ValueError):
+class InvalidPointError(InvalidInput):
     """A received point must not be blinded; ``index`` locates it within a batch.
 
     ``reason`` says why (wrong length, non-canonical, low order, not on the curve).  The

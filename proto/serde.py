@@ -21,6 +21,7 @@ from cleanroom.matching.messages import (
     ValueChunk,
 )
 from cleanroom.proto import cleanroom_pb2 as pb
+from cleanroom.proto.errors import InvalidInput
 
 _PROTOCOL_TO_PB = {Protocol.MATCH: pb.MATCH, Protocol.CARDINALITY: pb.CARDINALITY}
 _PROTOCOL_FROM_PB = {v: k for k, v in _PROTOCOL_TO_PB.items()}
@@ -33,7 +34,7 @@ def id_type_to_pb(id_type: str) -> int:
     try:
         return _ID_TYPE_TO_PB[str(id_type)]
     except KeyError:
-        raise ValueError(
+        raise InvalidInput(
             f"unknown identifier type {id_type!r}; expected one of {ID_TYPES}"
         ) from None
 
@@ -42,7 +43,7 @@ def id_type_from_pb(value: int) -> str:
     try:
         return _ID_TYPE_FROM_PB[value]
     except KeyError:
-        raise ValueError(f"unknown identifier type code {value}") from None
+        raise InvalidInput(f"unknown identifier type code {value}") from None
 
 
 # ------------------------------------------------------------------ partner → brand
@@ -78,9 +79,9 @@ def partner_from_pb(msg: pb.PartnerMessage) -> PartnerMessage:
     if kind == "hello":
         h = msg.hello
         if h.protocol not in _PROTOCOL_FROM_PB:
-            raise ValueError("Hello.protocol must be MATCH or CARDINALITY")
+            raise InvalidInput("Hello.protocol must be MATCH or CARDINALITY")
         if not h.audience:
-            raise ValueError("Hello.audience is required")
+            raise InvalidInput("Hello.audience is required")
         return Hello(
             audience=h.audience,
             protocol=_PROTOCOL_FROM_PB[h.protocol],
@@ -99,7 +100,7 @@ def partner_from_pb(msg: pb.PartnerMessage) -> PartnerMessage:
         return Finish(
             report_count=msg.finish.report_count, matched_records=msg.finish.matched_records
         )
-    raise ValueError("empty PartnerMessage: set one of hello, points, values, finish")
+    raise InvalidInput("empty PartnerMessage: set one of hello, points, values, finish")
 
 
 # ------------------------------------------------------------------ brand → partner
@@ -131,7 +132,7 @@ def brand_from_pb(msg: pb.BrandMessage) -> BrandMessage:
     if kind == "accepted":
         a = msg.accepted
         if not 1 <= a.value_len <= 32 or a.chunk_size < 1:
-            raise ValueError("Accepted carries an invalid value length or chunk size")
+            raise InvalidInput("Accepted carries an invalid value length or chunk size")
         return Accepted(
             session_id=a.session_id,
             brand_points=a.brand_points,
@@ -146,7 +147,7 @@ def brand_from_pb(msg: pb.BrandMessage) -> BrandMessage:
         return PointChunk(seq=msg.points.seq, points=msg.points.points)
     if kind == "result":
         return Result(intersection=msg.result.intersection, known=msg.result.known)
-    raise ValueError("empty BrandMessage")
+    raise InvalidInput("empty BrandMessage")
 
 
 # ------------------------------------------------------------------ attribution
@@ -223,7 +224,7 @@ def attr_partner_from_pb(msg: pb.AttrPartnerMessage, public_key: object = None) 
     if kind == "hello":
         h = msg.hello
         if not h.conversions:
-            raise ValueError("AttrHello.conversions is required")
+            raise InvalidInput("AttrHello.conversions is required")
         return a.AttrHello(
             conversions=h.conversions,
             click_days=h.click_days,
@@ -263,7 +264,7 @@ def attr_partner_from_pb(msg: pb.AttrPartnerMessage, public_key: object = None) 
             ),
             spend=tuple((x.campaign_id, x.spend) for x in g.spend),
         )
-    raise ValueError("empty AttrPartnerMessage")
+    raise InvalidInput("empty AttrPartnerMessage")
 
 
 def attr_brand_to_pb(msg: object, public_key: object = None) -> pb.AttrBrandMessage:
@@ -347,4 +348,4 @@ def attr_brand_from_pb(msg: pb.AttrBrandMessage, public_key: object = None) -> o
         )
     if kind == "done":
         return a.AttrDone(report_id=msg.done.report_id)
-    raise ValueError("empty AttrBrandMessage")
+    raise InvalidInput("empty AttrBrandMessage")

@@ -42,11 +42,17 @@ from cleanroom.federated.attribution.messages import (
 from cleanroom.federated.attribution.report import campaign_report
 from cleanroom.federated.attribution.tokens import PRECOMPUTED_LAGS, LaggedPoints
 from cleanroom.federated.paillier import PaillierPrivateKey, PaillierPublicKey, generate_keypair
-from cleanroom.matching.errors import ProtocolError
 from cleanroom.matching.messages import POINT_LEN
 from cleanroom.matching.workers import hash_mixed
+from cleanroom.proto.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidInput,
+    NotFound,
+    PermissionDenied,
+    ProtocolError,
+)
 from cleanroom.server.audiences import check_audience_name, fixed_binary_to_numpy
-from cleanroom.server.errors import AlreadyExists, FailedPrecondition, NotFound, PermissionDenied
 from cleanroom.server.files import AtomicParquetWriter
 from cleanroom.server.store import (
     AuditEntry,
@@ -92,7 +98,7 @@ class ConversionsUpload:
             raise PermissionDenied("uploading conversions needs an admin token")
         check_audience_name(name)
         if not id_types or any(t not in ID_TYPES for t in id_types):
-            raise ValueError(f"identifier types must be among {ID_TYPES}")
+            raise InvalidInput(f"identifier types must be among {ID_TYPES}")
         if not replace and service.store.get_conversion_set(principal.tenant_id, name):
             raise AlreadyExists(
                 f"conversions {name!r} already exist; upload with --replace to replace them"
@@ -123,17 +129,19 @@ class ConversionsUpload:
             )
         n = len(chunk.days)
         if n == 0 or len(chunk.values) != n or len(chunk.customers) != n * DIGEST_LEN:
-            raise ValueError(f"conversions chunk {chunk.seq}: customers, days and values disagree")
+            raise InvalidInput(
+                f"conversions chunk {chunk.seq}: customers, days and values disagree"
+            )
         if not np.all(np.isfinite(chunk.values)) or np.any(chunk.values < 0):
-            raise ValueError(f"conversions chunk {chunk.seq}: values must be finite and >= 0")
+            raise InvalidInput(f"conversions chunk {chunk.seq}: values must be finite and >= 0")
         events = np.arange(self.rows, self.rows + n, dtype=np.int64)
         id_events, id_types, digests = [], [], []
         for column, present, packed in chunk.columns:
             if not 0 <= column < len(self.id_types):
-                raise ValueError(f"conversions chunk {chunk.seq} names column {column}")
+                raise InvalidInput(f"conversions chunk {chunk.seq} names column {column}")
             mask = np.frombuffer(present, dtype=np.uint8).astype(bool)
             if len(mask) != n or len(packed) != int(mask.sum()) * DIGEST_LEN:
-                raise ValueError(
+                raise InvalidInput(
                     f"conversions chunk {chunk.seq}, column {column}: presence and digests disagree"
                 )
             id_events.append(events[mask])
@@ -178,7 +186,7 @@ class ConversionsUpload:
                 f" the brand node received {self.next_seq} chunks and {self.rows} rows"
             )
         if self.rows == 0:
-            raise ValueError("the upload carries no conversions; nothing was stored")
+            raise InvalidInput("the upload carries no conversions; nothing was stored")
         self._write_points(wait=True)
         events_path = self._events.commit()
         ids_path = self._ids.commit()

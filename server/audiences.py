@@ -23,11 +23,16 @@ import pyarrow.parquet as pq
 
 from cleanroom.audiences.identifiers import ID_TYPES
 from cleanroom.audiences.upload import DIGEST_LEN, UploadChunk, UploadEnd, UploadHeader
-from cleanroom.matching.errors import ProtocolError
 from cleanroom.matching.hash_to_curve import hash_to_curve_batch
 from cleanroom.matching.messages import POINT_LEN
 from cleanroom.matching.workers import CryptoPool, dst_for
-from cleanroom.server.errors import AlreadyExists, NotFound, PermissionDenied
+from cleanroom.proto.errors import (
+    AlreadyExists,
+    InvalidInput,
+    NotFound,
+    PermissionDenied,
+    ProtocolError,
+)
 from cleanroom.server.files import AtomicParquetWriter
 from cleanroom.server.store import AudienceRecord, AuditEntry, Principal, Role, SqlStore
 
@@ -53,7 +58,7 @@ def fixed_binary_to_numpy(column: pa.ChunkedArray | pa.Array, width: int) -> np.
 
 def check_audience_name(name: str) -> None:
     if not NAME_RE.match(name):
-        raise ValueError(
+        raise InvalidInput(
             f"invalid audience name {name!r}: use 1-100 letters, digits, '.', '_' or '-',"
             " starting with a letter or digit"
         )
@@ -74,10 +79,10 @@ class AudienceService:
             raise PermissionDenied("uploading an audience needs an admin token")
         check_audience_name(header.name)
         if not header.id_types:
-            raise ValueError("the upload header names no identifier columns")
+            raise InvalidInput("the upload header names no identifier columns")
         for t in header.id_types:
             if t not in ID_TYPES:
-                raise ValueError(f"unknown identifier type {t!r}; expected one of {ID_TYPES}")
+                raise InvalidInput(f"unknown identifier type {t!r}; expected one of {ID_TYPES}")
         if not header.replace and self.store.get_audience(principal.tenant_id, header.name):
             raise AlreadyExists(
                 f"audience {header.name!r} already exists; upload with --replace to replace it"
@@ -120,23 +125,23 @@ class AudienceUpload:
             kind = "duplicate" if chunk.seq < self.next_seq else "out-of-order"
             raise ProtocolError(f"{kind} upload chunk {chunk.seq}: chunk {self.next_seq} is next")
         if chunk.row_count <= 0:
-            raise ValueError(f"upload chunk {chunk.seq} carries no rows")
+            raise InvalidInput(f"upload chunk {chunk.seq} carries no rows")
         types: list[str] = []
         digests: list[bytes] = []
         seen: set[int] = set()
         for col in chunk.columns:
             if not 0 <= col.column < len(self.header.id_types) or col.column in seen:
-                raise ValueError(f"upload chunk {chunk.seq} names column {col.column} badly")
+                raise InvalidInput(f"upload chunk {chunk.seq} names column {col.column} badly")
             seen.add(col.column)
             if len(col.digests) % DIGEST_LEN:
-                raise ValueError(
+                raise InvalidInput(
                     f"upload chunk {chunk.seq}, column {col.column}: {len(col.digests)} bytes"
                     " is not"
                     f" a whole number of {DIGEST_LEN}-byte SHA-256 digests"
                 )
             n = len(col.digests) // DIGEST_LEN
             if n > chunk.row_count:
-                raise ValueError(f"upload chunk {chunk.seq}: more digests than rows in a column")
+                raise InvalidInput(f"upload chunk {chunk.seq}: more digests than rows in a column")
             types.extend([self.header.id_types[col.column]] * n)
             digests.append(col.digests)
         packed = b"".join(digests)
@@ -158,7 +163,7 @@ class AudienceUpload:
                 f" the brand node received {self.next_seq} chunks and {self.rows} rows"
             )
         if self.identifiers == 0:
-            raise ValueError("the upload carries no identifiers; nothing was stored")
+            raise InvalidInput("the upload carries no identifiers; nothing was stored")
         self._done = True
         staging = self._staging.commit()
         final = AtomicParquetWriter(

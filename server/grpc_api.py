@@ -2,7 +2,7 @@
 
 Each handler authenticates, converts messages with ``serde``, calls the
 transport-free service, and maps any exception to a status in one place
-(``errors.status_for``).
+(:func:`status_for`).
 """
 
 from __future__ import annotations
@@ -30,6 +30,18 @@ from cleanroom.matching.messages import Hello
 from cleanroom.proto import cleanroom_pb2 as pb
 from cleanroom.proto import cleanroom_pb2_grpc as pb_grpc
 from cleanroom.proto import serde
+from cleanroom.proto.errors import (
+    Aborted,
+    AlreadyExists,
+    CleanroomError,
+    FailedPrecondition,
+    InvalidInput,
+    NotFound,
+    PermissionDenied,
+    ProtocolError,
+    ResourceExhausted,
+    Unauthenticated,
+)
 from cleanroom.server.attribution import (
     AttributionRun,
     AttributionService,
@@ -37,7 +49,7 @@ from cleanroom.server.attribution import (
     ConversionsUpload,
 )
 from cleanroom.server.audiences import AudienceService, AudienceUpload
-from cleanroom.server.errors import PermissionDenied, Unauthenticated, status_for
+from cleanroom.server.errors import internal_message, internal_reference, nearest
 from cleanroom.server.matching import MatchingService
 from cleanroom.server.store import AudienceRecord, AuditEntry, Principal, Role, SqlStore
 
@@ -53,6 +65,33 @@ def authenticate(store: SqlStore, context: grpc.aio.ServicerContext) -> Principa
     if principal is None:
         raise Unauthenticated("invalid bearer token")
     return principal
+
+
+# The project's error vocabulary as gRPC status codes; a subclass maps like
+# its nearest listed ancestor (PolicyViolation and BudgetExceeded are
+# FailedPrecondition, ProtocolError is InvalidInput).
+STATUS_CODES: dict[type[CleanroomError], grpc.StatusCode] = {
+    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Aborted: grpc.StatusCode.ABORTED,
+}
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status code and message a client gets for ``exc``.
+
+    Only the project's errors carry their message to the client; anything
+    else (a ``ValueError`` from a bug too) is INTERNAL with a reference id.
+    """
+    code = nearest(STATUS_CODES, exc)
+    if code is not None:
+        return code, str(exc)
+    return grpc.StatusCode.INTERNAL, internal_message(internal_reference(exc))
 
 
 async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
@@ -104,7 +143,7 @@ async def drive_upload(
                 principal = authenticate(store, context)
             if upload is None:
                 if kind != "header":
-                    raise ValueError("an upload starts with its header")
+                    raise ProtocolError("an upload starts with its header")
                 upload = begin(principal, req.header)
             elif kind == "chunk":
                 add(upload, req.chunk)
@@ -116,8 +155,8 @@ async def drive_upload(
                     done.abort()
                     raise
             else:
-                raise ValueError(f"unexpected upload message {kind!r} after the header")
-        raise ValueError("the upload stream ended without its end message; nothing was stored")
+                raise ProtocolError(f"unexpected upload message {kind!r} after the header")
+        raise ProtocolError("the upload stream ended without its end message; nothing was stored")
     except Exception as exc:
         if upload is not None:  # before the status goes out: the client may look next
             upload.abort()
@@ -196,7 +235,7 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
             principal = authenticate(self._store, context)
             first = serde.partner_from_pb(first_pb)
             if not isinstance(first, Hello):
-                raise ValueError("a session stream starts with Hello")
+                raise ProtocolError("a session stream starts with Hello")
             session, stream = await self._matching.open(principal, first)
             accepted = session.accepted() if first.resume_session_id else session.start()
             yield serde.brand_to_pb(accepted)
@@ -205,7 +244,7 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
             async for msg in session.outgoing(first.received_values, first.received_points):
                 yield serde.brand_to_pb(msg)
         except StopAsyncIteration:
-            await abort_with(context, ValueError("the stream closed before Hello"))
+            await abort_with(context, ProtocolError("the stream closed before Hello"))
         except Exception as exc:
             if session is not None:
                 session.fail(exc)
@@ -292,7 +331,7 @@ class AttributionServicer(pb_grpc.AttributionServiceServicer):
             principal = authenticate(self._store, context)
             hello = serde.attr_partner_from_pb(first)
             if not isinstance(hello, AttrHello):
-                raise ValueError("an attribution stream starts with AttrHello")
+                raise ProtocolError("an attribution stream starts with AttrHello")
             run, accepted = await asyncio.to_thread(self._service.open, principal, hello)
             yield serde.attr_brand_to_pb(accepted)
             if run is None:
@@ -326,10 +365,10 @@ class AttributionServicer(pb_grpc.AttributionServiceServicer):
                     yield serde.attr_brand_to_pb(AttrDone(report_id=report_id))
                     return
                 else:
-                    raise ValueError(f"unexpected {type(msg).__name__} during the run")
-            raise ValueError("the stream ended before the aggregates; no report was stored")
+                    raise ProtocolError(f"unexpected {type(msg).__name__} during the run")
+            raise ProtocolError("the stream ended before the aggregates; no report was stored")
         except StopAsyncIteration:
-            await abort_with(context, ValueError("the stream closed before AttrHello"))
+            await abort_with(context, ProtocolError("the stream closed before AttrHello"))
         except Exception as exc:
             if run is not None and not ended:
                 ended = True

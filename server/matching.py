@@ -17,16 +17,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from cleanroom.matching.brand import BrandSession
-from cleanroom.matching.errors import PolicyViolation
 from cleanroom.matching.messages import Hello
 from cleanroom.matching.session import Round
-from cleanroom.server.audiences import AudienceService
-from cleanroom.server.errors import (
+from cleanroom.proto.errors import (
     FailedPrecondition,
     NotFound,
     PermissionDenied,
+    PolicyViolation,
     ResourceExhausted,
 )
+from cleanroom.server.audiences import AudienceService
 from cleanroom.server.store import AuditEntry, Principal, Role, SessionRecord, SqlStore
 
 log = logging.getLogger("cleanroom.server.matching")

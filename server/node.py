@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 from cleanroom.matching.workers import CryptoPool
 from cleanroom.proto import cleanroom_pb2 as pb
 from cleanroom.proto import cleanroom_pb2_grpc as pb_grpc
+from cleanroom.proto.errors import InvalidInput
 from cleanroom.proto.transport import is_local, load_tls, server_options
 from cleanroom.server.attribution import AttributionService
 from cleanroom.server.audiences import AudienceService
@@ -55,7 +56,7 @@ class BrandNode:
     async def start(self) -> Ports:
         s = self.settings
         if s.tls_dir is None and not is_local(s.host):
-            raise ValueError(
+            raise InvalidInput(
                 f"refusing to serve plaintext on {s.host}: pass --tls-dir (see `cleanroom certs`)"
                 " or bind to 127.0.0.1"
             )

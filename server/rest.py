@@ -3,8 +3,13 @@
 Every route authenticates the bearer token and only ever reads the token's
 own tenant; another tenant's object is indistinguishable from a missing one
 (404). Errors are ``application/problem+json`` (RFC 9457): 401 without a
-valid token, 403 for a role that may not do this, 404, 422 for invalid input
-(with an ``errors`` list). OpenAPI: ``/openapi.json``, docs at ``/docs``.
+valid token, 403 for a role that may not do this, 404, 409 for a conflict
+with the current state (a name taken, a budget spent), 422 for invalid input
+(with an ``errors`` list when the request's shape is wrong), 429 when a quota
+is spent, 500 with a ``reference`` id for an internal error (the details are
+in the node's log, never in the response). The project's errors
+(``cleanroom.proto.errors``) map to these in one table, ``HTTP_STATUSES``.
+OpenAPI: ``/openapi.json``, docs at ``/docs``.
 
 Roles: attribution reports, the epsilon ledger, the audit log and the policy
 are read with admin or analyst tokens (partner tokens get 403); only admin
@@ -66,7 +71,19 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from cleanroom.proto.errors import (
+    Aborted,
+    AlreadyExists,
+    CleanroomError,
+    FailedPrecondition,
+    InvalidInput,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+)
 from cleanroom.server.dashboard import render_page
+from cleanroom.server.errors import internal_message, internal_reference, nearest
 from cleanroom.server.store import (
     REPORT_ID,
     AudienceRecord,
@@ -84,8 +101,28 @@ _TITLES = {
     403: "forbidden",
     404: "not found",
     405: "method not allowed",
+    409: "conflict",
     422: "invalid request",
+    429: "too many requests",
+    500: "internal error",
 }
+
+# The project's error vocabulary as HTTP statuses (the gRPC edge has its twin,
+# grpc_api.STATUS_CODES); a subclass maps like its nearest listed ancestor.
+HTTP_STATUSES: dict[type[CleanroomError], int] = {
+    InvalidInput: 422,
+    Unauthenticated: 401,
+    PermissionDenied: 403,
+    NotFound: 404,
+    AlreadyExists: 409,
+    FailedPrecondition: 409,
+    ResourceExhausted: 429,
+    Aborted: 409,
+}
+
+
+def http_status_for(exc: CleanroomError) -> int:
+    return nearest(HTTP_STATUSES, exc) or 500
 
 
 def _problem(
@@ -406,6 +443,24 @@ def create_app(store: SqlStore) -> FastAPI:
         ]
         detail = "; ".join(f"{e['loc']}: {e['msg']}" for e in errors) or "invalid request"
         return _problem(422, _TITLES[422], detail, errors=errors)
+
+    @app.exception_handler(CleanroomError)
+    async def project_problem(_request: Request, exc: CleanroomError) -> JSONResponse:
+        status = http_status_for(exc)
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        return _problem(status, _TITLES.get(status, "request failed"), str(exc), headers=headers)
+
+    @app.middleware("http")
+    async def internal_problem(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        # Whatever escapes a route and its exception handlers (a bug) is a 500
+        # with a reference id; its text and traceback go to the log only.
+        try:
+            return await call_next(request)
+        except Exception as exc:
+            ref = internal_reference(exc)
+            return _problem(500, _TITLES[500], internal_message(ref), reference=ref)
 
     @app.middleware("http")
     async def no_store(

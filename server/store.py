@@ -73,7 +73,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from cleanroom.server.errors import AlreadyExists, BudgetExceeded, NotFound
+from cleanroom.proto.errors import AlreadyExists, BudgetExceeded, InvalidInput, NotFound
 
 
 class Role(StrEnum):
@@ -104,14 +104,14 @@ class Policy:
 
     def __post_init__(self) -> None:
         if self.dp not in DP_MECHANISMS:
-            raise ValueError(f"dp must be one of {', '.join(DP_MECHANISMS)}, not {self.dp!r}")
+            raise InvalidInput(f"dp must be one of {', '.join(DP_MECHANISMS)}, not {self.dp!r}")
         if self.aggregation_threshold < 0:
             # 0 turns suppression off (the issue's exactness check runs with it).
-            raise ValueError("aggregation_threshold must be at least 0")
+            raise InvalidInput("aggregation_threshold must be at least 0")
         if not (math.isfinite(self.epsilon_budget) and self.epsilon_budget >= 0):
-            raise ValueError("epsilon_budget must be a finite number >= 0")
+            raise InvalidInput("epsilon_budget must be a finite number >= 0")
         if not 0 < self.delta < 1:
-            raise ValueError("delta must be between 0 and 1 (exclusive)")
+            raise InvalidInput("delta must be between 0 and 1 (exclusive)")
 
 
 @dataclass(frozen=True)
@@ -373,7 +373,7 @@ class SqlStore:
 
     def create_tenant(self, name: str, policy: Policy | None = None) -> Tenant:
         if not name or len(name) > 200:
-            raise ValueError("a tenant name is 1 to 200 characters")
+            raise InvalidInput("a tenant name is 1 to 200 characters")
         policy = policy or Policy()
         row = _TenantRow(tenant_id=uuid.uuid4().hex, name=name, created_at=self._clock())
         _write_policy(row, policy)
@@ -675,13 +675,13 @@ class SqlStore:
         again charges nothing; with a different epsilon it is ``AlreadyExists``.
         """
         if not partnership or len(partnership) > 200:
-            raise ValueError("a partnership name is 1 to 200 characters")
+            raise InvalidInput("a partnership name is 1 to 200 characters")
         if not REPORT_ID.fullmatch(report_id):
-            raise ValueError("a report id is 1 to 64 characters of [A-Za-z0-9_-]")
+            raise InvalidInput("a report id is 1 to 64 characters of [A-Za-z0-9_-]")
         if not (math.isfinite(epsilon) and epsilon > 0):
-            raise ValueError(f"epsilon must be a finite number > 0, not {epsilon}")
+            raise InvalidInput(f"epsilon must be a finite number > 0, not {epsilon}")
         if not (math.isfinite(budget) and budget >= 0):
-            raise ValueError(f"an epsilon budget must be a finite number >= 0, not {budget}")
+            raise InvalidInput(f"an epsilon budget must be a finite number >= 0, not {budget}")
         self._ensure_spent_row(tenant_id, partnership)
         for _attempt in range(2):
             try:
@@ -856,22 +856,22 @@ def _write_policy(row: _TenantRow, policy: Policy) -> None:
 def _checked_report(record: ReportRecord) -> ReportRecord:
     """``record`` with its body as it will read back (plain JSON), or ValueError."""
     if not REPORT_ID.fullmatch(record.report_id):
-        raise ValueError("a report id is 1 to 64 characters of [A-Za-z0-9_-]")
+        raise InvalidInput("a report id is 1 to 64 characters of [A-Za-z0-9_-]")
     if not record.submission_key or len(record.submission_key) > 200:
-        raise ValueError("a submission key is 1 to 200 characters")
+        raise InvalidInput("a submission key is 1 to 200 characters")
     if len(record.conversions_name) > 200:
-        raise ValueError("a conversions set name is at most 200 characters")
+        raise InvalidInput("a conversions set name is at most 200 characters")
     if record.created_at.tzinfo is None:
-        raise ValueError("created_at must be timezone-aware")
+        raise InvalidInput("created_at must be timezone-aware")
     if not isinstance(record.body, dict):
-        raise ValueError("a report body is a JSON object")
+        raise InvalidInput("a report body is a JSON object")
     body_id = record.body.get("report_id")
     if body_id is not None and body_id != record.report_id:
-        raise ValueError(f"the body's report_id {body_id!r} is not {record.report_id!r}")
+        raise InvalidInput(f"the body's report_id {body_id!r} is not {record.report_id!r}")
     try:
         body = json.loads(json.dumps(record.body, allow_nan=False))
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"a report body must be plain JSON without NaN: {exc}") from exc
+        raise InvalidInput(f"a report body must be plain JSON without NaN: {exc}") from exc
     return ReportRecord(
         report_id=record.report_id,
         tenant_id=record.tenant_id,

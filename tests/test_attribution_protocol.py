@@ -46,9 +46,9 @@ from cleanroom.federated.attribution.tokens import (
     key_mix,
 )
 from cleanroom.federated.paillier import _unsafe_generate_keypair_for_tests
-from cleanroom.matching.errors import PolicyViolation, ProtocolError
 from cleanroom.matching.hash_to_curve import hash_to_curve
 from cleanroom.matching.workers import hash_mixed
+from cleanroom.proto.errors import PolicyViolation, ProtocolError
 from tests.helpers import assert_reports_equal
 
 OPTIONS = NormalizeOptions(default_region="US")

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 
 from cleanroom.matching.brand import BrandSession
-from cleanroom.matching.errors import ProtocolError
 from cleanroom.matching.hash_to_curve import hash_to_curve
 from cleanroom.matching.messages import Finish, Hello, PointChunk, Protocol, Result, ValueChunk
 from cleanroom.matching.partner import PartnerColumn, PartnerSession, PartnerSet
 from cleanroom.matching.session import comparison_length
 from cleanroom.matching.workers import CryptoPool, dst_for, hash_and_blind_mixed, hash_points
 from cleanroom.matching.x25519 import InvalidPointError
+from cleanroom.proto.errors import ProtocolError
 
 T = TypeVar("T")
 

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from cleanroom.server.errors import BudgetExceeded
+from cleanroom.proto.errors import BudgetExceeded
 from cleanroom.server.rest import CSV_COLUMNS, create_app, redact
 from cleanroom.server.store import AuditEntry, Role, SqlStore
 from tests.conftest import Node

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from cleanroom.server.errors import AlreadyExists, BudgetExceeded, FailedPrecondition, NotFound
+from cleanroom.proto.errors import AlreadyExists, BudgetExceeded, FailedPrecondition, NotFound
 from cleanroom.server.store import (
     AudienceRecord,
     AuditEntry,

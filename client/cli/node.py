@@ -91,7 +91,7 @@ def tenant_create(
     store = SqlStore(settings.resolved_database_url())
     try:
         with errors():
-            from cleanroom.server.errors import AlreadyExists
+            from cleanroom.proto.errors import AlreadyExists
 
             try:
                 tenant, issued = store.provision_tenant(

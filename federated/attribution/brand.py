@@ -38,11 +38,11 @@ from cleanroom.federated.paillier import (
     private_key_from_json,
     private_key_to_json,
 )
-from cleanroom.matching.errors import PolicyViolation, ProtocolError
 from cleanroom.matching.messages import POINT_LEN
 from cleanroom.matching.session import comparison_length
 from cleanroom.matching.workers import blind_and_truncate, hash_and_blind_mixed
 from cleanroom.matching.x25519 import BlindingKey
+from cleanroom.proto.errors import PolicyViolation, ProtocolError
 
 
 def encrypt_scaled(private_key_json: str, min_bits: int, values: list[int]) -> list[int]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from cleanroom.proto.errors import InvalidInput
+
 TOUCHES = ("click", "view")
 GROUPS = ("exposed", "holdout")
 VALUE_SCALE = 10**6  # fixed point: micro-units of the currency
@@ -31,9 +33,9 @@ class Cell:
 
     def __post_init__(self) -> None:
         if self.group not in GROUPS:
-            raise ValueError(f"unknown group {self.group!r}; expected one of {GROUPS}")
+            raise InvalidInput(f"unknown group {self.group!r}; expected one of {GROUPS}")
         if self.touch not in TOUCHES:
-            raise ValueError(f"unknown touch {self.touch!r}; expected one of {TOUCHES}")
+            raise InvalidInput(f"unknown touch {self.touch!r}; expected one of {TOUCHES}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,11 +41,11 @@ from cleanroom.federated.attribution.tokens import (
     types_kept,
 )
 from cleanroom.federated.paillier import MIN_KEY_BITS, PaillierPublicKey
-from cleanroom.matching.errors import ProtocolError
 from cleanroom.matching.messages import POINT_LEN
 from cleanroom.matching.session import comparison_length
 from cleanroom.matching.workers import blind_and_truncate, hash_and_blind_mixed
 from cleanroom.matching.x25519 import BlindingKey
+from cleanroom.proto.errors import ProtocolError
 
 
 @dataclass
