@@ -1,4 +1,4 @@
-"""Typed messages of an audience upload (the domain side of the wire).
+"""Typed messages of the brand's uploads, audiences and conversions (the domain side of the wire).
 
 The uploader hashes on its own machine; these carry only SHA-256 digests.
 ``cleanroom.proto.serde`` converts them to and from protobuf.
@@ -7,6 +7,8 @@ The uploader hashes on its own machine; these carry only SHA-256 digests.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+import numpy as np
 
 DIGEST_LEN = 32  # SHA-256: every identifier crosses the wire as this digest
 
@@ -35,3 +37,15 @@ class UploadChunk:
 class UploadEnd:
     chunk_count: int
     row_count: int
+
+
+@dataclass(frozen=True)
+class ConversionRows:
+    """One chunk of a conversions upload: per row the customer digest, day and
+    value; per identifier column the rows that have one and their digests."""
+
+    seq: int
+    customers: bytes  # 32-byte SHA-256 digests, one per row
+    days: np.ndarray  # int32 per row: days since 1970-01-01 UTC
+    values: np.ndarray  # float64 per row
+    columns: tuple[tuple[int, bytes, bytes], ...]  # (column, present per row, digests)

@@ -1,16 +1,19 @@
-"""Shared machinery of the PSI session state machines."""
+"""Shared machinery of the protocol state machines (PSI sessions, attribution runs)."""
 
 from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from enum import StrEnum
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from cleanroom.matching.messages import POINT_LEN
+from cleanroom.matching.workers import RunJobs
+from cleanroom.proto.errors import ProtocolError
 
 T = TypeVar("T")
+R = TypeVar("R", bound=StrEnum)
 
 # Statistical security of truncated comparisons (DESIGN.md §5): the chance
 # that any unrelated pair of values collides stays below 2^-40.
@@ -112,3 +115,73 @@ class OrderedResults(Generic[T]):
             fut = self._queue.get_nowait()
             if fut is not None:
                 fut.cancel()
+
+
+class RoundMachine(Generic[R]):
+    """What a round-by-round state machine shares, whatever its protocol.
+
+    ``round`` is a member of the protocol's round enum, which has ``DONE``
+    and ``FAILED``. The first error fails the machine for good: background
+    tasks are cancelled, queued jobs dropped, and anyone waiting in
+    :meth:`until` (an ``outgoing`` stream) gets the error. :meth:`step` runs a
+    ``receive`` so that a message refused in any round fails the run the same
+    way.
+    """
+
+    def __init__(self, initial: R, jobs: RunJobs | None) -> None:
+        rounds = type(initial)
+        self._done: R = rounds["DONE"]
+        self._failed: R = rounds["FAILED"]
+        self.round: R = initial
+        self.error: BaseException | None = None
+        self._jobs = jobs or RunJobs(None)
+        self._signal = Signal()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def finished(self) -> bool:
+        return self.round in (self._done, self._failed)
+
+    def fail(self, exc: BaseException) -> None:
+        if self.round is self._done:
+            return
+        self.round = self._failed
+        if self.error is None:
+            self.error = exc
+        self.close()
+        self._signal.notify()
+
+    def close(self) -> None:
+        """Stop background work: queued jobs are dropped, running tasks cancelled."""
+        self._jobs.cancel()
+        current = asyncio.current_task()
+        for task in self._tasks:
+            if task is not current:
+                task.cancel()
+
+    def spawn(self, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run ``work`` in the background; its failure fails the machine."""
+        self._tasks.append(asyncio.ensure_future(guarded(work, self.fail)))
+
+    async def step(self, handle: Awaitable[None]) -> None:
+        """Handle one incoming message; any error fails the machine, then propagates."""
+        if self.round is self._failed:
+            if isinstance(handle, Coroutine):
+                handle.close()
+            raise ProtocolError(f"the run has failed: {self.error}") from self.error
+        try:
+            await handle
+        except BaseException as exc:
+            if not isinstance(exc, asyncio.CancelledError):
+                self.fail(exc)
+            raise
+
+    async def until(self, ready: Callable[[], bool]) -> None:
+        """Wait until ``ready()``; raises the machine's error if it fails meanwhile."""
+        while True:
+            if self.error is not None:
+                raise self.error
+            waiting = self._signal.current()
+            if ready():
+                return
+            await waiting.wait()

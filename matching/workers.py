@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import CancelledError, Executor, Future, ProcessPoolExecutor
 from typing import Any, TypeVar
 
 import numpy as np
@@ -157,3 +158,77 @@ class CryptoPool:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class RunJobs:
+    """One run's jobs in a shared pool (or here, without one), cancellable as a whole.
+
+    ``cancel`` drops the jobs not yet started and refuses new ones: a peer
+    that goes away must not leave minutes of its run queued in the pool the
+    other runs share. Blocking (``run``, ``run_many``), future (``submit``) and
+    awaitable (``call``) forms share that one switch.
+    """
+
+    def __init__(self, executor: Executor | None) -> None:
+        self._executor = executor
+        self._lock = threading.Lock()
+        self._pending: set[Future[Any]] = set()
+        self._cancelled = False
+
+    @property
+    def parallel(self) -> bool:
+        """Whether jobs run in a pool (else here, one after the other)."""
+        return self._executor is not None
+
+    def run(self, fn: Callable[..., T], *args: Any) -> T:
+        return self.run_many(fn, [args])[0]
+
+    def run_many(self, fn: Callable[..., T], jobs: Sequence[tuple[Any, ...]]) -> list[T]:
+        """``fn`` over ``jobs``, all submitted at once; results in order."""
+        if self._executor is None:
+            out = []
+            for args in jobs:
+                self._check()
+                out.append(fn(*args))
+            return out
+        futures = [self.submit(fn, *args) for args in jobs]
+        return [f.result() for f in futures]
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        """Start one job; without a pool it runs here, now."""
+        if self._executor is None:
+            self._check()
+            done: Future[T] = Future()
+            try:
+                done.set_result(fn(*args))
+            except BaseException as exc:
+                done.set_exception(exc)
+            return done
+        with self._lock:
+            self._check()
+            future = self._executor.submit(fn, *args)
+            self._pending.add(future)
+        future.add_done_callback(self._forget)
+        return future
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Await one job: in the pool, or on a thread without one (the loop keeps running)."""
+        if self._executor is None:
+            self._check()
+            return await asyncio.to_thread(fn, *args)
+        return await asyncio.wrap_future(self.submit(fn, *args))
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancelled = True
+            pending = list(self._pending)
+        for future in pending:
+            future.cancel()
+
+    def _forget(self, future: Future[Any]) -> None:
+        with self._lock:
+            self._pending.discard(future)
+
+    def _check(self) -> None:
+        if self._cancelled:
+            raise CancelledError("the run was cancelled")

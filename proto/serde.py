@@ -8,7 +8,41 @@ the field named.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+import numpy as np
+
 from cleanroom.audiences.identifiers import ID_TYPES
+from cleanroom.audiences.upload import (
+    ColumnDigests,
+    ConversionRows,
+    UploadChunk,
+    UploadEnd,
+    UploadHeader,
+)
+from cleanroom.federated.attribution.messages import (
+    AttrAccepted,
+    AttrAggregates,
+    AttrBrandMessage,
+    AttrCells,
+    AttrDone,
+    AttrHello,
+    AttributedAggregate,
+    AttrPartnerMessage,
+    Cell,
+    CellTokens,
+    CellValues,
+    ConversionTokens,
+    DpParams,
+    EventValues,
+    GroupAggregate,
+)
+from cleanroom.federated.paillier import (
+    PaillierPublicKey,
+    ciphertexts_from_bytes,
+    ciphertexts_to_bytes,
+    raw_ciphertexts_from_bytes,
+)
 from cleanroom.matching.messages import (
     Accepted,
     BrandMessage,
@@ -22,6 +56,9 @@ from cleanroom.matching.messages import (
 )
 from cleanroom.proto import cleanroom_pb2 as pb
 from cleanroom.proto.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from cleanroom.server.store import AudienceRecord, ConversionSetRecord
 
 _PROTOCOL_TO_PB = {Protocol.MATCH: pb.MATCH, Protocol.CARDINALITY: pb.CARDINALITY}
 _PROTOCOL_FROM_PB = {v: k for k, v in _PROTOCOL_TO_PB.items()}
@@ -150,6 +187,76 @@ def brand_from_pb(msg: pb.BrandMessage) -> BrandMessage:
     raise InvalidInput("empty BrandMessage")
 
 
+# ------------------------------------------------------------------ uploads
+
+
+def upload_header_to_pb(header: UploadHeader) -> pb.UploadHeader:
+    return pb.UploadHeader(
+        name=header.name,
+        id_types=[id_type_to_pb(t) for t in header.id_types],
+        replace=header.replace,
+    )
+
+
+def upload_header_from_pb(header: pb.UploadHeader) -> UploadHeader:
+    return UploadHeader(
+        name=header.name,
+        id_types=tuple(id_type_from_pb(t) for t in header.id_types),
+        replace=header.replace,
+    )
+
+
+def upload_chunk_from_pb(chunk: pb.UploadChunk) -> UploadChunk:
+    return UploadChunk(
+        seq=chunk.seq,
+        row_count=chunk.row_count,
+        columns=tuple(ColumnDigests(c.column, c.digests) for c in chunk.columns),
+    )
+
+
+def upload_end_from_pb(end: pb.UploadEnd) -> UploadEnd:
+    return UploadEnd(chunk_count=end.chunk_count, row_count=end.row_count)
+
+
+def _packed(data: bytes, dtype: str, what: str) -> np.ndarray:
+    width = np.dtype(dtype).itemsize
+    if len(data) % width:
+        raise InvalidInput(f"{what} holds {len(data)} bytes, not a multiple of {width}")
+    return np.frombuffer(data, dtype=dtype)
+
+
+def conversions_chunk_from_pb(chunk: pb.ConversionsChunk) -> ConversionRows:
+    return ConversionRows(
+        seq=chunk.seq,
+        customers=chunk.customers,
+        days=_packed(chunk.days, "<i4", f"conversions chunk {chunk.seq}: days"),
+        values=_packed(chunk.values, "<f8", f"conversions chunk {chunk.seq}: values"),
+        columns=tuple((x.column, x.present, x.digests) for x in chunk.columns),
+    )
+
+
+def audience_to_pb(record: AudienceRecord) -> pb.Audience:
+    return pb.Audience(
+        audience_id=record.audience_id,
+        name=record.name,
+        records=record.records,
+        elements=record.elements,
+        duplicates=record.duplicates,
+        elements_by_type=record.elements_by_type,
+        created_at=record.created_at.isoformat(),
+    )
+
+
+def conversion_set_to_pb(record: ConversionSetRecord) -> pb.ConversionSet:
+    return pb.ConversionSet(
+        conversions_id=record.conversions_id,
+        name=record.name,
+        events=record.events,
+        customers=record.customers,
+        identifiers=record.identifiers,
+    )
+
+
 # ------------------------------------------------------------------ attribution
 
 
@@ -157,11 +264,25 @@ def _n_to_bytes(n: int) -> bytes:
     return n.to_bytes((n.bit_length() + 7) // 8, "big")
 
 
-def attr_partner_to_pb(msg: object, public_key: object = None) -> pb.AttrPartnerMessage:
-    from cleanroom.federated.attribution import messages as a
-    from cleanroom.federated.paillier import PaillierPublicKey, ciphertexts_to_bytes
+def _needs_key(public_key: PaillierPublicKey | None, what: str) -> PaillierPublicKey:
+    if public_key is None:
+        # The state machines hold the key from AttrAccepted on; before it no
+        # message carries ciphertexts, so this is a peer out of round.
+        raise InvalidInput(f"{what} before the run's Paillier key was agreed")
+    return public_key
 
-    if isinstance(msg, a.AttrHello):
+
+def _one_ciphertext(data: bytes, public_key: PaillierPublicKey, what: str) -> int:
+    values = ciphertexts_from_bytes(data, public_key)
+    if len(values) != 1:
+        raise InvalidInput(f"{what} holds {len(values)} ciphertexts, not one")
+    return values[0]
+
+
+def attr_partner_to_pb(
+    msg: AttrPartnerMessage, public_key: PaillierPublicKey | None = None
+) -> pb.AttrPartnerMessage:
+    if isinstance(msg, AttrHello):
         return pb.AttrPartnerMessage(
             hello=pb.AttrHello(
                 conversions=msg.conversions,
@@ -172,7 +293,7 @@ def attr_partner_to_pb(msg: object, public_key: object = None) -> pb.AttrPartner
                 submission_key=msg.submission_key,
             )
         )
-    if isinstance(msg, a.AttrCells):
+    if isinstance(msg, AttrCells):
         return pb.AttrPartnerMessage(
             cells=pb.AttrCells(
                 cells=[
@@ -182,13 +303,12 @@ def attr_partner_to_pb(msg: object, public_key: object = None) -> pb.AttrPartner
                 cell_tokens=list(msg.cell_tokens),
             )
         )
-    if isinstance(msg, a.CellTokens):
+    if isinstance(msg, CellTokens):
         return pb.AttrPartnerMessage(
             cell_tokens=pb.AttrCellTokens(seq=msg.seq, cell=msg.cell, points=msg.points)
         )
-    if isinstance(msg, a.AttrAggregates):
-        if not isinstance(public_key, PaillierPublicKey):
-            raise TypeError("aggregates need the Paillier public key to serialize")
+    if isinstance(msg, AttrAggregates):
+        key = _needs_key(public_key, "aggregates")
         return pb.AttrPartnerMessage(
             aggregates=pb.AttrAggregates(
                 groups=[
@@ -198,7 +318,7 @@ def attr_partner_to_pb(msg: object, public_key: object = None) -> pb.AttrPartner
                         users=g.users,
                         conversions=g.conversions,
                         converters=g.converters,
-                        revenue=ciphertexts_to_bytes([g.revenue], public_key),
+                        revenue=ciphertexts_to_bytes([g.revenue], key),
                     )
                     for g in msg.groups
                 ],
@@ -206,7 +326,7 @@ def attr_partner_to_pb(msg: object, public_key: object = None) -> pb.AttrPartner
                     pb.AttrAttributedAggregate(
                         campaign_id=t.campaign_id,
                         conversions=t.conversions,
-                        revenue=ciphertexts_to_bytes([t.revenue], public_key),
+                        revenue=ciphertexts_to_bytes([t.revenue], key),
                     )
                     for t in msg.attributed
                 ],
@@ -216,16 +336,15 @@ def attr_partner_to_pb(msg: object, public_key: object = None) -> pb.AttrPartner
     raise TypeError(f"not an attribution partner message: {type(msg).__name__}")
 
 
-def attr_partner_from_pb(msg: pb.AttrPartnerMessage, public_key: object = None) -> object:
-    from cleanroom.federated.attribution import messages as a
-    from cleanroom.federated.paillier import PaillierPublicKey, ciphertexts_from_bytes
-
+def attr_partner_from_pb(
+    msg: pb.AttrPartnerMessage, public_key: PaillierPublicKey | None = None
+) -> AttrPartnerMessage:
     kind = msg.WhichOneof("body")
     if kind == "hello":
         h = msg.hello
         if not h.conversions:
             raise InvalidInput("AttrHello.conversions is required")
-        return a.AttrHello(
+        return AttrHello(
             conversions=h.conversions,
             click_days=h.click_days,
             view_days=h.view_days,
@@ -235,43 +354,45 @@ def attr_partner_from_pb(msg: pb.AttrPartnerMessage, public_key: object = None) 
         )
     if kind == "cells":
         c = msg.cells
-        return a.AttrCells(
-            cells=tuple(a.Cell(x.campaign_id, x.group, x.touch) for x in c.cells),
+        return AttrCells(
+            cells=tuple(Cell(x.campaign_id, x.group, x.touch) for x in c.cells),
             cell_tokens=tuple(c.cell_tokens),
         )
     if kind == "cell_tokens":
         t = msg.cell_tokens
-        return a.CellTokens(seq=t.seq, cell=t.cell, points=t.points)
+        return CellTokens(seq=t.seq, cell=t.cell, points=t.points)
     if kind == "aggregates":
-        if not isinstance(public_key, PaillierPublicKey):
-            raise TypeError("aggregates need the Paillier public key to parse")
-
-        def one(data: bytes) -> int:
-            [c] = ciphertexts_from_bytes(data, public_key)
-            return c
-
+        key = _needs_key(public_key, "aggregates")
         g = msg.aggregates
-        return a.AttrAggregates(
+        return AttrAggregates(
             groups=tuple(
-                a.GroupAggregate(
-                    x.campaign_id, x.group, x.users, x.conversions, x.converters, one(x.revenue)
+                GroupAggregate(
+                    x.campaign_id,
+                    x.group,
+                    x.users,
+                    x.conversions,
+                    x.converters,
+                    _one_ciphertext(x.revenue, key, f"the revenue of {x.campaign_id}/{x.group}"),
                 )
                 for x in g.groups
             ),
             attributed=tuple(
-                a.AttributedAggregate(x.campaign_id, x.conversions, one(x.revenue))
+                AttributedAggregate(
+                    x.campaign_id,
+                    x.conversions,
+                    _one_ciphertext(x.revenue, key, f"the attributed revenue of {x.campaign_id}"),
+                )
                 for x in g.attributed
             ),
             spend=tuple((x.campaign_id, x.spend) for x in g.spend),
         )
-    raise InvalidInput("empty AttrPartnerMessage")
+    raise InvalidInput("empty AttrPartnerMessage: set one of hello, cells, cell_tokens, aggregates")
 
 
-def attr_brand_to_pb(msg: object, public_key: object = None) -> pb.AttrBrandMessage:
-    from cleanroom.federated.attribution import messages as a
-    from cleanroom.federated.paillier import PaillierPublicKey, ciphertexts_to_bytes
-
-    if isinstance(msg, a.AttrAccepted):
+def attr_brand_to_pb(
+    msg: AttrBrandMessage, public_key: PaillierPublicKey | None = None
+) -> pb.AttrBrandMessage:
+    if isinstance(msg, AttrAccepted):
         return pb.AttrBrandMessage(
             accepted=pb.AttrAccepted(
                 session_id=msg.session_id,
@@ -289,63 +410,60 @@ def attr_brand_to_pb(msg: object, public_key: object = None) -> pb.AttrBrandMess
                 id_types=list(msg.id_types),
             )
         )
-    if isinstance(msg, a.CellValues):
+    if isinstance(msg, CellValues):
         return pb.AttrBrandMessage(cell_values=pb.AttrCellValues(cell=msg.cell, values=msg.values))
-    if isinstance(msg, a.ConversionTokens):
+    if isinstance(msg, ConversionTokens):
         return pb.AttrBrandMessage(
             conversion_tokens=pb.AttrConversionTokens(
                 seq=msg.seq, points=msg.points, events=msg.events, lags=msg.lags
             )
         )
-    if isinstance(msg, a.EventValues):
-        if not isinstance(public_key, PaillierPublicKey):
-            raise TypeError("event values need the Paillier public key to serialize")
+    if isinstance(msg, EventValues):
+        key = _needs_key(public_key, "event values")
         return pb.AttrBrandMessage(
             event_values=pb.AttrEventValues(
                 seq=msg.seq,
                 start=msg.start,
                 customers=msg.customers,
-                ciphertexts=ciphertexts_to_bytes(msg.ciphertexts, public_key),
+                ciphertexts=ciphertexts_to_bytes(msg.ciphertexts, key),
             )
         )
-    if isinstance(msg, a.AttrDone):
+    if isinstance(msg, AttrDone):
         return pb.AttrBrandMessage(done=pb.AttrDone(report_id=msg.report_id))
     raise TypeError(f"not an attribution brand message: {type(msg).__name__}")
 
 
-def attr_brand_from_pb(msg: pb.AttrBrandMessage, public_key: object = None) -> object:
-    from cleanroom.federated.attribution import messages as a
-    from cleanroom.federated.paillier import PaillierPublicKey, raw_ciphertexts_from_bytes
-
+def attr_brand_from_pb(
+    msg: pb.AttrBrandMessage, public_key: PaillierPublicKey | None = None
+) -> AttrBrandMessage:
     kind = msg.WhichOneof("body")
     if kind == "accepted":
         x = msg.accepted
-        return a.AttrAccepted(
+        return AttrAccepted(
             session_id=x.session_id,
             public_key_n=int.from_bytes(x.public_key_n, "big"),
             max_lag=x.max_lag,
             events=x.events,
             brand_tokens=x.brand_tokens,
-            dp=a.DpParams(x.dp.mechanism or "off", x.dp.epsilon, x.dp.delta, x.dp.value_cap),
+            dp=DpParams(x.dp.mechanism or "off", x.dp.epsilon, x.dp.delta, x.dp.value_cap),
             report_id=x.report_id,
             id_types=tuple(x.id_types),
         )
     if kind == "cell_values":
-        return a.CellValues(cell=msg.cell_values.cell, values=msg.cell_values.values)
+        return CellValues(cell=msg.cell_values.cell, values=msg.cell_values.values)
     if kind == "conversion_tokens":
         t = msg.conversion_tokens
-        return a.ConversionTokens(seq=t.seq, points=t.points, events=t.events, lags=t.lags)
+        return ConversionTokens(seq=t.seq, points=t.points, events=t.events, lags=t.lags)
     if kind == "event_values":
-        if not isinstance(public_key, PaillierPublicKey):
-            raise TypeError("event values need the Paillier public key to parse")
+        key = _needs_key(public_key, "event values")
         e = msg.event_values
-        return a.EventValues(
+        return EventValues(
             seq=e.seq,
             start=e.start,
             customers=e.customers,
             # Validated by the state machine when they arrive (once).
-            ciphertexts=tuple(raw_ciphertexts_from_bytes(e.ciphertexts, public_key)),
+            ciphertexts=tuple(raw_ciphertexts_from_bytes(e.ciphertexts, key)),
         )
     if kind == "done":
-        return a.AttrDone(report_id=msg.done.report_id)
+        return AttrDone(report_id=msg.done.report_id)
     raise InvalidInput("empty AttrBrandMessage")

@@ -6,44 +6,38 @@ identifiers, and each identifier's token points hash_to_curve(digest || day -
 lag) for lags 0..7, hashed once here in the worker pool so that runs only
 blind them. An attribution run checks the tenant's policy before any work
 (the DP budget, refused when it would be overspent), generates a fresh
-Paillier key and blinding key for the run, drives ``BrandAttribution`` and
-stores the report only when the partner's aggregates have been decrypted,
-so a disconnect never leaves a partial report. The same submission key
-returns the stored report instead of running again.
+Paillier key and blinding key for the run, and hands the servicer a
+``BrandAttribution`` state machine that owns the rounds; the report is stored
+(``conclude``) only when the partner's aggregates have been decrypted, so a
+disconnect never leaves a partial report. The same submission key returns
+the stored report instead of running again (``AlreadyReported``).
 """
 
 from __future__ import annotations
 
-import threading
+import math
 import uuid
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import CancelledError, Executor, Future
-from dataclasses import dataclass
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cleanroom.audiences.identifiers import ID_TYPES
-from cleanroom.audiences.upload import DIGEST_LEN
-from cleanroom.federated.attribution.brand import BrandAttribution
+from cleanroom.audiences.upload import DIGEST_LEN, ConversionRows, UploadHeader
+from cleanroom.federated.attribution.brand import AlreadyReported, BrandAttribution, BrandRun
 from cleanroom.federated.attribution.inputs import BrandConversions
-from cleanroom.federated.attribution.messages import (
-    AttrAccepted,
-    AttrAggregates,
-    AttrCells,
-    AttrHello,
-    DpParams,
-)
-from cleanroom.federated.attribution.report import campaign_report
+from cleanroom.federated.attribution.messages import AttrHello, AttrRound, DpParams
+from cleanroom.federated.attribution.report import DecryptedAggregates
 from cleanroom.federated.attribution.tokens import PRECOMPUTED_LAGS, LaggedPoints
 from cleanroom.federated.paillier import PaillierPrivateKey, PaillierPublicKey, generate_keypair
 from cleanroom.matching.messages import POINT_LEN
-from cleanroom.matching.workers import hash_mixed
+from cleanroom.matching.workers import RunJobs, hash_mixed
 from cleanroom.proto.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -72,17 +66,6 @@ IDS_SCHEMA = pa.schema(
 )
 POINTS_SCHEMA = pa.schema([("points", pa.binary(POINT_LEN * PRECOMPUTED_LAGS))])
 SUFFIXES = (".events.parquet", ".ids.parquet", ".points.parquet")
-
-
-@dataclass(frozen=True)
-class ConversionRows:
-    """One chunk of an upload: per row customer digest, day, value; identifiers."""
-
-    seq: int
-    customers: bytes
-    days: np.ndarray  # int32
-    values: np.ndarray  # float64
-    columns: tuple[tuple[int, bytes, bytes], ...]  # (column, present per row, digests)
 
 
 class ConversionsUpload:
@@ -270,60 +253,6 @@ def _fixed(packed: bytes, width: int = DIGEST_LEN) -> pa.FixedSizeBinaryArray:
     )
 
 
-class RunJobs:
-    """One run's jobs in the node's worker pool (or here, without one).
-
-    ``cancel`` drops the jobs not yet started and refuses new ones: a partner
-    that goes away must not leave minutes of its run queued in the pool.
-    """
-
-    def __init__(self, executor: Executor | None) -> None:
-        self._executor = executor
-        self._lock = threading.Lock()
-        self._pending: set[Future[Any]] = set()
-        self._cancelled = False
-
-    def run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return self.run_many(fn, [args])[0]
-
-    def run_many(self, fn: Callable[..., Any], jobs: list[tuple[Any, ...]]) -> list[Any]:
-        if self._executor is None:
-            out = []
-            for args in jobs:
-                self._check()
-                out.append(fn(*args))
-            return out
-        with self._lock:
-            self._check()
-            futures = [self._executor.submit(fn, *args) for args in jobs]
-            self._pending.update(futures)
-        try:
-            return [f.result() for f in futures]
-        finally:
-            with self._lock:
-                self._pending.difference_update(futures)
-
-    def cancel(self) -> None:
-        with self._lock:
-            self._cancelled = True
-            for future in self._pending:
-                future.cancel()
-
-    def _check(self) -> None:
-        if self._cancelled:
-            raise CancelledError("the run was cancelled")
-
-
-@dataclass
-class AttributionRun:
-    brand: BrandAttribution
-    principal: Principal
-    hello: AttrHello
-    report_id: str
-    public_key: PaillierPublicKey
-    jobs: RunJobs
-
-
 @dataclass
 class AttributionService:
     store: SqlStore
@@ -333,11 +262,11 @@ class AttributionService:
     keygen: Callable[[int], tuple[PaillierPublicKey, PaillierPrivateKey]] = lambda bits: (
         generate_keypair(bits)
     )
+    # Runs in progress: who runs them and the report id they will store.
+    _live: dict[str, tuple[Principal, str]] = field(default_factory=dict)
 
-    def begin_upload(
-        self, principal: Principal, name: str, id_types: tuple[str, ...], replace: bool
-    ) -> ConversionsUpload:
-        return ConversionsUpload(self, principal, name, id_types, replace)
+    def begin_upload(self, principal: Principal, header: UploadHeader) -> ConversionsUpload:
+        return ConversionsUpload(self, principal, header.name, header.id_types, header.replace)
 
     def load(self, principal: Principal, name: str) -> tuple[ConversionSetRecord, BrandConversions]:
         record = self.store.get_conversion_set(principal.tenant_id, name)
@@ -370,19 +299,23 @@ class AttributionService:
             else None,
         )
 
-    def open(
-        self, principal: Principal, hello: AttrHello
-    ) -> tuple[AttributionRun | None, AttrAccepted]:
-        """Policy checks, then a run (or the stored report for a repeated submission)."""
+    def open(self, principal: Principal, hello: AttrHello) -> BrandRun:
+        """Policy checks, then a run (or the stored report for a repeated submission).
+
+        The run's own checks (windows, an identifier type in common) and the
+        policy's refuse it before the DP charge, which comes before any work.
+        """
         if principal.role is not Role.PARTNER:
             raise PermissionDenied("attribution runs need a partner token")
+        if not math.isfinite(hello.epsilon) or hello.epsilon < 0:
+            raise InvalidInput(f"epsilon must be a finite number >= 0, not {hello.epsilon}")
         tenant = self.store.get_tenant(principal.tenant_id)
         assert tenant is not None
         policy = tenant.policy
         if hello.submission_key:
             existing = self.store.find_report(principal.tenant_id, hello.submission_key)
             if existing is not None:
-                return None, AttrAccepted("", 0, 0, 0, 0, DpParams(), report_id=existing.report_id)
+                return AlreadyReported(existing.report_id)
         record, data = self.load(principal, hello.conversions)
         dp = DpParams()
         report_id = uuid.uuid4().hex
@@ -401,18 +334,18 @@ class AttributionService:
             )
         public_key, private_key = self.keygen(self.key_bits)
         session_id = uuid.uuid4().hex
-        jobs = RunJobs(self.executor)
-        # The run's own checks (windows, an identifier type in common) refuse it
-        # before the charge below.
-        brand = BrandAttribution(
+        run = BrandAttribution(
             session_id=session_id,
             hello=hello,
             data=data,
             public_key=public_key,
             private_key=private_key,
             dp=dp,
-            run=jobs.run,
-            run_many=jobs.run_many,
+            jobs=RunJobs(self.executor),
+            conclude=lambda result: self._store_report(
+                principal, hello, report_id, dp, result, policy.aggregation_threshold
+            ),
+            on_cells=lambda brand: self._record_cells(principal, brand),
         )
         if dp.mechanism != "off":
             # Charged before any work: an overspending run is refused up front.
@@ -428,7 +361,7 @@ class AttributionService:
                 status="running",
                 declared_records=0,  # known with the partner's cells
                 declared_points=0,
-                brand_points=brand.brand_tokens,
+                brand_points=run.brand_tokens,
                 created_at=datetime.now(UTC),
             )
         )
@@ -440,77 +373,72 @@ class AttributionService:
                 {"session": session_id, "conversions": record.name, "epsilon": hello.epsilon},
             )
         )
-        return (
-            AttributionRun(brand, principal, hello, report_id, public_key, jobs),
-            brand.accepted(),
-        )
+        self._live[session_id] = (principal, report_id)
+        return run
 
-    def cells(self, run: AttributionRun, msg: AttrCells) -> None:
-        """The partner's cells: its tokens may stream in from here."""
-        run.brand.on_cells(msg)
-        tokens = int(sum(msg.cell_tokens))
+    def _record_cells(self, principal: Principal, run: BrandAttribution) -> None:
+        tokens = int(sum(run.cell_tokens))
         self.store.update_session(
-            run.principal.tenant_id,
-            run.brand.session_id,
-            declared_records=tokens,
-            declared_points=tokens,
+            principal.tenant_id, run.session_id, declared_records=tokens, declared_points=tokens
         )
 
-    def conclude(self, run: AttributionRun, aggregates: AttrAggregates) -> str:
-        inputs = run.brand.on_aggregates(aggregates)
-        tenant = self.store.get_tenant(run.principal.tenant_id)
-        assert tenant is not None
-        dp = run.brand.dp
+    def _store_report(
+        self,
+        principal: Principal,
+        hello: AttrHello,
+        report_id: str,
+        dp: DpParams,
+        result: DecryptedAggregates,
+        threshold: int,
+    ) -> str:
         body = {
-            "report_id": run.report_id,
-            "conversions": run.hello.conversions,
-            "windows": {"click_days": run.hello.click_days, "view_days": run.hello.view_days},
-            "campaigns": campaign_report(
-                inputs["groups"],  # type: ignore[arg-type]
-                inputs["attributed"],  # type: ignore[arg-type]
-                inputs["spend"],  # type: ignore[arg-type]
-                tenant.policy.aggregation_threshold,
-            ),
+            "report_id": report_id,
+            "conversions": hello.conversions,
+            "windows": {"click_days": hello.click_days, "view_days": hello.view_days},
+            "campaigns": result.campaigns(threshold),
             "dp": {
                 "mechanism": dp.mechanism,
                 "epsilon": dp.epsilon,
                 "delta": dp.delta,
                 "value_cap": dp.value_cap,
             },
-            "aggregation_threshold": tenant.policy.aggregation_threshold,
+            "aggregation_threshold": threshold,
             "created_at": datetime.now(UTC).isoformat(),
         }
         stored = self.store.put_report(
             ReportRecord(
-                report_id=run.report_id,
-                tenant_id=run.principal.tenant_id,
-                conversions_name=run.hello.conversions,
+                report_id=report_id,
+                tenant_id=principal.tenant_id,
+                conversions_name=hello.conversions,
                 created_at=datetime.now(UTC),
                 body=body,
-                submission_key=run.hello.submission_key or run.report_id,
+                submission_key=hello.submission_key or report_id,
             )
         )
-        self.finish(run, "done")
         return stored.report_id
 
-    def finish(self, run: AttributionRun, status: str, error: str | None = None) -> None:
-        if status != "done":
-            run.jobs.cancel()
+    def finish(self, run: BrandRun) -> None:
+        """The run's stream ended: record how, and stop what is left of its work."""
+        if not isinstance(run, BrandAttribution):
+            return  # a repeated submission: nothing ran
+        principal, report_id = self._live.pop(run.session_id)
+        if not run.finished:
+            run.fail(ConnectionAbortedError("the partner disconnected; no report was stored"))
+        run.close()
+        done = run.round is AttrRound.DONE
+        status = "done" if done else "failed"
         self.store.update_session(
-            run.principal.tenant_id,
-            run.brand.session_id,
+            principal.tenant_id,
+            run.session_id,
             status=status,
-            error=error,
+            error=None if done else str(run.error),
             finished_at=datetime.now(UTC),
         )
         self.store.audit(
             AuditEntry(
-                run.principal.tenant_id,
+                principal.tenant_id,
                 "partner",
                 f"attribution.{status}",
-                {
-                    "session": run.brand.session_id,
-                    "report": run.report_id if status == "done" else None,
-                },
+                {"session": run.session_id, "report": report_id if done else None},
             )
         )

@@ -15,16 +15,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 import grpc
-import numpy as np
 
-from cleanroom.audiences.upload import ColumnDigests, UploadChunk, UploadEnd, UploadHeader
-from cleanroom.federated.attribution.messages import (
-    AttrAggregates,
-    AttrCells,
-    AttrDone,
-    AttrHello,
-    CellTokens,
-)
+from cleanroom.federated.attribution.brand import BrandRun
+from cleanroom.federated.attribution.messages import AttrHello
 from cleanroom.matching.brand import BrandSession
 from cleanroom.matching.messages import Hello
 from cleanroom.proto import cleanroom_pb2 as pb
@@ -42,16 +35,11 @@ from cleanroom.proto.errors import (
     ResourceExhausted,
     Unauthenticated,
 )
-from cleanroom.server.attribution import (
-    AttributionRun,
-    AttributionService,
-    ConversionRows,
-    ConversionsUpload,
-)
+from cleanroom.server.attribution import AttributionService, ConversionsUpload
 from cleanroom.server.audiences import AudienceService, AudienceUpload
 from cleanroom.server.errors import internal_message, internal_reference, nearest
 from cleanroom.server.matching import MatchingService
-from cleanroom.server.store import AudienceRecord, AuditEntry, Principal, Role, SqlStore
+from cleanroom.server.store import AuditEntry, Principal, Role, SqlStore
 
 log = logging.getLogger("cleanroom.server.grpc")
 
@@ -98,18 +86,6 @@ async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException) -> N
     code, message = status_for(exc)
     log.info("rpc failed: %s %s", code.name, message)
     await context.abort(code, message)
-
-
-def audience_to_pb(record: AudienceRecord) -> pb.Audience:
-    return pb.Audience(
-        audience_id=record.audience_id,
-        name=record.name,
-        records=record.records,
-        elements=record.elements,
-        duplicates=record.duplicates,
-        elements_by_type=record.elements_by_type,
-        created_at=record.created_at.isoformat(),
-    )
 
 
 class _Abortable(Protocol):
@@ -177,29 +153,14 @@ class AudienceServicer(pb_grpc.AudienceServiceServicer):
         self, request_iterator: AsyncIterator[pb.UploadRequest], context: grpc.aio.ServicerContext
     ) -> pb.UploadResponse:
         def begin(principal: Principal, header: pb.UploadHeader) -> AudienceUpload:
-            return self._audiences.begin(
-                principal,
-                UploadHeader(
-                    name=header.name,
-                    id_types=tuple(serde.id_type_from_pb(t) for t in header.id_types),
-                    replace=header.replace,
-                ),
-            )
+            return self._audiences.begin(principal, serde.upload_header_from_pb(header))
 
         def add(upload: AudienceUpload, chunk: pb.UploadChunk) -> None:
-            upload.add_chunk(
-                UploadChunk(
-                    seq=chunk.seq,
-                    row_count=chunk.row_count,
-                    columns=tuple(ColumnDigests(c.column, c.digests) for c in chunk.columns),
-                )
-            )
+            upload.add_chunk(serde.upload_chunk_from_pb(chunk))
 
         async def finish(upload: AudienceUpload, end: pb.UploadEnd) -> pb.UploadResponse:
-            record = await upload.finish(
-                UploadEnd(chunk_count=end.chunk_count, row_count=end.row_count)
-            )
-            return pb.UploadResponse(audience=audience_to_pb(record))
+            record = await upload.finish(serde.upload_end_from_pb(end))
+            return pb.UploadResponse(audience=serde.audience_to_pb(record))
 
         return await drive_upload(self._store, request_iterator, context, begin, add, finish)
 
@@ -209,7 +170,7 @@ class AudienceServicer(pb_grpc.AudienceServiceServicer):
         try:
             principal = authenticate(self._store, context)
             records = self._store.list_audiences(principal.tenant_id)
-            return pb.ListAudiencesResponse(audiences=[audience_to_pb(r) for r in records])
+            return pb.ListAudiencesResponse(audiences=[serde.audience_to_pb(r) for r in records])
         except Exception as exc:
             await abort_with(context, exc)
             raise AssertionError("unreachable") from exc
@@ -270,12 +231,6 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
             session.fail(exc)
 
 
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    """Mark a background job's outcome as seen (a failed run's jobs end cancelled)."""
-    if not future.cancelled():
-        future.exception()
-
-
 class AttributionServicer(pb_grpc.AttributionServiceServicer):
     def __init__(self, store: SqlStore, attribution: AttributionService) -> None:
         self._store = store
@@ -287,33 +242,15 @@ class AttributionServicer(pb_grpc.AttributionServiceServicer):
         context: grpc.aio.ServicerContext,
     ) -> pb.ConversionSet:
         def begin(principal: Principal, header: pb.UploadHeader) -> ConversionsUpload:
-            return self._service.begin_upload(
-                principal,
-                header.name,
-                tuple(serde.id_type_from_pb(t) for t in header.id_types),
-                header.replace,
-            )
+            return self._service.begin_upload(principal, serde.upload_header_from_pb(header))
 
-        def add(upload: ConversionsUpload, c: pb.ConversionsChunk) -> None:
-            upload.add(
-                ConversionRows(
-                    seq=c.seq,
-                    customers=c.customers,
-                    days=np.frombuffer(c.days, dtype="<i4"),
-                    values=np.frombuffer(c.values, dtype="<f8"),
-                    columns=tuple((x.column, x.present, x.digests) for x in c.columns),
-                )
-            )
+        def add(upload: ConversionsUpload, chunk: pb.ConversionsChunk) -> None:
+            upload.add(serde.conversions_chunk_from_pb(chunk))
 
         async def finish(upload: ConversionsUpload, end: pb.UploadEnd) -> pb.ConversionSet:
-            record = await asyncio.to_thread(upload.finish, end.chunk_count, end.row_count)
-            return pb.ConversionSet(
-                conversions_id=record.conversions_id,
-                name=record.name,
-                events=record.events,
-                customers=record.customers,
-                identifiers=record.identifiers,
-            )
+            e = serde.upload_end_from_pb(end)
+            record = await asyncio.to_thread(upload.finish, e.chunk_count, e.row_count)
+            return serde.conversion_set_to_pb(record)
 
         return await drive_upload(self._store, request_iterator, context, begin, add, finish)
 
@@ -322,65 +259,47 @@ class AttributionServicer(pb_grpc.AttributionServiceServicer):
         request_iterator: AsyncIterator[pb.AttrPartnerMessage],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.AttrBrandMessage]:
-        run: AttributionRun | None = None
-        ended = False
-        background: list[asyncio.Future[Any]] = []
+        run: BrandRun | None = None
+        reader: asyncio.Task[None] | None = None
         try:
             requests = aiter(request_iterator)
+            # Read the hello before any refusal (see MatchingServicer.Session).
             first = await anext(requests)
             principal = authenticate(self._store, context)
             hello = serde.attr_partner_from_pb(first)
             if not isinstance(hello, AttrHello):
                 raise ProtocolError("an attribution stream starts with AttrHello")
-            run, accepted = await asyncio.to_thread(self._service.open, principal, hello)
-            yield serde.attr_brand_to_pb(accepted)
-            if run is None:
-                ended = True
-                yield serde.attr_brand_to_pb(AttrDone(report_id=accepted.report_id))
-                return
-            cells_done = 0
-            # The brand's own tokens and encrypted values do not depend on the
-            # partner's: build them while the partner prepares its log.
-            brand_tokens = asyncio.ensure_future(asyncio.to_thread(run.brand.conversion_tokens))
-            brand_values = asyncio.ensure_future(asyncio.to_thread(run.brand.event_values))
-            background += [brand_tokens, brand_values]
-            async for req in requests:
-                msg = serde.attr_partner_from_pb(req, run.public_key)
-                if isinstance(msg, AttrCells):
-                    await asyncio.to_thread(self._service.cells, run, msg)
-                elif isinstance(msg, CellTokens):
-                    back = await asyncio.to_thread(run.brand.on_cell_tokens, msg)
-                    if back is None:
-                        continue
-                    yield serde.attr_brand_to_pb(back)
-                    cells_done += 1
-                    if cells_done == len(run.brand.cells):
-                        for tokens in await brand_tokens:
-                            yield serde.attr_brand_to_pb(tokens)
-                        for values in await brand_values:
-                            yield serde.attr_brand_to_pb(values, run.public_key)
-                elif isinstance(msg, AttrAggregates):
-                    report_id = await asyncio.to_thread(self._service.conclude, run, msg)
-                    ended = True
-                    yield serde.attr_brand_to_pb(AttrDone(report_id=report_id))
-                    return
-                else:
-                    raise ProtocolError(f"unexpected {type(msg).__name__} during the run")
-            raise ProtocolError("the stream ended before the aggregates; no report was stored")
+            run = await asyncio.to_thread(self._service.open, principal, hello)
+            yield serde.attr_brand_to_pb(run.start())
+            reader = asyncio.ensure_future(self._read(run, requests))
+            async for msg in run.outgoing():
+                yield serde.attr_brand_to_pb(msg, run.public_key)
         except StopAsyncIteration:
             await abort_with(context, ProtocolError("the stream closed before AttrHello"))
         except Exception as exc:
-            if run is not None and not ended:
-                ended = True
-                self._service.finish(run, "failed", str(exc))
+            if run is not None:
+                run.fail(exc)
             await abort_with(context, exc)
         finally:
-            if run is not None and not ended:  # the partner went away mid-run
-                self._service.finish(
-                    run, "failed", "the partner disconnected; no report was stored"
-                )
-            for job in background:  # cancelled with the run, or no longer needed
-                job.add_done_callback(_retrieve)
+            if reader is not None:
+                reader.cancel()
+                with contextlib.suppress(BaseException):
+                    await reader
+            if run is not None:  # done, failed, or the partner went away mid-run
+                self._service.finish(run)
+
+    @staticmethod
+    async def _read(run: BrandRun, requests: AsyncIterator[pb.AttrPartnerMessage]) -> None:
+        try:
+            async for req in requests:
+                await run.receive(serde.attr_partner_from_pb(req, run.public_key))
+            run.end_of_input()
+        except asyncio.CancelledError:
+            raise
+        except grpc.aio.AioRpcError:
+            return  # the stream broke; the handler's cancellation does the rest
+        except Exception as exc:
+            run.fail(exc)
 
     async def SetPolicy(
         self, request: pb.PolicyRequest, context: grpc.aio.ServicerContext

@@ -452,7 +452,7 @@ def test_a_cancelled_run_drops_its_queued_jobs() -> None:
     import threading
     from concurrent.futures import CancelledError, ThreadPoolExecutor
 
-    from cleanroom.server.attribution import RunJobs
+    from cleanroom.matching.workers import RunJobs
 
     gate = threading.Event()
     started: list[int] = []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import math
 from collections.abc import Callable
@@ -27,14 +29,18 @@ from cleanroom.federated.attribution.inputs import (
 from cleanroom.federated.attribution.messages import (
     AttrAggregates,
     AttrCells,
+    AttrDone,
     AttrHello,
+    AttrRound,
+    Cell,
     CellTokens,
     CellValues,
+    ConversionTokens,
     DpParams,
+    EventValues,
 )
 from cleanroom.federated.attribution.partner import PartnerAttribution
 from cleanroom.federated.attribution.reference import reference_report
-from cleanroom.federated.attribution.report import campaign_report
 from cleanroom.federated.attribution.synth import synthesize_attribution
 from cleanroom.federated.attribution.tokens import (
     PRECOMPUTED_LAGS,
@@ -47,7 +53,7 @@ from cleanroom.federated.attribution.tokens import (
 )
 from cleanroom.federated.paillier import _unsafe_generate_keypair_for_tests
 from cleanroom.matching.hash_to_curve import hash_to_curve
-from cleanroom.matching.workers import hash_mixed
+from cleanroom.matching.workers import RunJobs, hash_mixed
 from cleanroom.proto.errors import PolicyViolation, ProtocolError
 from tests.helpers import assert_reports_equal
 
@@ -56,10 +62,6 @@ BRAND_IDS = parse_id_columns("email,phone")
 PARTNER_IDS = parse_id_columns("email,phone,maid")
 NO_DP = DpParams()
 DEFAULT_WINDOWS = Windows()
-
-
-def direct(fn: Callable[..., Any], *args: Any) -> Any:
-    return fn(*args)
 
 
 @pytest.fixture(scope="module")
@@ -92,16 +94,60 @@ def brand_data(synth: Any) -> BrandConversions:
     return brand_conversions(conv, BRAND_IDS, OPTIONS)
 
 
-def run_protocol(
+Transcript = list[tuple[str, Any]]
+
+
+async def converse(
+    brand: BrandAttribution,
+    partner: PartnerAttribution,
+    stop: Callable[[Any], bool] = lambda _msg: False,
+) -> Transcript:
+    """Carry messages both ways until both sides are done, or until ``stop(msg)``
+    holds for a message about to be delivered (it is not). Returns the transcript."""
+    transcript: Transcript = [("partner", partner.hello())]
+    stopped = asyncio.Event()
+    accepted = brand.start()
+    transcript.append(("brand", accepted))
+    await partner.receive(accepted)
+
+    async def pump(source: Any, deliver: Callable[[Any], Any], side: str) -> None:
+        async for msg in source:
+            if stop(msg):
+                stopped.set()
+                return
+            transcript.append((side, msg))
+            await deliver(msg)
+
+    async def to_brand() -> None:
+        await pump(partner.outgoing(), brand.receive, "partner")
+        if not stopped.is_set():
+            brand.end_of_input()
+
+    both = asyncio.gather(to_brand(), pump(brand.outgoing(), partner.receive, "brand"))
+    halt = asyncio.ensure_future(stopped.wait())
+    try:
+        await asyncio.wait_for(asyncio.wait({both, halt}, return_when="FIRST_COMPLETED"), 120)
+        if both.done():
+            both.result()
+    finally:
+        halt.cancel()
+        if not both.done():
+            both.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await both
+    return transcript
+
+
+def make_pair(
     synth: Any,
     keys: tuple[Any, Any],
     *,
     dp: DpParams = NO_DP,
     windows: Windows = DEFAULT_WINDOWS,
     seed: int = 0,
-    threshold: int = 0,
     precomputed: bool = False,
-) -> tuple[dict[str, Any], BrandAttribution, PartnerAttribution, AttrAggregates]:
+    brand_jobs: RunJobs | None = None,
+) -> tuple[BrandAttribution, PartnerAttribution]:
     expo = parse_exposures(
         pd.read_csv(synth.exposures_path, dtype=str, keep_default_na=False), id_columns=PARTNER_IDS
     )
@@ -111,10 +157,11 @@ def run_protocol(
         id_types=tuple(str(c.id_type) for c in PARTNER_IDS),
         click_days=windows.click_days,
         view_days=windows.view_days,
-        run=direct,
+        exposures=lambda _types: partner_exposures(expo, PARTNER_IDS, OPTIONS),
         spend=read_spend(synth.spend_path),
         rng=np.random.default_rng(seed),
         min_key_bits=1024,
+        chunk_size=256,  # several chunks per cell
     )
     data = brand_data(synth)
     if precomputed:  # as the brand node stores them at upload
@@ -126,26 +173,34 @@ def run_protocol(
         public_key=pk,
         private_key=sk,
         dp=dp,
-        run=direct,
+        jobs=brand_jobs,
         rng=np.random.default_rng(seed + 1),
+        chunk_size=512,
     )
-    partner.on_accepted(brand.accepted())
-    brand.on_cells(partner.on_exposures(partner_exposures(expo, PARTNER_IDS, OPTIONS)))
-    for chunk in partner.cell_token_chunks(chunk=256):
-        back = brand.on_cell_tokens(chunk)
-        if back is not None:
-            partner.on_cell_values(back)
-    for tokens in brand.conversion_tokens(chunk=512):
-        partner.on_conversion_tokens(tokens)
-    for values in brand.event_values(chunk=128):
-        partner.on_event_values(values)
-    aggregates = partner.aggregates()
-    inputs = brand.on_aggregates(aggregates)
+    return brand, partner
+
+
+def run_protocol(
+    synth: Any,
+    keys: tuple[Any, Any],
+    *,
+    dp: DpParams = NO_DP,
+    windows: Windows = DEFAULT_WINDOWS,
+    seed: int = 0,
+    threshold: int = 0,
+    precomputed: bool = False,
+) -> tuple[dict[str, Any], BrandAttribution, PartnerAttribution, AttrAggregates]:
+    """One whole run, both state machines in this process, through their real sequencing."""
+    brand, partner = make_pair(
+        synth, keys, dp=dp, windows=windows, seed=seed, precomputed=precomputed
+    )
+    transcript = asyncio.run(converse(brand, partner))
+    [aggregates] = [m for _, m in transcript if isinstance(m, AttrAggregates)]
+    assert brand.round is AttrRound.DONE and partner.round is AttrRound.DONE
+    assert brand.result is not None and partner.report_id == "s"
     report = {
         "windows": {"click_days": windows.click_days, "view_days": windows.view_days},
-        "campaigns": campaign_report(
-            inputs["groups"], inputs["attributed"], inputs["spend"], threshold=threshold
-        ),  # type: ignore[arg-type]
+        "campaigns": brand.result.campaigns(threshold),
     }
     return report, brand, partner, aggregates
 
@@ -309,59 +364,244 @@ def test_no_value_or_per_user_flag_in_the_aggregates(synth: Any, keys: tuple[Any
     assert len(aggregates.groups) == len(partner.users)
 
 
-def test_messages_out_of_round_are_errors(synth: Any, keys: tuple[Any, Any]) -> None:
-    _, brand, _, aggregates = run_protocol(synth, keys)
-    with pytest.raises(ProtocolError):
-        brand.on_aggregates(aggregates)  # already done
+def test_the_real_sequencing_in_process(synth: Any, keys: tuple[Any, Any]) -> None:
+    """The order of rounds is the state machines' own: what each side sent, in order."""
+    brand, partner = make_pair(synth, keys)
+    transcript = asyncio.run(converse(brand, partner))
+    up = [type(m).__name__ for side, m in transcript if side == "partner"]
+    down = [type(m).__name__ for side, m in transcript if side == "brand"]
+    assert up[:2] == ["AttrHello", "AttrCells"] and up[-1] == "AttrAggregates"
+    assert set(up[2:-1]) == {"CellTokens"} and len(up) - 3 > len(partner.cells)
+    assert down[0] == "AttrAccepted" and down[-1] == "AttrDone"
+    # Every cell goes back before the brand's own tokens, then its encrypted values.
+    kinds = [k for i, k in enumerate(down) if i == 0 or k != down[i - 1]]
+    assert kinds == ["AttrAccepted", "CellValues", "ConversionTokens", "EventValues", "AttrDone"]
+    assert down.count("CellValues") == len(partner.cells)
+    assert down.count("ConversionTokens") > 1 and down.count("EventValues") > 1
+    # Chunks are numbered in order and carry what the cells declared.
+    seqs = [m.seq for side, m in transcript if isinstance(m, CellTokens)]
+    assert seqs == list(range(len(seqs)))
+    sent = sum(len(m.points) // 32 for _, m in transcript if isinstance(m, CellTokens))
+    assert sent == sum(partner.cell_tokens) == sum(brand.cell_tokens)
+    assert partner.progress.tokens_sent == sent
+    assert partner.progress.brand_received == brand.brand_tokens
 
-    # The opening rounds, one message at a time.
-    pk, sk = keys
+
+def fresh(synth: Any, keys: tuple[Any, Any]) -> tuple[BrandAttribution, PartnerAttribution]:
+    return make_pair(synth, keys)
+
+
+async def at_round(
+    synth: Any, keys: tuple[Any, Any], side: str, target: AttrRound
+) -> tuple[BrandAttribution, PartnerAttribution]:
+    """A pair where ``side`` is in round ``target`` and waits for its next message."""
+    brand, partner = fresh(synth, keys)
+    if target is AttrRound.HELLO:
+        return brand, partner
+    if side == "brand" and target is AttrRound.CELLS:
+        brand.start()
+        return brand, partner
+    if side == "partner" and target is AttrRound.CELLS:
+        await partner.receive(brand.start())  # the log is being hashed: still CELLS
+        return brand, partner
+    stops = {
+        # brand: every cell declared, none of its tokens yet
+        ("brand", AttrRound.TOKENS): lambda m: isinstance(m, CellTokens),
+        # partner: tokens flowing, nothing of the brand's yet
+        ("partner", AttrRound.TOKENS): lambda m: isinstance(m, CellValues),
+        # partner: aggregates sent, AttrDone not delivered
+        ("partner", AttrRound.RESULT): lambda m: isinstance(m, AttrDone),
+        ("brand", AttrRound.DONE): lambda _m: False,
+        ("partner", AttrRound.DONE): lambda _m: False,
+    }
+    await converse(brand, partner, stops[(side, target)])
+    machine = brand if side == "brand" else partner
+    assert machine.round is target, (side, machine.round)
+    return brand, partner
+
+
+def _brand_messages(cells: AttrCells) -> dict[str, Any]:
+    return {
+        "AttrHello": AttrHello(conversions="sales", click_days=7, view_days=1, id_types=("email",)),
+        "AttrCells": cells,
+        "CellTokens": CellTokens(seq=0, cell=0, points=bytes(32)),
+        "AttrAggregates": AttrAggregates(groups=(), attributed=()),
+    }
+
+
+# (round, message the brand must refuse there)
+BRAND_OUT_OF_ROUND = [
+    (AttrRound.HELLO, "AttrCells"),
+    (AttrRound.HELLO, "CellTokens"),
+    (AttrRound.HELLO, "AttrAggregates"),
+    (AttrRound.CELLS, "AttrHello"),
+    (AttrRound.CELLS, "CellTokens"),
+    (AttrRound.CELLS, "AttrAggregates"),
+    (AttrRound.TOKENS, "AttrHello"),
+    (AttrRound.TOKENS, "AttrCells"),
+    (AttrRound.TOKENS, "AttrAggregates"),  # before every cell's tokens
+    (AttrRound.DONE, "AttrCells"),
+    (AttrRound.DONE, "CellTokens"),
+    (AttrRound.DONE, "AttrAggregates"),
+]
+
+
+@pytest.mark.parametrize(("round_", "kind"), BRAND_OUT_OF_ROUND, ids=lambda v: str(v))
+def test_the_brand_refuses_every_message_out_of_round(
+    synth: Any, keys: tuple[Any, Any], round_: AttrRound, kind: str
+) -> None:
+    async def scenario() -> None:
+        brand, partner = await at_round(synth, keys, "brand", round_)
+        cells = brand.cells and AttrCells(cells=brand.cells, cell_tokens=brand.cell_tokens)
+        if not cells:
+            cells = AttrCells(cells=(Cell("c1", "exposed", "click"),), cell_tokens=(1,))
+        msg = _brand_messages(cells)[kind]
+        if kind == "CellTokens" and round_ is AttrRound.TOKENS:
+            msg = dataclasses.replace(msg, seq=0)
+        with pytest.raises(ProtocolError):
+            await brand.receive(msg)
+        if round_ is AttrRound.DONE:
+            assert brand.round is AttrRound.DONE  # a finished run stays finished
+            return
+        assert brand.round is AttrRound.FAILED
+        with pytest.raises(ProtocolError):  # the refusal is what the partner is told
+            async for _ in brand.outgoing():
+                pass
+        with pytest.raises(ProtocolError, match="has failed"):
+            await brand.receive(msg)
+        partner.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_brand_refuses_bad_chunks_and_cells(synth: Any, keys: tuple[Any, Any]) -> None:
+    async def refused(msgs: list[Any], why: str) -> None:
+        brand, _partner = await at_round(synth, keys, "brand", AttrRound.CELLS)
+        with pytest.raises(ProtocolError, match=why):
+            for m in msgs:
+                await brand.receive(m)
+        assert brand.round is AttrRound.FAILED
+        brand.close()
+
+    async def scenario() -> None:
+        brand, _partner = await at_round(synth, keys, "brand", AttrRound.TOKENS)
+        cells = AttrCells(cells=brand.cells, cell_tokens=brand.cell_tokens)
+        brand.close()
+        c0 = Cell("c1", "exposed", "click")
+        for bad, why in (
+            (AttrCells(cells=(), cell_tokens=()), "at least one cell"),
+            (AttrCells(cells=(c0,), cell_tokens=(0,)), "at least one token"),
+            (AttrCells(cells=(c0, c0), cell_tokens=(1, 1)), "distinct"),
+            (AttrCells(cells=cells.cells, cell_tokens=cells.cell_tokens[1:]), "one token count"),
+        ):
+            await refused([bad], why)
+        one = AttrCells(cells=(c0,), cell_tokens=(2,))
+        point = bytes(32)
+        await refused([one, CellTokens(seq=1, cell=0, points=point)], "out-of-order")
+        await refused(
+            [one, CellTokens(0, 0, point), CellTokens(0, 0, point)], "duplicate cell chunk 0"
+        )
+        await refused([one, CellTokens(seq=0, cell=3, points=point)], "unknown cell 3")
+        await refused([one, CellTokens(seq=0, cell=0, points=bytes(31))], "whole number")
+        await refused([one, CellTokens(seq=0, cell=0, points=bytes(96))], "exceeds its declared")
+
+    asyncio.run(scenario())
+
+
+def test_a_stream_that_ends_before_the_aggregates_fails_the_run(
+    synth: Any, keys: tuple[Any, Any]
+) -> None:
+    async def scenario() -> None:
+        brand, partner = await at_round(synth, keys, "brand", AttrRound.TOKENS)
+        brand.end_of_input()
+        assert brand.round is AttrRound.FAILED
+        with pytest.raises(ProtocolError, match="before the aggregates; no report was stored"):
+            async for _ in brand.outgoing():
+                pass
+        partner.close()
+
+    asyncio.run(scenario())
+
+
+# (round, message the partner must refuse there)
+PARTNER_OUT_OF_ROUND = [
+    (AttrRound.HELLO, "CellValues"),
+    (AttrRound.HELLO, "ConversionTokens"),
+    (AttrRound.HELLO, "EventValues"),
+    (AttrRound.HELLO, "AttrDone"),
+    (AttrRound.CELLS, "AttrAccepted"),
+    (AttrRound.CELLS, "CellValues"),
+    (AttrRound.CELLS, "ConversionTokens"),
+    (AttrRound.CELLS, "EventValues"),
+    (AttrRound.CELLS, "AttrDone"),
+    (AttrRound.TOKENS, "AttrAccepted"),
+    (AttrRound.TOKENS, "AttrDone"),
+    (AttrRound.RESULT, "AttrAccepted"),
+    (AttrRound.RESULT, "CellValues"),
+    (AttrRound.RESULT, "ConversionTokens"),
+    (AttrRound.RESULT, "EventValues"),
+    (AttrRound.DONE, "AttrAccepted"),
+    (AttrRound.DONE, "AttrDone"),
+]
+
+
+@pytest.mark.parametrize(("round_", "kind"), PARTNER_OUT_OF_ROUND, ids=lambda v: str(v))
+def test_the_partner_refuses_every_message_out_of_round(
+    synth: Any, keys: tuple[Any, Any], round_: AttrRound, kind: str
+) -> None:
+    async def scenario() -> None:
+        brand, partner = await at_round(synth, keys, "partner", round_)
+        msgs = {
+            "AttrAccepted": brand.accepted(),
+            "CellValues": CellValues(cell=0, values=b""),
+            "ConversionTokens": ConversionTokens(seq=0, points=b"", events=b"", lags=b""),
+            "EventValues": EventValues(seq=0, start=0, customers=b"", ciphertexts=()),
+            "AttrDone": AttrDone(report_id="r"),
+        }
+        with pytest.raises(ProtocolError):
+            await partner.receive(msgs[kind])
+        if round_ is AttrRound.DONE:
+            assert partner.round is AttrRound.DONE
+        else:
+            assert partner.round is AttrRound.FAILED
+            with pytest.raises(ProtocolError):
+                async for _ in partner.outgoing():
+                    pass
+        brand.close()
+        partner.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_partner_refuses_a_brand_that_names_other_types(
+    synth: Any, keys: tuple[Any, Any]
+) -> None:
+    async def scenario() -> None:
+        brand, partner = fresh(synth, keys)
+        accepted = brand.accepted()
+        assert accepted.id_types == ("email", "phone")  # the brand holds no maids
+        stranger = dataclasses.replace(accepted, id_types=("email", "passport"))
+        with pytest.raises(ProtocolError, match="identifier types"):
+            await partner.receive(stranger)
+        short = dataclasses.replace(accepted, max_lag=0)
+        with pytest.raises(ProtocolError, match="do not cover the requested windows"):
+            await fresh(synth, keys)[1].receive(short)
+
+    asyncio.run(scenario())
+
+
+def test_the_log_is_cut_into_cells_only_after_the_brand_accepted(
+    synth: Any, keys: tuple[Any, Any]
+) -> None:
+    _, partner = fresh(synth, keys)
     expo = parse_exposures(
         pd.read_csv(synth.exposures_path, dtype=str, keep_default_na=False), id_columns=PARTNER_IDS
     )
-    exposures = partner_exposures(expo, PARTNER_IDS, OPTIONS)
-    partner = PartnerAttribution(
-        conversions="sales",
-        id_types=("email", "maid", "phone"),
-        click_days=7,
-        view_days=1,
-        run=direct,
-        min_key_bits=1024,
-    )
     with pytest.raises(ProtocolError, match="round hello"):
-        partner.on_exposures(exposures)  # before the brand accepted
-    brand = BrandAttribution(
-        session_id="s",
-        hello=partner.hello(),
-        data=brand_data(synth),
-        public_key=pk,
-        private_key=sk,
-        dp=NO_DP,
-        run=direct,
-    )
-    accepted = brand.accepted()
-    assert accepted.id_types == ("email", "phone")  # the brand holds no maids
-    with pytest.raises(ProtocolError, match="round cells"):
-        brand.on_cell_tokens(CellTokens(seq=0, cell=0, points=bytes(32)))  # before the cells
-    stranger = dataclasses.replace(accepted, id_types=("email", "passport"))
-    with pytest.raises(ProtocolError, match="identifier types"):
-        dataclasses.replace(partner).on_accepted(stranger)
-    partner.on_accepted(accepted)
-    with pytest.raises(ProtocolError, match="round cells"):
-        partner.on_cell_values(CellValues(cell=0, values=b""))  # before its own cells
-    cells = partner.on_exposures(exposures)
-    for bad in (
-        AttrCells(cells=(), cell_tokens=()),
-        AttrCells(cells=cells.cells[:1], cell_tokens=(0,)),
-        AttrCells(cells=cells.cells[:1] * 2, cell_tokens=(1, 1)),
-        AttrCells(cells=cells.cells, cell_tokens=cells.cell_tokens[1:]),
-    ):
-        with pytest.raises(ProtocolError):
-            brand.on_cells(bad)
-    brand.on_cells(cells)
-    with pytest.raises(ProtocolError, match="round tokens"):
-        brand.on_cells(cells)  # twice
-    assert brand.value_len == partner.value_len > 0
+        partner.on_exposures(partner_exposures(expo, PARTNER_IDS, OPTIONS))
+    brand2, partner2 = fresh(synth, keys)
+    asyncio.run(converse(brand2, partner2))
+    assert brand2.value_len == partner2.value_len > 0
 
 
 def test_no_identifier_type_in_common_is_refused(synth: Any, keys: tuple[Any, Any]) -> None:
@@ -374,7 +614,6 @@ def test_no_identifier_type_in_common_is_refused(synth: Any, keys: tuple[Any, An
             public_key=pk,
             private_key=sk,
             dp=NO_DP,
-            run=direct,
         )
 
 
@@ -416,11 +655,13 @@ def test_event_values_encrypted_over_the_pool_decrypt_to_the_values(
     synth: Any, keys: tuple[Any, Any]
 ) -> None:
     """The parallel path (key shipped to workers as JSON) encrypts the same values."""
-    _, brand, _, _ = run_protocol(synth, keys)
-    brand.run_many = lambda fn, jobs: [fn(*a) for a in jobs]
-    pooled = brand.event_values(chunk=16)  # > 4 chunks: the pool path
-    brand.run_many = None
-    plain = brand.event_values(chunk=16)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        brand, _ = make_pair(synth, keys, brand_jobs=RunJobs(pool))
+        pooled = brand.event_values(chunk=16)  # > 4 chunks: the pool path
+    here, _ = make_pair(synth, keys)
+    plain = here.event_values(chunk=16)
     _, sk = keys
     got = [sk.decrypt(c) for ev in pooled for c in ev.ciphertexts]
     want = [sk.decrypt(c) for ev in plain for c in ev.ciphertexts]

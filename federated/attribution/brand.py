@@ -1,12 +1,32 @@
-"""The brand node's side of attribution as a state machine (see the package docstring)."""
+"""The brand node's side of attribution as a transport-free state machine.
+
+Rounds (``AttrRound``; the package docstring has the protocol):
+
+``HELLO``   constructed from the partner's ``AttrHello``: windows and the
+            identifier types in common are checked here, before the node
+            charges any budget. ``start()`` answers ``AttrAccepted`` and
+            starts on the brand's own tokens and encrypted values.
+``CELLS``   waits for ``AttrCells``.
+``TOKENS``  re-blinds each cell's ``CellTokens`` as they stream in and sends
+            a complete cell back shuffled (``CellValues``); once every cell is
+            back, streams ``ConversionTokens`` and ``EventValues``.
+``RESULT``  after ``AttrAggregates``: decrypts them (and only them) and hands
+            them to ``conclude`` (the node stores the report), then sends
+            ``AttrDone`` with the report id.
+``DONE`` / ``FAILED``.
+
+Any message outside its round, a repeated or skipped chunk, more tokens than
+declared or a malformed aggregate raises ``ProtocolError`` and fails the run;
+so does the partner's stream ending before its aggregates (``end_of_input``).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -16,8 +36,11 @@ from cleanroom.federated.attribution.messages import (
     VALUE_SCALE,
     AttrAccepted,
     AttrAggregates,
+    AttrBrandMessage,
     AttrCells,
+    AttrDone,
     AttrHello,
+    AttrPartnerMessage,
     AttrRound,
     Cell,
     CellTokens,
@@ -26,12 +49,8 @@ from cleanroom.federated.attribution.messages import (
     DpParams,
     EventValues,
 )
-from cleanroom.federated.attribution.tokens import (
-    POINT_CHUNK,
-    LaggedPoints,
-    RunMany,
-    map_jobs,
-)
+from cleanroom.federated.attribution.report import DecryptedAggregates, GroupStats
+from cleanroom.federated.attribution.tokens import POINT_CHUNK, LaggedPoints
 from cleanroom.federated.paillier import (
     PaillierPrivateKey,
     PaillierPublicKey,
@@ -39,8 +58,8 @@ from cleanroom.federated.paillier import (
     private_key_to_json,
 )
 from cleanroom.matching.messages import POINT_LEN
-from cleanroom.matching.session import comparison_length
-from cleanroom.matching.workers import blind_and_truncate, hash_and_blind_mixed
+from cleanroom.matching.session import RoundMachine, comparison_length
+from cleanroom.matching.workers import RunJobs, blind_and_truncate, hash_and_blind_mixed
 from cleanroom.matching.x25519 import BlindingKey
 from cleanroom.proto.errors import PolicyViolation, ProtocolError
 
@@ -63,40 +82,96 @@ def common_id_types(held: tuple[str, ...], declared: tuple[str, ...]) -> tuple[s
     return common
 
 
-@dataclass
-class BrandAttribution:
-    """B's state machine. Crypto runs through ``run`` (a worker pool)."""
+class BrandRun(Protocol):
+    """What a transport drives on the brand's side: a run, or a repeated submission's answer."""
 
-    session_id: str
-    hello: AttrHello
-    data: BrandConversions
-    public_key: PaillierPublicKey
-    private_key: PaillierPrivateKey
-    dp: DpParams
-    run: Callable[..., object]  # sync callable(fn, *args) -> result
-    run_many: RunMany | None = None  # parallel map over the worker pool
-    rng: np.random.Generator = field(default_factory=np.random.default_rng)
-    key: BlindingKey = field(default_factory=BlindingKey.generate)
-    round: AttrRound = AttrRound.HELLO
+    public_key: PaillierPublicKey | None
 
-    def __post_init__(self) -> None:
-        h = self.hello
+    def start(self) -> AttrAccepted: ...
+
+    async def receive(self, msg: AttrPartnerMessage) -> None: ...
+
+    def outgoing(self) -> AsyncIterator[AttrBrandMessage]: ...
+
+    def end_of_input(self) -> None: ...
+
+    def fail(self, exc: BaseException) -> None: ...
+
+
+class AlreadyReported:
+    """The answer to a submission that already has a report: that report, and no run."""
+
+    public_key: PaillierPublicKey | None = None
+
+    def __init__(self, report_id: str) -> None:
+        self.report_id = report_id
+
+    def start(self) -> AttrAccepted:
+        return AttrAccepted("", 0, 0, 0, 0, DpParams(), report_id=self.report_id)
+
+    async def receive(self, msg: AttrPartnerMessage) -> None:
+        raise ProtocolError(f"this submission already has report {self.report_id}")
+
+    async def outgoing(self) -> AsyncIterator[AttrBrandMessage]:
+        yield AttrDone(report_id=self.report_id)
+
+    def end_of_input(self) -> None:
+        pass
+
+    def fail(self, exc: BaseException) -> None:
+        pass
+
+
+class BrandAttribution(RoundMachine[AttrRound]):
+    """B's state machine for one run. Crypto runs in ``jobs`` (the node's worker pool)."""
+
+    def __init__(
+        self,
+        *,
+        session_id: str,
+        hello: AttrHello,
+        data: BrandConversions,
+        public_key: PaillierPublicKey,
+        private_key: PaillierPrivateKey,
+        dp: DpParams,
+        jobs: RunJobs | None = None,
+        conclude: Callable[[DecryptedAggregates], str] | None = None,
+        on_cells: Callable[[BrandAttribution], None] | None = None,
+        rng: np.random.Generator | None = None,
+        key: BlindingKey | None = None,
+        chunk_size: int = 8192,
+    ) -> None:
+        h = hello
         if h.click_days < 0 or h.view_days < 0 or max(h.click_days, h.view_days) > 90:
             raise ProtocolError("attribution windows are 0..90 days")
+        super().__init__(AttrRound.HELLO, jobs)
+        self.session_id = session_id
+        self.hello = hello
+        self.public_key: PaillierPublicKey | None = public_key
+        self._public_key = public_key
+        self.private_key = private_key
+        self.dp = dp
+        self.rng = rng or np.random.default_rng()
+        # Tokens per ConversionTokens message; half as many ciphertexts per EventValues.
+        self.chunk_size = chunk_size
+        # ``conclude`` stores what the run produced and names it (the report id).
+        self._conclude = conclude or (lambda _result: session_id)
+        self._cells_listener = on_cells
+        self.result: DecryptedAggregates | None = None
         self.max_lag = max(h.click_days, h.view_days)
-        self._secret = self.key.secret_bytes()
+        self._secret = (key or BlindingKey.generate()).secret_bytes()
         # Only types both sides hold are tokenized: tokens are domain-separated
         # by type, so any other token could never match.
-        held = self.data.held_types()
+        held = data.held_types()
         self.id_types = common_id_types(held, h.id_types)
-        if len(self.id_types) < len(held):
-            self.data = self.data.with_types(self.id_types)
+        self.data = data.with_types(self.id_types) if len(self.id_types) < len(held) else data
         self.brand_tokens = int(len(self.data.id_event) * (self.max_lag + 1))
         self.cells: tuple[Cell, ...] = ()
         self.cell_tokens: tuple[int, ...] = ()
         self.value_len = 0  # known once P's cells are
         self._received: dict[int, list[bytes]] = {}
         self._received_count: list[int] = []
+        self._cells_back = 0
         self._next_seq = 0
         # Anonymous event and customer numbering, fresh per session.
         self._event_order = self.rng.permutation(self.data.events)  # anonymous -> event
@@ -107,6 +182,8 @@ class BrandAttribution:
         # Cells are shuffled on another thread than the conversion tokens are
         # built on (they overlap); numpy generators are not thread-safe.
         self._cell_rng = np.random.default_rng(self.rng.integers(2**63))
+        self._outbox: list[AttrBrandMessage] = []
+        self._every_cell_back = asyncio.Event()
 
     @functools.cached_property
     def _lagged(self) -> LaggedPoints:
@@ -119,11 +196,12 @@ class BrandAttribution:
         """Distinct tokens: each is blinded once."""
         return len(self._lagged.first_item)
 
+    # ------------------------------------------------------------ lifecycle
+
     def accepted(self) -> AttrAccepted:
-        self.round = AttrRound.CELLS
         return AttrAccepted(
             session_id=self.session_id,
-            public_key_n=self.public_key.n,
+            public_key_n=self._public_key.n,
             max_lag=self.max_lag,
             events=self.data.events,
             brand_tokens=self.brand_tokens,
@@ -131,7 +209,38 @@ class BrandAttribution:
             id_types=self.id_types,
         )
 
-    def on_cells(self, msg: AttrCells) -> None:
+    def start(self) -> AttrAccepted:
+        """Leave HELLO: answer the partner and start on the brand's own tokens."""
+        if self.round is not AttrRound.HELLO:
+            raise ProtocolError(f"run {self.session_id} already started")
+        self.round = AttrRound.CELLS
+        self.spawn(self._send_brand_set)
+        return self.accepted()
+
+    def end_of_input(self) -> None:
+        """The partner's stream ended: fine after its aggregates, a failure before."""
+        if self.round in (AttrRound.CELLS, AttrRound.TOKENS):
+            self.fail(ProtocolError("the stream ended before the aggregates; no report was stored"))
+
+    # ------------------------------------------------------------- incoming
+
+    async def receive(self, msg: AttrPartnerMessage) -> None:
+        """Handle one partner message, in stream order; an error fails the run."""
+        await self.step(self._dispatch(msg))
+
+    async def _dispatch(self, msg: AttrPartnerMessage) -> None:
+        if isinstance(msg, AttrCells):
+            await self._on_cells(msg)
+        elif isinstance(msg, CellTokens):
+            await self._on_cell_tokens(msg)
+        elif isinstance(msg, AttrAggregates):
+            await self._on_aggregates(msg)
+        elif isinstance(msg, AttrHello):
+            raise ProtocolError("AttrHello may only open a stream")
+        else:
+            raise TypeError(f"not an attribution partner message: {type(msg).__name__}")
+
+    async def _on_cells(self, msg: AttrCells) -> None:
         """P's cells: from here its tokens may stream in."""
         if self.round is not AttrRound.CELLS:
             raise ProtocolError(f"cells arrived in round {self.round}")
@@ -146,9 +255,11 @@ class BrandAttribution:
         self._received = {i: [] for i in range(len(self.cells))}
         self._received_count = [0] * len(self.cells)
         self.round = AttrRound.TOKENS
+        if self._cells_listener is not None:
+            await asyncio.to_thread(self._cells_listener, self)
 
-    def on_cell_tokens(self, msg: CellTokens) -> CellValues | None:
-        """Re-blind a chunk; a complete cell comes back shuffled."""
+    async def _on_cell_tokens(self, msg: CellTokens) -> None:
+        """Re-blind a chunk; a complete cell goes back shuffled."""
         if self.round is not AttrRound.TOKENS:
             raise ProtocolError(f"cell tokens arrived in round {self.round}")
         if msg.seq != self._next_seq:
@@ -166,20 +277,113 @@ class BrandAttribution:
         self._received[msg.cell].append(msg.points)
         self._received_count[msg.cell] += count
         if self._received_count[msg.cell] < expected:
-            return None
+            return
         # A whole cell at once, re-blinded over all workers, then shuffled.
-        jobs = [(self._secret, pts, self.value_len) for pts in self._received.pop(msg.cell)]
-        values = map_jobs(self.run, self.run_many, blind_and_truncate, jobs)
+        chunks = self._received.pop(msg.cell)
+        values = await asyncio.gather(
+            *(
+                self._jobs.call(blind_and_truncate, self._secret, pts, self.value_len)
+                for pts in chunks
+            )
+        )
         arr = np.frombuffer(b"".join(values), dtype=np.uint8)
         arr = arr.reshape(-1, self.value_len)[self._cell_rng.permutation(expected)]
-        return CellValues(cell=msg.cell, values=arr.tobytes())
+        self._put(CellValues(cell=msg.cell, values=arr.tobytes()))
+        self._cells_back += 1
+        if self._cells_back == len(self.cells):
+            self._every_cell_back.set()
 
-    def conversion_tokens(self, chunk: int = 8192) -> list[ConversionTokens]:
+    async def _on_aggregates(self, msg: AttrAggregates) -> None:
+        if self.round is not AttrRound.TOKENS:
+            raise ProtocolError(f"aggregates arrived in round {self.round}")
+        if any(self._received_count[i] != n for i, n in enumerate(self.cell_tokens)):
+            raise ProtocolError("aggregates arrived before every cell's tokens")
+        self.round = AttrRound.RESULT
+        self.result = await asyncio.to_thread(self.decrypt, msg)
+        report_id = await asyncio.to_thread(self._conclude, self.result)
+        self._put(AttrDone(report_id=report_id))
+        self.round = AttrRound.DONE
+        self._signal.notify()
+
+    def decrypt(self, msg: AttrAggregates) -> DecryptedAggregates:
+        """Decrypt the aggregates (and only them) into the report's inputs."""
+        pk = self._public_key
+        groups: dict[tuple[str, str], GroupStats] = {}
+        for g in msg.groups:
+            if g.group not in GROUPS:
+                raise ProtocolError(f"unknown group {g.group!r}")
+            if (g.campaign_id, g.group) in groups:
+                raise ProtocolError(f"{g.campaign_id}/{g.group} is aggregated twice")
+            # Noise can push a small sum below zero; clamping is post-processing,
+            # so it costs no privacy.
+            revenue = max(0.0, self.private_key.decrypt(pk.validate(g.revenue)) / VALUE_SCALE)
+            converters = g.converters
+            if converters > g.conversions:
+                if self.dp.mechanism == "off":
+                    raise ProtocolError(
+                        f"{g.campaign_id}/{g.group}: more converters than conversions"
+                    )
+                converters = g.conversions  # independent noise on both; post-processing
+            groups[(g.campaign_id, g.group)] = GroupStats(
+                users=g.users, conversions=g.conversions, revenue=revenue, converters=converters
+            )
+        attributed: dict[str, tuple[int, float]] = {}
+        for a in msg.attributed:
+            if a.campaign_id in attributed:
+                raise ProtocolError(f"{a.campaign_id} is attributed twice")
+            revenue = max(0.0, self.private_key.decrypt(pk.validate(a.revenue)) / VALUE_SCALE)
+            attributed[a.campaign_id] = (a.conversions, revenue)
+        return DecryptedAggregates(groups=groups, attributed=attributed, spend=dict(msg.spend))
+
+    # ------------------------------------------------------------- outgoing
+
+    def _put(self, msg: AttrBrandMessage) -> None:
+        self._outbox.append(msg)
+        self._signal.notify()
+
+    async def outgoing(self) -> AsyncIterator[AttrBrandMessage]:
+        """Everything for the partner after ``AttrAccepted``, in order, ending with ``AttrDone``."""
+        sent = 0
+        while True:
+            if self.error is not None:
+                raise self.error
+            waiting = self._signal.current()
+            while sent < len(self._outbox):
+                msg = self._outbox[sent]
+                sent += 1
+                yield msg
+                if isinstance(msg, AttrDone):
+                    return
+            await waiting.wait()
+
+    async def _send_brand_set(self) -> None:
+        """The brand's tokens and encrypted values, once every cell went back.
+
+        Both are built from the start (they do not depend on the partner's);
+        they go out after the cells, so the partner's workers re-blind them
+        once its own tokens are sent.
+        """
+        tokens = asyncio.ensure_future(asyncio.to_thread(self.conversion_tokens))
+        values = asyncio.ensure_future(asyncio.to_thread(self.event_values))
+        try:
+            await self._every_cell_back.wait()
+            for msg in await tokens:
+                self._put(msg)
+            for ev in await values:
+                self._put(ev)
+        finally:
+            # A cancelled run's threads end with its jobs cancelled: mark their
+            # outcome as seen.
+            for job in (tokens, values):
+                job.add_done_callback(_retrieve)
+
+    def conversion_tokens(self, chunk: int | None = None) -> list[ConversionTokens]:
         """T(y)^b for every (identifier, lag), shuffled, with event and lag labels.
 
         Each distinct token is blinded once, from its point stored at upload
         when there is one (lags below ``PRECOMPUTED_LAGS``), else hashed here.
         """
+        chunk = chunk or self.chunk_size
         d, lp = self.data, self._lagged
         lags = self.max_lag + 1
         order = self.rng.permutation(len(d.id_event) * lags)  # flat: identifier * lags + lag
@@ -200,9 +404,7 @@ class BrandAttribution:
             targets.append(part)
             jobs.append((self._secret, *job))
         blinded = np.empty((self.point_count, POINT_LEN), dtype=np.uint8)
-        for sel, out in zip(
-            targets, map_jobs(self.run, self.run_many, hash_and_blind_mixed, jobs), strict=True
-        ):
+        for sel, out in zip(targets, self._jobs.run_many(hash_and_blind_mixed, jobs), strict=True):
             blinded[sel] = np.frombuffer(out, dtype=np.uint8).reshape(-1, POINT_LEN)
         points = blinded[lp.keys.reshape(-1)[order]]
         anon = self._event_anon[d.id_event[tok_id]].astype("<u4")
@@ -217,8 +419,9 @@ class BrandAttribution:
             for i, s in enumerate(range(0, len(order), chunk))
         ]
 
-    def event_values(self, chunk: int = 4096) -> list[EventValues]:
+    def event_values(self, chunk: int | None = None) -> list[EventValues]:
         """Per anonymous event: anonymous customer and Enc(clipped scaled value)."""
+        chunk = chunk or max(1, self.chunk_size // 2)
         d = self.data
         order = self._event_order
         customers = self._customer_anon[d.customer[order]].astype("<u4")
@@ -226,16 +429,16 @@ class BrandAttribution:
             d.value[order], self.dp.value_cap if self.dp.mechanism != "off" else np.inf
         )
         scaled = [round(float(v) * VALUE_SCALE) for v in clipped]
-        if self.run_many is not None and len(scaled) > 4 * chunk:
+        if self._jobs.parallel and len(scaled) > 4 * chunk:
             # Spread the encryptions over the workers in a few large parts (each
             # worker builds its fixed-base table once per part).
             key = json.dumps(private_key_to_json(self.private_key))
             step = -(-len(scaled) // 4)
-            bits = self.public_key.n.bit_length()
+            bits = self._public_key.n.bit_length()
             jobs: list[tuple[Any, ...]] = [
                 (key, bits, scaled[i : i + step]) for i in range(0, len(scaled), step)
             ]
-            encrypted = [c for part in self.run_many(encrypt_scaled, jobs) for c in part]
+            encrypted = [c for part in self._jobs.run_many(encrypt_scaled, jobs) for c in part]
         else:
             encrypted = self.private_key.encrypt_many(scaled)
         out = []
@@ -251,34 +454,7 @@ class BrandAttribution:
             )
         return out
 
-    def on_aggregates(self, msg: AttrAggregates) -> dict[str, object]:
-        """Decrypt the aggregates (and only them) into report inputs."""
-        if self.round is not AttrRound.TOKENS:
-            raise ProtocolError(f"aggregates arrived in round {self.round}")
-        if any(self._received_count[i] != n for i, n in enumerate(self.cell_tokens)):
-            raise ProtocolError("aggregates arrived before every cell's tokens")
-        pk = self.public_key
-        groups: dict[tuple[str, str], tuple[int, int, int, float]] = {}
-        for g in msg.groups:
-            if g.group not in GROUPS:
-                raise ProtocolError(f"unknown group {g.group!r}")
-            # Noise can push a small sum below zero; clamping is post-processing,
-            # so it costs no privacy.
-            revenue = max(0.0, self.private_key.decrypt(pk.validate(g.revenue)) / VALUE_SCALE)
-            converters = g.converters
-            if converters > g.conversions:
-                if self.dp.mechanism == "off":
-                    raise ProtocolError(
-                        f"{g.campaign_id}/{g.group}: more converters than conversions"
-                    )
-                converters = g.conversions  # independent noise on both; post-processing
-            groups[(g.campaign_id, g.group)] = (g.users, g.conversions, converters, revenue)
-        attributed = {
-            a.campaign_id: (
-                a.conversions,
-                max(0.0, self.private_key.decrypt(pk.validate(a.revenue)) / VALUE_SCALE),
-            )
-            for a in msg.attributed
-        }
-        self.round = AttrRound.DONE
-        return {"groups": groups, "attributed": attributed, "spend": dict(msg.spend)}
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()

@@ -1,9 +1,32 @@
-"""The partner's side of attribution as a state machine (see the package docstring)."""
+"""The partner's side of attribution as a transport-free state machine.
+
+Rounds (``AttrRound``; the package docstring has the protocol):
+
+``HELLO``   ``hello()`` opens the run; ``AttrAccepted`` names the identifier
+            types both sides hold and the Paillier key (or, for a repeated
+            submission, the report that already exists: nothing runs, and
+            ``AttrDone`` follows).
+``CELLS``   the log is hashed for those types only (``exposures``) and cut
+            into cells; ``AttrCells`` goes out.
+``TOKENS``  ``CellTokens`` stream out, each chunk as soon as the points it
+            carries are blinded; meanwhile the brand's ``CellValues``,
+            ``ConversionTokens`` and ``EventValues`` arrive and are
+            re-blinded as they come.
+``RESULT``  once everything arrived: intersect, sum, add noise, send
+            ``AttrAggregates``; wait for ``AttrDone``.
+``DONE`` / ``FAILED``.
+
+A message outside its round, or inconsistent with what the brand announced,
+raises ``ProtocolError`` and fails the run. ``progress`` tells listeners the
+phase and the token counts as they move.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from concurrent.futures import Future
+import asyncio
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,9 +37,12 @@ from cleanroom.federated.attribution.inputs import PartnerExposures
 from cleanroom.federated.attribution.messages import (
     AttrAccepted,
     AttrAggregates,
+    AttrBrandMessage,
     AttrCells,
+    AttrDone,
     AttrHello,
     AttributedAggregate,
+    AttrPartnerMessage,
     AttrRound,
     Cell,
     CellTokens,
@@ -25,52 +51,99 @@ from cleanroom.federated.attribution.messages import (
     EventValues,
     GroupAggregate,
 )
-from cleanroom.federated.attribution.noise import (
-    Noise,
-    family_dp,
-)
+from cleanroom.federated.attribution.noise import Noise, family_dp
 from cleanroom.federated.attribution.tokens import (
     POINT_CHUNK,
     TOKEN_MSG_LEN,
-    RunMany,
     day_dst,
     distinct_keys,
     equal_pairs,
-    map_jobs,
     token_messages,
     types_kept,
 )
 from cleanroom.federated.paillier import MIN_KEY_BITS, PaillierPublicKey
 from cleanroom.matching.messages import POINT_LEN
-from cleanroom.matching.session import comparison_length
-from cleanroom.matching.workers import blind_and_truncate, hash_and_blind_mixed
+from cleanroom.matching.session import RoundMachine, comparison_length
+from cleanroom.matching.workers import RunJobs, blind_and_truncate, hash_and_blind_mixed
 from cleanroom.matching.x25519 import BlindingKey
 from cleanroom.proto.errors import ProtocolError
 
+_log = logging.getLogger(__name__)
+
+
+class Phase:
+    """What the partner is doing, as ``AttributionProgress.phase`` says it."""
+
+    WAITING = "waiting for the brand node"
+    HASHING = "hashing the exposure log"
+    SENDING = "blinding and sending tokens"
+    SUMMING = "computing the encrypted sums"
+    REPORT = "waiting for the report"
+
 
 @dataclass
-class PartnerAttribution:
-    """P's state machine: ``hello``, ``on_accepted``, then ``on_exposures`` (the
-    log, hashed) gives the cells; then tokens, values and the aggregates."""
+class AttributionProgress:
+    """Where a partner's run is; each listener sees it at every change."""
 
-    conversions: str
-    click_days: int
-    view_days: int
-    id_types: tuple[str, ...]  # P's identifier types (those its log may carry)
-    run: Callable[..., object]
-    run_many: RunMany | None = None
-    submit: Callable[..., Future[Any]] | None = None  # start one job, result later
-    epsilon: float = 0.0
-    submission_key: str = ""
-    spend: Mapping[str, float] = field(default_factory=dict)
-    rng: np.random.Generator = field(default_factory=np.random.default_rng)
-    key: BlindingKey = field(default_factory=BlindingKey.generate)
-    min_key_bits: int = MIN_KEY_BITS
-    round: AttrRound = AttrRound.HELLO
+    phase: str = Phase.WAITING
+    tokens_total: int = 0  # the partner's tokens, one per (cell, identifier, day)
+    tokens_sent: int = 0
+    brand_total: int = 0  # the brand's conversion tokens, re-blinded here
+    brand_received: int = 0
+    listeners: list[Callable[[AttributionProgress], None]] = field(
+        default_factory=list, repr=False, compare=False
+    )
 
-    def __post_init__(self) -> None:
-        self.id_types = tuple(self.id_types)
-        self._secret = self.key.secret_bytes()
+    def update(self, **changes: Any) -> None:
+        for name, value in changes.items():
+            setattr(self, name, value)
+        for listener in self.listeners:
+            listener(self)
+
+
+class PartnerAttribution(RoundMachine[AttrRound]):
+    """P's state machine for one run. Crypto runs in ``jobs`` (the partner's worker pool).
+
+    ``exposures`` hashes the log for the identifier types both sides hold
+    (called once, when the brand has named them); ``spend`` is echoed into the
+    report; ``submission_key`` makes a resubmission return the stored report.
+    """
+
+    def __init__(
+        self,
+        *,
+        conversions: str,
+        click_days: int,
+        view_days: int,
+        id_types: Sequence[str],
+        exposures: Callable[[tuple[str, ...]], PartnerExposures] | None = None,
+        jobs: RunJobs | None = None,
+        epsilon: float = 0.0,
+        submission_key: str = "",
+        spend: Mapping[str, float] | None = None,
+        rng: np.random.Generator | None = None,
+        key: BlindingKey | None = None,
+        min_key_bits: int = MIN_KEY_BITS,
+        chunk_size: int = 8192,
+        ahead: int = 8,
+    ) -> None:
+        super().__init__(AttrRound.HELLO, jobs)
+        self.conversions = conversions
+        self.click_days = click_days
+        self.view_days = view_days
+        self.id_types = tuple(id_types)  # P's identifier types (those its log may carry)
+        self.exposures = exposures
+        self.epsilon = epsilon
+        self.submission_key = submission_key
+        self.spend = dict(spend or {})
+        self.rng = rng or np.random.default_rng()
+        self.min_key_bits = min_key_bits
+        self.progress = AttributionProgress()
+        self.report_id = ""
+        self.public_key: PaillierPublicKey | None = None
+        self._ahead = ahead
+        self.chunk_size = chunk_size  # tokens per CellTokens message
+        self._secret = (key or BlindingKey.generate()).secret_bytes()
         self.accepted: AttrAccepted | None = None
         self.cells: tuple[Cell, ...] = ()
         self.users: dict[tuple[str, str], int] = {}
@@ -78,12 +151,22 @@ class PartnerAttribution:
         self.value_len = 0
         self.cell_tokens: tuple[int, ...] = ()
         self._cell_values: dict[int, np.ndarray] = {}
-        self._brand_values: list[Any] = []  # raw points, or futures of values
+        self._brand_values: list[Any] = []  # futures of re-blinded values
         self._brand_events: list[np.ndarray] = []
         self._brand_lags: list[np.ndarray] = []
         self._event_customer: np.ndarray | None = None
         self._event_ct: list[int] = []
         self._events_received = 0
+        self._cells_out: AttrCells | None = None
+        self._aggregates_out: AttrAggregates | None = None
+        self._summing = False
+        self._stream: _CellTokenStream | None = None
+        self._seen: set[str] = set()  # message kinds received (for the log)
+
+    def _paillier(self) -> PaillierPublicKey:
+        if self.public_key is None:
+            raise ProtocolError(f"no Paillier key yet in round {self.round}")
+        return self.public_key
 
     def hello(self) -> AttrHello:
         return AttrHello(
@@ -95,9 +178,48 @@ class PartnerAttribution:
             submission_key=self.submission_key,
         )
 
-    def on_accepted(self, msg: AttrAccepted) -> None:
+    def close(self) -> None:
+        super().close()
+        if self._stream is not None:
+            self._stream.cancel()
+
+    # ------------------------------------------------------------- incoming
+
+    async def receive(self, msg: AttrBrandMessage) -> None:
+        """Handle one brand message, in stream order; an error fails the run."""
+        kind = type(msg).__name__
+        if kind not in self._seen:
+            self._seen.add(kind)
+            _log.info("attribution: first %s from the brand node", kind)
+        await self.step(self._dispatch(msg))
+
+    async def _dispatch(self, msg: AttrBrandMessage) -> None:
+        if isinstance(msg, AttrAccepted):
+            self._on_accepted(msg)
+        elif isinstance(msg, CellValues):
+            self._on_cell_values(msg)
+        elif isinstance(msg, ConversionTokens):
+            self._on_conversion_tokens(msg)
+            received = self.progress.brand_received + len(msg.points) // POINT_LEN
+            self.progress.update(brand_received=received)
+        elif isinstance(msg, EventValues):
+            self._on_event_values(msg)
+        elif isinstance(msg, AttrDone):
+            self._on_done(msg)
+        else:
+            raise TypeError(f"not an attribution brand message: {type(msg).__name__}")
+        if self.round is AttrRound.TOKENS and self.ready_for_aggregates and not self._summing:
+            self._summing = True
+            self.spawn(self._sum)
+
+    def _on_accepted(self, msg: AttrAccepted) -> None:
         if self.round is not AttrRound.HELLO:
             raise ProtocolError(f"Accepted arrived in round {self.round}")
+        if msg.report_id:  # this submission already has a report: nothing to run
+            self.report_id = msg.report_id
+            self.round = AttrRound.RESULT  # AttrDone follows
+            self._signal.notify()
+            return
         if msg.max_lag < max(self.click_days, self.view_days):
             raise ProtocolError("the brand's tokens do not cover the requested windows")
         if not msg.id_types or not set(msg.id_types) <= set(self.id_types):
@@ -110,6 +232,72 @@ class PartnerAttribution:
         self._event_ct = [0] * msg.events
         self._event_customer = np.full(msg.events, -1, dtype=np.int64)
         self.round = AttrRound.CELLS
+        self.progress.update(phase=Phase.HASHING, brand_total=msg.brand_tokens)
+        self.spawn(self._prepare_cells)
+
+    def _on_done(self, msg: AttrDone) -> None:
+        if self.round is not AttrRound.RESULT:
+            raise ProtocolError(f"AttrDone arrived in round {self.round}")
+        if not msg.report_id or self.report_id not in ("", msg.report_id):
+            raise ProtocolError(f"AttrDone names report {msg.report_id!r}")
+        self.report_id = msg.report_id
+        self.round = AttrRound.DONE
+        self._signal.notify()
+
+    # ----------------------------------------------------------- background
+
+    async def _prepare_cells(self) -> None:
+        """Hash the log for the types in common, cut it into cells, start blinding."""
+        assert self.accepted is not None
+        if self.exposures is None:
+            raise ProtocolError("this partner has no exposure log to attribute")
+        data = await asyncio.to_thread(self.exposures, self.accepted.id_types)
+        cells = await asyncio.to_thread(self.on_exposures, data)
+        self._stream = _CellTokenStream(self, self._ahead)
+        self._cells_out = cells
+        self._signal.notify()
+        _log.info(
+            "attribution cells ready: %d cells, %d tokens, %d distinct points",
+            len(cells.cells),
+            sum(cells.cell_tokens),
+            self.point_count,
+        )
+
+    async def _sum(self) -> None:
+        _log.info("attribution: everything arrived, computing the aggregates")
+        self.progress.update(phase=Phase.SUMMING)
+        aggregates = await asyncio.to_thread(self.aggregates)
+        self._aggregates_out = aggregates
+        self._signal.notify()
+
+    # ------------------------------------------------------------- outgoing
+
+    async def outgoing(self) -> AsyncIterator[AttrPartnerMessage]:
+        """Everything after ``hello()``: cells, the tokens as they are blinded, the aggregates.
+
+        Ends after the aggregates (the partner has nothing more to say), or at
+        once when the brand answered with an existing report.
+        """
+        await self.until(lambda: self._cells_out is not None or self.report_id != "")
+        if self._cells_out is None:  # the brand answered with the report it has
+            return
+        cells = self._cells_out
+        yield cells
+        self.progress.update(phase=Phase.SENDING, tokens_total=sum(cells.cell_tokens))
+        assert self._stream is not None
+        async for tokens in self._stream.chunks():
+            if self.error is not None:
+                raise self.error
+            yield tokens
+            sent = self.progress.tokens_sent + len(tokens.points) // POINT_LEN
+            self.progress.update(tokens_sent=sent)
+        _log.info("attribution: every partner token sent")
+        await self.until(lambda: self._aggregates_out is not None)
+        assert self._aggregates_out is not None
+        yield self._aggregates_out
+        self.progress.update(phase=Phase.REPORT)
+
+    # --------------------------------------------------------------- rounds
 
     def on_exposures(self, d: PartnerExposures) -> AttrCells:
         """Cells and tokens of the log (identifiers of the types in common only)."""
@@ -184,12 +372,13 @@ class PartnerAttribution:
         codes = self._point_type[start:stop].tobytes()
         return (self._secret, msgs, codes, self._dsts, TOKEN_MSG_LEN)
 
-    def cell_chunks(self, chunk: int = 8192) -> list[tuple[int, np.ndarray]]:
+    def cell_chunks(self, chunk: int | None = None) -> list[tuple[int, np.ndarray]]:
         """Per ``CellTokens`` message: its cell and the points it carries (by number).
 
         Points are numbered in order of first appearance along this list, so a
         chunk only needs the point jobs up to its largest number.
         """
+        chunk = chunk or self.chunk_size
         out: list[tuple[int, np.ndarray]] = []
         bounds = np.concatenate([[0], np.cumsum(self.cell_tokens)])
         for ci in range(len(self.cells)):
@@ -197,16 +386,6 @@ class PartnerAttribution:
                 stop = min(start + chunk, int(bounds[ci + 1]))
                 out.append((ci, self._token_point[start:stop]))
         return out
-
-    def cell_token_chunks(self, chunk: int = 8192) -> list[CellTokens]:
-        """Every ``CellTokens`` message at once (in-process runs and tests)."""
-        jobs = [self.point_job(i) for i in range(self.point_job_count)]
-        blinded = map_jobs(self.run, self.run_many, hash_and_blind_mixed, jobs)
-        points = np.frombuffer(b"".join(blinded), dtype=np.uint8).reshape(-1, POINT_LEN)
-        return [
-            CellTokens(seq=i, cell=ci, points=points[idx].tobytes())
-            for i, (ci, idx) in enumerate(self.cell_chunks(chunk))
-        ]
 
     @property
     def ready_for_aggregates(self) -> bool:
@@ -219,7 +398,7 @@ class PartnerAttribution:
             and self._events_received == a.events
         )
 
-    def on_cell_values(self, msg: CellValues) -> None:
+    def _on_cell_values(self, msg: CellValues) -> None:
         if self.round is not AttrRound.TOKENS:
             raise ProtocolError(f"cell values arrived in round {self.round}")
         assert self.accepted is not None
@@ -230,7 +409,7 @@ class PartnerAttribution:
             raise ProtocolError(f"cell {msg.cell} came back with {len(arr)} values")
         self._cell_values[msg.cell] = arr
 
-    def on_conversion_tokens(self, msg: ConversionTokens) -> None:
+    def _on_conversion_tokens(self, msg: ConversionTokens) -> None:
         if self.round is not AttrRound.TOKENS:
             raise ProtocolError(f"conversion tokens arrived in round {self.round}")
         assert self.accepted is not None
@@ -241,18 +420,14 @@ class PartnerAttribution:
             raise ProtocolError(f"conversion chunk {msg.seq} is inconsistent")
         if events.max() >= self.accepted.events or lags.max() > self.accepted.max_lag:
             raise ProtocolError(f"conversion chunk {msg.seq} names unknown events or lags")
-        # Re-blinded as they arrive when a pool is at hand, else all together
-        # in ``aggregates``.
-        if self.submit is not None:
-            self._brand_values.append(
-                self.submit(blind_and_truncate, self._secret, msg.points, self.value_len)
-            )
-        else:
-            self._brand_values.append(msg.points)
+        # Re-blinded as they arrive (in the pool, while more stream in).
+        self._brand_values.append(
+            self._jobs.submit(blind_and_truncate, self._secret, msg.points, self.value_len)
+        )
         self._brand_events.append(events)
         self._brand_lags.append(lags)
 
-    def on_event_values(self, msg: EventValues) -> None:
+    def _on_event_values(self, msg: EventValues) -> None:
         if self.round is not AttrRound.TOKENS:
             raise ProtocolError(f"event values arrived in round {self.round}")
         assert self.accepted is not None and self._event_customer is not None
@@ -262,7 +437,7 @@ class PartnerAttribution:
             or msg.start + len(customers) > self.accepted.events
         ):
             raise ProtocolError(f"event values chunk {msg.seq} is inconsistent")
-        cts = self.public_key.validate_many(msg.ciphertexts)
+        cts = self._paillier().validate_many(msg.ciphertexts)
         self._event_customer[msg.start : msg.start + len(customers)] = customers
         self._event_ct[msg.start : msg.start + len(cts)] = cts
         self._events_received += len(cts)
@@ -272,13 +447,8 @@ class PartnerAttribution:
         assert self.accepted is not None and self._event_customer is not None
         if len(self._cell_values) != len(self.cells):
             raise ProtocolError("not every cell came back from the brand")
-        length = self.value_len
-        if self.submit is not None:
-            reblinded = [f.result() for f in self._brand_values]  # type: ignore[union-attr]
-        else:
-            jobs = [(self._secret, pts, length) for pts in self._brand_values]
-            reblinded = map_jobs(self.run, self.run_many, blind_and_truncate, jobs)
-        brand = np.frombuffer(b"".join(reblinded), dtype=f"S{length}")
+        reblinded = [f.result() for f in self._brand_values]
+        brand = np.frombuffer(b"".join(reblinded), dtype=f"S{self.value_len}")
         events = np.concatenate(self._brand_events) if self._brand_events else np.empty(0, np.int64)
         lags = np.concatenate(self._brand_lags) if self._brand_lags else np.empty(0, np.int64)
         if len(brand) != self.accepted.brand_tokens:
@@ -331,7 +501,7 @@ class PartnerAttribution:
         link it to the ciphertexts it sent. The empty sum is Enc(0). The
         events' ciphertexts were validated when they arrived.
         """
-        pk = self.public_key
+        pk = self._paillier()
         total = pk.raw_add_many([self._event_ct[int(e)] for e in events])
         return pk.add(total, pk.encrypt(noise.amount()))
 
@@ -376,3 +546,46 @@ class PartnerAttribution:
             campaigns[int(c)]: np.sort(part["event"].to_numpy(dtype=np.int64))
             for c, part in best.groupby("campaign")
         }
+
+
+class _CellTokenStream:
+    """The partner's cell chunks, each sent as soon as the points it carries are blinded.
+
+    Point jobs start when this is created (right after the cells) and run up
+    to ``ahead`` jobs ahead of the chunk being sent, so the brand re-blinds
+    early chunks while later points are still hashed.
+    """
+
+    def __init__(self, partner: PartnerAttribution, ahead: int) -> None:
+        self.partner = partner
+        self.ahead = ahead
+        self._running: deque[asyncio.Future[bytes]] = deque()
+        self._submitted = 0
+        self._top_up(ahead)
+
+    def _top_up(self, target: int) -> None:
+        partner = self.partner
+        while self._submitted < min(partner.point_job_count, target):
+            job = partner.point_job(self._submitted)
+            self._running.append(
+                asyncio.ensure_future(partner._jobs.call(hash_and_blind_mixed, *job))
+            )
+            self._submitted += 1
+
+    def cancel(self) -> None:
+        for fut in self._running:
+            fut.cancel()
+
+    async def chunks(self) -> AsyncIterator[CellTokens]:
+        partner = self.partner
+        points = np.empty((partner.point_count, POINT_LEN), dtype=np.uint8)
+        ready = 0
+        for seq, (cell, numbers) in enumerate(partner.cell_chunks()):
+            needed = int(numbers.max()) // POINT_CHUNK + 1
+            self._top_up(max(needed, ready + self.ahead))
+            while ready < needed:
+                blinded = np.frombuffer(await self._running.popleft(), dtype=np.uint8)
+                start = ready * POINT_CHUNK
+                points[start : start + len(blinded) // POINT_LEN] = blinded.reshape(-1, POINT_LEN)
+                ready += 1
+            yield CellTokens(seq=seq, cell=cell, points=points[numbers].tobytes())

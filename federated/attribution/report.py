@@ -259,3 +259,21 @@ def campaign_report(
             }
         )
     return report
+
+
+@dataclass(frozen=True)
+class DecryptedAggregates:
+    """What the brand decrypts at the end of a run: the report's inputs, nothing per person.
+
+    ``groups``: per ``(campaign_id, group)`` its users, conversions, converters
+    and revenue; ``attributed``: per campaign its last-touch ``(conversions,
+    revenue)``; ``spend``: the partner's campaign spend, echoed.
+    """
+
+    groups: Mapping[tuple[str, str], GroupStats]
+    attributed: Mapping[str, tuple[int, float]]
+    spend: Mapping[str, float]
+
+    def campaigns(self, threshold: int) -> list[dict[str, Any]]:
+        """The report's campaigns (:func:`campaign_report`) under ``threshold``."""
+        return campaign_report(self.groups, self.attributed, self.spend, threshold)
