@@ -1061,13 +1061,17 @@ def ciphertexts_to_bytes(cs: Iterable[int], public_key: PaillierPublicKey) -> by
     return b"".join(int(c).to_bytes(width, "big") for c in public_key.validate_many(cs))
 
 
-def ciphertexts_from_bytes(data: bytes, public_key: PaillierPublicKey) -> list[int]:
+def ciphertexts_from_bytes(
+    data: bytes | bytearray | memoryview, public_key: PaillierPublicKey
+) -> list[int]:
     """Inverse of :func:`ciphertexts_to_bytes`; validates each ciphertext (the error names the
     index) and the total length."""
     return public_key.validate_many(raw_ciphertexts_from_bytes(data, public_key))
 
 
-def raw_ciphertexts_from_bytes(data: bytes, public_key: PaillierPublicKey) -> list[int]:
+def raw_ciphertexts_from_bytes(
+    data: bytes | bytearray | memoryview, public_key: PaillierPublicKey
+) -> list[int]:
     """:func:`ciphertexts_from_bytes` WITHOUT validating the values (the total length is
     still checked): only for callers that validate them next, e.g. the attribution state
     machine, which checks event values when they arrive."""

@@ -468,7 +468,9 @@ def _encode_batch(Xs: list[Any], Zs: list[Any]) -> list[bytes] | None:
     return out
 
 
-def hash_to_curve_batch(packed_msgs: bytes, msg_len: int, dst: bytes) -> bytes:
+def hash_to_curve_batch(
+    packed_msgs: bytes | bytearray | memoryview, msg_len: int, dst: bytes | bytearray | memoryview
+) -> bytes:
     """:func:`hash_to_curve` for many equal-length messages at once (the PSI hot path).
 
     ``packed_msgs`` is the concatenation of ``len(packed_msgs) // msg_len`` messages; the result

@@ -126,7 +126,7 @@ def _is_valid(u: bytes) -> bool:
     )
 
 
-def validate_point(u: bytes) -> None:
+def validate_point(u: bytes | bytearray | memoryview) -> None:
     """Raise :class:`InvalidPointError` unless ``u`` is a canonical, non-low-order encoding of
     a point on curve25519 (see the module docstring for why each rule exists).
 
@@ -175,7 +175,7 @@ class BlindingKey:
         """The raw 32-byte secret.  SECRET: only for the party's own processes/storage."""
         return self._secret
 
-    def blind(self, u: bytes) -> bytes:
+    def blind(self, u: bytes | bytearray | memoryview) -> bytes:
         """``X25519(k, u)`` after :func:`validate_point` (raises :class:`InvalidPointError`)."""
         validate_point(u)
         try:

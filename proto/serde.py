@@ -63,11 +63,16 @@ if TYPE_CHECKING:
 _PROTOCOL_TO_PB = {Protocol.MATCH: pb.MATCH, Protocol.CARDINALITY: pb.CARDINALITY}
 _PROTOCOL_FROM_PB = {v: k for k, v in _PROTOCOL_TO_PB.items()}
 
-_ID_TYPE_TO_PB = {"email": pb.EMAIL, "phone": pb.PHONE, "maid": pb.MAID, "custom": pb.CUSTOM}
-_ID_TYPE_FROM_PB = {v: k for k, v in _ID_TYPE_TO_PB.items()}
+_ID_TYPE_TO_PB: dict[str, pb.IdType] = {
+    "email": pb.EMAIL,
+    "phone": pb.PHONE,
+    "maid": pb.MAID,
+    "custom": pb.CUSTOM,
+}
+_ID_TYPE_FROM_PB: dict[int, str] = {v: k for k, v in _ID_TYPE_TO_PB.items()}
 
 
-def id_type_to_pb(id_type: str) -> int:
+def id_type_to_pb(id_type: str) -> pb.IdType:
     try:
         return _ID_TYPE_TO_PB[str(id_type)]
     except KeyError:

@@ -310,7 +310,7 @@ class AttributionServicer(pb_grpc.AttributionServiceServicer):
                 raise PermissionDenied("changing the policy needs an admin token")
             tenant = self._store.get_tenant(principal.tenant_id)
             assert tenant is not None
-            changes: dict[str, object] = {}
+            changes: dict[str, Any] = {}
             for name in ("aggregation_threshold", "dp", "epsilon_budget", "min_partner_records"):
                 if request.HasField(name):
                     changes[name] = getattr(request, name)

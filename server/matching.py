@@ -167,7 +167,8 @@ class MatchingService:
                 intersection=outcome.intersection,
                 finished_at=self.clock(),
             )
-            action, detail = "psi.done", {"intersection": outcome.intersection}
+            action = "psi.done"
+            detail: dict[str, object] = {"intersection": outcome.intersection}
         else:
             error = str(session.error) if session.error else "failed"
             self.store.update_session(

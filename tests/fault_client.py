@@ -45,8 +45,8 @@ async def main(mode: str, target: str, token: str) -> None:
 
             await stub.Upload(requests(), metadata=metadata)
         else:
-            stub = pb_grpc.MatchingServiceStub(channel)
-            call = stub.Session(metadata=metadata)
+            matching = pb_grpc.MatchingServiceStub(channel)
+            call = matching.Session(metadata=metadata)
             await call.write(
                 pb.PartnerMessage(
                     hello=pb.Hello(

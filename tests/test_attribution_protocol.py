@@ -28,6 +28,7 @@ from cleanroom.federated.attribution.inputs import (
 )
 from cleanroom.federated.attribution.messages import (
     AttrAggregates,
+    AttrBrandMessage,
     AttrCells,
     AttrDone,
     AttrHello,
@@ -123,8 +124,10 @@ async def converse(
         if not stopped.is_set():
             brand.end_of_input()
 
-    both = asyncio.gather(to_brand(), pump(brand.outgoing(), partner.receive, "brand"))
-    halt = asyncio.ensure_future(stopped.wait())
+    both: asyncio.Future[Any] = asyncio.gather(
+        to_brand(), pump(brand.outgoing(), partner.receive, "brand")
+    )
+    halt: asyncio.Future[Any] = asyncio.ensure_future(stopped.wait())
     try:
         await asyncio.wait_for(asyncio.wait({both, halt}, return_when="FIRST_COMPLETED"), 120)
         if both.done():
@@ -551,7 +554,7 @@ def test_the_partner_refuses_every_message_out_of_round(
 ) -> None:
     async def scenario() -> None:
         brand, partner = await at_round(synth, keys, "partner", round_)
-        msgs = {
+        msgs: dict[str, AttrBrandMessage] = {
             "AttrAccepted": brand.accepted(),
             "CellValues": CellValues(cell=0, values=b""),
             "ConversionTokens": ConversionTokens(seq=0, points=b"", events=b"", lags=b""),

@@ -27,6 +27,7 @@ from cleanroom.client.sdk import (
 )
 from cleanroom.matching.hash_to_curve import hash_to_curve
 from cleanroom.matching.messages import Protocol
+from cleanroom.matching.partner import PartnerColumn, PartnerSet
 from cleanroom.matching.workers import CryptoPool
 from cleanroom.proto import cleanroom_pb2 as pb
 from cleanroom.proto import cleanroom_pb2_grpc as pb_grpc
@@ -174,9 +175,8 @@ def test_overlap_counts_records_matching_on_any_key(
 # ------------------------------------------------------------------ refusals
 
 
-def small_set(rows: int = 30) -> object:
+def small_set(rows: int = 30) -> PartnerSet:
     data = pd.DataFrame({"email": [f"p{i}@example.com" for i in range(rows)]})
-    from cleanroom.matching.partner import PartnerColumn, PartnerSet
 
     digests = b"".join(sha(e) for e in data["email"])
     return PartnerSet(rows, [PartnerColumn("email", np.arange(rows, dtype=np.int64), digests)])
@@ -186,7 +186,7 @@ def psi_error(
     node: Node, conn: Connection, audience: str, pool: CryptoPool, rows: int = 30
 ) -> ClientError:
     with pytest.raises(ClientError) as info:
-        asyncio.run(run_psi(conn, audience, Protocol.MATCH, small_set(rows), pool=pool))  # type: ignore[arg-type]
+        asyncio.run(run_psi(conn, audience, Protocol.MATCH, small_set(rows), pool=pool))
     assert healthy(node)
     return info.value
 
@@ -510,9 +510,9 @@ def test_daily_session_quota_is_resource_exhausted(
             )
         )
         conn = Connection(thread.target, partner_token)
-        asyncio.run(run_psi(conn, "crm", Protocol.MATCH, small_set(), pool=process_pool))  # type: ignore[arg-type]
+        asyncio.run(run_psi(conn, "crm", Protocol.MATCH, small_set(), pool=process_pool))
         with pytest.raises(ClientError) as info:
-            asyncio.run(run_psi(conn, "crm", Protocol.MATCH, small_set(), pool=process_pool))  # type: ignore[arg-type]
+            asyncio.run(run_psi(conn, "crm", Protocol.MATCH, small_set(), pool=process_pool))
     assert info.value.code == "RESOURCE_EXHAUSTED"
     assert "quota of 1 per day" in info.value.message
 
@@ -561,7 +561,7 @@ def test_mutual_tls_end_to_end(
                 small_set(),
                 pool=process_pool,
             )
-        )  # type: ignore[arg-type]
+        )
         assert run.session.outcome is not None
         # Without a client certificate the handshake fails: no plaintext, no anonymous TLS.
         with pytest.raises(ClientError) as info:
@@ -573,7 +573,7 @@ def test_mutual_tls_end_to_end(
                     small_set(),
                     pool=process_pool,
                 )
-            )  # type: ignore[arg-type]
+            )
         assert info.value.code == "UNAVAILABLE"
 
 

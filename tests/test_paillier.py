@@ -281,7 +281,7 @@ def test_invalid_ciphertexts_rejected(pk: PaillierPublicKey, sk: PaillierPrivate
 def test_batch_validation_names_the_index(pk: PaillierPublicKey, sk: PaillierPrivateKey) -> None:
     cs = sk.encrypt_many(range(6))
     for i, bad, msg in ((3, sk.p * 7, "shares a factor"), (0, 0, "is 0"), (5, "x", "int")):
-        batch = list(cs)
+        batch: list[object] = list(cs)
         batch[i] = bad
         with pytest.raises(InvalidCiphertextError, match=rf"ciphertext\[{i}\]: .*{msg}") as info:
             P.validate_ciphertexts(batch, pk)
