@@ -49,7 +49,7 @@ if TYPE_CHECKING:
         upload_audience,
         write_match_output,
     )
-    from cleanroom.federated.attribution.inputs import Windows
+    from cleanroom.federated.attribution.messages import Windows
     from cleanroom.matching.messages import Protocol
     from cleanroom.matching.partner import MatchOutcome, PartnerProgress, PartnerSet
     from cleanroom.matching.workers import CryptoPool
@@ -75,7 +75,7 @@ _EXPORTS = {
     "run_psi": "cleanroom.client.sdk",
     "upload_audience": "cleanroom.client.sdk",
     "write_match_output": "cleanroom.client.sdk",
-    "Windows": "cleanroom.federated.attribution.inputs",
+    "Windows": "cleanroom.federated.attribution.messages",
     "Protocol": "cleanroom.matching.messages",
     "MatchOutcome": "cleanroom.matching.partner",
     "PartnerProgress": "cleanroom.matching.partner",

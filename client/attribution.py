@@ -25,13 +25,13 @@ from cleanroom.audiences.reader import iter_frames, read_frame
 from cleanroom.client.sdk import ClientError, Connection, stream_upload
 from cleanroom.federated.attribution.inputs import (
     PartnerExposures,
-    Windows,
     hashed_identifiers,
     parse_conversions,
     parse_exposures,
     partner_exposures,
     read_spend,
 )
+from cleanroom.federated.attribution.messages import Windows
 from cleanroom.federated.attribution.partner import AttributionProgress, PartnerAttribution
 from cleanroom.matching.workers import RunJobs
 from cleanroom.proto import cleanroom_pb2 as pb

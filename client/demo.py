@@ -36,7 +36,7 @@ from cleanroom.client.sdk import (
     upload_audience,
     write_match_output,
 )
-from cleanroom.client.tables import report_table as _report_table
+from cleanroom.client.tables import report_blocks
 from cleanroom.federated.attribution.synth import synthesize_attribution
 from cleanroom.matching.messages import Protocol
 from cleanroom.matching.workers import CryptoPool
@@ -113,7 +113,7 @@ def _attribution_step(
     finally:
         store.close()
     assert record is not None and node.ports is not None
-    console.print(_report_table(record.body))
+    console.print(report_blocks(record.report))
     dashboard = (
         f"http://127.0.0.1:{node.ports.http}/dashboard/reports/{report_id}"
         f"#token={tokens[Role.ANALYST]}"

@@ -57,8 +57,9 @@ def main(argv: list[str]) -> int:
         )
         report = done.stdout + done.stderr
         for package, folder in mapping.items():
-            tree = str(base.joinpath(*package.split(".")))
-            report = report.replace(tree + "/", folder.rstrip("/") + "/")
+            tree = base.joinpath(*package.split("."))
+            for shown in (str(tree), str(tree.relative_to(ROOT))):
+                report = report.replace(shown + "/", folder.rstrip("/") + "/")
         sys.stdout.write(report)
         status = status or done.returncode
     return status

@@ -32,8 +32,8 @@ from cleanroom.audiences.identifiers import ID_TYPES
 from cleanroom.audiences.upload import DIGEST_LEN, ConversionRows, UploadHeader
 from cleanroom.federated.attribution.brand import AlreadyReported, BrandAttribution, BrandRun
 from cleanroom.federated.attribution.inputs import BrandConversions
-from cleanroom.federated.attribution.messages import AttrHello, AttrRound, DpParams
-from cleanroom.federated.attribution.report import DecryptedAggregates
+from cleanroom.federated.attribution.messages import AttrHello, AttrRound, DpParams, Windows
+from cleanroom.federated.attribution.report import AttributionReport, DecryptedAggregates, ReportDp
 from cleanroom.federated.attribution.tokens import PRECOMPUTED_LAGS, LaggedPoints
 from cleanroom.federated.paillier import PaillierPrivateKey, PaillierPublicKey, generate_keypair
 from cleanroom.matching.messages import POINT_LEN
@@ -391,27 +391,24 @@ class AttributionService:
         result: DecryptedAggregates,
         threshold: int,
     ) -> str:
-        body = {
-            "report_id": report_id,
-            "conversions": hello.conversions,
-            "windows": {"click_days": hello.click_days, "view_days": hello.view_days},
-            "campaigns": result.campaigns(threshold),
-            "dp": {
-                "mechanism": dp.mechanism,
-                "epsilon": dp.epsilon,
-                "delta": dp.delta,
-                "value_cap": dp.value_cap,
-            },
-            "aggregation_threshold": threshold,
-            "created_at": datetime.now(UTC).isoformat(),
-        }
+        report = AttributionReport(
+            report_id=report_id,
+            conversions_name=hello.conversions,
+            created_at=datetime.now(UTC),
+            windows=Windows(hello.click_days, hello.view_days),
+            dp=ReportDp(
+                mechanism=dp.mechanism,  # type: ignore[arg-type]
+                epsilon=dp.epsilon,
+                delta=dp.delta,
+                value_cap=dp.value_cap if dp.mechanism != "off" else None,
+            ),
+            aggregation_threshold=threshold,
+            campaigns=result.campaigns(threshold),
+        )
         stored = self.store.put_report(
             ReportRecord(
-                report_id=report_id,
                 tenant_id=principal.tenant_id,
-                conversions_name=hello.conversions,
-                created_at=datetime.now(UTC),
-                body=body,
+                report=report,
                 submission_key=hello.submission_key or report_id,
             )
         )

@@ -15,10 +15,12 @@ Roles: attribution reports, the epsilon ledger, the audit log and the policy
 are read with admin or analyst tokens (partner tokens get 403); only admin
 tokens change the policy (``PUT /v1/policy``, audited as ``policy.update``).
 
-Report JSON (``GET /v1/reports/{id}``; made by the attribution protocol)::
+Report JSON (``GET /v1/reports/{id}``; made by the attribution protocol) is the
+typed ``AttributionReport`` (``federated/attribution/report.py``; its schema is
+in the OpenAPI document)::
 
-    {"report_id", "conversions_name", "created_at", "dp": {"mechanism", "epsilon"},
-     "windows": {"click_days", "view_days"},
+    {"report_id", "conversions_name", "created_at", "windows": {"click_days", "view_days"},
+     "dp": {"mechanism", "epsilon", "delta", "value_cap"}, "aggregation_threshold",
      "campaigns": [{"campaign_id", "attributed_conversions", "attributed_revenue",
                     "exposed": {"users", "conversions", "revenue", "converters", "rate"},
                     "holdout": {...the same}, "lift", "lift_ci95": [lo, hi],
@@ -71,6 +73,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from cleanroom.federated.attribution.report import REPORT_ID, AttributionReport, ReportSummary
 from cleanroom.proto.errors import (
     Aborted,
     AlreadyExists,
@@ -85,7 +88,6 @@ from cleanroom.proto.errors import (
 from cleanroom.server.dashboard import render_page
 from cleanroom.server.errors import internal_message, internal_reference, nearest
 from cleanroom.server.store import (
-    REPORT_ID,
     AudienceRecord,
     AuditEntry,
     Policy,
@@ -208,29 +210,8 @@ def _session_json(s: SessionRecord) -> dict[str, Any]:
 
 
 def report_json(r: ReportRecord) -> dict[str, Any]:
-    """The report as the API serves it: its body, with id, name and time filled in."""
-    body = dict(r.body)
-    body.pop("report_id", None)
-    created = body.pop("created_at", None) or r.created_at.isoformat()
-    return {
-        "report_id": r.report_id,
-        "conversions_name": r.conversions_name,
-        "created_at": created,
-        **body,
-    }
-
-
-def _report_summary(r: ReportRecord) -> dict[str, Any]:
-    listed = r.body.get("campaigns")
-    campaigns = [c for c in listed if isinstance(c, dict)] if isinstance(listed, list) else []
-    return {
-        "report_id": r.report_id,
-        "conversions_name": r.conversions_name,
-        "created_at": r.body.get("created_at") or r.created_at.isoformat(),
-        "campaigns": len(campaigns),
-        "suppressed": sum(1 for c in campaigns if c.get("suppressed")),
-        "dp": r.body.get("dp"),
-    }
+    """The report as the API serves it (the ``AttributionReport`` schema)."""
+    return r.report.model_dump(mode="json")
 
 
 def _policy_json(p: Policy) -> dict[str, Any]:
@@ -266,10 +247,6 @@ CSV_COLUMNS = (
 )
 
 
-def _object(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
 def _cell(value: Any) -> str:
     if value is None:
         return ""
@@ -288,39 +265,32 @@ def _text_cell(value: Any) -> str:
 
 def report_csv(r: ReportRecord) -> str:
     """One row per campaign, nested fields flattened (``CSV_COLUMNS``)."""
-    body = r.body
-    windows = _object(body.get("windows"))
-    dp = _object(body.get("dp"))
+    report = r.report
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(CSV_COLUMNS)
-    campaigns = body.get("campaigns")
-    for c in campaigns if isinstance(campaigns, list) else []:
-        if not isinstance(c, dict):
-            continue
-        ci = c.get("lift_ci95")
-        ci = ci if isinstance(ci, list) else []
-        groups = {g: _object(c.get(g)) for g in ("exposed", "holdout")}
+    for c in report.campaigns:
+        lo, hi = c.lift_ci95 if c.lift_ci95 is not None else (None, None)
         row: dict[str, Any] = {
-            "report_id": r.report_id,
-            "campaign_id": c.get("campaign_id"),
-            "suppressed": bool(c.get("suppressed")),
-            "attributed_conversions": c.get("attributed_conversions"),
-            "attributed_revenue": c.get("attributed_revenue"),
-            "lift": c.get("lift"),
-            "lift_ci95_lo": ci[0] if len(ci) > 0 else None,
-            "lift_ci95_hi": ci[1] if len(ci) > 1 else None,
-            "incremental_converters": c.get("incremental_converters"),
-            "spend": c.get("spend"),
-            "iroas": c.get("iroas"),
-            "click_days": windows.get("click_days"),
-            "view_days": windows.get("view_days"),
-            "dp_mechanism": dp.get("mechanism"),
-            "dp_epsilon": dp.get("epsilon"),
+            "report_id": report.report_id,
+            "campaign_id": c.campaign_id,
+            "suppressed": c.suppressed,
+            "attributed_conversions": c.attributed_conversions,
+            "attributed_revenue": c.attributed_revenue,
+            "lift": c.lift,
+            "lift_ci95_lo": lo,
+            "lift_ci95_hi": hi,
+            "incremental_converters": c.incremental_converters,
+            "spend": c.spend,
+            "iroas": c.iroas,
+            "click_days": report.windows.click_days,
+            "view_days": report.windows.view_days,
+            "dp_mechanism": report.dp.mechanism,
+            "dp_epsilon": report.dp.epsilon,
         }
-        for g, values in groups.items():
+        for g, values in (("exposed", c.exposed), ("holdout", c.holdout)):
             for f in GROUP_FIELDS:
-                row[f"{g}_{f}"] = values.get(f)
+                row[f"{g}_{f}"] = getattr(values, f)
         writer.writerow(
             [_text_cell(row[k]) if k == "campaign_id" else _cell(row[k]) for k in CSV_COLUMNS]
         )
@@ -495,8 +465,8 @@ def create_app(store: SqlStore) -> FastAPI:
     # ------------------------------------------------------------------ reports
 
     @app.get("/v1/reports", summary="List the tenant's attribution reports")
-    def list_reports(who: Reader) -> list[dict[str, Any]]:
-        return [_report_summary(r) for r in store.list_reports(who.tenant_id)]
+    def list_reports(who: Reader) -> list[ReportSummary]:
+        return [ReportSummary.of(r.report) for r in store.list_reports(who.tenant_id)]
 
     @app.get(
         "/v1/reports/{report_id}.csv",
@@ -510,14 +480,14 @@ def create_app(store: SqlStore) -> FastAPI:
     @app.get(
         "/v1/reports/{report_id}",
         summary="An attribution report (JSON, or CSV with ?format=csv)",
-        response_model=None,
+        response_model=AttributionReport,
         responses={200: {"content": {"text/csv": {}}}},
     )
     def get_report(
         report_id: str, who: Reader, format: Literal["json", "csv"] = "json"
-    ) -> dict[str, Any] | Response:
+    ) -> AttributionReport | Response:
         found = _find_report(store, who, report_id)
-        return _csv_response(found) if format == "csv" else report_json(found)
+        return _csv_response(found) if format == "csv" else found.report
 
     # ------------------------------------------------- ledger, audit, policy
 

@@ -15,8 +15,9 @@ each):
 - Reports are idempotent per submission: ``put_report`` with a
   ``(tenant_id, submission_key)`` already stored returns the stored report
   and creates nothing (a retried submission never makes a second report).
-  Report ids are 1 to 64 characters of ``[A-Za-z0-9_-]``; a report body is a
-  JSON object without NaN or infinities, stored and returned as JSON.
+  A report is the typed ``AttributionReport`` (its id is 1 to 64 characters
+  of ``[A-Za-z0-9_-]``, its numbers finite), stored as its JSON and read back
+  equal.
 - The epsilon ledger is append-only. ``charge_epsilon`` checks and charges
   in one step that concurrent charges cannot interleave: it refuses with
   ``BudgetExceeded`` (and charges nothing) when the partnership's spent
@@ -39,9 +40,7 @@ and PostgreSQL run the same code.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-import re
 import secrets
 import uuid
 from collections.abc import Callable, Iterator
@@ -73,6 +72,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from cleanroom.federated.attribution.report import REPORT_ID, AttributionReport
 from cleanroom.proto.errors import AlreadyExists, BudgetExceeded, InvalidInput, NotFound
 
 
@@ -168,14 +168,23 @@ class AuditEntry:
 
 @dataclass(frozen=True)
 class ReportRecord:
-    """An attribution report; ``body`` is the report JSON (see server/rest.py)."""
+    """An attribution report as stored: the typed report, its tenant and submission."""
 
-    report_id: str
     tenant_id: str
-    conversions_name: str
-    created_at: datetime
-    body: dict[str, Any]
+    report: AttributionReport
     submission_key: str  # idempotency: one report per (tenant, submission key)
+
+    @property
+    def report_id(self) -> str:
+        return self.report.report_id
+
+    @property
+    def conversions_name(self) -> str:
+        return self.report.conversions_name
+
+    @property
+    def created_at(self) -> datetime:
+        return self.report.created_at
 
 
 @dataclass(frozen=True)
@@ -189,7 +198,6 @@ class LedgerEntry:
     at: datetime
 
 
-REPORT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 EPSILON_SLACK = 1e-9  # float sums: ten charges of 0.1 fit a budget of 1.0
 
 
@@ -608,7 +616,7 @@ class SqlStore:
                         tenant_id=record.tenant_id,
                         conversions_name=record.conversions_name,
                         submission_key=record.submission_key,
-                        body=record.body,
+                        body=record.report.model_dump(mode="json"),
                         created_at=record.created_at,
                     )
                 )
@@ -654,12 +662,16 @@ class SqlStore:
     def _report(row: _ReportRow) -> ReportRecord:
         created = _utc(row.created_at)
         assert created is not None
+        # The row's columns fill in what bodies stored before the typed report lacked.
+        body = {
+            "report_id": row.report_id,
+            "conversions_name": row.conversions_name,
+            "created_at": created.isoformat(),
+            **row.body,
+        }
         return ReportRecord(
-            report_id=row.report_id,
             tenant_id=row.tenant_id,
-            conversions_name=row.conversions_name,
-            created_at=created,
-            body=dict(row.body),
+            report=AttributionReport.model_validate(body),
             submission_key=row.submission_key,
         )
 
@@ -854,32 +866,12 @@ def _write_policy(row: _TenantRow, policy: Policy) -> None:
 
 
 def _checked_report(record: ReportRecord) -> ReportRecord:
-    """``record`` with its body as it will read back (plain JSON), or ValueError."""
-    if not REPORT_ID.fullmatch(record.report_id):
-        raise InvalidInput("a report id is 1 to 64 characters of [A-Za-z0-9_-]")
+    """``record``, or InvalidInput for what the typed report cannot check itself."""
+    if not isinstance(record.report, AttributionReport):
+        raise InvalidInput("a report is an AttributionReport")
     if not record.submission_key or len(record.submission_key) > 200:
         raise InvalidInput("a submission key is 1 to 200 characters")
-    if len(record.conversions_name) > 200:
-        raise InvalidInput("a conversions set name is at most 200 characters")
-    if record.created_at.tzinfo is None:
-        raise InvalidInput("created_at must be timezone-aware")
-    if not isinstance(record.body, dict):
-        raise InvalidInput("a report body is a JSON object")
-    body_id = record.body.get("report_id")
-    if body_id is not None and body_id != record.report_id:
-        raise InvalidInput(f"the body's report_id {body_id!r} is not {record.report_id!r}")
-    try:
-        body = json.loads(json.dumps(record.body, allow_nan=False))
-    except (TypeError, ValueError) as exc:
-        raise InvalidInput(f"a report body must be plain JSON without NaN: {exc}") from exc
-    return ReportRecord(
-        report_id=record.report_id,
-        tenant_id=record.tenant_id,
-        conversions_name=record.conversions_name,
-        created_at=record.created_at,
-        body=body,
-        submission_key=record.submission_key,
-    )
+    return record
 
 
 def _add_missing_policy_columns(engine: Engine) -> None:

@@ -1,11 +1,11 @@
-"""A realistic attribution report (the JSON schema of server/rest.py) for tests."""
+"""A realistic attribution report (the typed ``AttributionReport``, as JSON) for tests."""
 
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
+from cleanroom.federated.attribution.report import AttributionReport
 from cleanroom.server.store import ReportRecord
 
 
@@ -28,7 +28,7 @@ def sample_body(report_id: str) -> dict[str, Any]:
     return {
         "report_id": report_id,
         "created_at": "2025-06-30T09:15:00+00:00",
-        "dp": {"mechanism": "laplace", "epsilon": 0.5},
+        "dp": {"mechanism": "laplace", "epsilon": 0.5, "delta": 0.0, "value_cap": 1000.0},
         "aggregation_threshold": 50,
         "windows": {"click_days": 7, "view_days": 1},
         "campaigns": [
@@ -78,10 +78,9 @@ def sample_body(report_id: str) -> dict[str, Any]:
 def sample_report(tenant_id: str, report_id: str | None = None) -> ReportRecord:
     rid = report_id or uuid.uuid4().hex
     return ReportRecord(
-        report_id=rid,
         tenant_id=tenant_id,
-        conversions_name="purchases",
-        created_at=datetime(2025, 6, 30, 9, 15, tzinfo=UTC),
-        body=sample_body(rid),
+        report=AttributionReport.model_validate(
+            {**sample_body(rid), "conversions_name": "purchases"}
+        ),
         submission_key=f"submission-{rid}",
     )

@@ -23,8 +23,8 @@ from cleanroom.client.attribution import (
     upload_conversions,
 )
 from cleanroom.client.sdk import ClientError, Connection
-from cleanroom.federated.attribution.inputs import Windows, read_spend
-from cleanroom.federated.attribution.messages import AttrRound
+from cleanroom.federated.attribution.inputs import read_spend
+from cleanroom.federated.attribution.messages import AttrRound, Windows
 from cleanroom.federated.attribution.reference import reference_report
 from cleanroom.federated.attribution.synth import synthesize_attribution
 from cleanroom.federated.attribution.tokens import PRECOMPUTED_LAGS, day_dst
@@ -140,7 +140,7 @@ def plaintext(synth: Any, exposures: Path) -> dict[str, Any]:
         value_column="value",
         spend=read_spend(synth.spend_path),
         threshold=0,
-    )
+    ).model_dump(mode="json")
 
 
 def test_report_over_grpc_equals_plaintext(world: dict[str, Any]) -> None:

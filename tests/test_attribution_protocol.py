@@ -18,7 +18,6 @@ from cleanroom.audiences.reader import hash_frame
 from cleanroom.federated.attribution.brand import BrandAttribution
 from cleanroom.federated.attribution.inputs import (
     BrandConversions,
-    Windows,
     brand_conversions,
     hashed_identifiers,
     parse_conversions,
@@ -39,6 +38,7 @@ from cleanroom.federated.attribution.messages import (
     ConversionTokens,
     DpParams,
     EventValues,
+    Windows,
 )
 from cleanroom.federated.attribution.partner import PartnerAttribution
 from cleanroom.federated.attribution.reference import reference_report
@@ -203,7 +203,7 @@ def run_protocol(
     assert brand.result is not None and partner.report_id == "s"
     report = {
         "windows": {"click_days": windows.click_days, "view_days": windows.view_days},
-        "campaigns": brand.result.campaigns(threshold),
+        "campaigns": [c.model_dump(mode="json") for c in brand.result.campaigns(threshold)],
     }
     return report, brand, partner, aggregates
 
@@ -226,7 +226,7 @@ def reference(synth: Any, windows: Windows = DEFAULT_WINDOWS) -> dict[str, Any]:
         windows=windows,
         spend=read_spend(synth.spend_path),
         threshold=0,
-    )
+    ).model_dump(mode="json")
 
 
 def test_private_report_equals_plaintext_reference(synth: Any, keys: tuple[Any, Any]) -> None:

@@ -11,13 +11,13 @@ import pytest
 
 from cleanroom.audiences.identifiers import NormalizeOptions, parse_id_columns
 from cleanroom.federated.attribution.inputs import (
-    Windows,
     parse_conversions,
     parse_exposures,
     parse_spend,
     parse_timestamps,
     read_spend,
 )
+from cleanroom.federated.attribution.messages import Windows
 from cleanroom.federated.attribution.reference import reference_report
 from cleanroom.federated.attribution.report import GroupStats, campaign_report, lift_interval
 from cleanroom.federated.attribution.synth import synthesize_attribution
@@ -65,7 +65,7 @@ def report(
         time_column="ts",
         value_column="value",
         **kwargs,
-    )
+    ).model_dump(mode="json")
     campaigns = result["campaigns"]
     assert [c["campaign_id"] for c in campaigns] == sorted(c["campaign_id"] for c in campaigns)
     for entry in campaigns:
@@ -481,16 +481,19 @@ def test_lift_interval_rejects_bad_counts() -> None:
 
 
 def test_campaign_report_from_plain_aggregates() -> None:
-    rows = campaign_report(
-        {
-            ("b", "exposed"): (4, 3, 2, 60.0),
-            ("b", "holdout"): GroupStats(users=5, conversions=1, revenue=8.0, converters=1),
-            ("a", "holdout"): (2, 0, 0, 0.0),
-        },
-        {"b": (3, 60.0)},
-        {"b": 10.0},
-        0,
-    )
+    rows = [
+        r.model_dump(mode="json")
+        for r in campaign_report(
+            {
+                ("b", "exposed"): (4, 3, 2, 60.0),
+                ("b", "holdout"): GroupStats(users=5, conversions=1, revenue=8.0, converters=1),
+                ("a", "holdout"): (2, 0, 0, 0.0),
+            },
+            {"b": (3, 60.0)},
+            {"b": 10.0},
+            0,
+        )
+    ]
     assert [r["campaign_id"] for r in rows] == ["a", "b"]
     a, b = rows
     assert a["exposed"] == {
@@ -720,7 +723,7 @@ def test_synthetic_attribution_data(tmp_path: Path) -> None:
         value_column="value",
         spend=spend,
         threshold=50,
-    )
+    ).model_dump(mode="json")
     campaigns = result["campaigns"]
     assert [c["campaign_id"] for c in campaigns] == list(first.campaign_ids)
     for entry in campaigns:

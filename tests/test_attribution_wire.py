@@ -60,7 +60,7 @@ def test_attribution_wire_carries_only_what_section_13_allows(world: dict[str, A
         request(
             synth,
             windows=__import__(
-                "cleanroom.federated.attribution.inputs", fromlist=["Windows"]
+                "cleanroom.federated.attribution.messages", fromlist=["Windows"]
             ).Windows(4, 2),
         )
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import socket
@@ -22,8 +23,16 @@ from tests.helpers import eventually, plaintext_match
 CLI = [sys.executable, "-m", "cleanroom.client.cli"]
 
 
-def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=300)
+def cli(
+    *args: str, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [*CLI, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=None if env is None else {**os.environ, **env},
+    )
     if check and result.returncode != 0:
         raise AssertionError(
             f"cleanroom {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
@@ -444,8 +453,17 @@ def test_attribution_through_the_cli(served: dict[str, object], tmp_path: Path) 
     assert "campaign_id" in csv_text.splitlines()[0] and len(csv_text.splitlines()) == 1 + len(
         shown["campaigns"]
     )
-    table = cli("report", "show", report_id, "--api", api, "--token", tokens["analyst"]).stdout
+    show = ("report", "show", report_id, "--api", api, "--token", tokens["analyst"])
+    table = cli(*show, env={"COLUMNS": "80"}).stdout
     assert report_id in table
+    # Readable at 80 columns: no line wider, every campaign id whole, the numbers there.
+    assert max(len(line) for line in table.splitlines()) <= 80
+    for c in shown["campaigns"]:
+        assert c["campaign_id"] in table
+        assert f"{c['exposed']['users']:,}" in table
+    assert "…" not in table
+    wide = cli(*show, "--wide", env={"COLUMNS": "200"}).stdout
+    assert all(c["campaign_id"] in wide for c in shown["campaigns"]) and "…" not in wide
     missing = cli("report", "show", "nope", "--api", api, "--token", tokens["analyst"], check=False)
     assert missing.returncode == 1 and "404" in missing.stderr
     # Without --json: progress on stderr, the report id on stdout.

@@ -15,9 +15,10 @@ from typing import Any
 import httpx
 import pytest
 
+from cleanroom.federated.attribution.report import AttributionReport
 from cleanroom.proto.errors import BudgetExceeded
 from cleanroom.server.rest import CSV_COLUMNS, create_app, redact
-from cleanroom.server.store import AuditEntry, Role, SqlStore
+from cleanroom.server.store import AuditEntry, ReportRecord, Role, SqlStore
 from tests.conftest import Node
 from tests.reports import sample_body, sample_report
 
@@ -74,6 +75,21 @@ def test_openapi_and_docs_are_served(node: Node) -> None:
         assert path in spec["paths"], path
     assert "put" in spec["paths"]["/v1/policy"]
     assert "HTTPBearer" in spec["components"]["securitySchemes"]
+    # The report's JSON schema is the typed model's, nested models included.
+    schemas = spec["components"]["schemas"]
+    ok = spec["paths"]["/v1/reports/{report_id}"]["get"]["responses"]["200"]["content"]
+    assert ok["application/json"]["schema"] == {"$ref": "#/components/schemas/AttributionReport"}
+    report = schemas["AttributionReport"]
+    assert set(report["required"]) >= {"report_id", "conversions_name", "created_at", "campaigns"}
+    assert report["properties"]["campaigns"]["items"] == {
+        "$ref": "#/components/schemas/CampaignResult"
+    }
+    assert set(schemas["CampaignResult"]["properties"]) >= {"lift", "lift_ci95", "suppressed"}
+    assert schemas["ReportDp"]["properties"]["mechanism"]["enum"] == ["off", "laplace", "gaussian"]
+    listed = spec["paths"]["/v1/reports"]["get"]["responses"]["200"]["content"]
+    assert listed["application/json"]["schema"]["items"] == {
+        "$ref": "#/components/schemas/ReportSummary"
+    }
     docs = httpx.get(f"{node.http}/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
 
@@ -85,7 +101,7 @@ def test_readers_get_their_reports_as_json(node: Node, reports: dict[str, str], 
     assert listed.status_code == 200
     summary = next(r for r in listed.json() if r["report_id"] == rid)
     assert summary["campaigns"] == 3 and summary["suppressed"] == 1
-    assert summary["dp"] == {"mechanism": "laplace", "epsilon": 0.5}
+    assert summary["dp"] == sample_body(rid)["dp"]
     assert reports["globex"] not in {r["report_id"] for r in listed.json()}
     resp = httpx.get(f"{node.http}/v1/reports/{rid}", headers=_auth(node.tokens["acme"][role]))
     assert resp.status_code == 200
@@ -144,17 +160,28 @@ def test_reports_as_csv_one_row_per_campaign(node: Node, reports: dict[str, str]
     _assert_problem(bad, 422)
 
 
-def test_odd_report_bodies_still_serve_and_csv_cells_are_not_formulas(node: Node) -> None:
+def test_odd_report_bodies_are_refused_and_csv_cells_are_not_formulas(node: Node) -> None:
+    """A report is typed: a body of the wrong shape is refused before it is stored;
+    a campaign id that a spreadsheet would run as a formula is quoted in CSV."""
     acme = _tenant_id(node, "acme")
-    rec = sample_report(acme)
     odd = {
+        **sample_body("odd"),
         "windows": [],
         "dp": "x",
         "campaigns": [1, {"campaign_id": "=HYPERLINK(1)", "exposed": 3}],
     }
+    with pytest.raises(ValueError, match="validation error"):
+        AttributionReport.model_validate({**odd, "conversions_name": "purchases"})
+    rec = sample_report(acme)
+    formula = rec.report.campaigns[0].model_copy(update={"campaign_id": "=HYPERLINK(1)"})
+    rec = ReportRecord(
+        tenant_id=acme,
+        report=rec.report.model_copy(update={"campaigns": [formula]}),
+        submission_key=rec.submission_key,
+    )
     store = node.store()
     try:
-        store.put_report(rec.__class__(**{**rec.__dict__, "body": odd}))
+        store.put_report(rec)
     finally:
         store.close()
     headers = _auth(node.tokens["acme"][Role.ANALYST])
@@ -162,13 +189,13 @@ def test_odd_report_bodies_still_serve_and_csv_cells_are_not_formulas(node: Node
     assert resp.status_code == 200
     rows = list(csv.DictReader(io.StringIO(resp.text)))
     assert [r["campaign_id"] for r in rows] == ["'=HYPERLINK(1)"]
-    assert rows[0]["exposed_users"] == "" and rows[0]["suppressed"] == "false"
+    assert rows[0]["exposed_users"] == "48210" and rows[0]["suppressed"] == "false"
     listed = httpx.get(f"{node.http}/v1/reports", headers=headers).json()
     assert {"report_id": rec.report_id, "campaigns": 1}.items() <= next(
         r for r in listed if r["report_id"] == rec.report_id
     ).items()
     json_resp = httpx.get(f"{node.http}/v1/reports/{rec.report_id}", headers=headers)
-    assert json_resp.json()["campaigns"] == odd["campaigns"]
+    assert json_resp.json()["campaigns"][0]["campaign_id"] == "=HYPERLINK(1)"
 
 
 def test_another_tenants_report_is_indistinguishable_from_a_missing_one(
@@ -356,11 +383,15 @@ def test_the_dashboard_page_is_self_contained(node: Node, reports: dict[str, str
 def test_embedded_report_json_cannot_close_its_script_element(node: Node) -> None:
     acme = _tenant_id(node, "acme")
     rec = sample_report(acme)
-    body = dict(rec.body)
-    body["campaigns"] = [{**body["campaigns"][0], "campaign_id": "</script><b>x</b>&"}]
+    first = rec.report.campaigns[0].model_copy(update={"campaign_id": "</script><b>x</b>&"})
+    rec = ReportRecord(
+        tenant_id=acme,
+        report=rec.report.model_copy(update={"campaigns": [first]}),
+        submission_key=rec.submission_key,
+    )
     store = node.store()
     try:
-        store.put_report(rec.__class__(**{**rec.__dict__, "body": body}))
+        store.put_report(rec)
     finally:
         store.close()
     page = httpx.get(

@@ -17,7 +17,14 @@ from typing import Any
 
 import pytest
 
-from cleanroom.proto.errors import AlreadyExists, BudgetExceeded, FailedPrecondition, NotFound
+from cleanroom.federated.attribution.report import AttributionReport
+from cleanroom.proto.errors import (
+    AlreadyExists,
+    BudgetExceeded,
+    FailedPrecondition,
+    InvalidInput,
+    NotFound,
+)
 from cleanroom.server.store import (
     AudienceRecord,
     AuditEntry,
@@ -193,30 +200,45 @@ def test_audit_log_is_per_tenant_and_ordered(store: SqlStore) -> None:
 # ------------------------------------------------------------ attribution
 
 
+def report_body(report_id: str, lift: float = 0.12) -> dict[str, Any]:
+    return {
+        "report_id": report_id,
+        "conversions_name": "purchases",
+        "created_at": datetime.now(UTC).isoformat(),
+        "windows": {"click_days": 7, "view_days": 1},
+        "dp": {"mechanism": "laplace", "epsilon": 0.5},
+        "aggregation_threshold": 50,
+        "campaigns": [
+            {
+                "campaign_id": "spring",
+                "attributed_conversions": 12,
+                "attributed_revenue": 340.5,
+                "exposed": {
+                    "users": 1000,
+                    "conversions": 25,
+                    "revenue": 600.0,
+                    "converters": 20,
+                    "rate": 0.02,
+                },
+                "holdout": dict.fromkeys(("users", "conversions", "revenue", "converters", "rate")),
+                "lift": lift,
+                "lift_ci95": (0.01, 0.2),  # a tuple reads back as a tuple
+                "incremental_converters": None,
+                "spend": None,
+                "iroas": None,
+                "suppressed": True,
+            }
+        ],
+    }
+
+
 def report(
     tenant_id: str, key: str = "sub-1", report_id: str | None = None, lift: float = 0.12
 ) -> ReportRecord:
     rid = report_id or uuid.uuid4().hex
     return ReportRecord(
-        report_id=rid,
         tenant_id=tenant_id,
-        conversions_name="purchases",
-        created_at=datetime.now(UTC),
-        body={
-            "report_id": rid,
-            "windows": {"click_days": 7, "view_days": 1},
-            "dp": {"mechanism": "laplace", "epsilon": 0.5},
-            "campaigns": [
-                {
-                    "campaign_id": "spring",
-                    "lift": lift,
-                    "lift_ci95": (0.01, 0.2),  # a tuple reads back as a JSON list
-                    "exposed": {"users": 1000, "rate": 0.02},
-                    "holdout": {"users": None, "rate": None},
-                    "suppressed": False,
-                }
-            ],
-        },
+        report=AttributionReport.model_validate(report_body(rid, lift)),
         submission_key=key,
     )
 
@@ -303,7 +325,7 @@ def test_reports_are_tenant_scoped(store: SqlStore) -> None:
     b = store.create_tenant("b")
     rec = report(a.tenant_id)
     stored = store.put_report(rec)
-    assert stored.body["campaigns"][0]["lift_ci95"] == [0.01, 0.2]
+    assert stored.report.campaigns[0].lift_ci95 == (0.01, 0.2)
     assert store.get_report(a.tenant_id, rec.report_id) == stored
     assert store.get_report(b.tenant_id, rec.report_id) is None
     assert store.get_report(a.tenant_id, "missing") is None
@@ -314,8 +336,9 @@ def test_reports_are_tenant_scoped(store: SqlStore) -> None:
     assert store.list_reports(b.tenant_id) == [other]
     got = store.get_report(a.tenant_id, rec.report_id)
     assert got is not None and got.created_at.tzinfo is not None
-    assert got.body["dp"] == {"mechanism": "laplace", "epsilon": 0.5}
-    assert got.body["campaigns"][0]["holdout"] == {"users": None, "rate": None}
+    assert got == stored and got.report == rec.report  # typed, and read back equal
+    assert (got.report.dp.mechanism, got.report.dp.epsilon) == ("laplace", 0.5)
+    assert got.report.campaigns[0].holdout.users is None
 
 
 def test_putting_a_report_is_idempotent_per_submission_key(store: SqlStore) -> None:
@@ -351,20 +374,62 @@ def test_concurrent_puts_of_one_submission_make_one_report(store: SqlStore) -> N
         {"report_id": "has space"},
         {"report_id": "x" * 65},
         {"report_id": "r.csv"},
-        {"submission_key": ""},
-        {"created_at": datetime.now()},  # naive
-        {"body": {"report_id": "another", "campaigns": []}},
-        {"body": {"campaigns": [{"lift": math.nan}]}},
-        {"body": {"campaigns": [{"at": datetime.now(UTC)}]}},
+        {"created_at": datetime.now().isoformat()},  # naive
+        {"campaigns": [{"lift": math.nan}]},
+        {"campaigns": [{**report_body("r1")["campaigns"][0], "lift": math.nan}]},
+        {"campaigns": [{**report_body("r1")["campaigns"][0], "at": "now"}]},
+        {"dp": {"mechanism": "fuzzy"}},
     ],
 )
-def test_bad_reports_are_refused(store: SqlStore, change: dict[str, Any]) -> None:
+def test_bad_reports_are_refused(change: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="validation error"):
+        AttributionReport.model_validate({**report_body("r1"), **change})
+
+
+@pytest.mark.parametrize("key", ["", "k" * 201])
+def test_bad_submission_keys_are_refused(store: SqlStore, key: str) -> None:
     t = store.create_tenant("a")
     good = report(t.tenant_id, report_id="r1")
-    fields = {**good.__dict__, **change}
-    with pytest.raises(ValueError):
-        store.put_report(ReportRecord(**fields))
+    with pytest.raises(InvalidInput, match="submission key"):
+        store.put_report(ReportRecord(good.tenant_id, good.report, key))
     assert store.list_reports(t.tenant_id) == []
+
+
+def test_reports_stored_before_the_typed_model_still_read(store: SqlStore, db_url: str) -> None:
+    """Bodies written before the typed report named the set "conversions" and lacked the
+    row's own columns; they read back as the typed report."""
+    from sqlalchemy import JSON, DateTime, String, column, create_engine, table
+
+    t = store.create_tenant("a")
+    legacy = report_body("legacy1")
+    for key in ("report_id", "conversions_name", "created_at"):
+        legacy.pop(key)
+    legacy["conversions"] = "purchases"
+    legacy["campaigns"][0]["lift_ci95"] = [0.01, 0.2]
+    reports = table(
+        "reports",
+        *(column(name, String) for name in ("report_id", "tenant_id", "conversions_name")),
+        column("submission_key", String),
+        column("body", JSON),
+        column("created_at", DateTime(timezone=True)),
+    )
+    engine = create_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(
+            reports.insert().values(
+                report_id="legacy1",
+                tenant_id=t.tenant_id,
+                conversions_name="purchases",
+                submission_key="old-key",
+                body=legacy,
+                created_at=datetime(2025, 1, 2, tzinfo=UTC),
+            )
+        )
+    engine.dispose()
+    got = store.get_report(t.tenant_id, "legacy1")
+    assert got is not None and got.report.conversions_name == "purchases"
+    assert got.created_at == datetime(2025, 1, 2, tzinfo=UTC)
+    assert got.report.campaigns[0].lift_ci95 == (0.01, 0.2)
 
 
 def test_a_report_needs_its_tenant(store: SqlStore) -> None:

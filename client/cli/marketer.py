@@ -27,8 +27,11 @@ def report_show(
     api: Annotated[str, typer.Option("--api", help="REST base URL, e.g. http://HOST:8080")],
     token: Token,
     fmt: Annotated[str, typer.Option("--format", help="table, json or csv")] = "table",
+    wide: Annotated[
+        bool, typer.Option("--wide", help="Table: one row per campaign (about 140 columns).")
+    ] = False,
 ) -> None:
-    """Fetch a report from the REST API."""
+    """Fetch a report from the REST API (a table reads at 80 columns; --wide for one row each)."""
     import httpx
 
     if fmt not in ("table", "json", "csv"):
@@ -50,10 +53,11 @@ def report_show(
     if fmt == "csv":
         sys.stdout.write(resp.text)
         return
-    report = resp.json()
     if fmt == "json":
-        print_json(report)
+        print_json(resp.json())
         return
-    from cleanroom.client.tables import report_table
+    from cleanroom.client.tables import report_blocks, report_table
+    from cleanroom.federated.attribution.report import AttributionReport
 
-    out.print(report_table(report))
+    report = AttributionReport.model_validate(resp.json())
+    out.print(report_table(report) if wide else report_blocks(report))

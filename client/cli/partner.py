@@ -206,7 +206,7 @@ def partner_attribute(
         prepare_attribution,
         run_attribution,
     )
-    from cleanroom.federated.attribution.inputs import Windows
+    from cleanroom.federated.attribution.messages import Windows
 
     with errors():
         request = AttributionRequest(

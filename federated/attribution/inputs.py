@@ -27,7 +27,6 @@ from cleanroom.audiences.identifiers import IdColumn, NormalizeOptions
 from cleanroom.audiences.reader import hash_frame
 from cleanroom.audiences.upload import DIGEST_LEN
 from cleanroom.federated.attribution.messages import GROUPS, TOUCHES
-from cleanroom.federated.attribution.report import non_negative_int
 from cleanroom.federated.attribution.tokens import types_kept
 
 # Epoch-second values beyond this (about the year 5100) are rejected rather than guessed at:
@@ -36,29 +35,6 @@ _MAX_EPOCH_SECONDS = 1e11
 _MICROS_PER_DAY = 86_400 * 1_000_000
 # ASCII digits only: Python's \d (and float()) would take other scripts' digits too.
 _EPOCH_NUMBER = r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
-
-
-@dataclass(frozen=True)
-class Windows:
-    """Attribution windows in whole UTC days, per touch type (a lag of ``0..days`` counts)."""
-
-    click_days: int = 7
-    view_days: int = 1
-
-    def __post_init__(self) -> None:
-        for name in ("click_days", "view_days"):
-            object.__setattr__(self, name, non_negative_int(getattr(self, name), name))
-
-    def days(self, touch: str) -> int:
-        """The window of a touch type ("click" or "view")."""
-        if touch == "click":
-            return self.click_days
-        if touch == "view":
-            return self.view_days
-        raise ValueError(f"unknown touch {touch!r} (expected one of {', '.join(TOUCHES)})")
-
-    def as_dict(self) -> dict[str, int]:
-        return {"click_days": self.click_days, "view_days": self.view_days}
 
 
 # --------------------------------------------------------------------------- input parsing

@@ -6,6 +6,7 @@ them to and from protobuf, so the state machines never see a transport type.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -14,6 +15,34 @@ from cleanroom.proto.errors import InvalidInput
 TOUCHES = ("click", "view")
 GROUPS = ("exposed", "holdout")
 VALUE_SCALE = 10**6  # fixed point: micro-units of the currency
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Attribution windows in whole UTC days, per touch type (a lag of ``0..days`` counts)."""
+
+    click_days: int = 7
+    view_days: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("click_days", "view_days"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise InvalidInput(f"{name} must be an integer, got {value!r}")
+            if value < 0:
+                raise InvalidInput(f"{name} must not be negative, got {value}")
+            object.__setattr__(self, name, int(value))
+
+    def days(self, touch: str) -> int:
+        """The window of a touch type ("click" or "view")."""
+        if touch == "click":
+            return self.click_days
+        if touch == "view":
+            return self.view_days
+        raise ValueError(f"unknown touch {touch!r} (expected one of {', '.join(TOUCHES)})")
+
+    def as_dict(self) -> dict[str, int]:
+        return {"click_days": self.click_days, "view_days": self.view_days}
 
 
 class AttrRound(StrEnum):

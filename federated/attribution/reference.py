@@ -12,9 +12,9 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import pandas as pd
+from pydantic import BaseModel, ConfigDict
 
 from cleanroom.audiences.identifiers import (
     IdColumn,
@@ -23,8 +23,19 @@ from cleanroom.audiences.identifiers import (
     NormalizeOptions,
     identifier_digest,
 )
-from cleanroom.federated.attribution.inputs import Windows, parse_conversions, parse_exposures
-from cleanroom.federated.attribution.report import Aggregate, campaign_report
+from cleanroom.federated.attribution.inputs import parse_conversions, parse_exposures
+from cleanroom.federated.attribution.messages import Windows
+from cleanroom.federated.attribution.report import Aggregate, CampaignResult, campaign_report
+
+
+class ReferenceReport(BaseModel):
+    """What the reference computes: the windows and the campaigns, as the private report has."""
+
+    model_config = ConfigDict(frozen=True)
+
+    windows: Windows
+    campaigns: list[CampaignResult]
+
 
 # --------------------------------------------------------------------------- the reference
 
@@ -66,14 +77,13 @@ def reference_report(
     windows: Windows = Windows(),  # noqa: B008 - frozen, so sharing the default is safe
     spend: Mapping[str, float] | None = None,
     threshold: int = 0,
-) -> dict[str, Any]:
+) -> ReferenceReport:
     """Compute the attribution report in the clear (test oracle; see the module docstring).
 
     ``id_columns`` applies to both files; a column present in only one of them (e.g. ``maid``
     in the exposure log) is simply absent on the other side, but a column present in neither is
     an error. ``time_column`` is the brand's time column; the exposure log uses ``ts``.
-    Returns ``{"windows": {"click_days", "view_days"}, "campaigns": [...]}`` with the campaign
-    entries of :func:`campaign_report`.
+    Returns the windows and the campaigns of :func:`campaign_report`.
     """
     if not id_columns:
         raise ValueError("at least one identifier column is needed to match people")
@@ -151,7 +161,6 @@ def reference_report(
         campaign: (len(events), math.fsum(value[e] for e in events))
         for campaign, events in credited.items()
     }
-    return {
-        "windows": windows.as_dict(),
-        "campaigns": campaign_report(aggregates, attributed, spend, threshold),
-    }
+    return ReferenceReport(
+        windows=windows, campaigns=campaign_report(aggregates, attributed, spend, threshold)
+    )

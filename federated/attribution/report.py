@@ -32,11 +32,15 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime
+from typing import Any, Literal
 
-from cleanroom.federated.attribution.messages import GROUPS
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_serializer, model_validator
+
+from cleanroom.federated.attribution.messages import GROUPS, Windows
 
 DEFAULT_THRESHOLD = 50
 Z_95 = 1.959963984540054  # standard normal 97.5% quantile
@@ -101,23 +105,127 @@ class GroupStats:
     def as_aggregate(self) -> Aggregate:
         return (self.users, self.conversions, self.converters, self.revenue)
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "users": self.users,
-            "conversions": self.conversions,
-            "revenue": self.revenue,
-            "converters": self.converters,
-            "rate": self.rate,
-        }
+    def result(self) -> GroupResult:
+        return GroupResult(
+            users=self.users,
+            conversions=self.conversions,
+            revenue=self.revenue,
+            converters=self.converters,
+            rate=self.rate,
+        )
 
 
-_SUPPRESSED_GROUP: dict[str, Any] = {
-    "users": None,
-    "conversions": None,
-    "revenue": None,
-    "converters": None,
-    "rate": None,
-}
+# --------------------------------------------------------------------------- the report, typed
+
+# One model for every reader of a report: the store writes and reads it, the
+# REST API serves it (its schema is in the OpenAPI document), the CLI, the
+# dashboard and the tests read it. Floats are finite: NaN is not JSON.
+_REPORT = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+REPORT_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+REPORT_ID = re.compile(REPORT_ID_PATTERN[1:-1])
+
+
+class GroupResult(BaseModel):
+    """One (campaign, group): every number is null when the group is suppressed."""
+
+    model_config = _REPORT
+
+    users: int | None = Field(ge=0, description="distinct partner users with a row of the group")
+    conversions: int | None = Field(ge=0, description="conversion events in window, each once")
+    revenue: float | None = Field(ge=0, description="the sum of their values")
+    converters: int | None = Field(ge=0, description="distinct brand customers among them")
+    rate: float | None = Field(ge=0, description="converters / users")
+
+    @classmethod
+    def suppressed(cls) -> GroupResult:
+        return cls(users=None, conversions=None, revenue=None, converters=None, rate=None)
+
+
+class CampaignResult(BaseModel):
+    """One campaign: both groups, lift with its 95% interval, last-touch attribution."""
+
+    model_config = _REPORT
+
+    campaign_id: str
+    attributed_conversions: int | None = Field(ge=0)
+    attributed_revenue: float | None = Field(ge=0)
+    exposed: GroupResult
+    holdout: GroupResult
+    lift: float | None = Field(description="rate_exposed / rate_holdout - 1")
+    lift_ci95: tuple[float, float] | None = Field(description="Katz log interval of the lift")
+    incremental_converters: float | None
+    spend: float | None = Field(ge=0)
+    iroas: float | None = Field(description="incremental revenue / spend")
+    suppressed: bool = Field(description="a group is below the aggregation threshold")
+
+
+class ReportDp(BaseModel):
+    """The differential privacy the partner applied (``off``: none)."""
+
+    model_config = _REPORT
+
+    mechanism: Literal["off", "laplace", "gaussian"] = "off"
+    epsilon: float = Field(0.0, ge=0)
+    delta: float = Field(0.0, ge=0, lt=1)
+    value_cap: float | None = Field(
+        None, gt=0, description="a conversion's value is clipped to this"
+    )
+
+
+class AttributionReport(BaseModel):
+    """An attribution report as the brand node stores and serves it."""
+
+    model_config = _REPORT
+
+    report_id: str = Field(pattern=REPORT_ID_PATTERN)
+    conversions_name: str = Field(max_length=200)
+    created_at: AwareDatetime
+    windows: Windows
+    dp: ReportDp = ReportDp()
+    aggregation_threshold: int = Field(ge=0)
+    campaigns: list[CampaignResult]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stored_before_the_model(cls, data: Any) -> Any:
+        # Bodies stored before this model named the conversion set "conversions".
+        if isinstance(data, dict) and "conversions" in data:
+            data = dict(data)
+            legacy = data.pop("conversions")
+            data.setdefault("conversions_name", legacy)
+        return data
+
+    @field_serializer("created_at")
+    def _iso(self, value: datetime) -> str:
+        return value.isoformat()
+
+
+class ReportSummary(BaseModel):
+    """A report in the list of a tenant's reports."""
+
+    model_config = _REPORT
+
+    report_id: str
+    conversions_name: str
+    created_at: AwareDatetime
+    campaigns: int
+    suppressed: int
+    dp: ReportDp
+
+    @classmethod
+    def of(cls, report: AttributionReport) -> ReportSummary:
+        return cls(
+            report_id=report.report_id,
+            conversions_name=report.conversions_name,
+            created_at=report.created_at,
+            campaigns=len(report.campaigns),
+            suppressed=sum(1 for c in report.campaigns if c.suppressed),
+            dp=report.dp,
+        )
+
+    @field_serializer("created_at")
+    def _iso(self, value: datetime) -> str:
+        return value.isoformat()
 
 
 # --------------------------------------------------------------------------- report arithmetic
@@ -174,7 +282,7 @@ def campaign_report(
     attributed: Mapping[str, tuple[int, float]],
     spend: Mapping[str, float] | None,
     threshold: int,
-) -> list[dict[str, Any]]:
+) -> list[CampaignResult]:
     """Turn per-(campaign, group) aggregates into the report's ``campaigns`` list.
 
     ``aggregates`` maps ``(campaign_id, group)`` to ``(users, conversions, converters,
@@ -215,7 +323,7 @@ def campaign_report(
     }
 
     empty = GroupStats(users=0, conversions=0, revenue=0.0, converters=0)
-    report: list[dict[str, Any]] = []
+    report: list[CampaignResult] = []
     for campaign in sorted({c for c, _ in stats} | set(credited)):
         exposed = stats.get((campaign, "exposed"), empty)
         holdout = stats.get((campaign, "holdout"), empty)
@@ -244,19 +352,19 @@ def campaign_report(
                 iroas = (exposed.revenue - holdout.revenue * scale) / budget
 
         report.append(
-            {
-                "campaign_id": campaign,
-                "attributed_conversions": attributed_conversions,
-                "attributed_revenue": attributed_revenue,
-                "exposed": dict(_SUPPRESSED_GROUP) if exposed_suppressed else exposed.as_dict(),
-                "holdout": dict(_SUPPRESSED_GROUP) if holdout_suppressed else holdout.as_dict(),
-                "lift": lift,
-                "lift_ci95": None if ci is None else [ci[0], ci[1]],
-                "incremental_converters": incremental,
-                "spend": budget,
-                "iroas": iroas,
-                "suppressed": suppressed,
-            }
+            CampaignResult(
+                campaign_id=campaign,
+                attributed_conversions=attributed_conversions,
+                attributed_revenue=attributed_revenue,
+                exposed=GroupResult.suppressed() if exposed_suppressed else exposed.result(),
+                holdout=GroupResult.suppressed() if holdout_suppressed else holdout.result(),
+                lift=lift,
+                lift_ci95=ci,
+                incremental_converters=incremental,
+                spend=budget,
+                iroas=iroas,
+                suppressed=suppressed,
+            )
         )
     return report
 
@@ -274,6 +382,6 @@ class DecryptedAggregates:
     attributed: Mapping[str, tuple[int, float]]
     spend: Mapping[str, float]
 
-    def campaigns(self, threshold: int) -> list[dict[str, Any]]:
+    def campaigns(self, threshold: int) -> list[CampaignResult]:
         """The report's campaigns (:func:`campaign_report`) under ``threshold``."""
         return campaign_report(self.groups, self.attributed, self.spend, threshold)
