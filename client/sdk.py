@@ -212,6 +212,27 @@ def _chain(first: list[Any], rest: Any) -> Any:
     yield from rest
 
 
+def set_policy(
+    conn: Connection, changes: dict[str, Any], partner: str | None = None
+) -> dict[str, Any]:
+    """Change the tenant's policy (admin token), or ``partner``'s overrides; returns the
+    policy in force, with each partner's quota, minimum set size and epsilon spent."""
+
+    def call() -> pb.PolicyResponse:
+        with conn.sync_channel() as channel:
+            try:
+                response: pb.PolicyResponse = pb_grpc.AttributionServiceStub(channel).SetPolicy(
+                    serde.policy_request_to_pb(changes, partner),
+                    metadata=conn.metadata,
+                    timeout=min(conn.timeout, 60),
+                )
+                return response
+            except grpc.RpcError as exc:
+                raise ClientError.from_rpc(exc) from exc
+
+    return serde.policy_from_pb(call())
+
+
 # ------------------------------------------------------------------ PSI
 
 

@@ -435,27 +435,51 @@ class AttrBrandMessage(_message.Message):
     def __init__(self, accepted: _Optional[_Union[AttrAccepted, _Mapping]] = ..., cell_values: _Optional[_Union[AttrCellValues, _Mapping]] = ..., conversion_tokens: _Optional[_Union[AttrConversionTokens, _Mapping]] = ..., event_values: _Optional[_Union[AttrEventValues, _Mapping]] = ..., done: _Optional[_Union[AttrDone, _Mapping]] = ...) -> None: ...
 
 class PolicyRequest(_message.Message):
-    __slots__ = ("aggregation_threshold", "dp", "epsilon_budget", "min_partner_records")
+    __slots__ = ("aggregation_threshold", "dp", "epsilon_budget", "min_partner_records", "sessions_per_day", "delta", "partner")
     AGGREGATION_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     DP_FIELD_NUMBER: _ClassVar[int]
     EPSILON_BUDGET_FIELD_NUMBER: _ClassVar[int]
     MIN_PARTNER_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_PER_DAY_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    PARTNER_FIELD_NUMBER: _ClassVar[int]
     aggregation_threshold: int
     dp: str
     epsilon_budget: float
     min_partner_records: int
-    def __init__(self, aggregation_threshold: _Optional[int] = ..., dp: _Optional[str] = ..., epsilon_budget: _Optional[float] = ..., min_partner_records: _Optional[int] = ...) -> None: ...
+    sessions_per_day: int
+    delta: float
+    partner: str
+    def __init__(self, aggregation_threshold: _Optional[int] = ..., dp: _Optional[str] = ..., epsilon_budget: _Optional[float] = ..., min_partner_records: _Optional[int] = ..., sessions_per_day: _Optional[int] = ..., delta: _Optional[float] = ..., partner: _Optional[str] = ...) -> None: ...
+
+class PartnerPolicy(_message.Message):
+    __slots__ = ("name", "sessions_per_day", "min_partner_records", "epsilon_spent", "epsilon_remaining")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_PER_DAY_FIELD_NUMBER: _ClassVar[int]
+    MIN_PARTNER_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_SPENT_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_REMAINING_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    sessions_per_day: int
+    min_partner_records: int
+    epsilon_spent: float
+    epsilon_remaining: float
+    def __init__(self, name: _Optional[str] = ..., sessions_per_day: _Optional[int] = ..., min_partner_records: _Optional[int] = ..., epsilon_spent: _Optional[float] = ..., epsilon_remaining: _Optional[float] = ...) -> None: ...
 
 class PolicyResponse(_message.Message):
-    __slots__ = ("aggregation_threshold", "dp", "epsilon_budget", "epsilon_spent", "min_partner_records")
+    __slots__ = ("aggregation_threshold", "dp", "epsilon_budget", "min_partner_records", "sessions_per_day", "delta", "partners")
     AGGREGATION_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     DP_FIELD_NUMBER: _ClassVar[int]
     EPSILON_BUDGET_FIELD_NUMBER: _ClassVar[int]
-    EPSILON_SPENT_FIELD_NUMBER: _ClassVar[int]
     MIN_PARTNER_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_PER_DAY_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    PARTNERS_FIELD_NUMBER: _ClassVar[int]
     aggregation_threshold: int
     dp: str
     epsilon_budget: float
-    epsilon_spent: float
     min_partner_records: int
-    def __init__(self, aggregation_threshold: _Optional[int] = ..., dp: _Optional[str] = ..., epsilon_budget: _Optional[float] = ..., epsilon_spent: _Optional[float] = ..., min_partner_records: _Optional[int] = ...) -> None: ...
+    sessions_per_day: int
+    delta: float
+    partners: _containers.RepeatedCompositeFieldContainer[PartnerPolicy]
+    def __init__(self, aggregation_threshold: _Optional[int] = ..., dp: _Optional[str] = ..., epsilon_budget: _Optional[float] = ..., min_partner_records: _Optional[int] = ..., sessions_per_day: _Optional[int] = ..., delta: _Optional[float] = ..., partners: _Optional[_Iterable[_Union[PartnerPolicy, _Mapping]]] = ...) -> None: ...

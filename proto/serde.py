@@ -8,7 +8,7 @@ the field named.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -58,7 +58,9 @@ from cleanroom.proto import cleanroom_pb2 as pb
 from cleanroom.proto.errors import InvalidInput
 
 if TYPE_CHECKING:
+    from cleanroom.server.policy import Policy
     from cleanroom.server.store import AudienceRecord, ConversionSetRecord
+    from cleanroom.server.tenants import PartnerView
 
 _PROTOCOL_TO_PB = {Protocol.MATCH: pb.MATCH, Protocol.CARDINALITY: pb.CARDINALITY}
 _PROTOCOL_FROM_PB = {v: k for k, v in _PROTOCOL_TO_PB.items()}
@@ -260,6 +262,72 @@ def conversion_set_to_pb(record: ConversionSetRecord) -> pb.ConversionSet:
         customers=record.customers,
         identifiers=record.identifiers,
     )
+
+
+# ------------------------------------------------------------------ policy
+
+_POLICY_FIELDS = (
+    "aggregation_threshold",
+    "dp",
+    "epsilon_budget",
+    "min_partner_records",
+    "sessions_per_day",
+    "delta",
+)
+
+
+def policy_request_to_pb(changes: dict[str, Any], partner: str | None = None) -> pb.PolicyRequest:
+    unknown = set(changes) - set(_POLICY_FIELDS)
+    if unknown:
+        raise InvalidInput(f"not policy fields: {', '.join(sorted(unknown))}")
+    request = pb.PolicyRequest(**changes)
+    if partner is not None:
+        request.partner = partner
+    return request
+
+
+def policy_request_from_pb(request: pb.PolicyRequest) -> tuple[dict[str, Any], str | None]:
+    """The fields the request sets (unvalidated: the policy service validates) and the
+    partner it names, if any."""
+    changes = {name: getattr(request, name) for name in _POLICY_FIELDS if request.HasField(name)}
+    return changes, request.partner if request.HasField("partner") else None
+
+
+def policy_to_pb(policy: Policy, partners: list[PartnerView]) -> pb.PolicyResponse:
+    return pb.PolicyResponse(
+        aggregation_threshold=policy.aggregation_threshold,
+        dp=policy.dp,
+        epsilon_budget=policy.epsilon_budget,
+        min_partner_records=policy.min_partner_records,
+        sessions_per_day=policy.sessions_per_day,
+        delta=policy.delta,
+        partners=[
+            pb.PartnerPolicy(
+                name=v.partner.name,
+                sessions_per_day=v.policy.sessions_per_day,
+                min_partner_records=v.policy.min_partner_records,
+                epsilon_spent=v.epsilon_spent,
+                epsilon_remaining=v.epsilon_remaining,
+            )
+            for v in partners
+        ],
+    )
+
+
+def policy_from_pb(response: pb.PolicyResponse) -> dict[str, Any]:
+    """The policy in force as the CLI prints it (JSON)."""
+    out: dict[str, Any] = {name: getattr(response, name) for name in _POLICY_FIELDS}
+    out["partners"] = [
+        {
+            "name": p.name,
+            "sessions_per_day": p.sessions_per_day,
+            "min_partner_records": p.min_partner_records,
+            "epsilon_spent": p.epsilon_spent,
+            "epsilon_remaining": p.epsilon_remaining,
+        }
+        for p in response.partners
+    ]
+    return out
 
 
 # ------------------------------------------------------------------ attribution

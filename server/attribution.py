@@ -51,6 +51,7 @@ from cleanroom.server.files import AtomicParquetWriter
 from cleanroom.server.store import (
     AuditEntry,
     ConversionSetRecord,
+    Partner,
     Principal,
     ReportRecord,
     Role,
@@ -307,24 +308,28 @@ class AttributionService:
         """
         if principal.role is not Role.PARTNER:
             raise PermissionDenied("attribution runs need a partner token")
+        partnership = principal.partnership
         if not math.isfinite(hello.epsilon) or hello.epsilon < 0:
             raise InvalidInput(f"epsilon must be a finite number >= 0, not {hello.epsilon}")
+        if len(hello.submission_key) > 128:
+            raise InvalidInput("a submission key is at most 128 characters")
         tenant = self.store.get_tenant(principal.tenant_id)
-        assert tenant is not None
-        policy = tenant.policy
+        partner = self.store.get_partner(principal.tenant_id, partnership.partner_id)
+        if tenant is None or partner is None:
+            raise PermissionDenied("this token's partner no longer exists")
+        policy = tenant.policy.for_partner(partner)
         if hello.submission_key:
-            existing = self.store.find_report(principal.tenant_id, hello.submission_key)
+            existing = self.store.find_report(
+                principal.tenant_id, hello.submission_key, partnership.partner_id
+            )
             if existing is not None:
                 return AlreadyReported(existing.report_id)
         record, data = self.load(principal, hello.conversions)
         dp = DpParams()
         report_id = uuid.uuid4().hex
-        partnership = f"{principal.tenant_id}:partner"
         if policy.dp != "off":
             if hello.epsilon <= 0:
-                remaining = policy.epsilon_budget - self.store.epsilon_spent(
-                    principal.tenant_id, partnership
-                )
+                remaining = policy.epsilon_budget - self.store.epsilon_spent(partnership)
                 raise FailedPrecondition(
                     f"this brand's policy applies {policy.dp} differential privacy: pass --epsilon"
                     f" (remaining budget {remaining:g})"
@@ -343,15 +348,13 @@ class AttributionService:
             dp=dp,
             jobs=RunJobs(self.executor),
             conclude=lambda result: self._store_report(
-                principal, hello, report_id, dp, result, policy.aggregation_threshold
+                partner, hello, report_id, dp, result, policy.aggregation_threshold
             ),
             on_cells=lambda brand: self._record_cells(principal, brand),
         )
         if dp.mechanism != "off":
             # Charged before any work: an overspending run is refused up front.
-            self.store.charge_epsilon(
-                principal.tenant_id, partnership, report_id, hello.epsilon, policy.epsilon_budget
-            )
+            self.store.charge_epsilon(partnership, report_id, hello.epsilon, policy.epsilon_budget)
         self.store.create_session(
             SessionRecord(
                 session_id=session_id,
@@ -363,6 +366,7 @@ class AttributionService:
                 declared_points=0,
                 brand_points=run.brand_tokens,
                 created_at=datetime.now(UTC),
+                partner_id=partnership.partner_id,
             )
         )
         self.store.audit(
@@ -371,6 +375,7 @@ class AttributionService:
                 "partner",
                 "attribution.start",
                 {"session": session_id, "conversions": record.name, "epsilon": hello.epsilon},
+                partner_id=partnership.partner_id,
             )
         )
         self._live[session_id] = (principal, report_id)
@@ -384,7 +389,7 @@ class AttributionService:
 
     def _store_report(
         self,
-        principal: Principal,
+        partner: Partner,
         hello: AttrHello,
         report_id: str,
         dp: DpParams,
@@ -394,6 +399,7 @@ class AttributionService:
         report = AttributionReport(
             report_id=report_id,
             conversions_name=hello.conversions,
+            partner=partner.name,
             created_at=datetime.now(UTC),
             windows=Windows(hello.click_days, hello.view_days),
             dp=ReportDp(
@@ -407,9 +413,10 @@ class AttributionService:
         )
         stored = self.store.put_report(
             ReportRecord(
-                tenant_id=principal.tenant_id,
+                tenant_id=partner.tenant_id,
                 report=report,
                 submission_key=hello.submission_key or report_id,
+                partner_id=partner.partner_id,
             )
         )
         return stored.report_id
@@ -437,5 +444,6 @@ class AttributionService:
                 "partner",
                 f"attribution.{status}",
                 {"session": run.session_id, "report": report_id if done else None},
+                partner_id=principal.partner_id,
             )
         )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, TypeVar
@@ -39,7 +38,9 @@ from cleanroom.server.attribution import AttributionService, ConversionsUpload
 from cleanroom.server.audiences import AudienceService, AudienceUpload
 from cleanroom.server.errors import internal_message, internal_reference, nearest
 from cleanroom.server.matching import MatchingService
-from cleanroom.server.store import AuditEntry, Principal, Role, SqlStore
+from cleanroom.server.policy import PolicyChanges
+from cleanroom.server.store import Principal, SqlStore
+from cleanroom.server.tenants import change_policy, partner_views
 
 log = logging.getLogger("cleanroom.server.grpc")
 
@@ -306,27 +307,14 @@ class AttributionServicer(pb_grpc.AttributionServiceServicer):
     ) -> pb.PolicyResponse:
         try:
             principal = authenticate(self._store, context)
-            if principal.role is not Role.ADMIN:
-                raise PermissionDenied("changing the policy needs an admin token")
+            changes, partner = serde.policy_request_from_pb(request)
+            await asyncio.to_thread(
+                change_policy, self._store, principal, PolicyChanges.parse(changes), partner
+            )
             tenant = self._store.get_tenant(principal.tenant_id)
             assert tenant is not None
-            changes: dict[str, Any] = {}
-            for name in ("aggregation_threshold", "dp", "epsilon_budget", "min_partner_records"):
-                if request.HasField(name):
-                    changes[name] = getattr(request, name)
-            policy = dataclasses.replace(tenant.policy, **changes)  # validates in __post_init__
-            updated = self._store.set_policy(principal.tenant_id, policy)
-            self._store.audit(AuditEntry(principal.tenant_id, "admin", "policy.set", dict(changes)))
-            p = updated.policy
-            return pb.PolicyResponse(
-                aggregation_threshold=p.aggregation_threshold,
-                dp=p.dp,
-                epsilon_budget=p.epsilon_budget,
-                epsilon_spent=self._store.epsilon_spent(
-                    principal.tenant_id, f"{principal.tenant_id}:partner"
-                ),
-                min_partner_records=p.min_partner_records,
-            )
+            views = await asyncio.to_thread(partner_views, self._store, principal.tenant_id)
+            return serde.policy_to_pb(tenant.policy, views)
         except Exception as exc:
             await abort_with(context, exc)
             raise AssertionError("unreachable") from exc

@@ -1,7 +1,8 @@
 """PSI sessions on the brand node (transport-free service).
 
-Opens sessions under the tenant's policy (minimum partner set size, daily
-session quota), keeps them in memory while they run (the blinding key never
+Opens sessions under the partnership's policy (the tenant's, with the
+partner's overrides: minimum partner set size, daily session quota, counted
+per partner), keeps them in memory while they run (the blinding key never
 touches disk), lets a partner resume a session whose stream dropped, and
 records every outcome. A session not resumed within ``resume_seconds`` fails.
 """
@@ -27,7 +28,14 @@ from cleanroom.proto.errors import (
     ResourceExhausted,
 )
 from cleanroom.server.audiences import AudienceService
-from cleanroom.server.store import AuditEntry, Principal, Role, SessionRecord, SqlStore
+from cleanroom.server.store import (
+    AuditEntry,
+    PartnershipId,
+    Principal,
+    Role,
+    SessionRecord,
+    SqlStore,
+)
 
 log = logging.getLogger("cleanroom.server.matching")
 
@@ -35,7 +43,7 @@ log = logging.getLogger("cleanroom.server.matching")
 @dataclass
 class _Live:
     session: BrandSession
-    tenant_id: str
+    partnership: PartnershipId
     detached_at: float | None = None
     stream: int = 0
     reader: asyncio.Task[None] | None = None
@@ -54,10 +62,12 @@ class MatchingService:
         """A new session, or the one ``hello`` resumes; returns it and a stream id."""
         if principal.role is not Role.PARTNER:
             raise PermissionDenied("PSI sessions need a partner token")
+        partnership = principal.partnership
         self._reap()
         if hello.resume_session_id:
             live = self._live.get(hello.resume_session_id)
-            if live is None or live.tenant_id != principal.tenant_id:
+            # Another partner's session, of this tenant too, is not found.
+            if live is None or live.partnership != partnership:
                 raise NotFound(f"no resumable session {hello.resume_session_id}")
             live.session.resume(hello)
             if live.reader is not None:
@@ -73,9 +83,11 @@ class MatchingService:
             )
             return live.session, live.stream
         tenant = self.store.get_tenant(principal.tenant_id)
-        assert tenant is not None
+        partner = self.store.get_partner(principal.tenant_id, partnership.partner_id)
+        if tenant is None or partner is None:
+            raise PermissionDenied("this token's partner no longer exists")
         audience = self.audiences.get(principal, hello.audience)
-        policy = tenant.policy
+        policy = tenant.policy.for_partner(partner)
         if hello.declared_records < policy.min_partner_records:
             raise PolicyViolation(
                 f"the partner set has {hello.declared_records} records; this brand's policy needs"
@@ -83,7 +95,7 @@ class MatchingService:
             )
         now = self.clock()
         day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
-        used = self.store.count_sessions_since(principal.tenant_id, day_start)
+        used = self.store.count_sessions_since(partnership, day_start)
         if used >= policy.sessions_per_day:
             raise ResourceExhausted(
                 f"the session quota of {policy.sessions_per_day} per day is spent;"
@@ -111,6 +123,7 @@ class MatchingService:
                 declared_points=hello.declared_points,
                 brand_points=len(points),
                 created_at=now,
+                partner_id=partnership.partner_id,
             )
         )
         self.store.audit(
@@ -124,13 +137,14 @@ class MatchingService:
                     "protocol": hello.protocol.value,
                     "declared_records": hello.declared_records,
                 },
+                partner_id=partnership.partner_id,
             )
         )
-        self._live[session_id] = _Live(session, principal.tenant_id)
+        self._live[session_id] = _Live(session, partnership)
         log.info(
-            "psi session %s started: tenant=%s audience=%s protocol=%s partner_records=%d",
+            "psi session %s started: partnership=%s audience=%s protocol=%s partner_records=%d",
             session_id,
-            principal.tenant_id,
+            partnership,
             audience.audience_id,
             hello.protocol.value,
             hello.declared_records,
@@ -151,7 +165,9 @@ class MatchingService:
             self._record_end(live)
         else:
             live.detached_at = time.monotonic()
-            self.store.update_session(live.tenant_id, session.session_id, status="interrupted")
+            self.store.update_session(
+                live.partnership.tenant_id, session.session_id, status="interrupted"
+            )
             log.info("psi session %s interrupted; resumable", session.session_id)
 
     def _record_end(self, live: _Live) -> None:
@@ -161,7 +177,7 @@ class MatchingService:
         if session.round is Round.DONE:
             outcome = session.outcome()
             self.store.update_session(
-                live.tenant_id,
+                live.partnership.tenant_id,
                 session.session_id,
                 status="done",
                 intersection=outcome.intersection,
@@ -172,7 +188,7 @@ class MatchingService:
         else:
             error = str(session.error) if session.error else "failed"
             self.store.update_session(
-                live.tenant_id,
+                live.partnership.tenant_id,
                 session.session_id,
                 status="failed",
                 error=error,
@@ -181,7 +197,15 @@ class MatchingService:
             action, detail = "psi.failed", {"error": error}
         detail["session"] = session.session_id
         log.info("psi session %s %s: %s", session.session_id, action.removeprefix("psi."), detail)
-        self.store.audit(AuditEntry(live.tenant_id, Role.PARTNER.value, action, detail))
+        self.store.audit(
+            AuditEntry(
+                live.partnership.tenant_id,
+                Role.PARTNER.value,
+                action,
+                detail,
+                partner_id=live.partnership.partner_id,
+            )
+        )
 
     def _reap(self) -> None:
         now = time.monotonic()

@@ -87,16 +87,16 @@ from cleanroom.proto.errors import (
 )
 from cleanroom.server.dashboard import render_page
 from cleanroom.server.errors import internal_message, internal_reference, nearest
+from cleanroom.server.policy import MinPartnerRecords, PolicyChanges, SessionsPerDay, describe
 from cleanroom.server.store import (
     AudienceRecord,
-    AuditEntry,
-    Policy,
     Principal,
     ReportRecord,
     Role,
     SessionRecord,
     SqlStore,
 )
+from cleanroom.server.tenants import change_policy, create_partner, partner_view, partner_views
 
 _TITLES = {
     401: "unauthenticated",
@@ -194,9 +194,10 @@ def _audience_json(a: AudienceRecord) -> dict[str, Any]:
     }
 
 
-def _session_json(s: SessionRecord) -> dict[str, Any]:
+def _session_json(s: SessionRecord, partners: dict[str, str]) -> dict[str, Any]:
     return {
         "session_id": s.session_id,
+        "partner": partners.get(s.partner_id or ""),
         "audience_id": s.audience_id,
         "protocol": s.protocol,
         "status": s.status,
@@ -214,15 +215,8 @@ def report_json(r: ReportRecord) -> dict[str, Any]:
     return r.report.model_dump(mode="json")
 
 
-def _policy_json(p: Policy) -> dict[str, Any]:
-    return {
-        "min_partner_records": p.min_partner_records,
-        "sessions_per_day": p.sessions_per_day,
-        "aggregation_threshold": p.aggregation_threshold,
-        "dp": p.dp,
-        "epsilon_budget": p.epsilon_budget,
-        "delta": p.delta,
-    }
+def _partner_names(store: SqlStore, tenant_id: str) -> dict[str, str]:
+    return {p.partner_id: p.name for p in store.list_partners(tenant_id)}
 
 
 GROUP_FIELDS = ("users", "converters", "conversions", "revenue", "rate")
@@ -336,7 +330,7 @@ def _reader(who: Auth) -> Principal:
 
 def _admin(who: Auth) -> Principal:
     if who.role is not Role.ADMIN:
-        raise HTTPException(403, f"only an admin token can change the policy, not {who.role}")
+        raise HTTPException(403, f"only an admin token can change this, not {who.role}")
     return who
 
 
@@ -344,28 +338,14 @@ Reader = Annotated[Principal, Depends(_reader)]
 Admin = Annotated[Principal, Depends(_admin)]
 
 
-class PolicyUpdate(BaseModel):
-    """Attribution policy fields to change; fields left out keep their value.
-
-    ``aggregation_threshold`` 0 turns suppression off (as ``cleanroom policy
-    set`` allows); only admins can change the policy, and every change is
-    audited.
-    """
+class NewPartner(BaseModel):
+    """A media partner to add: its name and, optionally, its own policy overrides."""
 
     model_config = ConfigDict(extra="forbid")
 
-    aggregation_threshold: int | None = Field(
-        None, ge=0, le=1_000_000, description="suppress cells with fewer users than this"
-    )
-    dp: Literal["off", "laplace", "gaussian"] | None = Field(
-        None, description="differential-privacy mechanism for attribution"
-    )
-    epsilon_budget: float | None = Field(
-        None, ge=0, le=1000, allow_inf_nan=False, description="epsilon per partnership"
-    )
-    delta: float | None = Field(
-        None, gt=0, lt=1, allow_inf_nan=False, description="delta (Gaussian mechanism)"
-    )
+    name: str = Field(description="1 to 100 letters, digits, '.', '_' or '-'")
+    sessions_per_day: SessionsPerDay | None = None
+    min_partner_records: MinPartnerRecords | None = None
 
 
 def _find_report(store: SqlStore, who: Principal, report_id: str) -> ReportRecord:
@@ -411,7 +391,8 @@ def create_app(store: SqlStore) -> FastAPI:
             {"loc": ".".join(str(p) for p in e.get("loc", ())), "msg": str(e.get("msg", ""))}
             for e in exc.errors()
         ]
-        detail = "; ".join(f"{e['loc']}: {e['msg']}" for e in errors) or "invalid request"
+        # The same wording the other transports use for the same fields.
+        detail = describe(exc.errors()) or "invalid request"
         return _problem(422, _TITLES[422], detail, errors=errors)
 
     @app.exception_handler(CleanroomError)
@@ -458,9 +439,14 @@ def create_app(store: SqlStore) -> FastAPI:
             raise HTTPException(404, f"no audience named {name!r}")
         return _audience_json(found)
 
-    @app.get("/v1/sessions")
+    @app.get(
+        "/v1/sessions",
+        summary="PSI and attribution sessions (a partner token sees its own only)",
+    )
     def list_sessions(who: Auth) -> list[dict[str, Any]]:
-        return [_session_json(s) for s in store.list_sessions(who.tenant_id)]
+        names = _partner_names(store, who.tenant_id)
+        own = who.partner_id if who.role is Role.PARTNER else None
+        return [_session_json(s, names) for s in store.list_sessions(who.tenant_id, own)]
 
     # ------------------------------------------------------------------ reports
 
@@ -495,70 +481,97 @@ def create_app(store: SqlStore) -> FastAPI:
     def get_ledger(who: Reader) -> dict[str, Any]:
         tenant = store.get_tenant(who.tenant_id)
         assert tenant is not None
-        budget = tenant.policy.epsilon_budget
-        entries = store.ledger(who.tenant_id)
-        partnerships = []
-        for name in sorted({e.partnership for e in entries}):
-            spent = store.epsilon_spent(who.tenant_id, name)
-            partnerships.append(
-                {"partnership": name, "spent": spent, "remaining": max(budget - spent, 0.0)}
-            )
+        names = _partner_names(store, who.tenant_id)
         return {
             "dp": tenant.policy.dp,
-            "epsilon_budget": budget,
-            "partnerships": partnerships,
+            "epsilon_budget": tenant.policy.epsilon_budget,
+            "partnerships": [
+                {
+                    "partner": v.partner.name,
+                    "partner_id": v.partner.partner_id,
+                    "spent": v.epsilon_spent,
+                    "remaining": v.epsilon_remaining,
+                }
+                for v in partner_views(store, who.tenant_id)
+            ],
             "entries": [
                 {
-                    "partnership": e.partnership,
+                    "partner": names.get(e.partnership.partner_id),
+                    "partner_id": e.partnership.partner_id,
                     "report_id": e.report_id,
                     "epsilon": e.epsilon,
                     "at": e.at.isoformat(),
                 }
-                for e in entries
+                for e in store.ledger(who.tenant_id)
             ],
         }
 
-    @app.get("/v1/audit", summary="The tenant's audit log, oldest first")
-    def get_audit(who: Reader) -> list[dict[str, Any]]:
+    @app.get("/v1/audit", summary="The tenant's audit log, oldest first (or one partner's)")
+    def get_audit(
+        who: Reader,
+        partner: Annotated[str | None, Query(description="only this partner's entries")] = None,
+    ) -> list[dict[str, Any]]:
+        names = _partner_names(store, who.tenant_id)
+        only = None
+        if partner is not None:
+            only = next((pid for pid, name in names.items() if name == partner), None)
+            if only is None:
+                raise NotFound(f"this tenant has no partner named {partner!r}")
         return [
             {
                 "role": e.role,
+                "partner": names.get(e.partner_id or ""),
                 "action": e.action,
                 "detail": e.detail,
                 "at": e.at.isoformat() if e.at else None,
             }
-            for e in store.audit_log(who.tenant_id)
+            for e in store.audit_log(who.tenant_id, only)
         ]
 
     @app.get("/v1/policy", summary="The tenant's privacy policy")
     def get_policy(who: Reader) -> dict[str, Any]:
         tenant = store.get_tenant(who.tenant_id)
         assert tenant is not None
-        return _policy_json(tenant.policy)
+        return tenant.policy.as_dict()
 
-    @app.put("/v1/policy", summary="Change the attribution policy (admin only)")
-    def put_policy(update: PolicyUpdate, who: Admin) -> dict[str, Any]:
-        tenant = store.get_tenant(who.tenant_id)
-        assert tenant is not None
-        changes = update.model_dump(exclude_none=True)
-        try:
-            policy = Policy(**{**_policy_json(tenant.policy), **changes})
-        except ValueError as exc:
-            raise HTTPException(422, str(exc)) from exc
-        updated = store.set_policy(who.tenant_id, policy)
-        store.audit(
-            AuditEntry(
-                who.tenant_id,
-                who.role.value,
-                "policy.update",
-                {
-                    "changes": changes,
-                    "before": _policy_json(tenant.policy),
-                    "after": _policy_json(updated.policy),
-                },
-            )
+    @app.put("/v1/policy", summary="Change the tenant's policy (admin only; audited)")
+    def put_policy(changes: PolicyChanges, who: Admin) -> dict[str, Any]:
+        return change_policy(store, who, changes).as_dict()
+
+    # ------------------------------------------------------------------ partners
+
+    @app.get("/v1/partners", summary="The tenant's media partners, their policy and budget")
+    def list_partners(who: Reader) -> list[dict[str, Any]]:
+        return [v.as_dict() for v in partner_views(store, who.tenant_id)]
+
+    @app.post(
+        "/v1/partners",
+        status_code=201,
+        summary="Add a media partner (admin only): its token is in the answer, once",
+    )
+    def add_partner(new: NewPartner, who: Admin) -> dict[str, Any]:
+        overrides = PolicyChanges(
+            sessions_per_day=new.sessions_per_day, min_partner_records=new.min_partner_records
         )
-        return _policy_json(updated.policy)
+        view, token = create_partner(store, who, new.name, overrides)
+        return {"partner": view.as_dict(), "token": token}
+
+    @app.get("/v1/partners/{name}", summary="One media partner, its policy and budget")
+    def get_partner(name: str, who: Reader) -> dict[str, Any]:
+        found = store.find_partner(who.tenant_id, name)
+        if found is None:
+            raise NotFound(f"this tenant has no partner named {name!r}")
+        return partner_view(store, who.tenant_id, found).as_dict()
+
+    @app.put(
+        "/v1/partners/{name}/policy",
+        summary="Change a partner's overrides: sessions_per_day, min_partner_records (admin)",
+    )
+    def put_partner_policy(name: str, changes: PolicyChanges, who: Admin) -> dict[str, Any]:
+        change_policy(store, who, changes, partner=name)
+        found = store.find_partner(who.tenant_id, name)
+        assert found is not None
+        return partner_view(store, who.tenant_id, found).as_dict()
 
     # ---------------------------------------------------------------- dashboard
 

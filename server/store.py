@@ -6,6 +6,11 @@ each):
 
 - Every object belongs to exactly one tenant; lookups take the tenant id and
   never return another tenant's object (they return ``None`` instead).
+- A tenant works with several media partners (``Partner``, named uniquely
+  within the tenant). Partner tokens, sessions, reports, epsilon charges and
+  audit entries of a partner carry its id; a partnership (``PartnershipId``)
+  is a tenant and one of its partners, and budgets, quotas and idempotency
+  keys are per partnership.
 - Tokens are stored as SHA-256 hashes; the plaintext is returned once, at
   issue time, and cannot be read back.
 - Each public method is one transaction: it fully happens or not at all.
@@ -13,7 +18,7 @@ each):
   that single transaction.
 - Times are timezone-aware UTC.
 - Reports are idempotent per submission: ``put_report`` with a
-  ``(tenant_id, submission_key)`` already stored returns the stored report
+  ``(tenant_id, partner_id, submission_key)`` already stored returns the stored report
   and creates nothing (a retried submission never makes a second report).
   A report is the typed ``AttributionReport`` (its id is 1 to 64 characters
   of ``[A-Za-z0-9_-]``, its numbers finite), stored as its JSON and read back
@@ -23,15 +28,18 @@ each):
   ``BudgetExceeded`` (and charges nothing) when the partnership's spent
   epsilon plus the new charge would exceed the budget (within 1e-9, so that
   e.g. ten charges of 0.1 fit a budget of 1.0). A charge is keyed by report:
-  charging the same ``(tenant, partnership, report_id)`` again charges
-  nothing and returns the remaining budget.
+  charging the same ``(partnership, report_id)`` again charges nothing and
+  returns the remaining budget.
 - A session's id, tenant, protocol, brand points and creation time never
   change; ``update_session`` changes only its status, outcome and the
   partner's declared counts (an attribution partner declares them after the
   hello).
-- Tenant policies written before the attribution fields existed still load:
-  missing ``tenants`` columns are added with the ``Policy`` defaults when
-  the store opens (the only schema change made outside ``create_all``).
+- Stores written by earlier releases still load: missing columns are added
+  when the store opens (tenant policy fields with the ``Policy`` defaults, the
+  partner columns empty), and a tenant from before partners gets a partner
+  named ``default`` that its partner tokens, sessions, reports, epsilon
+  ledger and audit entries then belong to. These are the only schema changes
+  made outside ``create_all``.
 
 ``SqlStore`` implements it over SQLAlchemy, so SQLite (the embedded default)
 and PostgreSQL run the same code.
@@ -41,6 +49,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import secrets
 import uuid
 from collections.abc import Callable, Iterator
@@ -73,7 +82,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from cleanroom.federated.attribution.report import REPORT_ID, AttributionReport
-from cleanroom.proto.errors import AlreadyExists, BudgetExceeded, InvalidInput, NotFound
+from cleanroom.proto.errors import (
+    AlreadyExists,
+    BudgetExceeded,
+    InvalidInput,
+    NotFound,
+    PermissionDenied,
+)
+from cleanroom.server.policy import DP_MECHANISMS, PARTNER_OVERRIDES, Policy, PolicyChanges
 
 
 class Role(StrEnum):
@@ -82,36 +98,8 @@ class Role(StrEnum):
     ANALYST = "analyst"  # reads reports
 
 
-DP_MECHANISMS = ("off", "laplace", "gaussian")
-
-
-@dataclass(frozen=True)
-class Policy:
-    """Per-tenant privacy policy for matching and attribution (DESIGN.md §9).
-
-    Attribution: cells with fewer users than ``aggregation_threshold`` are
-    suppressed; ``dp`` is the noise mechanism ("off", "laplace" or
-    "gaussian"), charged against ``epsilon_budget`` per partnership
-    (``delta`` for the Gaussian mechanism).
-    """
-
-    min_partner_records: int = 100
-    sessions_per_day: int = 100
-    aggregation_threshold: int = 50
-    dp: str = "off"
-    epsilon_budget: float = 10.0
-    delta: float = 1e-6
-
-    def __post_init__(self) -> None:
-        if self.dp not in DP_MECHANISMS:
-            raise InvalidInput(f"dp must be one of {', '.join(DP_MECHANISMS)}, not {self.dp!r}")
-        if self.aggregation_threshold < 0:
-            # 0 turns suppression off (the issue's exactness check runs with it).
-            raise InvalidInput("aggregation_threshold must be at least 0")
-        if not (math.isfinite(self.epsilon_budget) and self.epsilon_budget >= 0):
-            raise InvalidInput("epsilon_budget must be a finite number >= 0")
-        if not 0 < self.delta < 1:
-            raise InvalidInput("delta must be between 0 and 1 (exclusive)")
+DEFAULT_PARTNER = "default"
+PARTNER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 @dataclass(frozen=True)
@@ -123,9 +111,45 @@ class Tenant:
 
 
 @dataclass(frozen=True)
+class PartnershipId:
+    """A brand (tenant) and one of its media partners: the unit of budgets and quotas."""
+
+    tenant_id: str
+    partner_id: str
+
+    def __str__(self) -> str:
+        return f"{self.tenant_id}/{self.partner_id}"
+
+
+@dataclass(frozen=True)
+class Partner:
+    """A media partner of a tenant, with its own tokens and optional policy overrides."""
+
+    partner_id: str
+    tenant_id: str
+    name: str
+    created_at: datetime
+    sessions_per_day: int | None = None
+    min_partner_records: int | None = None
+
+    @property
+    def partnership(self) -> PartnershipId:
+        return PartnershipId(self.tenant_id, self.partner_id)
+
+
+@dataclass(frozen=True)
 class Principal:
+    """Who a token speaks for: a tenant, a role and, for a partner token, its partner."""
+
     tenant_id: str
     role: Role
+    partner_id: str | None = None
+
+    @property
+    def partnership(self) -> PartnershipId:
+        if self.partner_id is None:
+            raise PermissionDenied(f"this needs a partner token, not a {self.role} token")
+        return PartnershipId(self.tenant_id, self.partner_id)
 
 
 @dataclass(frozen=True)
@@ -155,6 +179,7 @@ class SessionRecord:
     intersection: int | None = None
     error: str | None = None
     finished_at: datetime | None = None
+    partner_id: str | None = None  # the partner that ran it
 
 
 @dataclass(frozen=True)
@@ -164,6 +189,7 @@ class AuditEntry:
     action: str
     detail: dict[str, Any] = field(default_factory=dict)
     at: datetime | None = None
+    partner_id: str | None = None  # the partner it concerns, if one
 
 
 @dataclass(frozen=True)
@@ -172,7 +198,8 @@ class ReportRecord:
 
     tenant_id: str
     report: AttributionReport
-    submission_key: str  # idempotency: one report per (tenant, submission key)
+    submission_key: str  # idempotency: one report per (tenant, partner, submission key)
+    partner_id: str | None = None  # the partner that ran the attribution
 
     @property
     def report_id(self) -> str:
@@ -189,10 +216,9 @@ class ReportRecord:
 
 @dataclass(frozen=True)
 class LedgerEntry:
-    """One epsilon charge: ``epsilon`` spent on ``partnership`` by a report."""
+    """One epsilon charge: ``epsilon`` spent on a partnership by a report."""
 
-    tenant_id: str
-    partnership: str
+    partnership: PartnershipId
     report_id: str
     epsilon: float
     at: datetime
@@ -224,13 +250,29 @@ class _TenantRow(_Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
-# Columns added to ``tenants`` after its first release, with their SQL default.
-_POLICY_COLUMNS = {
-    "aggregation_threshold": ("INTEGER", "50"),
-    "dp": ("VARCHAR(16)", "'off'"),
-    "epsilon_budget": ("FLOAT", "10.0"),
-    "delta": ("FLOAT", "0.000001"),
+# Columns added after a table's first release: (table, column) -> (SQL type,
+# default). None as default: the column is nullable and starts empty.
+_ADDED_COLUMNS: dict[tuple[str, str], tuple[str, str | None]] = {
+    ("tenants", "aggregation_threshold"): ("INTEGER", "50"),
+    ("tenants", "dp"): ("VARCHAR(16)", "'off'"),
+    ("tenants", "epsilon_budget"): ("FLOAT", "10.0"),
+    ("tenants", "delta"): ("FLOAT", "0.000001"),
+    ("tokens", "partner_id"): ("VARCHAR(32)", None),
+    ("psi_sessions", "partner_id"): ("VARCHAR(32)", None),
+    ("reports", "partner_id"): ("VARCHAR(32)", None),
+    ("audit_log", "partner_id"): ("VARCHAR(32)", None),
 }
+
+
+class _PartnerRow(_Base):
+    __tablename__ = "partners"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+    partner_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.tenant_id"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    sessions_per_day: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    min_partner_records: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class _TokenRow(_Base):
@@ -239,6 +281,7 @@ class _TokenRow(_Base):
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.tenant_id"))
     role: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    partner_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
 
 class _AudienceRow(_Base):
@@ -269,6 +312,7 @@ class _SessionRow(_Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    partner_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
 
 class _ReportRow(_Base):
@@ -280,6 +324,7 @@ class _ReportRow(_Base):
     submission_key: Mapped[str] = mapped_column(String(200))
     body: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    partner_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
 
 class _LedgerRow(_Base):
@@ -287,7 +332,7 @@ class _LedgerRow(_Base):
     __table_args__ = (UniqueConstraint("tenant_id", "partnership", "report_id"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.tenant_id"), index=True)
-    partnership: Mapped[str] = mapped_column(String(200))
+    partnership: Mapped[str] = mapped_column(String(200))  # the partner's id
     report_id: Mapped[str] = mapped_column(String(64))
     epsilon: Mapped[float] = mapped_column(Float)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
@@ -310,6 +355,7 @@ class _AuditRow(_Base):
     action: Mapped[str] = mapped_column(String(64))
     detail: Mapped[dict[str, Any]] = mapped_column(JSON)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    partner_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -364,10 +410,11 @@ class SqlStore:
         if self._engine.dialect.name == "sqlite":
             event.listen(self._engine, "connect", _sqlite_pragmas)
         _Base.metadata.create_all(self._engine)
-        _add_missing_policy_columns(self._engine)
+        _add_missing_columns(self._engine)
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
         self._clock = clock
         self._token_bytes = token_bytes
+        self._give_old_tenants_a_default_partner()
 
     def close(self) -> None:
         self._engine.dispose()
@@ -395,14 +442,28 @@ class SqlStore:
     def provision_tenant(
         self, name: str, policy: Policy | None = None
     ) -> tuple[Tenant, dict[Role, str]]:
-        """A new tenant with one token per role (the plaintexts, shown once)."""
+        """A new tenant with its first partner (``default``) and one token per role:
+        admin, analyst, and the default partner's (the plaintexts, shown once)."""
         tenant = self.create_tenant(name, policy)
-        return tenant, {role: self.issue_token(tenant.tenant_id, role) for role in Role}
+        partner = self.create_partner(tenant.tenant_id, DEFAULT_PARTNER)
+        return tenant, {
+            role: self.issue_token(
+                tenant.tenant_id,
+                role,
+                partner_id=partner.partner_id if role is Role.PARTNER else None,
+            )
+            for role in Role
+        }
 
     def get_tenant(self, tenant_id: str) -> Tenant | None:
         with self._tx() as s:
             row = s.get(_TenantRow, tenant_id)
             return self._tenant(row) if row else None
+
+    def list_tenants(self) -> list[Tenant]:
+        with self._tx() as s:
+            rows = s.scalars(select(_TenantRow).order_by(_TenantRow.created_at)).all()
+            return [self._tenant(r) for r in rows]
 
     def find_tenant(self, name: str) -> Tenant | None:
         with self._tx() as s:
@@ -428,26 +489,198 @@ class SqlStore:
                 min_partner_records=row.min_partner_records,
                 sessions_per_day=row.sessions_per_day,
                 aggregation_threshold=row.aggregation_threshold,
-                dp=row.dp,
+                dp=row.dp,  # type: ignore[arg-type]  # validated by Policy
                 epsilon_budget=row.epsilon_budget,
                 delta=row.delta,
             ),
             created_at=created,
         )
 
+    # ------------------------------------------------------------ partners
+
+    def create_partner(
+        self,
+        tenant_id: str,
+        name: str,
+        *,
+        sessions_per_day: int | None = None,
+        min_partner_records: int | None = None,
+    ) -> Partner:
+        """A new media partner of ``tenant_id``; overrides None follow the tenant's policy."""
+        if not PARTNER_NAME.fullmatch(name):
+            raise InvalidInput(
+                f"a partner name is 1 to 100 letters, digits, '.', '_' or '-'"
+                f" and starts with a letter or digit, not {name!r}"
+            )
+        _check_overrides(sessions_per_day, min_partner_records)
+        row = _PartnerRow(
+            partner_id=uuid.uuid4().hex,
+            tenant_id=tenant_id,
+            name=name,
+            sessions_per_day=sessions_per_day,
+            min_partner_records=min_partner_records,
+            created_at=self._clock(),
+        )
+        try:
+            with self._tx() as s:
+                if s.get(_TenantRow, tenant_id) is None:
+                    raise NotFound(f"no tenant {tenant_id}")
+                s.add(row)
+        except IntegrityError as exc:
+            raise AlreadyExists(f"this tenant already has a partner named {name!r}") from exc
+        return self._partner(row)
+
+    def set_partner_overrides(
+        self, tenant_id: str, partner_id: str, **overrides: int | None
+    ) -> Partner:
+        """Change a partner's policy overrides (``PARTNER_OVERRIDES``; None: the tenant's)."""
+        if not set(overrides) <= set(PARTNER_OVERRIDES):
+            raise InvalidInput(f"a partner overrides only {', '.join(PARTNER_OVERRIDES)}")
+        _check_overrides(overrides.get("sessions_per_day"), overrides.get("min_partner_records"))
+        with self._tx() as s:
+            row = s.get(_PartnerRow, partner_id)
+            if row is None or row.tenant_id != tenant_id:
+                raise NotFound(f"no partner {partner_id}")
+            for name, value in overrides.items():
+                setattr(row, name, value)
+            return self._partner(row)
+
+    def get_partner(self, tenant_id: str, partner_id: str) -> Partner | None:
+        with self._tx() as s:
+            row = s.get(_PartnerRow, partner_id)
+            return self._partner(row) if row and row.tenant_id == tenant_id else None
+
+    def find_partner(self, tenant_id: str, name: str) -> Partner | None:
+        with self._tx() as s:
+            row = s.scalars(
+                select(_PartnerRow).where(
+                    _PartnerRow.tenant_id == tenant_id, _PartnerRow.name == name
+                )
+            ).first()
+            return self._partner(row) if row else None
+
+    def list_partners(self, tenant_id: str) -> list[Partner]:
+        with self._tx() as s:
+            rows = s.scalars(
+                select(_PartnerRow)
+                .where(_PartnerRow.tenant_id == tenant_id)
+                .order_by(_PartnerRow.created_at, _PartnerRow.name)
+            ).all()
+            return [self._partner(r) for r in rows]
+
+    @staticmethod
+    def _partner(row: _PartnerRow) -> Partner:
+        created = _utc(row.created_at)
+        assert created is not None
+        return Partner(
+            partner_id=row.partner_id,
+            tenant_id=row.tenant_id,
+            name=row.name,
+            created_at=created,
+            sessions_per_day=row.sessions_per_day,
+            min_partner_records=row.min_partner_records,
+        )
+
+    def _give_old_tenants_a_default_partner(self) -> None:
+        """Stores from before partners: each tenant's partner tokens, sessions,
+        reports, epsilon ledger and partner audit entries go to a partner named
+        ``default`` (the ledger keeps its spent budget)."""
+        with self._tx() as s:
+            orphans = set(
+                s.scalars(
+                    select(_TokenRow.tenant_id).where(
+                        _TokenRow.role == Role.PARTNER.value, _TokenRow.partner_id.is_(None)
+                    )
+                ).all()
+            )
+            orphans |= set(
+                s.scalars(
+                    select(_SessionRow.tenant_id).where(_SessionRow.partner_id.is_(None))
+                ).all()
+            )
+            orphans |= set(
+                s.scalars(select(_ReportRow.tenant_id).where(_ReportRow.partner_id.is_(None))).all()
+            )
+            legacy = [
+                (t, f"{t}:partner")
+                for t in s.scalars(select(_SpentRow.tenant_id)).all()
+                if s.get(_SpentRow, (t, f"{t}:partner")) is not None
+            ]
+            orphans |= {t for t, _ in legacy}
+        for tenant_id in sorted(orphans):
+            partner = self.find_partner(tenant_id, DEFAULT_PARTNER)
+            if partner is None:
+                try:
+                    partner = self.create_partner(tenant_id, DEFAULT_PARTNER)
+                except AlreadyExists:  # another process did it meanwhile
+                    partner = self.find_partner(tenant_id, DEFAULT_PARTNER)
+            assert partner is not None
+            self._adopt(tenant_id, partner.partner_id)
+
+    def _adopt(self, tenant_id: str, partner_id: str) -> None:
+        old = f"{tenant_id}:partner"  # the partnership key before partners
+        with self._tx() as s:
+            s.execute(
+                update(_TokenRow)
+                .where(
+                    _TokenRow.tenant_id == tenant_id,
+                    _TokenRow.role == Role.PARTNER.value,
+                    _TokenRow.partner_id.is_(None),
+                )
+                .values(partner_id=partner_id)
+            )
+            s.execute(
+                update(_SessionRow)
+                .where(_SessionRow.tenant_id == tenant_id, _SessionRow.partner_id.is_(None))
+                .values(partner_id=partner_id)
+            )
+            s.execute(
+                update(_AuditRow)
+                .where(
+                    _AuditRow.tenant_id == tenant_id,
+                    _AuditRow.role == Role.PARTNER.value,
+                    _AuditRow.partner_id.is_(None),
+                )
+                .values(partner_id=partner_id)
+            )
+            for row in s.scalars(
+                select(_ReportRow).where(
+                    _ReportRow.tenant_id == tenant_id, _ReportRow.partner_id.is_(None)
+                )
+            ).all():
+                row.partner_id = partner_id
+                row.submission_key = _scoped_key(partner_id, row.submission_key)
+            s.execute(
+                update(_LedgerRow)
+                .where(_LedgerRow.tenant_id == tenant_id, _LedgerRow.partnership == old)
+                .values(partnership=partner_id)
+            )
+            spent = s.get(_SpentRow, (tenant_id, old))
+            if spent is not None:
+                s.add(_SpentRow(tenant_id=tenant_id, partnership=partner_id, spent=spent.spent))
+                s.delete(spent)
+
     # -------------------------------------------------------------- tokens
 
-    def issue_token(self, tenant_id: str, role: Role) -> str:
-        """A new bearer token for ``role``; only its hash is stored."""
+    def issue_token(self, tenant_id: str, role: Role, *, partner_id: str | None = None) -> str:
+        """A new bearer token for ``role`` (a partner token names its partner); only
+        its hash is stored."""
+        if (role is Role.PARTNER) != (partner_id is not None):
+            raise InvalidInput("a partner token, and only a partner token, names its partner")
         token = f"cr_{role.value}_{self._token_bytes(32)}"
         with self._tx() as s:
             if s.get(_TenantRow, tenant_id) is None:
                 raise NotFound(f"no tenant {tenant_id}")
+            if partner_id is not None:
+                partner = s.get(_PartnerRow, partner_id)
+                if partner is None or partner.tenant_id != tenant_id:
+                    raise NotFound(f"no partner {partner_id}")
             s.add(
                 _TokenRow(
                     token_hash=hash_token(token),
                     tenant_id=tenant_id,
                     role=role.value,
+                    partner_id=partner_id,
                     created_at=self._clock(),
                 )
             )
@@ -456,7 +689,7 @@ class SqlStore:
     def authenticate(self, token: str) -> Principal | None:
         with self._tx() as s:
             row = s.get(_TokenRow, hash_token(token))
-            return Principal(row.tenant_id, Role(row.role)) if row else None
+            return Principal(row.tenant_id, Role(row.role), row.partner_id) if row else None
 
     # ----------------------------------------------------------- audiences
 
@@ -558,22 +791,27 @@ class SqlStore:
             row = s.get(_SessionRow, session_id)
             return self._session(row) if row and row.tenant_id == tenant_id else None
 
-    def list_sessions(self, tenant_id: str) -> list[SessionRecord]:
+    def list_sessions(self, tenant_id: str, partner_id: str | None = None) -> list[SessionRecord]:
+        """The tenant's sessions, or only those of one partner."""
+        where = [_SessionRow.tenant_id == tenant_id]
+        if partner_id is not None:
+            where.append(_SessionRow.partner_id == partner_id)
         with self._tx() as s:
-            rows = s.scalars(
-                select(_SessionRow)
-                .where(_SessionRow.tenant_id == tenant_id)
-                .order_by(_SessionRow.created_at)
-            ).all()
-            return [self._session(r) for r in rows]
+            rows = s.scalars(select(_SessionRow).where(*where).order_by(_SessionRow.created_at))
+            return [self._session(r) for r in rows.all()]
 
-    def count_sessions_since(self, tenant_id: str, since: datetime) -> int:
+    def count_sessions_since(self, partnership: PartnershipId, since: datetime) -> int:
+        """Sessions a partnership opened since ``since`` (its quota counts these)."""
         with self._tx() as s:
             return int(
                 s.scalar(
                     select(func.count())
                     .select_from(_SessionRow)
-                    .where(_SessionRow.tenant_id == tenant_id, _SessionRow.created_at >= since)
+                    .where(
+                        _SessionRow.tenant_id == partnership.tenant_id,
+                        _SessionRow.partner_id == partnership.partner_id,
+                        _SessionRow.created_at >= since,
+                    )
                 )
                 or 0
             )
@@ -595,27 +833,30 @@ class SqlStore:
             intersection=row.intersection,
             error=row.error,
             finished_at=_utc(row.finished_at),
+            partner_id=row.partner_id,
         )
 
     # ------------------------------------------------------------- reports
 
     def put_report(self, record: ReportRecord) -> ReportRecord:
         """Store ``record``, or return the report already stored for its
-        ``(tenant_id, submission_key)`` (idempotent submission)."""
+        ``(tenant_id, partner_id, submission_key)`` (idempotent submission)."""
         record = _checked_report(record)
+        key = _scoped_key(record.partner_id, record.submission_key)
         try:
             with self._tx() as s:
                 if s.get(_TenantRow, record.tenant_id) is None:
                     raise NotFound(f"no tenant {record.tenant_id}")
-                existing = self._report_by_key(s, record.tenant_id, record.submission_key)
+                existing = self._report_by_key(s, record.tenant_id, key)
                 if existing is not None:
                     return self._report(existing)
                 s.add(
                     _ReportRow(
                         report_id=record.report_id,
                         tenant_id=record.tenant_id,
+                        partner_id=record.partner_id,
                         conversions_name=record.conversions_name,
-                        submission_key=record.submission_key,
+                        submission_key=key,
                         body=record.report.model_dump(mode="json"),
                         created_at=record.created_at,
                     )
@@ -624,7 +865,7 @@ class SqlStore:
             # A concurrent put of the same submission won the race, or the
             # report id is already taken by another report.
             with self._tx() as s:
-                existing = self._report_by_key(s, record.tenant_id, record.submission_key)
+                existing = self._report_by_key(s, record.tenant_id, key)
                 if existing is not None:
                     return self._report(existing)
             raise AlreadyExists(f"a report with id {record.report_id} already exists") from exc
@@ -635,10 +876,12 @@ class SqlStore:
             row = s.get(_ReportRow, report_id)
             return self._report(row) if row and row.tenant_id == tenant_id else None
 
-    def find_report(self, tenant_id: str, submission_key: str) -> ReportRecord | None:
-        """The report stored for a submission, if any."""
+    def find_report(
+        self, tenant_id: str, submission_key: str, partner_id: str | None = None
+    ) -> ReportRecord | None:
+        """The report stored for a partner's submission, if any."""
         with self._tx() as s:
-            row = self._report_by_key(s, tenant_id, submission_key)
+            row = self._report_by_key(s, tenant_id, _scoped_key(partner_id, submission_key))
             return self._report(row) if row else None
 
     def list_reports(self, tenant_id: str) -> list[ReportRecord]:
@@ -669,16 +912,20 @@ class SqlStore:
             "created_at": created.isoformat(),
             **row.body,
         }
+        key = row.submission_key
+        if row.partner_id is not None:
+            key = key.removeprefix(_scoped_key(row.partner_id, ""))
         return ReportRecord(
             tenant_id=row.tenant_id,
             report=AttributionReport.model_validate(body),
-            submission_key=row.submission_key,
+            submission_key=key,
+            partner_id=row.partner_id,
         )
 
     # -------------------------------------------------------------- ledger
 
     def charge_epsilon(
-        self, tenant_id: str, partnership: str, report_id: str, epsilon: float, budget: float
+        self, partnership: PartnershipId, report_id: str, epsilon: float, budget: float
     ) -> float:
         """Charge ``epsilon`` to ``partnership`` for ``report_id``; the budget left.
 
@@ -686,25 +933,24 @@ class SqlStore:
         plus ``epsilon`` would exceed ``budget``. Charging the same report
         again charges nothing; with a different epsilon it is ``AlreadyExists``.
         """
-        if not partnership or len(partnership) > 200:
-            raise InvalidInput("a partnership name is 1 to 200 characters")
+        tenant_id, partner = partnership.tenant_id, partnership.partner_id
         if not REPORT_ID.fullmatch(report_id):
             raise InvalidInput("a report id is 1 to 64 characters of [A-Za-z0-9_-]")
         if not (math.isfinite(epsilon) and epsilon > 0):
             raise InvalidInput(f"epsilon must be a finite number > 0, not {epsilon}")
         if not (math.isfinite(budget) and budget >= 0):
             raise InvalidInput(f"an epsilon budget must be a finite number >= 0, not {budget}")
-        self._ensure_spent_row(tenant_id, partnership)
+        self._ensure_spent_row(tenant_id, partner)
         for _attempt in range(2):
             try:
-                return self._charge(tenant_id, partnership, report_id, epsilon, budget)
+                return self._charge(tenant_id, partner, report_id, epsilon, budget)
             except _AlreadyCharged as prior:
                 if prior.epsilon != epsilon:
                     raise AlreadyExists(
                         f"report {report_id} was already charged epsilon {prior.epsilon}"
-                        f" on {partnership!r}, not {epsilon}"
+                        f" on partnership {partnership}, not {epsilon}"
                     ) from None
-                return max(budget - self.epsilon_spent(tenant_id, partnership), 0.0)
+                return max(budget - self.epsilon_spent(partnership), 0.0)
             except IntegrityError:
                 continue  # a concurrent charge of the same report: now _AlreadyCharged
         raise AssertionError("unreachable: a repeated charge resolves on the second attempt")
@@ -734,7 +980,7 @@ class SqlStore:
             spent = float(s.scalar(select(_SpentRow.spent).where(*key)) or 0.0)
             if getattr(charged, "rowcount", 0) != 1:
                 raise BudgetExceeded(
-                    f"epsilon budget exceeded for partnership {partnership!r}: spent"
+                    f"epsilon budget exceeded for this partnership: spent"
                     f" {spent:g} of {budget:g}, this report needs {epsilon:g}"
                     f" (remaining {max(budget - spent, 0.0):g})"
                 )
@@ -754,6 +1000,9 @@ class SqlStore:
         with self._tx() as s:
             if s.get(_TenantRow, tenant_id) is None:
                 raise NotFound(f"no tenant {tenant_id}")
+            partner = s.get(_PartnerRow, partnership)
+            if partner is None or partner.tenant_id != tenant_id:
+                raise NotFound(f"no partner {partnership}")
             if s.get(_SpentRow, (tenant_id, partnership)) is not None:
                 return
         try:
@@ -762,19 +1011,26 @@ class SqlStore:
         except IntegrityError:
             pass  # created concurrently: just as good
 
-    def ledger(self, tenant_id: str) -> list[LedgerEntry]:
+    def ledger(self, tenant_id: str, partner_id: str | None = None) -> list[LedgerEntry]:
+        """Every charge of the tenant (or of one partner), oldest first."""
+        where = [_LedgerRow.tenant_id == tenant_id]
+        if partner_id is not None:
+            where.append(_LedgerRow.partnership == partner_id)
         with self._tx() as s:
-            rows = s.scalars(
-                select(_LedgerRow).where(_LedgerRow.tenant_id == tenant_id).order_by(_LedgerRow.id)
-            ).all()
+            rows = s.scalars(select(_LedgerRow).where(*where).order_by(_LedgerRow.id)).all()
             return [
-                LedgerEntry(r.tenant_id, r.partnership, r.report_id, r.epsilon, _utc(r.at) or r.at)
+                LedgerEntry(
+                    PartnershipId(r.tenant_id, r.partnership),
+                    r.report_id,
+                    r.epsilon,
+                    _utc(r.at) or r.at,
+                )
                 for r in rows
             ]
 
-    def epsilon_spent(self, tenant_id: str, partnership: str) -> float:
+    def epsilon_spent(self, partnership: PartnershipId) -> float:
         with self._tx() as s:
-            row = s.get(_SpentRow, (tenant_id, partnership))
+            row = s.get(_SpentRow, (partnership.tenant_id, partnership.partner_id))
             return float(row.spent) if row else 0.0
 
     # --------------------------------------------------------------- audit
@@ -788,16 +1044,20 @@ class SqlStore:
                     action=entry.action,
                     detail=dict(entry.detail),
                     at=entry.at or self._clock(),
+                    partner_id=entry.partner_id,
                 )
             )
 
-    def audit_log(self, tenant_id: str) -> list[AuditEntry]:
+    def audit_log(self, tenant_id: str, partner_id: str | None = None) -> list[AuditEntry]:
+        """The tenant's audit trail (or one partner's), oldest first."""
+        where = [_AuditRow.tenant_id == tenant_id]
+        if partner_id is not None:
+            where.append(_AuditRow.partner_id == partner_id)
         with self._tx() as s:
-            rows = s.scalars(
-                select(_AuditRow).where(_AuditRow.tenant_id == tenant_id).order_by(_AuditRow.id)
-            ).all()
+            rows = s.scalars(select(_AuditRow).where(*where).order_by(_AuditRow.id)).all()
             return [
-                AuditEntry(r.tenant_id, r.role, r.action, dict(r.detail), _utc(r.at)) for r in rows
+                AuditEntry(r.tenant_id, r.role, r.action, dict(r.detail), _utc(r.at), r.partner_id)
+                for r in rows
             ]
 
     # ----------------------------------------------------- conversion sets
@@ -869,25 +1129,38 @@ def _checked_report(record: ReportRecord) -> ReportRecord:
     """``record``, or InvalidInput for what the typed report cannot check itself."""
     if not isinstance(record.report, AttributionReport):
         raise InvalidInput("a report is an AttributionReport")
-    if not record.submission_key or len(record.submission_key) > 200:
-        raise InvalidInput("a submission key is 1 to 200 characters")
+    if not record.submission_key or len(record.submission_key) > 128:
+        raise InvalidInput("a submission key is 1 to 128 characters")
     return record
 
 
-def _add_missing_policy_columns(engine: Engine) -> None:
-    """Add the attribution policy columns to a ``tenants`` table made before them."""
-    present = {c["name"] for c in inspect(engine).get_columns("tenants")}
-    for name, (sql_type, default) in _POLICY_COLUMNS.items():
-        if name in present:
+def _add_missing_columns(engine: Engine) -> None:
+    """Add the columns of ``_ADDED_COLUMNS`` that a store from an earlier release lacks."""
+    present: dict[str, set[str]] = {}
+    for (table, name), (sql_type, default) in _ADDED_COLUMNS.items():
+        if table not in present:
+            present[table] = {c["name"] for c in inspect(engine).get_columns(table)}
+        if name in present[table]:
             continue
+        filled = "" if default is None else f" NOT NULL DEFAULT {default}"
         try:
             with engine.begin() as conn:
-                ddl = f"ALTER TABLE tenants ADD COLUMN {name} {sql_type} NOT NULL DEFAULT {default}"
-                conn.execute(text(ddl))
+                conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}{filled}"))
         except Exception:
             # Another process may have added it meanwhile; anything else is real.
-            if name not in {c["name"] for c in inspect(engine).get_columns("tenants")}:
+            if name not in {c["name"] for c in inspect(engine).get_columns(table)}:
                 raise
+
+
+def _scoped_key(partner_id: str | None, submission_key: str) -> str:
+    """The stored idempotency key: a partner's submission keys are its own."""
+    return submission_key if partner_id is None else f"{partner_id}:{submission_key}"
+
+
+def _check_overrides(sessions_per_day: int | None, min_partner_records: int | None) -> None:
+    """The overrides validate as the policy's own fields do (``policy.py``)."""
+    given = {"sessions_per_day": sessions_per_day, "min_partner_records": min_partner_records}
+    PolicyChanges.parse({k: v for k, v in given.items() if v is not None})
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -901,11 +1174,15 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 __all__ = [
+    "DEFAULT_PARTNER",
     "DP_MECHANISMS",
+    "PARTNER_OVERRIDES",
     "AudienceRecord",
     "AuditEntry",
     "ConversionSetRecord",
     "LedgerEntry",
+    "Partner",
+    "PartnershipId",
     "Policy",
     "Principal",
     "ReportRecord",

@@ -28,6 +28,7 @@ def sample_body(report_id: str) -> dict[str, Any]:
     return {
         "report_id": report_id,
         "created_at": "2025-06-30T09:15:00+00:00",
+        "partner": "default",
         "dp": {"mechanism": "laplace", "epsilon": 0.5, "delta": 0.0, "value_cap": 1000.0},
         "aggregation_threshold": 50,
         "windows": {"click_days": 7, "view_days": 1},

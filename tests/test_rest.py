@@ -294,7 +294,7 @@ def test_policy_is_read_by_readers_and_changed_by_admins(node: Node) -> None:
         b'{"epsilon_budget": NaN}',
         b'{"epsilon_budget": 1e309}',
         b'{"delta": 1.5}',
-        b'{"min_partner_records": 1}',
+        b'{"min_partner_records": 0}',
         b'{"surprise": true}',
         b"[]",
         b"not json",
@@ -319,24 +319,27 @@ def test_the_ledger_refuses_overspending_and_is_readable(
     globex = _tenant_id(node, "globex")
     store = node.store()
     try:
-        assert store.charge_epsilon(globex, "streamco", "r1", 0.6, budget=1.0) == pytest.approx(0.4)
+        streamco = store.create_partner(globex, "streamco").partnership
+        newsly = store.create_partner(globex, "newsly").partnership
+        assert store.charge_epsilon(streamco, "r1", 0.6, budget=1.0) == pytest.approx(0.4)
         with pytest.raises(BudgetExceeded):
-            store.charge_epsilon(globex, "streamco", "r2", 0.5, budget=1.0)
-        store.charge_epsilon(globex, "streamco", "r3", 0.4, budget=1.0)
-        store.charge_epsilon(globex, "newsly", "r4", 0.25, budget=1.0)
+            store.charge_epsilon(streamco, "r2", 0.5, budget=1.0)
+        store.charge_epsilon(streamco, "r3", 0.4, budget=1.0)
+        store.charge_epsilon(newsly, "r4", 0.25, budget=1.0)
     finally:
         store.close()
     headers = _auth(node.tokens["globex"][Role.ANALYST])
     ledger = httpx.get(f"{node.http}/v1/ledger", headers=headers).json()
     budget = ledger["epsilon_budget"]
-    assert [(e["partnership"], e["report_id"], e["epsilon"]) for e in ledger["entries"]] == [
+    assert [(e["partner"], e["report_id"], e["epsilon"]) for e in ledger["entries"]] == [
         ("streamco", "r1", 0.6),
         ("streamco", "r3", 0.4),
         ("newsly", "r4", 0.25),
     ]
-    spent = {p["partnership"]: (p["spent"], p["remaining"]) for p in ledger["partnerships"]}
+    spent = {p["partner"]: (p["spent"], p["remaining"]) for p in ledger["partnerships"]}
     assert spent["newsly"] == (0.25, budget - 0.25)
     assert spent["streamco"][0] == pytest.approx(1.0)
+    assert spent["default"] == (0.0, budget)  # every partner is listed, spent or not
     # Another tenant's ledger is its own.
     acme = httpx.get(f"{node.http}/v1/ledger", headers=_auth(node.tokens["acme"][Role.ADMIN]))
     assert acme.json()["entries"] == []

@@ -6,6 +6,7 @@ SQLite always; PostgreSQL when CLEANROOM_TEST_POSTGRES_URL names a server
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import uuid
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import create_engine
 
 from cleanroom.federated.attribution.report import AttributionReport
 from cleanroom.proto.errors import (
@@ -26,8 +28,10 @@ from cleanroom.proto.errors import (
     NotFound,
 )
 from cleanroom.server.store import (
+    DEFAULT_PARTNER,
     AudienceRecord,
     AuditEntry,
+    PartnershipId,
     Policy,
     ReportRecord,
     Role,
@@ -52,6 +56,12 @@ def store(db_url: str) -> Iterator[SqlStore]:
     s = SqlStore(db_url)
     yield s
     s.close()
+
+
+def pship(store: SqlStore, tenant_id: str, name: str) -> PartnershipId:
+    """The partnership of ``tenant_id`` with its partner ``name`` (created on first use)."""
+    partner = store.find_partner(tenant_id, name) or store.create_partner(tenant_id, name)
+    return partner.partnership
 
 
 def _fresh_postgres_database(base_url: str) -> str:
@@ -95,7 +105,13 @@ def test_tokens_are_stored_hashed_and_resolve_to_their_role(
     store: SqlStore, tmp_path: Path
 ) -> None:
     t = store.create_tenant("acme")
-    tokens = {role: store.issue_token(t.tenant_id, role) for role in Role}
+    partner = store.create_partner(t.tenant_id, "streamco")
+    tokens = {
+        role: store.issue_token(
+            t.tenant_id, role, partner_id=partner.partner_id if role is Role.PARTNER else None
+        )
+        for role in Role
+    }
     assert len(set(tokens.values())) == 3
     for role, token in tokens.items():
         principal = store.authenticate(token)
@@ -103,6 +119,8 @@ def test_tokens_are_stored_hashed_and_resolve_to_their_role(
             t.tenant_id,
             role,
         )
+        want = partner.partner_id if role is Role.PARTNER else None
+        assert principal.partner_id == want
     assert store.authenticate(tokens[Role.ADMIN] + "x") is None
     assert store.authenticate("") is None
     with pytest.raises(NotFound):
@@ -112,7 +130,9 @@ def test_tokens_are_stored_hashed_and_resolve_to_their_role(
 def test_plaintext_tokens_never_reach_the_sqlite_file(tmp_path: Path) -> None:
     s = SqlStore(f"sqlite:///{tmp_path / 'meta.db'}")
     t = s.create_tenant("acme")
-    token = s.issue_token(t.tenant_id, Role.PARTNER)
+    token = s.issue_token(
+        t.tenant_id, Role.PARTNER, partner_id=s.create_partner(t.tenant_id, "p").partner_id
+    )
     s.close()
     raw = b"".join(p.read_bytes() for p in tmp_path.iterdir())
     assert token.encode() not in raw
@@ -148,6 +168,7 @@ def test_replacing_an_audience_is_explicit_and_atomic(store: SqlStore) -> None:
 def test_sessions_are_tenant_scoped_and_countable(store: SqlStore) -> None:
     a = store.create_tenant("a")
     b = store.create_tenant("b")
+    streamco, newsly = pship(store, a.tenant_id, "streamco"), pship(store, a.tenant_id, "newsly")
     now = datetime.now(UTC)
     rec = SessionRecord(
         session_id=uuid.uuid4().hex,
@@ -159,6 +180,7 @@ def test_sessions_are_tenant_scoped_and_countable(store: SqlStore) -> None:
         declared_points=150,
         brand_points=80,
         created_at=now,
+        partner_id=streamco.partner_id,
     )
     store.create_session(rec)
     assert store.get_session(a.tenant_id, rec.session_id) == rec
@@ -181,9 +203,13 @@ def test_sessions_are_tenant_scoped_and_countable(store: SqlStore) -> None:
         9,
         80,
     )
-    assert store.count_sessions_since(a.tenant_id, now - timedelta(seconds=1)) == 1
-    assert store.count_sessions_since(a.tenant_id, now + timedelta(seconds=1)) == 0
-    assert store.count_sessions_since(b.tenant_id, now - timedelta(days=1)) == 0
+    assert store.count_sessions_since(streamco, now - timedelta(seconds=1)) == 1
+    assert store.count_sessions_since(streamco, now + timedelta(seconds=1)) == 0
+    # Quotas count per partner: another partner of the tenant has opened none.
+    assert store.count_sessions_since(newsly, now - timedelta(days=1)) == 0
+    assert store.count_sessions_since(pship(store, b.tenant_id, "x"), now - timedelta(days=1)) == 0
+    assert store.list_sessions(a.tenant_id, newsly.partner_id) == []
+    assert store.list_sessions(a.tenant_id, streamco.partner_id) == store.list_sessions(a.tenant_id)
 
 
 def test_audit_log_is_per_tenant_and_ordered(store: SqlStore) -> None:
@@ -440,51 +466,58 @@ def test_a_report_needs_its_tenant(store: SqlStore) -> None:
 def test_epsilon_ledger_charges_until_the_budget_then_refuses(store: SqlStore) -> None:
     a = store.create_tenant("a")
     b = store.create_tenant("b")
-    assert store.epsilon_spent(a.tenant_id, "meta") == 0.0
-    assert store.charge_epsilon(a.tenant_id, "meta", "r1", 0.4, budget=1.0) == pytest.approx(0.6)
-    assert store.charge_epsilon(a.tenant_id, "meta", "r2", 0.5, budget=1.0) == pytest.approx(0.1)
+    assert store.epsilon_spent(pship(store, a.tenant_id, "meta")) == 0.0
+    assert store.charge_epsilon(
+        pship(store, a.tenant_id, "meta"), "r1", 0.4, budget=1.0
+    ) == pytest.approx(0.6)
+    assert store.charge_epsilon(
+        pship(store, a.tenant_id, "meta"), "r2", 0.5, budget=1.0
+    ) == pytest.approx(0.1)
     with pytest.raises(BudgetExceeded, match=r"remaining 0\.1") as refused:
-        store.charge_epsilon(a.tenant_id, "meta", "r3", 0.2, budget=1.0)
+        store.charge_epsilon(pship(store, a.tenant_id, "meta"), "r3", 0.2, budget=1.0)
     assert isinstance(refused.value, FailedPrecondition)
     # The refusal charged nothing; what still fits, fits.
-    assert store.epsilon_spent(a.tenant_id, "meta") == pytest.approx(0.9)
-    assert store.charge_epsilon(a.tenant_id, "meta", "r3", 0.1, budget=1.0) == pytest.approx(0)
+    assert store.epsilon_spent(pship(store, a.tenant_id, "meta")) == pytest.approx(0.9)
+    assert store.charge_epsilon(
+        pship(store, a.tenant_id, "meta"), "r3", 0.1, budget=1.0
+    ) == pytest.approx(0)
     # Budgets are per partnership and per tenant.
-    assert store.charge_epsilon(a.tenant_id, "tiktok", "r4", 1.0, budget=1.0) == 0.0
-    assert store.charge_epsilon(b.tenant_id, "meta", "r1", 0.5, budget=1.0) == 0.5
+    assert store.charge_epsilon(pship(store, a.tenant_id, "tiktok"), "r4", 1.0, budget=1.0) == 0.0
+    assert store.charge_epsilon(pship(store, b.tenant_id, "meta"), "r1", 0.5, budget=1.0) == 0.5
     entries = store.ledger(a.tenant_id)
+    meta, tiktok = pship(store, a.tenant_id, "meta"), pship(store, a.tenant_id, "tiktok")
     assert [(e.partnership, e.report_id, e.epsilon) for e in entries] == [
-        ("meta", "r1", 0.4),
-        ("meta", "r2", 0.5),
-        ("meta", "r3", 0.1),
-        ("tiktok", "r4", 1.0),
+        (meta, "r1", 0.4),
+        (meta, "r2", 0.5),
+        (meta, "r3", 0.1),
+        (tiktok, "r4", 1.0),
     ]
-    assert all(e.tenant_id == a.tenant_id and e.at.tzinfo is not None for e in entries)
+    assert all(e.partnership.tenant_id == a.tenant_id and e.at.tzinfo for e in entries)
+    assert [e.report_id for e in store.ledger(a.tenant_id, tiktok.partner_id)] == ["r4"]
     assert [e.report_id for e in store.ledger(b.tenant_id)] == ["r1"]
 
 
 def test_ten_charges_of_a_tenth_fit_a_budget_of_one(store: SqlStore) -> None:
     t = store.create_tenant("a")
     for i in range(10):
-        store.charge_epsilon(t.tenant_id, "p", f"r{i}", 0.1, budget=1.0)
+        store.charge_epsilon(pship(store, t.tenant_id, "p"), f"r{i}", 0.1, budget=1.0)
     with pytest.raises(BudgetExceeded):
-        store.charge_epsilon(t.tenant_id, "p", "r10", 0.1, budget=1.0)
+        store.charge_epsilon(pship(store, t.tenant_id, "p"), "r10", 0.1, budget=1.0)
 
 
 def test_charging_a_report_again_charges_nothing(store: SqlStore) -> None:
     t = store.create_tenant("a")
-    assert store.charge_epsilon(t.tenant_id, "p", "r1", 0.5, budget=1.0) == 0.5
-    assert store.charge_epsilon(t.tenant_id, "p", "r1", 0.5, budget=1.0) == 0.5
-    assert store.epsilon_spent(t.tenant_id, "p") == 0.5
+    assert store.charge_epsilon(pship(store, t.tenant_id, "p"), "r1", 0.5, budget=1.0) == 0.5
+    assert store.charge_epsilon(pship(store, t.tenant_id, "p"), "r1", 0.5, budget=1.0) == 0.5
+    assert store.epsilon_spent(pship(store, t.tenant_id, "p")) == 0.5
     with pytest.raises(AlreadyExists):
-        store.charge_epsilon(t.tenant_id, "p", "r1", 0.3, budget=1.0)
+        store.charge_epsilon(pship(store, t.tenant_id, "p"), "r1", 0.3, budget=1.0)
     assert len(store.ledger(t.tenant_id)) == 1
 
 
 @pytest.mark.parametrize(
     "args",
     [
-        ("", "r", 0.1, 1.0),
         ("p", "bad id", 0.1, 1.0),
         ("p", "r", 0.0, 1.0),
         ("p", "r", -0.1, 1.0),
@@ -495,14 +528,25 @@ def test_charging_a_report_again_charges_nothing(store: SqlStore) -> None:
 )
 def test_bad_charges_are_refused(store: SqlStore, args: tuple[str, str, float, float]) -> None:
     t = store.create_tenant("a")
-    with pytest.raises(ValueError):
-        store.charge_epsilon(t.tenant_id, *args)
+    name, report_id, epsilon, budget = args
+    with pytest.raises(InvalidInput):
+        store.charge_epsilon(pship(store, t.tenant_id, name), report_id, epsilon, budget)
     assert store.ledger(t.tenant_id) == []
 
 
-def test_charging_an_unknown_tenant_is_not_found(store: SqlStore) -> None:
+def test_charging_an_unknown_tenant_or_partner_is_not_found(store: SqlStore) -> None:
     with pytest.raises(NotFound):
-        store.charge_epsilon("nobody", "p", "r", 0.1, budget=1.0)
+        store.charge_epsilon(PartnershipId("nobody", "p"), "r", 0.1, budget=1.0)
+    t = store.create_tenant("a")
+    other = store.create_tenant("b")
+    theirs = pship(store, other.tenant_id, "p")
+    for who in (
+        PartnershipId(t.tenant_id, "no-such-partner"),
+        PartnershipId(t.tenant_id, theirs.partner_id),
+    ):
+        with pytest.raises(NotFound):
+            store.charge_epsilon(who, "r", 0.1, budget=1.0)
+    assert store.ledger(t.tenant_id) == []
 
 
 def test_concurrent_charges_never_overspend(db_url: str) -> None:
@@ -510,10 +554,11 @@ def test_concurrent_charges_never_overspend(db_url: str) -> None:
     stores = [SqlStore(db_url) for _ in range(4)]
     try:
         t = stores[0].create_tenant("a")
+        p = pship(stores[0], t.tenant_id, "p")
 
         def charge(i: int) -> bool:
             try:
-                stores[i % 4].charge_epsilon(t.tenant_id, "p", f"r{i}", 1.0, budget=10.0)
+                stores[i % 4].charge_epsilon(p, f"r{i}", 1.0, budget=10.0)
                 return True
             except BudgetExceeded:
                 return False
@@ -521,8 +566,120 @@ def test_concurrent_charges_never_overspend(db_url: str) -> None:
         with ThreadPoolExecutor(8) as ex:
             outcomes = list(ex.map(charge, range(24)))
         assert outcomes.count(True) == 10
-        assert stores[0].epsilon_spent(t.tenant_id, "p") == 10.0
+        assert stores[0].epsilon_spent(pship(stores[0], t.tenant_id, "p")) == 10.0
         assert len(stores[0].ledger(t.tenant_id)) == 10
     finally:
         for s in stores:
             s.close()
+
+
+# ------------------------------------------------------------ partners
+
+
+def test_partners_belong_to_their_tenant_with_names_unique_within_it(store: SqlStore) -> None:
+    a = store.create_tenant("a")
+    b = store.create_tenant("b")
+    streamco = store.create_partner(a.tenant_id, "streamco", sessions_per_day=3)
+    assert (streamco.sessions_per_day, streamco.min_partner_records) == (3, None)
+    with pytest.raises(AlreadyExists):
+        store.create_partner(a.tenant_id, "streamco")
+    other = store.create_partner(b.tenant_id, "streamco")  # another tenant's: another partner
+    assert other.partner_id != streamco.partner_id
+    assert store.find_partner(a.tenant_id, "streamco") == streamco
+    assert store.get_partner(b.tenant_id, streamco.partner_id) is None
+    assert [p.name for p in store.list_partners(a.tenant_id)] == ["streamco"]
+    for bad in ("", "has space", "-dash", "x" * 101):
+        with pytest.raises(InvalidInput, match="partner name"):
+            store.create_partner(a.tenant_id, bad)
+    with pytest.raises(InvalidInput, match="sessions_per_day"):
+        store.create_partner(a.tenant_id, "zero", sessions_per_day=0)
+    with pytest.raises(NotFound):
+        store.create_partner("no-such-tenant", "p")
+    changed = store.set_partner_overrides(a.tenant_id, streamco.partner_id, min_partner_records=7)
+    assert (changed.sessions_per_day, changed.min_partner_records) == (3, 7)
+    assert Policy().for_partner(changed) == Policy(min_partner_records=7, sessions_per_day=3)
+    with pytest.raises(NotFound):
+        store.set_partner_overrides(b.tenant_id, streamco.partner_id, sessions_per_day=1)
+
+
+def test_a_partner_token_names_its_partner_and_only_a_partner_token_does(
+    store: SqlStore,
+) -> None:
+    a = store.create_tenant("a")
+    b = store.create_tenant("b")
+    p = store.create_partner(a.tenant_id, "p")
+    with pytest.raises(InvalidInput):
+        store.issue_token(a.tenant_id, Role.PARTNER)
+    with pytest.raises(InvalidInput):
+        store.issue_token(a.tenant_id, Role.ADMIN, partner_id=p.partner_id)
+    with pytest.raises(NotFound):  # another tenant's partner
+        store.issue_token(b.tenant_id, Role.PARTNER, partner_id=p.partner_id)
+    tenant, tokens = store.provision_tenant("c")
+    default = store.find_partner(tenant.tenant_id, DEFAULT_PARTNER)
+    assert default is not None
+    principal = store.authenticate(tokens[Role.PARTNER])
+    assert principal is not None and principal.partnership == default.partnership
+
+
+def test_a_partners_submission_keys_are_its_own(store: SqlStore) -> None:
+    t = store.create_tenant("a")
+    one, two = (store.create_partner(t.tenant_id, n) for n in ("one", "two"))
+    first = store.put_report(
+        dataclasses.replace(report(t.tenant_id, key="k"), partner_id=one.partner_id)
+    )
+    assert store.find_report(t.tenant_id, "k", one.partner_id) == first
+    assert first.submission_key == "k" and first.partner_id == one.partner_id
+    assert store.find_report(t.tenant_id, "k", two.partner_id) is None
+    second = store.put_report(
+        dataclasses.replace(report(t.tenant_id, key="k"), partner_id=two.partner_id)
+    )
+    assert second.report_id != first.report_id
+    assert len(store.list_reports(t.tenant_id)) == 2
+
+
+def test_stores_from_before_partners_give_each_tenant_a_default_partner(db_url: str) -> None:
+    """Tokens, sessions, reports, the epsilon ledger (and what it spent) and the
+    partner audit entries of an older store belong to a partner named "default"."""
+    from sqlalchemy import text
+
+    old = SqlStore(db_url)
+    tenant = old.create_tenant("legacy")
+    tid = tenant.tenant_id
+    placeholder = old.create_partner(tid, "placeholder")
+    token = old.issue_token(tid, Role.PARTNER, partner_id=placeholder.partner_id)
+    old.put_report(dataclasses.replace(report(tid, key="sub"), partner_id=placeholder.partner_id))
+    old.charge_epsilon(placeholder.partnership, "r-old", 0.75, budget=1.0)
+    old.audit(AuditEntry(tid, "partner", "psi.done", {}, partner_id=placeholder.partner_id))
+    old.close()
+    # Rewrite it as the release before partners left it.
+    engine = create_engine(db_url)
+    with engine.begin() as conn:
+        legacy = f"{tid}:partner"
+        for table in ("tokens", "reports", "audit_log"):
+            conn.execute(text(f"UPDATE {table} SET partner_id = NULL"))
+        conn.execute(text("UPDATE reports SET submission_key = 'sub'"))
+        for table in ("epsilon_ledger", "epsilon_spent"):
+            conn.execute(text(f"UPDATE {table} SET partnership = :p"), {"p": legacy})
+        conn.execute(text("DELETE FROM partners"))
+    engine.dispose()
+    s = SqlStore(db_url)
+    try:
+        default = s.find_partner(tid, DEFAULT_PARTNER)
+        assert default is not None and [p.name for p in s.list_partners(tid)] == ["default"]
+        principal = s.authenticate(token)
+        assert principal is not None and principal.partner_id == default.partner_id
+        assert s.epsilon_spent(default.partnership) == pytest.approx(0.75)
+        assert [e.partnership for e in s.ledger(tid)] == [default.partnership]
+        with pytest.raises(BudgetExceeded):  # the budget it had spent stays spent
+            s.charge_epsilon(default.partnership, "r-new", 0.5, budget=1.0)
+        found = s.find_report(tid, "sub", default.partner_id)
+        assert found is not None and found.partner_id == default.partner_id
+        assert [e.partner_id for e in s.audit_log(tid)] == [default.partner_id]
+    finally:
+        s.close()
+    again = SqlStore(db_url)  # opening it again changes nothing
+    try:
+        assert [p.name for p in again.list_partners(tid)] == ["default"]
+        assert again.epsilon_spent(default.partnership) == pytest.approx(0.75)
+    finally:
+        again.close()

@@ -134,39 +134,29 @@ def policy_set(
     aggregation_threshold: Annotated[int | None, typer.Option("--aggregation-threshold")] = None,
     dp: Annotated[str | None, typer.Option("--dp", help="off, laplace or gaussian.")] = None,
     epsilon_budget: Annotated[float | None, typer.Option("--epsilon-budget")] = None,
+    delta: Annotated[float | None, typer.Option("--delta", help="Gaussian mechanism.")] = None,
     min_partner_records: Annotated[int | None, typer.Option("--min-partner-records")] = None,
+    sessions_per_day: Annotated[int | None, typer.Option("--sessions-per-day")] = None,
+    partner: Annotated[
+        str | None,
+        typer.Option(
+            "--partner",
+            help="Change this partner's overrides (--sessions-per-day, --min-partner-records).",
+        ),
+    ] = None,
     tls_dir: TlsDir = None,
 ) -> None:
-    """Change the tenant's policy; prints the policy in force."""
-    import grpc
+    """Change the tenant's policy, or a partner's overrides; prints the policy in force."""
+    from cleanroom.client.sdk import set_policy
 
-    from cleanroom.client.sdk import ClientError
-    from cleanroom.proto import cleanroom_pb2 as pb
-    from cleanroom.proto import cleanroom_pb2_grpc as pb_grpc
-
-    conn = connection(server, token, tls_dir)
-    request = pb.PolicyRequest()
-    if aggregation_threshold is not None:
-        request.aggregation_threshold = aggregation_threshold
-    if dp is not None:
-        request.dp = dp
-    if epsilon_budget is not None:
-        request.epsilon_budget = epsilon_budget
-    if min_partner_records is not None:
-        request.min_partner_records = min_partner_records
-    with errors(), conn.sync_channel() as channel:
-        try:
-            response = pb_grpc.AttributionServiceStub(channel).SetPolicy(
-                request, metadata=conn.metadata, timeout=60
-            )
-        except grpc.RpcError as exc:
-            raise ClientError.from_rpc(exc) from exc
-    print_json(
-        {
-            "aggregation_threshold": response.aggregation_threshold,
-            "dp": response.dp,
-            "epsilon_budget": response.epsilon_budget,
-            "epsilon_spent": response.epsilon_spent,
-            "min_partner_records": response.min_partner_records,
-        }
-    )
+    given = {
+        "aggregation_threshold": aggregation_threshold,
+        "dp": dp,
+        "epsilon_budget": epsilon_budget,
+        "delta": delta,
+        "min_partner_records": min_partner_records,
+        "sessions_per_day": sessions_per_day,
+    }
+    changes = {name: value for name, value in given.items() if value is not None}
+    with errors():
+        print_json(set_policy(connection(server, token, tls_dir), changes, partner))

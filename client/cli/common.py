@@ -48,12 +48,13 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 def errors() -> Iterator[None]:
     """Turn the project's error vocabulary into one clear line and exit 1."""
     from cleanroom.client.sdk import ClientError
+    from cleanroom.proto.errors import CleanroomError
 
     try:
         yield
     except ClientError as exc:
         raise fail(f"{exc.code}: {exc.message}") from exc
-    except (ValueError, FileNotFoundError, PermissionError) as exc:
+    except (CleanroomError, ValueError, FileNotFoundError, PermissionError) as exc:
         raise fail(str(exc)) from exc
 
 

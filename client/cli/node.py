@@ -1,12 +1,14 @@
-"""Commands run on the brand node's machine: serve, tenants, certificates."""
+"""Commands run on the brand node's machine: serve, tenants, partner accounts, certificates."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -18,14 +20,27 @@ from cleanroom.client.cli.common import (
     out,
     print_json,
 )
+from cleanroom.proto.errors import InvalidInput, NotFound
+
+if TYPE_CHECKING:
+    from cleanroom.server.store import Principal, SqlStore
 
 tenant_app = typer.Typer(help="Tenants and their tokens (run on the brand node's machine).")
+partner_account_app = typer.Typer(
+    help="A tenant's media partners and their tokens (run on the brand node's machine)."
+)
 
 
 def register(app: typer.Typer) -> None:
     app.command()(serve)
     app.add_typer(tenant_app, name="tenant")
+    app.add_typer(partner_account_app, name="partner-account")
     app.command()(certs)
+
+
+def given(**flags: Any) -> dict[str, Any]:
+    """The flags a user gave: left-out ones defer to the settings (environment, defaults)."""
+    return {name: value for name, value in flags.items() if value is not None}
 
 
 # ------------------------------------------------------------------ serve
@@ -73,35 +88,50 @@ def serve(
 # ------------------------------------------------------------------ tenants
 
 
+DataDir = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="The node's data directory (default: cleanroom-data)."),
+]
+DatabaseUrl = Annotated[
+    str | None, typer.Option("--database-url", help="Default: SQLite in the data directory.")
+]
+
+
+@contextmanager
+def node_store(data_dir: Path | None, database_url: str | None) -> Iterator[SqlStore]:
+    """The node's store, as ``cleanroom serve`` with the same flags would open it."""
+    from cleanroom.server.settings import ServerSettings
+    from cleanroom.server.store import SqlStore
+
+    settings = ServerSettings(**given(data_dir=data_dir, database_url=database_url))
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = SqlStore(settings.resolved_database_url())
+    try:
+        yield store
+    finally:
+        store.close()
+
+
 @tenant_app.command("create")
 def tenant_create(
     name: Annotated[str, typer.Argument(help="Tenant (brand) name.")],
-    data_dir: Annotated[Path, typer.Option("--data-dir")] = Path("cleanroom-data"),
-    database_url: Annotated[str | None, typer.Option("--database-url")] = None,
-    min_partner_records: Annotated[int, typer.Option("--min-partner-records")] = 100,
-    sessions_per_day: Annotated[int, typer.Option("--sessions-per-day")] = 100,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    min_partner_records: Annotated[int | None, typer.Option("--min-partner-records")] = None,
+    sessions_per_day: Annotated[int | None, typer.Option("--sessions-per-day")] = None,
     as_json: JsonOut = False,
 ) -> None:
-    """Create a tenant and print its admin, partner and analyst tokens (shown once)."""
-    from cleanroom.server.settings import ServerSettings
-    from cleanroom.server.store import Policy, SqlStore
+    """Create a tenant (with its first partner, `default`) and print its admin, partner
+    and analyst tokens (shown once)."""
+    from cleanroom.server.policy import PolicyChanges
+    from cleanroom.server.tenants import provision_tenant
 
-    settings = ServerSettings(data_dir=data_dir, database_url=database_url)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    store = SqlStore(settings.resolved_database_url())
-    try:
-        with errors():
-            from cleanroom.proto.errors import AlreadyExists
-
-            try:
-                tenant, issued = store.provision_tenant(
-                    name, Policy(min_partner_records, sessions_per_day)
-                )
-            except AlreadyExists as exc:
-                raise ValueError(str(exc)) from exc
-            tokens = {role.value: token for role, token in issued.items()}
-    finally:
-        store.close()
+    with errors(), node_store(data_dir, database_url) as store:
+        changes = PolicyChanges.parse(
+            given(min_partner_records=min_partner_records, sessions_per_day=sessions_per_day)
+        )
+        tenant, issued = provision_tenant(store, name, changes)
+    tokens = {role.value: token for role, token in issued.items()}
     result = {"tenant": tenant.tenant_id, "name": tenant.name, "tokens": tokens}
     if as_json:
         print_json(result)
@@ -109,6 +139,89 @@ def tenant_create(
         out.print(f"tenant [bold]{name}[/] ({tenant.tenant_id}); tokens are shown only now:")
         for role, token in tokens.items():
             out.print(f"  {role:8} {token}")
+
+
+def _tenant_of(store: SqlStore, tenant: str | None) -> Principal:
+    """The admin of ``tenant`` (by name), or of the only tenant the node has."""
+    from cleanroom.server.store import Principal, Role
+
+    if tenant is not None:
+        found = store.find_tenant(tenant)
+        if found is None:
+            raise NotFound(f"no tenant named {tenant!r}")
+        return Principal(found.tenant_id, Role.ADMIN)
+    tenants = store.list_tenants()
+    if len(tenants) != 1:
+        names = ", ".join(t.name for t in tenants) or "none yet"
+        raise InvalidInput(f"name the tenant with --tenant (this node has: {names})")
+    return Principal(tenants[0].tenant_id, Role.ADMIN)
+
+
+Tenant = Annotated[
+    str | None, typer.Option("--tenant", help="The brand (tenant) name; needed with several.")
+]
+
+
+@partner_account_app.command("create")
+def partner_account_create(
+    name: Annotated[str, typer.Argument(help="The media partner's name, e.g. streamco.")],
+    tenant: Tenant = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    sessions_per_day: Annotated[
+        int | None, typer.Option("--sessions-per-day", help="Own quota (default: the tenant's).")
+    ] = None,
+    min_partner_records: Annotated[
+        int | None,
+        typer.Option("--min-partner-records", help="Own minimum set size (default: the tenant's)."),
+    ] = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Add a media partner to a tenant and print its token (shown once)."""
+    from cleanroom.server.policy import PolicyChanges
+    from cleanroom.server.tenants import create_partner
+
+    with errors(), node_store(data_dir, database_url) as store:
+        admin = _tenant_of(store, tenant)
+        overrides = PolicyChanges.parse(
+            given(sessions_per_day=sessions_per_day, min_partner_records=min_partner_records)
+        )
+        view, token = create_partner(store, admin, name, overrides)
+    result = {"tenant": admin.tenant_id, "partner": view.as_dict(), "token": token}
+    if as_json:
+        print_json(result)
+    else:
+        out.print(f"partner [bold]{name}[/] ({view.partner.partner_id}); its token, shown once:")
+        out.print(f"  {token}")
+
+
+@partner_account_app.command("list")
+def partner_account_list(
+    tenant: Tenant = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    as_json: JsonOut = False,
+) -> None:
+    """A tenant's media partners: quota, minimum set size, epsilon spent."""
+    from rich.table import Table
+
+    from cleanroom.server.tenants import partner_views
+
+    with errors(), node_store(data_dir, database_url) as store:
+        views = partner_views(store, _tenant_of(store, tenant).tenant_id)
+    if as_json:
+        print_json([v.as_dict() for v in views])
+        return
+    table = Table("partner", "sessions/day", "min records", "epsilon spent", "left")
+    for v in views:
+        table.add_row(
+            v.partner.name,
+            str(v.policy.sessions_per_day),
+            str(v.policy.min_partner_records),
+            f"{v.epsilon_spent:g}",
+            f"{v.epsilon_remaining:g}",
+        )
+    out.print(table)
 
 
 def certs(

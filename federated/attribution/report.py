@@ -180,6 +180,7 @@ class AttributionReport(BaseModel):
     report_id: str = Field(pattern=REPORT_ID_PATTERN)
     conversions_name: str = Field(max_length=200)
     created_at: AwareDatetime
+    partner: str | None = Field(None, description="the media partner that ran it")
     windows: Windows
     dp: ReportDp = ReportDp()
     aggregation_threshold: int = Field(ge=0)
@@ -208,6 +209,7 @@ class ReportSummary(BaseModel):
     report_id: str
     conversions_name: str
     created_at: AwareDatetime
+    partner: str | None
     campaigns: int
     suppressed: int
     dp: ReportDp
@@ -218,6 +220,7 @@ class ReportSummary(BaseModel):
             report_id=report.report_id,
             conversions_name=report.conversions_name,
             created_at=report.created_at,
+            partner=report.partner,
             campaigns=len(report.campaigns),
             suppressed=sum(1 for c in report.campaigns if c.suppressed),
             dp=report.dp,

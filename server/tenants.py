@@ -1,0 +1,151 @@
+"""Tenants, their media partners and their policy: one service function per change.
+
+The CLI (``tenant create``, ``partner-account create``, ``policy set``), REST
+(``POST /v1/partners``, ``PUT /v1/policy``, ``PUT /v1/partners/{name}``) and
+gRPC (``SetPolicy``) all call these, so a field is validated the same way
+(``policy.py``) and every change writes the same audit record: what was
+asked, and the policy before and after.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from cleanroom.proto.errors import InvalidInput, NotFound, PermissionDenied
+from cleanroom.server.policy import PARTNER_OVERRIDES, Policy, PolicyChanges
+from cleanroom.server.store import AuditEntry, Partner, Principal, Role, SqlStore, Tenant
+
+
+@dataclass(frozen=True)
+class PartnerView:
+    """A partner as its brand sees it: the policy it runs under and its budget."""
+
+    partner: Partner
+    policy: Policy  # the tenant's, with the partner's overrides applied
+    epsilon_spent: float
+
+    @property
+    def epsilon_remaining(self) -> float:
+        return max(self.policy.epsilon_budget - self.epsilon_spent, 0.0)
+
+    def as_dict(self) -> dict[str, Any]:
+        p = self.partner
+        return {
+            "partner_id": p.partner_id,
+            "name": p.name,
+            "created_at": p.created_at.isoformat(),
+            "overrides": {name: getattr(p, name) for name in PARTNER_OVERRIDES},
+            "sessions_per_day": self.policy.sessions_per_day,
+            "min_partner_records": self.policy.min_partner_records,
+            "epsilon_spent": self.epsilon_spent,
+            "epsilon_remaining": self.epsilon_remaining,
+        }
+
+
+def _admin(who: Principal) -> None:
+    if who.role is not Role.ADMIN:
+        raise PermissionDenied(f"changing a tenant needs an admin token, not a {who.role} token")
+
+
+def _tenant(store: SqlStore, tenant_id: str) -> Tenant:
+    tenant = store.get_tenant(tenant_id)
+    if tenant is None:
+        raise NotFound(f"no tenant {tenant_id}")
+    return tenant
+
+
+def _partner(store: SqlStore, tenant_id: str, name: str) -> Partner:
+    partner = store.find_partner(tenant_id, name)
+    if partner is None:
+        raise NotFound(f"this tenant has no partner named {name!r}")
+    return partner
+
+
+def provision_tenant(
+    store: SqlStore, name: str, changes: PolicyChanges | None = None
+) -> tuple[Tenant, dict[Role, str]]:
+    """A new tenant with its ``default`` partner and one token per role (shown once),
+    then ``changes`` to its policy, applied and audited as any later change."""
+    tenant, tokens = store.provision_tenant(name)
+    store.audit(AuditEntry(tenant.tenant_id, Role.ADMIN.value, "tenant.create", {"name": name}))
+    if changes is not None and changes.given():
+        change_policy(store, Principal(tenant.tenant_id, Role.ADMIN), changes)
+        tenant = _tenant(store, tenant.tenant_id)
+    return tenant, tokens
+
+
+def create_partner(
+    store: SqlStore, who: Principal, name: str, overrides: PolicyChanges | None = None
+) -> tuple[PartnerView, str]:
+    """A new media partner of ``who``'s tenant and its token (the plaintext, shown once)."""
+    _admin(who)
+    given = overrides.given() if overrides is not None else {}
+    _overrides_only(given)
+    partner = store.create_partner(who.tenant_id, name, **given)
+    token = store.issue_token(who.tenant_id, Role.PARTNER, partner_id=partner.partner_id)
+    store.audit(
+        AuditEntry(
+            who.tenant_id,
+            who.role.value,
+            "partner.create",
+            {"partner": name, "overrides": given},
+            partner_id=partner.partner_id,
+        )
+    )
+    return partner_view(store, who.tenant_id, partner), token
+
+
+def change_policy(
+    store: SqlStore, who: Principal, changes: PolicyChanges, partner: str | None = None
+) -> Policy:
+    """Change the tenant's policy, or (``partner``) that partner's overrides.
+
+    Returns the policy in force afterwards (for a partner: with its overrides).
+    """
+    _admin(who)
+    tenant = _tenant(store, who.tenant_id)
+    given = changes.given()
+    if partner is None:
+        before = tenant.policy
+        after = store.set_policy(tenant.tenant_id, dataclasses.replace(before, **given)).policy
+        partner_id = None
+    else:
+        _overrides_only(given)
+        found = _partner(store, tenant.tenant_id, partner)
+        before = tenant.policy.for_partner(found)
+        updated = store.set_partner_overrides(tenant.tenant_id, found.partner_id, **given)
+        after = tenant.policy.for_partner(updated)
+        partner_id = found.partner_id
+    detail: dict[str, Any] = {
+        "changes": given,
+        "before": before.as_dict(),
+        "after": after.as_dict(),
+    }
+    if partner is not None:
+        detail["partner"] = partner
+    store.audit(
+        AuditEntry(tenant.tenant_id, who.role.value, "policy.update", detail, partner_id=partner_id)
+    )
+    return after
+
+
+def partner_view(store: SqlStore, tenant_id: str, partner: Partner) -> PartnerView:
+    tenant = _tenant(store, tenant_id)
+    return PartnerView(
+        partner, tenant.policy.for_partner(partner), store.epsilon_spent(partner.partnership)
+    )
+
+
+def partner_views(store: SqlStore, tenant_id: str) -> list[PartnerView]:
+    return [partner_view(store, tenant_id, p) for p in store.list_partners(tenant_id)]
+
+
+def _overrides_only(given: dict[str, Any]) -> None:
+    other = sorted(set(given) - set(PARTNER_OVERRIDES))
+    if other:
+        raise InvalidInput(
+            f"a partner overrides only {', '.join(PARTNER_OVERRIDES)}; "
+            f"{', '.join(other)} belong to the tenant's policy"
+        )
