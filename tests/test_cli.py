@@ -470,3 +470,79 @@ def test_attribution_through_the_cli(served: dict[str, object], tmp_path: Path) 
     plain = cli(*attribute, "--view-window", "2")
     [second] = re.findall(r"report ([0-9a-f]{32})", plain.stdout)
     assert second != report_id
+
+
+def _healthy(http_port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{http_port}/healthz", timeout=1).is_success
+    except httpx.HTTPError:
+        return False
+
+
+def _grpc_serving(grpc_port: int) -> bool:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=5
+            )
+        except grpc.RpcError:
+            return False
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def test_serve_takes_its_settings_from_the_environment_unless_a_flag_says_otherwise(
+    tmp_path: Path,
+) -> None:
+    """CLEANROOM_* variables configure `cleanroom serve`; a flag given wins over its variable;
+    flags not given do not override anything (their defaults live in ServerSettings)."""
+    data_dir = tmp_path / "from-env"
+    grpc_port, env_http, flag_http = free_port(), free_port(), free_port()
+    env = {
+        **os.environ,
+        "CLEANROOM_DATA_DIR": str(data_dir),
+        "CLEANROOM_GRPC_PORT": str(grpc_port),
+        "CLEANROOM_HTTP_PORT": str(env_http),
+        "CLEANROOM_WORKERS": "1",
+    }
+    created = subprocess.run(
+        [*CLI, "tenant", "create", "acme", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=True,
+    )
+    assert json.loads(created.stdout)["name"] == "acme"
+    assert (data_dir / "cleanroom.db").is_file()  # tenant create honours the variable too
+    proc = subprocess.Popen(
+        [*CLI, "serve", "--http-port", str(flag_http)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+
+        def up() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"serve exited: {proc.stderr.read() if proc.stderr else ''}")
+            return _healthy(flag_http)
+
+        eventually(up, timeout=60, what="cleanroom serve to come up on the flag's port")
+        assert _grpc_serving(grpc_port)  # the variable's gRPC port, not the default 50051
+        assert not _healthy(env_http)  # the flag won over CLEANROOM_HTTP_PORT
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    bad = subprocess.run(
+        [*CLI, "serve"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**env, "CLEANROOM_GRPC_PORT": "not-a-port"},
+    )
+    assert bad.returncode == 1
+    assert "grpc_port" in bad.stderr and "Traceback" not in bad.stderr

@@ -14,9 +14,9 @@ import typer
 
 from cleanroom.client.cli.common import (
     JsonOut,
-    TlsDir,
     err,
     errors,
+    fail,
     out,
     print_json,
 )
@@ -46,30 +46,56 @@ def given(**flags: Any) -> dict[str, Any]:
 # ------------------------------------------------------------------ serve
 
 
+def _setting(name: str, what: str) -> str:
+    """Help text naming a setting's default (declared once, in ServerSettings) and its
+    environment variable: a flag left out defers to the variable, then the default."""
+    from cleanroom.server.settings import ServerSettings
+
+    default = ServerSettings.model_fields[name].default
+    shown = "" if default is None else f"; default {default}"
+    return f"{what} (env CLEANROOM_{name.upper()}{shown})."
+
+
 def serve(
     data_dir: Annotated[
-        Path, typer.Option("--data-dir", help="Where metadata and audiences live.")
-    ] = Path("cleanroom-data"),
-    grpc_port: Annotated[int, typer.Option("--grpc-port")] = 50051,
-    http_port: Annotated[int, typer.Option("--http-port")] = 8080,
+        Path | None,
+        typer.Option("--data-dir", help=_setting("data_dir", "Where metadata and data live")),
+    ] = None,
+    grpc_port: Annotated[
+        int | None, typer.Option("--grpc-port", help=_setting("grpc_port", "gRPC port"))
+    ] = None,
+    http_port: Annotated[
+        int | None, typer.Option("--http-port", help=_setting("http_port", "REST port"))
+    ] = None,
     host: Annotated[
-        str, typer.Option("--host", help="Bind address; non-local needs --tls-dir.")
-    ] = "127.0.0.1",
-    tls_dir: TlsDir = None,
+        str | None,
+        typer.Option("--host", help=_setting("host", "Bind address; non-local needs TLS")),
+    ] = None,
+    tls_dir: Annotated[
+        Path | None,
+        typer.Option("--tls-dir", help=_setting("tls_dir", "Directory from `cleanroom certs`")),
+    ] = None,
     workers: Annotated[
-        int | None, typer.Option("--workers", help="Crypto processes (default: all cores).")
+        int | None,
+        typer.Option("--workers", help=_setting("workers", "Crypto processes; default all cores")),
     ] = None,
     database_url: Annotated[
-        str | None, typer.Option("--database-url", help="Default: SQLite in data dir.")
+        str | None,
+        typer.Option(
+            "--database-url", help=_setting("database_url", "Default: SQLite in the data dir")
+        ),
     ] = None,
 ) -> None:
-    """Run the brand node: gRPC service, REST API."""
+    """Run the brand node: gRPC service, REST API. Flags override CLEANROOM_* variables."""
+    from pydantic import ValidationError
+
     from cleanroom.server.logs import configure
     from cleanroom.server.node import BrandNode
+    from cleanroom.server.policy import describe
     from cleanroom.server.settings import ServerSettings
 
     configure(logging.INFO)
-    settings = ServerSettings(
+    flags = given(
         data_dir=data_dir,
         grpc_port=grpc_port,
         http_port=http_port,
@@ -78,6 +104,10 @@ def serve(
         workers=workers,
         database_url=database_url,
     )
+    try:
+        settings = ServerSettings(**flags)
+    except ValidationError as exc:
+        raise fail(f"bad setting: {describe(exc)}") from exc
     with errors():
         try:
             asyncio.run(BrandNode(settings).serve_forever((signal.SIGTERM, signal.SIGINT)))
@@ -90,20 +120,27 @@ def serve(
 
 DataDir = Annotated[
     Path | None,
-    typer.Option("--data-dir", help="The node's data directory (default: cleanroom-data)."),
+    typer.Option("--data-dir", help=_setting("data_dir", "The node's data directory")),
 ]
 DatabaseUrl = Annotated[
-    str | None, typer.Option("--database-url", help="Default: SQLite in the data directory.")
+    str | None,
+    typer.Option("--database-url", help=_setting("database_url", "Default: SQLite in it")),
 ]
 
 
 @contextmanager
 def node_store(data_dir: Path | None, database_url: str | None) -> Iterator[SqlStore]:
     """The node's store, as ``cleanroom serve`` with the same flags would open it."""
+    from pydantic import ValidationError
+
+    from cleanroom.server.policy import describe
     from cleanroom.server.settings import ServerSettings
     from cleanroom.server.store import SqlStore
 
-    settings = ServerSettings(**given(data_dir=data_dir, database_url=database_url))
+    try:
+        settings = ServerSettings(**given(data_dir=data_dir, database_url=database_url))
+    except ValidationError as exc:
+        raise InvalidInput(f"bad setting: {describe(exc)}") from exc
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = SqlStore(settings.resolved_database_url())
     try:
