@@ -1,9 +1,15 @@
-"""``cleanroom demo``: the whole matching path on one machine, for real.
+"""``cleanroom demo``: the whole product on one machine, for real.
 
-Synthetic data, a brand node on free local ports (gRPC and HTTP, in-process
-on its own thread and event loop, with its own worker processes), a tenant,
-an upload, a PSI match and a PSI cardinality run, then a summary checked
-against a plaintext join of the same files.
+Synthetic data, a brand node on free local ports (gRPC and HTTP, with its own
+worker processes), a tenant, an upload, a PSI match and a PSI cardinality
+run, an attribution report, then a summary checked against a plaintext join
+of the same files.
+
+The node and the partner share one event loop: grpc.aio binds its completion
+queue to the loop that first used it and forwards other loops' events there,
+so a partner on short-lived loops of its own would leave late events for a
+closed loop (the "Event loop is closed" errors of grpc/grpc#25364). In
+production the two parties are separate processes anyway.
 """
 
 from __future__ import annotations
@@ -11,8 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+import signal
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -40,9 +46,13 @@ from cleanroom.client.tables import report_blocks
 from cleanroom.federated.attribution.synth import synthesize_attribution
 from cleanroom.matching.messages import Protocol
 from cleanroom.matching.workers import CryptoPool
-from cleanroom.server.node import BrandNodeThread
+from cleanroom.server.node import BrandNode
+from cleanroom.server.policy import PolicyChanges
 from cleanroom.server.settings import ServerSettings
-from cleanroom.server.store import Policy, Role, SqlStore
+from cleanroom.server.store import Role, SqlStore
+from cleanroom.server.tenants import provision_tenant
+
+TENANT = "acme-brand"
 
 
 def run_demo(
@@ -56,14 +66,19 @@ def run_demo(
     work = keep or Path(tempfile.mkdtemp(prefix="cleanroom-demo-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        return _demo(work, rows, console, kept=keep is not None, serve=serve)
+        return asyncio.run(_demo(work, rows, console, kept=keep is not None, serve=serve))
     finally:
         if keep is None:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _attribution_step(
-    node: BrandNodeThread, tokens: dict[Role, str], work: Path, console: Console
+async def _attribution_step(
+    node: BrandNode,
+    target: str,
+    tokens: dict[Role, str],
+    work: Path,
+    console: Console,
+    pool: CryptoPool,
 ) -> tuple[str, str]:
     """Closed-loop attribution on synthetic conversions and exposures."""
     synth = synthesize_attribution(
@@ -76,20 +91,17 @@ def _attribution_step(
         seed=7,
         days=21,
     )
-    admin = Connection(node.target, tokens[Role.ADMIN])
-    brand_ids = parse_id_columns("email,phone")
+    admin = Connection(target, tokens[Role.ADMIN])
     options = NormalizeOptions(default_region="US")
-    uploaded = asyncio.run(
-        upload_conversions(
-            admin,
-            name="sales",
-            path=synth.conversions_path,
-            id_columns=brand_ids,
-            options=options,
-            customer_column="customer_id",
-            time_column="ts",
-            value_column="value",
-        )
+    uploaded = await upload_conversions(
+        admin,
+        name="sales",
+        path=synth.conversions_path,
+        id_columns=parse_id_columns("email,phone"),
+        options=options,
+        customer_column="customer_id",
+        time_column="ts",
+        value_column="value",
     )
     console.print(
         f"6. brand uploaded {uploaded['events']} conversions of {uploaded['customers']} customers;"
@@ -102,17 +114,13 @@ def _attribution_step(
         options=options,
         spend=synth.spend_path,
     )
-    report_id = asyncio.run(
-        run_attribution(Connection(node.target, tokens[Role.PARTNER]), prepare_attribution(request))
-    )
-    store = SqlStore(node.settings.resolved_database_url())
-    try:
-        tenant = store.find_tenant("acme-brand")
-        assert tenant is not None
-        record = store.get_report(tenant.tenant_id, report_id)
-    finally:
-        store.close()
-    assert record is not None and node.ports is not None
+    prepared = prepare_attribution(request, pool.executor)
+    report_id = await run_attribution(Connection(target, tokens[Role.PARTNER]), prepared)
+    assert node.store is not None and node.ports is not None
+    tenant = node.store.find_tenant(TENANT)
+    assert tenant is not None
+    record = node.store.get_report(tenant.tenant_id, report_id)
+    assert record is not None
     console.print(report_blocks(record.report))
     dashboard = (
         f"http://127.0.0.1:{node.ports.http}/dashboard/reports/{report_id}"
@@ -121,7 +129,20 @@ def _attribution_step(
     return report_id, dashboard
 
 
-def _demo(
+async def _until_stopped() -> None:
+    """Wait for Ctrl-C or SIGTERM (``--serve``)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def _demo(
     work: Path, rows: int, console: Console, *, kept: bool, serve: bool = False
 ) -> dict[str, int]:
     started = time.perf_counter()
@@ -132,23 +153,23 @@ def _demo(
     settings = ServerSettings(data_dir=work / "node", grpc_port=0, http_port=0)
     settings.data_dir.mkdir(parents=True)
     store = SqlStore(settings.resolved_database_url())
-    _, tokens = store.provision_tenant("acme-brand", Policy(min_partner_records=100))
+    _, tokens = provision_tenant(store, TENANT, PolicyChanges(min_partner_records=100))
     store.close()
 
     columns = parse_id_columns("email,phone,maid")
     options = NormalizeOptions(default_region="US")
-    with BrandNodeThread(settings) as node:
-        assert node.ports is not None
+    node = BrandNode(settings)
+    ports = await node.start()
+    target = f"{settings.host}:{ports.grpc}"
+    try:
         console.print(
-            f"2. brand node up: gRPC {node.target},"
-            f" REST http://127.0.0.1:{node.ports.http}/v1 (OpenAPI at /openapi.json)"
+            f"2. brand node up: gRPC {target},"
+            f" REST http://127.0.0.1:{ports.http}/v1 (OpenAPI at /docs)"
         )
-        admin = Connection(node.target, tokens[Role.ADMIN])
-        partner = Connection(node.target, tokens[Role.PARTNER])
-        upload = asyncio.run(
-            upload_audience(
-                admin, name="crm", path=data.brand_path, id_columns=columns, options=options
-            )
+        admin = Connection(target, tokens[Role.ADMIN])
+        partner = Connection(target, tokens[Role.PARTNER])
+        upload = await upload_audience(
+            admin, name="crm", path=data.brand_path, id_columns=columns, options=options
         )
         rep = upload.to_dict()
         console.print(
@@ -159,50 +180,58 @@ def _demo(
         )
         pset, _ = load_partner_set(data.partner_path, columns, options)
         with CryptoPool.processes() as pool:
-            match = asyncio.run(run_psi(partner, "crm", Protocol.MATCH, pset, pool=pool))
-            overlap = asyncio.run(run_psi(partner, "crm", Protocol.CARDINALITY, pset, pool=pool))
-        outcome = match.session.outcome
-        assert outcome is not None and overlap.result is not None
-        out_csv = work / "matched.csv"
-        write_match_output(data.partner_path, out_csv, outcome.matched_on, columns)
-        # Check the private results against the plaintext join of the same files.
-        expected = plaintext_match(
-            pd.read_csv(data.brand_path, dtype=str, keep_default_na=False),
-            pd.read_csv(data.partner_path, dtype=str, keep_default_na=False),
-            columns,
-            options,
-        )
-        labels = ["", *(str(c.id_type) for c in columns)]
-        got = [labels[i + 1] for i in outcome.matched_on.tolist()]
-        expected_count = sum(1 for e in expected if e)
-        if got != expected or overlap.result.intersection != expected_count:
-            raise RuntimeError("the private results differ from the plaintext join")
+            match = await run_psi(partner, "crm", Protocol.MATCH, pset, pool=pool)
+            overlap = await run_psi(partner, "crm", Protocol.CARDINALITY, pset, pool=pool)
+            outcome = match.outcome
+            assert overlap.result is not None
+            out_csv = work / "matched.csv"
+            write_match_output(data.partner_path, out_csv, outcome.matched_on, columns)
+            # Check the private results against the plaintext join of the same files.
+            expected = plaintext_match(
+                pd.read_csv(data.brand_path, dtype=str, keep_default_na=False),
+                pd.read_csv(data.partner_path, dtype=str, keep_default_na=False),
+                columns,
+                options,
+            )
+            labels = ["", *(str(c.id_type) for c in columns)]
+            got = [labels[i + 1] for i in outcome.matched_on.tolist()]
+            expected_count = sum(1 for e in expected if e)
+            if got != expected or overlap.result.intersection != expected_count:
+                raise RuntimeError("the private results differ from the plaintext join")
 
-        table = Table(title="match summary (partner side)")
-        table.add_column("metric")
-        table.add_column("value", justify="right")
-        table.add_row("partner rows", str(pset.row_count))
-        table.add_row("brand identifiers (|S|)", str(outcome.brand_points))
-        table.add_row("matched rows (PSI match)", str(outcome.matched_records))
-        for i, c in enumerate(columns):
-            table.add_row(f"  matched on {c.id_type}", str(int((outcome.matched_on == i).sum())))
-        table.add_row("overlap (PSI cardinality)", str(overlap.result.intersection))
-        table.add_row("match rate", f"{outcome.matched_records / max(1, pset.row_count):.1%}")
-        console.print(table)
-        console.print(
-            "4. both results equal a plaintext join of the same files"
-            f" ({expected_count} matching rows)"
-        )
-        where = (
-            str(out_csv) if kept else f"{out_csv.name} (deleted; rerun with --keep DIR to keep it)"
-        )
-        console.print(f"5. partner output with matched/matched_on columns: {where}")
-        report_id, dashboard = _attribution_step(node, tokens, work, console)
+            table = Table(title="match summary (partner side)")
+            table.add_column("metric")
+            table.add_column("value", justify="right")
+            table.add_row("partner rows", str(pset.row_count))
+            table.add_row("brand identifiers (|S|)", str(outcome.brand_points))
+            table.add_row("matched rows (PSI match)", str(outcome.matched_records))
+            for i, c in enumerate(columns):
+                table.add_row(
+                    f"  matched on {c.id_type}", str(int((outcome.matched_on == i).sum()))
+                )
+            table.add_row("overlap (PSI cardinality)", str(overlap.result.intersection))
+            table.add_row("match rate", f"{outcome.matched_records / max(1, pset.row_count):.1%}")
+            console.print(table)
+            console.print(
+                "4. both results equal a plaintext join of the same files"
+                f" ({expected_count} matching rows)"
+            )
+            where = (
+                str(out_csv)
+                if kept
+                else f"{out_csv.name} (deleted; rerun with --keep DIR to keep it)"
+            )
+            console.print(f"5. partner output with matched/matched_on columns: {where}")
+            report_id, dashboard = await _attribution_step(
+                node, target, tokens, work, console, pool
+            )
         if serve:
             console.print(f"dashboard: {dashboard}")
             console.print("serving until Ctrl-C ...")
             with contextlib.suppress(KeyboardInterrupt):
-                threading.Event().wait()
+                await _until_stopped()
+    finally:
+        await node.stop()
 
     console.print(f"7. attribution report {report_id}; dashboard (while serving): {dashboard}")
     if not serve:

@@ -518,7 +518,7 @@ def test_serve_takes_its_settings_from_the_environment_unless_a_flag_says_otherw
     assert json.loads(created.stdout)["name"] == "acme"
     assert (data_dir / "cleanroom.db").is_file()  # tenant create honours the variable too
     proc = subprocess.Popen(
-        [*CLI, "serve", "--http-port", str(flag_http)],
+        [*CLI, "--log-format", "text", "serve", "--http-port", str(flag_http)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -537,6 +537,9 @@ def test_serve_takes_its_settings_from_the_environment_unless_a_flag_says_otherw
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+    logged = proc.stderr.read() if proc.stderr else ""
+    warning = next(line for line in logged.splitlines() if "WITHOUT TLS" in line)
+    assert "WARNING" in warning and not warning.lstrip().startswith("{")  # text, not JSON
     bad = subprocess.run(
         [*CLI, "serve"],
         capture_output=True,

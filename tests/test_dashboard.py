@@ -9,6 +9,7 @@ inline SVG; we read the rendered DOM (``--dump-dom``) and a screenshot.
 from __future__ import annotations
 
 import os
+import re
 import struct
 import subprocess
 import zlib
@@ -194,3 +195,26 @@ def test_the_dashboard_says_why_it_cannot_show_a_report(
     parsed = Elements()
     parsed.feed(dom)
     assert not parsed.having("lift-bar") and not parsed.having("funnel-bar")
+
+
+def test_the_api_docs_render_without_internet(node: Node, tmp_path: Path) -> None:
+    """/docs loads Swagger UI from the node itself (no CDN): in a browser that can reach
+    only the node, the page lists the API's operations."""
+    import httpx
+
+    page = httpx.get(f"{node.http}/docs")
+    assert page.status_code == 200
+    sources = re.findall(r'(?:src|href)=["\']([^"\']+)["\']', page.text)
+    assert sources and all(s.startswith("/") for s in sources), sources
+    for asset in sources:
+        assert httpx.get(node.http + asset).status_code == 200, asset
+    dom = run_chromium(
+        tmp_path,
+        f"{node.http}/docs",
+        "--dump-dom",
+        # Everything but the node is unreachable, as on an offline machine.
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+    ).stdout
+    assert "opblock" in dom, dom[-2000:]
+    for path in ("/v1/reports/{report_id}", "/v1/partners", "/v1/policy"):
+        assert path in dom

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 
 from rich.console import Console
 
@@ -17,3 +19,18 @@ def test_demo_runs_and_agrees_with_the_plaintext_join() -> None:
     assert result["matched"] == result["intersection"] > 0
     assert "both results equal a plaintext join" in text
     assert "/dashboard/reports/" in text
+
+
+def test_the_demo_command_prints_no_error() -> None:
+    """As a user runs it: exit 0, its checks passed, nothing on stderr at ERROR level
+    (grpc.aio used from short-lived loops beside the node's once left asyncio's
+    "Event loop is closed" tracebacks there)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "cleanroom.client.cli", "demo", "--rows", "600"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "both results equal a plaintext join" in done.stdout
+    assert "ERROR" not in done.stderr and "Traceback" not in done.stderr, done.stderr[-3000:]
