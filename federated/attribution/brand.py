@@ -85,7 +85,10 @@ def common_id_types(held: tuple[str, ...], declared: tuple[str, ...]) -> tuple[s
 class BrandRun(Protocol):
     """What a transport drives on the brand's side: a run, or a repeated submission's answer."""
 
-    public_key: PaillierPublicKey | None
+    @property
+    def public_key(self) -> PaillierPublicKey | None:
+        """The run's key, for serde to read and write ciphertexts (None: no run)."""
+        ...
 
     def start(self) -> AttrAccepted: ...
 
@@ -147,8 +150,7 @@ class BrandAttribution(RoundMachine[AttrRound]):
         super().__init__(AttrRound.HELLO, jobs)
         self.session_id = session_id
         self.hello = hello
-        self.public_key: PaillierPublicKey | None = public_key
-        self._public_key = public_key
+        self.public_key = public_key
         self.private_key = private_key
         self.dp = dp
         self.rng = rng or np.random.default_rng()
@@ -201,7 +203,7 @@ class BrandAttribution(RoundMachine[AttrRound]):
     def accepted(self) -> AttrAccepted:
         return AttrAccepted(
             session_id=self.session_id,
-            public_key_n=self._public_key.n,
+            public_key_n=self.public_key.n,
             max_lag=self.max_lag,
             events=self.data.events,
             brand_tokens=self.brand_tokens,
@@ -307,7 +309,7 @@ class BrandAttribution(RoundMachine[AttrRound]):
 
     def decrypt(self, msg: AttrAggregates) -> DecryptedAggregates:
         """Decrypt the aggregates (and only them) into the report's inputs."""
-        pk = self._public_key
+        pk = self.public_key
         groups: dict[tuple[str, str], GroupStats] = {}
         for g in msg.groups:
             if g.group not in GROUPS:
@@ -434,7 +436,7 @@ class BrandAttribution(RoundMachine[AttrRound]):
             # worker builds its fixed-base table once per part).
             key = json.dumps(private_key_to_json(self.private_key))
             step = -(-len(scaled) // 4)
-            bits = self._public_key.n.bit_length()
+            bits = self.public_key.n.bit_length()
             jobs: list[tuple[Any, ...]] = [
                 (key, bits, scaled[i : i + step]) for i in range(0, len(scaled), step)
             ]
