@@ -22,6 +22,7 @@ import pandas as pd
 
 from cleanroom.audiences.identifiers import IdColumn, NormalizeOptions
 from cleanroom.audiences.reader import iter_frames, read_frame
+from cleanroom.audiences.upload import ConversionRows, UploadEnd, UploadHeader
 from cleanroom.client.sdk import ClientError, Connection, stream_upload
 from cleanroom.federated.attribution.inputs import (
     PartnerExposures,
@@ -55,14 +56,10 @@ async def upload_conversions(
     """Validate, hash and upload a conversions file; returns the stored set."""
     frames = iter_frames(path, chunk_rows)
 
+    header = UploadHeader(name, tuple(str(c.id_type) for c in id_columns), replace)
+
     def requests() -> Iterator[pb.ConversionsUploadRequest]:
-        yield pb.ConversionsUploadRequest(
-            header=pb.UploadHeader(
-                name=name,
-                id_types=[serde.id_type_to_pb(c.id_type) for c in id_columns],
-                replace=replace,
-            )
-        )
+        yield pb.ConversionsUploadRequest(header=serde.upload_header_to_pb(header))
         seq = rows = 0
         for frame in frames:
             parsed = parse_conversions(
@@ -80,24 +77,19 @@ async def upload_conversions(
                 id_rows, _, digests = hashed_identifiers(parsed, [col], options)
                 present = np.zeros(len(parsed), dtype=np.uint8)
                 present[id_rows] = 1
-                columns.append(
-                    pb.IdColumnChunk(
-                        column=index, present=present.tobytes(), digests=digests.tobytes()
-                    )
-                )
-            yield pb.ConversionsUploadRequest(
-                chunk=pb.ConversionsChunk(
-                    seq=seq,
-                    row_count=len(parsed),
-                    customers=customers,
-                    days=parsed["day"].to_numpy().astype("<i4").tobytes(),
-                    values=parsed["value"].to_numpy().astype("<f8").tobytes(),
-                    columns=columns,
-                )
+                columns.append((index, present.tobytes(), digests.tobytes()))
+            chunk = ConversionRows(
+                seq=seq,
+                customers=customers,
+                days=parsed["day"].to_numpy(),
+                values=parsed["value"].to_numpy(),
+                columns=tuple(columns),
             )
+            yield pb.ConversionsUploadRequest(chunk=serde.conversions_chunk_to_pb(chunk))
             seq += 1
             rows += len(parsed)
-        yield pb.ConversionsUploadRequest(end=pb.UploadEnd(chunk_count=seq, row_count=rows))
+        end = serde.upload_end_to_pb(UploadEnd(seq, rows))
+        yield pb.ConversionsUploadRequest(end=end)
 
     result: pb.ConversionSet = await stream_upload(
         conn,
@@ -106,13 +98,7 @@ async def upload_conversions(
         ),
         requests(),
     )
-    return {
-        "conversions_id": result.conversions_id,
-        "name": result.name,
-        "events": result.events,
-        "customers": result.customers,
-        "identifiers": result.identifiers,
-    }
+    return serde.conversion_set_from_pb(result)
 
 
 @dataclass

@@ -20,6 +20,7 @@ import pandas as pd
 
 from cleanroom.audiences.identifiers import IdColumn, NormalizeOptions
 from cleanroom.audiences.reader import ReadReport, iter_frames, read_hashed_chunks
+from cleanroom.audiences.upload import ColumnDigests, UploadChunk, UploadEnd, UploadHeader
 from cleanroom.matching.messages import Accepted, Protocol, Result
 from cleanroom.matching.partner import (
     MatchOutcome,
@@ -158,14 +159,10 @@ async def upload_audience(
     chunks = read_hashed_chunks(path, id_columns, options, chunk_rows=chunk_rows, report=report)
     first = next(chunks, None)
 
+    header = UploadHeader(name, tuple(str(c.id_type) for c in id_columns), replace)
+
     def requests() -> Iterator[pb.UploadRequest]:
-        yield pb.UploadRequest(
-            header=pb.UploadHeader(
-                name=name,
-                id_types=[serde.id_type_to_pb(c.id_type) for c in id_columns],
-                replace=replace,
-            )
-        )
+        yield pb.UploadRequest(header=serde.upload_header_to_pb(header))
         seq = rows = 0
         pending = [first] if first is not None else []
         for chunk in _chain(pending, chunks):
@@ -174,17 +171,16 @@ async def upload_audience(
             for index, col in enumerate(chunk.columns):
                 present_rows |= col.present
                 if col.digests:
-                    columns.append(pb.IdColumnChunk(column=index, digests=col.digests))
+                    columns.append(ColumnDigests(index, col.digests))
             accepted = int(present_rows.sum())
             if accepted:
-                yield pb.UploadRequest(
-                    chunk=pb.UploadChunk(seq=seq, row_count=accepted, columns=columns)
-                )
+                upload = UploadChunk(seq=seq, row_count=accepted, columns=tuple(columns))
+                yield pb.UploadRequest(chunk=serde.upload_chunk_to_pb(upload))
                 seq += 1
                 rows += accepted
             if on_rows is not None:
                 on_rows(chunk.row_count)
-        yield pb.UploadRequest(end=pb.UploadEnd(chunk_count=seq, row_count=rows))
+        yield pb.UploadRequest(end=serde.upload_end_to_pb(UploadEnd(seq, rows)))
 
     response: pb.UploadResponse = await stream_upload(
         conn,
@@ -193,18 +189,7 @@ async def upload_audience(
         ),
         requests(),
     )
-    a = response.audience
-    return UploadResult(
-        report=report,
-        audience={
-            "audience_id": a.audience_id,
-            "name": a.name,
-            "records": a.records,
-            "elements": a.elements,
-            "duplicates": a.duplicates,
-            "elements_by_type": dict(a.elements_by_type),
-        },
-    )
+    return UploadResult(report=report, audience=serde.audience_from_pb(response.audience))
 
 
 def _chain(first: list[Any], rest: Any) -> Any:

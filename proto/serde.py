@@ -213,6 +213,18 @@ def upload_header_from_pb(header: pb.UploadHeader) -> UploadHeader:
     )
 
 
+def upload_chunk_to_pb(chunk: UploadChunk) -> pb.UploadChunk:
+    return pb.UploadChunk(
+        seq=chunk.seq,
+        row_count=chunk.row_count,
+        columns=[pb.IdColumnChunk(column=c.column, digests=c.digests) for c in chunk.columns],
+    )
+
+
+def upload_end_to_pb(end: UploadEnd) -> pb.UploadEnd:
+    return pb.UploadEnd(chunk_count=end.chunk_count, row_count=end.row_count)
+
+
 def upload_chunk_from_pb(chunk: pb.UploadChunk) -> UploadChunk:
     return UploadChunk(
         seq=chunk.seq,
@@ -232,6 +244,20 @@ def _packed(data: bytes, dtype: str, what: str) -> np.ndarray:
     return np.frombuffer(data, dtype=dtype)
 
 
+def conversions_chunk_to_pb(chunk: ConversionRows) -> pb.ConversionsChunk:
+    return pb.ConversionsChunk(
+        seq=chunk.seq,
+        row_count=len(chunk.days),
+        customers=chunk.customers,
+        days=np.asarray(chunk.days).astype("<i4").tobytes(),
+        values=np.asarray(chunk.values).astype("<f8").tobytes(),
+        columns=[
+            pb.IdColumnChunk(column=column, present=present, digests=digests)
+            for column, present, digests in chunk.columns
+        ],
+    )
+
+
 def conversions_chunk_from_pb(chunk: pb.ConversionsChunk) -> ConversionRows:
     return ConversionRows(
         seq=chunk.seq,
@@ -240,6 +266,18 @@ def conversions_chunk_from_pb(chunk: pb.ConversionsChunk) -> ConversionRows:
         values=_packed(chunk.values, "<f8", f"conversions chunk {chunk.seq}: values"),
         columns=tuple((x.column, x.present, x.digests) for x in chunk.columns),
     )
+
+
+def audience_from_pb(a: pb.Audience) -> dict[str, Any]:
+    """A stored audience as the uploader reports it (JSON)."""
+    return {
+        "audience_id": a.audience_id,
+        "name": a.name,
+        "records": a.records,
+        "elements": a.elements,
+        "duplicates": a.duplicates,
+        "elements_by_type": dict(a.elements_by_type),
+    }
 
 
 def audience_to_pb(record: AudienceRecord) -> pb.Audience:
@@ -252,6 +290,17 @@ def audience_to_pb(record: AudienceRecord) -> pb.Audience:
         elements_by_type=record.elements_by_type,
         created_at=record.created_at.isoformat(),
     )
+
+
+def conversion_set_from_pb(c: pb.ConversionSet) -> dict[str, Any]:
+    """A stored conversion set as the uploader reports it (JSON)."""
+    return {
+        "conversions_id": c.conversions_id,
+        "name": c.name,
+        "events": c.events,
+        "customers": c.customers,
+        "identifiers": c.identifiers,
+    }
 
 
 def conversion_set_to_pb(record: ConversionSetRecord) -> pb.ConversionSet:
