@@ -118,6 +118,8 @@ class HashedChunk:
     first_row: int  # 0-based index of the chunk's first data row in the file (header excluded)
     row_count: int
     columns: list[HashedColumn]
+    # Other columns asked for (``read_hashed_chunks(keep=...)``), as text per row ("" missing).
+    kept: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- file access
@@ -604,25 +606,27 @@ def read_hashed_chunks(
     *,
     chunk_rows: int = 50_000,
     report: ReadReport | None = None,
+    keep: Sequence[str] = (),
 ) -> Iterator[HashedChunk]:
     """Stream an audience file as chunks of identifier digests, updating ``report`` as it goes.
 
-    The file and the presence of every id column are checked when this is called, before any
-    chunk is produced. Invalid identifier values are counted in ``report`` and skipped; a row is
+    The file and the presence of every id column (and of every ``keep`` column, whose text
+    each chunk carries in ``kept``) are checked when this is called, before any chunk is
+    produced. Invalid identifier values are counted in ``report`` and skipped; a row is
     accepted if at least one of its identifiers is valid.
     """
     _check_chunk_rows(chunk_rows)
     if not id_columns:
         raise ValueError("at least one id column is required")
     info = _inspect(path)
-    missing = [c.column for c in id_columns if c.column not in info.columns]
+    missing = [c for c in [*(c.column for c in id_columns), *keep] if c not in info.columns]
     if missing:
         raise AudienceFileError(
-            f"audience file {info.path} is missing id column(s) "
+            f"audience file {info.path} is missing column(s) "
             f"{', '.join(repr(m) for m in missing)}; available columns: "
             f"{', '.join(repr(c) for c in info.columns)}"
         )
-    return _iter_hashed(info, list(id_columns), options, chunk_rows, report)
+    return _iter_hashed(info, list(id_columns), options, chunk_rows, report, list(keep))
 
 
 def _iter_hashed(
@@ -631,8 +635,10 @@ def _iter_hashed(
     options: NormalizeOptions,
     chunk_rows: int,
     report: ReadReport | None,
+    keep: list[str] | None = None,
 ) -> Iterator[HashedChunk]:
-    names = list(dict.fromkeys(c.column for c in id_columns))
+    kept_names = list(dict.fromkeys(keep or ()))
+    names = list(dict.fromkeys([*(c.column for c in id_columns), *kept_names]))
     first_row = 0
     if info.format == "csv":
         # All columns are parsed (no usecols) because pandas only detects rows with too many
@@ -642,10 +648,20 @@ def _iter_hashed(
                 name: _to_text(pa.array(frame[name], from_pandas=True), name, info.path)
                 for name in names
             }
-            yield _hash_chunk(first_row, len(frame), arrays, id_columns, options, report)
+            chunk = _hash_chunk(first_row, len(frame), arrays, id_columns, options, report)
+            chunk.kept = _kept_text(arrays, kept_names)
+            yield chunk
             first_row += len(frame)
     else:
         for table in _iter_parquet_tables(info.path, chunk_rows, names):
             arrays = _text_table(table, info.path)
-            yield _hash_chunk(first_row, table.num_rows, arrays, id_columns, options, report)
+            chunk = _hash_chunk(first_row, table.num_rows, arrays, id_columns, options, report)
+            chunk.kept = _kept_text(arrays, kept_names)
+            yield chunk
             first_row += table.num_rows
+
+
+def _kept_text(arrays: dict[str, pa.Array], names: list[str]) -> dict[str, np.ndarray]:
+    return {
+        name: np.asarray(arrays[name].fill_null("").to_pylist(), dtype=object) for name in names
+    }

@@ -24,6 +24,8 @@ class UploadHeader:
 class ColumnDigests:
     column: int  # index into UploadHeader.id_types
     digests: bytes  # concatenated 32-byte digests
+    # One byte per digest: its record's seed label (1 seed, 0 not); empty: all seeds.
+    labels: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +33,7 @@ class UploadChunk:
     seq: int
     row_count: int
     columns: tuple[ColumnDigests, ...] = field(default_factory=tuple)
+    seeds: int | None = None  # records labelled seed; None: every record is a seed
 
 
 @dataclass(frozen=True, slots=True)

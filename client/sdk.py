@@ -134,12 +134,37 @@ async def stream_upload(
 class UploadResult:
     report: ReadReport
     audience: dict[str, Any]
+    seeds: int = 0  # accepted records labelled seed
+    non_seeds: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         out = self.report.to_dict()
         out["duplicates"] = self.audience.get("duplicates", 0)
+        out["seeds"], out["non_seeds"] = self.seeds, self.non_seeds
         out["audience"] = self.audience
         return out
+
+
+@dataclass(frozen=True)
+class SeedLabels:
+    """Which records are seed members: those whose ``column`` holds one of ``positive``
+    (compared trimmed and case-insensitively). Without labels every record is a seed."""
+
+    column: str
+    positive: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        wanted = tuple(v.strip() for v in self.positive if v.strip())
+        if not wanted:
+            raise ValueError(f"name the seed values of label column {self.column!r} (--positive)")
+        object.__setattr__(self, "positive", wanted)
+
+    def of(self, values: np.ndarray) -> np.ndarray:
+        """1 for a seed row, 0 otherwise (uint8)."""
+        wanted = {v.casefold() for v in self.positive}
+        return np.fromiter(
+            (str(v).strip().casefold() in wanted for v in values), dtype=np.uint8, count=len(values)
+        )
 
 
 async def upload_audience(
@@ -152,11 +177,21 @@ async def upload_audience(
     replace: bool = False,
     chunk_rows: int = 50_000,
     on_rows: Callable[[int], None] | None = None,
+    labels: SeedLabels | None = None,
 ) -> UploadResult:
-    """Normalize, hash and upload ``path`` as audience ``name``."""
+    """Normalize, hash and upload ``path`` as audience ``name``; ``labels`` marks which
+    records are seed members (for lookalikes; default: all)."""
     report = ReadReport()
+    counts = {"seeds": 0, "non_seeds": 0}
     # Reading the file first surfaces a missing column before any network use.
-    chunks = read_hashed_chunks(path, id_columns, options, chunk_rows=chunk_rows, report=report)
+    chunks = read_hashed_chunks(
+        path,
+        id_columns,
+        options,
+        chunk_rows=chunk_rows,
+        report=report,
+        keep=() if labels is None else (labels.column,),
+    )
     first = next(chunks, None)
 
     header = UploadHeader(name, tuple(str(c.id_type) for c in id_columns), replace)
@@ -166,15 +201,29 @@ async def upload_audience(
         seq = rows = 0
         pending = [first] if first is not None else []
         for chunk in _chain(pending, chunks):
+            row_labels = (
+                np.ones(chunk.row_count, dtype=np.uint8)
+                if labels is None
+                else labels.of(chunk.kept[labels.column])
+            )
             present_rows = np.zeros(chunk.row_count, dtype=bool)
             columns = []
             for index, col in enumerate(chunk.columns):
                 present_rows |= col.present
                 if col.digests:
-                    columns.append(ColumnDigests(index, col.digests))
+                    column_labels = b"" if labels is None else row_labels[col.present].tobytes()
+                    columns.append(ColumnDigests(index, col.digests, column_labels))
             accepted = int(present_rows.sum())
+            seeds = int(row_labels[present_rows].sum())
+            counts["seeds"] += seeds
+            counts["non_seeds"] += accepted - seeds
             if accepted:
-                upload = UploadChunk(seq=seq, row_count=accepted, columns=tuple(columns))
+                upload = UploadChunk(
+                    seq=seq,
+                    row_count=accepted,
+                    columns=tuple(columns),
+                    seeds=None if labels is None else seeds,
+                )
                 yield pb.UploadRequest(chunk=serde.upload_chunk_to_pb(upload))
                 seq += 1
                 rows += accepted
@@ -189,7 +238,7 @@ async def upload_audience(
         ),
         requests(),
     )
-    return UploadResult(report=report, audience=serde.audience_from_pb(response.audience))
+    return UploadResult(report=report, audience=serde.audience_from_pb(response.audience), **counts)
 
 
 def _chain(first: list[Any], rest: Any) -> Any:

@@ -40,24 +40,28 @@ class UploadHeader(_message.Message):
     def __init__(self, name: _Optional[str] = ..., id_types: _Optional[_Iterable[_Union[IdType, str]]] = ..., replace: _Optional[bool] = ...) -> None: ...
 
 class IdColumnChunk(_message.Message):
-    __slots__ = ("column", "digests", "present")
+    __slots__ = ("column", "digests", "present", "labels")
     COLUMN_FIELD_NUMBER: _ClassVar[int]
     DIGESTS_FIELD_NUMBER: _ClassVar[int]
     PRESENT_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
     column: int
     digests: bytes
     present: bytes
-    def __init__(self, column: _Optional[int] = ..., digests: _Optional[bytes] = ..., present: _Optional[bytes] = ...) -> None: ...
+    labels: bytes
+    def __init__(self, column: _Optional[int] = ..., digests: _Optional[bytes] = ..., present: _Optional[bytes] = ..., labels: _Optional[bytes] = ...) -> None: ...
 
 class UploadChunk(_message.Message):
-    __slots__ = ("seq", "row_count", "columns")
+    __slots__ = ("seq", "row_count", "columns", "seeds")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     ROW_COUNT_FIELD_NUMBER: _ClassVar[int]
     COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    SEEDS_FIELD_NUMBER: _ClassVar[int]
     seq: int
     row_count: int
     columns: _containers.RepeatedCompositeFieldContainer[IdColumnChunk]
-    def __init__(self, seq: _Optional[int] = ..., row_count: _Optional[int] = ..., columns: _Optional[_Iterable[_Union[IdColumnChunk, _Mapping]]] = ...) -> None: ...
+    seeds: int
+    def __init__(self, seq: _Optional[int] = ..., row_count: _Optional[int] = ..., columns: _Optional[_Iterable[_Union[IdColumnChunk, _Mapping]]] = ..., seeds: _Optional[int] = ...) -> None: ...
 
 class UploadEnd(_message.Message):
     __slots__ = ("chunk_count", "row_count")
@@ -84,7 +88,7 @@ class UploadResponse(_message.Message):
     def __init__(self, audience: _Optional[_Union[Audience, _Mapping]] = ...) -> None: ...
 
 class Audience(_message.Message):
-    __slots__ = ("audience_id", "name", "records", "elements", "duplicates", "elements_by_type", "created_at")
+    __slots__ = ("audience_id", "name", "records", "elements", "duplicates", "elements_by_type", "created_at", "seeds")
     class ElementsByTypeEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -99,6 +103,7 @@ class Audience(_message.Message):
     DUPLICATES_FIELD_NUMBER: _ClassVar[int]
     ELEMENTS_BY_TYPE_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    SEEDS_FIELD_NUMBER: _ClassVar[int]
     audience_id: str
     name: str
     records: int
@@ -106,7 +111,8 @@ class Audience(_message.Message):
     duplicates: int
     elements_by_type: _containers.ScalarMap[str, int]
     created_at: str
-    def __init__(self, audience_id: _Optional[str] = ..., name: _Optional[str] = ..., records: _Optional[int] = ..., elements: _Optional[int] = ..., duplicates: _Optional[int] = ..., elements_by_type: _Optional[_Mapping[str, int]] = ..., created_at: _Optional[str] = ...) -> None: ...
+    seeds: int
+    def __init__(self, audience_id: _Optional[str] = ..., name: _Optional[str] = ..., records: _Optional[int] = ..., elements: _Optional[int] = ..., duplicates: _Optional[int] = ..., elements_by_type: _Optional[_Mapping[str, int]] = ..., created_at: _Optional[str] = ..., seeds: _Optional[int] = ...) -> None: ...
 
 class ListAudiencesRequest(_message.Message):
     __slots__ = ()

@@ -214,11 +214,17 @@ def upload_header_from_pb(header: pb.UploadHeader) -> UploadHeader:
 
 
 def upload_chunk_to_pb(chunk: UploadChunk) -> pb.UploadChunk:
-    return pb.UploadChunk(
+    out = pb.UploadChunk(
         seq=chunk.seq,
         row_count=chunk.row_count,
-        columns=[pb.IdColumnChunk(column=c.column, digests=c.digests) for c in chunk.columns],
+        columns=[
+            pb.IdColumnChunk(column=c.column, digests=c.digests, labels=c.labels)
+            for c in chunk.columns
+        ],
     )
+    if chunk.seeds is not None:
+        out.seeds = chunk.seeds
+    return out
 
 
 def upload_end_to_pb(end: UploadEnd) -> pb.UploadEnd:
@@ -229,7 +235,8 @@ def upload_chunk_from_pb(chunk: pb.UploadChunk) -> UploadChunk:
     return UploadChunk(
         seq=chunk.seq,
         row_count=chunk.row_count,
-        columns=tuple(ColumnDigests(c.column, c.digests) for c in chunk.columns),
+        columns=tuple(ColumnDigests(c.column, c.digests, c.labels) for c in chunk.columns),
+        seeds=chunk.seeds if chunk.HasField("seeds") else None,
     )
 
 
@@ -277,6 +284,7 @@ def audience_from_pb(a: pb.Audience) -> dict[str, Any]:
         "elements": a.elements,
         "duplicates": a.duplicates,
         "elements_by_type": dict(a.elements_by_type),
+        "seeds": a.seeds,
     }
 
 
@@ -289,6 +297,7 @@ def audience_to_pb(record: AudienceRecord) -> pb.Audience:
         duplicates=record.duplicates,
         elements_by_type=record.elements_by_type,
         created_at=record.created_at.isoformat(),
+        seeds=record.seeds,
     )
 
 

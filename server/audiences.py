@@ -37,9 +37,16 @@ from cleanroom.server.files import AtomicParquetWriter
 from cleanroom.server.store import AudienceRecord, AuditEntry, Principal, Role, SqlStore
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-STAGING_SCHEMA = pa.schema([("id_type", pa.string()), ("digest", pa.binary(DIGEST_LEN))])
+STAGING_SCHEMA = pa.schema(
+    [("id_type", pa.string()), ("digest", pa.binary(DIGEST_LEN)), ("label", pa.uint8())]
+)
 AUDIENCE_SCHEMA = pa.schema(
-    [("id_type", pa.string()), ("digest", pa.binary(DIGEST_LEN)), ("point", pa.binary(POINT_LEN))]
+    [
+        ("id_type", pa.string()),
+        ("digest", pa.binary(DIGEST_LEN)),
+        ("point", pa.binary(POINT_LEN)),
+        ("label", pa.uint8()),  # 1: some record holding the identifier is a seed member
+    ]
 )
 H2C_BATCH = 4096
 
@@ -100,6 +107,20 @@ class AudienceService:
         table = pq.read_table(self.data_dir / record.path, columns=["point"])
         return fixed_binary_to_numpy(table.column("point"), POINT_LEN)
 
+    def load_labelled_points(self, record: AudienceRecord) -> tuple[np.ndarray, np.ndarray]:
+        """The distinct curve points (``S32``) and each one's seed label (uint8 0/1).
+
+        An identifier carries the highest label of the records that hold it;
+        audiences stored before labels existed are all seeds.
+        """
+        path = self.data_dir / record.path
+        names = pq.read_schema(path).names
+        table = pq.read_table(path, columns=["point", *(["label"] if "label" in names else [])])
+        points = fixed_binary_to_numpy(table.column("point"), POINT_LEN)
+        if "label" not in names:
+            return points, np.ones(len(points), dtype=np.uint8)
+        return points, table.column("label").to_numpy().astype(np.uint8)
+
 
 class AudienceUpload:
     """One upload in progress: header accepted, chunks arriving in order."""
@@ -115,6 +136,7 @@ class AudienceUpload:
         self._staging = AtomicParquetWriter(final.with_suffix(".staging.parquet"), STAGING_SCHEMA)
         self.next_seq = 0
         self.rows = 0
+        self.seeds = 0
         self.identifiers = 0
         self._done = False
 
@@ -126,8 +148,14 @@ class AudienceUpload:
             raise ProtocolError(f"{kind} upload chunk {chunk.seq}: chunk {self.next_seq} is next")
         if chunk.row_count <= 0:
             raise InvalidInput(f"upload chunk {chunk.seq} carries no rows")
+        seeds = chunk.row_count if chunk.seeds is None else chunk.seeds
+        if not 0 <= seeds <= chunk.row_count:
+            raise InvalidInput(
+                f"upload chunk {chunk.seq} claims {seeds} seeds among {chunk.row_count} rows"
+            )
         types: list[str] = []
         digests: list[bytes] = []
+        labels: list[np.ndarray] = []
         seen: set[int] = set()
         for col in chunk.columns:
             if not 0 <= col.column < len(self.header.id_types) or col.column in seen:
@@ -142,6 +170,7 @@ class AudienceUpload:
             n = len(col.digests) // DIGEST_LEN
             if n > chunk.row_count:
                 raise InvalidInput(f"upload chunk {chunk.seq}: more digests than rows in a column")
+            labels.append(_labels(chunk.seq, col.column, col.labels, n))
             types.extend([self.header.id_types[col.column]] * n)
             digests.append(col.digests)
         packed = b"".join(digests)
@@ -149,9 +178,18 @@ class AudienceUpload:
             arr = pa.FixedSizeBinaryArray.from_buffers(
                 pa.binary(DIGEST_LEN), len(types), [None, pa.py_buffer(packed)]
             )
-            self._staging.write(pa.table({"id_type": pa.array(types, pa.string()), "digest": arr}))
+            self._staging.write(
+                pa.table(
+                    {
+                        "id_type": pa.array(types, pa.string()),
+                        "digest": arr,
+                        "label": pa.array(np.concatenate(labels), pa.uint8()),
+                    }
+                )
+            )
         self.next_seq += 1
         self.rows += chunk.row_count
+        self.seeds += seeds
         self.identifiers += len(types)
 
     async def finish(self, end: UploadEnd) -> AudienceRecord:
@@ -173,11 +211,16 @@ class AudienceUpload:
             by_type: dict[str, int] = {}
             for id_type in dict.fromkeys(self.header.id_types):
                 table = pq.read_table(
-                    staging, filters=[("id_type", "=", id_type)], columns=["digest"]
+                    staging, filters=[("id_type", "=", id_type)], columns=["digest", "label"]
                 )
-                distinct = np.unique(fixed_binary_to_numpy(table.column("digest"), DIGEST_LEN))
+                distinct, which = np.unique(
+                    fixed_binary_to_numpy(table.column("digest"), DIGEST_LEN), return_inverse=True
+                )
                 if len(distinct) == 0:
                     continue
+                # An identifier several records share is a seed if any of them is.
+                label = np.zeros(len(distinct), dtype=np.uint8)
+                np.maximum.at(label, which, table.column("label").to_numpy().astype(np.uint8))
                 points = await self._hash_to_curve(distinct.tobytes(), dst_for(id_type))
                 final.write(
                     pa.table(
@@ -185,6 +228,7 @@ class AudienceUpload:
                             "id_type": pa.array([id_type] * len(distinct), pa.string()),
                             "digest": _fixed(distinct.tobytes(), DIGEST_LEN),
                             "point": _fixed(points, POINT_LEN),
+                            "label": pa.array(label, pa.uint8()),
                         }
                     )
                 )
@@ -206,6 +250,7 @@ class AudienceUpload:
             duplicates=self.identifiers - elements,
             elements_by_type=by_type,
             created_at=self.service.clock(),
+            seeds=self.seeds,
         )
         try:
             previous = self.service.store.put_audience(record, replace_existing=self.header.replace)
@@ -219,7 +264,12 @@ class AudienceUpload:
                 self.principal.tenant_id,
                 self.principal.role.value,
                 "audience.upload",
-                {"audience": record.name, "records": record.records, "elements": elements},
+                {
+                    "audience": record.name,
+                    "records": record.records,
+                    "seeds": record.seeds,
+                    "elements": elements,
+                },
             )
         )
         return record
@@ -240,6 +290,19 @@ class AudienceUpload:
         self._done = True
         self._staging.abort()
         self._staging.path.unlink(missing_ok=True)
+
+
+def _labels(seq: int, column: int, packed: bytes, count: int) -> np.ndarray:
+    """One 0/1 label per digest of a column (none sent: all seeds)."""
+    if not packed:
+        return np.ones(count, dtype=np.uint8)
+    labels = np.frombuffer(packed, dtype=np.uint8)
+    if len(labels) != count or labels.max(initial=0) > 1:
+        raise InvalidInput(
+            f"upload chunk {seq}, column {column}: {len(labels)} labels for {count} digests;"
+            " send one 0/1 byte per digest"
+        )
+    return labels
 
 
 def _fixed(packed: bytes, width: int) -> pa.FixedSizeBinaryArray:

@@ -191,6 +191,7 @@ def _audience_json(a: AudienceRecord) -> dict[str, Any]:
         "elements": a.elements,
         "duplicates": a.duplicates,
         "elements_by_type": a.elements_by_type,
+        "seeds": a.seeds,
         "created_at": a.created_at.isoformat(),
     }
 

@@ -163,6 +163,11 @@ class AudienceRecord:
     duplicates: int
     elements_by_type: dict[str, int]
     created_at: datetime
+    seeds: int | None = None  # records labelled seed; None: all (stored before labels)
+
+    def __post_init__(self) -> None:
+        if self.seeds is None:
+            object.__setattr__(self, "seeds", self.records)
 
 
 @dataclass(frozen=True)
@@ -261,6 +266,7 @@ _ADDED_COLUMNS: dict[tuple[str, str], tuple[str, str | None]] = {
     ("psi_sessions", "partner_id"): ("VARCHAR(32)", None),
     ("reports", "partner_id"): ("VARCHAR(32)", None),
     ("audit_log", "partner_id"): ("VARCHAR(32)", None),
+    ("audiences", "seeds"): ("BIGINT", None),
 }
 
 
@@ -296,6 +302,7 @@ class _AudienceRow(_Base):
     duplicates: Mapped[int] = mapped_column(BigInteger)
     elements_by_type: Mapped[dict[str, int]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    seeds: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class _SessionRow(_Base):
@@ -723,6 +730,7 @@ class SqlStore:
                     duplicates=record.duplicates,
                     elements_by_type=dict(record.elements_by_type),
                     created_at=record.created_at,
+                    seeds=record.seeds,
                 )
             )
         return previous
@@ -759,6 +767,7 @@ class SqlStore:
             duplicates=row.duplicates,
             elements_by_type=dict(row.elements_by_type),
             created_at=created,
+            seeds=row.seeds,
         )
 
     # ------------------------------------------------------------ sessions

@@ -273,6 +273,25 @@ def test_cli_errors_are_one_clear_line(served: dict[str, object], tmp_path: Path
     )
     assert bad.returncode == 1
     assert "fax_number" in bad.stderr and "Traceback" not in bad.stderr
+    unlabelled = cli(
+        "audience",
+        "upload",
+        "--server",
+        server,
+        "--token",
+        tokens["admin"],
+        "--name",
+        "x",
+        "--file",
+        str(served["brand"]),
+        "--id-columns",
+        "email",
+        "--label-column",
+        "tier",
+        check=False,
+    )
+    assert unlabelled.returncode == 1
+    assert "--label-column and --positive go together" in unlabelled.stderr
 
     denied = cli(
         "partner",

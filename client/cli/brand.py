@@ -48,14 +48,31 @@ def audience_upload(
     replace: Annotated[
         bool, typer.Option("--replace", help="Replace an audience of the same name.")
     ] = False,
+    label_column: Annotated[
+        str | None,
+        typer.Option(
+            "--label-column", help="Seed label column for lookalikes (default: all are seeds)."
+        ),
+    ] = None,
+    positive: Annotated[
+        str | None,
+        typer.Option("--positive", help="Values of --label-column that mark a seed, e.g. gold."),
+    ] = None,
     tls_dir: TlsDir = None,
     as_json: JsonOut = False,
 ) -> None:
     """Normalize and hash FILE here, upload the digests, print the upload report."""
-    from cleanroom.client.sdk import upload_audience
+    from cleanroom.client.sdk import SeedLabels, upload_audience
 
     with errors():
         columns = parse_columns(id_columns)
+        if (label_column is None) != (positive is None):
+            raise ValueError("--label-column and --positive go together")
+        labels = (
+            None
+            if label_column is None or positive is None
+            else SeedLabels(label_column, tuple(positive.split(",")))
+        )
         with progress_bars(not as_json) as progress:
             task = progress.add_task("hashing and uploading rows", total=None)
             result = asyncio.run(
@@ -67,6 +84,7 @@ def audience_upload(
                     options=normalize_options(default_region),
                     replace=replace,
                     on_rows=lambda n: progress.advance(task, n),
+                    labels=labels,
                 )
             )
     report = result.to_dict()
@@ -82,6 +100,7 @@ def audience_upload(
         out.print(f"  invalid identifiers: {reason}  {n}")
     for id_type, n in sorted(report["identifiers"].items()):
         out.print(f"  {id_type} identifiers  {n}")
+    out.print(f"  seeds          {report['seeds']}  (non-seeds {report['non_seeds']})")
     out.print(f"  duplicates     {report['duplicates']}")
     out.print(f"  distinct identifiers stored  {report['audience']['elements']}")
 
