@@ -619,11 +619,16 @@ def read_hashed_chunks(
     if not id_columns:
         raise ValueError("at least one id column is required")
     info = _inspect(path)
-    missing = [c for c in [*(c.column for c in id_columns), *keep] if c not in info.columns]
-    if missing:
+    missing_ids = [c.column for c in id_columns if c.column not in info.columns]
+    missing_other = [c for c in keep if c not in info.columns]
+    if missing_ids or missing_other:
+        parts = [
+            f"{what} {', '.join(repr(m) for m in names)}"
+            for what, names in (("id column(s)", missing_ids), ("column(s)", missing_other))
+            if names
+        ]
         raise AudienceFileError(
-            f"audience file {info.path} is missing column(s) "
-            f"{', '.join(repr(m) for m in missing)}; available columns: "
+            f"audience file {info.path} is missing {' and '.join(parts)}; available columns: "
             f"{', '.join(repr(c) for c in info.columns)}"
         )
     return _iter_hashed(info, list(id_columns), options, chunk_rows, report, list(keep))

@@ -24,10 +24,10 @@ from cleanroom.audiences.upload import ColumnDigests, UploadChunk, UploadEnd, Up
 from cleanroom.matching.messages import Accepted, Protocol, Result
 from cleanroom.matching.partner import (
     MatchOutcome,
-    PartnerColumn,
     PartnerProgress,
     PartnerSession,
     PartnerSet,
+    read_partner_set,
 )
 from cleanroom.matching.workers import CryptoPool, dst_for, hash_points
 from cleanroom.proto import cleanroom_pb2 as pb
@@ -279,28 +279,10 @@ def load_partner_set(
     on_rows: Callable[[int], None] | None = None,
 ) -> tuple[PartnerSet, ReadReport]:
     """Read, normalize and hash the partner file into a ``PartnerSet``."""
-    report = ReadReport()
-    rows: list[list[np.ndarray]] = [[] for _ in id_columns]
-    digests: list[list[bytes]] = [[] for _ in id_columns]
-    total = 0
-    for chunk in read_hashed_chunks(
-        path, id_columns, options, chunk_rows=chunk_rows, report=report
-    ):
-        for index, col in enumerate(chunk.columns):
-            rows[index].append(chunk.first_row + np.flatnonzero(col.present))
-            digests[index].append(col.digests)
-        total = chunk.first_row + chunk.row_count
-        if on_rows is not None:
-            on_rows(chunk.row_count)
-    columns = [
-        PartnerColumn(
-            id_type=str(c.id_type),
-            rows=np.concatenate(rows[i]) if rows[i] else np.empty(0, dtype=np.int64),
-            digests=b"".join(digests[i]),
-        )
-        for i, c in enumerate(id_columns)
-    ]
-    return PartnerSet(row_count=total, columns=columns), report
+    data, report, _ = read_partner_set(
+        path, id_columns, options, chunk_rows=chunk_rows, on_rows=on_rows
+    )
+    return data, report
 
 
 async def prepare_points(

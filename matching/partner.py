@@ -19,9 +19,12 @@ import asyncio
 import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
+from cleanroom.audiences.identifiers import IdColumn, NormalizeOptions
+from cleanroom.audiences.reader import ReadReport, read_hashed_chunks
 from cleanroom.audiences.upload import DIGEST_LEN
 from cleanroom.matching.messages import (
     POINT_LEN,
@@ -109,6 +112,87 @@ class PartnerProgress:
     def update(self) -> None:
         for listener in self.listeners:
             listener(self)
+
+
+@dataclass(frozen=True)
+class PaddedSlots:
+    """Every record as ``slots`` points, shuffled: what the brand sees of the partner's set.
+
+    Position ``j`` holds record ``records[order[j]]``; ``codes`` says per slot
+    which column's hash-to-curve it takes (``slots`` = a random dummy point).
+    """
+
+    records: np.ndarray  # the rows with an identifier, ascending
+    order: np.ndarray  # position -> index into records
+    digests: bytes  # 32 bytes per slot, position-major (a digest, or a prepared point)
+    codes: bytes  # one byte per slot
+
+
+def padded_slots(
+    data: PartnerSet,
+    slots: int,
+    rng: np.random.Generator,
+    random_bytes: Callable[[int], bytes] = os.urandom,
+) -> PaddedSlots:
+    """Record-major slots: identifiers plus dummies, records and slots shuffled, so the
+    brand sees neither row order nor which identifiers a record has."""
+    records = data.records()
+    k = slots
+    digests = np.frombuffer(random_bytes(len(records) * k * DIGEST_LEN), dtype=np.uint8)
+    digests = digests.reshape(len(records), k, DIGEST_LEN).copy()
+    codes = np.full((len(records), k), k, dtype=np.uint8)  # k = dummy
+    for c, column in enumerate(data.columns):
+        pos = np.searchsorted(records, column.rows)
+        values = column.points if column.points is not None else column.digests
+        digests[pos, c] = np.frombuffer(values, dtype=np.uint8).reshape(-1, DIGEST_LEN)
+        codes[pos, c] = c
+    record_order = rng.permutation(len(records))
+    slot_order = np.argsort(rng.random((len(records), k)), axis=1)
+    digests = np.take_along_axis(digests[record_order], slot_order[:, :, None], axis=1)
+    codes = np.take_along_axis(codes[record_order], slot_order, axis=1)
+    return PaddedSlots(records, record_order, digests.tobytes(), codes.tobytes())
+
+
+def read_partner_set(
+    path: str | Path,
+    id_columns: Sequence[IdColumn],
+    options: NormalizeOptions,
+    *,
+    keep: Sequence[str] = (),
+    chunk_rows: int = 50_000,
+    on_rows: Callable[[int], None] | None = None,
+) -> tuple[PartnerSet, ReadReport, dict[str, np.ndarray]]:
+    """Read, normalize and hash a partner file into a ``PartnerSet`` (rows = file rows),
+    with the text of every ``keep`` column per row."""
+    report = ReadReport()
+    rows: list[list[np.ndarray]] = [[] for _ in id_columns]
+    digests: list[list[bytes]] = [[] for _ in id_columns]
+    kept: dict[str, list[np.ndarray]] = {name: [] for name in keep}
+    total = 0
+    for chunk in read_hashed_chunks(
+        path, id_columns, options, chunk_rows=chunk_rows, report=report, keep=keep
+    ):
+        for index, col in enumerate(chunk.columns):
+            rows[index].append(chunk.first_row + np.flatnonzero(col.present))
+            digests[index].append(col.digests)
+        for name in keep:
+            kept[name].append(chunk.kept[name])
+        total = chunk.first_row + chunk.row_count
+        if on_rows is not None:
+            on_rows(chunk.row_count)
+    columns = [
+        PartnerColumn(
+            id_type=str(c.id_type),
+            rows=np.concatenate(rows[i]) if rows[i] else np.empty(0, dtype=np.int64),
+            digests=b"".join(digests[i]),
+        )
+        for i, c in enumerate(id_columns)
+    ]
+    texts = {
+        name: np.concatenate(parts) if parts else np.empty(0, dtype=object)
+        for name, parts in kept.items()
+    }
+    return PartnerSet(row_count=total, columns=columns), report, texts
 
 
 class PartnerSession:
@@ -330,22 +414,8 @@ class PartnerSession:
         self._maybe_conclude()
 
     def _cardinality_slots(self) -> tuple[bytes, bytes]:
-        """Record-major slots: identifiers plus dummies, records and slots shuffled."""
-        records = self.data.records()
-        k = self._slots
-        digests = np.frombuffer(self._random_bytes(len(records) * k * DIGEST_LEN), dtype=np.uint8)
-        digests = digests.reshape(len(records), k, DIGEST_LEN).copy()
-        codes = np.full((len(records), k), k, dtype=np.uint8)  # k = dummy
-        for c, column in enumerate(self.data.columns):
-            pos = np.searchsorted(records, column.rows)
-            values = column.points if column.points is not None else column.digests
-            digests[pos, c] = np.frombuffer(values, dtype=np.uint8).reshape(-1, DIGEST_LEN)
-            codes[pos, c] = c
-        record_order = self._rng.permutation(len(records))
-        slot_order = np.argsort(self._rng.random((len(records), k)), axis=1)
-        digests = np.take_along_axis(digests[record_order], slot_order[:, :, None], axis=1)
-        codes = np.take_along_axis(codes[record_order], slot_order, axis=1)
-        return digests.tobytes(), codes.tobytes()
+        slots = padded_slots(self.data, self._slots, self._rng, self._random_bytes)
+        return slots.digests, slots.codes
 
     async def _collect_brand(self) -> None:
         async for values in self._brand_results:

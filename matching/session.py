@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
@@ -117,6 +118,46 @@ class OrderedResults(Generic[T]):
                 fut.cancel()
 
 
+@dataclass
+class Progress:
+    """Where a run is; every listener sees it at each change (subclasses add the fields)."""
+
+    listeners: list[Callable[[Any], None]] = field(
+        default_factory=list, repr=False, compare=False, kw_only=True
+    )
+
+    def update(self, **changes: Any) -> None:
+        for name, value in changes.items():
+            if not hasattr(self, name):
+                raise AttributeError(f"{type(self).__name__} has no field {name!r}")
+            setattr(self, name, value)
+        for listener in self.listeners:
+            listener(self)
+
+
+async def in_order(
+    jobs: RunJobs, fn: Callable[..., T], argses: Iterable[tuple[Any, ...]], ahead: int = 8
+) -> AsyncIterator[T]:
+    """``fn`` over ``argses`` in ``jobs``' pool, at most ``ahead`` in flight, results in order.
+
+    Closing the iterator early drops the jobs not yet started."""
+    results = OrderedResults[T](limit=ahead)
+
+    async def feed() -> None:
+        for args in argses:
+            await results.submit(jobs.call(fn, *args))
+        results.close()
+
+    feeder = asyncio.ensure_future(feed())
+    try:
+        async for result in results:
+            yield result
+        await feeder
+    finally:
+        feeder.cancel()
+        results.cancel()
+
+
 class RoundMachine(Generic[R]):
     """What a round-by-round state machine shares, whatever its protocol.
 
@@ -137,6 +178,7 @@ class RoundMachine(Generic[R]):
         self._jobs = jobs or RunJobs(None)
         self._signal = Signal()
         self._tasks: list[asyncio.Task[None]] = []
+        self._outbox: list[Any] = []
 
     @property
     def finished(self) -> bool:
@@ -150,6 +192,11 @@ class RoundMachine(Generic[R]):
             self.error = exc
         self.close()
         self._signal.notify()
+
+    def expect(self, want: R, what: str) -> None:
+        """ProtocolError unless the machine is in round ``want`` (``what`` names the message)."""
+        if self.round is not want:
+            raise ProtocolError(f"{what} arrived in round {self.round}")
 
     def close(self) -> None:
         """Stop background work: queued jobs are dropped, running tasks cancelled."""
@@ -183,5 +230,29 @@ class RoundMachine(Generic[R]):
                 raise self.error
             waiting = self._signal.current()
             if ready():
+                return
+            await waiting.wait()
+
+    def put(self, msg: Any) -> None:
+        """Queue ``msg`` for the peer (``drain`` hands it out in order)."""
+        self._outbox.append(msg)
+        self._signal.notify()
+
+    async def drain(self, last: type[Any]) -> AsyncIterator[Any]:
+        """Every queued message in order, as they come, ending after one of type ``last``
+        (or once the machine is done with nothing left to send); raises the machine's error
+        if it fails meanwhile."""
+        sent = 0
+        while True:
+            if self.error is not None:
+                raise self.error
+            waiting = self._signal.current()
+            while sent < len(self._outbox):
+                msg = self._outbox[sent]
+                sent += 1
+                yield msg
+                if isinstance(msg, last):
+                    return
+            if self.round is self._done:
                 return
             await waiting.wait()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import math
 import random
@@ -11,7 +13,63 @@ from typing import Any
 
 from cleanroom.audiences.reference import plaintext_match, row_digests
 
-__all__ = ["assert_reports_equal", "eventually", "plaintext_match", "row_digests", "sha"]
+__all__ = [
+    "Transcript",
+    "assert_reports_equal",
+    "converse",
+    "eventually",
+    "plaintext_match",
+    "row_digests",
+    "sha",
+]
+
+
+Transcript = list[tuple[str, Any]]
+
+
+async def converse(
+    brand: Any,
+    partner: Any,
+    stop: Callable[[Any], bool] = lambda _msg: False,
+) -> Transcript:
+    """Wire two protocol state machines (``start``/``hello``, ``receive``, ``outgoing``,
+    ``end_of_input``) in-process: carry messages both ways until both sides are done, or
+    until ``stop(msg)`` holds for a message about to be delivered (it is not). Returns the
+    transcript."""
+    transcript: Transcript = [("partner", partner.hello())]
+    stopped = asyncio.Event()
+    accepted = brand.start()
+    transcript.append(("brand", accepted))
+    await partner.receive(accepted)
+
+    async def pump(source: Any, deliver: Callable[[Any], Any], side: str) -> None:
+        async for msg in source:
+            if stop(msg):
+                stopped.set()
+                return
+            transcript.append((side, msg))
+            await deliver(msg)
+
+    async def to_brand() -> None:
+        await pump(partner.outgoing(), brand.receive, "partner")
+        if not stopped.is_set():
+            brand.end_of_input()
+
+    both: asyncio.Future[Any] = asyncio.gather(
+        to_brand(), pump(brand.outgoing(), partner.receive, "brand")
+    )
+    halt: asyncio.Future[Any] = asyncio.ensure_future(stopped.wait())
+    try:
+        await asyncio.wait_for(asyncio.wait({both, halt}, return_when="FIRST_COMPLETED"), 120)
+        if both.done():
+            both.result()
+    finally:
+        halt.cancel()
+        if not both.done():
+            both.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await both
+    return transcript
 
 
 def eventually(

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import math
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -56,7 +54,7 @@ from cleanroom.federated.paillier import _unsafe_generate_keypair_for_tests
 from cleanroom.matching.hash_to_curve import hash_to_curve
 from cleanroom.matching.workers import RunJobs, hash_mixed
 from cleanroom.proto.errors import PolicyViolation, ProtocolError
-from tests.helpers import assert_reports_equal
+from tests.helpers import assert_reports_equal, converse
 
 OPTIONS = NormalizeOptions(default_region="US")
 BRAND_IDS = parse_id_columns("email,phone")
@@ -93,52 +91,6 @@ def brand_data(synth: Any) -> BrandConversions:
         id_columns=BRAND_IDS,
     )
     return brand_conversions(conv, BRAND_IDS, OPTIONS)
-
-
-Transcript = list[tuple[str, Any]]
-
-
-async def converse(
-    brand: BrandAttribution,
-    partner: PartnerAttribution,
-    stop: Callable[[Any], bool] = lambda _msg: False,
-) -> Transcript:
-    """Carry messages both ways until both sides are done, or until ``stop(msg)``
-    holds for a message about to be delivered (it is not). Returns the transcript."""
-    transcript: Transcript = [("partner", partner.hello())]
-    stopped = asyncio.Event()
-    accepted = brand.start()
-    transcript.append(("brand", accepted))
-    await partner.receive(accepted)
-
-    async def pump(source: Any, deliver: Callable[[Any], Any], side: str) -> None:
-        async for msg in source:
-            if stop(msg):
-                stopped.set()
-                return
-            transcript.append((side, msg))
-            await deliver(msg)
-
-    async def to_brand() -> None:
-        await pump(partner.outgoing(), brand.receive, "partner")
-        if not stopped.is_set():
-            brand.end_of_input()
-
-    both: asyncio.Future[Any] = asyncio.gather(
-        to_brand(), pump(brand.outgoing(), partner.receive, "brand")
-    )
-    halt: asyncio.Future[Any] = asyncio.ensure_future(stopped.wait())
-    try:
-        await asyncio.wait_for(asyncio.wait({both, halt}, return_when="FIRST_COMPLETED"), 120)
-        if both.done():
-            both.result()
-    finally:
-        halt.cancel()
-        if not both.done():
-            both.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await both
-    return transcript
 
 
 def make_pair(

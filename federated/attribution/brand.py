@@ -51,10 +51,10 @@ from cleanroom.federated.attribution.messages import (
 )
 from cleanroom.federated.attribution.report import DecryptedAggregates, GroupStats
 from cleanroom.federated.attribution.tokens import POINT_CHUNK, LaggedPoints
+from cleanroom.federated.jobs import encrypt_scaled
 from cleanroom.federated.paillier import (
     PaillierPrivateKey,
     PaillierPublicKey,
-    private_key_from_json,
     private_key_to_json,
 )
 from cleanroom.matching.messages import POINT_LEN
@@ -62,12 +62,6 @@ from cleanroom.matching.session import RoundMachine, comparison_length
 from cleanroom.matching.workers import RunJobs, blind_and_truncate, hash_and_blind_mixed
 from cleanroom.matching.x25519 import BlindingKey
 from cleanroom.proto.errors import PolicyViolation, ProtocolError
-
-
-def encrypt_scaled(private_key_json: str, min_bits: int, values: list[int]) -> list[int]:
-    """Key-owner Paillier encryption in a worker process (the key stays in the party)."""
-    key = private_key_from_json(private_key_json, min_bits=min_bits)
-    return key.encrypt_many(values)
 
 
 def common_id_types(held: tuple[str, ...], declared: tuple[str, ...]) -> tuple[str, ...]:
@@ -184,7 +178,6 @@ class BrandAttribution(RoundMachine[AttrRound]):
         # Cells are shuffled on another thread than the conversion tokens are
         # built on (they overlap); numpy generators are not thread-safe.
         self._cell_rng = np.random.default_rng(self.rng.integers(2**63))
-        self._outbox: list[AttrBrandMessage] = []
         self._every_cell_back = asyncio.Event()
 
     @functools.cached_property
@@ -290,7 +283,7 @@ class BrandAttribution(RoundMachine[AttrRound]):
         )
         arr = np.frombuffer(b"".join(values), dtype=np.uint8)
         arr = arr.reshape(-1, self.value_len)[self._cell_rng.permutation(expected)]
-        self._put(CellValues(cell=msg.cell, values=arr.tobytes()))
+        self.put(CellValues(cell=msg.cell, values=arr.tobytes()))
         self._cells_back += 1
         if self._cells_back == len(self.cells):
             self._every_cell_back.set()
@@ -303,7 +296,7 @@ class BrandAttribution(RoundMachine[AttrRound]):
         self.round = AttrRound.RESULT
         self.result = await asyncio.to_thread(self.decrypt, msg)
         report_id = await asyncio.to_thread(self._conclude, self.result)
-        self._put(AttrDone(report_id=report_id))
+        self.put(AttrDone(report_id=report_id))
         self.round = AttrRound.DONE
         self._signal.notify()
 
@@ -339,24 +332,9 @@ class BrandAttribution(RoundMachine[AttrRound]):
 
     # ------------------------------------------------------------- outgoing
 
-    def _put(self, msg: AttrBrandMessage) -> None:
-        self._outbox.append(msg)
-        self._signal.notify()
-
-    async def outgoing(self) -> AsyncIterator[AttrBrandMessage]:
+    def outgoing(self) -> AsyncIterator[AttrBrandMessage]:
         """Everything for the partner after ``AttrAccepted``, in order, ending with ``AttrDone``."""
-        sent = 0
-        while True:
-            if self.error is not None:
-                raise self.error
-            waiting = self._signal.current()
-            while sent < len(self._outbox):
-                msg = self._outbox[sent]
-                sent += 1
-                yield msg
-                if isinstance(msg, AttrDone):
-                    return
-            await waiting.wait()
+        return self.drain(AttrDone)
 
     async def _send_brand_set(self) -> None:
         """The brand's tokens and encrypted values, once every cell went back.
@@ -370,9 +348,9 @@ class BrandAttribution(RoundMachine[AttrRound]):
         try:
             await self._every_cell_back.wait()
             for msg in await tokens:
-                self._put(msg)
+                self.put(msg)
             for ev in await values:
-                self._put(ev)
+                self.put(ev)
         finally:
             # A cancelled run's threads end with its jobs cancelled: mark their
             # outcome as seen.

@@ -27,7 +27,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -63,7 +63,7 @@ from cleanroom.federated.attribution.tokens import (
 )
 from cleanroom.federated.paillier import MIN_KEY_BITS, PaillierPublicKey
 from cleanroom.matching.messages import POINT_LEN
-from cleanroom.matching.session import RoundMachine, comparison_length
+from cleanroom.matching.session import Progress, RoundMachine, comparison_length
 from cleanroom.matching.workers import RunJobs, blind_and_truncate, hash_and_blind_mixed
 from cleanroom.matching.x25519 import BlindingKey
 from cleanroom.proto.errors import ProtocolError
@@ -82,7 +82,7 @@ class Phase:
 
 
 @dataclass
-class AttributionProgress:
+class AttributionProgress(Progress):
     """Where a partner's run is; each listener sees it at every change."""
 
     phase: str = Phase.WAITING
@@ -90,15 +90,6 @@ class AttributionProgress:
     tokens_sent: int = 0
     brand_total: int = 0  # the brand's conversion tokens, re-blinded here
     brand_received: int = 0
-    listeners: list[Callable[[AttributionProgress], None]] = field(
-        default_factory=list, repr=False, compare=False
-    )
-
-    def update(self, **changes: Any) -> None:
-        for name, value in changes.items():
-            setattr(self, name, value)
-        for listener in self.listeners:
-            listener(self)
 
 
 class PartnerAttribution(RoundMachine[AttrRound]):

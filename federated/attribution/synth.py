@@ -102,7 +102,7 @@ class AttributionSynth:
 
 
 @dataclass
-class _People:
+class People:
     emails: pa.Array  # normalized, per person
     nsn: pa.Array  # national significant number, per person
     maids: pa.Array  # canonical lower-case UUID, per person
@@ -113,7 +113,7 @@ class _People:
 # --------------------------------------------------------------------------- people
 
 
-def _make_people(count: int, region: str, rng: np.random.Generator) -> _People:
+def make_people(count: int, region: str, rng: np.random.Generator) -> People:
     needed = max(20, math.ceil(1.25 * count / _SUFFIX_SPACE))
     prefixes, country_code = phone_prefixes(region, needed, needed, rng)
     codes = rng.choice(len(prefixes) * _SUFFIX_SPACE, size=count, replace=False)
@@ -141,7 +141,7 @@ def _make_people(count: int, region: str, rng: np.random.Generator) -> _People:
     for source, target, width in ((0, 0, 8), (8, 9, 4), (12, 14, 4), (16, 19, 4), (20, 24, 12)):
         dashed[:, target : target + width] = hex_chars[:, source : source + width]
     maids = pc.cast(pa.array(np.ascontiguousarray(dashed).view("S36").ravel()), pa.string())
-    return _People(
+    return People(
         emails=emails,
         nsn=nsn,
         maids=maids,
@@ -153,8 +153,8 @@ def _make_people(count: int, region: str, rng: np.random.Generator) -> _People:
 # --------------------------------------------------------------------------- identifier cells
 
 
-def _presence(
-    persons: IntArray, people: _People, rng: np.random.Generator, *, partner: bool
+def presence(
+    persons: IntArray, people: People, rng: np.random.Generator, *, partner: bool
 ) -> tuple[BoolArray, BoolArray, BoolArray]:
     """Which of email, phone and maid each row carries; every brand row has email or phone."""
     rows = len(persons)
@@ -175,8 +175,8 @@ def _presence(
     return email, phone, maid | maid_only
 
 
-def _email_cells(
-    persons: IntArray, present: BoolArray, people: _People, rng: np.random.Generator
+def email_cells(
+    persons: IntArray, present: BoolArray, people: People, rng: np.random.Generator
 ) -> pa.Array:
     rows = len(persons)
     normalized = people.emails.take(pa.array(persons))
@@ -194,8 +194,8 @@ def _email_cells(
     return pc.if_else(pa.array(present), spoiled, "")
 
 
-def _phone_cells(
-    persons: IntArray, present: BoolArray, people: _People, rng: np.random.Generator
+def phone_cells(
+    persons: IntArray, present: BoolArray, people: People, rng: np.random.Generator
 ) -> pa.Array:
     nsn = people.nsn.take(pa.array(persons))
     choice = rng.choice(5, size=len(persons), p=PHONE_STYLE_PROBS)
@@ -203,8 +203,8 @@ def _phone_cells(
     return pc.if_else(pa.array(present), styled, "")
 
 
-def _maid_cells(
-    persons: IntArray, present: BoolArray, people: _People, rng: np.random.Generator
+def maid_cells(
+    persons: IntArray, present: BoolArray, people: People, rng: np.random.Generator
 ) -> pa.Array:
     canonical = people.maids.take(pa.array(persons))
     styled = pc.if_else(
@@ -213,7 +213,7 @@ def _maid_cells(
     return pc.if_else(pa.array(present), styled, "")
 
 
-def _ids(prefix: str, numbers: IntArray) -> pa.Array:
+def serial_ids(prefix: str, numbers: IntArray) -> pa.Array:
     return join_strings(prefix, pc.utf8_lpad(pc.cast(pa.array(numbers + 1), pa.string()), 9, "0"))
 
 
@@ -236,7 +236,7 @@ def _hash_uniform(salt: int, a: IntArray, b: IntArray) -> npt.NDArray[np.float64
     return (x >> np.uint64(11)).astype(np.float64) / float(2**53)
 
 
-def _write_csv(path: Path, columns: tuple[str, ...], arrays: list[pa.Array]) -> None:
+def write_csv(path: Path, columns: tuple[str, ...], arrays: list[pa.Array]) -> None:
     """Write to a temporary file next to ``path`` and rename it into place."""
     tmp_path = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     try:
@@ -261,7 +261,7 @@ def _money(cents: IntArray) -> pa.Array:
     )
 
 
-def _check_count(name: str, value: int) -> None:
+def check_count(name: str, value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
 
@@ -298,7 +298,7 @@ def synthesize_attribution(
         ("campaigns", campaigns),
         ("days", days),
     ):
-        _check_count(name, value)
+        check_count(name, value)
     if conversions and not customers:
         raise ValueError("conversions need at least one customer")
     if exposure_rows and not partner_users:
@@ -323,7 +323,7 @@ def synthesize_attribution(
     # people of its own.
     overlap = min(round(_OVERLAP * partner_users), customers)
     population = customers + partner_users - overlap
-    people = _make_people(population, region, rng)
+    people = make_people(population, region, rng)
     user_person = rng.permutation(
         np.concatenate(
             [rng.choice(customers, size=overlap, replace=False), np.arange(customers, population)]
@@ -396,33 +396,33 @@ def synthesize_attribution(
     conv_person, conv_ts, cents = conv_person[conv_order], conv_ts[conv_order], cents[conv_order]
 
     # ---- strings
-    c_email, c_phone, _ = _presence(conv_person, people, rng, partner=False)
+    c_email, c_phone, _ = presence(conv_person, people, rng, partner=False)
     conv_stamps = pc.strftime(
         pa.array(conv_ts, type=pa.timestamp("s", tz="UTC")), format="%Y-%m-%dT%H:%M:%SZ"
     )
     conversions_path = out / "conversions.csv"
-    _write_csv(
+    write_csv(
         conversions_path,
         CONVERSION_COLUMNS,
         [
-            _ids("C", conv_person),
-            _email_cells(conv_person, c_email, people, rng),
-            _phone_cells(conv_person, c_phone, people, rng),
+            serial_ids("C", conv_person),
+            email_cells(conv_person, c_email, people, rng),
+            phone_cells(conv_person, c_phone, people, rng),
             conv_stamps,
             _money(cents),
         ],
     )
 
-    e_email, e_phone, e_maid = _presence(persons_of_rows, people, rng, partner=True)
+    e_email, e_phone, e_maid = presence(persons_of_rows, people, rng, partner=True)
     exposures_path = out / "exposures.csv"
-    _write_csv(
+    write_csv(
         exposures_path,
         EXPOSURE_COLUMNS,
         [
-            _ids("U", users),
-            _email_cells(persons_of_rows, e_email, people, rng),
-            _phone_cells(persons_of_rows, e_phone, people, rng),
-            _maid_cells(persons_of_rows, e_maid, people, rng),
+            serial_ids("U", users),
+            email_cells(persons_of_rows, e_email, people, rng),
+            phone_cells(persons_of_rows, e_phone, people, rng),
+            maid_cells(persons_of_rows, e_maid, people, rng),
             pick_strings(campaign_ids, campaign),
             pc.cast(pa.array(exp_ts), pa.string()),
             pick_strings(("view", "click"), click.astype(np.int64)),
@@ -431,7 +431,7 @@ def synthesize_attribution(
     )
 
     spend_path = out / "spend.csv"
-    _write_csv(
+    write_csv(
         spend_path,
         SPEND_COLUMNS,
         [pa.array(campaign_ids, type=pa.string()), _money(spend_cents)],

@@ -1,0 +1,456 @@
+"""The brand node's side of a lookalike job as a transport-free state machine.
+
+Rounds (``LookalikeRound``; the package docstring has the protocol):
+
+``HELLO``     constructed from the partner's hello; ``start()`` answers with
+              the run's Paillier key and sizes, and starts sending both lists
+              of its identifiers (seeds, others; padded to one size, shuffled).
+``EXCHANGE``  re-blinds the partner's slot points in order and keeps them;
+              collects the partner's re-blinded lists. With both complete,
+              labels every partner position (seed, other, no match), refuses a
+              matched seed below the policy's minimum, and sends
+              ``Enc(label)`` per position.
+``SUMS``      decrypts the ``d + 1`` masked label sums, exactly once.
+``METRICS``   decrypts the holdout's ``2 + tiers`` sums into AUC, recall and lift.
+``PACKAGE``   records the partner's tier sizes (``conclude``) and ends with
+              ``LookalikeDone``.
+
+Every message outside its round, a repeated or skipped chunk, more points than
+declared, or more sums than the cap raises ``ProtocolError`` and fails the
+job; so does the stream ending first (``end_of_input``). The brand never sees
+a user id, a feature or a score.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from cleanroom.federated.jobs import encrypt_bits_packed
+from cleanroom.federated.lookalike.aggregates import auc_from_sums, tier_sizes
+from cleanroom.federated.lookalike.messages import (
+    BrandList,
+    BrandPoints,
+    BrandValues,
+    DecryptedSums,
+    EncryptedLabels,
+    HoldoutAggregates,
+    LookalikeAccepted,
+    LookalikeBrandMessage,
+    LookalikeDone,
+    LookalikeHello,
+    LookalikeMetrics,
+    LookalikeMode,
+    LookalikePartnerMessage,
+    LookalikeRound,
+    MaskedSums,
+    MatchedRows,
+    PackageSummary,
+    SlotPoints,
+)
+from cleanroom.federated.lookalike.privacy import (
+    analytic_gaussian_sigma,
+    label_sensitivity,
+    noisy_sums,
+)
+from cleanroom.federated.paillier import PaillierPrivateKey, PaillierPublicKey, private_key_to_json
+from cleanroom.matching.messages import POINT_LEN
+from cleanroom.matching.session import (
+    OrderedResults,
+    RoundMachine,
+    comparison_length,
+    in_order,
+)
+from cleanroom.matching.workers import (
+    DUMMY_DST,
+    RunJobs,
+    blind_and_truncate,
+    blind_points,
+    hash_points,
+)
+from cleanroom.matching.x25519 import BlindingKey
+from cleanroom.proto.errors import InvalidInput, PolicyViolation, ProtocolError
+
+MAX_SLOTS = 8
+MAX_FEATURES = 4096
+MAX_TIERS = 10
+MAX_HOLDOUT = 0.5
+MIN_HOLDOUT_ROWS = 100  # fewer, and the holdout's sums would say too much about few people
+ENCRYPT_BATCH = 2048  # labels per encryption job and per EncryptedLabels message
+FLAGS_CHUNK = 1 << 20  # positions per MatchedRows message
+
+
+@dataclass(frozen=True)
+class LookalikeOutcome:
+    """What the brand learned and keeps of one job: sizes and quality, nothing per person."""
+
+    mode: LookalikeMode
+    offered: int  # rows the partner offered
+    intersection: int  # of them, rows that match a brand identifier
+    seeds: int  # of them, rows that match a seed
+    train_rows: int
+    metrics: LookalikeMetrics | None  # None without a holdout
+    scored: int
+    tiers: tuple[float, ...]
+    tier_sizes: tuple[int, ...]
+
+
+def check_hello(hello: LookalikeHello, modes: tuple[LookalikeMode, ...]) -> None:
+    """The partner's request against the protocol's limits and the brand's allowed modes."""
+    if hello.mode not in modes:
+        allowed = ", ".join(m.value for m in modes) or "none"
+        raise PolicyViolation(
+            f"lookalike mode {hello.mode.value} is not allowed by this brand's policy"
+            f" (allowed: {allowed})"
+        )
+    if not 1 <= hello.slots <= MAX_SLOTS:
+        raise ProtocolError(f"a row has 1..{MAX_SLOTS} identifier slots, not {hello.slots}")
+    if hello.rows < 1:
+        raise ProtocolError("the partner offers no rows")
+    if not 1 <= hello.features <= MAX_FEATURES:
+        raise InvalidInput(f"a model has 1..{MAX_FEATURES} features, not {hello.features}")
+    tiers = hello.tiers
+    if (
+        not 1 <= len(tiers) <= MAX_TIERS
+        or not all(0 < t <= 100 for t in tiers)
+        or list(tiers) != sorted(set(tiers))
+    ):
+        raise InvalidInput(f"tiers are 1..{MAX_TIERS} ascending percentages in (0, 100]")
+    if not 0 <= hello.holdout <= MAX_HOLDOUT:
+        raise InvalidInput(f"the holdout is a share of 0 to {MAX_HOLDOUT}, not {hello.holdout}")
+    if 0 < hello.holdout_rows < MIN_HOLDOUT_ROWS:
+        raise InvalidInput(
+            f"a holdout of {hello.holdout_rows} rows is too small for quality metrics"
+            f" (at least {MIN_HOLDOUT_ROWS}); offer more rows or use no holdout (0)"
+        )
+    if hello.train_rows < 2:
+        raise InvalidInput("no rows are left to train on")
+
+
+def label_noise_scale(hello: LookalikeHello, delta: float) -> float:
+    """sigma of the label-DP noise the hello asks for (0.0 without), or why it cannot be."""
+    if hello.epsilon == 0:
+        return 0.0
+    if len(hello.scales) != hello.features or not all(1 <= s <= 1 << 20 for s in hello.scales):
+        raise ProtocolError("label-DP needs one feature scale in 1..2^20 per feature")
+    if not (math.isfinite(hello.row_norm) and 0 < hello.row_norm <= 1e6):
+        raise ProtocolError(f"label-DP needs the features' row norm, not {hello.row_norm}")
+    return analytic_gaussian_sigma(hello.epsilon, delta, label_sensitivity(hello.row_norm))
+
+
+class BrandLookalike(RoundMachine[LookalikeRound]):
+    """B's state machine for one lookalike job.
+
+    ``points``/``labels``: the audience's distinct identifiers as curve points
+    and their 0/1 seed labels. ``modes`` are the modes the brand's policy
+    allows; ``min_seed`` the fewest matched seeds it trains on. ``conclude``
+    stores the outcome (package metadata) and returns the package id.
+    """
+
+    def __init__(
+        self,
+        *,
+        session_id: str,
+        hello: LookalikeHello,
+        points: np.ndarray,
+        labels: np.ndarray,
+        private_key: PaillierPrivateKey,
+        min_seed: int,
+        modes: tuple[LookalikeMode, ...] = tuple(LookalikeMode),
+        delta: float = 1e-6,
+        noise_rng: np.random.Generator | None = None,
+        jobs: RunJobs | None = None,
+        conclude: Callable[[LookalikeOutcome], str] | None = None,
+        chunk_size: int = 8192,
+        rng: np.random.Generator | None = None,
+        key: BlindingKey | None = None,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        check_hello(hello, modes)
+        if points.dtype != np.dtype(f"S{POINT_LEN}") or len(points) != len(labels):
+            raise TypeError("points are S32, one label each")
+        super().__init__(LookalikeRound.HELLO, jobs)
+        self.session_id = session_id
+        self.hello = hello
+        self.private_key = private_key
+        self.min_seed = min_seed
+        self.chunk_size = chunk_size
+        self._conclude = conclude or (lambda _outcome: session_id)
+        self._rng = rng or np.random.default_rng()
+        self._random_bytes = random_bytes
+        self._secret = (key or BlindingKey.generate()).secret_bytes()
+        labels = np.asarray(labels, dtype=np.uint8)
+        self._lists = {BrandList.SEED: points[labels == 1], BrandList.OTHER: points[labels == 0]}
+        self.list_size = max(1, *(len(v) for v in self._lists.values()))
+        self.declared_points = hello.rows * hello.slots
+        self.value_len = comparison_length(self.declared_points, 2 * self.list_size)
+        self.max_decryptions = hello.features + 1
+        if hello.holdout_rows:
+            self.max_decryptions += 2 + len(hello.tiers)
+        self.sigma = label_noise_scale(hello, delta)  # 0.0: no label-DP
+        self._noise_rng = noise_rng or np.random.default_rng(
+            np.random.SeedSequence(int.from_bytes(random_bytes(32), "big"))
+        )
+        self.decryptions = 0
+        self.intersection = 0
+        self.seeds = 0
+        self.metrics: LookalikeMetrics | None = None
+        self.outcome: LookalikeOutcome | None = None
+        self._partner_seq = 0
+        self._partner_received = 0
+        self._reblind = OrderedResults[bytes](limit=8)
+        self._partner_values: list[bytes] = []
+        self._values: dict[BrandList, list[bytes]] = {BrandList.SEED: [], BrandList.OTHER: []}
+        self._values_seq = dict.fromkeys(BrandList, 0)
+        self._values_count = dict.fromkeys(BrandList, 0)
+        self._partner_done = asyncio.Event()
+        self._lists_done = asyncio.Event()
+
+    @property
+    def public_key(self) -> PaillierPublicKey:
+        return self.private_key.public_key
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> LookalikeAccepted:
+        """Answer the hello and start sending both lists of identifiers."""
+        if self.round is not LookalikeRound.HELLO:
+            raise ProtocolError(f"job {self.session_id} already started")
+        self.round = LookalikeRound.EXCHANGE
+        self.spawn(self._send_lists)
+        self.spawn(self._collect_reblinded)
+        self.spawn(self._label_positions)
+        return LookalikeAccepted(
+            session_id=self.session_id,
+            public_key_n=self.public_key.n,
+            value_len=self.value_len,
+            chunk_size=self.chunk_size,
+            brand_points=self.list_size,
+            max_decryptions=self.max_decryptions,
+        )
+
+    def end_of_input(self) -> None:
+        if not self.finished:
+            self.fail(ProtocolError("the stream ended before the package; nothing was stored"))
+
+    def outgoing(self) -> AsyncIterator[LookalikeBrandMessage]:
+        return self.drain(LookalikeDone)
+
+    # ------------------------------------------------------------- incoming
+
+    async def receive(self, msg: LookalikePartnerMessage) -> None:
+        await self.step(self._dispatch(msg))
+
+    async def _dispatch(self, msg: LookalikePartnerMessage) -> None:
+        if isinstance(msg, SlotPoints):
+            await self._on_slot_points(msg)
+        elif isinstance(msg, BrandValues):
+            self._on_brand_values(msg)
+        elif isinstance(msg, MaskedSums):
+            await self._on_sums(msg)
+        elif isinstance(msg, HoldoutAggregates):
+            await self._on_holdout(msg)
+        elif isinstance(msg, PackageSummary):
+            await self._on_package(msg)
+        elif isinstance(msg, LookalikeHello):
+            raise ProtocolError("LookalikeHello may only open a stream")
+        else:
+            raise TypeError(f"not a lookalike partner message: {type(msg).__name__}")
+
+    async def _on_slot_points(self, chunk: SlotPoints) -> None:
+        self.expect(LookalikeRound.EXCHANGE, f"slot points chunk {chunk.seq}")
+        if chunk.seq != self._partner_seq:
+            kind = "duplicate" if chunk.seq < self._partner_seq else "out-of-order"
+            raise ProtocolError(f"{kind} slot chunk {chunk.seq}: chunk {self._partner_seq} is next")
+        count, rest = divmod(len(chunk.points), POINT_LEN)
+        if not count or rest or count > self.chunk_size:
+            raise ProtocolError(
+                f"slot chunk {chunk.seq} holds {len(chunk.points)} bytes: 1..{self.chunk_size}"
+                f" points of {POINT_LEN} bytes"
+            )
+        if self._partner_received + count > self.declared_points:
+            raise ProtocolError(
+                f"slot chunk {chunk.seq} exceeds the declared {self.declared_points} points;"
+                " the brand node re-blinds no more than declared"
+            )
+        await self._reblind.reserve()
+        self._partner_seq += 1
+        self._partner_received += count
+        self._reblind.put(
+            self._jobs.call(blind_and_truncate, self._secret, chunk.points, self.value_len)
+        )
+        if self._partner_received == self.declared_points:
+            self._reblind.close()
+
+    def _on_brand_values(self, chunk: BrandValues) -> None:
+        which = chunk.list
+        self.expect(LookalikeRound.EXCHANGE, f"list {which.name} values")
+        if chunk.seq != self._values_seq[which]:
+            raise ProtocolError(f"list {which.name} values chunk {chunk.seq} is out of order")
+        count, rest = divmod(len(chunk.values), self.value_len)
+        if not count or rest:
+            raise ProtocolError(f"list {which.name} values chunk {chunk.seq} has a partial value")
+        if self._values_count[which] + count > self.list_size:
+            raise ProtocolError(f"list {which.name} came back with more than {self.list_size}")
+        self._values_seq[which] += 1
+        self._values_count[which] += count
+        self._values[which].append(chunk.values)
+        if all(self._values_count[w] == self.list_size for w in BrandList):
+            self._lists_done.set()
+
+    async def _on_sums(self, msg: MaskedSums) -> None:
+        self.expect(LookalikeRound.SUMS, "the masked sums")
+        want = self.hello.features + 1
+        if len(msg.ciphertexts) != want:
+            raise ProtocolError(f"{len(msg.ciphertexts)} masked sums; the job has {want}")
+        if msg.train_rows != self.hello.train_rows:
+            raise ProtocolError(
+                f"the sums cover {msg.train_rows} rows; the job trains on {self.hello.train_rows}"
+            )
+        values = await self._decrypt(msg.ciphertexts)
+        if self.sigma:
+            values = noisy_sums(values, self.hello.scales, self.sigma, self._noise_rng)
+        self.round = LookalikeRound.METRICS if self.hello.holdout_rows else LookalikeRound.PACKAGE
+        self.put(DecryptedSums(values=tuple(values)))
+
+    async def _on_holdout(self, msg: HoldoutAggregates) -> None:
+        self.expect(LookalikeRound.METRICS, "the holdout sums")
+        tiers = self.hello.tiers
+        if len(msg.top) != len(tiers):
+            raise ProtocolError(f"{len(msg.top)} tier sums for {len(tiers)} tiers")
+        rows = msg.rows
+        if rows != self.hello.holdout_rows:
+            raise ProtocolError(
+                f"the holdout sums cover {rows} rows; the job holds out {self.hello.holdout_rows}"
+            )
+        seeds, rank_sum2, *top = await self._decrypt([msg.seeds, msg.rank_sum2, *msg.top])
+        low, high = seeds * (seeds + 1), seeds * (2 * rows - seeds + 1)
+        sizes = tier_sizes(rows, tiers)
+        if (
+            not 0 <= seeds <= rows
+            or not low <= rank_sum2 <= high
+            or any(not 0 <= t <= min(seeds, k) for t, k in zip(top, sizes, strict=True))
+            or top != sorted(top)
+        ):
+            raise ProtocolError("the holdout sums are not the sums of 0/1 labels")
+        recall = tuple(None if seeds == 0 else t / seeds for t in top)
+        lift = tuple(
+            None if r is None else r / (k / rows) for r, k in zip(recall, sizes, strict=True)
+        )
+        self.metrics = LookalikeMetrics(
+            holdout_rows=rows,
+            holdout_seeds=seeds,
+            auc=auc_from_sums(seeds, rank_sum2, rows),
+            recall=recall,
+            lift=lift,
+        )
+        self.round = LookalikeRound.PACKAGE
+        self.put(self.metrics.withheld() if self.sigma else self.metrics)
+
+    async def _on_package(self, msg: PackageSummary) -> None:
+        self.expect(LookalikeRound.PACKAGE, "the package summary")
+        if len(msg.tier_sizes) != len(self.hello.tiers) or msg.scored < 1:
+            raise ProtocolError("the package summary does not fit the job's tiers")
+        if list(msg.tier_sizes) != tier_sizes(msg.scored, self.hello.tiers):
+            raise ProtocolError("the tier sizes are not the job's shares of the scored base")
+        self.outcome = LookalikeOutcome(
+            mode=self.hello.mode,
+            offered=self.hello.rows,
+            intersection=self.intersection,
+            seeds=self.seeds,
+            train_rows=self.hello.train_rows,
+            metrics=self.metrics,
+            scored=msg.scored,
+            tiers=self.hello.tiers,
+            tier_sizes=msg.tier_sizes,
+        )
+        package_id = await asyncio.to_thread(self._conclude, self.outcome)
+        self.put(LookalikeDone(package_id))
+        self.round = LookalikeRound.DONE
+        self._signal.notify()
+
+    async def _decrypt(self, ciphertexts: Sequence[int]) -> list[int]:
+        """Decrypt within the job's cap: ``d + 1`` sums, then ``2 + tiers`` holdout sums."""
+        if self.decryptions + len(ciphertexts) > self.max_decryptions:
+            raise ProtocolError(
+                f"the job asks for {self.decryptions + len(ciphertexts)} decryptions; its cap"
+                f" is {self.max_decryptions} (d + 1 sums, 2 + one per tier for the holdout)"
+            )
+        self.decryptions += len(ciphertexts)
+        cts = self.public_key.validate_many(ciphertexts)
+        return [int(v) for v in await asyncio.to_thread(self.private_key.decrypt_many, cts)]
+
+    # ----------------------------------------------------------- background
+
+    async def _send_lists(self) -> None:
+        """Both lists as H(s)^b: dummies up to one size, each shuffled."""
+        for which in BrandList:
+            real = self._lists[which]
+            missing = self.list_size - len(real)
+            dummies = await self._jobs.call(
+                hash_points, self._random_bytes(32 * missing), DUMMY_DST
+            )
+            padded = np.concatenate([real, np.frombuffer(dummies, dtype=f"S{POINT_LEN}")])
+            padded = padded[self._rng.permutation(len(padded))]
+            parts = [
+                padded[start : start + self.chunk_size].tobytes()
+                for start in range(0, len(padded), self.chunk_size)
+            ]
+            jobs = [(self._secret, part, False) for part in parts]
+            seq = 0
+            async for blinded in in_order(self._jobs, blind_points, jobs):
+                self.put(BrandPoints(list=which, seq=seq, points=blinded))
+                seq += 1
+
+    async def _collect_reblinded(self) -> None:
+        async for values in self._reblind:
+            self._partner_values.append(values)
+        self._partner_done.set()
+
+    async def _label_positions(self) -> None:
+        await self._partner_done.wait()
+        await self._lists_done.wait()
+        seed, matched = await asyncio.to_thread(self._labels)
+        self.intersection, self.seeds = int(matched.sum()), int(seed.sum())
+        if self.seeds < self.min_seed:
+            raise PolicyViolation(
+                f"the partner's rows match {self.seeds} seed members; this brand's policy"
+                f" needs at least {self.min_seed} for a lookalike"
+            )
+        self.round = LookalikeRound.LABELS
+        if self.hello.mode is LookalikeMode.MATCHED:
+            flags = matched.astype(np.uint8)
+            for seq, start in enumerate(range(0, len(flags), FLAGS_CHUNK)):
+                part = flags[start : start + FLAGS_CHUNK].tobytes()
+                self.put(MatchedRows(seq=seq, start=start, flags=part))
+            seed = seed[matched]
+        key = json.dumps(private_key_to_json(self.private_key))
+        bits = self.public_key.n.bit_length()
+        labels = seed.astype(np.uint8)
+        jobs = [
+            (key, bits, labels[start : start + ENCRYPT_BATCH].tobytes())
+            for start in range(0, len(labels), ENCRYPT_BATCH)
+        ]
+        seq = 0
+        async for packed in in_order(self._jobs, encrypt_bits_packed, jobs):
+            self.put(EncryptedLabels(seq=seq, start=seq * ENCRYPT_BATCH, ciphertexts=packed))
+            seq += 1
+        self.round = LookalikeRound.SUMS
+        self._signal.notify()
+
+    def _labels(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per partner position: seed (a slot in the seed list), and matched at all."""
+        dtype = np.dtype(f"S{self.value_len}")
+        slots = np.frombuffer(b"".join(self._partner_values), dtype=dtype)
+        slots = slots.reshape(self.hello.rows, self.hello.slots)
+        seed = np.frombuffer(b"".join(self._values[BrandList.SEED]), dtype=dtype)
+        other = np.frombuffer(b"".join(self._values[BrandList.OTHER]), dtype=dtype)
+        in_seed = np.asarray(np.isin(slots, seed).any(axis=1))
+        in_other = np.asarray(np.isin(slots, other).any(axis=1))
+        return in_seed, in_seed | in_other

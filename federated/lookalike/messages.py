@@ -1,0 +1,192 @@
+"""Typed lookalike messages: the domain side of the wire protocol.
+
+Plain dataclasses; ``cleanroom.proto.serde`` is the only place that converts
+them to and from protobuf. The rounds are documented in the package docstring.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum, StrEnum
+
+DEFAULT_TIERS = (1.0, 2.0, 5.0, 10.0)
+MASK_SLACK_BITS = 40  # statistical hiding of a masked sum: 2^-40
+
+
+class LookalikeMode(StrEnum):
+    """What the partner learns about the seed (DESIGN.md §7, §13)."""
+
+    HIDDEN_SEED = "hidden-seed"  # neither membership nor labels
+    MATCHED = "matched"  # which of its rows matched (as `partner match`), not labels
+
+
+class LookalikeRound(StrEnum):
+    HELLO = "hello"
+    EXCHANGE = "exchange"  # points both ways
+    LABELS = "labels"  # the brand's encrypted labels per position
+    SUMS = "sums"  # masked label sums: T = Xᵀy and Σy
+    METRICS = "metrics"  # the holdout's encrypted sums
+    PACKAGE = "package"  # the partner writes its tiers and reports their sizes
+    DONE = "done"
+    FAILED = "failed"
+
+
+class BrandList(IntEnum):
+    """The brand sends its identifiers as two lists of the same (padded) size."""
+
+    SEED = 0
+    OTHER = 1
+
+
+@dataclass(frozen=True, slots=True)
+class LookalikeHello:
+    audience: str
+    mode: LookalikeMode
+    rows: int  # offered rows: the partner's records with an identifier
+    slots: int  # points per row (hidden-seed: identifier columns, dummies fill the rest)
+    features: int  # d: the brand decrypts d + 1 label sums
+    tiers: tuple[float, ...] = DEFAULT_TIERS  # nested top tiers, percent of the scored base
+    holdout: float = 0.2  # share of the offered rows kept out of T and scored for the metrics
+    epsilon: float = 0.0  # label-DP on the sums (0: none)
+    submission_key: str = ""
+    # With label-DP: the grid of every feature (T_int = scale · T) and the largest
+    # row norm of the features, which bounds the sums' sensitivity to one label.
+    scales: tuple[int, ...] = ()
+    row_norm: float = 0.0
+
+    @property
+    def holdout_rows(self) -> int:
+        return round(self.rows * self.holdout)
+
+    @property
+    def train_rows(self) -> int:
+        return self.rows - self.holdout_rows
+
+
+@dataclass(frozen=True, slots=True)
+class LookalikeAccepted:
+    session_id: str
+    public_key_n: int
+    value_len: int  # bytes per comparison value (truncated double-blinded point)
+    chunk_size: int  # points per chunk
+    brand_points: int  # per list (both lists are padded to this size)
+    max_decryptions: int  # d + 1 label sums, plus 2 + one per tier for the holdout
+    package_id: str = ""  # set when this submission already has a package
+
+
+@dataclass(frozen=True, slots=True)
+class SlotPoints:
+    """P -> B: H(x)^p for consecutive slots of the partner's shuffled rows."""
+
+    seq: int
+    points: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class BrandPoints:
+    """B -> P: H(s)^b for one list, padded with dummies and shuffled."""
+
+    list: BrandList
+    seq: int
+    points: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class BrandValues:
+    """P -> B: H(s)^bp of a whole list, shuffled again, truncated."""
+
+    list: BrandList
+    seq: int
+    values: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class MatchedRows:
+    """B -> P, ``matched`` mode only: one byte per partner position, 1 where it matched."""
+
+    seq: int
+    start: int
+    flags: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class EncryptedLabels:
+    """B -> P: ``Enc(label)`` from position ``start`` on, packed fixed-width (n² bytes each).
+
+    ``hidden-seed``: one per partner position (``Enc(0)`` for rows that match
+    nothing). ``matched``: one per matched position, in position order.
+    """
+
+    seq: int
+    start: int
+    ciphertexts: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class MaskedSums:
+    """P -> B: Enc(T_j + r_j) for every feature, then Enc(Σy + r) (re-randomized)."""
+
+    ciphertexts: tuple[int, ...]
+    train_rows: int
+
+
+@dataclass(frozen=True, slots=True)
+class DecryptedSums:
+    """B -> P: the masked sums, decrypted (plus label-DP noise when the policy adds it)."""
+
+    values: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class HoldoutAggregates:
+    """P -> B: the holdout's encrypted seeds, twice their rank sum, seeds per tier."""
+
+    rows: int
+    seeds: int
+    rank_sum2: int
+    top: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LookalikeMetrics:
+    """B -> P: the model's quality on the holdout, as the brand computed it.
+
+    With label-DP the brand keeps them (they are exact functions of labels):
+    the partner gets ``withheld()``, the row count and nothing else."""
+
+    holdout_rows: int
+    holdout_seeds: int | None
+    auc: float | None
+    recall: tuple[float | None, ...]  # per tier: share of the holdout's seeds in it
+    lift: tuple[float | None, ...]  # per tier: recall / tier share
+
+    def withheld(self) -> LookalikeMetrics:
+        blank = tuple(None for _ in self.recall)
+        return LookalikeMetrics(self.holdout_rows, None, None, blank, blank)
+
+
+@dataclass(frozen=True, slots=True)
+class PackageSummary:
+    """P -> B: what the partner's package holds (sizes only, never a user id)."""
+
+    scored: int
+    tier_sizes: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LookalikeDone:
+    package_id: str
+
+
+LookalikePartnerMessage = (
+    LookalikeHello | SlotPoints | BrandValues | MaskedSums | HoldoutAggregates | PackageSummary
+)
+LookalikeBrandMessage = (
+    LookalikeAccepted
+    | BrandPoints
+    | MatchedRows
+    | EncryptedLabels
+    | DecryptedSums
+    | LookalikeMetrics
+    | LookalikeDone
+)

@@ -1,0 +1,388 @@
+"""The lookalike state machines, wired in-process, against a centralized fit.
+
+With label-DP off the private model is the model scikit-learn fits on the
+pooled data (same quantized features, same C, same split): the weights agree
+to 1e-4 and the holdout AUC the brand computes from encrypted sums equals the
+centralized model's to 0.001 — on the synthetic world and on scikit-learn's
+breast cancer data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_breast_cancer
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+
+from cleanroom.audiences.identifiers import NormalizeOptions, parse_id_columns
+from cleanroom.audiences.reader import read_hashed_chunks
+from cleanroom.federated.lookalike.aggregates import tier_sizes
+from cleanroom.federated.lookalike.brand import BrandLookalike
+from cleanroom.federated.lookalike.features import FeaturePipeline
+from cleanroom.federated.lookalike.inputs import PartnerUsers, load_partner_users
+from cleanroom.federated.lookalike.messages import (
+    BrandList,
+    BrandPoints,
+    DecryptedSums,
+    EncryptedLabels,
+    LookalikeAccepted,
+    LookalikeDone,
+    LookalikeMetrics,
+    LookalikeMode,
+    MaskedSums,
+    MatchedRows,
+    SlotPoints,
+)
+from cleanroom.federated.lookalike.partner import PartnerLookalike, score_rows
+from cleanroom.federated.lookalike.synth import synthesize_lookalike
+from cleanroom.federated.paillier import _unsafe_generate_keypair_for_tests
+from cleanroom.matching.partner import PartnerColumn, PartnerSet
+from cleanroom.matching.workers import dst_for, hash_points
+from cleanroom.proto.errors import InvalidInput, PolicyViolation, ProtocolError
+from tests.helpers import converse, sha
+
+OPTIONS = NormalizeOptions(default_region="US")
+PARTNER_IDS = parse_id_columns("email,phone,maid")
+BRAND_IDS = parse_id_columns("email,phone")
+L2 = 1.0
+
+
+@pytest.fixture(scope="module")
+def keys() -> tuple[Any, Any]:
+    return _unsafe_generate_keypair_for_tests(1024)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    return synthesize_lookalike(
+        tmp_path_factory.mktemp("lookalike"),
+        partner_users=3000,
+        customers=1400,
+        matched=1000,
+        seed=5,
+    )
+
+
+@pytest.fixture(scope="module")
+def users(world: Any) -> PartnerUsers:
+    return load_partner_users(
+        world.users_path,
+        world.features_path,
+        user_column="user_id",
+        id_columns=PARTNER_IDS,
+        options=OPTIONS,
+        feature_columns=world.feature_spec,
+    )
+
+
+def brand_identifiers(path: Path) -> tuple[dict[tuple[str, bytes], int], np.ndarray, np.ndarray]:
+    """The CRM's distinct identifiers with their seed label (gold), as the node stores them."""
+    labels: dict[tuple[str, bytes], int] = {}
+    for chunk in read_hashed_chunks(path, BRAND_IDS, OPTIONS, keep=["tier"]):
+        seed = np.char.lower(chunk.kept["tier"].astype(str)) == "gold"
+        for spec, col in zip(BRAND_IDS, chunk.columns, strict=True):
+            present = np.flatnonzero(col.present)
+            for digest, flag in zip(
+                (col.digests[i : i + 32] for i in range(0, len(col.digests), 32)),
+                seed[present].tolist(),
+                strict=True,
+            ):
+                key = (str(spec.id_type), digest)
+                labels[key] = max(labels.get(key, 0), int(flag))
+    return labels, *points_of(labels)
+
+
+def points_of(labels: dict[tuple[str, bytes], int]) -> tuple[np.ndarray, np.ndarray]:
+    points, flags = [], []
+    for id_type in sorted({t for t, _ in labels}):
+        items = [(d, f) for (t, d), f in labels.items() if t == id_type]
+        packed = hash_points(b"".join(d for d, _ in items), dst_for(id_type))
+        points.append(np.frombuffer(packed, dtype="S32"))
+        flags += [f for _, f in items]
+    return np.concatenate(points), np.asarray(flags, dtype=np.uint8)
+
+
+def pooled_labels(
+    data: PartnerSet, labels: dict[tuple[str, bytes], int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per partner user: 1 if an identifier of theirs is a seed identifier (plaintext join)."""
+    y = np.zeros(data.row_count, dtype=np.uint8)
+    matched = np.zeros(data.row_count, dtype=bool)
+    for column in data.columns:
+        for row, i in zip(column.rows.tolist(), range(0, len(column.digests), 32), strict=True):
+            label = labels.get((column.id_type, column.digests[i : i + 32]))
+            if label is not None:
+                matched[row] = True
+                y[row] |= label
+    return y, matched
+
+
+def make_pair(
+    users: PartnerUsers,
+    points: np.ndarray,
+    flags: np.ndarray,
+    keys: tuple[Any, Any],
+    *,
+    mode: LookalikeMode = LookalikeMode.HIDDEN_SEED,
+    min_seed: int = 100,
+    seed: int = 0,
+    brand_options: dict[str, Any] | None = None,
+    **partner_options: Any,
+) -> tuple[BrandLookalike, PartnerLookalike]:
+    _pk, sk = keys
+    partner = PartnerLookalike(
+        audience="crm",
+        data=users.data,
+        features=users.features,
+        mode=mode,
+        l2=L2,
+        rng=np.random.default_rng(seed),
+        min_key_bits=1024,
+        **partner_options,
+    )
+    brand = BrandLookalike(
+        session_id="job-1",
+        hello=partner.hello(),
+        points=points,
+        labels=flags,
+        private_key=sk,
+        min_seed=min_seed,
+        chunk_size=997,
+        rng=np.random.default_rng(seed + 1),
+        noise_rng=np.random.default_rng(seed + 2),
+        **(brand_options or {}),
+    )
+    return brand, partner
+
+
+def centralized(
+    users: PartnerUsers, y: np.ndarray, train: np.ndarray, holdout: np.ndarray
+) -> tuple[LogisticRegression, float]:
+    x = users.features.floats()
+    model = LogisticRegression(C=1 / L2, tol=1e-12, max_iter=100_000)
+    model.fit(x[train], y[train])
+    return model, float(roc_auc_score(y[holdout], model.decision_function(x[holdout])))
+
+
+def check_exact(
+    brand: BrandLookalike, partner: PartnerLookalike, users: PartnerUsers, y: np.ndarray
+) -> None:
+    model, auc = centralized(users, y, partner.train_users, partner.holdout_users)
+    assert partner.model is not None and brand.metrics is not None
+    np.testing.assert_allclose(partner.model.weights, model.coef_[0], atol=1e-4)
+    assert partner.model.intercept == pytest.approx(model.intercept_[0], abs=1e-4)
+    assert brand.metrics.auc == pytest.approx(auc, abs=1e-3)
+    # Recall at each tier, from the private model's own holdout scores in plaintext.
+    scores = score_rows(partner.model, users.features.rows(partner.holdout_users))
+    held = y[partner.holdout_users]
+    order = np.argsort(scores, kind="stable")[::-1]
+    for tier, k, recall in zip(
+        partner.tiers, tier_sizes(len(held), partner.tiers), brand.metrics.recall, strict=True
+    ):
+        assert recall == pytest.approx(held[order[:k]].sum() / held.sum()), tier
+    assert brand.metrics.holdout_seeds == int(held.sum())
+
+
+def test_hidden_seed_model_equals_the_centralized_fit(
+    world: Any, users: PartnerUsers, keys: tuple[Any, Any]
+) -> None:
+    labels, points, flags = brand_identifiers(world.crm_path)
+    brand, partner = make_pair(users, points, flags, keys)
+    transcript = asyncio.run(converse(brand, partner))
+    y, matched = pooled_labels(users.data, labels)
+    assert brand.intersection == int(matched.sum())
+    assert brand.seeds == int(y.sum())
+    check_exact(brand, partner, users, y)
+    # The partner received no match flag, and one Enc(y) per offered row.
+    kinds = {type(m) for side, m in transcript if side == "brand"}
+    assert MatchedRows not in kinds
+    width = keys[0].ciphertext_bytes
+    labels_in = [m for side, m in transcript if isinstance(m, EncryptedLabels)]
+    assert sum(len(m.ciphertexts) for m in labels_in) == width * len(users.data.records())
+    # The package: every user scored, nested tiers, best first.
+    assert partner.package is not None and brand.outcome is not None
+    package = partner.package
+    assert len(package.ranked) == users.data.row_count
+    assert package.tier_sizes == tuple(tier_sizes(users.data.row_count, partner.tiers))
+    top = package.scores[package.ranked]
+    assert (np.diff(top) <= 0).all()
+    assert brand.outcome.tier_sizes == package.tier_sizes
+    assert partner.package_id == "job-1"
+
+
+def test_matched_mode_is_exact_and_excludes_customers(
+    world: Any, users: PartnerUsers, keys: tuple[Any, Any]
+) -> None:
+    labels, points, flags = brand_identifiers(world.crm_path)
+    brand, partner = make_pair(users, points, flags, keys, mode=LookalikeMode.MATCHED, seed=3)
+    transcript = asyncio.run(converse(brand, partner))
+    y, matched = pooled_labels(users.data, labels)
+    assert partner.intersection == int(matched.sum())
+    check_exact(brand, partner, users, y)
+    width = keys[0].ciphertext_bytes
+    labels_in = [m for side, m in transcript if isinstance(m, EncryptedLabels)]
+    assert sum(len(m.ciphertexts) for m in labels_in) == width * int(matched.sum())
+    assert partner.package is not None
+    assert set(partner.package.excluded.tolist()) == set(np.flatnonzero(matched).tolist())
+    assert not set(partner.package.ranked.tolist()) & set(np.flatnonzero(matched).tolist())
+
+
+def test_breast_cancer_private_fit_equals_sklearn(keys: tuple[Any, Any]) -> None:
+    import pandas as pd
+
+    data = load_breast_cancer(as_frame=True)
+    frame: pd.DataFrame = data.frame
+    rows = len(frame)
+    digests = b"".join(sha(f"patient{i}@example.org") for i in range(rows))
+    partner_set = PartnerSet(rows, [PartnerColumn("email", np.arange(rows), digests)])
+    names = [c for c in frame.columns if c != "target"]
+    pipeline = FeaturePipeline.fit(frame, [(n, "numeric") for n in names])
+    features = pipeline.encode(frame)
+    users = PartnerUsers(
+        user_ids=np.asarray([f"p{i}" for i in range(rows)], dtype=object),
+        data=partner_set,
+        report=None,  # type: ignore[arg-type]
+        pipeline=pipeline,
+        features=features,
+    )
+    y = (frame["target"].to_numpy() == 0).astype(np.uint8)  # malignant = seed
+    labels = {("email", digests[i * 32 : (i + 1) * 32]): int(y[i]) for i in range(rows)}
+    points, flags = points_of(labels)
+    brand, partner = make_pair(users, points, flags, keys, seed=11)
+    asyncio.run(converse(brand, partner))
+    check_exact(brand, partner, users, y)
+    assert brand.metrics is not None and brand.metrics.auc is not None
+    assert brand.metrics.auc > 0.97  # the data set is nearly separable
+
+
+def test_too_few_matched_seeds_are_refused(
+    world: Any, users: PartnerUsers, keys: tuple[Any, Any]
+) -> None:
+    _labels, points, flags = brand_identifiers(world.crm_path)
+    brand, partner = make_pair(users, points, flags, keys, min_seed=5000)
+    with pytest.raises(PolicyViolation, match="at least 5000"):
+        asyncio.run(converse(brand, partner))
+    assert brand.outcome is None and partner.package is None
+
+
+def test_a_mode_the_policy_forbids_is_refused(
+    world: Any, users: PartnerUsers, keys: tuple[Any, Any]
+) -> None:
+    _labels, points, flags = brand_identifiers(world.crm_path)
+    partner = PartnerLookalike(
+        audience="crm", data=users.data, features=users.features, mode=LookalikeMode.MATCHED
+    )
+    with pytest.raises(PolicyViolation, match="matched is not allowed"):
+        BrandLookalike(
+            session_id="x",
+            hello=partner.hello(),
+            points=points,
+            labels=flags,
+            private_key=keys[1],
+            min_seed=1,
+            modes=(LookalikeMode.HIDDEN_SEED,),
+        )
+
+
+def _accepted_again(accepted: LookalikeAccepted, _points: np.ndarray) -> Any:
+    return accepted
+
+
+def _too_many_points(accepted: LookalikeAccepted, points: np.ndarray) -> Any:
+    packed = points[: accepted.brand_points + 1].tobytes()
+    return BrandPoints(list=BrandList.SEED, seq=0, points=packed)
+
+
+def _constant(message: Any) -> Callable[[LookalikeAccepted, np.ndarray], Any]:
+    return lambda _accepted, _points: message
+
+
+@pytest.mark.parametrize(
+    ("side", "make", "error"),
+    [
+        ("brand", _constant(MaskedSums(ciphertexts=(1, 2), train_rows=10)), "arrived in round"),
+        ("brand", _constant(SlotPoints(seq=3, points=b"\x09" * 32)), "out-of-order slot chunk"),
+        ("partner", _constant(DecryptedSums(values=(1, 2, 3))), "arrived in round"),
+        ("partner", _constant(LookalikeDone(package_id="p")), "arrived in round"),
+        (
+            "partner",
+            _constant(EncryptedLabels(seq=0, start=0, ciphertexts=b"\x01" * 256)),
+            "arrived in round",
+        ),
+        ("partner", _constant(LookalikeMetrics(1, 1, 0.5, (), ())), "arrived in round"),
+        ("partner", _accepted_again, "LookalikeAccepted arrived in round exchange"),
+        ("partner", _too_many_points, "more than the announced"),
+    ],
+)
+def test_a_message_out_of_place_fails_the_job(
+    world: Any,
+    users: PartnerUsers,
+    keys: tuple[Any, Any],
+    side: str,
+    make: Callable[[LookalikeAccepted, np.ndarray], Any],
+    error: str,
+) -> None:
+    _labels, points, flags = brand_identifiers(world.crm_path)
+    brand, partner = make_pair(users, points, flags, keys)
+
+    async def run() -> None:
+        accepted = brand.start()
+        await partner.receive(accepted)
+        target: Any = brand if side == "brand" else partner
+        message = make(accepted, points)
+        with pytest.raises(ProtocolError, match=error):
+            await target.receive(message)
+        assert target.error is not None
+        with pytest.raises(ProtocolError, match="has failed"):
+            await target.receive(message)
+        brand.close()
+        partner.close()
+
+    asyncio.run(run())
+
+
+def test_features_must_cover_every_user(world: Any, tmp_path: Path) -> None:
+    lines = world.features_path.read_text().splitlines()
+    short = tmp_path / "features.csv"
+    short.write_text("\n".join(lines[:-1]) + "\n")
+    with pytest.raises(InvalidInput, match="has no row in feature file"):
+        load_partner_users(
+            world.users_path, short, user_column="user_id", id_columns=PARTNER_IDS, options=OPTIONS
+        )
+    extra = tmp_path / "extra.csv"
+    first = lines[1].split(",")
+    extra.write_text("\n".join([*lines, ",".join(["U999999999", *first[1:]])]) + "\n")
+    with pytest.raises(InvalidInput, match=r"U999999999.*not in the users"):
+        load_partner_users(
+            world.users_path, extra, user_column="user_id", id_columns=PARTNER_IDS, options=OPTIONS
+        )
+    with pytest.raises(InvalidInput, match="no user column 'uid'"):
+        load_partner_users(
+            world.users_path,
+            world.features_path,
+            user_column="uid",
+            id_columns=PARTNER_IDS,
+            options=OPTIONS,
+        )
+    bad = tmp_path / "bad.csv"
+    rows = world.features_path.read_text().splitlines()
+    cells = rows[5].split(",")
+    cells[8] = "nan"  # a numeric column
+    rows[5] = ",".join(cells)
+    bad.write_text("\n".join(rows) + "\n")
+    header = rows[0].split(",")
+    with pytest.raises(InvalidInput, match=rf"feature column '{header[8]}', row 5: 'nan'"):
+        load_partner_users(
+            world.users_path,
+            bad,
+            user_column="user_id",
+            id_columns=PARTNER_IDS,
+            options=OPTIONS,
+            feature_columns=world.feature_spec,
+        )
