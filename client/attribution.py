@@ -7,22 +7,21 @@ blinded tokens and encrypted aggregates (attribution run).
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
 import pandas as pd
 
 from cleanroom.audiences.identifiers import IdColumn, NormalizeOptions
 from cleanroom.audiences.reader import iter_frames, read_frame
 from cleanroom.audiences.upload import ConversionRows, UploadEnd, UploadHeader
+from cleanroom.client.runs import drive_partner
 from cleanroom.client.sdk import ClientError, Connection, stream_upload
 from cleanroom.federated.attribution.inputs import (
     PartnerExposures,
@@ -194,29 +193,15 @@ async def run_attribution(
     if on_progress is not None:
         partner.progress.listeners.append(on_progress)
         on_progress(partner.progress)
-
-    async def requests() -> AsyncIterator[pb.AttrPartnerMessage]:
-        yield serde.attr_partner_to_pb(partner.hello())
-        async for msg in partner.outgoing():
-            yield serde.attr_partner_to_pb(msg, partner.public_key)
-
-    async with conn.channel() as channel:
-        call = pb_grpc.AttributionServiceStub(channel).Attribute(
-            requests(), metadata=conn.metadata, timeout=conn.timeout
-        )
-        try:
-            async for response in call:
-                await partner.receive(serde.attr_brand_from_pb(response, partner.public_key))
-        except (grpc.aio.AioRpcError, asyncio.CancelledError) as exc:
-            # A failure of our own (gRPC cancels the call when the request
-            # stream raises) says more than the status it caused.
-            if partner.error is not None:
-                raise partner.error from None
-            if isinstance(exc, grpc.aio.AioRpcError):
-                raise ClientError.from_rpc(exc) from exc
-            raise
-        finally:
-            partner.close()
+    await drive_partner(
+        conn,
+        lambda channel, requests: pb_grpc.AttributionServiceStub(channel).Attribute(
+            requests, metadata=conn.metadata, timeout=conn.timeout
+        ),
+        partner,
+        serde.attr_partner_to_pb,
+        serde.attr_brand_from_pb,
+    )
     if not partner.report_id:
         raise ClientError("PROTOCOL", "the brand node ended the run without a report")
     return partner.report_id

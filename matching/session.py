@@ -184,6 +184,10 @@ class RoundMachine(Generic[R]):
     def finished(self) -> bool:
         return self.round in (self._done, self._failed)
 
+    @property
+    def succeeded(self) -> bool:
+        return self.round is self._done
+
     def fail(self, exc: BaseException) -> None:
         if self.round is self._done:
             return

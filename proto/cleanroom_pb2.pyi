@@ -440,8 +440,184 @@ class AttrBrandMessage(_message.Message):
     done: AttrDone
     def __init__(self, accepted: _Optional[_Union[AttrAccepted, _Mapping]] = ..., cell_values: _Optional[_Union[AttrCellValues, _Mapping]] = ..., conversion_tokens: _Optional[_Union[AttrConversionTokens, _Mapping]] = ..., event_values: _Optional[_Union[AttrEventValues, _Mapping]] = ..., done: _Optional[_Union[AttrDone, _Mapping]] = ...) -> None: ...
 
+class LookalikeHello(_message.Message):
+    __slots__ = ("audience", "mode", "rows", "slots", "features", "tiers", "holdout", "epsilon", "submission_key", "scales", "row_norm")
+    AUDIENCE_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    TIERS_FIELD_NUMBER: _ClassVar[int]
+    HOLDOUT_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    SUBMISSION_KEY_FIELD_NUMBER: _ClassVar[int]
+    SCALES_FIELD_NUMBER: _ClassVar[int]
+    ROW_NORM_FIELD_NUMBER: _ClassVar[int]
+    audience: str
+    mode: str
+    rows: int
+    slots: int
+    features: int
+    tiers: _containers.RepeatedScalarFieldContainer[float]
+    holdout: float
+    epsilon: float
+    submission_key: str
+    scales: _containers.RepeatedScalarFieldContainer[int]
+    row_norm: float
+    def __init__(self, audience: _Optional[str] = ..., mode: _Optional[str] = ..., rows: _Optional[int] = ..., slots: _Optional[int] = ..., features: _Optional[int] = ..., tiers: _Optional[_Iterable[float]] = ..., holdout: _Optional[float] = ..., epsilon: _Optional[float] = ..., submission_key: _Optional[str] = ..., scales: _Optional[_Iterable[int]] = ..., row_norm: _Optional[float] = ...) -> None: ...
+
+class LookalikeSlotPoints(_message.Message):
+    __slots__ = ("seq", "points")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    points: bytes
+    def __init__(self, seq: _Optional[int] = ..., points: _Optional[bytes] = ...) -> None: ...
+
+class LookalikeBrandValues(_message.Message):
+    __slots__ = ("list", "seq", "values")
+    LIST_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    list: int
+    seq: int
+    values: bytes
+    def __init__(self, list: _Optional[int] = ..., seq: _Optional[int] = ..., values: _Optional[bytes] = ...) -> None: ...
+
+class LookalikeMaskedSums(_message.Message):
+    __slots__ = ("ciphertexts", "train_rows")
+    CIPHERTEXTS_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_ROWS_FIELD_NUMBER: _ClassVar[int]
+    ciphertexts: bytes
+    train_rows: int
+    def __init__(self, ciphertexts: _Optional[bytes] = ..., train_rows: _Optional[int] = ...) -> None: ...
+
+class LookalikeHoldout(_message.Message):
+    __slots__ = ("rows", "ciphertexts")
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    CIPHERTEXTS_FIELD_NUMBER: _ClassVar[int]
+    rows: int
+    ciphertexts: bytes
+    def __init__(self, rows: _Optional[int] = ..., ciphertexts: _Optional[bytes] = ...) -> None: ...
+
+class LookalikePackageSummary(_message.Message):
+    __slots__ = ("scored", "tier_sizes")
+    SCORED_FIELD_NUMBER: _ClassVar[int]
+    TIER_SIZES_FIELD_NUMBER: _ClassVar[int]
+    scored: int
+    tier_sizes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, scored: _Optional[int] = ..., tier_sizes: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class LookalikePartnerMessage(_message.Message):
+    __slots__ = ("hello", "slot_points", "brand_values", "sums", "holdout", "package")
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    SLOT_POINTS_FIELD_NUMBER: _ClassVar[int]
+    BRAND_VALUES_FIELD_NUMBER: _ClassVar[int]
+    SUMS_FIELD_NUMBER: _ClassVar[int]
+    HOLDOUT_FIELD_NUMBER: _ClassVar[int]
+    PACKAGE_FIELD_NUMBER: _ClassVar[int]
+    hello: LookalikeHello
+    slot_points: LookalikeSlotPoints
+    brand_values: LookalikeBrandValues
+    sums: LookalikeMaskedSums
+    holdout: LookalikeHoldout
+    package: LookalikePackageSummary
+    def __init__(self, hello: _Optional[_Union[LookalikeHello, _Mapping]] = ..., slot_points: _Optional[_Union[LookalikeSlotPoints, _Mapping]] = ..., brand_values: _Optional[_Union[LookalikeBrandValues, _Mapping]] = ..., sums: _Optional[_Union[LookalikeMaskedSums, _Mapping]] = ..., holdout: _Optional[_Union[LookalikeHoldout, _Mapping]] = ..., package: _Optional[_Union[LookalikePackageSummary, _Mapping]] = ...) -> None: ...
+
+class LookalikeAccepted(_message.Message):
+    __slots__ = ("session_id", "public_key_n", "value_len", "chunk_size", "brand_points", "max_decryptions", "package_id")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_N_FIELD_NUMBER: _ClassVar[int]
+    VALUE_LEN_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    BRAND_POINTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_DECRYPTIONS_FIELD_NUMBER: _ClassVar[int]
+    PACKAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    public_key_n: bytes
+    value_len: int
+    chunk_size: int
+    brand_points: int
+    max_decryptions: int
+    package_id: str
+    def __init__(self, session_id: _Optional[str] = ..., public_key_n: _Optional[bytes] = ..., value_len: _Optional[int] = ..., chunk_size: _Optional[int] = ..., brand_points: _Optional[int] = ..., max_decryptions: _Optional[int] = ..., package_id: _Optional[str] = ...) -> None: ...
+
+class LookalikeBrandPoints(_message.Message):
+    __slots__ = ("list", "seq", "points")
+    LIST_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    list: int
+    seq: int
+    points: bytes
+    def __init__(self, list: _Optional[int] = ..., seq: _Optional[int] = ..., points: _Optional[bytes] = ...) -> None: ...
+
+class LookalikeMatchedRows(_message.Message):
+    __slots__ = ("seq", "start", "flags")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    FLAGS_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    start: int
+    flags: bytes
+    def __init__(self, seq: _Optional[int] = ..., start: _Optional[int] = ..., flags: _Optional[bytes] = ...) -> None: ...
+
+class LookalikeLabels(_message.Message):
+    __slots__ = ("seq", "start", "ciphertexts")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    CIPHERTEXTS_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    start: int
+    ciphertexts: bytes
+    def __init__(self, seq: _Optional[int] = ..., start: _Optional[int] = ..., ciphertexts: _Optional[bytes] = ...) -> None: ...
+
+class LookalikeDecryptedSums(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, values: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class LookalikeMetrics(_message.Message):
+    __slots__ = ("holdout_rows", "holdout_seeds", "auc", "recall", "lift")
+    HOLDOUT_ROWS_FIELD_NUMBER: _ClassVar[int]
+    HOLDOUT_SEEDS_FIELD_NUMBER: _ClassVar[int]
+    AUC_FIELD_NUMBER: _ClassVar[int]
+    RECALL_FIELD_NUMBER: _ClassVar[int]
+    LIFT_FIELD_NUMBER: _ClassVar[int]
+    holdout_rows: int
+    holdout_seeds: int
+    auc: float
+    recall: _containers.RepeatedScalarFieldContainer[float]
+    lift: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, holdout_rows: _Optional[int] = ..., holdout_seeds: _Optional[int] = ..., auc: _Optional[float] = ..., recall: _Optional[_Iterable[float]] = ..., lift: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class LookalikeDone(_message.Message):
+    __slots__ = ("package_id",)
+    PACKAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    package_id: str
+    def __init__(self, package_id: _Optional[str] = ...) -> None: ...
+
+class LookalikeBrandMessage(_message.Message):
+    __slots__ = ("accepted", "brand_points", "matched", "labels", "decrypted", "metrics", "done")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    BRAND_POINTS_FIELD_NUMBER: _ClassVar[int]
+    MATCHED_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    DECRYPTED_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    accepted: LookalikeAccepted
+    brand_points: LookalikeBrandPoints
+    matched: LookalikeMatchedRows
+    labels: LookalikeLabels
+    decrypted: LookalikeDecryptedSums
+    metrics: LookalikeMetrics
+    done: LookalikeDone
+    def __init__(self, accepted: _Optional[_Union[LookalikeAccepted, _Mapping]] = ..., brand_points: _Optional[_Union[LookalikeBrandPoints, _Mapping]] = ..., matched: _Optional[_Union[LookalikeMatchedRows, _Mapping]] = ..., labels: _Optional[_Union[LookalikeLabels, _Mapping]] = ..., decrypted: _Optional[_Union[LookalikeDecryptedSums, _Mapping]] = ..., metrics: _Optional[_Union[LookalikeMetrics, _Mapping]] = ..., done: _Optional[_Union[LookalikeDone, _Mapping]] = ...) -> None: ...
+
 class PolicyRequest(_message.Message):
-    __slots__ = ("aggregation_threshold", "dp", "epsilon_budget", "min_partner_records", "sessions_per_day", "delta", "partner")
+    __slots__ = ("aggregation_threshold", "dp", "epsilon_budget", "min_partner_records", "sessions_per_day", "delta", "partner", "lookalike_modes", "min_lookalike_seed", "lookalike_dp", "lookalike_epsilon", "lookalike_epsilon_budget")
     AGGREGATION_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     DP_FIELD_NUMBER: _ClassVar[int]
     EPSILON_BUDGET_FIELD_NUMBER: _ClassVar[int]
@@ -449,6 +625,11 @@ class PolicyRequest(_message.Message):
     SESSIONS_PER_DAY_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
     PARTNER_FIELD_NUMBER: _ClassVar[int]
+    LOOKALIKE_MODES_FIELD_NUMBER: _ClassVar[int]
+    MIN_LOOKALIKE_SEED_FIELD_NUMBER: _ClassVar[int]
+    LOOKALIKE_DP_FIELD_NUMBER: _ClassVar[int]
+    LOOKALIKE_EPSILON_FIELD_NUMBER: _ClassVar[int]
+    LOOKALIKE_EPSILON_BUDGET_FIELD_NUMBER: _ClassVar[int]
     aggregation_threshold: int
     dp: str
     epsilon_budget: float
@@ -456,24 +637,33 @@ class PolicyRequest(_message.Message):
     sessions_per_day: int
     delta: float
     partner: str
-    def __init__(self, aggregation_threshold: _Optional[int] = ..., dp: _Optional[str] = ..., epsilon_budget: _Optional[float] = ..., min_partner_records: _Optional[int] = ..., sessions_per_day: _Optional[int] = ..., delta: _Optional[float] = ..., partner: _Optional[str] = ...) -> None: ...
+    lookalike_modes: str
+    min_lookalike_seed: int
+    lookalike_dp: str
+    lookalike_epsilon: float
+    lookalike_epsilon_budget: float
+    def __init__(self, aggregation_threshold: _Optional[int] = ..., dp: _Optional[str] = ..., epsilon_budget: _Optional[float] = ..., min_partner_records: _Optional[int] = ..., sessions_per_day: _Optional[int] = ..., delta: _Optional[float] = ..., partner: _Optional[str] = ..., lookalike_modes: _Optional[str] = ..., min_lookalike_seed: _Optional[int] = ..., lookalike_dp: _Optional[str] = ..., lookalike_epsilon: _Optional[float] = ..., lookalike_epsilon_budget: _Optional[float] = ...) -> None: ...
 
 class PartnerPolicy(_message.Message):
-    __slots__ = ("name", "sessions_per_day", "min_partner_records", "epsilon_spent", "epsilon_remaining")
+    __slots__ = ("name", "sessions_per_day", "min_partner_records", "epsilon_spent", "epsilon_remaining", "lookalike_epsilon_spent", "lookalike_epsilon_remaining")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SESSIONS_PER_DAY_FIELD_NUMBER: _ClassVar[int]
     MIN_PARTNER_RECORDS_FIELD_NUMBER: _ClassVar[int]
     EPSILON_SPENT_FIELD_NUMBER: _ClassVar[int]
     EPSILON_REMAINING_FIELD_NUMBER: _ClassVar[int]
+    LOOKALIKE_EPSILON_SPENT_FIELD_NUMBER: _ClassVar[int]
+    LOOKALIKE_EPSILON_REMAINING_FIELD_NUMBER: _ClassVar[int]
     name: str
     sessions_per_day: int
     min_partner_records: int
     epsilon_spent: float
     epsilon_remaining: float
-    def __init__(self, name: _Optional[str] = ..., sessions_per_day: _Optional[int] = ..., min_partner_records: _Optional[int] = ..., epsilon_spent: _Optional[float] = ..., epsilon_remaining: _Optional[float] = ...) -> None: ...
+    lookalike_epsilon_spent: float
+    lookalike_epsilon_remaining: float
+    def __init__(self, name: _Optional[str] = ..., sessions_per_day: _Optional[int] = ..., min_partner_records: _Optional[int] = ..., epsilon_spent: _Optional[float] = ..., epsilon_remaining: _Optional[float] = ..., lookalike_epsilon_spent: _Optional[float] = ..., lookalike_epsilon_remaining: _Optional[float] = ...) -> None: ...
 
 class PolicyResponse(_message.Message):
-    __slots__ = ("aggregation_threshold", "dp", "epsilon_budget", "min_partner_records", "sessions_per_day", "delta", "partners")
+    __slots__ = ("aggregation_threshold", "dp", "epsilon_budget", "min_partner_records", "sessions_per_day", "delta", "partners", "lookalike_modes", "min_lookalike_seed", "lookalike_dp", "lookalike_epsilon", "lookalike_epsilon_budget")
     AGGREGATION_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     DP_FIELD_NUMBER: _ClassVar[int]
     EPSILON_BUDGET_FIELD_NUMBER: _ClassVar[int]
@@ -481,6 +671,11 @@ class PolicyResponse(_message.Message):
     SESSIONS_PER_DAY_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
     PARTNERS_FIELD_NUMBER: _ClassVar[int]
+    LOOKALIKE_MODES_FIELD_NUMBER: _ClassVar[int]
+    MIN_LOOKALIKE_SEED_FIELD_NUMBER: _ClassVar[int]
+    LOOKALIKE_DP_FIELD_NUMBER: _ClassVar[int]
+    LOOKALIKE_EPSILON_FIELD_NUMBER: _ClassVar[int]
+    LOOKALIKE_EPSILON_BUDGET_FIELD_NUMBER: _ClassVar[int]
     aggregation_threshold: int
     dp: str
     epsilon_budget: float
@@ -488,4 +683,9 @@ class PolicyResponse(_message.Message):
     sessions_per_day: int
     delta: float
     partners: _containers.RepeatedCompositeFieldContainer[PartnerPolicy]
-    def __init__(self, aggregation_threshold: _Optional[int] = ..., dp: _Optional[str] = ..., epsilon_budget: _Optional[float] = ..., min_partner_records: _Optional[int] = ..., sessions_per_day: _Optional[int] = ..., delta: _Optional[float] = ..., partners: _Optional[_Iterable[_Union[PartnerPolicy, _Mapping]]] = ...) -> None: ...
+    lookalike_modes: str
+    min_lookalike_seed: int
+    lookalike_dp: str
+    lookalike_epsilon: float
+    lookalike_epsilon_budget: float
+    def __init__(self, aggregation_threshold: _Optional[int] = ..., dp: _Optional[str] = ..., epsilon_budget: _Optional[float] = ..., min_partner_records: _Optional[int] = ..., sessions_per_day: _Optional[int] = ..., delta: _Optional[float] = ..., partners: _Optional[_Iterable[_Union[PartnerPolicy, _Mapping]]] = ..., lookalike_modes: _Optional[str] = ..., min_lookalike_seed: _Optional[int] = ..., lookalike_dp: _Optional[str] = ..., lookalike_epsilon: _Optional[float] = ..., lookalike_epsilon_budget: _Optional[float] = ...) -> None: ...

@@ -393,3 +393,82 @@ class AttributionService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class LookalikeServiceStub:
+    """---------------------------------------------------------------- lookalike
+
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Run = channel.stream_stream(
+                '/cleanroom.v1.LookalikeService/Run',
+                request_serializer=cleanroom_dot_proto_dot_cleanroom__pb2.LookalikePartnerMessage.SerializeToString,
+                response_deserializer=cleanroom_dot_proto_dot_cleanroom__pb2.LookalikeBrandMessage.FromString,
+                _registered_method=True)
+
+
+class LookalikeServiceServicer:
+    """---------------------------------------------------------------- lookalike
+
+    """
+
+    def Run(self, request_iterator, context):
+        """One lookalike job (federated/lookalike: hidden-seed or matched) per stream.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_LookalikeServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Run': grpc.stream_stream_rpc_method_handler(
+                    servicer.Run,
+                    request_deserializer=cleanroom_dot_proto_dot_cleanroom__pb2.LookalikePartnerMessage.FromString,
+                    response_serializer=cleanroom_dot_proto_dot_cleanroom__pb2.LookalikeBrandMessage.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'cleanroom.v1.LookalikeService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('cleanroom.v1.LookalikeService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class LookalikeService:
+    """---------------------------------------------------------------- lookalike
+
+    """
+
+    @staticmethod
+    def Run(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/cleanroom.v1.LookalikeService/Run',
+            cleanroom_dot_proto_dot_cleanroom__pb2.LookalikePartnerMessage.SerializeToString,
+            cleanroom_dot_proto_dot_cleanroom__pb2.LookalikeBrandMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -8,6 +8,7 @@ the field named.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -36,6 +37,25 @@ from cleanroom.federated.attribution.messages import (
     DpParams,
     EventValues,
     GroupAggregate,
+)
+from cleanroom.federated.lookalike.messages import (
+    BrandList,
+    BrandPoints,
+    BrandValues,
+    DecryptedSums,
+    EncryptedLabels,
+    HoldoutAggregates,
+    LookalikeAccepted,
+    LookalikeBrandMessage,
+    LookalikeDone,
+    LookalikeHello,
+    LookalikeMetrics,
+    LookalikeMode,
+    LookalikePartnerMessage,
+    MaskedSums,
+    MatchedRows,
+    PackageSummary,
+    SlotPoints,
 )
 from cleanroom.federated.paillier import (
     PaillierPublicKey,
@@ -331,14 +351,28 @@ _POLICY_FIELDS = (
     "min_partner_records",
     "sessions_per_day",
     "delta",
+    "lookalike_modes",
+    "min_lookalike_seed",
+    "lookalike_dp",
+    "lookalike_epsilon",
+    "lookalike_epsilon_budget",
 )
+_LIST_FIELDS = ("lookalike_modes",)  # comma-separated on the wire
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def policy_request_to_pb(changes: dict[str, Any], partner: str | None = None) -> pb.PolicyRequest:
     unknown = set(changes) - set(_POLICY_FIELDS)
     if unknown:
         raise InvalidInput(f"not policy fields: {', '.join(sorted(unknown))}")
-    request = pb.PolicyRequest(**changes)
+    fields: dict[str, Any] = {
+        k: ",".join(v) if k in _LIST_FIELDS and not isinstance(v, str) else v
+        for k, v in changes.items()
+    }
+    request = pb.PolicyRequest(**fields)
     if partner is not None:
         request.partner = partner
     return request
@@ -348,6 +382,9 @@ def policy_request_from_pb(request: pb.PolicyRequest) -> tuple[dict[str, Any], s
     """The fields the request sets (unvalidated: the policy service validates) and the
     partner it names, if any."""
     changes = {name: getattr(request, name) for name in _POLICY_FIELDS if request.HasField(name)}
+    for name in _LIST_FIELDS:
+        if name in changes:
+            changes[name] = _split(changes[name])
     return changes, request.partner if request.HasField("partner") else None
 
 
@@ -359,6 +396,11 @@ def policy_to_pb(policy: Policy, partners: list[PartnerView]) -> pb.PolicyRespon
         min_partner_records=policy.min_partner_records,
         sessions_per_day=policy.sessions_per_day,
         delta=policy.delta,
+        lookalike_modes=",".join(policy.lookalike_modes),
+        min_lookalike_seed=policy.min_lookalike_seed,
+        lookalike_dp=policy.lookalike_dp,
+        lookalike_epsilon=policy.lookalike_epsilon,
+        lookalike_epsilon_budget=policy.lookalike_epsilon_budget,
         partners=[
             pb.PartnerPolicy(
                 name=v.partner.name,
@@ -366,6 +408,8 @@ def policy_to_pb(policy: Policy, partners: list[PartnerView]) -> pb.PolicyRespon
                 min_partner_records=v.policy.min_partner_records,
                 epsilon_spent=v.epsilon_spent,
                 epsilon_remaining=v.epsilon_remaining,
+                lookalike_epsilon_spent=v.lookalike_epsilon_spent,
+                lookalike_epsilon_remaining=v.lookalike_epsilon_remaining,
             )
             for v in partners
         ],
@@ -375,6 +419,8 @@ def policy_to_pb(policy: Policy, partners: list[PartnerView]) -> pb.PolicyRespon
 def policy_from_pb(response: pb.PolicyResponse) -> dict[str, Any]:
     """The policy in force as the CLI prints it (JSON)."""
     out: dict[str, Any] = {name: getattr(response, name) for name in _POLICY_FIELDS}
+    for name in _LIST_FIELDS:
+        out[name] = _split(out[name])
     out["partners"] = [
         {
             "name": p.name,
@@ -382,6 +428,8 @@ def policy_from_pb(response: pb.PolicyResponse) -> dict[str, Any]:
             "min_partner_records": p.min_partner_records,
             "epsilon_spent": p.epsilon_spent,
             "epsilon_remaining": p.epsilon_remaining,
+            "lookalike_epsilon_spent": p.lookalike_epsilon_spent,
+            "lookalike_epsilon_remaining": p.lookalike_epsilon_remaining,
         }
         for p in response.partners
     ]
@@ -598,3 +646,219 @@ def attr_brand_from_pb(
     if kind == "done":
         return AttrDone(report_id=msg.done.report_id)
     raise InvalidInput("empty AttrBrandMessage")
+
+
+# ------------------------------------------------------------------ lookalike
+
+
+def _mode(value: str) -> LookalikeMode:
+    try:
+        return LookalikeMode(value or LookalikeMode.HIDDEN_SEED.value)
+    except ValueError:
+        modes = ", ".join(m.value for m in LookalikeMode)
+        raise InvalidInput(f"unknown lookalike mode {value!r}; expected one of {modes}") from None
+
+
+def _brand_list(value: int) -> BrandList:
+    try:
+        return BrandList(value)
+    except ValueError:
+        raise InvalidInput(f"unknown brand list {value}: 0 (seeds) or 1 (others)") from None
+
+
+def _signed_to_bytes(value: int) -> bytes:
+    return value.to_bytes(value.bit_length() // 8 + 1, "big", signed=True)
+
+
+def _optional(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
+def _present(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
+def lookalike_partner_to_pb(
+    msg: LookalikePartnerMessage, public_key: PaillierPublicKey | None = None
+) -> pb.LookalikePartnerMessage:
+    if isinstance(msg, LookalikeHello):
+        return pb.LookalikePartnerMessage(
+            hello=pb.LookalikeHello(
+                audience=msg.audience,
+                mode=msg.mode.value,
+                rows=msg.rows,
+                slots=msg.slots,
+                features=msg.features,
+                tiers=list(msg.tiers),
+                holdout=msg.holdout,
+                epsilon=msg.epsilon,
+                submission_key=msg.submission_key,
+                scales=list(msg.scales),
+                row_norm=msg.row_norm,
+            )
+        )
+    if isinstance(msg, SlotPoints):
+        return pb.LookalikePartnerMessage(
+            slot_points=pb.LookalikeSlotPoints(seq=msg.seq, points=msg.points)
+        )
+    if isinstance(msg, BrandValues):
+        return pb.LookalikePartnerMessage(
+            brand_values=pb.LookalikeBrandValues(list=msg.list, seq=msg.seq, values=msg.values)
+        )
+    if isinstance(msg, MaskedSums):
+        key = _needs_key(public_key, "masked sums")
+        return pb.LookalikePartnerMessage(
+            sums=pb.LookalikeMaskedSums(
+                ciphertexts=ciphertexts_to_bytes(msg.ciphertexts, key), train_rows=msg.train_rows
+            )
+        )
+    if isinstance(msg, HoldoutAggregates):
+        key = _needs_key(public_key, "holdout sums")
+        cts = ciphertexts_to_bytes([msg.seeds, msg.rank_sum2, *msg.top], key)
+        return pb.LookalikePartnerMessage(
+            holdout=pb.LookalikeHoldout(rows=msg.rows, ciphertexts=cts)
+        )
+    if isinstance(msg, PackageSummary):
+        return pb.LookalikePartnerMessage(
+            package=pb.LookalikePackageSummary(scored=msg.scored, tier_sizes=list(msg.tier_sizes))
+        )
+    raise TypeError(f"not a lookalike partner message: {type(msg).__name__}")
+
+
+def lookalike_partner_from_pb(
+    msg: pb.LookalikePartnerMessage, public_key: PaillierPublicKey | None = None
+) -> LookalikePartnerMessage:
+    kind = msg.WhichOneof("body")
+    if kind == "hello":
+        h = msg.hello
+        if not h.audience:
+            raise InvalidInput("LookalikeHello.audience is required")
+        return LookalikeHello(
+            audience=h.audience,
+            mode=_mode(h.mode),
+            rows=h.rows,
+            slots=h.slots,
+            features=h.features,
+            tiers=tuple(h.tiers),
+            holdout=h.holdout,
+            epsilon=h.epsilon,
+            submission_key=h.submission_key,
+            scales=tuple(h.scales),
+            row_norm=h.row_norm,
+        )
+    if kind == "slot_points":
+        return SlotPoints(seq=msg.slot_points.seq, points=msg.slot_points.points)
+    if kind == "brand_values":
+        v = msg.brand_values
+        return BrandValues(list=_brand_list(v.list), seq=v.seq, values=v.values)
+    if kind == "sums":
+        key = _needs_key(public_key, "masked sums")
+        cts = ciphertexts_from_bytes(msg.sums.ciphertexts, key)
+        return MaskedSums(ciphertexts=tuple(cts), train_rows=msg.sums.train_rows)
+    if kind == "holdout":
+        key = _needs_key(public_key, "holdout sums")
+        cts = ciphertexts_from_bytes(msg.holdout.ciphertexts, key)
+        if len(cts) < 2:
+            raise InvalidInput("the holdout sums need seeds, a rank sum and one sum per tier")
+        seeds, rank_sum2, *top = cts
+        return HoldoutAggregates(
+            rows=msg.holdout.rows, seeds=seeds, rank_sum2=rank_sum2, top=tuple(top)
+        )
+    if kind == "package":
+        p = msg.package
+        return PackageSummary(scored=p.scored, tier_sizes=tuple(p.tier_sizes))
+    raise InvalidInput("empty LookalikePartnerMessage: set one of its messages")
+
+
+def lookalike_brand_to_pb(
+    msg: LookalikeBrandMessage, public_key: PaillierPublicKey | None = None
+) -> pb.LookalikeBrandMessage:
+    if isinstance(msg, LookalikeAccepted):
+        return pb.LookalikeBrandMessage(
+            accepted=pb.LookalikeAccepted(
+                session_id=msg.session_id,
+                public_key_n=_n_to_bytes(msg.public_key_n),
+                value_len=msg.value_len,
+                chunk_size=msg.chunk_size,
+                brand_points=msg.brand_points,
+                max_decryptions=msg.max_decryptions,
+                package_id=msg.package_id,
+            )
+        )
+    if isinstance(msg, BrandPoints):
+        return pb.LookalikeBrandMessage(
+            brand_points=pb.LookalikeBrandPoints(list=msg.list, seq=msg.seq, points=msg.points)
+        )
+    if isinstance(msg, MatchedRows):
+        return pb.LookalikeBrandMessage(
+            matched=pb.LookalikeMatchedRows(seq=msg.seq, start=msg.start, flags=msg.flags)
+        )
+    if isinstance(msg, EncryptedLabels):
+        return pb.LookalikeBrandMessage(
+            labels=pb.LookalikeLabels(seq=msg.seq, start=msg.start, ciphertexts=msg.ciphertexts)
+        )
+    if isinstance(msg, DecryptedSums):
+        return pb.LookalikeBrandMessage(
+            decrypted=pb.LookalikeDecryptedSums(values=[_signed_to_bytes(v) for v in msg.values])
+        )
+    if isinstance(msg, LookalikeMetrics):
+        metrics = pb.LookalikeMetrics(
+            holdout_rows=msg.holdout_rows,
+            recall=[_optional(v) for v in msg.recall],
+            lift=[_optional(v) for v in msg.lift],
+        )
+        if msg.holdout_seeds is not None:
+            metrics.holdout_seeds = msg.holdout_seeds
+        if msg.auc is not None:
+            metrics.auc = msg.auc
+        return pb.LookalikeBrandMessage(metrics=metrics)
+    if isinstance(msg, LookalikeDone):
+        return pb.LookalikeBrandMessage(done=pb.LookalikeDone(package_id=msg.package_id))
+    raise TypeError(f"not a lookalike brand message: {type(msg).__name__}")
+
+
+def lookalike_brand_from_pb(
+    msg: pb.LookalikeBrandMessage, public_key: PaillierPublicKey | None = None
+) -> LookalikeBrandMessage:
+    kind = msg.WhichOneof("body")
+    if kind == "accepted":
+        a = msg.accepted
+        return LookalikeAccepted(
+            session_id=a.session_id,
+            public_key_n=int.from_bytes(a.public_key_n, "big"),
+            value_len=a.value_len,
+            chunk_size=a.chunk_size,
+            brand_points=a.brand_points,
+            max_decryptions=a.max_decryptions,
+            package_id=a.package_id,
+        )
+    if kind == "brand_points":
+        b = msg.brand_points
+        return BrandPoints(list=_brand_list(b.list), seq=b.seq, points=b.points)
+    if kind == "matched":
+        m = msg.matched
+        return MatchedRows(seq=m.seq, start=m.start, flags=m.flags)
+    if kind == "labels":
+        x = msg.labels
+        # Validated by the partner's state machine, in its worker pool.
+        return EncryptedLabels(seq=x.seq, start=x.start, ciphertexts=x.ciphertexts)
+    if kind == "decrypted":
+        key = _needs_key(public_key, "decrypted sums")
+        limit = (key.n.bit_length() + 7) // 8 + 1
+        if any(len(v) > limit for v in msg.decrypted.values):
+            raise InvalidInput("a decrypted sum is longer than the run's modulus")
+        return DecryptedSums(
+            values=tuple(int.from_bytes(v, "big", signed=True) for v in msg.decrypted.values)
+        )
+    if kind == "metrics":
+        q = msg.metrics
+        return LookalikeMetrics(
+            holdout_rows=q.holdout_rows,
+            holdout_seeds=q.holdout_seeds if q.HasField("holdout_seeds") else None,
+            auc=q.auc if q.HasField("auc") else None,
+            recall=tuple(_present(v) for v in q.recall),
+            lift=tuple(_present(v) for v in q.lift),
+        )
+    if kind == "done":
+        return LookalikeDone(package_id=msg.done.package_id)
+    raise InvalidInput("empty LookalikeBrandMessage")

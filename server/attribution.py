@@ -32,7 +32,7 @@ from cleanroom.audiences.identifiers import ID_TYPES
 from cleanroom.audiences.upload import DIGEST_LEN, ConversionRows, UploadHeader
 from cleanroom.federated.attribution.brand import AlreadyReported, BrandAttribution, BrandRun
 from cleanroom.federated.attribution.inputs import BrandConversions
-from cleanroom.federated.attribution.messages import AttrHello, AttrRound, DpParams, Windows
+from cleanroom.federated.attribution.messages import AttrHello, DpParams, Windows
 from cleanroom.federated.attribution.report import AttributionReport, DecryptedAggregates, ReportDp
 from cleanroom.federated.attribution.tokens import PRECOMPUTED_LAGS, LaggedPoints
 from cleanroom.federated.paillier import PaillierPrivateKey, PaillierPublicKey, generate_keypair
@@ -58,6 +58,7 @@ from cleanroom.server.store import (
     SessionRecord,
     SqlStore,
 )
+from cleanroom.server.tenants import end_run
 
 EVENTS_SCHEMA = pa.schema(
     [("customer", pa.binary(DIGEST_LEN)), ("day", pa.int32()), ("value", pa.float64())]
@@ -426,24 +427,12 @@ class AttributionService:
         if not isinstance(run, BrandAttribution):
             return  # a repeated submission: nothing ran
         principal, report_id = self._live.pop(run.session_id)
-        if not run.finished:
-            run.fail(ConnectionAbortedError("the partner disconnected; no report was stored"))
-        run.close()
-        done = run.round is AttrRound.DONE
-        status = "done" if done else "failed"
-        self.store.update_session(
-            principal.tenant_id,
+        end_run(
+            self.store,
+            run,
             run.session_id,
-            status=status,
-            error=None if done else str(run.error),
-            finished_at=datetime.now(UTC),
-        )
-        self.store.audit(
-            AuditEntry(
-                principal.tenant_id,
-                "partner",
-                f"attribution.{status}",
-                {"session": run.session_id, "report": report_id if done else None},
-                partner_id=principal.partner_id,
-            )
+            principal,
+            protocol="attribution",
+            result=("report", report_id),
+            now=datetime.now(UTC),
         )

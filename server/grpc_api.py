@@ -15,8 +15,9 @@ from typing import Any, Protocol, TypeVar
 
 import grpc
 
-from cleanroom.federated.attribution.brand import BrandRun
 from cleanroom.federated.attribution.messages import AttrHello
+from cleanroom.federated.lookalike.messages import LookalikeHello
+from cleanroom.federated.paillier import PaillierPublicKey
 from cleanroom.matching.brand import BrandSession
 from cleanroom.matching.messages import Hello
 from cleanroom.proto import cleanroom_pb2 as pb
@@ -37,6 +38,7 @@ from cleanroom.proto.errors import (
 from cleanroom.server.attribution import AttributionService, ConversionsUpload
 from cleanroom.server.audiences import AudienceService, AudienceUpload
 from cleanroom.server.errors import internal_message, internal_reference, nearest
+from cleanroom.server.lookalike import LookalikeService
 from cleanroom.server.matching import MatchingService
 from cleanroom.server.policy import PolicyChanges
 from cleanroom.server.store import Principal, SqlStore
@@ -232,6 +234,111 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
             session.fail(exc)
 
 
+class _Run(Protocol):
+    """A protocol run as the servicer drives it (``BrandRun``, ``LookalikeRun``)."""
+
+    @property
+    def public_key(self) -> PaillierPublicKey | None: ...
+
+    def start(self) -> Any: ...
+
+    async def receive(self, msg: Any) -> None: ...
+
+    def outgoing(self) -> AsyncIterator[Any]: ...
+
+    def end_of_input(self) -> None: ...
+
+    def fail(self, exc: BaseException) -> None: ...
+
+
+RunT = TypeVar("RunT", bound=_Run)
+
+
+async def drive_run(
+    store: SqlStore,
+    request_iterator: AsyncIterator[Any],
+    context: grpc.aio.ServicerContext,
+    *,
+    hello: type[Any],
+    from_pb: Callable[..., Any],
+    to_pb: Callable[..., Any],
+    open_run: Callable[[Principal, Any], RunT],
+    finish: Callable[[RunT], None],
+) -> AsyncIterator[Any]:
+    """The bidirectional shape attribution and lookalike runs share.
+
+    The first message is the hello (read before any refusal, see
+    ``MatchingServicer.Session``); ``open_run`` checks policy and returns the
+    run's state machine, whose outgoing messages this yields as the reader
+    task feeds it the partner's. Any error fails the run and becomes the
+    call's status; ``finish`` records the run's end however it ended.
+    """
+    run: RunT | None = None
+    reader: asyncio.Task[None] | None = None
+    name = hello.__name__
+    try:
+        requests = aiter(request_iterator)
+        first = await anext(requests)
+        principal = authenticate(store, context)
+        opening = from_pb(first)
+        if not isinstance(opening, hello):
+            raise ProtocolError(f"this stream must start with {name}, not {type(opening).__name__}")
+        run = await asyncio.to_thread(open_run, principal, opening)
+        yield to_pb(run.start())
+        reader = asyncio.ensure_future(_read_run(run, requests, from_pb))
+        async for msg in run.outgoing():
+            yield to_pb(msg, run.public_key)
+    except StopAsyncIteration:
+        await abort_with(context, ProtocolError(f"the stream closed before {name}"))
+    except Exception as exc:
+        if run is not None:
+            run.fail(exc)
+        await abort_with(context, exc)
+    finally:
+        if reader is not None:
+            reader.cancel()
+            with contextlib.suppress(BaseException):
+                await reader
+        if run is not None:  # done, failed, or the partner went away mid-run
+            finish(run)
+
+
+async def _read_run(run: _Run, requests: AsyncIterator[Any], from_pb: Callable[..., Any]) -> None:
+    try:
+        async for req in requests:
+            await run.receive(from_pb(req, run.public_key))
+        run.end_of_input()
+    except asyncio.CancelledError:
+        raise
+    except grpc.aio.AioRpcError:
+        return  # the stream broke; the handler's cancellation does the rest
+    except Exception as exc:
+        run.fail(exc)
+
+
+class LookalikeServicer(pb_grpc.LookalikeServiceServicer):
+    def __init__(self, store: SqlStore, lookalike: LookalikeService) -> None:
+        self._store = store
+        self._service = lookalike
+
+    async def Run(
+        self,
+        request_iterator: AsyncIterator[pb.LookalikePartnerMessage],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.LookalikeBrandMessage]:
+        async for out in drive_run(
+            self._store,
+            request_iterator,
+            context,
+            hello=LookalikeHello,
+            from_pb=serde.lookalike_partner_from_pb,
+            to_pb=serde.lookalike_brand_to_pb,
+            open_run=self._service.open,
+            finish=self._service.finish,
+        ):
+            yield out
+
+
 class AttributionServicer(pb_grpc.AttributionServiceServicer):
     def __init__(self, store: SqlStore, attribution: AttributionService) -> None:
         self._store = store
@@ -260,47 +367,17 @@ class AttributionServicer(pb_grpc.AttributionServiceServicer):
         request_iterator: AsyncIterator[pb.AttrPartnerMessage],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.AttrBrandMessage]:
-        run: BrandRun | None = None
-        reader: asyncio.Task[None] | None = None
-        try:
-            requests = aiter(request_iterator)
-            # Read the hello before any refusal (see MatchingServicer.Session).
-            first = await anext(requests)
-            principal = authenticate(self._store, context)
-            hello = serde.attr_partner_from_pb(first)
-            if not isinstance(hello, AttrHello):
-                raise ProtocolError("an attribution stream starts with AttrHello")
-            run = await asyncio.to_thread(self._service.open, principal, hello)
-            yield serde.attr_brand_to_pb(run.start())
-            reader = asyncio.ensure_future(self._read(run, requests))
-            async for msg in run.outgoing():
-                yield serde.attr_brand_to_pb(msg, run.public_key)
-        except StopAsyncIteration:
-            await abort_with(context, ProtocolError("the stream closed before AttrHello"))
-        except Exception as exc:
-            if run is not None:
-                run.fail(exc)
-            await abort_with(context, exc)
-        finally:
-            if reader is not None:
-                reader.cancel()
-                with contextlib.suppress(BaseException):
-                    await reader
-            if run is not None:  # done, failed, or the partner went away mid-run
-                self._service.finish(run)
-
-    @staticmethod
-    async def _read(run: BrandRun, requests: AsyncIterator[pb.AttrPartnerMessage]) -> None:
-        try:
-            async for req in requests:
-                await run.receive(serde.attr_partner_from_pb(req, run.public_key))
-            run.end_of_input()
-        except asyncio.CancelledError:
-            raise
-        except grpc.aio.AioRpcError:
-            return  # the stream broke; the handler's cancellation does the rest
-        except Exception as exc:
-            run.fail(exc)
+        async for out in drive_run(
+            self._store,
+            request_iterator,
+            context,
+            hello=AttrHello,
+            from_pb=serde.attr_partner_from_pb,
+            to_pb=serde.attr_brand_to_pb,
+            open_run=self._service.open,
+            finish=self._service.finish,
+        ):
+            yield out
 
     async def SetPolicy(
         self, request: pb.PolicyRequest, context: grpc.aio.ServicerContext

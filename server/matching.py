@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from cleanroom.matching.brand import BrandSession
 from cleanroom.matching.messages import Hello
@@ -25,7 +25,6 @@ from cleanroom.proto.errors import (
     NotFound,
     PermissionDenied,
     PolicyViolation,
-    ResourceExhausted,
 )
 from cleanroom.server.audiences import AudienceService
 from cleanroom.server.store import (
@@ -36,6 +35,7 @@ from cleanroom.server.store import (
     SessionRecord,
     SqlStore,
 )
+from cleanroom.server.tenants import check_session_quota
 
 log = logging.getLogger("cleanroom.server.matching")
 
@@ -94,13 +94,7 @@ class MatchingService:
                 f" at least {policy.min_partner_records}"
             )
         now = self.clock()
-        day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
-        used = self.store.count_sessions_since(partnership, day_start)
-        if used >= policy.sessions_per_day:
-            raise ResourceExhausted(
-                f"the session quota of {policy.sessions_per_day} per day is spent;"
-                f" it renews at {(day_start + timedelta(days=1)).isoformat()}"
-            )
+        check_session_quota(self.store, partnership, policy, now)
         points = await asyncio.to_thread(self.audiences.load_points, audience)
         if len(points) == 0:
             raise FailedPrecondition(f"audience {audience.name!r} is empty")

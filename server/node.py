@@ -27,7 +27,13 @@ from cleanroom.proto.transport import is_local, load_tls, server_options
 from cleanroom.server.attribution import AttributionService
 from cleanroom.server.audiences import AudienceService
 from cleanroom.server.files import remove_stale_temporaries
-from cleanroom.server.grpc_api import AttributionServicer, AudienceServicer, MatchingServicer
+from cleanroom.server.grpc_api import (
+    AttributionServicer,
+    AudienceServicer,
+    LookalikeServicer,
+    MatchingServicer,
+)
+from cleanroom.server.lookalike import LookalikeService
 from cleanroom.server.matching import MatchingService
 from cleanroom.server.settings import ServerSettings
 from cleanroom.server.store import SqlStore
@@ -73,6 +79,9 @@ class BrandNode:
         )
         assert self._pool is not None
         attribution = AttributionService(self.store, s.data_dir, executor=self._pool.executor)
+        lookalike = LookalikeService(
+            self.store, audiences, executor=self._pool.executor, chunk_size=s.chunk_size
+        )
         server = grpc.aio.server(options=server_options(s.max_message_bytes))
         pb_grpc.add_AudienceServiceServicer_to_server(
             AudienceServicer(self.store, audiences), server
@@ -83,12 +92,16 @@ class BrandNode:
         pb_grpc.add_AttributionServiceServicer_to_server(
             AttributionServicer(self.store, attribution), server
         )
+        pb_grpc.add_LookalikeServiceServicer_to_server(
+            LookalikeServicer(self.store, lookalike), server
+        )
         health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         names = (
             pb.DESCRIPTOR.services_by_name["AudienceService"].full_name,
             pb.DESCRIPTOR.services_by_name["MatchingService"].full_name,
             pb.DESCRIPTOR.services_by_name["AttributionService"].full_name,
+            pb.DESCRIPTOR.services_by_name["LookalikeService"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         )
@@ -103,7 +116,7 @@ class BrandNode:
         else:
             port = server.add_insecure_port(address)
         await server.start()
-        for name in (*names[:3], ""):
+        for name in (*names[:4], ""):
             await health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._server = server
         self._tasks.append(asyncio.ensure_future(self.matching.reap_forever()))

@@ -48,17 +48,44 @@ Delta = Annotated[
     Field(gt=0, lt=1, allow_inf_nan=False, description="delta of the Gaussian mechanism"),
 ]
 
+LookalikeModeName = Literal["hidden-seed", "matched"]
+LOOKALIKE_MODES: tuple[str, ...] = ("hidden-seed", "matched")
+LookalikeDp = Literal["off", "gaussian"]
+LOOKALIKE_DP: tuple[str, ...] = ("off", "gaussian")
+LookalikeModes = Annotated[
+    tuple[LookalikeModeName, ...],
+    Field(max_length=2, description="lookalike modes partners may run (none: lookalikes off)"),
+]
+MinLookalikeSeed = Annotated[
+    int,
+    Field(ge=100, le=1_000_000_000, description="fewest matched seeds a lookalike trains on"),
+]
+LookalikeEpsilon = Annotated[
+    float,
+    Field(
+        gt=0,
+        le=100,
+        allow_inf_nan=False,
+        description="largest label-DP epsilon one lookalike job may use",
+    ),
+]
+
 # Fields a partner may override (None on the partner: the tenant's value).
 PARTNER_OVERRIDES = ("sessions_per_day", "min_partner_records")
 
 
 @validated_dataclass(frozen=True)
 class Policy:
-    """A tenant's policy for matching and attribution.
+    """A tenant's policy for matching, attribution and lookalikes.
 
     Attribution groups with fewer users than ``aggregation_threshold`` are
     suppressed; ``dp`` is the noise mechanism, charged against
     ``epsilon_budget`` per partnership (``delta`` for the Gaussian one).
+    Lookalikes run in ``lookalike_modes`` only, on at least
+    ``min_lookalike_seed`` matched seeds; with ``lookalike_dp = "gaussian"``
+    every job adds label-DP noise of at most ``lookalike_epsilon`` (a
+    partner may also ask for it), charged to ``lookalike_epsilon_budget``,
+    a ledger of its own per partnership.
     """
 
     min_partner_records: MinPartnerRecords = 100
@@ -67,6 +94,16 @@ class Policy:
     dp: DpMechanism = "off"
     epsilon_budget: EpsilonBudget = 10.0
     delta: Delta = 1e-6
+    lookalike_modes: LookalikeModes = ("hidden-seed", "matched")
+    min_lookalike_seed: MinLookalikeSeed = 500
+    lookalike_dp: LookalikeDp = "off"
+    lookalike_epsilon: LookalikeEpsilon = 1.0
+    lookalike_epsilon_budget: EpsilonBudget = 10.0
+
+    def __post_init__(self) -> None:
+        # One spelling per set of modes: no repeats, in the canonical order.
+        modes = tuple(m for m in LOOKALIKE_MODES if m in self.lookalike_modes)
+        object.__setattr__(self, "lookalike_modes", modes)
 
     def for_partner(self, partner: Partner) -> Policy:
         """The policy one partnership runs under: the partner's overrides applied."""
@@ -78,7 +115,10 @@ class Policy:
         return dataclasses.replace(self, **overrides) if overrides else self
 
     def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """JSON-friendly (lists, not tuples): as the REST API and the audit log show it."""
+        return {
+            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+        }
 
 
 class PolicyChanges(BaseModel):
@@ -97,6 +137,11 @@ class PolicyChanges(BaseModel):
     dp: DpMechanism | None = None
     epsilon_budget: EpsilonBudget | None = None
     delta: Delta | None = None
+    lookalike_modes: LookalikeModes | None = None
+    min_lookalike_seed: MinLookalikeSeed | None = None
+    lookalike_dp: LookalikeDp | None = None
+    lookalike_epsilon: LookalikeEpsilon | None = None
+    lookalike_epsilon_budget: EpsilonBudget | None = None
 
     @classmethod
     def parse(cls, changes: dict[str, Any]) -> PolicyChanges:
@@ -120,8 +165,16 @@ def describe(exc: ValidationError | Sequence[Any]) -> str:
         loc = tuple(error.get("loc", ()))
         where = ".".join(str(p) for p in (loc[1:] if loc[:1] == ("body",) else loc)) or "value"
         message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
-        if error.get("type") == "literal_error" and where == "dp":
-            message = f"dp must be one of {', '.join(DP_MECHANISMS)}, not {error.get('input')!r}"
+        choices = {"dp": DP_MECHANISMS, "lookalike_dp": LOOKALIKE_DP}
+        if error.get("type") == "literal_error" and where.split(".")[0] == "lookalike_modes":
+            message = (
+                f"lookalike modes are {', '.join(LOOKALIKE_MODES)}, not {error.get('input')!r}"
+            )
+            where = "lookalike_modes"
+        elif error.get("type") == "literal_error" and where in choices:
+            message = (
+                f"{where} must be one of {', '.join(choices[where])}, not {error.get('input')!r}"
+            )
         elif error.get("type") == "extra_forbidden":
             message = "not a policy field"
         parts.append(f"{where}: {message}")
@@ -130,6 +183,8 @@ def describe(exc: ValidationError | Sequence[Any]) -> str:
 
 __all__ = [
     "DP_MECHANISMS",
+    "LOOKALIKE_DP",
+    "LOOKALIKE_MODES",
     "PARTNER_OVERRIDES",
     "Policy",
     "PolicyChanges",

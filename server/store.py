@@ -57,7 +57,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar, TypeVar, cast
 
 from sqlalchemy import (
     JSON,
@@ -82,6 +82,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from cleanroom.federated.attribution.report import REPORT_ID, AttributionReport
+from cleanroom.federated.lookalike.report import LookalikeReport
 from cleanroom.proto.errors import (
     AlreadyExists,
     BudgetExceeded,
@@ -205,6 +206,7 @@ class ReportRecord:
     report: AttributionReport
     submission_key: str  # idempotency: one report per (tenant, partner, submission key)
     partner_id: str | None = None  # the partner that ran the attribution
+    kind: ClassVar[str] = "attribution"
 
     @property
     def report_id(self) -> str:
@@ -215,18 +217,53 @@ class ReportRecord:
         return self.report.conversions_name
 
     @property
+    def subject(self) -> str:
+        return self.report.conversions_name
+
+    @property
     def created_at(self) -> datetime:
         return self.report.created_at
 
 
 @dataclass(frozen=True)
+class LookalikeRecord:
+    """A lookalike package's metadata as stored (the same table and rules as reports)."""
+
+    tenant_id: str
+    report: LookalikeReport
+    submission_key: str  # one package per (tenant, partner, submission key)
+    partner_id: str | None = None
+    kind: ClassVar[str] = "lookalike"
+
+    @property
+    def report_id(self) -> str:
+        return self.report.report_id
+
+    @property
+    def subject(self) -> str:
+        return self.report.audience
+
+    @property
+    def created_at(self) -> datetime:
+        return self.report.created_at
+
+
+StoredRecord = TypeVar("StoredRecord", ReportRecord, LookalikeRecord)
+
+
+@dataclass(frozen=True)
 class LedgerEntry:
-    """One epsilon charge: ``epsilon`` spent on a partnership by a report."""
+    """One epsilon charge: ``epsilon`` spent on a partnership by a report or package."""
 
     partnership: PartnershipId
     report_id: str
     epsilon: float
     at: datetime
+    purpose: str = "attribution"  # one of PURPOSES: each has a budget of its own
+
+
+# What an epsilon budget is for: attribution reports, lookalike label sums.
+PURPOSES = ("attribution", "lookalike")
 
 
 EPSILON_SLACK = 1e-9  # float sums: ten charges of 0.1 fit a budget of 1.0
@@ -252,6 +289,13 @@ class _TenantRow(_Base):
     dp: Mapped[str] = mapped_column(String(16), server_default=text("'off'"))
     epsilon_budget: Mapped[float] = mapped_column(Float, server_default=text("10.0"))
     delta: Mapped[float] = mapped_column(Float, server_default=text("0.000001"))
+    lookalike_modes: Mapped[str] = mapped_column(
+        String(64), server_default=text("'hidden-seed,matched'")
+    )
+    min_lookalike_seed: Mapped[int] = mapped_column(Integer, server_default=text("500"))
+    lookalike_dp: Mapped[str] = mapped_column(String(16), server_default=text("'off'"))
+    lookalike_epsilon: Mapped[float] = mapped_column(Float, server_default=text("1.0"))
+    lookalike_epsilon_budget: Mapped[float] = mapped_column(Float, server_default=text("10.0"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
@@ -267,6 +311,13 @@ _ADDED_COLUMNS: dict[tuple[str, str], tuple[str, str | None]] = {
     ("reports", "partner_id"): ("VARCHAR(32)", None),
     ("audit_log", "partner_id"): ("VARCHAR(32)", None),
     ("audiences", "seeds"): ("BIGINT", None),
+    ("epsilon_ledger", "purpose"): ("VARCHAR(16)", "'attribution'"),
+    ("reports", "kind"): ("VARCHAR(16)", "'attribution'"),
+    ("tenants", "lookalike_modes"): ("VARCHAR(64)", "'hidden-seed,matched'"),
+    ("tenants", "min_lookalike_seed"): ("INTEGER", "500"),
+    ("tenants", "lookalike_dp"): ("VARCHAR(16)", "'off'"),
+    ("tenants", "lookalike_epsilon"): ("FLOAT", "1.0"),
+    ("tenants", "lookalike_epsilon_budget"): ("FLOAT", "10.0"),
 }
 
 
@@ -332,6 +383,7 @@ class _ReportRow(_Base):
     body: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     partner_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    kind: Mapped[str] = mapped_column(String(16), server_default=text("'attribution'"))
 
 
 class _LedgerRow(_Base):
@@ -343,11 +395,15 @@ class _LedgerRow(_Base):
     report_id: Mapped[str] = mapped_column(String(64))
     epsilon: Mapped[float] = mapped_column(Float)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    purpose: Mapped[str] = mapped_column(String(16), server_default=text("'attribution'"))
 
 
 class _SpentRow(_Base):
-    # Running total per partnership: the row a charge updates conditionally,
-    # which serializes concurrent charges (row lock / SQLite write lock).
+    # Running total per partnership and purpose: the row a charge updates
+    # conditionally, which serializes concurrent charges (row lock / SQLite
+    # write lock). ``partnership`` is the partner id for attribution and
+    # ``<partner id>/<purpose>`` for any other purpose (``_budget_key``), so
+    # stores from before purposes keep their totals as they are.
     __tablename__ = "epsilon_spent"
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.tenant_id"), primary_key=True)
     partnership: Mapped[str] = mapped_column(String(200), primary_key=True)
@@ -499,6 +555,11 @@ class SqlStore:
                 dp=row.dp,  # type: ignore[arg-type]  # validated by Policy
                 epsilon_budget=row.epsilon_budget,
                 delta=row.delta,
+                lookalike_modes=_modes(row.lookalike_modes),
+                min_lookalike_seed=row.min_lookalike_seed,
+                lookalike_dp=row.lookalike_dp,  # type: ignore[arg-type]
+                lookalike_epsilon=row.lookalike_epsilon,
+                lookalike_epsilon_budget=row.lookalike_epsilon_budget,
             ),
             created_at=created,
         )
@@ -847,27 +908,29 @@ class SqlStore:
 
     # ------------------------------------------------------------- reports
 
-    def put_report(self, record: ReportRecord) -> ReportRecord:
-        """Store ``record``, or return the report already stored for its
-        ``(tenant_id, partner_id, submission_key)`` (idempotent submission)."""
+    def put_report(self, record: StoredRecord) -> StoredRecord:
+        """Store ``record`` (an attribution report or a lookalike package), or return the
+        one already stored for its ``(tenant_id, partner_id, kind, submission_key)``
+        (idempotent submission)."""
         record = _checked_report(record)
-        key = _scoped_key(record.partner_id, record.submission_key)
+        key = _scoped_key(record.partner_id, _kind_key(record.kind, record.submission_key))
         try:
             with self._tx() as s:
                 if s.get(_TenantRow, record.tenant_id) is None:
                     raise NotFound(f"no tenant {record.tenant_id}")
                 existing = self._report_by_key(s, record.tenant_id, key)
                 if existing is not None:
-                    return self._report(existing)
+                    return self._record(type(record), existing)
                 s.add(
                     _ReportRow(
                         report_id=record.report_id,
                         tenant_id=record.tenant_id,
                         partner_id=record.partner_id,
-                        conversions_name=record.conversions_name,
+                        conversions_name=record.subject,
                         submission_key=key,
                         body=record.report.model_dump(mode="json"),
                         created_at=record.created_at,
+                        kind=record.kind,
                     )
                 )
         except IntegrityError as exc:
@@ -876,31 +939,57 @@ class SqlStore:
             with self._tx() as s:
                 existing = self._report_by_key(s, record.tenant_id, key)
                 if existing is not None:
-                    return self._report(existing)
+                    return self._record(type(record), existing)
             raise AlreadyExists(f"a report with id {record.report_id} already exists") from exc
         return record
 
     def get_report(self, tenant_id: str, report_id: str) -> ReportRecord | None:
-        with self._tx() as s:
-            row = s.get(_ReportRow, report_id)
-            return self._report(row) if row and row.tenant_id == tenant_id else None
+        return self._get(ReportRecord, tenant_id, report_id)
+
+    def get_lookalike(self, tenant_id: str, package_id: str) -> LookalikeRecord | None:
+        return self._get(LookalikeRecord, tenant_id, package_id)
 
     def find_report(
         self, tenant_id: str, submission_key: str, partner_id: str | None = None
     ) -> ReportRecord | None:
         """The report stored for a partner's submission, if any."""
-        with self._tx() as s:
-            row = self._report_by_key(s, tenant_id, _scoped_key(partner_id, submission_key))
-            return self._report(row) if row else None
+        return self._find(ReportRecord, tenant_id, submission_key, partner_id)
+
+    def find_lookalike(
+        self, tenant_id: str, submission_key: str, partner_id: str | None = None
+    ) -> LookalikeRecord | None:
+        """The lookalike package stored for a partner's submission, if any."""
+        return self._find(LookalikeRecord, tenant_id, submission_key, partner_id)
 
     def list_reports(self, tenant_id: str) -> list[ReportRecord]:
+        return self._list(ReportRecord, tenant_id)
+
+    def list_lookalikes(self, tenant_id: str) -> list[LookalikeRecord]:
+        return self._list(LookalikeRecord, tenant_id)
+
+    def _get(self, cls: type[StoredRecord], tenant_id: str, report_id: str) -> StoredRecord | None:
+        with self._tx() as s:
+            row = s.get(_ReportRow, report_id)
+            if row is None or row.tenant_id != tenant_id or row.kind != cls.kind:
+                return None
+            return self._record(cls, row)
+
+    def _find(
+        self, cls: type[StoredRecord], tenant_id: str, submission_key: str, partner_id: str | None
+    ) -> StoredRecord | None:
+        key = _scoped_key(partner_id, _kind_key(cls.kind, submission_key))
+        with self._tx() as s:
+            row = self._report_by_key(s, tenant_id, key)
+            return self._record(cls, row) if row is not None and row.kind == cls.kind else None
+
+    def _list(self, cls: type[StoredRecord], tenant_id: str) -> list[StoredRecord]:
         with self._tx() as s:
             rows = s.scalars(
                 select(_ReportRow)
-                .where(_ReportRow.tenant_id == tenant_id)
+                .where(_ReportRow.tenant_id == tenant_id, _ReportRow.kind == cls.kind)
                 .order_by(_ReportRow.created_at, _ReportRow.report_id)
             ).all()
-            return [self._report(r) for r in rows]
+            return [self._record(cls, r) for r in rows]
 
     @staticmethod
     def _report_by_key(s: Session, tenant_id: str, submission_key: str) -> _ReportRow | None:
@@ -911,9 +1000,21 @@ class SqlStore:
         ).first()
 
     @staticmethod
-    def _report(row: _ReportRow) -> ReportRecord:
+    def _record(cls: type[StoredRecord], row: _ReportRow) -> StoredRecord:
         created = _utc(row.created_at)
         assert created is not None
+        key = row.submission_key
+        if row.partner_id is not None:
+            key = key.removeprefix(_scoped_key(row.partner_id, ""))
+        key = key.removeprefix(_kind_key(row.kind, ""))
+        if cls is LookalikeRecord:
+            record = LookalikeRecord(
+                tenant_id=row.tenant_id,
+                report=LookalikeReport.model_validate(row.body),
+                submission_key=key,
+                partner_id=row.partner_id,
+            )
+            return cast("StoredRecord", record)
         # The row's columns fill in what bodies stored before the typed report lacked.
         body = {
             "report_id": row.report_id,
@@ -921,27 +1022,34 @@ class SqlStore:
             "created_at": created.isoformat(),
             **row.body,
         }
-        key = row.submission_key
-        if row.partner_id is not None:
-            key = key.removeprefix(_scoped_key(row.partner_id, ""))
-        return ReportRecord(
+        report = ReportRecord(
             tenant_id=row.tenant_id,
             report=AttributionReport.model_validate(body),
             submission_key=key,
             partner_id=row.partner_id,
         )
+        return cast("StoredRecord", report)
 
     # -------------------------------------------------------------- ledger
 
     def charge_epsilon(
-        self, partnership: PartnershipId, report_id: str, epsilon: float, budget: float
+        self,
+        partnership: PartnershipId,
+        report_id: str,
+        epsilon: float,
+        budget: float,
+        purpose: str = "attribution",
     ) -> float:
-        """Charge ``epsilon`` to ``partnership`` for ``report_id``; the budget left.
+        """Charge ``epsilon`` to ``partnership``'s ``purpose`` budget for ``report_id``;
+        the budget left.
 
         Raises ``BudgetExceeded`` (charging nothing) when the spent epsilon
         plus ``epsilon`` would exceed ``budget``. Charging the same report
         again charges nothing; with a different epsilon it is ``AlreadyExists``.
+        Each purpose (``PURPOSES``) has a budget and a total of its own.
         """
+        if purpose not in PURPOSES:
+            raise InvalidInput(f"an epsilon purpose is one of {', '.join(PURPOSES)}")
         tenant_id, partner = partnership.tenant_id, partnership.partner_id
         if not REPORT_ID.fullmatch(report_id):
             raise InvalidInput("a report id is 1 to 64 characters of [A-Za-z0-9_-]")
@@ -949,28 +1057,35 @@ class SqlStore:
             raise InvalidInput(f"epsilon must be a finite number > 0, not {epsilon}")
         if not (math.isfinite(budget) and budget >= 0):
             raise InvalidInput(f"an epsilon budget must be a finite number >= 0, not {budget}")
-        self._ensure_spent_row(tenant_id, partner)
+        self._ensure_spent_row(tenant_id, partner, purpose)
         for _attempt in range(2):
             try:
-                return self._charge(tenant_id, partner, report_id, epsilon, budget)
+                return self._charge(tenant_id, partner, report_id, epsilon, budget, purpose)
             except _AlreadyCharged as prior:
                 if prior.epsilon != epsilon:
                     raise AlreadyExists(
                         f"report {report_id} was already charged epsilon {prior.epsilon}"
                         f" on partnership {partnership}, not {epsilon}"
                     ) from None
-                return max(budget - self.epsilon_spent(partnership), 0.0)
+                return max(budget - self.epsilon_spent(partnership, purpose), 0.0)
             except IntegrityError:
                 continue  # a concurrent charge of the same report: now _AlreadyCharged
         raise AssertionError("unreachable: a repeated charge resolves on the second attempt")
 
     def _charge(
-        self, tenant_id: str, partnership: str, report_id: str, epsilon: float, budget: float
+        self,
+        tenant_id: str,
+        partnership: str,
+        report_id: str,
+        epsilon: float,
+        budget: float,
+        purpose: str,
     ) -> float:
+        total = _budget_key(partnership, purpose)
         with self._tx() as s:
             # The conditional update comes first: it takes the lock (PostgreSQL
             # row lock, SQLite write lock) before anything is read.
-            key = (_SpentRow.tenant_id == tenant_id, _SpentRow.partnership == partnership)
+            key = (_SpentRow.tenant_id == tenant_id, _SpentRow.partnership == total)
             charged = s.execute(
                 update(_SpentRow)
                 .where(*key, _SpentRow.spent + epsilon <= budget + EPSILON_SLACK)
@@ -989,7 +1104,7 @@ class SqlStore:
             spent = float(s.scalar(select(_SpentRow.spent).where(*key)) or 0.0)
             if getattr(charged, "rowcount", 0) != 1:
                 raise BudgetExceeded(
-                    f"epsilon budget exceeded for this partnership: spent"
+                    f"{purpose} epsilon budget exceeded for this partnership: spent"
                     f" {spent:g} of {budget:g}, this report needs {epsilon:g}"
                     f" (remaining {max(budget - spent, 0.0):g})"
                 )
@@ -1000,23 +1115,25 @@ class SqlStore:
                     report_id=report_id,
                     epsilon=epsilon,
                     at=self._clock(),
+                    purpose=purpose,
                 )
             )
             s.flush()
         return max(budget - spent, 0.0)
 
-    def _ensure_spent_row(self, tenant_id: str, partnership: str) -> None:
+    def _ensure_spent_row(self, tenant_id: str, partnership: str, purpose: str) -> None:
+        total = _budget_key(partnership, purpose)
         with self._tx() as s:
             if s.get(_TenantRow, tenant_id) is None:
                 raise NotFound(f"no tenant {tenant_id}")
             partner = s.get(_PartnerRow, partnership)
             if partner is None or partner.tenant_id != tenant_id:
                 raise NotFound(f"no partner {partnership}")
-            if s.get(_SpentRow, (tenant_id, partnership)) is not None:
+            if s.get(_SpentRow, (tenant_id, total)) is not None:
                 return
         try:
             with self._tx() as s:
-                s.add(_SpentRow(tenant_id=tenant_id, partnership=partnership, spent=0.0))
+                s.add(_SpentRow(tenant_id=tenant_id, partnership=total, spent=0.0))
         except IntegrityError:
             pass  # created concurrently: just as good
 
@@ -1033,13 +1150,15 @@ class SqlStore:
                     r.report_id,
                     r.epsilon,
                     _utc(r.at) or r.at,
+                    r.purpose,
                 )
                 for r in rows
             ]
 
-    def epsilon_spent(self, partnership: PartnershipId) -> float:
+    def epsilon_spent(self, partnership: PartnershipId, purpose: str = "attribution") -> float:
+        total = _budget_key(partnership.partner_id, purpose)
         with self._tx() as s:
-            row = s.get(_SpentRow, (partnership.tenant_id, partnership.partner_id))
+            row = s.get(_SpentRow, (partnership.tenant_id, total))
             return float(row.spent) if row else 0.0
 
     # --------------------------------------------------------------- audit
@@ -1132,12 +1251,23 @@ def _write_policy(row: _TenantRow, policy: Policy) -> None:
     row.dp = policy.dp
     row.epsilon_budget = policy.epsilon_budget
     row.delta = policy.delta
+    row.lookalike_modes = ",".join(policy.lookalike_modes)
+    row.min_lookalike_seed = policy.min_lookalike_seed
+    row.lookalike_dp = policy.lookalike_dp
+    row.lookalike_epsilon = policy.lookalike_epsilon
+    row.lookalike_epsilon_budget = policy.lookalike_epsilon_budget
 
 
-def _checked_report(record: ReportRecord) -> ReportRecord:
+def _kind_key(kind: str, submission_key: str) -> str:
+    """Attribution keys as they always were; other kinds' keys apart from them."""
+    return submission_key if kind == "attribution" else f"{kind}:{submission_key}"
+
+
+def _checked_report(record: StoredRecord) -> StoredRecord:
     """``record``, or InvalidInput for what the typed report cannot check itself."""
-    if not isinstance(record.report, AttributionReport):
-        raise InvalidInput("a report is an AttributionReport")
+    want = LookalikeReport if isinstance(record, LookalikeRecord) else AttributionReport
+    if not isinstance(record.report, want):
+        raise InvalidInput(f"a {record.kind} record holds a {want.__name__}")
     if not record.submission_key or len(record.submission_key) > 128:
         raise InvalidInput("a submission key is 1 to 128 characters")
     return record
@@ -1159,6 +1289,16 @@ def _add_missing_columns(engine: Engine) -> None:
             # Another process may have added it meanwhile; anything else is real.
             if name not in {c["name"] for c in inspect(engine).get_columns(table)}:
                 raise
+
+
+def _modes(stored: str) -> tuple[Any, ...]:
+    """The stored comma-separated lookalike modes (validated by ``Policy``)."""
+    return tuple(stored.split(",")) if stored else ()
+
+
+def _budget_key(partner_id: str, purpose: str) -> str:
+    """The ``epsilon_spent`` row of a partnership's ``purpose`` budget (see ``_SpentRow``)."""
+    return partner_id if purpose == "attribution" else f"{partner_id}/{purpose}"
 
 
 def _scoped_key(partner_id: str | None, submission_key: str) -> str:
@@ -1186,10 +1326,12 @@ __all__ = [
     "DEFAULT_PARTNER",
     "DP_MECHANISMS",
     "PARTNER_OVERRIDES",
+    "PURPOSES",
     "AudienceRecord",
     "AuditEntry",
     "ConversionSetRecord",
     "LedgerEntry",
+    "LookalikeRecord",
     "Partner",
     "PartnershipId",
     "Policy",

@@ -11,11 +11,21 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
-from cleanroom.proto.errors import InvalidInput, NotFound, PermissionDenied
+from cleanroom.matching.session import RoundMachine
+from cleanroom.proto.errors import InvalidInput, NotFound, PermissionDenied, ResourceExhausted
 from cleanroom.server.policy import PARTNER_OVERRIDES, Policy, PolicyChanges
-from cleanroom.server.store import AuditEntry, Partner, Principal, Role, SqlStore, Tenant
+from cleanroom.server.store import (
+    AuditEntry,
+    Partner,
+    PartnershipId,
+    Principal,
+    Role,
+    SqlStore,
+    Tenant,
+)
 
 
 @dataclass(frozen=True)
@@ -25,10 +35,15 @@ class PartnerView:
     partner: Partner
     policy: Policy  # the tenant's, with the partner's overrides applied
     epsilon_spent: float
+    lookalike_epsilon_spent: float = 0.0
 
     @property
     def epsilon_remaining(self) -> float:
         return max(self.policy.epsilon_budget - self.epsilon_spent, 0.0)
+
+    @property
+    def lookalike_epsilon_remaining(self) -> float:
+        return max(self.policy.lookalike_epsilon_budget - self.lookalike_epsilon_spent, 0.0)
 
     def as_dict(self) -> dict[str, Any]:
         p = self.partner
@@ -41,6 +56,8 @@ class PartnerView:
             "min_partner_records": self.policy.min_partner_records,
             "epsilon_spent": self.epsilon_spent,
             "epsilon_remaining": self.epsilon_remaining,
+            "lookalike_epsilon_spent": self.lookalike_epsilon_spent,
+            "lookalike_epsilon_remaining": self.lookalike_epsilon_remaining,
         }
 
 
@@ -131,10 +148,66 @@ def change_policy(
     return after
 
 
+def check_session_quota(
+    store: SqlStore, partnership: PartnershipId, policy: Policy, now: datetime
+) -> None:
+    """ResourceExhausted when the partnership opened its ``sessions_per_day`` today (UTC):
+    PSI sessions and lookalike jobs count alike."""
+    day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    used = store.count_sessions_since(partnership, day_start)
+    if used >= policy.sessions_per_day:
+        raise ResourceExhausted(
+            f"the session quota of {policy.sessions_per_day} per day is spent;"
+            f" it renews at {(day_start + timedelta(days=1)).isoformat()}"
+        )
+
+
+def end_run(
+    store: SqlStore,
+    run: RoundMachine[Any],
+    session_id: str,
+    principal: Principal,
+    *,
+    protocol: str,
+    result: tuple[str, str],
+    now: datetime,
+    **changes: Any,
+) -> bool:
+    """A run's stream ended (done, failed, or the partner went away): stop what is left of
+    its work, record the session's end and audit it. ``result`` names what a successful
+    run stored, e.g. ``("report", id)``; ``changes`` go to the session on success."""
+    if not run.finished:
+        run.fail(ConnectionAbortedError(f"the partner disconnected; no {result[0]} was stored"))
+    run.close()
+    done = run.succeeded
+    status = "done" if done else "failed"
+    store.update_session(
+        principal.tenant_id,
+        session_id,
+        status=status,
+        error=None if done else str(run.error),
+        finished_at=now,
+        **(changes if done else {}),
+    )
+    store.audit(
+        AuditEntry(
+            principal.tenant_id,
+            "partner",
+            f"{protocol}.{status}",
+            {"session": session_id, result[0]: result[1] if done else None},
+            partner_id=principal.partner_id,
+        )
+    )
+    return done
+
+
 def partner_view(store: SqlStore, tenant_id: str, partner: Partner) -> PartnerView:
     tenant = _tenant(store, tenant_id)
     return PartnerView(
-        partner, tenant.policy.for_partner(partner), store.epsilon_spent(partner.partnership)
+        partner,
+        tenant.policy.for_partner(partner),
+        store.epsilon_spent(partner.partnership),
+        store.epsilon_spent(partner.partnership, "lookalike"),
     )
 
 

@@ -156,6 +156,28 @@ def policy_set(
     delta: Annotated[float | None, typer.Option("--delta", help="Gaussian mechanism.")] = None,
     min_partner_records: Annotated[int | None, typer.Option("--min-partner-records")] = None,
     sessions_per_day: Annotated[int | None, typer.Option("--sessions-per-day")] = None,
+    lookalike_modes: Annotated[
+        str | None,
+        typer.Option(
+            "--lookalike-modes",
+            help="Lookalike modes partners may run: hidden-seed,matched (empty: none).",
+        ),
+    ] = None,
+    min_lookalike_seed: Annotated[
+        int | None,
+        typer.Option("--min-lookalike-seed", help="Fewest matched seeds a lookalike trains on."),
+    ] = None,
+    lookalike_dp: Annotated[
+        str | None,
+        typer.Option("--lookalike-dp", help="off, or gaussian: label-DP on every lookalike."),
+    ] = None,
+    lookalike_epsilon: Annotated[
+        float | None,
+        typer.Option("--lookalike-epsilon", help="Largest label-DP epsilon per lookalike job."),
+    ] = None,
+    lookalike_epsilon_budget: Annotated[
+        float | None, typer.Option("--lookalike-epsilon-budget")
+    ] = None,
     partner: Annotated[
         str | None,
         typer.Option(
@@ -175,6 +197,11 @@ def policy_set(
         "delta": delta,
         "min_partner_records": min_partner_records,
         "sessions_per_day": sessions_per_day,
+        "lookalike_modes": lookalike_modes,
+        "min_lookalike_seed": min_lookalike_seed,
+        "lookalike_dp": lookalike_dp,
+        "lookalike_epsilon": lookalike_epsilon,
+        "lookalike_epsilon_budget": lookalike_epsilon_budget,
     }
     changes = {name: value for name, value in given.items() if value is not None}
     with errors():

@@ -245,3 +245,108 @@ def partner_attribute(
         print_json({"report_id": report_id})
     else:
         out.print(f"report [bold]{report_id}[/]")
+
+
+@partner_app.command("lookalike")
+def partner_lookalike(
+    server: Server,
+    token: Token,
+    audience: Annotated[str, typer.Option("--audience", help="The brand's seed audience.")],
+    users: Annotated[Path, typer.Option("--users", help="Users CSV/Parquet: ids per user.")],
+    id_columns: IdColumns,
+    features: Annotated[
+        Path, typer.Option("--features", help="Features CSV/Parquet, one row per user.")
+    ],
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory for the package.")],
+    user_column: Annotated[str, typer.Option("--user-column")] = "user_id",
+    feature_columns: Annotated[
+        str,
+        typer.Option(
+            "--feature-columns",
+            help="Columns to use, e.g. age,spend,device:cat (default: all, numeric).",
+        ),
+    ] = "",
+    mode: Annotated[
+        str, typer.Option("--mode", help="hidden-seed (default) or matched.")
+    ] = "hidden-seed",
+    tiers: Annotated[str, typer.Option("--tiers", help="Nested tiers, percent.")] = "1,2,5,10",
+    holdout: Annotated[float, typer.Option("--holdout", help="Share held out.")] = 0.2,
+    l2: Annotated[float, typer.Option("--l2", help="L2 penalty (1/C).")] = 1.0,
+    bins: Annotated[int, typer.Option("--bins", help="Quantile bins per numeric (0: none).")] = 0,
+    epsilon: Annotated[
+        float, typer.Option("--epsilon", help="Label-DP epsilon (0: none unless required).")
+    ] = 0.0,
+    workers: Annotated[int | None, typer.Option("--workers")] = None,
+    default_region: Region = None,
+    tls_dir: TlsDir = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Expand the brand's seed audience into tiers of this partner's users."""
+    from cleanroom.client.lookalike import (
+        LookalikeProgress,
+        LookalikeRequest,
+        parse_tiers,
+        prepare_lookalike,
+        run_lookalike,
+    )
+    from cleanroom.federated.lookalike.messages import LookalikeMode
+    from cleanroom.matching.workers import CryptoPool
+    from cleanroom.proto.errors import InvalidInput
+
+    with errors():
+        try:
+            chosen = LookalikeMode(mode)
+        except ValueError:
+            raise InvalidInput(f"--mode is hidden-seed or matched, not {mode!r}") from None
+        request = LookalikeRequest(
+            audience=audience,
+            users=users,
+            features=features,
+            id_columns=parse_columns(id_columns),
+            options=normalize_options(default_region),
+            out_dir=out_dir,
+            user_column=user_column,
+            feature_columns=feature_columns,
+            mode=chosen,
+            tiers=parse_tiers(tiers),
+            holdout=holdout,
+            l2=l2,
+            bins=bins,
+            epsilon=epsilon,
+        )
+        with CryptoPool.processes(workers) as pool, progress_bars(not as_json) as progress:
+            reading = progress.add_task("reading users and features", total=None)
+            prepared = prepare_lookalike(
+                request, pool.executor, on_rows=lambda n: progress.advance(reading, n)
+            )
+            progress.update(reading, visible=False)
+            phase = progress.add_task("waiting for the brand node", total=None)
+            sent = progress.add_task("rows blinded and sent", total=None, visible=False)
+            lists = progress.add_task("brand lists re-blinded", total=None, visible=False)
+            labels = progress.add_task("encrypted labels received", total=None, visible=False)
+
+            def on_progress(p: LookalikeProgress) -> None:
+                progress.update(phase, description=p.phase)
+                for task, done, total in (
+                    (sent, p.points_sent, p.points_total),
+                    (lists, p.brand_received, p.brand_total),
+                    (labels, p.labels_received, p.labels_total),
+                ):
+                    if total:
+                        progress.update(task, completed=done, total=total, visible=True)
+
+            manifest = asyncio.run(
+                run_lookalike(connection(server, token, tls_dir), prepared, on_progress)
+            )
+    if as_json:
+        print_json(manifest)
+        return
+    out.print(f"package [bold]{manifest['package_id']}[/] ({manifest['mode']})")
+    metrics = manifest.get("metrics") or {}
+    if metrics.get("auc") is not None:
+        out.print(f"holdout AUC {metrics['auc']:.3f}")
+    for tier in manifest.get("tiers", []):
+        key = f"{tier['percent']:g}"
+        lift = (metrics.get("lift_at") or {}).get(key)
+        shown = f", lift {lift:.2f}x" if lift is not None else ""
+        out.print(f"top {key}%: {tier['size']} users{shown} -> {tier['path']}")

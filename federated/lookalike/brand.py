@@ -29,6 +29,7 @@ import math
 import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -99,6 +100,50 @@ class LookalikeOutcome:
     scored: int
     tiers: tuple[float, ...]
     tier_sizes: tuple[int, ...]
+    sigma: float = 0.0  # label-DP noise scale (0: none)
+
+
+class LookalikeRun(Protocol):
+    """What a transport drives on the brand's side: a job, or a repeated submission's answer."""
+
+    @property
+    def public_key(self) -> PaillierPublicKey | None:
+        """The job's key, for serde to read and write ciphertexts (None: no job)."""
+        ...
+
+    def start(self) -> LookalikeAccepted: ...
+
+    async def receive(self, msg: LookalikePartnerMessage) -> None: ...
+
+    def outgoing(self) -> AsyncIterator[LookalikeBrandMessage]: ...
+
+    def end_of_input(self) -> None: ...
+
+    def fail(self, exc: BaseException) -> None: ...
+
+
+class AlreadyPackaged:
+    """The answer to a submission that already has a package: that package, and no job."""
+
+    public_key: PaillierPublicKey | None = None
+
+    def __init__(self, package_id: str) -> None:
+        self.package_id = package_id
+
+    def start(self) -> LookalikeAccepted:
+        return LookalikeAccepted("", 0, 0, 0, 0, 0, package_id=self.package_id)
+
+    async def receive(self, msg: LookalikePartnerMessage) -> None:
+        raise ProtocolError(f"this submission already has package {self.package_id}")
+
+    async def outgoing(self) -> AsyncIterator[LookalikeBrandMessage]:
+        yield LookalikeDone(package_id=self.package_id)
+
+    def end_of_input(self) -> None:
+        pass
+
+    def fail(self, exc: BaseException) -> None:
+        pass
 
 
 def check_hello(hello: LookalikeHello, modes: tuple[LookalikeMode, ...]) -> None:
@@ -369,6 +414,7 @@ class BrandLookalike(RoundMachine[LookalikeRound]):
             scored=msg.scored,
             tiers=self.hello.tiers,
             tier_sizes=msg.tier_sizes,
+            sigma=self.sigma,
         )
         package_id = await asyncio.to_thread(self._conclude, self.outcome)
         self.put(LookalikeDone(package_id))

@@ -1,0 +1,171 @@
+"""A lookalike job from the partner's side: read, train with the brand node, write tiers.
+
+The users file and the feature file are read, joined and checked on the
+partner's machine before anything connects (a bad file costs nothing); the
+job then runs over one gRPC stream (``federated/lookalike``) and the package
+lands in ``--out`` only once the brand node confirmed it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cleanroom.audiences.identifiers import IdColumn, NormalizeOptions
+from cleanroom.client.runs import drive_partner
+from cleanroom.client.sdk import ClientError, Connection
+from cleanroom.federated.lookalike.inputs import PartnerUsers, load_partner_users
+from cleanroom.federated.lookalike.messages import DEFAULT_TIERS, LookalikeMode
+from cleanroom.federated.lookalike.package import PackageWriter, read_manifest
+from cleanroom.federated.lookalike.partner import LookalikeProgress, PartnerLookalike
+from cleanroom.matching.workers import RunJobs
+from cleanroom.proto import cleanroom_pb2_grpc as pb_grpc
+from cleanroom.proto import serde
+from cleanroom.proto.errors import InvalidInput
+
+
+@dataclass
+class LookalikeRequest:
+    audience: str
+    users: Path
+    features: Path
+    id_columns: Sequence[IdColumn]
+    options: NormalizeOptions
+    out_dir: Path
+    user_column: str = "user_id"
+    feature_columns: str = ""
+    mode: LookalikeMode = LookalikeMode.HIDDEN_SEED
+    tiers: tuple[float, ...] = DEFAULT_TIERS
+    holdout: float = 0.2
+    l2: float = 1.0
+    bins: int = 0
+    epsilon: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)  # options for the state machine
+
+
+def parse_tiers(spec: str) -> tuple[float, ...]:
+    """``"1,2,5,10"``: nested tiers, percent of the scored base, ascending."""
+    try:
+        tiers = tuple(float(t) for t in spec.split(",") if t.strip())
+    except ValueError:
+        raise InvalidInput(f"--tiers are percentages such as 1,2,5,10, not {spec!r}") from None
+    if not tiers or list(tiers) != sorted(set(tiers)) or not all(0 < t <= 100 for t in tiers):
+        raise InvalidInput(f"--tiers are ascending percentages in (0, 100], not {spec!r}")
+    return tiers
+
+
+def submission_key(req: LookalikeRequest) -> str:
+    """Same files, same parameters: same key, so a resubmission is idempotent."""
+    digest = hashlib.sha256()
+    for path in (req.users, req.features):
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+    digest.update(
+        json.dumps(
+            {
+                "audience": req.audience,
+                "ids": [f"{c.column}:{c.id_type}" for c in req.id_columns],
+                "user": req.user_column,
+                "features": req.feature_columns,
+                "mode": req.mode.value,
+                "tiers": list(req.tiers),
+                "holdout": req.holdout,
+                "l2": req.l2,
+                "bins": req.bins,
+                "epsilon": req.epsilon,
+            },
+            sort_keys=True,
+        ).encode()
+    )
+    return digest.hexdigest()
+
+
+@dataclass
+class PreparedLookalike:
+    """The partner's side of one job before connecting: files read, joined and encoded;
+    ``partner`` is the job's state machine, ``writer`` its package."""
+
+    request: LookalikeRequest
+    users: PartnerUsers
+    writer: PackageWriter
+    partner: PartnerLookalike
+
+
+def prepare_lookalike(
+    req: LookalikeRequest,
+    executor: Executor | None = None,
+    on_rows: Callable[[int], None] | None = None,
+) -> PreparedLookalike:
+    users = load_partner_users(
+        req.users,
+        req.features,
+        user_column=req.user_column,
+        id_columns=req.id_columns,
+        options=req.options,
+        feature_columns=req.feature_columns,
+        bins=req.bins,
+        on_rows=on_rows,
+    )
+    if not len(users.data.records()):
+        raise InvalidInput(f"no user in {req.users} has a valid identifier to offer")
+    writer = PackageWriter(req.out_dir, users.user_ids, users.pipeline, req.mode, req.epsilon)
+    partner = PartnerLookalike(
+        audience=req.audience,
+        data=users.data,
+        features=users.features,
+        mode=req.mode,
+        tiers=req.tiers,
+        holdout=req.holdout,
+        l2=req.l2,
+        epsilon=req.epsilon,
+        submission_key=submission_key(req),
+        write_package=writer.write,
+        jobs=RunJobs(executor),
+        **req.extra,
+    )
+    return PreparedLookalike(req, users, writer, partner)
+
+
+async def run_lookalike(
+    conn: Connection,
+    prepared: PreparedLookalike,
+    on_progress: Callable[[LookalikeProgress], None] | None = None,
+) -> dict[str, Any]:
+    """One job; returns the package manifest (what ``partner lookalike --json`` prints)."""
+    partner = prepared.partner
+    if on_progress is not None:
+        partner.progress.listeners.append(on_progress)
+        on_progress(partner.progress)
+    try:
+        await drive_partner(
+            conn,
+            lambda channel, requests: pb_grpc.LookalikeServiceStub(channel).Run(
+                requests, metadata=conn.metadata, timeout=conn.timeout
+            ),
+            partner,
+            serde.lookalike_partner_to_pb,
+            serde.lookalike_brand_from_pb,
+        )
+        if not partner.package_id:
+            raise ClientError("PROTOCOL", "the brand node ended the job without a package")
+        if partner.package is None:  # a repeated submission: the package exists already
+            found = read_manifest(prepared.request.out_dir, partner.package_id)
+            return found or {
+                "package_id": partner.package_id,
+                "mode": partner.mode.value,
+                "offered": len(partner.records),
+                "repeated": True,
+                "note": (
+                    f"this submission already made package {partner.package_id};"
+                    f" its files are not in {prepared.request.out_dir}"
+                ),
+            }
+        return prepared.writer.commit(partner.package_id, len(partner.records))
+    finally:
+        prepared.writer.abort()

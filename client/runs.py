@@ -1,0 +1,71 @@
+"""The partner's side of a bidirectional run, driven over one gRPC stream.
+
+Attribution and lookalike jobs share the shape: the partner's state machine
+says ``hello()`` first, its ``outgoing()`` messages follow as it produces
+them, and every message of the brand node goes to its ``receive``. The
+stream ends when both sides are done; a failure of the machine itself says
+more than the gRPC status it caused, so that is what the caller sees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
+
+import grpc
+
+from cleanroom.client.sdk import ClientError, Connection
+from cleanroom.federated.paillier import PaillierPublicKey
+
+
+class PartnerMachine(Protocol):
+    public_key: PaillierPublicKey | None
+    error: BaseException | None
+
+    def hello(self) -> Any: ...
+
+    def outgoing(self) -> AsyncIterator[Any]: ...
+
+    async def receive(self, msg: Any) -> None: ...
+
+    def close(self) -> None: ...
+
+
+async def drive_partner(
+    conn: Connection,
+    open_call: Callable[[grpc.aio.Channel, AsyncIterator[Any]], Any],
+    machine: PartnerMachine,
+    to_pb: Callable[..., Any],
+    from_pb: Callable[..., Any],
+) -> None:
+    """Run ``machine`` to its end over the stream ``open_call(channel, requests)`` opens."""
+
+    failures: list[Exception] = []
+
+    async def requests() -> AsyncIterator[Any]:
+        try:
+            yield to_pb(machine.hello())
+            async for msg in machine.outgoing():
+                yield to_pb(msg, machine.public_key)
+        except Exception as exc:
+            failures.append(exc)  # gRPC only cancels the call: keep the reason
+            raise
+
+    async with conn.channel() as channel:
+        call = open_call(channel, requests())
+        try:
+            async for response in call:
+                await machine.receive(from_pb(response, machine.public_key))
+        except (grpc.aio.AioRpcError, asyncio.CancelledError) as exc:
+            # A failure of our own (gRPC cancels the call when the request
+            # stream raises) says more than the status it caused.
+            if machine.error is not None:
+                raise machine.error from None
+            if failures:
+                raise failures[0] from None
+            if isinstance(exc, grpc.aio.AioRpcError):
+                raise ClientError.from_rpc(exc) from exc
+            raise
+        finally:
+            machine.close()
