@@ -2,8 +2,8 @@
 
 Synthetic data, a brand node on free local ports (gRPC and HTTP, with its own
 worker processes), a tenant, an upload, a PSI match and a PSI cardinality
-run, an attribution report, then a summary checked against a plaintext join
-of the same files.
+run, an attribution report and a hidden-seed lookalike package, each checked
+against a plaintext join of the same files.
 
 The node and the partner share one event loop: grpc.aio binds its completion
 queue to the loop that first used it and forwards other loops' events there,
@@ -35,15 +35,19 @@ from cleanroom.client.attribution import (
     run_attribution,
     upload_conversions,
 )
+from cleanroom.client.lookalike import LookalikeRequest, prepare_lookalike, run_lookalike
 from cleanroom.client.sdk import (
     Connection,
+    SeedLabels,
     load_partner_set,
     run_psi,
     upload_audience,
     write_match_output,
 )
-from cleanroom.client.tables import report_blocks
+from cleanroom.client.tables import lookalike_table, report_blocks
 from cleanroom.federated.attribution.synth import synthesize_attribution
+from cleanroom.federated.lookalike.reference import brand_labels, pooled_labels, pooled_sums
+from cleanroom.federated.lookalike.synth import synthesize_lookalike
 from cleanroom.matching.messages import Protocol
 from cleanroom.matching.workers import CryptoPool
 from cleanroom.server.node import BrandNode
@@ -127,6 +131,68 @@ async def _attribution_step(
         f"#token={tokens[Role.ANALYST]}"
     )
     return report_id, dashboard
+
+
+async def _lookalike_step(
+    node: BrandNode,
+    target: str,
+    tokens: dict[Role, str],
+    work: Path,
+    console: Console,
+    pool: CryptoPool,
+) -> tuple[str, str, int]:
+    """A hidden-seed lookalike: the brand's gold customers expanded over the partner's base."""
+    synth = synthesize_lookalike(
+        work / "lookalike", partner_users=10_000, customers=4_000, matched=3_000, seed=7
+    )
+    options = NormalizeOptions(default_region="US")
+    brand_ids = parse_id_columns("email,phone")
+    upload = await upload_audience(
+        Connection(target, tokens[Role.ADMIN]),
+        name="vip",
+        path=synth.crm_path,
+        id_columns=brand_ids,
+        options=options,
+        labels=SeedLabels("tier", ("gold",)),
+    )
+    seeds = upload.audience["seeds"]
+    console.print(
+        f"8. brand uploaded audience 'vip' with {seeds} gold (seed) customers; the partner"
+        " expands it over its 10,000 users (hidden-seed: it never learns who is a customer)"
+    )
+    request = LookalikeRequest(
+        audience="vip",
+        users=synth.users_path,
+        features=synth.features_path,
+        id_columns=parse_id_columns("email,phone,maid"),
+        options=options,
+        out_dir=work / "lookalike" / "package",
+        feature_columns=synth.feature_spec,
+    )
+    prepared = prepare_lookalike(request, pool.executor)
+    manifest = await run_lookalike(Connection(target, tokens[Role.PARTNER]), prepared)
+    # The sums the partner trained on equal a plaintext join's Xᵀy: the model is exact.
+    partner = prepared.partner
+    y, _ = pooled_labels(
+        prepared.users.data, brand_labels(synth.crm_path, brand_ids, options, "tier", ["gold"])
+    )
+    if partner.label_sums != pooled_sums(prepared.users.features, y, partner.train_users):
+        raise RuntimeError("the lookalike's label sums differ from the plaintext join's")
+    assert node.store is not None and node.ports is not None
+    tenant = node.store.find_tenant(TENANT)
+    assert tenant is not None
+    record = node.store.get_lookalike(tenant.tenant_id, manifest["package_id"])
+    assert record is not None
+    console.print(lookalike_table(record.report))
+    console.print(
+        f"9. the {len(partner.label_sums)} label sums the partner trained on equal a plaintext"
+        f" join's Xᵀy; tiers of its own user ids in {request.out_dir}"
+    )
+    dashboard = (
+        f"http://127.0.0.1:{node.ports.http}/dashboard/lookalikes/{manifest['package_id']}"
+        f"#token={tokens[Role.ANALYST]}"
+    )
+    return manifest["package_id"], dashboard, len(manifest["tiers"])
 
 
 async def _until_stopped() -> None:
@@ -225,15 +291,20 @@ async def _demo(
             report_id, dashboard = await _attribution_step(
                 node, target, tokens, work, console, pool
             )
+            package_id, lookalike_dashboard, lookalike_tiers = await _lookalike_step(
+                node, target, tokens, work, console, pool
+            )
         if serve:
             console.print(f"dashboard: {dashboard}")
+            console.print(f"lookalike dashboard: {lookalike_dashboard}")
             console.print("serving until Ctrl-C ...")
             with contextlib.suppress(KeyboardInterrupt):
                 await _until_stopped()
     finally:
         await node.stop()
 
-    console.print(f"7. attribution report {report_id}; dashboard (while serving): {dashboard}")
+    console.print(f"attribution report {report_id}; dashboard (while serving): {dashboard}")
+    console.print(f"lookalike package {package_id}; dashboard: {lookalike_dashboard}")
     if not serve:
         console.print("   rerun with `cleanroom demo --serve` to keep the node up and open it")
     console.print(f"done in {time.perf_counter() - started:.1f} s")
@@ -241,4 +312,5 @@ async def _demo(
         "rows": pset.row_count,
         "matched": outcome.matched_records,
         "intersection": overlap.result.intersection,
+        "lookalike_tiers": lookalike_tiers,
     }

@@ -1,4 +1,4 @@
-"""Rich renderings of attribution reports for a terminal (the CLI and the demo).
+"""Rich renderings of reports for a terminal (the CLI and the demo).
 
 ``report_blocks`` (the default) gives each campaign a block of two group
 columns and a few lines, so a report reads at 80 columns; ``report_table``
@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cleanroom.federated.attribution.report import AttributionReport, CampaignResult
+from cleanroom.federated.lookalike.report import LookalikeReport
 
 _MISSING = "-"
 
@@ -118,3 +119,23 @@ def report_table(report: AttributionReport) -> Table:
             _ratio(c.iroas),
         )
     return table
+
+
+def lookalike_table(report: LookalikeReport) -> RenderableType:
+    """A lookalike package: what it was made from, its quality, its tiers (80 columns)."""
+    privacy = report.privacy
+    dp = f"label-DP eps={privacy.epsilon:g}" if privacy.epsilon else "no label-DP"
+    heading = Text.assemble(
+        ("Lookalike package ", "bold"),
+        (report.report_id, "bold"),
+        f"\n{report.mode} · audience {report.audience} · partner {report.partner} · {dp}",
+        f"\noffered {_count(report.offered)} · matched {_count(report.intersection)}"
+        f" · seeds {_count(report.seeds)} · holdout AUC {_ratio(report.auc)}",
+    )
+    table = Table(show_edge=False, pad_edge=False)
+    for name in ("tier", "users", "recall", "lift"):
+        table.add_column(name, justify="left" if name == "tier" else "right")
+    for tier in report.tiers:
+        lift = _MISSING if tier.lift is None else f"{tier.lift:.2f}x"
+        table.add_row(f"top {tier.percent:g}%", _count(tier.size), _pct(tier.recall), lift)
+    return Group(heading, table)

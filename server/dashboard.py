@@ -1,4 +1,4 @@
-"""The attribution report dashboard: one self-contained HTML page.
+"""The report dashboards (attribution reports, lookalike packages): self-contained HTML.
 
 The page carries no report data unless the server was given the token in an
 ``Authorization`` header (then the report JSON is embedded); otherwise its
@@ -16,26 +16,54 @@ from __future__ import annotations
 
 import html
 import json
+from dataclasses import dataclass
 from typing import Any
 
 
+@dataclass(frozen=True)
+class PageKind:
+    """One kind of dashboard page: its title, its sections and the script that draws them."""
+
+    title: str
+    eyebrow: str
+    noun: str  # what the status line says it is loading
+    sections: str
+    script: str
+
+
 def render_page(
-    *, report_id: str, report_url: str, nonce: str, embedded: dict[str, Any] | None
+    *,
+    report_id: str,
+    report_url: str,
+    nonce: str,
+    embedded: dict[str, Any] | None,
+    kind: PageKind | None = None,
 ) -> str:
     """The dashboard HTML for one report (``embedded``: its JSON, if already read)."""
+    page = kind or ATTRIBUTION
     data = ""
     if embedded is not None:
         # JSON inside <script> must not close the element: escape <, > and &.
         raw = json.dumps(embedded, allow_nan=False)
         raw = raw.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
         data = f'<script type="application/json" id="report-data">{raw}</script>'
+    script = (
+        '"use strict";\n(function () {\n'
+        + _COMMON_SCRIPT
+        + page.script
+        + "  load().then(render).catch(fail);\n})();\n"
+    )
     return (
-        _PAGE.replace("{{NONCE}}", html.escape(nonce, quote=True))
+        _PAGE.replace("{{SECTIONS}}", page.sections)
+        .replace("{{TITLE}}", html.escape(page.title))
+        .replace("{{EYEBROW}}", html.escape(page.eyebrow))
+        .replace("{{NOUN}}", html.escape(page.noun))
+        .replace("{{NONCE}}", html.escape(nonce, quote=True))
         .replace("{{REPORT_URL}}", html.escape(report_url, quote=True))
         .replace("{{REPORT_ID}}", html.escape(report_id, quote=True))
         .replace("{{DATA}}", data)
         .replace("{{STYLE}}", _STYLE)
-        .replace("{{SCRIPT}}", _SCRIPT)
+        .replace("{{SCRIPT}}", script)
     )
 
 
@@ -46,19 +74,27 @@ _PAGE = """<!doctype html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="referrer" content="no-referrer">
 <link rel="icon" href="data:,">
-<title>Attribution report {{REPORT_ID}} · cleanroom</title>
+<title>{{TITLE}} {{REPORT_ID}} · cleanroom</title>
 <style nonce="{{NONCE}}">{{STYLE}}</style>
 </head>
 <body data-state="loading">
 <main id="app" data-report-url="{{REPORT_URL}}" data-report-id="{{REPORT_ID}}">
   <header>
-    <p class="eyebrow">cleanroom · closed-loop attribution</p>
-    <h1>Attribution report</h1>
-    <p id="meta" class="meta">Report {{REPORT_ID}}</p>
+    <p class="eyebrow">cleanroom · {{EYEBROW}}</p>
+    <h1>{{TITLE}}</h1>
+    <p id="meta" class="meta">{{REPORT_ID}}</p>
   </header>
-  <p id="status" class="status" role="status">Loading the report…</p>
+  <p id="status" class="status" role="status">Loading the {{NOUN}}…</p>
   <section id="summary" class="cards" hidden></section>
-  <section class="panel" id="lift-panel" hidden>
+{{SECTIONS}}
+</main>
+{{DATA}}
+<script nonce="{{NONCE}}">{{SCRIPT}}</script>
+</body>
+</html>
+"""
+
+_ATTRIBUTION_SECTIONS = """  <section class="panel" id="lift-panel" hidden>
     <h2>Lift per campaign</h2>
     <p class="hint">Relative lift of the exposed group's conversion rate over the holdout's,
       with its 95% interval (error bars). Green: the interval is above zero.</p>
@@ -79,13 +115,19 @@ _PAGE = """<!doctype html>
   <section class="panel" id="table-panel" hidden>
     <h2>All numbers</h2>
     <div class="table-wrap"><table id="numbers"></table></div>
+  </section>"""
+
+_LOOKALIKE_SECTIONS = """  <section class="panel" id="tier-panel" hidden>
+    <h2>Tier curve</h2>
+    <p class="hint">For each nested tier (the top k% of the partner's scored users): the
+      share of the holdout's seeds it reaches (recall) and how many times the random rate
+      that is (lift). The dashed line is a random ranking.</p>
+    <div id="tier-chart"></div>
   </section>
-</main>
-{{DATA}}
-<script nonce="{{NONCE}}">{{SCRIPT}}</script>
-</body>
-</html>
-"""
+  <section class="panel" id="table-panel" hidden>
+    <h2>Tiers</h2>
+    <div class="table-wrap"><table id="numbers"></table></div>
+  </section>"""
 
 _STYLE = """
 :root { --ink: #0f172a; --muted: #64748b; --line: #e2e8f0; --bg: #f8fafc;
@@ -128,6 +170,11 @@ svg .stage { font-weight: 600; }
 svg .arrow { fill: var(--muted); font-size: 16px; }
 svg .revenue-bar { fill: #0d9488; }
 svg .campaign { font-weight: 600; }
+svg .random { stroke: var(--muted); stroke-dasharray: 4 4; }
+svg .recall-line { fill: none; stroke: var(--exposed); stroke-width: 2; }
+svg .lift-line { fill: none; stroke: var(--up); stroke-width: 2; }
+svg .recall-point { fill: var(--exposed); }
+svg .lift-point { fill: var(--up); }
 .funnel { margin: 8px 0 14px; }
 .funnel h3 { font-size: 13px; margin: 0 0 2px; }
 .funnel .rates { margin: 2px 0 0; color: var(--muted); font-size: 12.5px; }
@@ -141,9 +188,8 @@ td.suppressed { color: var(--muted); font-style: italic; text-align: left; }
 @media (max-width: 640px) { .cards { grid-template-columns: repeat(2, 1fr); } }
 """
 
-_SCRIPT = r"""
-"use strict";
-(function () {
+_COMMON_SCRIPT = r"""
+
   const SVG = "http://www.w3.org/2000/svg";
   const root = document.getElementById("app");
   const statusBox = document.getElementById("status");
@@ -190,8 +236,8 @@ _SCRIPT = r"""
     if (embedded) return JSON.parse(embedded.textContent);
     const token = takeToken();
     if (!token) {
-      throw new Error("No token. Open this page as /dashboard/reports/<id>#token=<analyst token>" +
-        " (or ?token=…), or send an Authorization: Bearer header.");
+      throw new Error("No token. Open this page as " + location.pathname +
+        "#token=<analyst token> (or ?token=…), or send an Authorization: Bearer header.");
     }
     const resp = await fetch(root.dataset.reportUrl, {
       headers: { Authorization: "Bearer " + token, Accept: "application/json" },
@@ -217,6 +263,16 @@ _SCRIPT = r"""
     return out;
   }
 
+  function fail(err) {
+    statusBox.textContent = err && err.message ? err.message : String(err);
+    statusBox.classList.add("error");
+    statusBox.setAttribute("role", "alert");
+    document.body.dataset.state = "error";
+  }
+
+"""
+
+_ATTRIBUTION_SCRIPT = r"""
   function renderMeta(report, campaigns) {
     const meta = document.getElementById("meta");
     meta.textContent = "";
@@ -448,13 +504,142 @@ _SCRIPT = r"""
     document.body.dataset.state = "ready";
   }
 
-  function fail(err) {
-    statusBox.textContent = err && err.message ? err.message : String(err);
-    statusBox.classList.add("error");
-    statusBox.setAttribute("role", "alert");
-    document.body.dataset.state = "error";
+"""
+
+_LOOKALIKE_SCRIPT = r"""
+  function renderMeta(report) {
+    const meta = document.getElementById("meta");
+    meta.textContent = "";
+    const privacy = report.privacy || {};
+    const parts = [["Package", report.report_id], ["Audience", report.audience],
+      ["Partner", report.partner], ["Mode", report.mode]];
+    if (report.created_at) {
+      parts.push(["Created", String(report.created_at).replace("T", " ").slice(0, 16) + " UTC"]);
+    }
+    parts.push(["Label-DP", isNum(privacy.epsilon) && privacy.epsilon > 0
+      ? "ε = " + privacy.epsilon + (isNum(privacy.delta) ? ", δ = " + privacy.delta : "")
+      : "off"]);
+    parts.forEach(([k, v], i) => {
+      if (i) meta.append(" · ");
+      meta.append(k + ": ");
+      meta.append(tag("b", {}, String(v ?? "?")));
+    });
+    const cards = [
+      ["Offered rows", count(report.offered), "partner users with an identifier"],
+      ["Matched seeds", count(report.seeds), count(report.intersection) + " matched in all"],
+      ["Holdout AUC", isNum(report.auc) ? report.auc.toFixed(3) : "—",
+        count(report.holdout_rows) + " rows held out"],
+      ["Scored users", count(report.scored), "ranked into the tiers"],
+    ];
+    const box = document.getElementById("summary");
+    for (const [label, value, sub] of cards) {
+      const card = tag("div", { class: "card" });
+      card.append(tag("div", { class: "label" }, label), tag("div", { class: "value" }, value),
+        tag("div", { class: "sub" }, sub));
+      box.append(card);
+    }
+    box.hidden = false;
   }
 
-  load().then(render).catch(fail);
-})();
+  function renderCurve(tiers) {
+    const W = 800, H = 320, L = 56, R = 56, top = 20, bottom = 40;
+    const reachMax = Math.max(10, ...tiers.map((t) => t.percent));
+    const lifts = tiers.map((t) => t.lift).filter(isNum);
+    const liftMax = Math.max(2, ...lifts) * 1.1;
+    const x = (p) => L + (p / reachMax) * (W - L - R);
+    const yRecall = (r) => top + (1 - r) * (H - top - bottom);
+    const yLift = (v) => top + (1 - v / liftMax) * (H - top - bottom);
+    const s = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", class: "tier-chart",
+      "aria-label": "Recall and lift versus reach per tier" });
+    const axis = svg("g", { class: "axis" });
+    for (const t of ticks(0, reachMax, 5)) {
+      if (t > reachMax + 1e-9) continue;
+      axis.append(svg("line", { class: "grid", x1: x(t), x2: x(t), y1: top, y2: H - bottom }));
+      axis.append(svg("text", { x: x(t), y: H - bottom + 16, "text-anchor": "middle" }, t + "%"));
+    }
+    for (const r of [0, 0.25, 0.5, 0.75, 1]) {
+      axis.append(svg("text", { x: L - 8, y: yRecall(r) + 4, "text-anchor": "end" },
+        Math.round(r * 100) + "%"));
+    }
+    for (const v of ticks(0, liftMax, 4)) {
+      if (v > liftMax) continue;
+      axis.append(svg("text", { x: W - R + 8, y: yLift(v) + 4 }, v + "\u00d7"));
+    }
+    axis.append(svg("text", { x: (L + W - R) / 2, y: H - 6, "text-anchor": "middle" },
+      "reach: top % of the scored base"));
+    s.append(axis);
+    s.append(svg("line", { class: "random", x1: x(0), y1: yRecall(0), x2: x(reachMax),
+      y2: yRecall(reachMax / 100) }));
+    const known = tiers.filter((t) => isNum(t.recall) && isNum(t.lift));
+    const path = (f) => known.map((t, i) => (i ? "L" : "M") + x(t.percent) + " " + f(t)).join(" ");
+    if (known.length) {
+      s.append(svg("path", { class: "recall-line", d: "M" + x(0) + " " + yRecall(0) + " " +
+        path((t) => yRecall(t.recall)).replace(/^M/, "L") }));
+      s.append(svg("path", { class: "lift-line", d: path((t) => yLift(t.lift)) }));
+    }
+    for (const t of tiers) {
+      const g = svg("g", { class: "tier", "data-percent": t.percent, "data-size": t.size,
+        "data-recall": dataAttr(t.recall), "data-lift": dataAttr(t.lift) });
+      if (isNum(t.recall) && isNum(t.lift)) {
+        g.append(svg("circle", { class: "recall-point", cx: x(t.percent), cy: yRecall(t.recall),
+          r: 4 }));
+        g.append(svg("circle", { class: "lift-point", cx: x(t.percent), cy: yLift(t.lift), r: 4 }));
+        g.append(svg("text", { class: "muted", x: x(t.percent) + 6, y: yLift(t.lift) - 6 },
+          t.lift.toFixed(1) + "\u00d7"));
+      }
+      s.append(g);
+    }
+    if (!known.length) {
+      s.append(svg("text", { class: "suppressed", x: L + 10, y: top + 20 },
+        "no holdout metrics (none held out, or withheld under label-DP)"));
+    }
+    const legend = svg("g", { class: "legend" });
+    legend.append(svg("circle", { class: "recall-point", cx: L + 10, cy: top + 6, r: 4 }));
+    legend.append(svg("text", { x: L + 20, y: top + 10 }, "recall (left axis)"));
+    legend.append(svg("circle", { class: "lift-point", cx: L + 150, cy: top + 6, r: 4 }));
+    legend.append(svg("text", { x: L + 160, y: top + 10 }, "lift vs random (right axis)"));
+    s.append(legend);
+    document.getElementById("tier-chart").append(s);
+    document.getElementById("tier-panel").hidden = false;
+  }
+
+  function renderTable(tiers) {
+    const t = document.getElementById("numbers");
+    const head = tag("tr");
+    ["Tier", "Users", "Recall", "Lift"].forEach((c) => head.append(tag("th", {}, c)));
+    t.append(head);
+    for (const tier of tiers) {
+      const tr = tag("tr", { "data-percent": tier.percent });
+      [ "top " + tier.percent + "%", count(tier.size), pct(tier.recall),
+        isNum(tier.lift) ? tier.lift.toFixed(2) + "\u00d7" : "—"]
+        .forEach((v) => tr.append(tag("td", {}, v)));
+      t.append(tr);
+    }
+    document.getElementById("table-panel").hidden = false;
+  }
+
+  function render(report) {
+    const tiers = (Array.isArray(report.tiers) ? report.tiers : [])
+      .filter((t) => t && isNum(t.percent));
+    renderMeta(report);
+    renderCurve(tiers);
+    renderTable(tiers);
+    statusBox.hidden = true;
+    document.body.dataset.state = "ready";
+  }
 """
+
+ATTRIBUTION = PageKind(
+    title="Attribution report",
+    eyebrow="closed-loop attribution",
+    noun="report",
+    sections=_ATTRIBUTION_SECTIONS,
+    script=_ATTRIBUTION_SCRIPT,
+)
+LOOKALIKE = PageKind(
+    title="Lookalike package",
+    eyebrow="lookalike expansion",
+    noun="package",
+    sections=_LOOKALIKE_SECTIONS,
+    script=_LOOKALIKE_SCRIPT,
+)

@@ -75,6 +75,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cleanroom.federated.attribution.report import REPORT_ID, AttributionReport, ReportSummary
+from cleanroom.federated.lookalike.report import LookalikeReport
 from cleanroom.proto.errors import (
     Aborted,
     AlreadyExists,
@@ -86,11 +87,12 @@ from cleanroom.proto.errors import (
     ResourceExhausted,
     Unauthenticated,
 )
-from cleanroom.server.dashboard import render_page
+from cleanroom.server.dashboard import ATTRIBUTION, LOOKALIKE, PageKind, render_page
 from cleanroom.server.errors import internal_message, internal_reference, nearest
 from cleanroom.server.policy import MinPartnerRecords, PolicyChanges, SessionsPerDay, describe
 from cleanroom.server.store import (
     AudienceRecord,
+    LookalikeRecord,
     Principal,
     ReportRecord,
     Role,
@@ -357,6 +359,15 @@ def _find_report(store: SqlStore, who: Principal, report_id: str) -> ReportRecor
     return found
 
 
+def _find_lookalike(store: SqlStore, who: Principal, package_id: str) -> LookalikeRecord:
+    found = (
+        store.get_lookalike(who.tenant_id, package_id) if REPORT_ID.fullmatch(package_id) else None
+    )
+    if found is None:
+        raise HTTPException(404, f"no lookalike package {package_id!r}")
+    return found
+
+
 def _csv_response(r: ReportRecord) -> Response:
     return Response(
         report_csv(r),
@@ -479,6 +490,24 @@ def create_app(store: SqlStore) -> FastAPI:
         found = _find_report(store, who, report_id)
         return _csv_response(found) if format == "csv" else found.report
 
+    # --------------------------------------------------------------- lookalikes
+
+    @app.get(
+        "/v1/lookalikes",
+        summary="The tenant's lookalike packages (metadata: sizes, quality, privacy)",
+        response_model=list[LookalikeReport],
+    )
+    def list_lookalikes(who: Reader) -> list[LookalikeReport]:
+        return [r.report for r in store.list_lookalikes(who.tenant_id)]
+
+    @app.get(
+        "/v1/lookalikes/{package_id}",
+        summary="One lookalike package's metadata (its members stay with the partner)",
+        response_model=LookalikeReport,
+    )
+    def get_lookalike(package_id: str, who: Reader) -> LookalikeReport:
+        return _find_lookalike(store, who, package_id).report
+
     # ------------------------------------------------- ledger, audit, policy
 
     @app.get("/v1/ledger", summary="Epsilon spent per partnership, and every charge")
@@ -489,12 +518,16 @@ def create_app(store: SqlStore) -> FastAPI:
         return {
             "dp": tenant.policy.dp,
             "epsilon_budget": tenant.policy.epsilon_budget,
+            "lookalike_dp": tenant.policy.lookalike_dp,
+            "lookalike_epsilon_budget": tenant.policy.lookalike_epsilon_budget,
             "partnerships": [
                 {
                     "partner": v.partner.name,
                     "partner_id": v.partner.partner_id,
                     "spent": v.epsilon_spent,
                     "remaining": v.epsilon_remaining,
+                    "lookalike_spent": v.lookalike_epsilon_spent,
+                    "lookalike_remaining": v.lookalike_epsilon_remaining,
                 }
                 for v in partner_views(store, who.tenant_id)
             ],
@@ -502,6 +535,7 @@ def create_app(store: SqlStore) -> FastAPI:
                 {
                     "partner": names.get(e.partnership.partner_id),
                     "partner_id": e.partnership.partner_id,
+                    "purpose": e.purpose,
                     "report_id": e.report_id,
                     "epsilon": e.epsilon,
                     "at": e.at.isoformat(),
@@ -579,24 +613,15 @@ def create_app(store: SqlStore) -> FastAPI:
 
     # ---------------------------------------------------------------- dashboard
 
-    @app.get(
-        "/dashboard/reports/{report_id}",
-        response_class=HTMLResponse,
-        summary="Report dashboard (HTML)",
-        description="Open with `#token=<analyst token>` (preferred: never sent to the server),"
-        " `?token=` (the page strips it; this server keeps it out of its logs, proxies may"
-        " not) or an `Authorization: Bearer` header (the server embeds the report).",
-    )
-    def dashboard(
-        report_id: str,
+    def dashboard_page(
         request: Request,
-        token: Annotated[
-            str | None, Query(description="read by the page's script, never by the server")
-        ] = None,
+        report_id: str,
+        api_path: str,
+        kind: PageKind,
+        embed: Callable[[Principal], dict[str, Any]],
     ) -> HTMLResponse:
-        del token  # the page's script reads it and fetches the report with it
         if not REPORT_ID.fullmatch(report_id):
-            raise HTTPException(404, f"no report {report_id!r}")
+            raise HTTPException(404, f"no {kind.noun} {report_id!r}")
         embedded = None
         header = request.headers.get("authorization")
         if header is not None:
@@ -610,13 +635,14 @@ def create_app(store: SqlStore) -> FastAPI:
                     request, HTTPAuthorizationCredentials(scheme="Bearer", credentials=credentials)
                 )
             )
-            embedded = report_json(_find_report(store, who, report_id))
+            embedded = embed(who)
         nonce = secrets.token_urlsafe(16)
         page = render_page(
             report_id=report_id,
-            report_url=f"/v1/reports/{report_id}",
+            report_url=f"{api_path}/{report_id}",
             nonce=nonce,
             embedded=embedded,
+            kind=kind,
         )
         return HTMLResponse(
             page,
@@ -629,6 +655,49 @@ def create_app(store: SqlStore) -> FastAPI:
                 "Referrer-Policy": "no-referrer",
                 "X-Content-Type-Options": "nosniff",
             },
+        )
+
+    page_auth = (
+        "Open with `#token=<analyst token>` (preferred: never sent to the server),"
+        " `?token=` (the page strips it; this server keeps it out of its logs, proxies may"
+        " not) or an `Authorization: Bearer` header (the server embeds the data)."
+    )
+    token_query = Query(description="read by the page's script, never by the server")
+
+    @app.get(
+        "/dashboard/reports/{report_id}",
+        response_class=HTMLResponse,
+        summary="Report dashboard (HTML)",
+        description=page_auth,
+    )
+    def dashboard(
+        report_id: str, request: Request, token: Annotated[str | None, token_query] = None
+    ) -> HTMLResponse:
+        del token  # the page's script reads it and fetches the report with it
+        return dashboard_page(
+            request,
+            report_id,
+            "/v1/reports",
+            ATTRIBUTION,
+            lambda who: report_json(_find_report(store, who, report_id)),
+        )
+
+    @app.get(
+        "/dashboard/lookalikes/{package_id}",
+        response_class=HTMLResponse,
+        summary="Lookalike package dashboard: the tier curve (HTML)",
+        description=page_auth,
+    )
+    def lookalike_dashboard(
+        package_id: str, request: Request, token: Annotated[str | None, token_query] = None
+    ) -> HTMLResponse:
+        del token
+        return dashboard_page(
+            request,
+            package_id,
+            "/v1/lookalikes",
+            LOOKALIKE,
+            lambda who: _find_lookalike(store, who, package_id).report.model_dump(mode="json"),
         )
 
     return app

@@ -1,4 +1,4 @@
-"""A realistic attribution report (the typed ``AttributionReport``, as JSON) for tests."""
+"""Realistic stored reports for tests: an attribution report, a lookalike package."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import uuid
 from typing import Any
 
 from cleanroom.federated.attribution.report import AttributionReport
-from cleanroom.server.store import ReportRecord
+from cleanroom.federated.lookalike.report import LookalikeReport
+from cleanroom.server.store import LookalikeRecord, ReportRecord
 
 
 def _group(users: int, converters: int, conversions: int, revenue: float) -> dict[str, Any]:
@@ -85,3 +86,36 @@ def sample_report(tenant_id: str, report_id: str | None = None) -> ReportRecord:
         ),
         submission_key=f"submission-{rid}",
     )
+
+
+def sample_lookalike(tenant_id: str, partner_id: str | None = None) -> LookalikeRecord:
+    """A hidden-seed package with four tiers and holdout metrics."""
+    package_id = uuid.uuid4().hex
+    tiers = [
+        {"percent": 1.0, "size": 10_000, "recall": 0.052, "lift": 5.2},
+        {"percent": 2.0, "size": 20_000, "recall": 0.094, "lift": 4.7},
+        {"percent": 5.0, "size": 50_000, "recall": 0.19, "lift": 3.8},
+        {"percent": 10.0, "size": 100_000, "recall": 0.31, "lift": 3.1},
+    ]
+    report = LookalikeReport.model_validate(
+        {
+            "report_id": package_id,
+            "audience": "vip_customers",
+            "partner": "default",
+            "mode": "hidden-seed",
+            "created_at": "2026-11-30T08:00:00+00:00",
+            "finished_at": "2026-11-30T08:06:30+00:00",
+            "offered": 1_000_000,
+            "intersection": 50_000,
+            "seeds": 20_000,
+            "features": 50,
+            "train_rows": 800_000,
+            "holdout_rows": 200_000,
+            "holdout_seeds": 4_000,
+            "auc": 0.8123,
+            "scored": 1_000_000,
+            "tiers": tiers,
+            "privacy": {"epsilon": 0.0, "delta": 0.0, "sigma": 0.0},
+        }
+    )
+    return LookalikeRecord(tenant_id, report, submission_key=package_id, partner_id=partner_id)

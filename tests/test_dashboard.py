@@ -21,7 +21,7 @@ import pytest
 
 from cleanroom.server.store import Role
 from tests.conftest import Node
-from tests.reports import sample_body, sample_report
+from tests.reports import sample_body, sample_lookalike, sample_report
 
 CHROMIUM = os.environ.get("CLEANROOM_CHROMIUM", "/usr/bin/chromium")
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source"}
@@ -195,6 +195,55 @@ def test_the_dashboard_says_why_it_cannot_show_a_report(
     parsed = Elements()
     parsed.feed(dom)
     assert not parsed.having("lift-bar") and not parsed.having("funnel-bar")
+
+
+@pytest.fixture(scope="module")
+def package_id(node: Node) -> Iterator[str]:
+    store = node.store()
+    tenant = store.find_tenant("acme")
+    assert tenant is not None
+    pid = store.put_report(sample_lookalike(tenant.tenant_id)).report_id
+    store.close()
+    yield pid
+
+
+def test_the_lookalike_dashboard_draws_the_tier_curve(
+    node: Node, package_id: str, tmp_path: Path
+) -> None:
+    token = node.tokens["acme"][Role.ANALYST]
+    url = f"{node.http}/dashboard/lookalikes/{package_id}#token={token}"
+    dom = run_chromium(tmp_path, url, "--dump-dom").stdout
+    assert 'data-state="ready"' in dom, dom[-3000:]
+    assert token not in dom
+    parsed = Elements()
+    parsed.feed(dom)
+    want = sample_lookalike("x").report.tiers
+    tiers = [a for a, _ in parsed.having("tier")]
+    assert [float(a["data-percent"]) for a in tiers] == [t.percent for t in want]
+    assert [int(a["data-size"]) for a in tiers] == [t.size for t in want]
+    assert [float(a["data-lift"]) for a in tiers] == [t.lift for t in want]
+    assert [float(a["data-recall"]) for a in tiers] == [t.recall for t in want]
+    recall = [a for a, _ in parsed.having("recall-point")]
+    lift = [a for a, _ in parsed.having("lift-point")]
+    assert len(recall) == len(lift) == len(want) + 1  # one each in the legend
+    # Further reach, higher recall: the points climb left to right (SVG y grows down).
+    ys = [float(a["cy"]) for a in recall[:-1]]
+    xs = [float(a["cx"]) for a in recall[:-1]]
+    assert xs == sorted(xs) and ys == sorted(ys, reverse=True)
+    assert parsed.having("recall-line") and parsed.having("lift-line")
+    assert parsed.having("random")
+    for text in ("0.812", "vip_customers", "hidden-seed", "5.20\u00d7", "top 10%", "100,000"):
+        assert text in dom, text
+
+
+def test_the_lookalike_dashboard_refuses_another_tenant(
+    node: Node, package_id: str, tmp_path: Path
+) -> None:
+    token = node.tokens["globex"][Role.ANALYST]
+    url = f"{node.http}/dashboard/lookalikes/{package_id}#token={token}"
+    dom = run_chromium(tmp_path, url, "--dump-dom").stdout
+    assert 'data-state="error"' in dom and "(404)" in dom
+    assert "vip_customers" not in dom
 
 
 def test_the_api_docs_render_without_internet(node: Node, tmp_path: Path) -> None:

@@ -19,6 +19,9 @@ def test_demo_runs_and_agrees_with_the_plaintext_join() -> None:
     assert result["matched"] == result["intersection"] > 0
     assert "both results equal a plaintext join" in text
     assert "/dashboard/reports/" in text
+    assert "label sums the partner trained on equal a plaintext join" in text
+    assert "/dashboard/lookalikes/" in text
+    assert result["lookalike_tiers"] == 4
 
 
 def test_the_demo_command_prints_no_error() -> None:

@@ -1,11 +1,14 @@
-"""Marketer commands: reports from the brand node's REST API."""
+"""Marketer commands: reports and lookalike packages from the brand node's REST API."""
 
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    import httpx
 
 from cleanroom.client.cli.common import (
     Token,
@@ -15,32 +18,22 @@ from cleanroom.client.cli.common import (
 )
 
 report_app = typer.Typer(help="Attribution reports from the brand node's REST API.")
+lookalike_app = typer.Typer(help="Lookalike packages from the brand node's REST API.")
+Api = Annotated[str, typer.Option("--api", help="REST base URL, e.g. http://HOST:8080")]
 
 
 def register(app: typer.Typer) -> None:
     app.add_typer(report_app, name="report")
+    app.add_typer(lookalike_app, name="lookalike")
 
 
-@report_app.command("show")
-def report_show(
-    report_id: Annotated[str, typer.Argument()],
-    api: Annotated[str, typer.Option("--api", help="REST base URL, e.g. http://HOST:8080")],
-    token: Token,
-    fmt: Annotated[str, typer.Option("--format", help="table, json or csv")] = "table",
-    wide: Annotated[
-        bool, typer.Option("--wide", help="Table: one row per campaign (about 140 columns).")
-    ] = False,
-) -> None:
-    """Fetch a report from the REST API (a table reads at 80 columns; --wide for one row each)."""
+def _get(api: str, path: str, token: str) -> httpx.Response:
+    """``GET api + path`` with the token, or the problem detail as a one-line error."""
     import httpx
 
-    if fmt not in ("table", "json", "csv"):
-        raise fail("--format is table, json or csv")
-    headers = {"authorization": f"Bearer {token}"}
-    suffix = "?format=csv" if fmt == "csv" else ""
     try:
         resp = httpx.get(
-            f"{api.rstrip('/')}/v1/reports/{report_id}{suffix}", headers=headers, timeout=60
+            f"{api.rstrip('/')}{path}", headers={"authorization": f"Bearer {token}"}, timeout=60
         )
     except httpx.HTTPError as exc:
         raise fail(f"cannot reach {api}: {exc}") from exc
@@ -50,6 +43,24 @@ def report_show(
         except ValueError:
             detail = resp.text
         raise fail(f"HTTP {resp.status_code}: {detail}")
+    return resp
+
+
+@report_app.command("show")
+def report_show(
+    report_id: Annotated[str, typer.Argument()],
+    api: Api,
+    token: Token,
+    fmt: Annotated[str, typer.Option("--format", help="table, json or csv")] = "table",
+    wide: Annotated[
+        bool, typer.Option("--wide", help="Table: one row per campaign (about 140 columns).")
+    ] = False,
+) -> None:
+    """Fetch a report from the REST API (a table reads at 80 columns; --wide for one row each)."""
+    if fmt not in ("table", "json", "csv"):
+        raise fail("--format is table, json or csv")
+    suffix = "?format=csv" if fmt == "csv" else ""
+    resp = _get(api, f"/v1/reports/{report_id}{suffix}", token)
     if fmt == "csv":
         sys.stdout.write(resp.text)
         return
@@ -61,3 +72,23 @@ def report_show(
 
     report = AttributionReport.model_validate(resp.json())
     out.print(report_table(report) if wide else report_blocks(report))
+
+
+@lookalike_app.command("show")
+def lookalike_show(
+    package_id: Annotated[str, typer.Argument()],
+    api: Api,
+    token: Token,
+    fmt: Annotated[str, typer.Option("--format", help="table or json")] = "table",
+) -> None:
+    """A lookalike package's metadata from the REST API: quality, tiers, privacy."""
+    if fmt not in ("table", "json"):
+        raise fail("--format is table or json")
+    resp = _get(api, f"/v1/lookalikes/{package_id}", token)
+    if fmt == "json":
+        print_json(resp.json())
+        return
+    from cleanroom.client.tables import lookalike_table
+    from cleanroom.federated.lookalike.report import LookalikeReport
+
+    out.print(lookalike_table(LookalikeReport.model_validate(resp.json())))
