@@ -359,6 +359,12 @@ def _find_report(store: SqlStore, who: Principal, report_id: str) -> ReportRecor
     return found
 
 
+# The token a dashboard URL may carry: read by the page's script, never by the server.
+DashboardToken = Annotated[
+    str | None, Query(description="read by the page's script, never by the server")
+]
+
+
 def _find_lookalike(store: SqlStore, who: Principal, package_id: str) -> LookalikeRecord:
     found = (
         store.get_lookalike(who.tenant_id, package_id) if REPORT_ID.fullmatch(package_id) else None
@@ -662,7 +668,6 @@ def create_app(store: SqlStore) -> FastAPI:
         " `?token=` (the page strips it; this server keeps it out of its logs, proxies may"
         " not) or an `Authorization: Bearer` header (the server embeds the data)."
     )
-    token_query = Query(description="read by the page's script, never by the server")
 
     @app.get(
         "/dashboard/reports/{report_id}",
@@ -670,9 +675,7 @@ def create_app(store: SqlStore) -> FastAPI:
         summary="Report dashboard (HTML)",
         description=page_auth,
     )
-    def dashboard(
-        report_id: str, request: Request, token: Annotated[str | None, token_query] = None
-    ) -> HTMLResponse:
+    def dashboard(report_id: str, request: Request, token: DashboardToken = None) -> HTMLResponse:
         del token  # the page's script reads it and fetches the report with it
         return dashboard_page(
             request,
@@ -689,7 +692,7 @@ def create_app(store: SqlStore) -> FastAPI:
         description=page_auth,
     )
     def lookalike_dashboard(
-        package_id: str, request: Request, token: Annotated[str | None, token_query] = None
+        package_id: str, request: Request, token: DashboardToken = None
     ) -> HTMLResponse:
         del token
         return dashboard_page(
