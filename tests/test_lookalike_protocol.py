@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.datasets import load_breast_cancer
 from sklearn.linear_model import LogisticRegression
@@ -234,7 +235,6 @@ def test_matched_mode_is_exact_and_excludes_customers(
 
 
 def test_breast_cancer_private_fit_equals_sklearn(keys: tuple[Any, Any]) -> None:
-    import pandas as pd
 
     data = load_breast_cancer(as_frame=True)
     frame: pd.DataFrame = data.frame
@@ -386,3 +386,41 @@ def test_features_must_cover_every_user(world: Any, tmp_path: Path) -> None:
             options=OPTIONS,
             feature_columns=world.feature_spec,
         )
+
+
+def test_label_sums_equal_the_plaintext_sums(keys: tuple[Any, Any]) -> None:
+    """Bucketed sums over slices equal Xᵀy and Σy: 0/1 blocks, wide numerics, a zero column."""
+    from cleanroom.federated.lookalike.aggregates import holdout_sums, label_sums, multiply
+
+    pk, sk = keys
+    rng = np.random.default_rng(3)
+    n = 700
+    y = rng.integers(0, 2, n)
+    x = np.hstack(
+        [
+            rng.integers(0, 2, (n, 11)),  # two blocks of 0/1 features
+            rng.integers(0, 1025, (n, 2)),
+            np.zeros((n, 1), dtype=np.int64),
+        ]
+    ).astype(np.int32)
+    width = pk.ciphertext_bytes
+    packed = b"".join(c.to_bytes(width, "big") for c in sk.encrypt_many(y.tolist()))
+    n2 = pk.n * pk.n
+    cut = 300
+    parts = [
+        label_sums(n2, packed[: cut * width], width, x[:cut]),
+        label_sums(n2, packed[cut * width :], width, x[cut:]),
+    ]
+    total = multiply(n2, parts)
+    assert sk.decrypt_many(total.ciphertexts) == [*(x.T @ y).tolist(), int(y.sum())]
+    # About one multiplication per row per numeric, and per row per 0/1 block.
+    assert total.multiplications < n * (2 + 2 + 1) + 4 * 1025 * 2 + 2 * 256 * 11
+    scores = rng.normal(size=n).round(1)  # ties
+    sums = holdout_sums(n2, packed, width, scores, (1.0, 10.0, 50.0))
+    seeds, rank_sum2, *top = sk.decrypt_many([sums.seeds, sums.rank_sum2, *sums.top])
+    assert seeds == y.sum()
+    ranks = pd.Series(scores).rank(method="average").to_numpy()
+    assert rank_sum2 == round(2 * ranks[y == 1].sum())
+    order = np.argsort(scores, kind="stable")[::-1]
+    for k, got in zip(tier_sizes(n, (1.0, 10.0, 50.0)), top, strict=True):
+        assert got == y[np.sort(order[:k])].sum() or got == y[order[:k]].sum()

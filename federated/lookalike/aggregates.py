@@ -37,14 +37,27 @@ def _mpz_list(packed: bytes, width: int) -> list[mpz]:
 BINARY_BLOCK = 8  # 0/1 features bucketed together: one multiplication per row per block
 
 
-def _product(cts: list[mpz], rows: np.ndarray, modulus: mpz) -> mpz | None:
+@dataclass
+class _Mults:
+    """Modular multiplications of ciphertexts done (an exponentiation counts its
+    square-and-multiply steps): what ``he_multiplications`` reports."""
+
+    count: int = 0
+
+    def powmod(self, base: mpz, exponent: int, modulus: mpz) -> mpz:
+        self.count += max(0, exponent.bit_length() - 1) + max(0, exponent.bit_count() - 1)
+        return gmpy2.powmod(base, exponent, modulus)
+
+
+def _product(cts: list[mpz], rows: np.ndarray, modulus: mpz, mults: _Mults) -> mpz | None:
     acc = None
     for i in rows.tolist():
         acc = cts[i] if acc is None else acc * cts[i] % modulus
+    mults.count += max(0, len(rows) - 1)
     return acc
 
 
-def _buckets(cts: list[mpz], codes: np.ndarray, modulus: mpz) -> dict[int, mpz]:
+def _buckets(cts: list[mpz], codes: np.ndarray, modulus: mpz, mults: _Mults) -> dict[int, mpz]:
     """``{code: Π Enc(y_i) over the rows with that code}`` for every code > 0."""
     order = np.argsort(codes, kind="stable")
     ordered = codes[order]
@@ -54,13 +67,21 @@ def _buckets(cts: list[mpz], codes: np.ndarray, modulus: mpz) -> dict[int, mpz]:
     for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
         code = int(ordered[start])
         if code > 0:
-            product = _product(cts, order[start:end], modulus)
+            product = _product(cts, order[start:end], modulus, mults)
             assert product is not None
             out[code] = product
     return out
 
 
-def label_sums(n2: int, packed_ciphertexts: bytes, width: int, values: np.ndarray) -> list[int]:
+@dataclass(frozen=True)
+class SliceSums:
+    """``Enc(T_j)`` per feature then ``Enc(Σy)`` over a slice, and the multiplications spent."""
+
+    ciphertexts: list[int]
+    multiplications: int
+
+
+def label_sums(n2: int, packed_ciphertexts: bytes, width: int, values: np.ndarray) -> SliceSums:
     """``Enc(T_j)`` for every feature ``j``, then ``Enc(Σy)``, over one slice of rows.
 
     ``packed_ciphertexts``: one fixed-width big-endian ``Enc(y_i)`` per row of
@@ -73,6 +94,7 @@ def label_sums(n2: int, packed_ciphertexts: bytes, width: int, values: np.ndarra
     a valid encryption of 0 without randomness, which the caller masks.
     """
     modulus = mpz(n2)
+    mults = _Mults()
     cts = _mpz_list(packed_ciphertexts, width)
     values = np.asarray(values)
     if values.ndim != 2 or len(cts) != len(values):
@@ -88,37 +110,42 @@ def label_sums(n2: int, packed_ciphertexts: bytes, width: int, values: np.ndarra
         codes = np.zeros(len(values), dtype=np.int64)
         for bit, j in enumerate(block):
             codes |= values[:, j].astype(np.int64) << bit
-        buckets = _buckets(cts, codes, modulus)
+        buckets = _buckets(cts, codes, modulus, mults)
         for bit, j in enumerate(block):
             acc = mpz(1)
             for code, c in buckets.items():
                 if code >> bit & 1:
                     acc = acc * c % modulus
+                    mults.count += 1
             sums[j] = acc
     for j in range(d):
         if maxima[j] <= 1:
             continue
-        buckets = _buckets(cts, values[:, j].astype(np.int64), modulus)
+        buckets = _buckets(cts, values[:, j].astype(np.int64), modulus, mults)
         at_least = mpz(1)  # Π_{v >= k} G_v
         total = mpz(1)
         for v in range(maxima[j], 0, -1):
             bucket = buckets.get(v)
             if bucket is not None:
                 at_least = at_least * bucket % modulus
+                mults.count += 1
             if at_least != 1:
                 total = total * at_least % modulus
+                mults.count += 1
         sums[j] = total
-    everything = _product(cts, np.arange(len(cts)), modulus)
-    return [int(c) for c in sums] + [int(everything if everything is not None else 1)]
+    everything = _product(cts, np.arange(len(cts)), modulus, mults)
+    out = [int(c) for c in sums] + [int(everything if everything is not None else 1)]
+    return SliceSums(out, mults.count)
 
 
-def multiply(n2: int, parts: Sequence[Sequence[int]]) -> list[int]:
+def multiply(n2: int, parts: Sequence[SliceSums]) -> SliceSums:
     """Element-wise products of the slices' sums: the sums over all their rows."""
     modulus = mpz(n2)
-    out = [mpz(1)] * len(parts[0]) if parts else []
+    out = [mpz(1)] * len(parts[0].ciphertexts) if parts else []
     for part in parts:
-        out = [a * b % modulus for a, b in zip(out, part, strict=True)]
-    return [int(c) for c in out]
+        out = [a * b % modulus for a, b in zip(out, part.ciphertexts, strict=True)]
+    spent = sum(p.multiplications for p in parts) + max(0, len(parts) - 1) * len(out)
+    return SliceSums([int(c) for c in out], spent)
 
 
 @dataclass(frozen=True)
@@ -128,6 +155,7 @@ class HoldoutSums:
     seeds: int
     rank_sum2: int
     top: tuple[int, ...]  # one per tier, in the tiers' order
+    multiplications: int = 0
 
 
 def tier_sizes(rows: int, percents: Sequence[float]) -> list[int]:
@@ -140,6 +168,7 @@ def holdout_sums(
 ) -> HoldoutSums:
     """See the module docstring; ties in ``scores`` get their mid-rank."""
     modulus = mpz(n2)
+    mults = _Mults()
     cts = _mpz_list(packed_ciphertexts, width)
     if len(cts) != len(scores) or not cts:
         raise ValueError(f"{len(cts)} ciphertexts for {len(scores)} holdout scores")
@@ -149,6 +178,7 @@ def holdout_sums(
     suffix: list[mpz] = [mpz(1)] * (n + 1)  # suffix[k] = Π_{i >= k} c_sorted[i]
     for k in range(n - 1, -1, -1):
         suffix[k] = suffix[k + 1] * cts[int(order[k])] % modulus
+    mults.count += n
     starts = np.flatnonzero(np.concatenate([[True], sorted_scores[1:] != sorted_scores[:-1]]))
     sizes = np.diff(np.concatenate([starts, [n]]))
     rank_sum2 = mpz(1)
@@ -157,9 +187,10 @@ def holdout_sums(
         # 2 * mid-rank of the group: 2 * start + size + 1 (ranks from 1).
         rise = 2 * start + size + 1 - previous
         previous = 2 * start + size + 1
-        rank_sum2 = rank_sum2 * gmpy2.powmod(suffix[start], rise, modulus) % modulus
+        rank_sum2 = rank_sum2 * mults.powmod(suffix[start], rise, modulus) % modulus
+        mults.count += 1
     top = tuple(int(suffix[n - k]) for k in tier_sizes(n, percents))
-    return HoldoutSums(seeds=int(suffix[0]), rank_sum2=int(rank_sum2), top=top)
+    return HoldoutSums(int(suffix[0]), int(rank_sum2), top, mults.count)
 
 
 def auc_from_sums(seeds: int, rank_sum2: int, rows: int) -> float | None:

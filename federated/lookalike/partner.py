@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -241,6 +242,10 @@ class PartnerLookalike(RoundMachine[LookalikeRound]):
         self._train_positions = np.empty(0, dtype=np.int64)
         self._row_norm_cache: float | None = None
         self.label_sums: tuple[int, ...] = ()  # T_int and Σy as decrypted (noisy with DP)
+        # What the job cost here: for benchmarks' floors and the log.
+        self.he_multiplications = 0
+        self.paillier_encryptions = 0
+        self.fit_seconds = 0.0
 
     # ------------------------------------------------------------ lifecycle
 
@@ -560,13 +565,16 @@ class PartnerLookalike(RoundMachine[LookalikeRound]):
         ]
         parts = [part async for part in in_order(self._jobs, label_sums, jobs, ahead=4)]
         d = self.features.values.shape[1]
-        sums = multiply(n2, parts) if parts else [1] * (d + 1)
+        total = multiply(n2, parts)
+        sums = total.ciphertexts if parts else [1] * (d + 1)
+        self.he_multiplications += total.multiplications + d + 1  # + the masks
         bounds = self._sum_bounds()
         self._masks = [
             int.from_bytes(self._random_bytes((b + MASK_SLACK_BITS + 7) // 8), "big")
             for b in bounds
         ]
         masks = await asyncio.to_thread(key.encrypt_many, self._masks)
+        self.paillier_encryptions += len(masks)
         masked = [s * m % n2 for s, m in zip(sums, masks, strict=True)]
         self.put(MaskedSums(ciphertexts=tuple(masked), train_rows=len(self._train_positions)))
 
@@ -584,7 +592,9 @@ class PartnerLookalike(RoundMachine[LookalikeRound]):
         offset, scale = self.features.offset, self.features.scale
         xty = offset * sum_y + np.asarray(totals[:d], dtype=np.float64) / scale
         x = self.features.rows(self.train_users).floats()
+        started = time.perf_counter()
         self.model = await asyncio.to_thread(fit_logistic, x, xty, float(sum_y), l2=self.l2)
+        self.fit_seconds = time.perf_counter() - started
         del x
         _log.info("lookalike: model fit in %d Newton steps", self.model.iterations)
         if not self._holdout():
@@ -599,9 +609,11 @@ class PartnerLookalike(RoundMachine[LookalikeRound]):
         sums = await self._jobs.call(
             holdout_sums, n2, packed, key.ciphertext_bytes, scores, self.tiers
         )
+        self.he_multiplications += sums.multiplications
         fresh = await asyncio.to_thread(
             key.rerandomize_many, [sums.seeds, sums.rank_sum2, *sums.top]
         )
+        self.paillier_encryptions += len(fresh)  # a full re-randomization costs one
         seeds, rank_sum2, *top = fresh
         self.put(
             HoldoutAggregates(rows=len(positions), seeds=seeds, rank_sum2=rank_sum2, top=tuple(top))
