@@ -194,7 +194,8 @@ def test_hidden_seed_model_equals_the_centralized_fit(
     world: Any, users: PartnerUsers, keys: tuple[Any, Any]
 ) -> None:
     labels, points, flags = brand_identifiers(world.crm_path)
-    brand, partner = make_pair(users, points, flags, keys)
+    # Small label batches: many more label chunks than the partner checks at once.
+    brand, partner = make_pair(users, points, flags, keys, brand_options={"label_batch": 61})
     transcript = asyncio.run(converse(brand, partner))
     y, matched = pooled_labels(users.data, labels)
     assert brand.intersection == int(matched.sum())
@@ -221,7 +222,15 @@ def test_matched_mode_is_exact_and_excludes_customers(
     world: Any, users: PartnerUsers, keys: tuple[Any, Any]
 ) -> None:
     labels, points, flags = brand_identifiers(world.crm_path)
-    brand, partner = make_pair(users, points, flags, keys, mode=LookalikeMode.MATCHED, seed=3)
+    brand, partner = make_pair(
+        users,
+        points,
+        flags,
+        keys,
+        mode=LookalikeMode.MATCHED,
+        seed=3,
+        brand_options={"label_batch": 61},
+    )
     transcript = asyncio.run(converse(brand, partner))
     y, matched = pooled_labels(users.data, labels)
     assert partner.intersection == int(matched.sum())

@@ -213,6 +213,7 @@ class BrandLookalike(RoundMachine[LookalikeRound]):
         jobs: RunJobs | None = None,
         conclude: Callable[[LookalikeOutcome], str] | None = None,
         chunk_size: int = 8192,
+        label_batch: int = ENCRYPT_BATCH,
         rng: np.random.Generator | None = None,
         key: BlindingKey | None = None,
         random_bytes: Callable[[int], bytes] = os.urandom,
@@ -226,6 +227,7 @@ class BrandLookalike(RoundMachine[LookalikeRound]):
         self.private_key = private_key
         self.min_seed = min_seed
         self.chunk_size = chunk_size
+        self.label_batch = label_batch
         self._conclude = conclude or (lambda _outcome: session_id)
         self._rng = rng or np.random.default_rng()
         self._random_bytes = random_bytes
@@ -480,12 +482,12 @@ class BrandLookalike(RoundMachine[LookalikeRound]):
         bits = self.public_key.n.bit_length()
         labels = seed.astype(np.uint8)
         jobs = [
-            (key, bits, labels[start : start + ENCRYPT_BATCH].tobytes())
-            for start in range(0, len(labels), ENCRYPT_BATCH)
+            (key, bits, labels[start : start + self.label_batch].tobytes())
+            for start in range(0, len(labels), self.label_batch)
         ]
         seq = 0
         async for packed in in_order(self._jobs, encrypt_bits_packed, jobs):
-            self.put(EncryptedLabels(seq=seq, start=seq * ENCRYPT_BATCH, ciphertexts=packed))
+            self.put(EncryptedLabels(seq=seq, start=seq * self.label_batch, ciphertexts=packed))
             seq += 1
         self.round = LookalikeRound.SUMS
         self._signal.notify()

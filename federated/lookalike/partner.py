@@ -339,6 +339,7 @@ class PartnerLookalike(RoundMachine[LookalikeRound]):
         )
         self.spawn(self._send_slots)
         self.spawn(self._return_lists)
+        self.spawn(self._check_labels)
 
     async def _on_brand_points(self, chunk: BrandPoints) -> None:
         which = chunk.list
@@ -540,10 +541,16 @@ class PartnerLookalike(RoundMachine[LookalikeRound]):
         out[hit] = packed[index[positions[hit]]]
         return out.tobytes()
 
-    async def _sums(self) -> None:
-        """Masked ``Enc(T_j + r_j)`` and ``Enc(Σy + r)`` over the training rows."""
+    async def _check_labels(self) -> None:
+        # Drained while labels arrive: the checks in flight are bounded, so
+        # waiting for the last label before reading them would stall the job.
         async for _ in self._label_checks:
             pass
+        self._labels_checked.set()
+
+    async def _sums(self) -> None:
+        """Masked ``Enc(T_j + r_j)`` and ``Enc(Σy + r)`` over the training rows."""
+        await self._labels_checked.wait()
         key = self._paillier()
         self._split()
         positions = self._train_positions
