@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from cleanroom.audiences.identifiers import IdColumn, NormalizeOptions
-from cleanroom.client.runs import drive_partner
-from cleanroom.client.sdk import ClientError, Connection
+from cleanroom.client.runs import run_package_job
+from cleanroom.client.sdk import Connection
 from cleanroom.federated.lookalike.inputs import PartnerUsers, load_partner_users
 from cleanroom.federated.lookalike.messages import DEFAULT_TIERS, LookalikeMode
-from cleanroom.federated.lookalike.package import PackageWriter, read_manifest
+from cleanroom.federated.lookalike.package import PackageWriter
 from cleanroom.federated.lookalike.partner import LookalikeProgress, PartnerLookalike
 from cleanroom.matching.workers import RunJobs
 from cleanroom.proto import cleanroom_pb2_grpc as pb_grpc
@@ -139,33 +139,18 @@ async def run_lookalike(
 ) -> dict[str, Any]:
     """One job; returns the package manifest (what ``partner lookalike --json`` prints)."""
     partner = prepared.partner
-    if on_progress is not None:
-        partner.progress.listeners.append(on_progress)
-        on_progress(partner.progress)
-    try:
-        await drive_partner(
-            conn,
-            lambda channel, requests: pb_grpc.LookalikeServiceStub(channel).Run(
-                requests, metadata=conn.metadata, timeout=conn.timeout
-            ),
-            partner,
-            serde.lookalike_partner_to_pb,
-            serde.lookalike_brand_from_pb,
-        )
-        if not partner.package_id:
-            raise ClientError("PROTOCOL", "the brand node ended the job without a package")
-        if partner.package is None:  # a repeated submission: the package exists already
-            found = read_manifest(prepared.request.out_dir, partner.package_id)
-            return found or {
-                "package_id": partner.package_id,
-                "mode": partner.mode.value,
-                "offered": len(partner.records),
-                "repeated": True,
-                "note": (
-                    f"this submission already made package {partner.package_id};"
-                    f" its files are not in {prepared.request.out_dir}"
-                ),
-            }
-        return prepared.writer.commit(partner.package_id, len(partner.records))
-    finally:
-        prepared.writer.abort()
+    return await run_package_job(
+        conn,
+        lambda channel, requests: pb_grpc.LookalikeServiceStub(channel).Run(
+            requests, metadata=conn.metadata, timeout=conn.timeout
+        ),
+        partner,
+        serde.lookalike_partner_to_pb,
+        serde.lookalike_brand_from_pb,
+        files=prepared.writer,
+        out_dir=prepared.request.out_dir,
+        wrote=lambda: partner.package is not None,
+        count=len(partner.records),
+        summary={"mode": partner.mode.value, "offered": len(partner.records)},
+        on_progress=on_progress,
+    )

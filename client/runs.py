@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 import grpc
 
 from cleanroom.client.sdk import ClientError, Connection
+from cleanroom.federated.lookalike.package import read_manifest
 from cleanroom.federated.paillier import PaillierPublicKey
 
 
@@ -69,3 +71,52 @@ async def drive_partner(
             raise
         finally:
             machine.close()
+
+
+class PackageFiles(Protocol):
+    """Where a package job's files are staged and then committed (or dropped)."""
+
+    def commit(self, package_id: str, count: int) -> dict[str, Any]: ...
+
+    def abort(self) -> None: ...
+
+
+async def run_package_job(
+    conn: Connection,
+    open_call: Callable[[grpc.aio.Channel, AsyncIterator[Any]], Any],
+    machine: Any,
+    to_pb: Callable[..., Any],
+    from_pb: Callable[..., Any],
+    *,
+    files: PackageFiles,
+    out_dir: Path,
+    wrote: Callable[[], bool],
+    count: int,
+    summary: dict[str, Any],
+    on_progress: Callable[[Any], None] | None = None,
+) -> dict[str, Any]:
+    """Drive a lookalike or scoring job and commit its files once the node confirmed the
+    package; returns the manifest. A repeated submission runs nothing: the manifest is
+    read back from ``out_dir`` when the package is there, else ``summary`` says where it
+    is not. ``wrote()`` says whether this run wrote a package."""
+    if on_progress is not None:
+        machine.progress.listeners.append(on_progress)
+        on_progress(machine.progress)
+    try:
+        await drive_partner(conn, open_call, machine, to_pb, from_pb)
+        package_id = machine.package_id
+        if not package_id:
+            raise ClientError("PROTOCOL", "the brand node ended the job without a package")
+        if not wrote():  # a repeated submission: the package exists already
+            return read_manifest(out_dir, package_id) or {
+                "package_id": package_id,
+                **summary,
+                "repeated": True,
+                "note": (
+                    f"this submission already made package {package_id};"
+                    f" its files are not in {out_dir}"
+                ),
+            }
+        return files.commit(package_id, count)
+    finally:
+        files.abort()

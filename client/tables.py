@@ -125,12 +125,20 @@ def lookalike_table(report: LookalikeReport) -> RenderableType:
     """A lookalike package: what it was made from, its quality, its tiers (80 columns)."""
     privacy = report.privacy
     dp = f"label-DP eps={privacy.epsilon:g}" if privacy.epsilon else "no label-DP"
+    if report.mode == "he-score":  # a brand model scored: nothing matched or trained
+        source = f"model {report.model} · partner {report.partner} · HE scoring"
+        counts = f"scored {_count(report.scored)} · {report.features} features"
+    else:
+        source = f"audience {report.audience} · partner {report.partner} · {dp}"
+        counts = (
+            f"offered {_count(report.offered)} · matched {_count(report.intersection)}"
+            f" · seeds {_count(report.seeds)} · holdout AUC {_ratio(report.auc)}"
+        )
     heading = Text.assemble(
         ("Lookalike package ", "bold"),
         (report.report_id, "bold"),
-        f"\n{report.mode} · audience {report.audience} · partner {report.partner} · {dp}",
-        f"\noffered {_count(report.offered)} · matched {_count(report.intersection)}"
-        f" · seeds {_count(report.seeds)} · holdout AUC {_ratio(report.auc)}",
+        f"\n{report.mode} · {source}",
+        f"\n{counts}",
     )
     table = Table(show_edge=False, pad_edge=False)
     for name in ("tier", "users", "recall", "lift"):

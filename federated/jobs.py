@@ -55,3 +55,26 @@ def check_packed(n: int, packed: bytes, width: int) -> int:
         if not 0 < c < n2 or gmpy2.gcd(c % modulus, modulus) != 1:
             raise InvalidCiphertextError("not a ciphertext under the run's key", i)
     return count
+
+
+def decrypt_packed(
+    private_key_json: str, min_bits: int, packed: bytes, width: int, plain_bytes: int
+) -> bytes:
+    """Every ciphertext of ``packed`` decrypted to its raw residue, as ``plain_bytes``
+    little-endian bytes each (a packed plaintext of that size, or InvalidCiphertextError)."""
+    key = _owner_key(private_key_json, min_bits)
+    out = bytearray()
+    for i in range(len(packed) // width):
+        c = int.from_bytes(packed[i * width : (i + 1) * width], "big")
+        try:
+            m = key.decrypt_raw(c)
+        except InvalidCiphertextError as exc:
+            raise InvalidCiphertextError(str(exc), i) from exc
+        if m.bit_length() > 8 * plain_bytes:
+            raise InvalidCiphertextError(
+                f"the plaintext has {m.bit_length()} bits, more than a packing of"
+                f" {8 * plain_bytes}",
+                i,
+            )
+        out += m.to_bytes(plain_bytes, "little")
+    return bytes(out)

@@ -440,6 +440,122 @@ class AttrBrandMessage(_message.Message):
     done: AttrDone
     def __init__(self, accepted: _Optional[_Union[AttrAccepted, _Mapping]] = ..., cell_values: _Optional[_Union[AttrCellValues, _Mapping]] = ..., conversion_tokens: _Optional[_Union[AttrConversionTokens, _Mapping]] = ..., event_values: _Optional[_Union[AttrEventValues, _Mapping]] = ..., done: _Optional[_Union[AttrDone, _Mapping]] = ...) -> None: ...
 
+class ModelUpload(_message.Message):
+    __slots__ = ("name", "model_json", "replace")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_JSON_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    model_json: str
+    replace: bool
+    def __init__(self, name: _Optional[str] = ..., model_json: _Optional[str] = ..., replace: _Optional[bool] = ...) -> None: ...
+
+class ModelFeature(_message.Message):
+    __slots__ = ("name", "min", "max", "levels")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MIN_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIELD_NUMBER: _ClassVar[int]
+    LEVELS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    min: float
+    max: float
+    levels: int
+    def __init__(self, name: _Optional[str] = ..., min: _Optional[float] = ..., max: _Optional[float] = ..., levels: _Optional[int] = ...) -> None: ...
+
+class ModelInfo(_message.Message):
+    __slots__ = ("model_id", "name", "features", "created_at", "replaced")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    REPLACED_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    name: str
+    features: _containers.RepeatedCompositeFieldContainer[ModelFeature]
+    created_at: str
+    replaced: bool
+    def __init__(self, model_id: _Optional[str] = ..., name: _Optional[str] = ..., features: _Optional[_Iterable[_Union[ModelFeature, _Mapping]]] = ..., created_at: _Optional[str] = ..., replaced: _Optional[bool] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
+
+class ScoreHello(_message.Message):
+    __slots__ = ("model", "users", "tiers", "submission_key")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    USERS_FIELD_NUMBER: _ClassVar[int]
+    TIERS_FIELD_NUMBER: _ClassVar[int]
+    SUBMISSION_KEY_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    users: int
+    tiers: _containers.RepeatedScalarFieldContainer[float]
+    submission_key: str
+    def __init__(self, model: _Optional[str] = ..., users: _Optional[int] = ..., tiers: _Optional[_Iterable[float]] = ..., submission_key: _Optional[str] = ...) -> None: ...
+
+class ScoreChunk(_message.Message):
+    __slots__ = ("seq", "ciphertexts")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    CIPHERTEXTS_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    ciphertexts: bytes
+    def __init__(self, seq: _Optional[int] = ..., ciphertexts: _Optional[bytes] = ...) -> None: ...
+
+class ScorePartnerMessage(_message.Message):
+    __slots__ = ("hello", "chunk", "package")
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    PACKAGE_FIELD_NUMBER: _ClassVar[int]
+    hello: ScoreHello
+    chunk: ScoreChunk
+    package: LookalikePackageSummary
+    def __init__(self, hello: _Optional[_Union[ScoreHello, _Mapping]] = ..., chunk: _Optional[_Union[ScoreChunk, _Mapping]] = ..., package: _Optional[_Union[LookalikePackageSummary, _Mapping]] = ...) -> None: ...
+
+class ScoreAccepted(_message.Message):
+    __slots__ = ("session_id", "public_key_n", "features", "weights", "constant", "slots", "chunk_size", "package_id")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_N_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    CONSTANT_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PACKAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    public_key_n: bytes
+    features: _containers.RepeatedCompositeFieldContainer[ModelFeature]
+    weights: bytes
+    constant: bytes
+    slots: int
+    chunk_size: int
+    package_id: str
+    def __init__(self, session_id: _Optional[str] = ..., public_key_n: _Optional[bytes] = ..., features: _Optional[_Iterable[_Union[ModelFeature, _Mapping]]] = ..., weights: _Optional[bytes] = ..., constant: _Optional[bytes] = ..., slots: _Optional[int] = ..., chunk_size: _Optional[int] = ..., package_id: _Optional[str] = ...) -> None: ...
+
+class ScoreTiers(_message.Message):
+    __slots__ = ("seq", "start", "tiers")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    TIERS_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    start: int
+    tiers: bytes
+    def __init__(self, seq: _Optional[int] = ..., start: _Optional[int] = ..., tiers: _Optional[bytes] = ...) -> None: ...
+
+class ScoreBrandMessage(_message.Message):
+    __slots__ = ("accepted", "tiers", "done")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    TIERS_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    accepted: ScoreAccepted
+    tiers: ScoreTiers
+    done: LookalikeDone
+    def __init__(self, accepted: _Optional[_Union[ScoreAccepted, _Mapping]] = ..., tiers: _Optional[_Union[ScoreTiers, _Mapping]] = ..., done: _Optional[_Union[LookalikeDone, _Mapping]] = ...) -> None: ...
+
 class LookalikeHello(_message.Message):
     __slots__ = ("audience", "mode", "rows", "slots", "features", "tiers", "holdout", "epsilon", "submission_key", "scales", "row_norm")
     AUDIENCE_FIELD_NUMBER: _ClassVar[int]

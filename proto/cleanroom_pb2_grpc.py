@@ -411,6 +411,21 @@ class LookalikeServiceStub:
                 request_serializer=cleanroom_dot_proto_dot_cleanroom__pb2.LookalikePartnerMessage.SerializeToString,
                 response_deserializer=cleanroom_dot_proto_dot_cleanroom__pb2.LookalikeBrandMessage.FromString,
                 _registered_method=True)
+        self.UploadModel = channel.unary_unary(
+                '/cleanroom.v1.LookalikeService/UploadModel',
+                request_serializer=cleanroom_dot_proto_dot_cleanroom__pb2.ModelUpload.SerializeToString,
+                response_deserializer=cleanroom_dot_proto_dot_cleanroom__pb2.ModelInfo.FromString,
+                _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/cleanroom.v1.LookalikeService/ListModels',
+                request_serializer=cleanroom_dot_proto_dot_cleanroom__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=cleanroom_dot_proto_dot_cleanroom__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
+        self.Score = channel.stream_stream(
+                '/cleanroom.v1.LookalikeService/Score',
+                request_serializer=cleanroom_dot_proto_dot_cleanroom__pb2.ScorePartnerMessage.SerializeToString,
+                response_deserializer=cleanroom_dot_proto_dot_cleanroom__pb2.ScoreBrandMessage.FromString,
+                _registered_method=True)
 
 
 class LookalikeServiceServicer:
@@ -425,6 +440,27 @@ class LookalikeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadModel(self, request, context):
+        """Brand-owned models for HE scoring (federated/lookalike/scoring.py).
+        admin token
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListModels(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Score(self, request_iterator, context):
+        """One HE-scoring job of a brand model over the partner's users per stream.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LookalikeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -432,6 +468,21 @@ def add_LookalikeServiceServicer_to_server(servicer, server):
                     servicer.Run,
                     request_deserializer=cleanroom_dot_proto_dot_cleanroom__pb2.LookalikePartnerMessage.FromString,
                     response_serializer=cleanroom_dot_proto_dot_cleanroom__pb2.LookalikeBrandMessage.SerializeToString,
+            ),
+            'UploadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.UploadModel,
+                    request_deserializer=cleanroom_dot_proto_dot_cleanroom__pb2.ModelUpload.FromString,
+                    response_serializer=cleanroom_dot_proto_dot_cleanroom__pb2.ModelInfo.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=cleanroom_dot_proto_dot_cleanroom__pb2.ListModelsRequest.FromString,
+                    response_serializer=cleanroom_dot_proto_dot_cleanroom__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'Score': grpc.stream_stream_rpc_method_handler(
+                    servicer.Score,
+                    request_deserializer=cleanroom_dot_proto_dot_cleanroom__pb2.ScorePartnerMessage.FromString,
+                    response_serializer=cleanroom_dot_proto_dot_cleanroom__pb2.ScoreBrandMessage.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -463,6 +514,87 @@ class LookalikeService:
             '/cleanroom.v1.LookalikeService/Run',
             cleanroom_dot_proto_dot_cleanroom__pb2.LookalikePartnerMessage.SerializeToString,
             cleanroom_dot_proto_dot_cleanroom__pb2.LookalikeBrandMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cleanroom.v1.LookalikeService/UploadModel',
+            cleanroom_dot_proto_dot_cleanroom__pb2.ModelUpload.SerializeToString,
+            cleanroom_dot_proto_dot_cleanroom__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cleanroom.v1.LookalikeService/ListModels',
+            cleanroom_dot_proto_dot_cleanroom__pb2.ListModelsRequest.SerializeToString,
+            cleanroom_dot_proto_dot_cleanroom__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Score(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/cleanroom.v1.LookalikeService/Score',
+            cleanroom_dot_proto_dot_cleanroom__pb2.ScorePartnerMessage.SerializeToString,
+            cleanroom_dot_proto_dot_cleanroom__pb2.ScoreBrandMessage.FromString,
             options,
             channel_credentials,
             insecure,

@@ -38,6 +38,7 @@ from cleanroom.federated.attribution.messages import (
     EventValues,
     GroupAggregate,
 )
+from cleanroom.federated.lookalike.brand_model import ModelFeature, RegisteredModel
 from cleanroom.federated.lookalike.messages import (
     BrandList,
     BrandPoints,
@@ -55,6 +56,12 @@ from cleanroom.federated.lookalike.messages import (
     MaskedSums,
     MatchedRows,
     PackageSummary,
+    ScoreAccepted,
+    ScoreBrandMessage,
+    ScoreChunk,
+    ScoreHello,
+    ScorePartnerMessage,
+    ScoreTiers,
     SlotPoints,
 )
 from cleanroom.federated.paillier import (
@@ -862,3 +869,136 @@ def lookalike_brand_from_pb(
     if kind == "done":
         return LookalikeDone(package_id=msg.done.package_id)
     raise InvalidInput("empty LookalikeBrandMessage")
+
+
+# ----------------------------------------------------------------- HE scoring
+
+
+def model_feature_to_pb(feature: ModelFeature) -> pb.ModelFeature:
+    return pb.ModelFeature(
+        name=feature.name, min=feature.min, max=feature.max, levels=feature.levels
+    )
+
+
+def model_feature_from_pb(msg: pb.ModelFeature) -> ModelFeature:
+    return ModelFeature(name=msg.name, min=msg.min, max=msg.max, levels=msg.levels)
+
+
+def model_info_to_pb(record: RegisteredModel, *, replaced: bool = False) -> pb.ModelInfo:
+    public = record.public_json(replaced=replaced)
+    return pb.ModelInfo(
+        model_id=public["model_id"],
+        name=public["name"],
+        features=[model_feature_to_pb(f) for f in record.model.features],
+        created_at=public["created_at"],
+        replaced=replaced,
+    )
+
+
+def model_info_to_json(msg: pb.ModelInfo) -> dict[str, Any]:
+    """The same dict as ``RegisteredModel.public_json`` (what REST answers)."""
+    return {
+        "model_id": msg.model_id,
+        "name": msg.name,
+        "features": [model_feature_from_pb(f).to_json() for f in msg.features],
+        "created_at": msg.created_at,
+        "replaced": msg.replaced,
+    }
+
+
+def score_partner_to_pb(
+    msg: ScorePartnerMessage, public_key: PaillierPublicKey | None = None
+) -> pb.ScorePartnerMessage:
+    if isinstance(msg, ScoreHello):
+        return pb.ScorePartnerMessage(
+            hello=pb.ScoreHello(
+                model=msg.model,
+                users=msg.users,
+                tiers=list(msg.tiers),
+                submission_key=msg.submission_key,
+            )
+        )
+    if isinstance(msg, ScoreChunk):
+        return pb.ScorePartnerMessage(chunk=pb.ScoreChunk(seq=msg.seq, ciphertexts=msg.ciphertexts))
+    if isinstance(msg, PackageSummary):
+        return pb.ScorePartnerMessage(
+            package=pb.LookalikePackageSummary(scored=msg.scored, tier_sizes=list(msg.tier_sizes))
+        )
+    raise TypeError(f"not a scoring partner message: {type(msg).__name__}")
+
+
+def score_partner_from_pb(
+    msg: pb.ScorePartnerMessage, public_key: PaillierPublicKey | None = None
+) -> ScorePartnerMessage:
+    kind = msg.WhichOneof("body")
+    if kind == "hello":
+        h = msg.hello
+        if not h.model:
+            raise InvalidInput("ScoreHello.model is required")
+        return ScoreHello(
+            model=h.model, users=h.users, tiers=tuple(h.tiers), submission_key=h.submission_key
+        )
+    if kind == "chunk":
+        return ScoreChunk(seq=msg.chunk.seq, ciphertexts=msg.chunk.ciphertexts)
+    if kind == "package":
+        p = msg.package
+        return PackageSummary(scored=p.scored, tier_sizes=tuple(p.tier_sizes))
+    raise InvalidInput("empty ScorePartnerMessage: set one of its messages")
+
+
+def score_brand_to_pb(
+    msg: ScoreBrandMessage, public_key: PaillierPublicKey | None = None
+) -> pb.ScoreBrandMessage:
+    if isinstance(msg, ScoreAccepted):
+        width = (2 * msg.public_key_n.bit_length() + 7) // 8
+        return pb.ScoreBrandMessage(
+            accepted=pb.ScoreAccepted(
+                session_id=msg.session_id,
+                public_key_n=_n_to_bytes(msg.public_key_n),
+                features=[model_feature_to_pb(f) for f in msg.features],
+                weights=b"".join(c.to_bytes(width, "big") for c in msg.weights),
+                constant=msg.constant.to_bytes(width, "big") if msg.public_key_n else b"",
+                slots=msg.slots,
+                chunk_size=msg.chunk_size,
+                package_id=msg.package_id,
+            )
+        )
+    if isinstance(msg, ScoreTiers):
+        return pb.ScoreBrandMessage(
+            tiers=pb.ScoreTiers(seq=msg.seq, start=msg.start, tiers=msg.tiers)
+        )
+    if isinstance(msg, LookalikeDone):
+        return pb.ScoreBrandMessage(done=pb.LookalikeDone(package_id=msg.package_id))
+    raise TypeError(f"not a scoring brand message: {type(msg).__name__}")
+
+
+def score_brand_from_pb(
+    msg: pb.ScoreBrandMessage, public_key: PaillierPublicKey | None = None
+) -> ScoreBrandMessage:
+    kind = msg.WhichOneof("body")
+    if kind == "accepted":
+        a = msg.accepted
+        n = int.from_bytes(a.public_key_n, "big")
+        width = (2 * n.bit_length() + 7) // 8
+        if a.package_id:
+            return ScoreAccepted("", 0, (), (), 0, 0, 0, package_id=a.package_id)
+        if not n or len(a.weights) % width or len(a.constant) != width:
+            raise InvalidInput("ScoreAccepted: the weights are not whole ciphertexts")
+        return ScoreAccepted(
+            session_id=a.session_id,
+            public_key_n=n,
+            features=tuple(model_feature_from_pb(f) for f in a.features),
+            weights=tuple(
+                int.from_bytes(a.weights[i : i + width], "big")
+                for i in range(0, len(a.weights), width)
+            ),
+            constant=int.from_bytes(a.constant, "big"),
+            slots=a.slots,
+            chunk_size=a.chunk_size,
+        )
+    if kind == "tiers":
+        t = msg.tiers
+        return ScoreTiers(seq=t.seq, start=t.start, tiers=t.tiers)
+    if kind == "done":
+        return LookalikeDone(package_id=msg.done.package_id)
+    raise InvalidInput("empty ScoreBrandMessage: set one of its messages")

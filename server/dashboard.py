@@ -511,7 +511,8 @@ _LOOKALIKE_SCRIPT = r"""
     const meta = document.getElementById("meta");
     meta.textContent = "";
     const privacy = report.privacy || {};
-    const parts = [["Package", report.report_id], ["Audience", report.audience],
+    const scored = report.mode === "he-score";  // a brand model scored: no seed, no holdout
+    const parts = [["Package", report.report_id], [scored ? "Model" : "Audience", report.audience],
       ["Partner", report.partner], ["Mode", report.mode]];
     if (report.created_at) {
       parts.push(["Created", String(report.created_at).replace("T", " ").slice(0, 16) + " UTC"]);
@@ -524,7 +525,10 @@ _LOOKALIKE_SCRIPT = r"""
       meta.append(k + ": ");
       meta.append(tag("b", {}, String(v ?? "?")));
     });
-    const cards = [
+    const cards = scored ? [
+      ["Scored users", count(report.scored), "ranked under encryption into the tiers"],
+      ["Model features", count(report.features), "weights never left the brand node"],
+    ] : [
       ["Offered rows", count(report.offered), "partner users with an identifier"],
       ["Matched seeds", count(report.seeds), count(report.intersection) + " matched in all"],
       ["Holdout AUC", isNum(report.auc) ? report.auc.toFixed(3) : "—",

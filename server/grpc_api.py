@@ -16,7 +16,7 @@ from typing import Any, Protocol, TypeVar
 import grpc
 
 from cleanroom.federated.attribution.messages import AttrHello
-from cleanroom.federated.lookalike.messages import LookalikeHello
+from cleanroom.federated.lookalike.messages import LookalikeHello, ScoreHello
 from cleanroom.federated.paillier import PaillierPublicKey
 from cleanroom.matching.brand import BrandSession
 from cleanroom.matching.messages import Hello
@@ -38,7 +38,7 @@ from cleanroom.proto.errors import (
 from cleanroom.server.attribution import AttributionService, ConversionsUpload
 from cleanroom.server.audiences import AudienceService, AudienceUpload
 from cleanroom.server.errors import internal_message, internal_reference, nearest
-from cleanroom.server.lookalike import LookalikeService
+from cleanroom.server.lookalike import LookalikeService, ScoringService, register_model
 from cleanroom.server.matching import MatchingService
 from cleanroom.server.policy import PolicyChanges
 from cleanroom.server.store import Principal, SqlStore
@@ -317,9 +317,58 @@ async def _read_run(run: _Run, requests: AsyncIterator[Any], from_pb: Callable[.
 
 
 class LookalikeServicer(pb_grpc.LookalikeServiceServicer):
-    def __init__(self, store: SqlStore, lookalike: LookalikeService) -> None:
+    def __init__(
+        self, store: SqlStore, lookalike: LookalikeService, scoring: ScoringService
+    ) -> None:
         self._store = store
         self._service = lookalike
+        self._scoring = scoring
+
+    async def UploadModel(
+        self, request: pb.ModelUpload, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInfo:
+        try:
+            principal = authenticate(self._store, context)
+            record, replaced = await asyncio.to_thread(
+                register_model,
+                self._store,
+                principal,
+                request.name,
+                request.model_json,
+                replace=request.replace,
+            )
+            return serde.model_info_to_pb(record, replaced=replaced)
+        except Exception as exc:
+            await abort_with(context, exc)
+            raise AssertionError("unreachable") from exc
+
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
+        try:
+            principal = authenticate(self._store, context)
+            records = self._store.list_models(principal.tenant_id)
+            return pb.ListModelsResponse(models=[serde.model_info_to_pb(r) for r in records])
+        except Exception as exc:
+            await abort_with(context, exc)
+            raise AssertionError("unreachable") from exc
+
+    async def Score(
+        self,
+        request_iterator: AsyncIterator[pb.ScorePartnerMessage],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.ScoreBrandMessage]:
+        async for out in drive_run(
+            self._store,
+            request_iterator,
+            context,
+            hello=ScoreHello,
+            from_pb=serde.score_partner_from_pb,
+            to_pb=serde.score_brand_to_pb,
+            open_run=self._scoring.open,
+            finish=self._scoring.finish,
+        ):
+            yield out
 
     async def Run(
         self,

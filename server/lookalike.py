@@ -9,6 +9,12 @@ machine that owns the rounds. The package's metadata is stored (``conclude``)
 only once the partner reported its tiers, so a job that fails or is
 abandoned leaves none. The same submission key returns the stored package
 instead of running again (``AlreadyPackaged``).
+
+Brand models for HE scoring are registered by an admin (``register_model``)
+and scored by a partner (``open_score``): a job of its own that checks the
+partner token, the model, the partner's minimum set size and its session
+quota, then hands the servicer a ``BrandScoring`` state machine; its package
+is stored like a lookalike's, with mode ``he-score``.
 """
 
 from __future__ import annotations
@@ -26,12 +32,14 @@ from cleanroom.federated.lookalike.brand import (
     LookalikeOutcome,
     LookalikeRun,
 )
-from cleanroom.federated.lookalike.messages import LookalikeHello, LookalikeMode
+from cleanroom.federated.lookalike.brand_model import BrandModel, RegisteredModel
+from cleanroom.federated.lookalike.messages import LookalikeHello, LookalikeMode, ScoreHello
 from cleanroom.federated.lookalike.report import LookalikePrivacy, LookalikeReport, TierSummary
+from cleanroom.federated.lookalike.scoring import AlreadyScored, BrandScoring, ScoreOutcome
 from cleanroom.federated.paillier import PaillierPrivateKey, PaillierPublicKey, generate_keypair
 from cleanroom.matching.workers import RunJobs
-from cleanroom.proto.errors import FailedPrecondition, InvalidInput, PermissionDenied
-from cleanroom.server.audiences import AudienceService
+from cleanroom.proto.errors import FailedPrecondition, InvalidInput, NotFound, PermissionDenied
+from cleanroom.server.audiences import NAME_RE, AudienceService
 from cleanroom.server.policy import Policy
 from cleanroom.server.store import (
     AuditEntry,
@@ -47,6 +55,42 @@ from cleanroom.server.tenants import check_session_quota, end_run
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def partner_job(
+    store: SqlStore, principal: Principal, submission_key: str, what: str
+) -> tuple[Partner, Policy, str | None]:
+    """The partner a package job runs for, the policy in force for it, and the package a
+    repeated submission already has (None: a new job)."""
+    if principal.role is not Role.PARTNER:
+        raise PermissionDenied(f"{what} jobs need a partner token")
+    if len(submission_key) > 128:
+        raise InvalidInput("a submission key is at most 128 characters")
+    partnership = principal.partnership
+    tenant = store.get_tenant(principal.tenant_id)
+    partner = store.get_partner(principal.tenant_id, partnership.partner_id)
+    if tenant is None or partner is None:
+        raise PermissionDenied("this token's partner no longer exists")
+    existing = None
+    if submission_key:
+        found = store.find_lookalike(principal.tenant_id, submission_key, partner.partner_id)
+        existing = found.report_id if found is not None else None
+    return partner, tenant.policy.for_partner(partner), existing
+
+
+def store_package(
+    store: SqlStore, partner: Partner, report: LookalikeReport, submission_key: str
+) -> str:
+    """Keep a finished package's metadata; returns its id (a stored one for a repeat)."""
+    stored = store.put_report(
+        LookalikeRecord(
+            tenant_id=partner.tenant_id,
+            report=report,
+            submission_key=submission_key or report.report_id,
+            partner_id=partner.partner_id,
+        )
+    )
+    return stored.report_id
 
 
 @dataclass
@@ -71,22 +115,12 @@ class LookalikeService:
 
     def open(self, principal: Principal, hello: LookalikeHello) -> LookalikeRun:
         """Policy checks, then a job (or the stored package for a repeated submission)."""
-        if principal.role is not Role.PARTNER:
-            raise PermissionDenied("lookalike jobs need a partner token")
-        partnership = principal.partnership
-        if len(hello.submission_key) > 128:
-            raise InvalidInput("a submission key is at most 128 characters")
-        tenant = self.store.get_tenant(principal.tenant_id)
-        partner = self.store.get_partner(principal.tenant_id, partnership.partner_id)
-        if tenant is None or partner is None:
-            raise PermissionDenied("this token's partner no longer exists")
-        policy = tenant.policy.for_partner(partner)
-        if hello.submission_key:
-            existing = self.store.find_lookalike(
-                principal.tenant_id, hello.submission_key, partnership.partner_id
-            )
-            if existing is not None:
-                return AlreadyPackaged(existing.report_id)
+        partner, policy, existing = partner_job(
+            self.store, principal, hello.submission_key, "lookalike"
+        )
+        if existing is not None:
+            return AlreadyPackaged(existing)
+        partnership = partner.partnership
         self._check_privacy(policy, hello, partner)
         audience = self.audiences.get(principal, hello.audience)
         if (audience.seeds or 0) < policy.min_lookalike_seed:
@@ -212,15 +246,7 @@ class LookalikeService:
                 epsilon=hello.epsilon, delta=delta if hello.epsilon else 0.0, sigma=outcome.sigma
             ),
         )
-        stored = self.store.put_report(
-            LookalikeRecord(
-                tenant_id=partner.tenant_id,
-                report=report,
-                submission_key=hello.submission_key or package_id,
-                partner_id=partner.partner_id,
-            )
-        )
-        return stored.report_id
+        return store_package(self.store, partner, report, hello.submission_key)
 
     def finish(self, run: LookalikeRun) -> None:
         """The job's stream ended: record how, and stop what is left of its work."""
@@ -236,4 +262,164 @@ class LookalikeService:
             result=("package", job.package_id),
             now=self.clock(),
             intersection=run.intersection,
+        )
+
+
+# ------------------------------------------------------------------ brand models
+
+
+def register_model(
+    store: SqlStore,
+    principal: Principal,
+    name: str,
+    model_json: str,
+    *,
+    replace: bool = False,
+    now: datetime | None = None,
+) -> tuple[RegisteredModel, bool]:
+    """Store a brand model for HE scoring (admin only); returns it and whether it replaced
+    one of the same name. The weights stay on the node: partners see names and
+    quantization only."""
+    if principal.role is not Role.ADMIN:
+        raise PermissionDenied("registering a model needs an admin token")
+    if not NAME_RE.match(name):
+        raise InvalidInput(
+            f"invalid model name {name!r}: use 1-100 letters, digits, '.', '_' or '-',"
+            " starting with a letter or digit"
+        )
+    model = BrandModel.parse(model_json, f"model {name!r}")
+    record = RegisteredModel(uuid.uuid4().hex, principal.tenant_id, name, model, now or _now())
+    previous = store.put_model(record, replace_existing=replace)
+    store.audit(
+        AuditEntry(
+            principal.tenant_id,
+            principal.role.value,
+            "model.upload",
+            {"model": name, "features": list(model.names), "replaced": previous is not None},
+        )
+    )
+    return record, previous is not None
+
+
+@dataclass
+class _ScoreJob:
+    principal: Principal
+    package_id: str
+    started_at: datetime
+    model: str
+
+
+@dataclass
+class ScoringService:
+    """HE-scoring jobs of registered brand models (transport-free)."""
+
+    store: SqlStore
+    executor: Executor | None = None
+    key_bits: int = 2048
+    keygen: Callable[[int], tuple[PaillierPublicKey, PaillierPrivateKey]] = lambda bits: (
+        generate_keypair(bits)
+    )
+    clock: Callable[[], datetime] = _now
+    _live: dict[str, _ScoreJob] = field(default_factory=dict)
+
+    def open(self, principal: Principal, hello: ScoreHello) -> BrandScoring | AlreadyScored:
+        partner, policy, existing = partner_job(
+            self.store, principal, hello.submission_key, "scoring"
+        )
+        if existing is not None:
+            return AlreadyScored(existing)
+        partnership = partner.partnership
+        registered = self.store.get_model(principal.tenant_id, hello.model)
+        if registered is None:
+            raise NotFound(f"this brand has no model {hello.model!r}")
+        if hello.users < policy.min_partner_records:
+            # A handful of crafted users would let a partner probe the weights.
+            raise FailedPrecondition(
+                f"{hello.users} users are fewer than this brand's minimum of"
+                f" {policy.min_partner_records} for a partner set"
+            )
+        check_session_quota(self.store, partnership, policy, self.clock())
+        _public, private_key = self.keygen(self.key_bits)
+        session_id, package_id, started = uuid.uuid4().hex, uuid.uuid4().hex, self.clock()
+        run = BrandScoring(
+            session_id=session_id,
+            hello=hello,
+            model=registered.model,
+            private_key=private_key,
+            jobs=RunJobs(self.executor),
+            conclude=lambda outcome: self._store_package(
+                partner, hello, registered, package_id, started, outcome
+            ),
+        )
+        self.store.create_session(
+            SessionRecord(
+                session_id=session_id,
+                tenant_id=principal.tenant_id,
+                audience_id=registered.model_id,
+                protocol="score",
+                status="running",
+                declared_records=hello.users,
+                declared_points=0,
+                brand_points=0,
+                created_at=started,
+                partner_id=partnership.partner_id,
+            )
+        )
+        self.store.audit(
+            AuditEntry(
+                principal.tenant_id,
+                "partner",
+                "score.start",
+                {"session": session_id, "model": hello.model, "users": hello.users},
+                partner_id=partnership.partner_id,
+            )
+        )
+        self._live[session_id] = _ScoreJob(principal, package_id, started, hello.model)
+        return run
+
+    def _store_package(
+        self,
+        partner: Partner,
+        hello: ScoreHello,
+        registered: RegisteredModel,
+        package_id: str,
+        started: datetime,
+        outcome: ScoreOutcome,
+    ) -> str:
+        report = LookalikeReport(
+            report_id=package_id,
+            audience=registered.name,
+            model=registered.name,
+            partner=partner.name,
+            mode="he-score",
+            created_at=started,
+            finished_at=self.clock(),
+            offered=outcome.users,
+            intersection=0,
+            seeds=0,
+            features=len(registered.model.features),
+            train_rows=0,
+            holdout_rows=0,
+            scored=outcome.users,
+            tiers=tuple(
+                TierSummary(percent=p, size=size)
+                for p, size in zip(outcome.tiers, outcome.tier_sizes, strict=True)
+            ),
+            privacy=LookalikePrivacy(epsilon=0.0, delta=0.0, sigma=0.0),
+        )
+        return store_package(self.store, partner, report, hello.submission_key)
+
+    def finish(self, run: BrandScoring | AlreadyScored) -> None:
+        if not isinstance(run, BrandScoring):
+            return
+        job = self._live.pop(run.session_id)
+        end_run(
+            self.store,
+            run,
+            run.session_id,
+            job.principal,
+            protocol="score",
+            result=("package", job.package_id),
+            now=self.clock(),
+            intersection=0,
         )

@@ -33,7 +33,7 @@ from cleanroom.server.grpc_api import (
     LookalikeServicer,
     MatchingServicer,
 )
-from cleanroom.server.lookalike import LookalikeService
+from cleanroom.server.lookalike import LookalikeService, ScoringService
 from cleanroom.server.matching import MatchingService
 from cleanroom.server.settings import ServerSettings
 from cleanroom.server.store import SqlStore
@@ -92,8 +92,9 @@ class BrandNode:
         pb_grpc.add_AttributionServiceServicer_to_server(
             AttributionServicer(self.store, attribution), server
         )
+        scoring = ScoringService(self.store, executor=self._pool.executor)
         pb_grpc.add_LookalikeServiceServicer_to_server(
-            LookalikeServicer(self.store, lookalike), server
+            LookalikeServicer(self.store, lookalike, scoring), server
         )
         health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)

@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import math
 import re
@@ -89,6 +90,7 @@ from cleanroom.proto.errors import (
 )
 from cleanroom.server.dashboard import ATTRIBUTION, LOOKALIKE, PageKind, render_page
 from cleanroom.server.errors import internal_message, internal_reference, nearest
+from cleanroom.server.lookalike import register_model
 from cleanroom.server.policy import MinPartnerRecords, PolicyChanges, SessionsPerDay, describe
 from cleanroom.server.store import (
     AudienceRecord,
@@ -352,6 +354,16 @@ class NewPartner(BaseModel):
     min_partner_records: MinPartnerRecords | None = None
 
 
+class NewModel(BaseModel):
+    """A brand model to register: ``model`` is the model file's JSON object."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="1 to 100 letters, digits, '.', '_' or '-'")
+    model: dict[str, Any] = Field(description="features (name, min, max, levels), weights")
+    replace: bool = False
+
+
 def _find_report(store: SqlStore, who: Principal, report_id: str) -> ReportRecord:
     found = store.get_report(who.tenant_id, report_id) if REPORT_ID.fullmatch(report_id) else None
     if found is None:
@@ -513,6 +525,33 @@ def create_app(store: SqlStore) -> FastAPI:
     )
     def get_lookalike(package_id: str, who: Reader) -> LookalikeReport:
         return _find_lookalike(store, who, package_id).report
+
+    # ------------------------------------------------------------ brand models
+
+    @app.get(
+        "/v1/models",
+        summary="The brand's models for HE scoring: features and quantization, no weights",
+    )
+    def list_models(who: Reader) -> list[dict[str, Any]]:
+        return [m.public_json() for m in store.list_models(who.tenant_id)]
+
+    @app.get("/v1/models/{name}", summary="One brand model's public part (no weights)")
+    def get_model(name: str, who: Reader) -> dict[str, Any]:
+        found = store.get_model(who.tenant_id, name)
+        if found is None:
+            raise NotFound(f"this brand has no model {name!r}")
+        return found.public_json()
+
+    @app.post(
+        "/v1/models",
+        status_code=201,
+        summary="Register a brand model (admin only; audited); the answer has no weights",
+    )
+    def add_model(new: NewModel, who: Admin) -> dict[str, Any]:
+        record, replaced = register_model(
+            store, who, new.name, json.dumps(new.model), replace=new.replace
+        )
+        return record.public_json(replaced=replaced)
 
     # ------------------------------------------------- ledger, audit, policy
 

@@ -23,6 +23,9 @@ each):
   A report is the typed ``AttributionReport`` (its id is 1 to 64 characters
   of ``[A-Za-z0-9_-]``, its numbers finite), stored as its JSON and read back
   equal.
+- A brand model (``RegisteredModel``, for HE scoring) is named uniquely within its
+  tenant, stored as its JSON and read back equal; ``put_model`` replaces one of the
+  same name only when asked, in one transaction.
 - The epsilon ledger is append-only. ``charge_epsilon`` checks and charges
   in one step that concurrent charges cannot interleave: it refuses with
   ``BudgetExceeded`` (and charges nothing) when the partnership's spent
@@ -82,6 +85,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from cleanroom.federated.attribution.report import REPORT_ID, AttributionReport
+from cleanroom.federated.lookalike.brand_model import BrandModel, RegisteredModel
 from cleanroom.federated.lookalike.report import LookalikeReport
 from cleanroom.proto.errors import (
     AlreadyExists,
@@ -452,6 +456,16 @@ class _ConversionSetRow(_Base):
     events: Mapped[int] = mapped_column(BigInteger)
     customers: Mapped[int] = mapped_column(BigInteger)
     identifiers: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class _ModelRow(_Base):
+    __tablename__ = "models"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
+    model_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.tenant_id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    body: Mapped[str] = mapped_column(Text)  # the model's JSON (BrandModel.dumps)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
@@ -1221,6 +1235,63 @@ class SqlStore:
                 )
             ).first()
             return self._conversion_set(row) if row else None
+
+    # ---------------------------------------------------------------- models
+
+    def put_model(
+        self, record: RegisteredModel, *, replace_existing: bool = False
+    ) -> RegisteredModel | None:
+        """Store ``record``; returns the model it replaced, if any (same rules as audiences)."""
+        with self._tx() as s:
+            old = s.scalars(
+                select(_ModelRow).where(
+                    _ModelRow.tenant_id == record.tenant_id, _ModelRow.name == record.name
+                )
+            ).first()
+            previous = self._model(old) if old else None
+            if old is not None:
+                if not replace_existing:
+                    raise AlreadyExists(
+                        f"model {record.name!r} already exists; upload with --replace to replace it"
+                    )
+                s.delete(old)
+                s.flush()
+            s.add(
+                _ModelRow(
+                    model_id=record.model_id,
+                    tenant_id=record.tenant_id,
+                    name=record.name,
+                    body=record.model.dumps(),
+                    created_at=record.created_at,
+                )
+            )
+        return previous
+
+    def get_model(self, tenant_id: str, name: str) -> RegisteredModel | None:
+        with self._tx() as s:
+            row = s.scalars(
+                select(_ModelRow).where(_ModelRow.tenant_id == tenant_id, _ModelRow.name == name)
+            ).first()
+            return self._model(row) if row else None
+
+    def list_models(self, tenant_id: str) -> list[RegisteredModel]:
+        with self._tx() as s:
+            rows = s.scalars(
+                select(_ModelRow).where(_ModelRow.tenant_id == tenant_id).order_by(_ModelRow.name)
+            ).all()
+            return [self._model(r) for r in rows]
+
+    @staticmethod
+    def _model(row: _ModelRow) -> RegisteredModel:
+        created = _utc(row.created_at)
+        assert created is not None
+        return RegisteredModel(
+            model_id=row.model_id,
+            tenant_id=row.tenant_id,
+            name=row.name,
+            model=BrandModel.parse(row.body, f"stored model {row.name!r}"),
+            created_at=created,
+        )
 
     @staticmethod
     def _conversion_set(row: _ConversionSetRow) -> ConversionSetRecord:

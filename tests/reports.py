@@ -119,3 +119,29 @@ def sample_lookalike(tenant_id: str, partner_id: str | None = None) -> Lookalike
         }
     )
     return LookalikeRecord(tenant_id, report, submission_key=package_id, partner_id=partner_id)
+
+
+def sample_scored(tenant_id: str) -> LookalikeRecord:
+    """An HE-scoring package: a brand model's tiers, no seed, no holdout, no metrics."""
+    package_id = uuid.uuid4().hex
+    report = LookalikeReport.model_validate(
+        {
+            "report_id": package_id,
+            "audience": "ltv_model",
+            "model": "ltv_model",
+            "partner": "default",
+            "mode": "he-score",
+            "created_at": "2026-12-01T08:00:00+00:00",
+            "finished_at": "2026-12-01T08:03:00+00:00",
+            "offered": 400_000,
+            "intersection": 0,
+            "seeds": 0,
+            "features": 20,
+            "train_rows": 0,
+            "holdout_rows": 0,
+            "scored": 400_000,
+            "tiers": [{"percent": 1.0, "size": 4_000}, {"percent": 5.0, "size": 20_000}],
+            "privacy": {"epsilon": 0.0, "delta": 0.0, "sigma": 0.0},
+        }
+    )
+    return LookalikeRecord(tenant_id, report, submission_key=package_id)

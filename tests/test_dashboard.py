@@ -21,7 +21,7 @@ import pytest
 
 from cleanroom.server.store import Role
 from tests.conftest import Node
-from tests.reports import sample_body, sample_lookalike, sample_report
+from tests.reports import sample_body, sample_lookalike, sample_report, sample_scored
 
 CHROMIUM = os.environ.get("CLEANROOM_CHROMIUM", "/usr/bin/chromium")
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source"}
@@ -234,6 +234,27 @@ def test_the_lookalike_dashboard_draws_the_tier_curve(
     assert parsed.having("random")
     for text in ("0.812", "vip_customers", "hidden-seed", "5.20\u00d7", "top 10%", "100,000"):
         assert text in dom, text
+
+
+def test_an_he_scoring_package_shows_its_model_and_tiers(node: Node, tmp_path: Path) -> None:
+    store = node.store()
+    tenant = store.find_tenant("acme")
+    assert tenant is not None
+    pid = store.put_report(sample_scored(tenant.tenant_id)).report_id
+    store.close()
+    token = node.tokens["acme"][Role.ANALYST]
+    dom = run_chromium(
+        tmp_path, f"{node.http}/dashboard/lookalikes/{pid}#token={token}", "--dump-dom"
+    ).stdout
+    assert 'data-state="ready"' in dom, dom[-3000:]
+    parsed = Elements()
+    parsed.feed(dom)
+    tiers = [a for a, _ in parsed.having("tier")]
+    assert [int(a["data-size"]) for a in tiers] == [4_000, 20_000]
+    for text in ("Model: ", "ltv_model", "he-score", "weights never left the brand node"):
+        assert text in dom, text
+    # No seed or holdout card: those words appear only in the page's script.
+    assert dom.count("Matched seeds") == 1 and dom.count("Holdout AUC") == 1
 
 
 def test_the_lookalike_dashboard_refuses_another_tenant(

@@ -20,6 +20,7 @@ import pytest
 from sqlalchemy import create_engine
 
 from cleanroom.federated.attribution.report import AttributionReport
+from cleanroom.federated.lookalike.brand_model import BrandModel, ModelFeature, RegisteredModel
 from cleanroom.proto.errors import (
     AlreadyExists,
     BudgetExceeded,
@@ -163,6 +164,29 @@ def test_replacing_an_audience_is_explicit_and_atomic(store: SqlStore) -> None:
     assert store.put_audience(second, replace_existing=True) == first
     assert store.get_audience(t.tenant_id, "crm") == second
     assert len(store.list_audiences(t.tenant_id)) == 1
+
+
+def test_models_are_tenant_scoped_read_back_equal_and_replaced_only_when_asked(
+    store: SqlStore,
+) -> None:
+    acme, other = store.create_tenant("acme"), store.create_tenant("other")
+    model = BrandModel(
+        (ModelFeature("app_user"), ModelFeature("visits", 0.0, 30.0, 16)), (1.25, -0.0813), -2.5
+    )
+    when = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
+    first = RegisteredModel("m1", acme.tenant_id, "ltv", model, when)
+    assert store.put_model(first) is None
+    assert store.get_model(acme.tenant_id, "ltv") == first
+    assert store.get_model(other.tenant_id, "ltv") is None
+    assert store.list_models(other.tenant_id) == []
+    second = RegisteredModel(
+        "m2", acme.tenant_id, "ltv", BrandModel(model.features, (0.5, 0.25), 0.0), when
+    )
+    with pytest.raises(AlreadyExists, match="--replace"):
+        store.put_model(second)
+    assert store.get_model(acme.tenant_id, "ltv") == first
+    assert store.put_model(second, replace_existing=True) == first
+    assert store.list_models(acme.tenant_id) == [second]
 
 
 def test_sessions_are_tenant_scoped_and_countable(store: SqlStore) -> None:

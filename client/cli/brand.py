@@ -29,12 +29,58 @@ audience_app = typer.Typer(
 )
 conversions_app = typer.Typer(help="Brand conversions for attribution: hashed here, uploaded.")
 policy_app = typer.Typer(help="The tenant's privacy policy (admin token).")
+model_app = typer.Typer(
+    help="Brand models for HE scoring: partners rank their users without seeing the weights."
+)
 
 
 def register(app: typer.Typer) -> None:
     app.add_typer(audience_app, name="audience")
     app.add_typer(conversions_app, name="conversions")
     app.add_typer(policy_app, name="policy")
+    app.add_typer(model_app, name="model")
+
+
+@model_app.command("upload")
+def model_upload(
+    server: Server,
+    token: Token,
+    name: Annotated[str, typer.Option("--name", help="Model name partners score by.")],
+    file: Annotated[
+        Path,
+        typer.Option("--file", help="model.json: features (name, min, max, levels), weights."),
+    ],
+    replace: Annotated[bool, typer.Option("--replace")] = False,
+    tls_dir: TlsDir = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Register a logistic model (admin token); its weights never leave the node."""
+    from cleanroom.client.scoring import upload_model
+
+    with errors():
+        info = upload_model(connection(server, token, tls_dir), name, file, replace=replace)
+    if as_json:
+        print_json(info)
+        return
+    verb = "replaced" if info["replaced"] else "registered"
+    names = ", ".join(f["name"] for f in info["features"])
+    out.print(f"model [bold]{info['name']}[/] {verb}: {len(info['features'])} features ({names})")
+
+
+@model_app.command("list")
+def model_list(
+    server: Server, token: Token, tls_dir: TlsDir = None, as_json: JsonOut = False
+) -> None:
+    """The brand's registered models: names, features and quantization (no weights)."""
+    from cleanroom.client.scoring import list_models
+
+    with errors():
+        models = list_models(connection(server, token, tls_dir))
+    if as_json:
+        print_json(models)
+        return
+    for m in models:
+        out.print(f"{m['name']}  {len(m['features'])} features  {m['created_at']}")
 
 
 @audience_app.command("upload")

@@ -350,3 +350,55 @@ def partner_lookalike(
         lift = (metrics.get("lift_at") or {}).get(key)
         shown = f", lift {lift:.2f}x" if lift is not None else ""
         out.print(f"top {key}%: {tier['size']} users{shown} -> {tier['path']}")
+
+
+@partner_app.command("score")
+def partner_score(
+    server: Server,
+    token: Token,
+    model: Annotated[str, typer.Option("--model", help="The brand's registered model.")],
+    features: Annotated[
+        Path, typer.Option("--features", help="Features CSV/Parquet, one row per user.")
+    ],
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory for the tiers.")],
+    user_column: Annotated[str, typer.Option("--user-column")] = "user_id",
+    tiers: Annotated[str, typer.Option("--tiers", help="Nested tiers, percent.")] = "1,2,5,10",
+    workers: Annotated[int | None, typer.Option("--workers")] = None,
+    tls_dir: TlsDir = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Rank this partner's users by a brand model under encryption, into nested tiers."""
+    from cleanroom.client.lookalike import parse_tiers
+    from cleanroom.client.scoring import ScoreRequest, prepare_score, run_score
+    from cleanroom.federated.lookalike.scoring import ScoreProgress
+    from cleanroom.matching.workers import CryptoPool
+
+    with errors():
+        request = ScoreRequest(
+            model=model,
+            features=features,
+            out_dir=out_dir,
+            user_column=user_column,
+            tiers=parse_tiers(tiers),
+        )
+        with CryptoPool.processes(workers) as pool, progress_bars(not as_json) as progress:
+            prepared = prepare_score(request, pool.executor)
+            phase = progress.add_task("waiting for the brand node", total=None)
+            sent = progress.add_task("encrypted scores sent", total=None, visible=False)
+
+            def on_progress(p: ScoreProgress) -> None:
+                progress.update(phase, description=p.phase)
+                if p.ciphertexts_total:
+                    progress.update(
+                        sent, completed=p.ciphertexts_sent, total=p.ciphertexts_total, visible=True
+                    )
+
+            manifest = asyncio.run(
+                run_score(connection(server, token, tls_dir), prepared, on_progress)
+            )
+    if as_json:
+        print_json(manifest)
+        return
+    out.print(f"package [bold]{manifest['package_id']}[/] (he-score, model {model})")
+    for tier in manifest.get("tiers", []):
+        out.print(f"top {tier['percent']:g}%: {tier['size']} users -> {tier['path']}")

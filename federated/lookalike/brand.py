@@ -146,6 +146,15 @@ class AlreadyPackaged:
         pass
 
 
+def check_tiers(tiers: tuple[float, ...]) -> None:
+    if (
+        not 1 <= len(tiers) <= MAX_TIERS
+        or not all(0 < t <= 100 for t in tiers)
+        or list(tiers) != sorted(set(tiers))
+    ):
+        raise InvalidInput(f"tiers are 1..{MAX_TIERS} ascending percentages in (0, 100]")
+
+
 def check_hello(hello: LookalikeHello, modes: tuple[LookalikeMode, ...]) -> None:
     """The partner's request against the protocol's limits and the brand's allowed modes."""
     if hello.mode not in modes:
@@ -160,13 +169,7 @@ def check_hello(hello: LookalikeHello, modes: tuple[LookalikeMode, ...]) -> None
         raise ProtocolError("the partner offers no rows")
     if not 1 <= hello.features <= MAX_FEATURES:
         raise InvalidInput(f"a model has 1..{MAX_FEATURES} features, not {hello.features}")
-    tiers = hello.tiers
-    if (
-        not 1 <= len(tiers) <= MAX_TIERS
-        or not all(0 < t <= 100 for t in tiers)
-        or list(tiers) != sorted(set(tiers))
-    ):
-        raise InvalidInput(f"tiers are 1..{MAX_TIERS} ascending percentages in (0, 100]")
+    check_tiers(hello.tiers)
     if not 0 <= hello.holdout <= MAX_HOLDOUT:
         raise InvalidInput(f"the holdout is a share of 0 to {MAX_HOLDOUT}, not {hello.holdout}")
     if 0 < hello.holdout_rows < MIN_HOLDOUT_ROWS:

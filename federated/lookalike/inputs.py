@@ -37,7 +37,7 @@ class PartnerUsers:
     features: IntFeatures  # same rows as ``user_ids``
 
 
-def _unique_users(ids: np.ndarray, where: str) -> None:
+def unique_users(ids: np.ndarray, where: str) -> None:
     if len(ids) and (ids == "").any():
         row = int(np.flatnonzero(ids == "")[0])
         raise InvalidInput(f"{where}, row {row + 1}: the user id is empty")
@@ -82,9 +82,9 @@ def load_partner_users(
         users_path, id_columns, options, keep=[user_column], on_rows=on_rows
     )
     user_ids = np.asarray([str(u).strip() for u in kept[user_column]], dtype=object)
-    _unique_users(user_ids, f"users file {users_path}")
+    unique_users(user_ids, f"users file {users_path}")
     keys = frame[user_column].astype(str).str.strip().to_numpy(dtype=object)
-    _unique_users(keys, f"feature file {features_path}")
+    unique_users(keys, f"feature file {features_path}")
     index = pd.Index(keys).get_indexer(pd.Index(user_ids))
     if (index < 0).any():
         missing = user_ids[int(np.flatnonzero(index < 0)[0])]

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 
+from cleanroom.federated.lookalike.brand_model import ModelFeature
+
 DEFAULT_TIERS = (1.0, 2.0, 5.0, 10.0)
 MASK_SLACK_BITS = 40  # statistical hiding of a masked sum: 2^-40
 
@@ -190,3 +192,68 @@ LookalikeBrandMessage = (
     | LookalikeMetrics
     | LookalikeDone
 )
+
+
+# ------------------------------------------------------------------ HE scoring
+
+
+class ScoreRound(StrEnum):
+    HELLO = "hello"
+    SCORES = "scores"  # P streams its packed, masked, encrypted scores
+    TIERS = "tiers"  # B ranks them and sends a tier per shuffled position
+    PACKAGE = "package"
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreHello:
+    """P -> B: score ``users`` of P's users with the brand's model ``model``."""
+
+    model: str
+    users: int
+    tiers: tuple[float, ...] = DEFAULT_TIERS
+    submission_key: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreAccepted:
+    """B -> P: the model's public part (features, quantization) and its weights encrypted.
+
+    ``weights`` are ``Enc(W_j)``, ``constant`` is ``Enc(C)`` (fixed point, see
+    ``brand_model.BrandModel.fixed_point``); P packs ``slots`` users' masked
+    scores per ciphertext, 64 bits each, at most ``chunk_size`` ciphertexts per
+    ``ScoreChunk``."""
+
+    session_id: str
+    public_key_n: int
+    features: tuple[ModelFeature, ...]
+    weights: tuple[int, ...]
+    constant: int
+    slots: int
+    chunk_size: int
+    package_id: str = ""  # set when this submission already has a package
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreChunk:
+    """P -> B: packed ``Enc(Σ_k v_k 2^(64k))`` of consecutive shuffled positions, where
+    ``v = a·(score + 2^SCORE_BITS) + c + e`` hides each score behind P's secret
+    order-preserving mask (fixed width, n² bytes each, re-randomized)."""
+
+    seq: int
+    ciphertexts: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreTiers:
+    """B -> P: one byte per shuffled position from ``start``: the 1-based index of the
+    smallest tier holding it, 0 for none."""
+
+    seq: int
+    start: int
+    tiers: bytes
+
+
+ScorePartnerMessage = ScoreHello | ScoreChunk | PackageSummary
+ScoreBrandMessage = ScoreAccepted | ScoreTiers | LookalikeDone

@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 from cleanroom.federated.lookalike.features import FeaturePipeline
 from cleanroom.federated.lookalike.messages import LookalikeMetrics, LookalikeMode
 from cleanroom.federated.lookalike.partner import LookalikePackage
+from cleanroom.federated.lookalike.scoring import ScoredTiers
 from cleanroom.proto.errors import InvalidInput
 
 MANIFEST = "manifest.json"
@@ -135,9 +136,7 @@ class PackageWriter:
             raise InvalidInput("no package was written")
         staging, package = self._staging, self.package
         (staging / "model.json").write_text(json.dumps(self._model(package, package_id), indent=2))
-        for item in sorted(staging.iterdir()):
-            os.replace(item, self.out_dir / item.name)
-        staging.rmdir()
+        _move_into(staging, self.out_dir)
         self._staging = None
         manifest = {
             "package_id": package_id,
@@ -162,6 +161,78 @@ class PackageWriter:
         if self._staging is not None:
             shutil.rmtree(self._staging, ignore_errors=True)
             self._staging = None
+
+
+class ScoredTiersWriter:
+    """Writes an HE-scoring job's tiers under ``out_dir``, staged like ``PackageWriter``:
+    ``top_<p>pct.csv`` / ``.parquet`` hold the tier's user ids (``user_id, tier``: the
+    smallest tier holding the user, best tier first; the partner never sees a score, so
+    there is no rank within a tier) and ``manifest.json`` what ``partner score --json``
+    prints."""
+
+    def __init__(self, out_dir: Path, user_ids: np.ndarray, model: str) -> None:
+        self.out_dir = Path(out_dir)
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise InvalidInput(f"--out {self.out_dir} exists and is not a directory")
+        self.user_ids = user_ids
+        self.model = model
+        self._staging: Path | None = None
+        self._tiers: list[dict[str, Any]] = []
+
+    def write(self, result: ScoredTiers) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        staging = self.out_dir / f".staging-{secrets.token_hex(6)}"
+        staging.mkdir()
+        self._staging = staging
+        percent_of = np.asarray([0.0, *result.tiers])
+        self._tiers = []
+        for t, (percent, size) in enumerate(zip(result.tiers, result.tier_sizes, strict=True)):
+            inside = (result.tier_of_user >= 1) & (result.tier_of_user <= t + 1)
+            rows = np.flatnonzero(inside)
+            rows = rows[np.argsort(result.tier_of_user[rows], kind="stable")]
+            table = pa.table(
+                {
+                    "user_id": pa.array(self.user_ids[rows].astype(str), pa.string()),
+                    "tier": pa.array(percent_of[result.tier_of_user[rows]]),
+                }
+            )
+            name = tier_name(percent)
+            pa_csv.write_csv(table, staging / f"{name}.csv")
+            pq.write_table(table, staging / f"{name}.parquet")
+            self._tiers.append(
+                {
+                    "percent": percent,
+                    "size": size,
+                    "path": str(self.out_dir / f"{name}.csv"),
+                    "parquet": str(self.out_dir / f"{name}.parquet"),
+                }
+            )
+
+    def commit(self, package_id: str, users: int) -> dict[str, Any]:
+        if self._staging is None:
+            raise InvalidInput("no package was written")
+        _move_into(self._staging, self.out_dir)
+        self._staging = None
+        manifest = {
+            "package_id": package_id,
+            "mode": "he-score",
+            "model": self.model,
+            "scored": users,
+            "tiers": self._tiers,
+        }
+        _write_atomically(self.out_dir / MANIFEST, json.dumps(manifest, indent=2))
+        return manifest
+
+    def abort(self) -> None:
+        if self._staging is not None:
+            shutil.rmtree(self._staging, ignore_errors=True)
+            self._staging = None
+
+
+def _move_into(staging: Path, out_dir: Path) -> None:
+    for item in sorted(staging.iterdir()):
+        os.replace(item, out_dir / item.name)
+    staging.rmdir()
 
 
 def metrics_json(metrics: LookalikeMetrics | None, tiers: tuple[float, ...]) -> dict[str, Any]:

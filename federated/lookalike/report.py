@@ -33,7 +33,11 @@ class LookalikePrivacy(BaseModel):
 
 
 class LookalikeReport(BaseModel):
-    """A finished lookalike job as the brand sees it."""
+    """A finished lookalike job as the brand sees it.
+
+    ``he-score`` packages come from HE scoring of a brand model (``model``):
+    nothing was matched or trained, so ``intersection``, ``seeds`` and the
+    training and holdout counts are 0 and there are no quality metrics."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -41,7 +45,8 @@ class LookalikeReport(BaseModel):
     kind: Literal["lookalike"] = "lookalike"
     audience: str
     partner: str
-    mode: Literal["hidden-seed", "matched"]
+    mode: Literal["hidden-seed", "matched", "he-score"]
+    model: str | None = Field(default=None, description="he-score: the brand model scored")
     created_at: datetime = Field(description="when the job started")
     finished_at: datetime
     offered: int = Field(ge=0, description="partner rows offered (users with an identifier)")
