@@ -58,11 +58,13 @@ def check_packed(n: int, packed: bytes, width: int) -> int:
 
 
 def decrypt_packed(
-    private_key_json: str, min_bits: int, packed: bytes, width: int, plain_bytes: int
+    private_key_json: str, min_bits: int, packed: bytes, width: int, slots: int, slot_bits: int
 ) -> bytes:
-    """Every ciphertext of ``packed`` decrypted to its raw residue, as ``plain_bytes``
-    little-endian bytes each (a packed plaintext of that size, or InvalidCiphertextError)."""
+    """Every ciphertext of ``packed`` decrypted and split into ``slots`` fields of
+    ``slot_bits`` (little end first), as little-endian uint64 each; a plaintext wider
+    than the packing is an InvalidCiphertextError."""
     key = _owner_key(private_key_json, min_bits)
+    mask = (1 << slot_bits) - 1
     out = bytearray()
     for i in range(len(packed) // width):
         c = int.from_bytes(packed[i * width : (i + 1) * width], "big")
@@ -70,11 +72,11 @@ def decrypt_packed(
             m = key.decrypt_raw(c)
         except InvalidCiphertextError as exc:
             raise InvalidCiphertextError(str(exc), i) from exc
-        if m.bit_length() > 8 * plain_bytes:
+        if m.bit_length() > slots * slot_bits:
             raise InvalidCiphertextError(
-                f"the plaintext has {m.bit_length()} bits, more than a packing of"
-                f" {8 * plain_bytes}",
+                f"the plaintext has {m.bit_length()} bits, more than {slots} slots of {slot_bits}",
                 i,
             )
-        out += m.to_bytes(plain_bytes, "little")
+        for k in range(slots):
+            out += ((m >> (slot_bits * k)) & mask).to_bytes(8, "little")
     return bytes(out)

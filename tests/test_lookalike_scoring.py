@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from cleanroom.federated.lookalike.aggregates import tier_sizes
-from cleanroom.federated.lookalike.brand_model import BrandModel, ModelFeature
+from cleanroom.federated.lookalike.brand_model import SCORE_BITS, BrandModel, ModelFeature
 from cleanroom.federated.lookalike.messages import (
     PackageSummary,
     ScoreAccepted,
@@ -173,7 +173,7 @@ def test_the_partner_never_sees_the_model_nor_the_brand_a_plain_score(
     )[partner._order]
     seen = values.astype(np.float64)
     assert not np.isin(fixed.astype(np.float64), seen).any()
-    assert not np.isin(fixed + 2.0**40, seen).any()
+    assert not np.isin(fixed + 2.0**SCORE_BITS, seen).any()
     distinct = np.diff(np.sort(fixed)) > 0
     assert distinct.any()
     order_plain = np.argsort(fixed, kind="stable")

@@ -33,7 +33,7 @@ import numpy as np
 
 from cleanroom.proto.errors import InvalidInput
 
-SCORE_BITS = 40  # |fixed-point score| < 2^SCORE_BITS (the scale only fixes the ranking's grain)
+SCORE_BITS = 32  # |fixed-point score| < 2^SCORE_BITS (the scale only fixes the ranking's grain)
 MAX_LEVELS = 64
 MAX_MODEL_FEATURES = 1024
 MAX_NAME = 200

@@ -222,7 +222,7 @@ class ScoreAccepted:
 
     ``weights`` are ``Enc(W_j)``, ``constant`` is ``Enc(C)`` (fixed point, see
     ``brand_model.BrandModel.fixed_point``); P packs ``slots`` users' masked
-    scores per ciphertext, 64 bits each, at most ``chunk_size`` ciphertexts per
+    scores per ciphertext, ``scoring.SLOT_BITS`` each, at most ``chunk_size`` ciphertexts per
     ``ScoreChunk``."""
 
     session_id: str
@@ -237,7 +237,7 @@ class ScoreAccepted:
 
 @dataclass(frozen=True, slots=True)
 class ScoreChunk:
-    """P -> B: packed ``Enc(Σ_k v_k 2^(64k))`` of consecutive shuffled positions, where
+    """P -> B: packed ``Enc(Σ_k v_k 2^(SLOT_BITS·k))`` of consecutive shuffled positions, where
     ``v = a·(score + 2^SCORE_BITS) + c + e`` hides each score behind P's secret
     order-preserving mask (fixed width, n² bytes each, re-randomized)."""
 

@@ -9,15 +9,17 @@ One job (``ScoreRound``):
    feature and ``Enc(C)`` — the model in fixed point
    (``BrandModel.fixed_point``), never in the clear.
 3. ``ScoreChunk`` (P): P shuffles its users with a secret permutation and
-   draws a secret mask ``a`` (20 bits), ``c`` (60 bits) and per user
-   ``e < a``. It builds per-feature tables ``Enc(W_j)^(a·q·2^(64k))`` for
+   draws a secret mask ``a`` (16 bits), ``c`` (48 bits) and per user
+   ``e < a``. It builds per-feature tables ``Enc(W_j)^(a·q·2^(52k))`` for
    every quantization level ``q`` and slot ``k`` (squarings and products,
    no fresh exponentiation per user), multiplies each user's entries into
-   the ciphertext of its slot, adds ``a·2^40 + c + e`` in the plaintext
+   the ciphertext of its slot, adds ``a·2^32 + c + e`` in the plaintext
    part and re-randomizes with a full ``r^n``. Slot ``k`` of a ciphertext
-   then holds ``v = a·(s + 2^40) + c + e`` for the user's fixed-point score
-   ``s``: positive, below ``2^62``, in the same order as ``s`` (``e < a``
-   only breaks ties, at random), 31 users per 2048-bit ciphertext.
+   then holds ``v = a·(s + 2^32) + c + e`` for the user's fixed-point score
+   ``s``: positive, below ``2^50``, in the same order as ``s`` (``e < a``
+   only breaks ties, at random), 39 users per 2048-bit ciphertext (the
+   full re-randomization of each ciphertext is most of the cost, so the
+   slots are as narrow as the mask allows).
 4. ``ScoreTiers`` (B): B decrypts every ciphertext, ranks the masked values
    and answers with one tier index per shuffled position.
 5. ``PackageSummary`` (P) after un-shuffling and writing its tiers; B stores
@@ -71,9 +73,9 @@ from cleanroom.matching.session import OrderedResults, Progress, RoundMachine, i
 from cleanroom.matching.workers import RunJobs
 from cleanroom.proto.errors import InvalidInput, ProtocolError
 
-SLOT_BITS = 64
-MASK_BITS = 20  # the slope a of the mask: 2^19 <= a < 2^20
-OFFSET_BITS = 60  # the mask's offset c < 2^60; v < 2^62 fits a slot with room to spare
+SLOT_BITS = 52
+MASK_BITS = 16  # the slope a of the mask: 2^15 <= a < 2^16
+OFFSET_BITS = 48  # the mask's offset c < 2^48; v < 2^50 fits a slot with room to spare
 SCORE_CHUNK = 512  # ciphertexts per ScoreChunk (and per worker job)
 TIERS_CHUNK = 1 << 20
 MIN_SCORE_USERS = 2
@@ -107,7 +109,7 @@ def check_score_hello(hello: ScoreHello) -> None:
 
 
 def feature_table(n: int, weight: int, a: int, levels: int, slots: int) -> bytes:
-    """``Enc(W)^(a·q·2^(64k))`` for slot ``k < slots`` and level ``1 <= q < levels``,
+    """``Enc(W)^(a·q·2^(52k))`` for slot ``k < slots`` and level ``1 <= q < levels``,
     packed fixed-width (slot-major)."""
     n2 = mpz(n) * n
     width = (int(n2).bit_length() + 7) // 8
@@ -153,7 +155,9 @@ def packed_scores(
         for entry in index[start : start + slots].ravel().tolist():
             if entry >= 0:
                 acc = acc * table[entry] % n2
-        plain = mpz(int.from_bytes(offset[start : start + slots].tobytes(), "little"))
+        plain = mpz(0)
+        for k, value in enumerate(offset[start : start + slots].tolist()):
+            plain |= mpz(value) << (SLOT_BITS * k)
         acc = acc * (1 + plain * modulus) % n2
         out.append(acc)
     fresh = key.rerandomize_many([int(c) for c in out])
@@ -287,11 +291,8 @@ class BrandScoring(RoundMachine[ScoreRound]):
         self._seq += 1
         self.received += count
         bits = self.public_key.n.bit_length()
-        self._decrypted.put(
-            self._jobs.call(
-                decrypt_packed, self._key_json, bits, chunk.ciphertexts, width, self.slots * 8
-            )
-        )
+        job = (self._key_json, bits, chunk.ciphertexts, width, self.slots, SLOT_BITS)
+        self._decrypted.put(self._jobs.call(decrypt_packed, *job))
         if self.received == self.expected:
             self._decrypted.close()
 
@@ -299,8 +300,6 @@ class BrandScoring(RoundMachine[ScoreRound]):
         async for plain in self._decrypted:
             self._values.append(plain)
         values = np.frombuffer(b"".join(self._values), dtype="<u8")[: self.hello.users]
-        if values.size and int(values.max()) >= 1 << (SLOT_BITS - 1):
-            raise ProtocolError("a masked score fills its slot: not this protocol's packing")
         tiers = await asyncio.to_thread(nested_tiers, values, self.sizes)
         self.round = ScoreRound.TIERS
         for seq, start in enumerate(range(0, len(tiers), TIERS_CHUNK)):
