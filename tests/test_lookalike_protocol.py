@@ -398,7 +398,8 @@ def test_features_must_cover_every_user(world: Any, tmp_path: Path) -> None:
 
 
 def test_label_sums_equal_the_plaintext_sums(keys: tuple[Any, Any]) -> None:
-    """Bucketed sums over slices equal Xᵀy and Σy: 0/1 blocks, wide numerics, a zero column."""
+    """Bucketed sums over slices equal Xᵀy and Σy: 0/1 blocks, standardized flags (two
+    values far from 0 and 1), a constant, wide numerics, a zero column."""
     from cleanroom.federated.lookalike.aggregates import holdout_sums, label_sums, multiply
 
     pk, sk = keys
@@ -407,11 +408,14 @@ def test_label_sums_equal_the_plaintext_sums(keys: tuple[Any, Any]) -> None:
     y = rng.integers(0, 2, n)
     x = np.hstack(
         [
-            rng.integers(0, 2, (n, 11)),  # two blocks of 0/1 features
+            rng.integers(0, 2, (n, 11)),  # 0/1 features
+            np.where(rng.random((n, 2)) < 0.3, 583, 497),  # standardized flags
+            np.full((n, 1), 512),  # a constant
             rng.integers(0, 1025, (n, 2)),
             np.zeros((n, 1), dtype=np.int64),
         ]
     ).astype(np.int32)
+    x[:300, 12] = 497  # one slice sees only one of the flag's values
     width = pk.ciphertext_bytes
     packed = b"".join(c.to_bytes(width, "big") for c in sk.encrypt_many(y.tolist()))
     n2 = pk.n * pk.n
@@ -422,8 +426,9 @@ def test_label_sums_equal_the_plaintext_sums(keys: tuple[Any, Any]) -> None:
     ]
     total = multiply(n2, parts)
     assert sk.decrypt_many(total.ciphertexts) == [*(x.T @ y).tolist(), int(y.sum())]
-    # About one multiplication per row per numeric, and per row per 0/1 block.
-    assert total.multiplications < n * (2 + 2 + 1) + 4 * 1025 * 2 + 2 * 256 * 11
+    # About one multiplication per row per numeric, and per row per block of eight
+    # two-valued features (15 here: two blocks), whatever their two values.
+    assert total.multiplications < n * (2 + 2 + 1) + 4 * 1025 * 2 + 2 * 256 * 15 + 2 * 15 * 40
     scores = rng.normal(size=n).round(1)  # ties
     sums = holdout_sums(n2, packed, width, scores, (1.0, 10.0, 50.0))
     seeds, rank_sum2, *top = sk.decrypt_many([sums.seeds, sums.rank_sum2, *sums.top])

@@ -3,8 +3,8 @@
 ``Enc(T_j) = Π_i Enc(y_i)^{x_ij}`` over the training rows (DESIGN.md §7),
 computed without one exponentiation per entry: ``label_sums`` buckets the
 rows of a slice (in a worker process) so that each row costs about one
-modular multiplication per numeric feature and one per block of eight 0/1
-features; ``multiply`` joins the slices.
+modular multiplication per numeric feature and one per block of eight
+two-valued features; ``multiply`` joins the slices.
 
 The holdout's quality metrics are sums too, so the brand decrypts a handful of
 numbers instead of a label per row (``holdout_sums``): with the holdout sorted
@@ -85,13 +85,16 @@ def label_sums(n2: int, packed_ciphertexts: bytes, width: int, values: np.ndarra
     """``Enc(T_j)`` for every feature ``j``, then ``Enc(Σy)``, over one slice of rows.
 
     ``packed_ciphertexts``: one fixed-width big-endian ``Enc(y_i)`` per row of
-    ``values`` (non-negative ints, rows x features). 0/1 features go in blocks
-    of ``BINARY_BLOCK``: rows are bucketed by their block's bit pattern (one
-    multiplication per row and block), then each feature multiplies the
-    buckets with its bit set. Any other feature buckets rows by value and
-    sums by parts, ``Π_v G_v^v = Π_k Π_{v ≥ k} G_v``: two multiplications per
-    possible value instead of an exponentiation each. An empty product is 1,
-    a valid encryption of 0 without randomness, which the caller masks.
+    ``values`` (non-negative ints, rows x features). Features with at most two
+    values in the slice, ``lo`` and ``hi`` (0/1 flags, one-hot columns, and a
+    standardized flag, whose two values are far from 0 and 1), go in blocks of
+    ``BINARY_BLOCK``: rows are bucketed by their block's pattern of ``x = hi``
+    (one multiplication per row and block), each feature multiplies the
+    buckets with its bit set into ``B_j``, and ``Enc(T_j) = Enc(Σy)^lo ·
+    B_j^(hi - lo)``. Any other feature buckets rows by value and sums by parts,
+    ``Π_v G_v^v = Π_k Π_{v ≥ k} G_v``: two multiplications per possible value
+    instead of an exponentiation each. An empty product is 1, a valid
+    encryption of 0 without randomness, which the caller masks.
     """
     modulus = mpz(n2)
     mults = _Mults()
@@ -103,13 +106,20 @@ def label_sums(n2: int, packed_ciphertexts: bytes, width: int, values: np.ndarra
         raise ValueError("feature values must be non-negative integers")
     d = values.shape[1]
     maxima = values.max(axis=0).tolist() if len(values) else [0] * d
+    minima = values.min(axis=0).tolist() if len(values) else [0] * d
+    everything = _product(cts, np.arange(len(cts)), modulus, mults)
+    total_y = everything if everything is not None else mpz(1)
+    two_valued = [
+        j
+        for j in range(d)
+        if maxima[j] <= 1 or not ((values[:, j] != minima[j]) & (values[:, j] != maxima[j])).any()
+    ]
     sums: list[mpz] = [mpz(1)] * d
-    binary = [j for j in range(d) if maxima[j] <= 1]
-    for first in range(0, len(binary), BINARY_BLOCK):
-        block = binary[first : first + BINARY_BLOCK]
+    for first in range(0, len(two_valued), BINARY_BLOCK):
+        block = two_valued[first : first + BINARY_BLOCK]
         codes = np.zeros(len(values), dtype=np.int64)
         for bit, j in enumerate(block):
-            codes |= values[:, j].astype(np.int64) << bit
+            codes |= (values[:, j] == maxima[j]).astype(np.int64) << bit if maxima[j] else 0
         buckets = _buckets(cts, codes, modulus, mults)
         for bit, j in enumerate(block):
             acc = mpz(1)
@@ -117,9 +127,18 @@ def label_sums(n2: int, packed_ciphertexts: bytes, width: int, values: np.ndarra
                 if code >> bit & 1:
                     acc = acc * c % modulus
                     mults.count += 1
+            lo, hi = minima[j], maxima[j]
+            if lo == hi:  # a constant: T_j = lo · Σy
+                acc = mults.powmod(total_y, lo, modulus)
+            else:
+                acc = mults.powmod(acc, hi - lo, modulus)
+                if lo:
+                    acc = acc * mults.powmod(total_y, lo, modulus) % modulus
+                    mults.count += 1
             sums[j] = acc
+    chosen = set(two_valued)
     for j in range(d):
-        if maxima[j] <= 1:
+        if j in chosen:
             continue
         buckets = _buckets(cts, values[:, j].astype(np.int64), modulus, mults)
         at_least = mpz(1)  # Π_{v >= k} G_v
@@ -133,8 +152,7 @@ def label_sums(n2: int, packed_ciphertexts: bytes, width: int, values: np.ndarra
                 total = total * at_least % modulus
                 mults.count += 1
         sums[j] = total
-    everything = _product(cts, np.arange(len(cts)), modulus, mults)
-    out = [int(c) for c in sums] + [int(everything if everything is not None else 1)]
+    out = [int(c) for c in sums] + [int(total_y)]
     return SliceSums(out, mults.count)
 
 
