@@ -50,7 +50,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from cleanroom.audiences.identifiers import NormalizeOptions, parse_id_columns
-from cleanroom.client.lookalike import LookalikeRequest, prepare_lookalike, run_lookalike
+from cleanroom.client.lookalike import (
+    LookalikeRequest,
+    prepare_lookalike,
+    run_lookalike,
+    shared_id_columns,
+)
 from cleanroom.client.scoring import ScoreRequest, prepare_score, run_score, upload_model
 from cleanroom.client.sdk import Connection, SeedLabels, upload_audience
 from cleanroom.federated.lookalike.messages import LookalikeMode
@@ -206,6 +211,7 @@ def main() -> int:
             RssSampler({"brand": node.process.pid, "partner": os.getpid()}) as rss,
         ):
             start = time.perf_counter()
+            request = shared_id_columns(Connection(node.target, node.tokens["partner"]), request)
             prepared = prepare_lookalike(request, pool.executor)
             logging.info("partner read its files in %.1f s", time.perf_counter() - start)
             manifest = asyncio.run(

@@ -8,6 +8,7 @@ lands in ``--out`` only once the brand node confirmed it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Callable, Sequence
@@ -18,12 +19,13 @@ from typing import Any
 
 from cleanroom.audiences.identifiers import IdColumn, NormalizeOptions
 from cleanroom.client.runs import run_package_job
-from cleanroom.client.sdk import Connection
+from cleanroom.client.sdk import Connection, unary_call
 from cleanroom.federated.lookalike.inputs import PartnerUsers, load_partner_users
 from cleanroom.federated.lookalike.messages import DEFAULT_TIERS, LookalikeMode
 from cleanroom.federated.lookalike.package import PackageWriter
 from cleanroom.federated.lookalike.partner import LookalikeProgress, PartnerLookalike
 from cleanroom.matching.workers import RunJobs
+from cleanroom.proto import cleanroom_pb2 as pb
 from cleanroom.proto import cleanroom_pb2_grpc as pb_grpc
 from cleanroom.proto import serde
 from cleanroom.proto.errors import InvalidInput
@@ -46,6 +48,33 @@ class LookalikeRequest:
     bins: int = 0
     epsilon: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)  # options for the state machine
+
+
+def list_audiences(conn: Connection) -> list[dict[str, Any]]:
+    """The brand's audiences as its node lists them (names, sizes per identifier type)."""
+    response: pb.ListAudiencesResponse = unary_call(
+        conn,
+        lambda channel: pb_grpc.AudienceServiceStub(channel).ListAudiences(
+            pb.ListAudiencesRequest(), metadata=conn.metadata, timeout=min(conn.timeout, 60)
+        ),
+    )
+    return [serde.audience_from_pb(a) for a in response.audiences]
+
+
+def shared_id_columns(conn: Connection, req: LookalikeRequest) -> LookalikeRequest:
+    """``req`` with only the identifier columns whose type the audience holds: the others
+    could never match, so they would only cost points (and tell the brand of them)."""
+    found = [a for a in list_audiences(conn) if a["name"] == req.audience]
+    if not found:
+        return req  # the job's hello gets the node's precise refusal
+    held = {t for t, n in found[0]["elements_by_type"].items() if n}
+    kept = [c for c in req.id_columns if c.id_type in held]
+    if not kept:
+        raise InvalidInput(
+            f"audience {req.audience!r} holds {', '.join(sorted(held)) or 'no identifiers'};"
+            f" none of the identifier columns given is of those types"
+        )
+    return dataclasses.replace(req, id_columns=kept)
 
 
 def parse_tiers(spec: str) -> tuple[float, ...]:

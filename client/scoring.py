@@ -17,12 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
 import pandas as pd
 
 from cleanroom.client.runs import run_package_job
-from cleanroom.client.sdk import ClientError, Connection
+from cleanroom.client.sdk import Connection, unary_call
 from cleanroom.federated.lookalike.brand_model import BrandModel
 from cleanroom.federated.lookalike.features import numeric_column
 from cleanroom.federated.lookalike.inputs import read_features, unique_users
@@ -47,26 +46,24 @@ def upload_model(
     except (OSError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"model file {path} cannot be read: {exc}") from exc
     BrandModel.parse(text, f"model file {path}")
-    with conn.sync_channel() as channel:
-        try:
-            info: pb.ModelInfo = pb_grpc.LookalikeServiceStub(channel).UploadModel(
-                pb.ModelUpload(name=name, model_json=text, replace=replace),
-                metadata=conn.metadata,
-                timeout=min(conn.timeout, 60),
-            )
-        except grpc.RpcError as exc:
-            raise ClientError.from_rpc(exc) from exc
+    info: pb.ModelInfo = unary_call(
+        conn,
+        lambda channel: pb_grpc.LookalikeServiceStub(channel).UploadModel(
+            pb.ModelUpload(name=name, model_json=text, replace=replace),
+            metadata=conn.metadata,
+            timeout=min(conn.timeout, 60),
+        ),
+    )
     return serde.model_info_to_json(info)
 
 
 def list_models(conn: Connection) -> list[dict[str, Any]]:
-    with conn.sync_channel() as channel:
-        try:
-            response: pb.ListModelsResponse = pb_grpc.LookalikeServiceStub(channel).ListModels(
-                pb.ListModelsRequest(), metadata=conn.metadata, timeout=min(conn.timeout, 60)
-            )
-        except grpc.RpcError as exc:
-            raise ClientError.from_rpc(exc) from exc
+    response: pb.ListModelsResponse = unary_call(
+        conn,
+        lambda channel: pb_grpc.LookalikeServiceStub(channel).ListModels(
+            pb.ListModelsRequest(), metadata=conn.metadata, timeout=min(conn.timeout, 60)
+        ),
+    )
     return [serde.model_info_to_json(m) for m in response.models]
 
 

@@ -246,25 +246,30 @@ def _chain(first: list[Any], rest: Any) -> Any:
     yield from rest
 
 
+def unary_call(conn: Connection, call: Callable[[grpc.Channel], R]) -> R:
+    """One unary RPC ``call(channel)`` on a fresh channel; a gRPC error as ClientError."""
+    with conn.sync_channel() as channel:
+        try:
+            return call(channel)
+        except grpc.RpcError as exc:
+            raise ClientError.from_rpc(exc) from exc
+
+
 def set_policy(
     conn: Connection, changes: dict[str, Any], partner: str | None = None
 ) -> dict[str, Any]:
     """Change the tenant's policy (admin token), or ``partner``'s overrides; returns the
     policy in force, with each partner's quota, minimum set size and epsilon spent."""
 
-    def call() -> pb.PolicyResponse:
-        with conn.sync_channel() as channel:
-            try:
-                response: pb.PolicyResponse = pb_grpc.AttributionServiceStub(channel).SetPolicy(
-                    serde.policy_request_to_pb(changes, partner),
-                    metadata=conn.metadata,
-                    timeout=min(conn.timeout, 60),
-                )
-                return response
-            except grpc.RpcError as exc:
-                raise ClientError.from_rpc(exc) from exc
-
-    return serde.policy_from_pb(call())
+    response: pb.PolicyResponse = unary_call(
+        conn,
+        lambda channel: pb_grpc.AttributionServiceStub(channel).SetPolicy(
+            serde.policy_request_to_pb(changes, partner),
+            metadata=conn.metadata,
+            timeout=min(conn.timeout, 60),
+        ),
+    )
+    return serde.policy_from_pb(response)
 
 
 # ------------------------------------------------------------------ PSI

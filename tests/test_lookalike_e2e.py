@@ -19,10 +19,12 @@ from cleanroom.client.lookalike import (
     PreparedLookalike,
     prepare_lookalike,
     run_lookalike,
+    shared_id_columns,
 )
 from cleanroom.client.sdk import ClientError, Connection, SeedLabels, upload_audience
 from cleanroom.federated.lookalike.messages import LookalikeMode, SlotPoints
 from cleanroom.federated.lookalike.synth import synthesize_lookalike
+from cleanroom.proto.errors import InvalidInput
 from cleanroom.server.node import BrandNodeThread
 from cleanroom.server.settings import ServerSettings
 from cleanroom.server.store import Policy, Role, SqlStore
@@ -261,3 +263,15 @@ def test_a_partner_that_disconnects_leaves_a_failed_job_and_no_package(
     # The node still serves: the same job runs to the end afterwards.
     manifest = run(world, prepare_lookalike(req))
     assert manifest["package_id"]
+
+
+def test_only_identifier_types_the_audience_holds_are_offered(world: dict[str, Any]) -> None:
+    conn = Connection(world["node"].target, world["tokens"]["brand"][Role.PARTNER])
+    req = request(world, "shared")
+    shared = shared_id_columns(conn, req)
+    assert [c.id_type for c in shared.id_columns] == ["email", "phone"]  # no maid on the CRM
+    prepared = prepare_lookalike(shared)
+    assert prepared.partner.slots == 2
+    with pytest.raises(InvalidInput, match="holds email, phone; none of the identifier"):
+        shared_id_columns(conn, dataclasses.replace(req, id_columns=parse_id_columns("maid")))
+    assert shared_id_columns(conn, dataclasses.replace(req, audience="nope")).audience == "nope"

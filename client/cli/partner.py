@@ -288,6 +288,7 @@ def partner_lookalike(
         parse_tiers,
         prepare_lookalike,
         run_lookalike,
+        shared_id_columns,
     )
     from cleanroom.federated.lookalike.messages import LookalikeMode
     from cleanroom.matching.workers import CryptoPool
@@ -314,6 +315,8 @@ def partner_lookalike(
             bins=bins,
             epsilon=epsilon,
         )
+        conn = connection(server, token, tls_dir)
+        request = shared_id_columns(conn, request)
         with CryptoPool.processes(workers) as pool, progress_bars(not as_json) as progress:
             reading = progress.add_task("reading users and features", total=None)
             prepared = prepare_lookalike(
@@ -335,9 +338,7 @@ def partner_lookalike(
                     if total:
                         progress.update(task, completed=done, total=total, visible=True)
 
-            manifest = asyncio.run(
-                run_lookalike(connection(server, token, tls_dir), prepared, on_progress)
-            )
+            manifest = asyncio.run(run_lookalike(conn, prepared, on_progress))
     if as_json:
         print_json(manifest)
         return
