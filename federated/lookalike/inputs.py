@@ -8,12 +8,15 @@ user: a mismatch is an error that names a user, never a silent drop.
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pa_csv
 
 from cleanroom.audiences.identifiers import IdColumn, NormalizeOptions
 from cleanroom.audiences.reader import ReadReport
@@ -46,16 +49,30 @@ def unique_users(ids: np.ndarray, where: str) -> None:
         raise InvalidInput(f"{where}: user id {values[counts > 1][0]!r} appears more than once")
 
 
-def read_features(path: Path, user_column: str) -> pd.DataFrame:
-    """The feature file as text columns (types are decided by the pipeline)."""
+def read_features(path: Path, user_column: str, text_columns: Sequence[str] = ()) -> pd.DataFrame:
+    """The feature file as a frame: numbers typed by pyarrow's multi-threaded CSV reader,
+    everything else (and the user column, and ``text_columns``: categoricals, whose
+    codes such as ``007`` must stay as written) as text, empty cells as ``""``."""
     try:
         if path.suffix.lower() == ".parquet":
             frame = pd.read_parquet(path)
         else:
-            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+            with open(path, newline="") as f:
+                header = next(csv.reader(f), [])
+            keep_text = {user_column, *text_columns}
+            table = pa_csv.read_csv(
+                path,
+                convert_options=pa_csv.ConvertOptions(
+                    column_types={c: pa.string() for c in header if c in keep_text},
+                    null_values=[],
+                    strings_can_be_null=False,
+                    quoted_strings_can_be_null=False,
+                ),
+            )
+            frame = table.to_pandas()
     except FileNotFoundError:
         raise InvalidInput(f"feature file {path} does not exist") from None
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, UnicodeDecodeError, pa.ArrowException) as exc:
         raise InvalidInput(f"feature file {path} cannot be read: {exc}") from exc
     if user_column not in frame.columns:
         raise InvalidInput(
@@ -77,7 +94,12 @@ def load_partner_users(
     on_rows: Callable[[int], None] | None = None,
 ) -> PartnerUsers:
     """Read both files, join them on the user column, fit the feature pipeline."""
-    frame = read_features(features_path, user_column)
+    categorical = [
+        item.strip().rpartition(":")[0]
+        for item in feature_columns.split(",")
+        if item.strip().endswith(":cat")
+    ]
+    frame = read_features(features_path, user_column, categorical)
     data, report, kept = read_partner_set(
         users_path, id_columns, options, keep=[user_column], on_rows=on_rows
     )
