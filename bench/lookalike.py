@@ -9,7 +9,8 @@ numeric features, the brand's CRM with a seed tier. The CRM upload is not in
 features to the confirmed package on disk (matching, labels, sums, fit,
 holdout, scoring, tiers).
 
-``auc_private`` is the brand's holdout AUC; ``auc_centralized`` is
+``auc_private`` is the brand's holdout AUC (as the node stored it: with
+``--epsilon`` the partner is told no metric); ``auc_centralized`` is
 scikit-learn's ``LogisticRegression`` (same features, same C = 1/l2, same
 split) fit on the pooled data in the same run. ``floor_seconds`` is the
 run's own crypto at its single-operation speed measured in the same run,
@@ -64,6 +65,8 @@ from cleanroom.federated.lookalike.reference import brand_labels, pooled_labels
 from cleanroom.federated.lookalike.synth import synthesize_lookalike
 from cleanroom.federated.paillier import generate_keypair
 from cleanroom.matching.workers import DUMMY_DST, CryptoPool, default_workers, hash_points
+from cleanroom.server.settings import ServerSettings
+from cleanroom.server.store import SqlStore
 
 
 def _hash_sample(count: int) -> float:
@@ -226,6 +229,14 @@ def main() -> int:
         pool_seconds_per_op.append(measure_floor(args.floor_sample, workers) / args.floor_sample)
     finally:
         node.stop()
+    # The brand's own metrics (under label-DP the partner gets none): its stored package.
+    store = SqlStore(ServerSettings(data_dir=work / "node").resolved_database_url())
+    try:
+        tenant = store.find_tenant("bench")
+        record = store.get_lookalike(tenant.tenant_id, manifest["package_id"]) if tenant else None
+        auc_brand = record.report.auc if record else None
+    finally:
+        store.close()
     partner = prepared.partner
     users = prepared.users
     assert partner.model is not None and partner.accepted is not None
@@ -272,7 +283,8 @@ def main() -> int:
                 "partner_users": args.partner_users,
                 "seed": int(y.sum()),  # seeds among the partner's users (matched)
                 "features": int(users.features.values.shape[1]),
-                "auc_private": metrics.get("auc"),
+                "auc_private": auc_brand,  # the brand's holdout AUC (with label-DP: noisy)
+                "epsilon": args.epsilon,
                 "auc_centralized": round(auc_centralized, 6),
                 "fit_seconds": round(partner.fit_seconds, 3),
                 "centralized_fit_seconds": round(central_seconds, 3),

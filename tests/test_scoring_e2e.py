@@ -20,11 +20,13 @@ from cleanroom.client.scoring import ScoreRequest, prepare_score, run_score, upl
 from cleanroom.client.sdk import ClientError, Connection
 from cleanroom.federated.lookalike.aggregates import tier_sizes
 from cleanroom.federated.lookalike.brand_model import BrandModel
+from cleanroom.proto import cleanroom_pb2 as pb
 from cleanroom.proto.errors import InvalidInput
 from cleanroom.server.store import Role
 from tests.conftest import Node
 from tests.helpers import eventually
 from tests.test_lookalike_scoring import assert_tiers_match
+from tests.wire import RecordingProxy, data_by_stream, grpc_messages
 
 CLI = [sys.executable, "-m", "cleanroom.client.cli"]
 USERS = 1200
@@ -225,3 +227,45 @@ def test_bad_input_gets_a_precise_error_and_the_node_keeps_serving(
     eventually(failed_jobs, what="the refused jobs marked failed")
     after = score(node, files, "after", tiers=(2.0, 10.0))  # a new submission
     assert after["scored"] == USERS and [t["percent"] for t in after["tiers"]] == [2.0, 10.0]
+
+
+def test_on_the_wire_the_partner_gets_no_weight_and_the_brand_no_user(
+    node: Node, files: dict[str, Path], registered: dict[str, Any]
+) -> None:
+    request = ScoreRequest(
+        model="ltv", features=files["features"], out_dir=files["root"] / "wire", tiers=(3.0,)
+    )
+    prepared = prepare_score(request)
+    with RecordingProxy(node.target) as proxy:
+        conn = Connection(proxy.target, node.tokens["acme"][Role.PARTNER])
+        manifest = asyncio.run(run_score(conn, prepared))
+        sent, received = bytes(proxy.to_server), bytes(proxy.to_client)
+    assert manifest["scored"] == USERS
+    [up] = [v for v in data_by_stream(sent, client_side=True).values() if v]
+    [down] = [v for v in data_by_stream(received, client_side=False).values() if v]
+    to_brand = grpc_messages(up, pb.ScorePartnerMessage)
+    to_partner = grpc_messages(down, pb.ScoreBrandMessage)
+    assert to_partner[0].WhichOneof("body") == "accepted"
+    assert {m.WhichOneof("body") for m in to_partner[1:]} == {"tiers", "done"}
+    accepted = to_partner[0].accepted
+    n = int.from_bytes(accepted.public_key_n, "big")
+    width = (2 * n.bit_length() + 7) // 8
+    assert len(accepted.weights) == 3 * width and len(accepted.constant) == width
+    # The model only as ciphertexts: no weight, in fixed point or as a double, anywhere.
+    model = BrandModel.parse(json.dumps(MODEL))
+    weights, constant = model.fixed_point()
+    for value in (*weights, constant):
+        raw = abs(value).to_bytes((abs(value).bit_length() + 7) // 8, "big")
+        assert raw not in received
+    for w in (*model.weights, model.intercept):
+        assert np.float64(w).tobytes() not in received and str(w).encode() not in received
+    tiers = b"".join(m.tiers.tiers for m in to_partner if m.WhichOneof("body") == "tiers")
+    assert len(tiers) == USERS and set(tiers) <= {0, 1}
+    # The brand gets a count, the model's name and ciphertexts: no user id, no feature.
+    bodies = [m.WhichOneof("body") for m in to_brand]
+    assert bodies[0] == "hello" and set(bodies[1:]) == {"chunk", "package"}
+    assert to_brand[0].hello.users == USERS and to_brand[0].hello.model == "ltv"
+    for user in pd.read_csv(files["features"], dtype=str)["user_id"].head(200):
+        assert user.encode() not in sent
+    cts = b"".join(m.chunk.ciphertexts for m in to_brand if m.WhichOneof("body") == "chunk")
+    assert len(cts) == -(-USERS // accepted.slots) * width
