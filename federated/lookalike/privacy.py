@@ -4,7 +4,10 @@ Neighbouring inputs differ in one person's label. Flipping ``y_i`` moves the
 released vector ``(T, Σy) = (Xᵀy, Σy)`` by ``(x_i, 1)``, so its L2
 sensitivity is ``sqrt(B² + 1)`` with ``B`` the largest row norm ``‖x_i‖₂`` of
 the partner's features (which the partner declares; features are not what
-label-DP protects). The brand adds Gaussian noise of scale ``sigma`` to every
+label-DP protects). The brand cannot check the declaration: a partner that
+understated its row norm would get less noise than the brand's ε promises
+its labels, so the guarantee assumes an honest declaration, as every protocol
+here assumes semi-honest parties. The brand adds Gaussian noise of scale ``sigma`` to every
 coordinate after decrypting, before anything leaves it, and ``sigma`` is the
 smallest scale for which the Gaussian mechanism is ``(ε, δ)``-DP — the
 analytic calibration of Balle and Wang (ICML 2018, Theorem 8), which holds
