@@ -14,6 +14,7 @@ import asyncio
 import multiprocessing
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError, Executor, Future, ProcessPoolExecutor
 from typing import Any, TypeVar
@@ -119,6 +120,29 @@ def _warm(_: int) -> int:
     return os.getpid()
 
 
+PARENT_POLL_SECONDS = 1.0
+
+
+def _end_with_parent(parent: int) -> None:
+    """Worker initializer: the worker ends once the process that started it is gone, however
+    it died (SIGKILL and OOM kills included, which no handler in the parent can see).
+
+    An orphan is re-parented, so ``getppid()`` changes; a daemon thread polls for that.
+    (Linux's parent-death signal would be immediate, but it fires when the parent
+    *thread* that spawned the worker ends, and pools are started from short-lived
+    threads.)"""
+    if os.getppid() != parent:
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(PARENT_POLL_SECONDS)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 class CryptoPool:
     """Async access to an executor for the CPU-bound crypto."""
 
@@ -137,7 +161,9 @@ class CryptoPool:
         """
         n = workers or default_workers()
         ctx = multiprocessing.get_context("spawn")
-        executor = ProcessPoolExecutor(max_workers=n, mp_context=ctx)
+        executor = ProcessPoolExecutor(
+            max_workers=n, mp_context=ctx, initializer=_end_with_parent, initargs=(os.getpid(),)
+        )
         # Start every worker now so the first session does not pay for it.
         list(executor.map(_warm, range(n)))
         return cls(executor, n)
