@@ -12,6 +12,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -37,6 +38,7 @@ from cleanroom.server.lookalike import LookalikeService, ScoringService
 from cleanroom.server.matching import MatchingService
 from cleanroom.server.settings import ServerSettings
 from cleanroom.server.store import SqlStore
+from cleanroom.server.tenants import interrupt_unfinished
 
 log = logging.getLogger("cleanroom.server")
 
@@ -71,6 +73,9 @@ class BrandNode:
         s.data_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(s.data_dir / "audiences")
         self.store = SqlStore(s.resolved_database_url())
+        interrupted = interrupt_unfinished(self.store, datetime.now(UTC))
+        if interrupted:
+            log.warning("%d session(s) the last node left running: interrupted", len(interrupted))
         if self._pool is None:
             self._pool = await asyncio.to_thread(CryptoPool.processes, s.workers)
         audiences = AudienceService(self.store, s.data_dir, self._pool)

@@ -884,6 +884,17 @@ class SqlStore:
             rows = s.scalars(select(_SessionRow).where(*where).order_by(_SessionRow.created_at))
             return [self._session(r) for r in rows.all()]
 
+    def unfinished_sessions(self) -> list[SessionRecord]:
+        """Every tenant's sessions still ``running`` or ``interrupted`` (a node that starts
+        finds these left by the one before it)."""
+        with self._tx() as s:
+            rows = s.scalars(
+                select(_SessionRow)
+                .where(_SessionRow.status.in_(("running", "interrupted")))
+                .order_by(_SessionRow.created_at)
+            )
+            return [self._session(r) for r in rows.all()]
+
     def count_sessions_since(self, partnership: PartnershipId, since: datetime) -> int:
         """Sessions a partnership opened since ``since`` (its quota counts these)."""
         with self._tx() as s:

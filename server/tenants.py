@@ -222,3 +222,30 @@ def _overrides_only(given: dict[str, Any]) -> None:
             f"a partner overrides only {', '.join(PARTNER_OVERRIDES)}; "
             f"{', '.join(other)} belong to the tenant's policy"
         )
+
+
+def interrupt_unfinished(store: SqlStore, now: datetime) -> list[str]:
+    """At start-up: the sessions a previous node left running (it died or was stopped
+    mid-run) cannot resume, since their state lived in its memory. Each becomes
+    ``interrupted`` with the reason and the time, audited. Returns their ids."""
+    reason = (
+        f"the brand node restarted at {now.isoformat(timespec='seconds')} while this session"
+        " ran; nothing of it was kept: start a new session"
+    )
+    ended = []
+    for session in store.unfinished_sessions():
+        store.update_session(
+            session.tenant_id, session.session_id, status="interrupted", error=reason,
+            finished_at=now,
+        )  # fmt: skip
+        store.audit(
+            AuditEntry(
+                session.tenant_id,
+                "node",
+                "session.interrupted",
+                {"session": session.session_id, "protocol": session.protocol, "reason": reason},
+                partner_id=session.partner_id,
+            )
+        )
+        ended.append(session.session_id)
+    return ended

@@ -1,4 +1,5 @@
-"""A brand node's worker processes do not outlive it, however it dies."""
+"""A brand node that dies: its worker processes do not outlive it, and the sessions it left
+running are marked interrupted when a node starts on its store again."""
 
 from __future__ import annotations
 
@@ -6,11 +7,15 @@ import json
 import signal
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import psutil
 
+from cleanroom.server.node import BrandNodeThread
+from cleanroom.server.settings import ServerSettings
+from cleanroom.server.store import Role, SessionRecord, SqlStore
 from tests.helpers import eventually
 from tests.test_cli import free_port
 
@@ -55,3 +60,36 @@ def test_a_sigkilled_node_leaves_no_worker_behind(tmp_path: Path) -> None:
     finally:
         if node.poll() is None:
             node.kill()
+
+
+def test_sessions_a_dead_node_left_running_are_interrupted_at_start_up(tmp_path: Path) -> None:
+    settings = ServerSettings(data_dir=tmp_path / "node", grpc_port=0, http_port=0, workers=1)
+    settings.data_dir.mkdir()
+    store = SqlStore(settings.resolved_database_url())
+    tenant, tokens = store.provision_tenant("acme")
+    started = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+    for sid, status in (("a" * 32, "running"), ("b" * 32, "interrupted"), ("c" * 32, "done")):
+        store.create_session(
+            SessionRecord(sid, tenant.tenant_id, "x" * 32, "psi", status, 100, 100, 10, started)
+        )
+    store.close()
+    with BrandNodeThread(settings) as node:
+        assert node.ports is not None
+        resp = httpx.get(
+            f"http://127.0.0.1:{node.ports.http}/v1/sessions",
+            headers={"Authorization": f"Bearer {tokens[Role.ANALYST]}"},
+        )
+    by_id = {s["session_id"]: s for s in resp.json()}
+    for sid in ("a" * 32, "b" * 32):
+        assert by_id[sid]["status"] == "interrupted"
+        assert "the brand node restarted" in by_id[sid]["error"]
+        assert "start a new session" in by_id[sid]["error"]
+        assert by_id[sid]["finished_at"] is not None
+    assert by_id["c" * 32]["status"] == "done" and by_id["c" * 32]["error"] is None
+    store = SqlStore(settings.resolved_database_url())
+    try:
+        log = store.audit_log(tenant.tenant_id)
+        audited = [e for e in log if e.action == "session.interrupted"]
+        assert sorted(e.detail["session"] for e in audited) == ["a" * 32, "b" * 32]
+    finally:
+        store.close()
