@@ -52,8 +52,30 @@ class ClientError(RuntimeError):
 
     @classmethod
     def from_rpc(cls, exc: grpc.RpcError) -> ClientError:
-        """The status a failed call ended with (blocking or asyncio API)."""
-        return cls(exc.code().name, exc.details() or "")  # type: ignore[attr-defined]
+        """The status a failed call ended with (blocking or asyncio API). The node's own
+        refusals keep its words; a transport failure says in plain words what happened and
+        what to do (gRPC's text, e.g. "ipv4:127.0.0.1:50051: Failed to connect to remote
+        host: Connection refused", tells a user little)."""
+        code: str = exc.code().name  # type: ignore[attr-defined]
+        details: str = exc.details() or ""  # type: ignore[attr-defined]
+        return cls(code, _plain_transport_message(code, details) or details)
+
+
+def _plain_transport_message(code: str, details: str) -> str | None:
+    low = details.lower()
+    if code == "UNAVAILABLE":
+        if "refused" in low or "failed to connect" in low or "unreachable" in low:
+            what = "is not accepting connections (nothing listens at --server, or it is down)"
+        elif "handshake" in low or "ssl" in low or "certificate" in low or "tls" in low:
+            what = "refused the TLS handshake (check --tls-dir: the CA, this client's certificate)"
+        elif "socket closed" in low or "reset" in low or "eof" in low or "goaway" in low:
+            what = "closed the connection in the middle of the call (it may have restarted)"
+        else:
+            what = "could not be reached"
+        return f"the brand node {what}; check that it runs and that --server is right, then retry"
+    if code == "DEADLINE_EXCEEDED":
+        return "the brand node did not answer in time; it may be overloaded: retry later"
+    return None
 
 
 @dataclass(frozen=True)

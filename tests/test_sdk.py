@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -38,3 +40,30 @@ def test_the_sdk_imports_nothing_of_the_brand_node() -> None:
 def test_an_unknown_name_is_an_attribute_error() -> None:
     with pytest.raises(AttributeError, match="NoSuchThing"):
         sdk.NoSuchThing  # type: ignore[attr-defined]  # noqa: B018
+
+
+def test_a_node_that_is_not_there_is_said_in_plain_words(tmp_path: Path) -> None:
+    from cleanroom.audiences.identifiers import NormalizeOptions, parse_id_columns
+    from cleanroom.client.scoring import list_models
+    from cleanroom.client.sdk import ClientError, Connection, upload_audience
+    from tests.test_cli import free_port
+
+    conn = Connection(f"127.0.0.1:{free_port()}", "token", timeout=20)
+    with pytest.raises(ClientError) as info:
+        list_models(conn)
+    assert info.value.code == "UNAVAILABLE"
+    assert info.value.message.startswith("the brand node is not accepting connections")
+    assert "ipv4:" not in info.value.message and "--server" in info.value.message
+    crm = tmp_path / "crm.csv"
+    crm.write_text("email\na@example.com\n")
+    with pytest.raises(ClientError) as info:
+        asyncio.run(
+            upload_audience(
+                conn,
+                name="crm",
+                path=crm,
+                id_columns=parse_id_columns("email"),
+                options=NormalizeOptions(),
+            )
+        )
+    assert info.value.code == "UNAVAILABLE" and "ipv4:" not in str(info.value)
