@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 
 from cleanroom.server.node import BrandNodeThread
 from cleanroom.server.settings import ServerSettings
@@ -22,7 +23,8 @@ from tests.test_cli import free_port
 CLI = [sys.executable, "-m", "cleanroom.client.cli"]
 
 
-def test_a_sigkilled_node_leaves_no_worker_behind(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
+def test_a_killed_node_leaves_no_worker_behind(tmp_path: Path, how: signal.Signals) -> None:
     data_dir = tmp_path / "node"
     subprocess.run(
         [*CLI, "tenant", "create", "acme", "--data-dir", str(data_dir), "--json"],
@@ -50,7 +52,7 @@ def test_a_sigkilled_node_leaves_no_worker_behind(tmp_path: Path) -> None:
         children = psutil.Process(node.pid).children(recursive=True)
         workers = [c for c in children if "spawn_main" in " ".join(c.cmdline())]
         assert len(workers) >= 2, json.dumps([c.cmdline() for c in children])
-        node.send_signal(signal.SIGKILL)
+        node.send_signal(how)
         node.wait(timeout=10)
 
         def all_gone() -> bool:
