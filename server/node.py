@@ -24,7 +24,7 @@ from cleanroom.matching.workers import CryptoPool
 from cleanroom.proto import cleanroom_pb2 as pb
 from cleanroom.proto import cleanroom_pb2_grpc as pb_grpc
 from cleanroom.proto.errors import InvalidInput
-from cleanroom.proto.transport import is_local, load_tls, server_options
+from cleanroom.proto.transport import SERVER_CERT, SERVER_KEY, is_local, load_tls, server_options
 from cleanroom.server.attribution import AttributionService
 from cleanroom.server.audiences import AudienceService
 from cleanroom.server.files import remove_stale_temporaries
@@ -141,11 +141,20 @@ class BrandNode:
         from cleanroom.server.rest import create_app
 
         assert self.store is not None
-        app = create_app(self.store)
+        tls_dir = self.settings.tls_dir
+        app = create_app(self.store, https=tls_dir is not None)
         sock = socket.socket(socket.AF_INET6 if ":" in self.settings.host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.settings.host.strip("[]"), self.settings.http_port))
-        config = uvicorn.Config(app, log_level="warning", lifespan="off")
+        # With a TLS dir the REST API and dashboard are HTTPS with the node's certificate
+        # (server-authenticated: callers hold bearer tokens, not client certificates).
+        certfile = keyfile = None
+        if tls_dir is not None:
+            load_tls(tls_dir, server=True)  # the files exist, or a precise error
+            certfile, keyfile = str(tls_dir / SERVER_CERT), str(tls_dir / SERVER_KEY)
+        config = uvicorn.Config(
+            app, log_level="warning", lifespan="off", ssl_certfile=certfile, ssl_keyfile=keyfile
+        )
         self._http = uvicorn.Server(config)
         self._tasks.append(asyncio.ensure_future(self._http.serve(sockets=[sock])))
         port: int = sock.getsockname()[1]

@@ -397,7 +397,9 @@ def _csv_response(r: ReportRecord) -> Response:
 # ------------------------------------------------------------------------- app
 
 
-def create_app(store: SqlStore) -> FastAPI:
+def create_app(store: SqlStore, *, https: bool = False) -> FastAPI:
+    """The REST API and dashboard over ``store``; ``https``: served over TLS, so every
+    answer tells browsers to keep to HTTPS (HSTS)."""
     # Swagger UI and ReDoc from files installed with fastapi-offline: /docs
     # works on a node without internet access (FastAPI's own pages use a CDN).
     app = FastAPIOffline(
@@ -453,6 +455,8 @@ def create_app(store: SqlStore) -> FastAPI:
         response = await call_next(request)
         if request.url.path.startswith(("/v1/", "/dashboard/")):
             response.headers["Cache-Control"] = "no-store"
+        if https:
+            response.headers["Strict-Transport-Security"] = "max-age=31536000"
         return response
 
     @app.get("/healthz")
