@@ -277,6 +277,25 @@ def unary_call(conn: Connection, call: Callable[[grpc.Channel], R]) -> R:
             raise ClientError.from_rpc(exc) from exc
 
 
+def delete_dataset(conn: Connection, kind: str, name: str) -> dict[str, str]:
+    """Delete the brand's audience or conversion set ``name`` (admin token): its record and
+    every file on the node."""
+    request = pb.DeleteRequest(name=name)
+    options = {"metadata": conn.metadata, "timeout": min(conn.timeout, 60)}
+    if kind == "audience":
+        done: pb.Deleted = unary_call(
+            conn, lambda ch: pb_grpc.AudienceServiceStub(ch).DeleteAudience(request, **options)
+        )
+    elif kind == "conversions":
+        done = unary_call(
+            conn,
+            lambda ch: pb_grpc.AttributionServiceStub(ch).DeleteConversions(request, **options),
+        )
+    else:
+        raise ValueError(f"not a data set kind: {kind!r}")
+    return {"deleted": done.kind, "name": done.name, "id": done.id}
+
+
 def set_policy(
     conn: Connection, changes: dict[str, Any], partner: str | None = None
 ) -> dict[str, Any]:

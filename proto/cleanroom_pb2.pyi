@@ -118,6 +118,22 @@ class ListAudiencesRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class DeleteRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class Deleted(_message.Message):
+    __slots__ = ("kind", "name", "id")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    name: str
+    id: str
+    def __init__(self, kind: _Optional[str] = ..., name: _Optional[str] = ..., id: _Optional[str] = ...) -> None: ...
+
 class ListAudiencesResponse(_message.Message):
     __slots__ = ("audiences",)
     AUDIENCES_FIELD_NUMBER: _ClassVar[int]

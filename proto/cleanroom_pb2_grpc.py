@@ -46,6 +46,11 @@ class AudienceServiceStub:
                 request_serializer=cleanroom_dot_proto_dot_cleanroom__pb2.ListAudiencesRequest.SerializeToString,
                 response_deserializer=cleanroom_dot_proto_dot_cleanroom__pb2.ListAudiencesResponse.FromString,
                 _registered_method=True)
+        self.DeleteAudience = channel.unary_unary(
+                '/cleanroom.v1.AudienceService/DeleteAudience',
+                request_serializer=cleanroom_dot_proto_dot_cleanroom__pb2.DeleteRequest.SerializeToString,
+                response_deserializer=cleanroom_dot_proto_dot_cleanroom__pb2.Deleted.FromString,
+                _registered_method=True)
 
 
 class AudienceServiceServicer:
@@ -67,6 +72,13 @@ class AudienceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteAudience(self, request, context):
+        """admin: the record and its files
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AudienceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -79,6 +91,11 @@ def add_AudienceServiceServicer_to_server(servicer, server):
                     servicer.ListAudiences,
                     request_deserializer=cleanroom_dot_proto_dot_cleanroom__pb2.ListAudiencesRequest.FromString,
                     response_serializer=cleanroom_dot_proto_dot_cleanroom__pb2.ListAudiencesResponse.SerializeToString,
+            ),
+            'DeleteAudience': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteAudience,
+                    request_deserializer=cleanroom_dot_proto_dot_cleanroom__pb2.DeleteRequest.FromString,
+                    response_serializer=cleanroom_dot_proto_dot_cleanroom__pb2.Deleted.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -137,6 +154,33 @@ class AudienceService:
             '/cleanroom.v1.AudienceService/ListAudiences',
             cleanroom_dot_proto_dot_cleanroom__pb2.ListAudiencesRequest.SerializeToString,
             cleanroom_dot_proto_dot_cleanroom__pb2.ListAudiencesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteAudience(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cleanroom.v1.AudienceService/DeleteAudience',
+            cleanroom_dot_proto_dot_cleanroom__pb2.DeleteRequest.SerializeToString,
+            cleanroom_dot_proto_dot_cleanroom__pb2.Deleted.FromString,
             options,
             channel_credentials,
             insecure,
@@ -244,6 +288,11 @@ class AttributionServiceStub:
                 request_serializer=cleanroom_dot_proto_dot_cleanroom__pb2.ConversionsUploadRequest.SerializeToString,
                 response_deserializer=cleanroom_dot_proto_dot_cleanroom__pb2.ConversionSet.FromString,
                 _registered_method=True)
+        self.DeleteConversions = channel.unary_unary(
+                '/cleanroom.v1.AttributionService/DeleteConversions',
+                request_serializer=cleanroom_dot_proto_dot_cleanroom__pb2.DeleteRequest.SerializeToString,
+                response_deserializer=cleanroom_dot_proto_dot_cleanroom__pb2.Deleted.FromString,
+                _registered_method=True)
         self.Attribute = channel.stream_stream(
                 '/cleanroom.v1.AttributionService/Attribute',
                 request_serializer=cleanroom_dot_proto_dot_cleanroom__pb2.AttrPartnerMessage.SerializeToString,
@@ -269,6 +318,13 @@ class AttributionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteConversions(self, request, context):
+        """admin
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Attribute(self, request_iterator, context):
         """One attribution run (DESIGN.md §6) per stream.
         """
@@ -289,6 +345,11 @@ def add_AttributionServiceServicer_to_server(servicer, server):
                     servicer.UploadConversions,
                     request_deserializer=cleanroom_dot_proto_dot_cleanroom__pb2.ConversionsUploadRequest.FromString,
                     response_serializer=cleanroom_dot_proto_dot_cleanroom__pb2.ConversionSet.SerializeToString,
+            ),
+            'DeleteConversions': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteConversions,
+                    request_deserializer=cleanroom_dot_proto_dot_cleanroom__pb2.DeleteRequest.FromString,
+                    response_serializer=cleanroom_dot_proto_dot_cleanroom__pb2.Deleted.SerializeToString,
             ),
             'Attribute': grpc.stream_stream_rpc_method_handler(
                     servicer.Attribute,
@@ -330,6 +391,33 @@ class AttributionService:
             '/cleanroom.v1.AttributionService/UploadConversions',
             cleanroom_dot_proto_dot_cleanroom__pb2.ConversionsUploadRequest.SerializeToString,
             cleanroom_dot_proto_dot_cleanroom__pb2.ConversionSet.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteConversions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cleanroom.v1.AttributionService/DeleteConversions',
+            cleanroom_dot_proto_dot_cleanroom__pb2.DeleteRequest.SerializeToString,
+            cleanroom_dot_proto_dot_cleanroom__pb2.Deleted.FromString,
             options,
             channel_credentials,
             insecure,

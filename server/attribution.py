@@ -48,6 +48,7 @@ from cleanroom.proto.errors import (
 )
 from cleanroom.server.audiences import check_audience_name, fixed_binary_to_numpy
 from cleanroom.server.files import AtomicParquetWriter
+from cleanroom.server.lifecycle import CONVERSION_SUFFIXES
 from cleanroom.server.store import (
     AuditEntry,
     ConversionSetRecord,
@@ -67,7 +68,7 @@ IDS_SCHEMA = pa.schema(
     [("event", pa.int64()), ("id_type", pa.string()), ("digest", pa.binary(DIGEST_LEN))]
 )
 POINTS_SCHEMA = pa.schema([("points", pa.binary(POINT_LEN * PRECOMPUTED_LAGS))])
-SUFFIXES = (".events.parquet", ".ids.parquet", ".points.parquet")
+SUFFIXES = CONVERSION_SUFFIXES
 
 
 class ConversionsUpload:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import grpc
@@ -38,6 +39,7 @@ from cleanroom.proto.errors import (
 from cleanroom.server.attribution import AttributionService, ConversionsUpload
 from cleanroom.server.audiences import AudienceService, AudienceUpload
 from cleanroom.server.errors import internal_message, internal_reference, nearest
+from cleanroom.server.lifecycle import delete_audience, delete_conversions
 from cleanroom.server.lookalike import LookalikeService, ScoringService, register_model
 from cleanroom.server.matching import MatchingService
 from cleanroom.server.policy import PolicyChanges
@@ -147,6 +149,23 @@ async def drive_upload(
             upload.abort()
 
 
+async def delete_rpc(
+    store: SqlStore,
+    context: grpc.aio.ServicerContext,
+    delete: Callable[[SqlStore, Path, Principal, str], dict[str, str]],
+    data_dir: Path,
+    name: str,
+) -> pb.Deleted:
+    """A deletion (``server/lifecycle.py``) as a unary call."""
+    try:
+        principal = authenticate(store, context)
+        done = await asyncio.to_thread(delete, store, data_dir, principal, name)
+        return pb.Deleted(kind=done["deleted"], name=done["name"], id=done["id"])
+    except Exception as exc:
+        await abort_with(context, exc)
+        raise AssertionError("unreachable") from exc
+
+
 class AudienceServicer(pb_grpc.AudienceServiceServicer):
     def __init__(self, store: SqlStore, audiences: AudienceService) -> None:
         self._store = store
@@ -166,6 +185,13 @@ class AudienceServicer(pb_grpc.AudienceServiceServicer):
             return pb.UploadResponse(audience=serde.audience_to_pb(record))
 
         return await drive_upload(self._store, request_iterator, context, begin, add, finish)
+
+    async def DeleteAudience(
+        self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Deleted:
+        return await delete_rpc(
+            self._store, context, delete_audience, self._audiences.data_dir, request.name
+        )
 
     async def ListAudiences(
         self, request: pb.ListAudiencesRequest, context: grpc.aio.ServicerContext
@@ -427,6 +453,13 @@ class AttributionServicer(pb_grpc.AttributionServiceServicer):
             finish=self._service.finish,
         ):
             yield out
+
+    async def DeleteConversions(
+        self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Deleted:
+        return await delete_rpc(
+            self._store, context, delete_conversions, self._service.data_dir, request.name
+        )
 
     async def SetPolicy(
         self, request: pb.PolicyRequest, context: grpc.aio.ServicerContext

@@ -142,7 +142,7 @@ class BrandNode:
 
         assert self.store is not None
         tls_dir = self.settings.tls_dir
-        app = create_app(self.store, https=tls_dir is not None)
+        app = create_app(self.store, https=tls_dir is not None, data_dir=self.settings.data_dir)
         sock = socket.socket(socket.AF_INET6 if ":" in self.settings.host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.settings.host.strip("[]"), self.settings.http_port))

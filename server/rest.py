@@ -65,6 +65,7 @@ import math
 import re
 import secrets
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
@@ -90,6 +91,7 @@ from cleanroom.proto.errors import (
 )
 from cleanroom.server.dashboard import ATTRIBUTION, LOOKALIKE, PageKind, render_page
 from cleanroom.server.errors import internal_message, internal_reference, nearest
+from cleanroom.server.lifecycle import delete_audience, delete_conversions, delete_report
 from cleanroom.server.lookalike import register_model
 from cleanroom.server.policy import MinPartnerRecords, PolicyChanges, SessionsPerDay, describe
 from cleanroom.server.store import (
@@ -397,9 +399,11 @@ def _csv_response(r: ReportRecord) -> Response:
 # ------------------------------------------------------------------------- app
 
 
-def create_app(store: SqlStore, *, https: bool = False) -> FastAPI:
+def create_app(store: SqlStore, *, https: bool = False, data_dir: Path | None = None) -> FastAPI:
     """The REST API and dashboard over ``store``; ``https``: served over TLS, so every
-    answer tells browsers to keep to HTTPS (HSTS)."""
+    answer tells browsers to keep to HTTPS (HSTS). ``data_dir`` holds the files that
+    deleting an audience or conversion set removes (without it those deletions are
+    refused)."""
     # Swagger UI and ReDoc from files installed with fastapi-offline: /docs
     # works on a node without internet access (FastAPI's own pages use a CDN).
     app = FastAPIOffline(
@@ -529,6 +533,31 @@ def create_app(store: SqlStore, *, https: bool = False) -> FastAPI:
     )
     def get_lookalike(package_id: str, who: Reader) -> LookalikeReport:
         return _find_lookalike(store, who, package_id).report
+
+    # ------------------------------------------------------------------ deletion
+
+    def _files() -> Path:
+        if data_dir is None:
+            raise FailedPrecondition("this API serves no data directory; delete over gRPC")
+        return data_dir
+
+    @app.delete("/v1/audiences/{name}", summary="Delete an audience and its files (admin)")
+    def remove_audience(name: str, who: Admin) -> dict[str, str]:
+        return delete_audience(store, _files(), who, name)
+
+    @app.delete("/v1/conversions/{name}", summary="Delete a conversion set and its files (admin)")
+    def remove_conversions(name: str, who: Admin) -> dict[str, str]:
+        return delete_conversions(store, _files(), who, name)
+
+    @app.delete("/v1/reports/{report_id}", summary="Delete an attribution report (admin)")
+    def remove_report(report_id: str, who: Admin) -> dict[str, str]:
+        return delete_report(store, who, report_id)
+
+    @app.delete(
+        "/v1/lookalikes/{package_id}", summary="Delete a lookalike package's metadata (admin)"
+    )
+    def remove_lookalike(package_id: str, who: Admin) -> dict[str, str]:
+        return delete_report(store, who, package_id)
 
     # ------------------------------------------------------------ brand models
 

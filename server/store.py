@@ -26,6 +26,9 @@ each):
 - A brand model (``RegisteredModel``, for HE scoring) is named uniquely within its
   tenant, stored as its JSON and read back equal; ``put_model`` replaces one of the
   same name only when asked, in one transaction.
+- Deleting an audience, a conversion set or a report removes its record in one
+  transaction (files are the caller's); sessions and ledger entries that refer
+  to it stay (they hold no data of it, and spent epsilon stays spent).
 - The epsilon ledger is append-only. ``charge_epsilon`` checks and charges
   in one step that concurrent charges cannot interleave: it refuses with
   ``BudgetExceeded`` (and charges nothing) when the partnership's spent
@@ -819,6 +822,21 @@ class SqlStore:
             ).first()
             return self._audience(row) if row else None
 
+    def delete_audience(self, tenant_id: str, name: str) -> AudienceRecord | None:
+        """Remove the audience's record; returns it (its files are the caller's to remove),
+        or None when the tenant has no audience of that name."""
+        with self._tx() as s:
+            row = s.scalars(
+                select(_AudienceRow).where(
+                    _AudienceRow.tenant_id == tenant_id, _AudienceRow.name == name
+                )
+            ).first()
+            if row is None:
+                return None
+            record = self._audience(row)
+            s.delete(row)
+            return record
+
     def list_audiences(self, tenant_id: str) -> list[AudienceRecord]:
         with self._tx() as s:
             rows = s.scalars(
@@ -985,6 +1003,17 @@ class SqlStore:
     ) -> LookalikeRecord | None:
         """The lookalike package stored for a partner's submission, if any."""
         return self._find(LookalikeRecord, tenant_id, submission_key, partner_id)
+
+    def delete_report(self, tenant_id: str, report_id: str) -> str | None:
+        """Remove a report or a lookalike package (by id, within the tenant); returns its
+        kind, or None when there is none. Epsilon already charged for it stays spent."""
+        with self._tx() as s:
+            row = s.get(_ReportRow, report_id)
+            if row is None or row.tenant_id != tenant_id:
+                return None
+            kind = str(row.kind)
+            s.delete(row)
+            return kind
 
     def list_reports(self, tenant_id: str) -> list[ReportRecord]:
         return self._list(ReportRecord, tenant_id)
@@ -1237,6 +1266,20 @@ class SqlStore:
                 s.flush()
             s.add(_ConversionSetRow(**record.__dict__))
         return previous
+
+    def delete_conversion_set(self, tenant_id: str, name: str) -> ConversionSetRecord | None:
+        """As ``delete_audience``, for a conversion set."""
+        with self._tx() as s:
+            row = s.scalars(
+                select(_ConversionSetRow).where(
+                    _ConversionSetRow.tenant_id == tenant_id, _ConversionSetRow.name == name
+                )
+            ).first()
+            if row is None:
+                return None
+            record = self._conversion_set(row)
+            s.delete(row)
+            return record
 
     def get_conversion_set(self, tenant_id: str, name: str) -> ConversionSetRecord | None:
         with self._tx() as s:

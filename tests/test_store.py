@@ -40,6 +40,7 @@ from cleanroom.server.store import (
     SqlStore,
     hash_token,
 )
+from tests.reports import sample_report
 
 BACKENDS = ["sqlite"] + (["postgresql"] if os.environ.get("CLEANROOM_TEST_POSTGRES_URL") else [])
 
@@ -164,6 +165,23 @@ def test_replacing_an_audience_is_explicit_and_atomic(store: SqlStore) -> None:
     assert store.put_audience(second, replace_existing=True) == first
     assert store.get_audience(t.tenant_id, "crm") == second
     assert len(store.list_audiences(t.tenant_id)) == 1
+
+
+def test_deleting_removes_the_record_within_its_tenant_only(store: SqlStore) -> None:
+    a, b = store.create_tenant("a"), store.create_tenant("b")
+    mine = audience(a.tenant_id)
+    store.put_audience(mine)
+    store.put_audience(audience(b.tenant_id))
+    assert store.delete_audience(b.tenant_id, "nope") is None
+    assert store.delete_audience(a.tenant_id, "crm") == mine
+    assert store.get_audience(a.tenant_id, "crm") is None
+    assert store.delete_audience(a.tenant_id, "crm") is None
+    assert store.get_audience(b.tenant_id, "crm") is not None  # the other tenant's stays
+    report = store.put_report(sample_report(a.tenant_id))
+    assert store.delete_report(b.tenant_id, report.report_id) is None
+    assert store.delete_report(a.tenant_id, report.report_id) == "attribution"
+    assert store.get_report(a.tenant_id, report.report_id) is None
+    assert store.delete_conversion_set(a.tenant_id, "sales") is None
 
 
 def test_models_are_tenant_scoped_read_back_equal_and_replaced_only_when_asked(

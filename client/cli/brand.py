@@ -151,6 +151,36 @@ def audience_upload(
     out.print(f"  distinct identifiers stored  {report['audience']['elements']}")
 
 
+def _delete(kind: str, server: str, token: str, name: str, tls_dir: Path | None) -> None:
+    from cleanroom.client.sdk import delete_dataset
+
+    with errors():
+        done = delete_dataset(connection(server, token, tls_dir), kind, name)
+    out.print(f"deleted {kind} [bold]{done['name']}[/] ({done['id']}) and its files")
+
+
+@audience_app.command("delete")
+def audience_delete(
+    server: Server,
+    token: Token,
+    name: Annotated[str, typer.Option("--name", help="Audience name.")],
+    tls_dir: TlsDir = None,
+) -> None:
+    """Delete an audience (admin token): its record and every file on the node; audited."""
+    _delete("audience", server, token, name, tls_dir)
+
+
+@conversions_app.command("delete")
+def conversions_delete(
+    server: Server,
+    token: Token,
+    name: Annotated[str, typer.Option("--name", help="Conversion set name.")],
+    tls_dir: TlsDir = None,
+) -> None:
+    """Delete a conversion set (admin token): its record and every file; audited."""
+    _delete("conversions", server, token, name, tls_dir)
+
+
 @conversions_app.command("upload")
 def conversions_upload(
     server: Server,

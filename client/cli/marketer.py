@@ -62,13 +62,18 @@ def _get(
         )
     except httpx.HTTPError as exc:
         raise fail(f"cannot reach {api}: {exc}") from exc
+    _refused(resp)
+    return resp
+
+
+def _refused(resp: httpx.Response) -> None:
+    """A non-200 answer as a one-line error with the problem detail."""
     if resp.status_code != 200:
         try:
             detail = resp.json().get("detail", resp.text)
         except ValueError:
             detail = resp.text
         raise fail(f"HTTP {resp.status_code}: {detail}")
-    return resp
 
 
 @report_app.command("show")
@@ -121,3 +126,25 @@ def lookalike_show(
     from cleanroom.federated.lookalike.report import LookalikeReport
 
     out.print(lookalike_table(LookalikeReport.model_validate(resp.json())))
+
+
+@report_app.command("delete")
+def report_delete(
+    report_id: Annotated[str, typer.Argument()],
+    api: Api,
+    token: Token,
+    ca: Ca = None,
+    tls_dir: TlsDir = None,
+) -> None:
+    """Delete an attribution report or a lookalike package's metadata (admin token; the
+    epsilon it spent stays spent)."""
+    import httpx
+
+    url = f"{api.rstrip('/')}/v1/reports/{report_id}"
+    headers = {"authorization": f"Bearer {token}"}
+    try:
+        resp = httpx.delete(url, headers=headers, timeout=60, verify=_verify(ca, tls_dir))
+    except httpx.HTTPError as exc:
+        raise fail(f"cannot reach {api}: {exc}") from exc
+    _refused(resp)
+    out.print(f"deleted {resp.json()['deleted']} {report_id}")

@@ -1,0 +1,82 @@
+"""Deleting a tenant's data on request (PIPL, GDPR): audiences, conversion sets, reports.
+
+Only an admin deletes. The record goes first, in one transaction, so from
+that moment no caller can find or use it; then every file it had under the
+data directory is removed. Each deletion is audited with who, what and
+when — never the data. Transport-free: gRPC and REST call these.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from cleanroom.federated.attribution.report import REPORT_ID
+from cleanroom.proto.errors import NotFound, PermissionDenied
+from cleanroom.server.store import AuditEntry, Principal, Role, SqlStore
+
+log = logging.getLogger("cleanroom.server")
+
+CONVERSION_SUFFIXES = (".events.parquet", ".ids.parquet", ".points.parquet")
+
+
+def _admin(principal: Principal, what: str) -> None:
+    if principal.role is not Role.ADMIN:
+        raise PermissionDenied(f"deleting {what} needs an admin token")
+
+
+def _remove(paths: list[Path]) -> list[str]:
+    """Remove the files; the ones that could not be (logged) are returned."""
+    left = []
+    for path in paths:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            log.error("could not remove %s: %s", path, exc)
+            left.append(str(path))
+    return left
+
+
+def delete_audience(
+    store: SqlStore, data_dir: Path, principal: Principal, name: str
+) -> dict[str, str]:
+    _admin(principal, "an audience")
+    record = store.delete_audience(principal.tenant_id, name)
+    if record is None:
+        raise NotFound(f"no audience named {name!r} for this tenant")
+    left = _remove([data_dir / record.path])
+    detail = {"audience": name, "audience_id": record.audience_id, "files_left": left}
+    store.audit(AuditEntry(principal.tenant_id, principal.role.value, "audience.delete", detail))
+    return {"deleted": "audience", "name": name, "id": record.audience_id}
+
+
+def delete_conversions(
+    store: SqlStore, data_dir: Path, principal: Principal, name: str
+) -> dict[str, str]:
+    _admin(principal, "a conversion set")
+    record = store.delete_conversion_set(principal.tenant_id, name)
+    if record is None:
+        raise NotFound(f"no conversions named {name!r} for this tenant")
+    left = _remove([data_dir / (record.path + suffix) for suffix in CONVERSION_SUFFIXES])
+    detail = {"conversions": name, "conversions_id": record.conversions_id, "files_left": left}
+    store.audit(AuditEntry(principal.tenant_id, principal.role.value, "conversions.delete", detail))
+    return {"deleted": "conversions", "name": name, "id": record.conversions_id}
+
+
+def delete_report(store: SqlStore, principal: Principal, report_id: str) -> dict[str, str]:
+    """An attribution report or a lookalike package's metadata (the node keeps no file of
+    either)."""
+    _admin(principal, "a report")
+    kind = (
+        store.delete_report(principal.tenant_id, report_id)
+        if REPORT_ID.fullmatch(report_id)
+        else None
+    )
+    if kind is None:
+        raise NotFound(f"no report or package {report_id!r} for this tenant")
+    store.audit(
+        AuditEntry(
+            principal.tenant_id, principal.role.value, f"{kind}.delete", {"report": report_id}
+        )
+    )
+    return {"deleted": kind, "id": report_id}
