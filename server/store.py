@@ -12,7 +12,8 @@ each):
   is a tenant and one of its partners, and budgets, quotas and idempotency
   keys are per partnership.
 - Tokens are stored as SHA-256 hashes; the plaintext is returned once, at
-  issue time, and cannot be read back.
+  issue time, and cannot be read back. ``rotate_token`` revokes the role's (or the
+  partner's) other tokens: a revoked token authenticates nothing.
 - Each public method is one transaction: it fully happens or not at all.
   ``put_audience`` with ``replace`` swaps the old record for the new one in
   that single transaction.
@@ -770,6 +771,28 @@ class SqlStore:
                 )
             )
         return token
+
+    def rotate_token(
+        self, tenant_id: str, role: Role, *, partner_id: str | None = None
+    ) -> tuple[str, int]:
+        """A new token for ``role`` (a partner's for ``partner_id``) that replaces, in one
+        transaction, every token the role (or that partner) had: they stop working at once.
+        Returns the new token and how many were revoked."""
+        token = self.issue_token(tenant_id, role, partner_id=partner_id)
+        with self._tx() as s:
+            rows = s.scalars(
+                select(_TokenRow).where(
+                    _TokenRow.tenant_id == tenant_id,
+                    _TokenRow.role == role.value,
+                    _TokenRow.partner_id.is_(None)
+                    if partner_id is None
+                    else _TokenRow.partner_id == partner_id,
+                    _TokenRow.token_hash != hash_token(token),
+                )
+            ).all()
+            for row in rows:
+                s.delete(row)
+        return token, len(rows)
 
     def authenticate(self, token: str) -> Principal | None:
         with self._tx() as s:

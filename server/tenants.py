@@ -249,3 +249,31 @@ def interrupt_unfinished(store: SqlStore, now: datetime) -> list[str]:
         )
         ended.append(session.session_id)
     return ended
+
+
+def rotate_token(
+    store: SqlStore, admin: Principal, role: Role, partner_name: str | None = None
+) -> tuple[str, int]:
+    """A new token for ``role`` of the admin's tenant (a partner token for
+    ``partner_name``); the old ones are revoked at once. Audited (never the token)."""
+    partner_id = None
+    if role is Role.PARTNER:
+        if partner_name is None:
+            raise InvalidInput("a partner token belongs to a partner: name it with --partner")
+        found = store.find_partner(admin.tenant_id, partner_name)
+        if found is None:
+            raise NotFound(f"this tenant has no partner named {partner_name!r}")
+        partner_id = found.partner_id
+    elif partner_name is not None:
+        raise InvalidInput(f"--partner names a partner's token, not an {role.value} token")
+    token, revoked = store.rotate_token(admin.tenant_id, role, partner_id=partner_id)
+    store.audit(
+        AuditEntry(
+            admin.tenant_id,
+            "admin",
+            "token.rotate",
+            {"role": role.value, "partner": partner_name, "revoked": revoked},
+            partner_id=partner_id,
+        )
+    )
+    return token, revoked

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from cleanroom.server.store import Principal, SqlStore
 
 tenant_app = typer.Typer(help="Tenants and their tokens (run on the brand node's machine).")
+token_app = typer.Typer(help="Bearer tokens: rotation and revocation (on the node's machine).")
 partner_account_app = typer.Typer(
     help="A tenant's media partners and their tokens (run on the brand node's machine)."
 )
@@ -35,6 +36,7 @@ def register(app: typer.Typer) -> None:
     app.command()(serve)
     app.add_typer(tenant_app, name="tenant")
     app.add_typer(partner_account_app, name="partner-account")
+    app.add_typer(token_app, name="token")
     app.command()(certs)
 
 
@@ -273,3 +275,32 @@ def certs(
     hosts = tuple(host) if host else ("localhost", "127.0.0.1", "::1")
     for path in make_certificates(out_dir, hosts=hosts):
         out.print(f"wrote {path}")
+
+
+@token_app.command("rotate")
+def token_rotate(
+    role: Annotated[str, typer.Option("--role", help="admin, partner or analyst.")],
+    partner: Annotated[
+        str | None, typer.Option("--partner", help="The partner whose token (with --role partner).")
+    ] = None,
+    tenant: Tenant = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Issue a new token for a role (or a partner) and revoke its old ones at once."""
+    from cleanroom.server.store import Role
+    from cleanroom.server.tenants import rotate_token
+
+    with errors(), node_store(data_dir, database_url) as store:
+        try:
+            chosen = Role(role)
+        except ValueError:
+            raise InvalidInput(f"--role is admin, partner or analyst, not {role!r}") from None
+        admin = _tenant_of(store, tenant)
+        token, revoked = rotate_token(store, admin, chosen, partner)
+    if as_json:
+        print_json({"role": chosen.value, "partner": partner, "token": token, "revoked": revoked})
+        return
+    out.print(f"new {chosen.value} token (shown once); {revoked} old token(s) revoked:")
+    out.print(f"  {token}")
