@@ -47,6 +47,19 @@ class Node:
         return SqlStore(self.db_url)
 
 
+def provisioned(
+    data_dir: Path, tenant: str = "acme", tls_dir: Path | None = None
+) -> tuple[ServerSettings, dict[Role, str]]:
+    """Settings for a node on loopback over ``data_dir``, with one tenant provisioned."""
+    config = ServerSettings(data_dir=data_dir, grpc_port=0, http_port=0, workers=1, tls_dir=tls_dir)
+    config.data_dir.mkdir(parents=True)
+    store = SqlStore(config.resolved_database_url())
+    try:
+        return config, store.provision_tenant(tenant)[1]
+    finally:
+        store.close()
+
+
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     """A brand node with two tenants, 'acme' and 'globex', on loopback."""

@@ -13,9 +13,9 @@ import httpx
 import pytest
 
 from cleanroom.server.node import BrandNodeThread
-from cleanroom.server.settings import ServerSettings
-from cleanroom.server.store import Role, SqlStore
+from cleanroom.server.store import Role
 from cleanroom.server.tls import make_certificates
+from tests.conftest import provisioned
 
 CLI = [sys.executable, "-m", "cleanroom.client.cli"]
 
@@ -25,13 +25,7 @@ def tls_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, obj
     root = tmp_path_factory.mktemp("rest-tls")
     certs = root / "certs"
     make_certificates(certs)
-    settings = ServerSettings(
-        data_dir=root / "node", grpc_port=0, http_port=0, workers=1, tls_dir=certs
-    )
-    settings.data_dir.mkdir()
-    store = SqlStore(settings.resolved_database_url())
-    _, tokens = store.provision_tenant("acme")
-    store.close()
+    settings, tokens = provisioned(root / "node", tls_dir=certs)
     with BrandNodeThread(settings) as node:
         assert node.ports is not None
         yield {"port": node.ports.http, "certs": certs, "analyst": tokens[Role.ANALYST]}

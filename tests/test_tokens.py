@@ -13,8 +13,8 @@ import pytest
 from cleanroom.client.scoring import list_models
 from cleanroom.client.sdk import ClientError, Connection
 from cleanroom.server.node import BrandNodeThread
-from cleanroom.server.settings import ServerSettings
 from cleanroom.server.store import Role, SqlStore
+from tests.conftest import provisioned
 
 CLI = [sys.executable, "-m", "cleanroom.client.cli"]
 
@@ -29,11 +29,7 @@ def rotate(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_a_rotated_token_is_revoked_everywhere_at_once(tmp_path: Path) -> None:
-    settings = ServerSettings(data_dir=tmp_path / "node", grpc_port=0, http_port=0, workers=1)
-    settings.data_dir.mkdir()
-    store = SqlStore(settings.resolved_database_url())
-    _, tokens = store.provision_tenant("acme")
-    store.close()
+    settings, tokens = provisioned(tmp_path / "node")
     with BrandNodeThread(settings) as node:
         assert node.ports is not None
         http = f"http://127.0.0.1:{node.ports.http}"
