@@ -71,7 +71,8 @@ class BrandNode:
         if s.tls_dir is None:
             log.warning("serving gRPC WITHOUT TLS on %s (localhost only)", s.host)
         s.data_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(s.data_dir / "audiences")
+        for kind in ("audiences", "conversions"):  # uploads a dead node left half-written
+            remove_stale_temporaries(s.data_dir / kind)
         self.store = SqlStore(s.resolved_database_url())
         interrupted = interrupt_unfinished(self.store, datetime.now(UTC))
         if interrupted:

@@ -75,7 +75,15 @@ def test_sessions_a_dead_node_left_running_are_interrupted_at_start_up(tmp_path:
             SessionRecord(sid, tenant.tenant_id, "x" * 32, "psi", status, 100, 100, 10, started)
         )
     store.close()
+    stale = [
+        settings.data_dir / kind / tenant.tenant_id / f".{'d' * 32}.events.parquet.1a2b.tmp"
+        for kind in ("audiences", "conversions")
+    ]
+    for path in stale:
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"half an upload")
     with BrandNodeThread(settings) as node:
+        assert not [p for p in stale if p.exists()]  # half-written uploads are gone
         assert node.ports is not None
         resp = httpx.get(
             f"http://127.0.0.1:{node.ports.http}/v1/sessions",
