@@ -751,26 +751,8 @@ class SqlStore:
     def issue_token(self, tenant_id: str, role: Role, *, partner_id: str | None = None) -> str:
         """A new bearer token for ``role`` (a partner token names its partner); only
         its hash is stored."""
-        if (role is Role.PARTNER) != (partner_id is not None):
-            raise InvalidInput("a partner token, and only a partner token, names its partner")
-        token = f"cr_{role.value}_{self._token_bytes(32)}"
         with self._tx() as s:
-            if s.get(_TenantRow, tenant_id) is None:
-                raise NotFound(f"no tenant {tenant_id}")
-            if partner_id is not None:
-                partner = s.get(_PartnerRow, partner_id)
-                if partner is None or partner.tenant_id != tenant_id:
-                    raise NotFound(f"no partner {partner_id}")
-            s.add(
-                _TokenRow(
-                    token_hash=hash_token(token),
-                    tenant_id=tenant_id,
-                    role=role.value,
-                    partner_id=partner_id,
-                    created_at=self._clock(),
-                )
-            )
-        return token
+            return self._add_token(s, tenant_id, role, partner_id)
 
     def rotate_token(
         self, tenant_id: str, role: Role, *, partner_id: str | None = None
@@ -778,21 +760,40 @@ class SqlStore:
         """A new token for ``role`` (a partner's for ``partner_id``) that replaces, in one
         transaction, every token the role (or that partner) had: they stop working at once.
         Returns the new token and how many were revoked."""
-        token = self.issue_token(tenant_id, role, partner_id=partner_id)
         with self._tx() as s:
-            rows = s.scalars(
+            old = s.scalars(
                 select(_TokenRow).where(
                     _TokenRow.tenant_id == tenant_id,
                     _TokenRow.role == role.value,
                     _TokenRow.partner_id.is_(None)
                     if partner_id is None
                     else _TokenRow.partner_id == partner_id,
-                    _TokenRow.token_hash != hash_token(token),
                 )
             ).all()
-            for row in rows:
+            for row in old:
                 s.delete(row)
-        return token, len(rows)
+            return self._add_token(s, tenant_id, role, partner_id), len(old)
+
+    def _add_token(self, s: Session, tenant_id: str, role: Role, partner_id: str | None) -> str:
+        if (role is Role.PARTNER) != (partner_id is not None):
+            raise InvalidInput("a partner token, and only a partner token, names its partner")
+        if s.get(_TenantRow, tenant_id) is None:
+            raise NotFound(f"no tenant {tenant_id}")
+        if partner_id is not None:
+            partner = s.get(_PartnerRow, partner_id)
+            if partner is None or partner.tenant_id != tenant_id:
+                raise NotFound(f"no partner {partner_id}")
+        token = f"cr_{role.value}_{self._token_bytes(32)}"
+        s.add(
+            _TokenRow(
+                token_hash=hash_token(token),
+                tenant_id=tenant_id,
+                role=role.value,
+                partner_id=partner_id,
+                created_at=self._clock(),
+            )
+        )
+        return token
 
     def authenticate(self, token: str) -> Principal | None:
         with self._tx() as s:
