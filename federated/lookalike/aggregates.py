@@ -85,9 +85,10 @@ def label_sums(n2: int, packed_ciphertexts: bytes, width: int, values: np.ndarra
     """``Enc(T_j)`` for every feature ``j``, then ``Enc(Σy)``, over one slice of rows.
 
     ``packed_ciphertexts``: one fixed-width big-endian ``Enc(y_i)`` per row of
-    ``values`` (non-negative ints, rows x features). Features with at most two
-    values in the slice, ``lo`` and ``hi`` (0/1 flags, one-hot columns, and a
-    standardized flag, whose two values are far from 0 and 1), go in blocks of
+    ``values`` (non-negative ints, rows x features). A feature constant in the
+    slice is ``Enc(Σy)^lo``. Features with two values in the slice, ``lo`` and
+    ``hi`` (0/1 flags, one-hot columns, and a standardized flag, whose two
+    values are far from 0 and 1), go in blocks of
     ``BINARY_BLOCK``: rows are bucketed by their block's pattern of ``x = hi``
     (one multiplication per row and block), each feature multiplies the
     buckets with its bit set into ``B_j``, and ``Enc(T_j) = Enc(Σy)^lo ·
@@ -109,17 +110,21 @@ def label_sums(n2: int, packed_ciphertexts: bytes, width: int, values: np.ndarra
     minima = values.min(axis=0).tolist() if len(values) else [0] * d
     everything = _product(cts, np.arange(len(cts)), modulus, mults)
     total_y = everything if everything is not None else mpz(1)
+    sums: list[mpz] = [mpz(1)] * d
+    constant = [j for j in range(d) if minima[j] == maxima[j]]
+    for j in constant:  # T_j = lo · Σy (an all-zero column: 1, the empty product)
+        sums[j] = mults.powmod(total_y, minima[j], modulus)
     two_valued = [
         j
         for j in range(d)
-        if maxima[j] <= 1 or not ((values[:, j] != minima[j]) & (values[:, j] != maxima[j])).any()
+        if minima[j] < maxima[j]
+        and not ((values[:, j] != minima[j]) & (values[:, j] != maxima[j])).any()
     ]
-    sums: list[mpz] = [mpz(1)] * d
     for first in range(0, len(two_valued), BINARY_BLOCK):
         block = two_valued[first : first + BINARY_BLOCK]
         codes = np.zeros(len(values), dtype=np.int64)
         for bit, j in enumerate(block):
-            codes |= (values[:, j] == maxima[j]).astype(np.int64) << bit if maxima[j] else 0
+            codes |= (values[:, j] == maxima[j]).astype(np.int64) << bit
         buckets = _buckets(cts, codes, modulus, mults)
         for bit, j in enumerate(block):
             acc = mpz(1)
@@ -128,15 +133,12 @@ def label_sums(n2: int, packed_ciphertexts: bytes, width: int, values: np.ndarra
                     acc = acc * c % modulus
                     mults.count += 1
             lo, hi = minima[j], maxima[j]
-            if lo == hi:  # a constant: T_j = lo · Σy
-                acc = mults.powmod(total_y, lo, modulus)
-            else:
-                acc = mults.powmod(acc, hi - lo, modulus)
-                if lo:
-                    acc = acc * mults.powmod(total_y, lo, modulus) % modulus
-                    mults.count += 1
+            acc = mults.powmod(acc, hi - lo, modulus)  # B_j^(hi - lo) ...
+            if lo:  # ... · Enc(Σy)^lo
+                acc = acc * mults.powmod(total_y, lo, modulus) % modulus
+                mults.count += 1
             sums[j] = acc
-    chosen = set(two_valued)
+    chosen = {*constant, *two_valued}
     for j in range(d):
         if j in chosen:
             continue
