@@ -199,9 +199,8 @@ LookalikeBrandMessage = (
 
 class ScoreRound(StrEnum):
     HELLO = "hello"
-    SCORES = "scores"  # P streams its packed, masked, encrypted scores
-    TIERS = "tiers"  # B ranks them and sends a tier per shuffled position
-    PACKAGE = "package"
+    SCORES = "scores"  # P streams its packed, masked, encrypted scores; B ranks them
+    PACKAGE = "package"  # B sent a tier per shuffled position; P writes and reports
     DONE = "done"
     FAILED = "failed"
 

@@ -301,7 +301,6 @@ class BrandScoring(RoundMachine[ScoreRound]):
             self._values.append(plain)
         values = np.frombuffer(b"".join(self._values), dtype="<u8")[: self.hello.users]
         tiers = await asyncio.to_thread(nested_tiers, values, self.sizes)
-        self.round = ScoreRound.TIERS
         for seq, start in enumerate(range(0, len(tiers), TIERS_CHUNK)):
             part = tiers[start : start + TIERS_CHUNK].tobytes()
             self.put(ScoreTiers(seq=seq, start=start, tiers=part))
@@ -362,7 +361,7 @@ class PartnerScoring(RoundMachine[ScoreRound]):
         users: int,
         tiers: tuple[float, ...],
         submission_key: str = "",
-        write_package: Callable[[ScoredTiers], object] | None = None,
+        write_package: Callable[[ScoredTiers], None] | None = None,
         jobs: RunJobs | None = None,
         min_key_bits: int = 2048,
         random_bytes: Callable[[int], bytes] = os.urandom,
@@ -378,7 +377,6 @@ class PartnerScoring(RoundMachine[ScoreRound]):
         self.accepted: ScoreAccepted | None = None
         self.package_id = ""
         self.result: ScoredTiers | None = None
-        self.files: object = None
         self.progress = ScoreProgress(users=users)
         self._write_package = write_package or (lambda _r: None)
         self._random_bytes = random_bytes
@@ -468,10 +466,12 @@ class PartnerScoring(RoundMachine[ScoreRound]):
         # Features are parsed and quantized first: a bad column fails before any encryption.
         index = await asyncio.to_thread(self._table_indices, msg.features, slots)
         tables = b"".join(
-            [
-                await self._jobs.call(feature_table, key.n, w, mask.a, f.levels, slots)
-                for f, w in zip(msg.features, msg.weights, strict=True)
-            ]
+            await asyncio.gather(
+                *(
+                    self._jobs.call(feature_table, key.n, w, mask.a, f.levels, slots)
+                    for f, w in zip(msg.features, msg.weights, strict=True)
+                )
+            )
         )
         n2 = key.n * key.n
         factor = mask.a * sum(1 << (SLOT_BITS * k) for k in range(slots))
@@ -530,5 +530,5 @@ class PartnerScoring(RoundMachine[ScoreRound]):
         self.result = ScoredTiers(self.tiers, tier_of_user, tuple(sizes))
         self.round = ScoreRound.PACKAGE
         self.progress.update(phase="writing")
-        self.files = await asyncio.to_thread(self._write_package, self.result)
+        await asyncio.to_thread(self._write_package, self.result)
         self.put(PackageSummary(scored=self.users, tier_sizes=tuple(sizes)))
