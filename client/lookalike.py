@@ -9,8 +9,6 @@ lands in ``--out`` only once the brand node confirmed it.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -18,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cleanroom.audiences.identifiers import IdColumn, NormalizeOptions
-from cleanroom.client.runs import run_package_job
+from cleanroom.client.runs import run_package_job, submission_digest
 from cleanroom.client.sdk import Connection, unary_call
 from cleanroom.federated.lookalike.inputs import PartnerUsers, load_partner_users
 from cleanroom.federated.lookalike.messages import DEFAULT_TIERS, LookalikeMode
@@ -90,29 +88,21 @@ def parse_tiers(spec: str) -> tuple[float, ...]:
 
 def submission_key(req: LookalikeRequest) -> str:
     """Same files, same parameters: same key, so a resubmission is idempotent."""
-    digest = hashlib.sha256()
-    for path in (req.users, req.features):
-        with open(path, "rb") as f:
-            while block := f.read(1 << 20):
-                digest.update(block)
-    digest.update(
-        json.dumps(
-            {
-                "audience": req.audience,
-                "ids": [f"{c.column}:{c.id_type}" for c in req.id_columns],
-                "user": req.user_column,
-                "features": req.feature_columns,
-                "mode": req.mode.value,
-                "tiers": list(req.tiers),
-                "holdout": req.holdout,
-                "l2": req.l2,
-                "bins": req.bins,
-                "epsilon": req.epsilon,
-            },
-            sort_keys=True,
-        ).encode()
+    return submission_digest(
+        (req.users, req.features),
+        {
+            "audience": req.audience,
+            "ids": [f"{c.column}:{c.id_type}" for c in req.id_columns],
+            "user": req.user_column,
+            "features": req.feature_columns,
+            "mode": req.mode.value,
+            "tiers": list(req.tiers),
+            "holdout": req.holdout,
+            "l2": req.l2,
+            "bins": req.bins,
+            "epsilon": req.epsilon,
+        },
     )
-    return digest.hexdigest()
 
 
 @dataclass

@@ -10,7 +10,9 @@ more than the gRPC status it caused, so that is what the caller sees.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import hashlib
+import json
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -71,6 +73,18 @@ async def drive_partner(
             raise
         finally:
             machine.close()
+
+
+def submission_digest(paths: Sequence[Path], params: dict[str, Any], domain: bytes = b"") -> str:
+    """The idempotency key of a job: same files, same parameters, same key (hex SHA-256
+    over ``domain``, each file's bytes, then the parameters as sorted JSON)."""
+    digest = hashlib.sha256(domain)
+    for path in paths:
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+    digest.update(json.dumps(params, sort_keys=True).encode())
+    return digest.hexdigest()
 
 
 class PackageFiles(Protocol):

@@ -10,8 +10,6 @@ encrypted. The tiers land in ``--out`` once the node confirmed the package.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cleanroom.client.runs import run_package_job
+from cleanroom.client.runs import run_package_job, submission_digest
 from cleanroom.client.sdk import Connection, unary_call
 from cleanroom.federated.lookalike.brand_model import BrandModel
 from cleanroom.federated.lookalike.features import numeric_column
@@ -105,17 +103,11 @@ class ScoreRequest:
 
 def score_submission_key(req: ScoreRequest) -> str:
     """Same file, same model and tiers: same key, so a resubmission is idempotent."""
-    digest = hashlib.sha256(b"he-score\0")
-    with open(req.features, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    digest.update(
-        json.dumps(
-            {"model": req.model, "user": req.user_column, "tiers": list(req.tiers)},
-            sort_keys=True,
-        ).encode()
+    return submission_digest(
+        (req.features,),
+        {"model": req.model, "user": req.user_column, "tiers": list(req.tiers)},
+        domain=b"he-score\0",
     )
-    return digest.hexdigest()
 
 
 @dataclass
