@@ -36,6 +36,7 @@ from cleanroom.proto.errors import (
     ResourceExhausted,
     Unauthenticated,
 )
+from cleanroom.server.admission import Admission, NodeBusy, Slot
 from cleanroom.server.attribution import AttributionService, ConversionsUpload
 from cleanroom.server.audiences import AudienceService, AudienceUpload
 from cleanroom.server.errors import internal_message, internal_reference, nearest
@@ -87,9 +88,16 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, internal_message(internal_reference(exc))
 
 
+# Trailing metadata of a refusal by admission control: when to try again, in
+# milliseconds (clients retry only refusals that carry it).
+RETRY_AFTER_KEY = "retry-after-ms"
+
+
 async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
     code, message = status_for(exc)
     log.info("rpc failed: %s %s", code.name, message)
+    if isinstance(exc, NodeBusy):
+        context.set_trailing_metadata(((RETRY_AFTER_KEY, str(round(exc.retry_after * 1000))),))
     await context.abort(code, message)
 
 
@@ -290,6 +298,7 @@ async def drive_run(
     to_pb: Callable[..., Any],
     open_run: Callable[[Principal, Any], RunT],
     finish: Callable[[RunT], None],
+    admission: Admission | None = None,
 ) -> AsyncIterator[Any]:
     """The bidirectional shape attribution and lookalike runs share.
 
@@ -297,9 +306,11 @@ async def drive_run(
     ``MatchingServicer.Session``); ``open_run`` checks policy and returns the
     run's state machine, whose outgoing messages this yields as the reader
     task feeds it the partner's. Any error fails the run and becomes the
-    call's status; ``finish`` records the run's end however it ended.
+    call's status; ``finish`` records the run's end however it ended. A run
+    holds an ``admission`` slot from before ``open_run`` to its end.
     """
     run: RunT | None = None
+    slot: Slot | None = None
     reader: asyncio.Task[None] | None = None
     name = hello.__name__
     try:
@@ -309,6 +320,8 @@ async def drive_run(
         opening = from_pb(first)
         if not isinstance(opening, hello):
             raise ProtocolError(f"this stream must start with {name}, not {type(opening).__name__}")
+        if admission is not None:
+            slot = admission.admit(principal.partnership)
         run = await asyncio.to_thread(open_run, principal, opening)
         yield to_pb(run.start())
         reader = asyncio.ensure_future(_read_run(run, requests, from_pb))
@@ -325,8 +338,12 @@ async def drive_run(
             reader.cancel()
             with contextlib.suppress(BaseException):
                 await reader
-        if run is not None:  # done, failed, or the partner went away mid-run
-            finish(run)
+        try:
+            if run is not None:  # done, failed, or the partner went away mid-run
+                finish(run)
+        finally:
+            if slot is not None:
+                slot.release()
 
 
 async def _read_run(run: _Run, requests: AsyncIterator[Any], from_pb: Callable[..., Any]) -> None:
@@ -344,11 +361,16 @@ async def _read_run(run: _Run, requests: AsyncIterator[Any], from_pb: Callable[.
 
 class LookalikeServicer(pb_grpc.LookalikeServiceServicer):
     def __init__(
-        self, store: SqlStore, lookalike: LookalikeService, scoring: ScoringService
+        self,
+        store: SqlStore,
+        lookalike: LookalikeService,
+        scoring: ScoringService,
+        admission: Admission | None = None,
     ) -> None:
         self._store = store
         self._service = lookalike
         self._scoring = scoring
+        self._admission = admission
 
     async def UploadModel(
         self, request: pb.ModelUpload, context: grpc.aio.ServicerContext
@@ -393,6 +415,7 @@ class LookalikeServicer(pb_grpc.LookalikeServiceServicer):
             to_pb=serde.score_brand_to_pb,
             open_run=self._scoring.open,
             finish=self._scoring.finish,
+            admission=self._admission,
         ):
             yield out
 
@@ -410,14 +433,18 @@ class LookalikeServicer(pb_grpc.LookalikeServiceServicer):
             to_pb=serde.lookalike_brand_to_pb,
             open_run=self._service.open,
             finish=self._service.finish,
+            admission=self._admission,
         ):
             yield out
 
 
 class AttributionServicer(pb_grpc.AttributionServiceServicer):
-    def __init__(self, store: SqlStore, attribution: AttributionService) -> None:
+    def __init__(
+        self, store: SqlStore, attribution: AttributionService, admission: Admission | None = None
+    ) -> None:
         self._store = store
         self._service = attribution
+        self._admission = admission
 
     async def UploadConversions(
         self,
@@ -451,6 +478,7 @@ class AttributionServicer(pb_grpc.AttributionServiceServicer):
             to_pb=serde.attr_brand_to_pb,
             open_run=self._service.open,
             finish=self._service.finish,
+            admission=self._admission,
         ):
             yield out
 

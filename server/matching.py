@@ -26,8 +26,10 @@ from cleanroom.proto.errors import (
     PermissionDenied,
     PolicyViolation,
 )
+from cleanroom.server.admission import Admission, Slot
 from cleanroom.server.audiences import AudienceService
 from cleanroom.server.store import (
+    AudienceRecord,
     AuditEntry,
     PartnershipId,
     Principal,
@@ -44,6 +46,7 @@ log = logging.getLogger("cleanroom.server.matching")
 class _Live:
     session: BrandSession
     partnership: PartnershipId
+    slot: Slot | None = None
     detached_at: float | None = None
     stream: int = 0
     reader: asyncio.Task[None] | None = None
@@ -55,6 +58,7 @@ class MatchingService:
     audiences: AudienceService
     chunk_size: int = 8192
     resume_seconds: float = 600.0
+    admission: Admission | None = None
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     _live: dict[str, _Live] = field(default_factory=dict)
 
@@ -69,6 +73,8 @@ class MatchingService:
             # Another partner's session, of this tenant too, is not found.
             if live is None or live.partnership != partnership:
                 raise NotFound(f"no resumable session {hello.resume_session_id}")
+            if live.slot is None and self.admission is not None:
+                live.slot = self.admission.admit(partnership)
             live.session.resume(hello)
             if live.reader is not None:
                 # The old stream may still hold unread chunks; it must not
@@ -95,6 +101,23 @@ class MatchingService:
             )
         now = self.clock()
         check_session_quota(self.store, partnership, policy, now)
+        slot = self.admission.admit(partnership) if self.admission is not None else None
+        try:
+            return await self._start(principal, hello, audience, now, slot)
+        except BaseException:
+            if slot is not None:
+                slot.release()
+            raise
+
+    async def _start(
+        self,
+        principal: Principal,
+        hello: Hello,
+        audience: AudienceRecord,
+        now: datetime,
+        slot: Slot | None,
+    ) -> tuple[BrandSession, int]:
+        partnership = principal.partnership
         points = await asyncio.to_thread(self.audiences.load_points, audience)
         if len(points) == 0:
             raise FailedPrecondition(f"audience {audience.name!r} is empty")
@@ -134,7 +157,7 @@ class MatchingService:
                 partner_id=partnership.partner_id,
             )
         )
-        self._live[session_id] = _Live(session, partnership)
+        self._live[session_id] = _Live(session, partnership, slot)
         log.info(
             "psi session %s started: partnership=%s audience=%s protocol=%s partner_records=%d",
             session_id,
@@ -158,6 +181,11 @@ class MatchingService:
         if session.finished:
             self._record_end(live)
         else:
+            # Waiting for a resumption costs memory, not crypto: the slot goes back, and
+            # the resumption takes one again.
+            if live.slot is not None:
+                live.slot.release()
+                live.slot = None
             live.detached_at = time.monotonic()
             self.store.update_session(
                 live.partnership.tenant_id, session.session_id, status="interrupted"
@@ -167,6 +195,8 @@ class MatchingService:
     def _record_end(self, live: _Live) -> None:
         session = live.session
         self._live.pop(session.session_id, None)
+        if live.slot is not None:
+            live.slot.release()
         session.close()
         if session.round is Round.DONE:
             outcome = session.outcome()

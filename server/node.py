@@ -20,11 +20,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from cleanroom.matching.workers import CryptoPool
+from cleanroom.matching.workers import CryptoPool, default_workers
 from cleanroom.proto import cleanroom_pb2 as pb
 from cleanroom.proto import cleanroom_pb2_grpc as pb_grpc
 from cleanroom.proto.errors import InvalidInput
 from cleanroom.proto.transport import SERVER_CERT, SERVER_KEY, is_local, load_tls, server_options
+from cleanroom.server.admission import Admission, default_max_sessions
 from cleanroom.server.attribution import AttributionService
 from cleanroom.server.audiences import AudienceService
 from cleanroom.server.files import remove_stale_temporaries
@@ -59,6 +60,7 @@ class BrandNode:
         self._http: Any = None
         self._tasks: list[asyncio.Task[Any]] = []
         self.matching: MatchingService | None = None
+        self.admission: Admission | None = None
         self.ports: Ports | None = None
 
     async def start(self) -> Ports:
@@ -80,8 +82,17 @@ class BrandNode:
         if self._pool is None:
             self._pool = await asyncio.to_thread(CryptoPool.processes, s.workers)
         audiences = AudienceService(self.store, s.data_dir, self._pool)
+        total = s.max_sessions or default_max_sessions(default_workers())
+        self.admission = Admission(
+            max_sessions=total,
+            max_partner_sessions=min(total, s.max_partner_sessions or max(1, total // 2)),
+        )
         self.matching = MatchingService(
-            self.store, audiences, chunk_size=s.chunk_size, resume_seconds=s.resume_seconds
+            self.store,
+            audiences,
+            chunk_size=s.chunk_size,
+            resume_seconds=s.resume_seconds,
+            admission=self.admission,
         )
         assert self._pool is not None
         attribution = AttributionService(self.store, s.data_dir, executor=self._pool.executor)
@@ -96,11 +107,11 @@ class BrandNode:
             MatchingServicer(self.store, self.matching), server
         )
         pb_grpc.add_AttributionServiceServicer_to_server(
-            AttributionServicer(self.store, attribution), server
+            AttributionServicer(self.store, attribution, self.admission), server
         )
         scoring = ScoringService(self.store, executor=self._pool.executor)
         pb_grpc.add_LookalikeServiceServicer_to_server(
-            LookalikeServicer(self.store, lookalike, scoring), server
+            LookalikeServicer(self.store, lookalike, scoring, self.admission), server
         )
         health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)

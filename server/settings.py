@@ -24,6 +24,10 @@ class ServerSettings(BaseSettings):
     chunk_size: int = Field(8192, ge=16, le=65536)  # points per PSI chunk (256 KiB)
     max_message_bytes: int = Field(MAX_MESSAGE_BYTES, ge=1024 * 1024)
     resume_seconds: float = Field(600.0, gt=0)
+    # Jobs (PSI sessions, attribution, lookalike and scoring runs) at once: in all (default
+    # two per core, at least 4) and per partner (default half of that).
+    max_sessions: int | None = Field(None, ge=1)
+    max_partner_sessions: int | None = Field(None, ge=1)
     serve_http: bool = True
 
     def resolved_database_url(self) -> str:

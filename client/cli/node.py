@@ -87,6 +87,22 @@ def serve(
             "--database-url", help=_setting("database_url", "Default: SQLite in the data dir")
         ),
     ] = None,
+    max_sessions: Annotated[
+        int | None,
+        typer.Option(
+            "--max-sessions",
+            help=_setting(
+                "max_sessions", "Jobs run at once, more are refused; default 2 per core, min 4"
+            ),
+        ),
+    ] = None,
+    max_partner_sessions: Annotated[
+        int | None,
+        typer.Option(
+            "--max-partner-sessions",
+            help=_setting("max_partner_sessions", "Jobs one partner runs at once; default half"),
+        ),
+    ] = None,
 ) -> None:
     """Run the brand node: gRPC service, REST API. Flags override CLEANROOM_* variables."""
     from pydantic import ValidationError
@@ -105,6 +121,8 @@ def serve(
         tls_dir=tls_dir,
         workers=workers,
         database_url=database_url,
+        max_sessions=max_sessions,
+        max_partner_sessions=max_partner_sessions,
     )
     try:
         settings = ServerSettings(**flags)
