@@ -21,7 +21,7 @@ import pandas as pd
 from cleanroom.audiences.identifiers import IdColumn, NormalizeOptions
 from cleanroom.audiences.reader import iter_frames, read_frame
 from cleanroom.audiences.upload import ConversionRows, UploadEnd, UploadHeader
-from cleanroom.client.runs import drive_partner
+from cleanroom.client.runs import drive_partner, with_restarts
 from cleanroom.client.sdk import ClientError, Connection, stream_upload
 from cleanroom.federated.attribution.inputs import (
     PartnerExposures,
@@ -146,6 +146,13 @@ class PreparedAttribution:
     parsed: pd.DataFrame
     executor: Executor | None
     partner: PartnerAttribution
+    new_partner: Callable[[], PartnerAttribution]
+
+    def restart(self) -> PartnerAttribution:
+        """A fresh state machine for a new attempt (fresh keys and randomness)."""
+        self.partner.close()
+        self.partner = self.new_partner()
+        return self.partner
 
 
 def prepare_attribution(
@@ -162,18 +169,22 @@ def prepare_attribution(
         columns = [c for c in req.id_columns if str(c.id_type) in set(id_types)]
         return partner_exposures(parsed, columns, req.options, executor)
 
-    partner = PartnerAttribution(
-        conversions=req.conversions,
-        click_days=req.windows.click_days,
-        view_days=req.windows.view_days,
-        id_types=tuple(sorted({str(c.id_type) for c in req.id_columns})),
-        exposures=exposures,
-        jobs=RunJobs(executor),
-        epsilon=req.epsilon,
-        submission_key=submission_key(req, spend),
-        spend=spend,
-    )
-    return PreparedAttribution(req, parsed, executor, partner)
+    key = submission_key(req, spend)
+
+    def machine() -> PartnerAttribution:
+        return PartnerAttribution(
+            conversions=req.conversions,
+            click_days=req.windows.click_days,
+            view_days=req.windows.view_days,
+            id_types=tuple(sorted({str(c.id_type) for c in req.id_columns})),
+            exposures=exposures,
+            jobs=RunJobs(executor),
+            epsilon=req.epsilon,
+            submission_key=key,
+            spend=spend,
+        )
+
+    return PreparedAttribution(req, parsed, executor, machine(), machine)
 
 
 async def run_attribution(
@@ -189,19 +200,19 @@ async def run_attribution(
     log, for the identifier types both hold only. ``on_progress`` sees the
     phase and the token counts as they move.
     """
-    partner = prepared.partner
-    if on_progress is not None:
-        partner.progress.listeners.append(on_progress)
-        on_progress(partner.progress)
-    await drive_partner(
-        conn,
-        lambda channel, requests: pb_grpc.AttributionServiceStub(channel).Attribute(
-            requests, metadata=conn.metadata, timeout=conn.timeout
-        ),
-        partner,
-        serde.attr_partner_to_pb,
-        serde.attr_brand_from_pb,
-    )
-    if not partner.report_id:
-        raise ClientError("PROTOCOL", "the brand node ended the run without a report")
-    return partner.report_id
+
+    async def attempt(partner: PartnerAttribution) -> str:
+        await drive_partner(
+            conn,
+            lambda channel, requests: pb_grpc.AttributionServiceStub(channel).Attribute(
+                requests, metadata=conn.metadata, timeout=conn.timeout
+            ),
+            partner,
+            serde.attr_partner_to_pb,
+            serde.attr_brand_from_pb,
+        )
+        if not partner.report_id:
+            raise ClientError("PROTOCOL", "the brand node ended the run without a report")
+        return partner.report_id
+
+    return await with_restarts(conn, prepared, attempt, "attribution", on_progress)

@@ -114,6 +114,13 @@ class PreparedLookalike:
     users: PartnerUsers
     writer: PackageWriter
     partner: PartnerLookalike
+    new_partner: Callable[[], PartnerLookalike]
+
+    def restart(self) -> PartnerLookalike:
+        """A fresh state machine for a new attempt (fresh keys and randomness)."""
+        self.partner.close()
+        self.partner = self.new_partner()
+        return self.partner
 
 
 def prepare_lookalike(
@@ -134,21 +141,25 @@ def prepare_lookalike(
     if not len(users.data.records()):
         raise InvalidInput(f"no user in {req.users} has a valid identifier to offer")
     writer = PackageWriter(req.out_dir, users.user_ids, users.pipeline, req.mode, req.epsilon)
-    partner = PartnerLookalike(
-        audience=req.audience,
-        data=users.data,
-        features=users.features,
-        mode=req.mode,
-        tiers=req.tiers,
-        holdout=req.holdout,
-        l2=req.l2,
-        epsilon=req.epsilon,
-        submission_key=submission_key(req),
-        write_package=writer.write,
-        jobs=RunJobs(executor),
-        **req.extra,
-    )
-    return PreparedLookalike(req, users, writer, partner)
+    key = submission_key(req)
+
+    def machine() -> PartnerLookalike:
+        return PartnerLookalike(
+            audience=req.audience,
+            data=users.data,
+            features=users.features,
+            mode=req.mode,
+            tiers=req.tiers,
+            holdout=req.holdout,
+            l2=req.l2,
+            epsilon=req.epsilon,
+            submission_key=key,
+            write_package=writer.write,
+            jobs=RunJobs(executor),
+            **req.extra,
+        )
+
+    return PreparedLookalike(req, users, writer, machine(), machine)
 
 
 async def run_lookalike(
@@ -163,12 +174,12 @@ async def run_lookalike(
         lambda channel, requests: pb_grpc.LookalikeServiceStub(channel).Run(
             requests, metadata=conn.metadata, timeout=conn.timeout
         ),
-        partner,
+        prepared,
         serde.lookalike_partner_to_pb,
         serde.lookalike_brand_from_pb,
         files=prepared.writer,
         out_dir=prepared.request.out_dir,
-        wrote=lambda: partner.package is not None,
+        wrote=lambda machine: machine.package is not None,
         count=len(partner.records),
         summary={"mode": partner.mode.value, "offered": len(partner.records)},
         on_progress=on_progress,

@@ -12,15 +12,19 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import AsyncIterator, Callable, Sequence
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import grpc
 
 from cleanroom.client.sdk import ClientError, Connection
 from cleanroom.federated.lookalike.package import read_manifest
 from cleanroom.federated.paillier import PaillierPublicKey
+
+log = logging.getLogger("cleanroom.client")
+R = TypeVar("R")
 
 
 class PartnerMachine(Protocol):
@@ -75,6 +79,44 @@ async def drive_partner(
             machine.close()
 
 
+class Restartable(Protocol):
+    """A prepared job: its current state machine, and a fresh one for a new attempt."""
+
+    @property
+    def partner(self) -> Any: ...
+
+    def restart(self) -> Any: ...
+
+
+async def with_restarts(
+    conn: Connection,
+    prepared: Restartable,
+    attempt: Callable[[Any], Awaitable[R]],
+    what: str,
+    on_progress: Callable[[Any], None] | None = None,
+) -> R:
+    """``attempt(machine)`` until it succeeds, starting over with a fresh machine after a
+    transient failure (the node unreachable, the stream dropped, the node busy), with
+    backoff up to ``conn.retry_seconds``. Jobs other than PSI cannot resume: the node
+    keeps a run's state only while its stream lasts, so a new attempt is a new run (a
+    completed one is found again by its submission key, so nothing is done twice)."""
+    backoff = conn.backoff()
+    machine = prepared.partner
+    while True:
+        if on_progress is not None:
+            machine.progress.listeners.append(on_progress)
+            on_progress(machine.progress)
+        try:
+            return await attempt(machine)
+        except ClientError as error:
+            if not error.transient:
+                raise
+            if not await backoff.wait(error.retry_after):
+                raise error.gave_up(backoff) from error
+            log.warning("%s: starting over (%s: %s)", what, error.code, error.message)
+            machine = prepared.restart()
+
+
 def submission_digest(paths: Sequence[Path], params: dict[str, Any], domain: bytes = b"") -> str:
     """The idempotency key of a job: same files, same parameters, same key (hex SHA-256
     over ``domain``, each file's bytes, then the parameters as sorted JSON)."""
@@ -98,39 +140,41 @@ class PackageFiles(Protocol):
 async def run_package_job(
     conn: Connection,
     open_call: Callable[[grpc.aio.Channel, AsyncIterator[Any]], Any],
-    machine: Any,
+    prepared: Restartable,
     to_pb: Callable[..., Any],
     from_pb: Callable[..., Any],
     *,
     files: PackageFiles,
     out_dir: Path,
-    wrote: Callable[[], bool],
+    wrote: Callable[[Any], bool],
     count: int,
     summary: dict[str, Any],
     on_progress: Callable[[Any], None] | None = None,
 ) -> dict[str, Any]:
-    """Drive a lookalike or scoring job and commit its files once the node confirmed the
-    package; returns the manifest. A repeated submission runs nothing: the manifest is
-    read back from ``out_dir`` when the package is there, else ``summary`` says where it
-    is not. ``wrote()`` says whether this run wrote a package."""
-    if on_progress is not None:
-        machine.progress.listeners.append(on_progress)
-        on_progress(machine.progress)
-    try:
-        await drive_partner(conn, open_call, machine, to_pb, from_pb)
-        package_id = machine.package_id
-        if not package_id:
-            raise ClientError("PROTOCOL", "the brand node ended the job without a package")
-        if not wrote():  # a repeated submission: the package exists already
-            return read_manifest(out_dir, package_id) or {
-                "package_id": package_id,
-                **summary,
-                "repeated": True,
-                "note": (
-                    f"this submission already made package {package_id};"
-                    f" its files are not in {out_dir}"
-                ),
-            }
-        return files.commit(package_id, count)
-    finally:
-        files.abort()
+    """Drive a lookalike or scoring job (see ``with_restarts``) and commit its files once
+    the node confirmed the package; returns the manifest. A repeated submission runs
+    nothing: the manifest is read back from ``out_dir`` when the package is there, else
+    ``summary`` says where it is not. ``wrote(machine)`` says whether the run wrote a
+    package."""
+
+    async def attempt(machine: Any) -> dict[str, Any]:
+        try:
+            await drive_partner(conn, open_call, machine, to_pb, from_pb)
+            package_id = machine.package_id
+            if not package_id:
+                raise ClientError("PROTOCOL", "the brand node ended the job without a package")
+            if not wrote(machine):  # a repeated submission: the package exists already
+                return read_manifest(out_dir, package_id) or {
+                    "package_id": package_id,
+                    **summary,
+                    "repeated": True,
+                    "note": (
+                        f"this submission already made package {package_id};"
+                        f" its files are not in {out_dir}"
+                    ),
+                }
+            return files.commit(package_id, count)
+        finally:
+            files.abort()
+
+    return await with_restarts(conn, prepared, attempt, "package job", on_progress)

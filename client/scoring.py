@@ -116,6 +116,13 @@ class PreparedScore:
     user_ids: np.ndarray
     writer: ScoredTiersWriter
     partner: PartnerScoring
+    new_partner: Callable[[], PartnerScoring]
+
+    def restart(self) -> PartnerScoring:
+        """A fresh state machine for a new attempt (fresh masks and shuffles)."""
+        self.partner.close()
+        self.partner = self.new_partner()
+        return self.partner
 
 
 def prepare_score(req: ScoreRequest, executor: Any = None) -> PreparedScore:
@@ -125,16 +132,21 @@ def prepare_score(req: ScoreRequest, executor: Any = None) -> PreparedScore:
     if len(user_ids) < 2:
         raise InvalidInput(f"feature file {req.features} has fewer than 2 users to score")
     writer = ScoredTiersWriter(req.out_dir, user_ids, req.model)
-    partner = PartnerScoring(
-        model=req.model,
-        columns=FeatureColumns(frame, req.user_column, req.features),
-        users=len(user_ids),
-        tiers=req.tiers,
-        submission_key=score_submission_key(req),
-        write_package=writer.write,
-        jobs=RunJobs(executor),
-    )
-    return PreparedScore(req, user_ids, writer, partner)
+    columns = FeatureColumns(frame, req.user_column, req.features)
+    key = score_submission_key(req)
+
+    def machine() -> PartnerScoring:
+        return PartnerScoring(
+            model=req.model,
+            columns=columns,
+            users=len(user_ids),
+            tiers=req.tiers,
+            submission_key=key,
+            write_package=writer.write,
+            jobs=RunJobs(executor),
+        )
+
+    return PreparedScore(req, user_ids, writer, machine(), machine)
 
 
 async def run_score(
@@ -149,12 +161,12 @@ async def run_score(
         lambda channel, requests: pb_grpc.LookalikeServiceStub(channel).Score(
             requests, metadata=conn.metadata, timeout=conn.timeout
         ),
-        partner,
+        prepared,
         serde.score_partner_to_pb,
         serde.score_brand_from_pb,
         files=prepared.writer,
         out_dir=prepared.request.out_dir,
-        wrote=lambda: partner.result is not None,
+        wrote=lambda machine: machine.result is not None,
         count=partner.users,
         summary={"mode": "he-score", "model": partner.model},
         on_progress=on_progress,

@@ -8,8 +8,11 @@ surface is exported by ``cleanroom.client`` (see its docstring for an example).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,19 +39,32 @@ from cleanroom.proto import serde
 from cleanroom.proto.transport import channel_options, host_of, is_local, load_tls
 
 R = TypeVar("R")
+log = logging.getLogger("cleanroom.client")
 
-# gRPC codes after which a PSI stream is worth resuming: the network or the
-# server went away, not a refusal of what we sent.
-RESUMABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN}
+# gRPC codes after which a call is worth repeating: the network or the node
+# went away (a restart, a dropped stream), not a refusal of what we sent.
+TRANSIENT = frozenset({"UNAVAILABLE", "CANCELLED", "UNKNOWN"})
+# Trailing metadata of the node's admission-control refusals (server/grpc_api.py).
+RETRY_AFTER_KEY = "retry-after-ms"
 
 
 class ClientError(RuntimeError):
-    """A call the brand node refused or that could not complete."""
+    """A call the brand node refused or that could not complete. ``retry_after`` is the
+    node's hint (seconds) when it refused only because it was busy."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, retry_after: float | None = None) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+        self.retry_after = retry_after
+
+    @property
+    def transient(self) -> bool:
+        """Whether the same call may succeed later: the node was unreachable, dropped the
+        stream, or was busy (a spent quota or a bad request is not transient)."""
+        return self.code in TRANSIENT or (
+            self.code == "RESOURCE_EXHAUSTED" and self.retry_after is not None
+        )
 
     @classmethod
     def from_rpc(cls, exc: grpc.RpcError) -> ClientError:
@@ -58,7 +74,26 @@ class ClientError(RuntimeError):
         host: Connection refused", tells a user little)."""
         code: str = exc.code().name  # type: ignore[attr-defined]
         details: str = exc.details() or ""  # type: ignore[attr-defined]
-        return cls(code, _plain_transport_message(code, details) or details)
+        retry_after = None
+        trailing = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
+        for key, value in trailing or ():
+            if key == RETRY_AFTER_KEY:
+                try:
+                    retry_after = max(0.0, int(value) / 1000)
+                except (TypeError, ValueError):
+                    retry_after = None
+        return cls(code, _plain_transport_message(code, details) or details, retry_after)
+
+    def gave_up(self, backoff: Backoff) -> ClientError:
+        """This error after ``backoff`` ran out: how long was tried, and what to do."""
+        if not backoff.attempts:
+            return self
+        return ClientError(
+            self.code,
+            f"{self.message} (gave up after {backoff.attempts} retries over"
+            f" {backoff.elapsed():.0f} s; --retry-seconds allows {backoff.seconds:g} s)",
+            self.retry_after,
+        )
 
 
 def _plain_transport_message(code: str, details: str) -> str | None:
@@ -78,12 +113,60 @@ def _plain_transport_message(code: str, details: str) -> str | None:
     return None
 
 
+@dataclass
+class Backoff:
+    """Exponential backoff with full jitter over one outage of at most ``seconds``.
+
+    The n-th wait is uniform in [0, min(cap, base·2ⁿ)] (so clients a node dropped at
+    once do not all return at once), at least the node's hint when it gave one;
+    ``wait`` answers False instead of sleeping once the outage would outlast
+    ``seconds``. ``reset`` after progress starts a new outage. Jitter, clock and
+    sleep are injectable for tests; the jitter needs no secrecy.
+    """
+
+    seconds: float
+    base: float = 0.25
+    cap: float = 8.0
+    rng: random.Random = field(default_factory=random.Random)
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    attempts: int = 0
+    _since: float | None = None
+
+    def elapsed(self) -> float:
+        return 0.0 if self._since is None else self.clock() - self._since
+
+    async def wait(self, hint: float | None = None) -> bool:
+        if self.seconds <= 0:
+            return False
+        now = self.clock()
+        if self._since is None:
+            self._since = now
+        delay = self.rng.uniform(0.0, min(self.cap, self.base * 2**self.attempts))
+        if hint is not None:
+            delay = max(delay, hint * self.rng.uniform(1.0, 1.25))
+        if now - self._since + delay > self.seconds:
+            return False
+        self.attempts += 1
+        await self.sleep(delay)
+        return True
+
+    def reset(self) -> None:
+        self._since = None
+        self.attempts = 0
+
+
 @dataclass(frozen=True)
 class Connection:
     target: str
     token: str
     tls_dir: Path | None = None
     timeout: float = 3600.0  # deadline of one call, seconds
+    # How long one outage of the node (or its refusals for being busy) is waited out.
+    retry_seconds: float = 60.0
+
+    def backoff(self) -> Backoff:
+        return Backoff(self.retry_seconds)
 
     def _check_plaintext(self) -> None:
         host = host_of(self.target)
@@ -369,7 +452,8 @@ async def prepare_points(
 @dataclass
 class PsiRun:
     session: PartnerSession
-    resumes: int = 0
+    resumes: int = 0  # streams that continued the session after a drop
+    restarts: int = 0  # new sessions after the node lost the old one
     accepted: Accepted | None = None
     result: Result | None = None
     extras: dict[str, Any] = field(default_factory=dict)
@@ -390,34 +474,64 @@ async def run_psi(
     *,
     pool: CryptoPool,
     report_count: bool = True,
-    max_resumes: int = 5,
     on_progress: Callable[[PartnerProgress], None] | None = None,
     session: PartnerSession | None = None,
 ) -> PsiRun:
-    """Run one PSI session to the end, resuming after dropped streams."""
-    session = session or PartnerSession(
-        audience=audience, protocol=protocol, data=data, pool=pool, report_count=report_count
-    )
-    if on_progress is not None:
+    """Run one PSI session to the end through outages of the node.
+
+    A dropped stream or an unreachable node is retried with backoff
+    (``conn.retry_seconds``, see ``Backoff``): the session resumes where the
+    node still holds it; where the node lost it (it restarted), a new session
+    with fresh keys starts over, so nothing of the old one is reused. Any
+    other failure, or an outage longer than the budget, ends the run with a
+    ``ClientError`` that says what happened.
+    """
+
+    def new_session() -> PartnerSession:
+        fresh = PartnerSession(
+            audience=audience, protocol=protocol, data=data, pool=pool, report_count=report_count
+        )
+        if on_progress is not None:
+            fresh.progress.listeners.append(on_progress)
+        return fresh
+
+    if session is None:
+        session = new_session()
+    elif on_progress is not None:
         session.progress.listeners.append(on_progress)
     run = PsiRun(session)
-    async with conn.channel() as channel:
-        stub = pb_grpc.MatchingServiceStub(channel)
-        while True:
-            try:
-                await _one_stream(stub, conn, session, run)
-                break
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() in RESUMABLE and session.session_id and run.resumes < max_resumes:
-                    run.resumes += 1
-                    await asyncio.sleep(min(5.0, 0.2 * 2**run.resumes))
-                    continue
-                session.close()
-                raise ClientError.from_rpc(exc) from exc
-            except BaseException:
-                session.close()
-                raise
-    run.result = session.result
+    backoff = conn.backoff()
+    while True:
+        run.accepted = None
+        try:
+            async with conn.channel() as channel:  # a fresh channel: no reconnect backoff
+                await _one_stream(pb_grpc.MatchingServiceStub(channel), conn, run.session, run)
+            break
+        except grpc.aio.AioRpcError as exc:
+            error = ClientError.from_rpc(exc)
+        except BaseException:
+            run.session.close()
+            raise
+        lost = error.code == "NOT_FOUND" and bool(run.session.session_id)
+        if not (error.transient or lost):
+            run.session.close()
+            raise error
+        if run.accepted is not None:
+            backoff.reset()  # the node was back: a new outage starts now
+        if not await backoff.wait(error.retry_after):
+            run.session.close()
+            raise error.gave_up(backoff)
+        if lost or (error.transient and not run.session.session_id):
+            # The node restarted (it lost the session) or never accepted it.
+            if lost:
+                run.restarts += 1
+            run.session.close()
+            run.session = new_session()
+            log.warning("psi: starting a new session (%s: %s)", error.code, error.message)
+        else:
+            run.resumes += 1
+            log.warning("psi: resuming session %s (%s)", run.session.session_id, error.code)
+    run.result = run.session.result
     return run
 
 

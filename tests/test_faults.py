@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 from cleanroom.audiences.identifiers import NormalizeOptions, parse_id_columns
-from cleanroom.client.sdk import Connection, run_psi, upload_audience
+from cleanroom.client.sdk import ClientError, Connection, run_psi, upload_audience
 from cleanroom.matching.messages import Accepted, Protocol
 from cleanroom.matching.partner import PartnerColumn, PartnerSession, PartnerSet
 from cleanroom.matching.workers import CryptoPool
@@ -169,22 +170,36 @@ def test_dropped_stream_resumes_to_the_right_answer(
     assert recorded() == ("done", 200)
 
 
-def test_resume_of_unknown_or_foreign_session_is_not_found(
+def test_resume_of_a_session_the_node_lost_starts_a_new_one(
     node: Node, audience: str, process_pool: CryptoPool
 ) -> None:
-    session = PartnerSession(
-        audience=audience, protocol=Protocol.MATCH, data=email_set(), pool=process_pool
+    """A node that restarted has lost its sessions: the client's resumption is NOT_FOUND,
+    and the client starts a new session (fresh keys) instead of failing; told not to
+    retry, it fails with the node's word."""
+    lost = "0" * 32
+
+    def stale() -> PartnerSession:
+        session = PartnerSession(
+            audience=audience, protocol=Protocol.MATCH, data=email_set(), pool=process_pool
+        )
+        session.session_id = lost
+        return session
+
+    run = asyncio.run(
+        run_psi(
+            partner(node), audience, Protocol.MATCH, email_set(), pool=process_pool, session=stale()
+        )
     )
-    session.session_id = "0" * 32
-    with pytest.raises(Exception, match="NOT_FOUND"):
+    assert run.restarts == 1
+    assert run.session.session_id not in ("", lost)
+    assert run.result is not None
+    assert run.result.intersection == sum(i % 2 == 0 and i < 400 for i in range(300))
+
+    no_retry = replace(partner(node), retry_seconds=0)
+    with pytest.raises(ClientError, match="NOT_FOUND: no resumable session"):
         asyncio.run(
             run_psi(
-                partner(node),
-                audience,
-                Protocol.MATCH,
-                email_set(),
-                pool=process_pool,
-                session=session,
+                no_retry, audience, Protocol.MATCH, email_set(), pool=process_pool, session=stale()
             )
         )
     assert healthy(node)

@@ -246,7 +246,7 @@ def test_a_partner_cannot_resume_another_partners_session(
         audience="crm", protocol=Protocol.MATCH, data=emails(200), pool=process_pool
     )
     session.session_id = dropped["session_id"]
-    conn = Connection(world["node"].target, world["tokens"]["newsly"])
+    conn = Connection(world["node"].target, world["tokens"]["newsly"], retry_seconds=0)
     with pytest.raises(ClientError, match="NOT_FOUND"):
         asyncio.run(
             run_psi(conn, "crm", Protocol.MATCH, emails(200), pool=process_pool, session=session)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import cleanroom.client as sdk
+from cleanroom.client.sdk import Backoff
 
 
 def test_every_export_resolves_and_is_listed() -> None:
@@ -67,3 +69,31 @@ def test_a_node_that_is_not_there_is_said_in_plain_words(tmp_path: Path) -> None
             )
         )
     assert info.value.code == "UNAVAILABLE" and "ipv4:" not in str(info.value)
+
+
+def test_backoff_grows_with_full_jitter_within_its_budget() -> None:
+    """Exponential caps (0.25, 0.5, 1, ... 8 s), a uniform draw under each, at least the
+    node's hint, and no wait that would end past the budget."""
+    now = [0.0]
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    backoff = Backoff(20.0, rng=random.Random(7), clock=lambda: now[0], sleep=sleep)
+
+    async def drain() -> int:
+        waits = 0
+        while await backoff.wait():
+            waits += 1
+        return waits
+
+    waits = asyncio.run(drain())
+    assert waits == len(slept) == backoff.attempts
+    for n, seconds in enumerate(slept):
+        assert 0 <= seconds <= min(8.0, 0.25 * 2**n)
+    assert now[0] <= 20.0 and waits >= 5
+    backoff.reset()
+    assert asyncio.run(backoff.wait(hint=3.0)) and 3.0 <= slept[-1] <= 3.75
+    assert not asyncio.run(Backoff(0.0).wait())  # 0: never retry

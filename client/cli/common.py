@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,6 +39,15 @@ TlsDir = Annotated[
     Path | None, typer.Option("--tls-dir", help="Directory from `cleanroom certs` (mTLS).")
 ]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+RetrySeconds = Annotated[
+    float,
+    typer.Option(
+        "--retry-seconds",
+        min=0,
+        help="How long to wait out an unreachable or busy node, retrying with backoff"
+        " (0: fail at once).",
+    ),
+]
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -44,18 +55,37 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C, so every cleanup runs (staged
+    package files, half-written outputs, the worker pool) before the command exits."""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 @contextmanager
 def errors() -> Iterator[None]:
-    """Turn the project's error vocabulary into one clear line and exit 1."""
+    """Turn the project's error vocabulary into one clear line and exit 1; SIGTERM and
+    Ctrl-C unwind (cleaning up) and exit 130."""
     from cleanroom.client.sdk import ClientError
     from cleanroom.proto.errors import CleanroomError
 
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         yield
     except ClientError as exc:
         raise fail(f"{exc.code}: {exc.message}") from exc
     except (CleanroomError, ValueError, FileNotFoundError, PermissionError) as exc:
         raise fail(str(exc)) from exc
+    except KeyboardInterrupt as exc:
+        what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        raise fail(f"{what} before the command finished", 130) from exc
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def parse_columns(spec: str) -> list[IdColumn]:
@@ -85,7 +115,9 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def connection(server: str, token: str, tls_dir: Path | None) -> Connection:
+def connection(
+    server: str, token: str, tls_dir: Path | None, retry_seconds: float = 60.0
+) -> Connection:
     from cleanroom.client.sdk import Connection
 
-    return Connection(server, token, tls_dir)
+    return Connection(server, token, tls_dir, retry_seconds=retry_seconds)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -13,6 +13,7 @@ from cleanroom.client.cli.common import (
     IdColumns,
     JsonOut,
     Region,
+    RetrySeconds,
     Server,
     TlsDir,
     Token,
@@ -25,6 +26,9 @@ from cleanroom.client.cli.common import (
     progress_bars,
 )
 
+if TYPE_CHECKING:
+    from cleanroom.client.sdk import Connection
+
 partner_app = typer.Typer(help="Media-partner side: private matching against a brand audience.")
 
 
@@ -33,9 +37,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _partner_session(
-    server: str,
-    token: str,
-    tls_dir: Path | None,
+    conn: Connection,
     audience: str,
     file: Path,
     columns: list[IdColumn],
@@ -49,7 +51,6 @@ def _partner_session(
     from cleanroom.matching.messages import Protocol
     from cleanroom.matching.workers import CryptoPool
 
-    conn = connection(server, token, tls_dir)
     with progress_bars(show_progress) as progress:
         reading = progress.add_task("hashing partner rows", total=None)
         data, report = load_partner_set(
@@ -92,6 +93,7 @@ def partner_match(
     ],
     default_region: Region = None,
     tls_dir: TlsDir = None,
+    retry_seconds: RetrySeconds = 60.0,
     workers: Annotated[int | None, typer.Option("--workers")] = None,
     report_count: Annotated[
         bool,
@@ -105,9 +107,7 @@ def partner_match(
     with errors():
         columns = parse_columns(id_columns)
         run, data, report = _partner_session(
-            server,
-            token,
-            tls_dir,
+            connection(server, token, tls_dir, retry_seconds),
             audience,
             file,
             columns,
@@ -151,15 +151,14 @@ def partner_overlap(
     id_columns: IdColumns,
     default_region: Region = None,
     tls_dir: TlsDir = None,
+    retry_seconds: RetrySeconds = 60.0,
     workers: Annotated[int | None, typer.Option("--workers")] = None,
     as_json: JsonOut = False,
 ) -> None:
     """PSI cardinality: both sides learn only how many of FILE's records match."""
     with errors():
         run, data, report = _partner_session(
-            server,
-            token,
-            tls_dir,
+            connection(server, token, tls_dir, retry_seconds),
             audience,
             file,
             parse_columns(id_columns),
@@ -197,6 +196,7 @@ def partner_attribute(
     workers: Annotated[int | None, typer.Option("--workers")] = None,
     default_region: Region = None,
     tls_dir: TlsDir = None,
+    retry_seconds: RetrySeconds = 60.0,
     as_json: JsonOut = False,
 ) -> None:
     """Closed-loop attribution against the brand's conversions; prints the report id."""
@@ -239,7 +239,9 @@ def partner_attribute(
                     )
 
             report_id = asyncio.run(
-                run_attribution(connection(server, token, tls_dir), prepared, on_progress)
+                run_attribution(
+                    connection(server, token, tls_dir, retry_seconds), prepared, on_progress
+                )
             )
     if as_json:
         print_json({"report_id": report_id})
@@ -279,6 +281,7 @@ def partner_lookalike(
     workers: Annotated[int | None, typer.Option("--workers")] = None,
     default_region: Region = None,
     tls_dir: TlsDir = None,
+    retry_seconds: RetrySeconds = 60.0,
     as_json: JsonOut = False,
 ) -> None:
     """Expand the brand's seed audience into tiers of this partner's users."""
@@ -315,7 +318,7 @@ def partner_lookalike(
             bins=bins,
             epsilon=epsilon,
         )
-        conn = connection(server, token, tls_dir)
+        conn = connection(server, token, tls_dir, retry_seconds)
         request = shared_id_columns(conn, request)
         with CryptoPool.processes(workers) as pool, progress_bars(not as_json) as progress:
             reading = progress.add_task("reading users and features", total=None)
@@ -366,6 +369,7 @@ def partner_score(
     tiers: Annotated[str, typer.Option("--tiers", help="Nested tiers, percent.")] = "1,2,5,10",
     workers: Annotated[int | None, typer.Option("--workers")] = None,
     tls_dir: TlsDir = None,
+    retry_seconds: RetrySeconds = 60.0,
     as_json: JsonOut = False,
 ) -> None:
     """Rank this partner's users by a brand model under encryption, into nested tiers."""
@@ -395,7 +399,7 @@ def partner_score(
                     )
 
             manifest = asyncio.run(
-                run_score(connection(server, token, tls_dir), prepared, on_progress)
+                run_score(connection(server, token, tls_dir, retry_seconds), prepared, on_progress)
             )
     if as_json:
         print_json(manifest)
