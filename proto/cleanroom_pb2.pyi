@@ -749,7 +749,7 @@ class LookalikeBrandMessage(_message.Message):
     def __init__(self, accepted: _Optional[_Union[LookalikeAccepted, _Mapping]] = ..., brand_points: _Optional[_Union[LookalikeBrandPoints, _Mapping]] = ..., matched: _Optional[_Union[LookalikeMatchedRows, _Mapping]] = ..., labels: _Optional[_Union[LookalikeLabels, _Mapping]] = ..., decrypted: _Optional[_Union[LookalikeDecryptedSums, _Mapping]] = ..., metrics: _Optional[_Union[LookalikeMetrics, _Mapping]] = ..., done: _Optional[_Union[LookalikeDone, _Mapping]] = ...) -> None: ...
 
 class PolicyRequest(_message.Message):
-    __slots__ = ("aggregation_threshold", "dp", "epsilon_budget", "min_partner_records", "sessions_per_day", "delta", "partner", "lookalike_modes", "min_lookalike_seed", "lookalike_dp", "lookalike_epsilon", "lookalike_epsilon_budget")
+    __slots__ = ("aggregation_threshold", "dp", "epsilon_budget", "min_partner_records", "sessions_per_day", "delta", "partner", "lookalike_modes", "min_lookalike_seed", "lookalike_dp", "lookalike_epsilon", "lookalike_epsilon_budget", "retention_days")
     AGGREGATION_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     DP_FIELD_NUMBER: _ClassVar[int]
     EPSILON_BUDGET_FIELD_NUMBER: _ClassVar[int]
@@ -762,6 +762,7 @@ class PolicyRequest(_message.Message):
     LOOKALIKE_DP_FIELD_NUMBER: _ClassVar[int]
     LOOKALIKE_EPSILON_FIELD_NUMBER: _ClassVar[int]
     LOOKALIKE_EPSILON_BUDGET_FIELD_NUMBER: _ClassVar[int]
+    RETENTION_DAYS_FIELD_NUMBER: _ClassVar[int]
     aggregation_threshold: int
     dp: str
     epsilon_budget: float
@@ -774,7 +775,8 @@ class PolicyRequest(_message.Message):
     lookalike_dp: str
     lookalike_epsilon: float
     lookalike_epsilon_budget: float
-    def __init__(self, aggregation_threshold: _Optional[int] = ..., dp: _Optional[str] = ..., epsilon_budget: _Optional[float] = ..., min_partner_records: _Optional[int] = ..., sessions_per_day: _Optional[int] = ..., delta: _Optional[float] = ..., partner: _Optional[str] = ..., lookalike_modes: _Optional[str] = ..., min_lookalike_seed: _Optional[int] = ..., lookalike_dp: _Optional[str] = ..., lookalike_epsilon: _Optional[float] = ..., lookalike_epsilon_budget: _Optional[float] = ...) -> None: ...
+    retention_days: int
+    def __init__(self, aggregation_threshold: _Optional[int] = ..., dp: _Optional[str] = ..., epsilon_budget: _Optional[float] = ..., min_partner_records: _Optional[int] = ..., sessions_per_day: _Optional[int] = ..., delta: _Optional[float] = ..., partner: _Optional[str] = ..., lookalike_modes: _Optional[str] = ..., min_lookalike_seed: _Optional[int] = ..., lookalike_dp: _Optional[str] = ..., lookalike_epsilon: _Optional[float] = ..., lookalike_epsilon_budget: _Optional[float] = ..., retention_days: _Optional[int] = ...) -> None: ...
 
 class PartnerPolicy(_message.Message):
     __slots__ = ("name", "sessions_per_day", "min_partner_records", "epsilon_spent", "epsilon_remaining", "lookalike_epsilon_spent", "lookalike_epsilon_remaining")
@@ -795,7 +797,7 @@ class PartnerPolicy(_message.Message):
     def __init__(self, name: _Optional[str] = ..., sessions_per_day: _Optional[int] = ..., min_partner_records: _Optional[int] = ..., epsilon_spent: _Optional[float] = ..., epsilon_remaining: _Optional[float] = ..., lookalike_epsilon_spent: _Optional[float] = ..., lookalike_epsilon_remaining: _Optional[float] = ...) -> None: ...
 
 class PolicyResponse(_message.Message):
-    __slots__ = ("aggregation_threshold", "dp", "epsilon_budget", "min_partner_records", "sessions_per_day", "delta", "partners", "lookalike_modes", "min_lookalike_seed", "lookalike_dp", "lookalike_epsilon", "lookalike_epsilon_budget")
+    __slots__ = ("aggregation_threshold", "dp", "epsilon_budget", "min_partner_records", "sessions_per_day", "delta", "partners", "lookalike_modes", "min_lookalike_seed", "lookalike_dp", "lookalike_epsilon", "lookalike_epsilon_budget", "retention_days")
     AGGREGATION_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     DP_FIELD_NUMBER: _ClassVar[int]
     EPSILON_BUDGET_FIELD_NUMBER: _ClassVar[int]
@@ -808,6 +810,7 @@ class PolicyResponse(_message.Message):
     LOOKALIKE_DP_FIELD_NUMBER: _ClassVar[int]
     LOOKALIKE_EPSILON_FIELD_NUMBER: _ClassVar[int]
     LOOKALIKE_EPSILON_BUDGET_FIELD_NUMBER: _ClassVar[int]
+    RETENTION_DAYS_FIELD_NUMBER: _ClassVar[int]
     aggregation_threshold: int
     dp: str
     epsilon_budget: float
@@ -820,4 +823,5 @@ class PolicyResponse(_message.Message):
     lookalike_dp: str
     lookalike_epsilon: float
     lookalike_epsilon_budget: float
-    def __init__(self, aggregation_threshold: _Optional[int] = ..., dp: _Optional[str] = ..., epsilon_budget: _Optional[float] = ..., min_partner_records: _Optional[int] = ..., sessions_per_day: _Optional[int] = ..., delta: _Optional[float] = ..., partners: _Optional[_Iterable[_Union[PartnerPolicy, _Mapping]]] = ..., lookalike_modes: _Optional[str] = ..., min_lookalike_seed: _Optional[int] = ..., lookalike_dp: _Optional[str] = ..., lookalike_epsilon: _Optional[float] = ..., lookalike_epsilon_budget: _Optional[float] = ...) -> None: ...
+    retention_days: int
+    def __init__(self, aggregation_threshold: _Optional[int] = ..., dp: _Optional[str] = ..., epsilon_budget: _Optional[float] = ..., min_partner_records: _Optional[int] = ..., sessions_per_day: _Optional[int] = ..., delta: _Optional[float] = ..., partners: _Optional[_Iterable[_Union[PartnerPolicy, _Mapping]]] = ..., lookalike_modes: _Optional[str] = ..., min_lookalike_seed: _Optional[int] = ..., lookalike_dp: _Optional[str] = ..., lookalike_epsilon: _Optional[float] = ..., lookalike_epsilon_budget: _Optional[float] = ..., retention_days: _Optional[int] = ...) -> None: ...

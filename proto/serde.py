@@ -363,6 +363,7 @@ _POLICY_FIELDS = (
     "lookalike_dp",
     "lookalike_epsilon",
     "lookalike_epsilon_budget",
+    "retention_days",
 )
 _LIST_FIELDS = ("lookalike_modes",)  # comma-separated on the wire
 
@@ -408,6 +409,7 @@ def policy_to_pb(policy: Policy, partners: list[PartnerView]) -> pb.PolicyRespon
         lookalike_dp=policy.lookalike_dp,
         lookalike_epsilon=policy.lookalike_epsilon,
         lookalike_epsilon_budget=policy.lookalike_epsilon_budget,
+        retention_days=policy.retention_days,
         partners=[
             pb.PartnerPolicy(
                 name=v.partner.name,

@@ -35,6 +35,7 @@ from cleanroom.server.grpc_api import (
     LookalikeServicer,
     MatchingServicer,
 )
+from cleanroom.server.lifecycle import purge_expired
 from cleanroom.server.lookalike import LookalikeService, ScoringService
 from cleanroom.server.matching import MatchingService
 from cleanroom.server.settings import ServerSettings
@@ -42,6 +43,8 @@ from cleanroom.server.store import SqlStore
 from cleanroom.server.tenants import interrupt_unfinished
 
 log = logging.getLogger("cleanroom.server")
+
+RETENTION_SWEEP_SECONDS = 24 * 3600.0  # retention is in days: one sweep a day suffices
 
 
 @dataclass
@@ -79,6 +82,7 @@ class BrandNode:
         interrupted = interrupt_unfinished(self.store, datetime.now(UTC))
         if interrupted:
             log.warning("%d session(s) the last node left running: interrupted", len(interrupted))
+        await self._purge_expired()
         if self._pool is None:
             self._pool = await asyncio.to_thread(CryptoPool.processes, s.workers)
         audiences = AudienceService(self.store, s.data_dir, self._pool)
@@ -138,12 +142,28 @@ class BrandNode:
             await health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._server = server
         self._tasks.append(asyncio.ensure_future(self.matching.reap_forever()))
+        self._tasks.append(asyncio.ensure_future(self._purge_daily()))
         http_port = None
         if s.serve_http:
             http_port = await self._start_http()
         self.ports = Ports(grpc=port, http=http_port)
         log.info("brand node serving gRPC on %s:%d", s.host, port)
         return self.ports
+
+    async def _purge_expired(self) -> None:
+        """Every tenant's retention policy, applied now (server/lifecycle.py)."""
+        assert self.store is not None
+        await asyncio.to_thread(
+            purge_expired, self.store, self.settings.data_dir, datetime.now(UTC)
+        )
+
+    async def _purge_daily(self) -> None:
+        while True:
+            await asyncio.sleep(RETENTION_SWEEP_SECONDS)
+            try:
+                await self._purge_expired()
+            except Exception:  # the next sweep tries again; serving goes on
+                log.exception("retention purge failed")
 
     async def _start_http(self) -> int:
         import socket

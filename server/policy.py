@@ -70,6 +70,16 @@ LookalikeEpsilon = Annotated[
     ),
 ]
 
+RetentionDays = Annotated[
+    int,
+    Field(
+        ge=0,
+        le=36_500,
+        description="days audiences, conversion sets, reports and session records are kept"
+        " (0: no limit)",
+    ),
+]
+
 # Fields a partner may override (None on the partner: the tenant's value).
 PARTNER_OVERRIDES = ("sessions_per_day", "min_partner_records")
 
@@ -85,7 +95,8 @@ class Policy:
     ``min_lookalike_seed`` matched seeds; with ``lookalike_dp = "gaussian"``
     every job adds label-DP noise of at most ``lookalike_epsilon`` (a
     partner may also ask for it), charged to ``lookalike_epsilon_budget``,
-    a ledger of its own per partnership.
+    a ledger of its own per partnership. Data older than ``retention_days``
+    (0: no limit) is purged (``server/lifecycle.py``).
     """
 
     min_partner_records: MinPartnerRecords = 100
@@ -99,6 +110,7 @@ class Policy:
     lookalike_dp: LookalikeDp = "off"
     lookalike_epsilon: LookalikeEpsilon = 1.0
     lookalike_epsilon_budget: EpsilonBudget = 10.0
+    retention_days: RetentionDays = 0
 
     def __post_init__(self) -> None:
         # One spelling per set of modes: no repeats, in the canonical order.
@@ -142,6 +154,7 @@ class PolicyChanges(BaseModel):
     lookalike_dp: LookalikeDp | None = None
     lookalike_epsilon: LookalikeEpsilon | None = None
     lookalike_epsilon_budget: EpsilonBudget | None = None
+    retention_days: RetentionDays | None = None
 
     @classmethod
     def parse(cls, changes: dict[str, Any]) -> PolicyChanges:

@@ -62,7 +62,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, ClassVar, TypeVar, cast
 
@@ -304,6 +304,7 @@ class _TenantRow(_Base):
     lookalike_dp: Mapped[str] = mapped_column(String(16), server_default=text("'off'"))
     lookalike_epsilon: Mapped[float] = mapped_column(Float, server_default=text("1.0"))
     lookalike_epsilon_budget: Mapped[float] = mapped_column(Float, server_default=text("10.0"))
+    retention_days: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
@@ -326,6 +327,8 @@ _ADDED_COLUMNS: dict[tuple[str, str], tuple[str, str | None]] = {
     ("tenants", "lookalike_dp"): ("VARCHAR(16)", "'off'"),
     ("tenants", "lookalike_epsilon"): ("FLOAT", "1.0"),
     ("tenants", "lookalike_epsilon_budget"): ("FLOAT", "10.0"),
+    ("tenants", "retention_days"): ("INTEGER", "0"),
+    ("tokens", "expires_at"): ("TIMESTAMP WITH TIME ZONE", None),
 }
 
 
@@ -347,6 +350,8 @@ class _TokenRow(_Base):
     role: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     partner_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # Set when the token was rotated with a grace period: it works until then.
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class _AudienceRow(_Base):
@@ -448,6 +453,16 @@ class ConversionSetRecord:
     customers: int
     identifiers: int
     created_at: datetime
+
+
+@dataclass(frozen=True)
+class Purged:
+    """What ``SqlStore.purge_before`` removed."""
+
+    audiences: list[AudienceRecord]
+    conversion_sets: list[ConversionSetRecord]
+    reports: list[str]
+    sessions: int
 
 
 class _ConversionSetRow(_Base):
@@ -578,6 +593,7 @@ class SqlStore:
                 lookalike_dp=row.lookalike_dp,  # type: ignore[arg-type]
                 lookalike_epsilon=row.lookalike_epsilon,
                 lookalike_epsilon_budget=row.lookalike_epsilon_budget,
+                retention_days=row.retention_days,
             ),
             created_at=created,
         )
@@ -755,11 +771,17 @@ class SqlStore:
             return self._add_token(s, tenant_id, role, partner_id)
 
     def rotate_token(
-        self, tenant_id: str, role: Role, *, partner_id: str | None = None
+        self,
+        tenant_id: str,
+        role: Role,
+        *,
+        partner_id: str | None = None,
+        grace: timedelta = timedelta(0),
     ) -> tuple[str, int]:
         """A new token for ``role`` (a partner's for ``partner_id``) that replaces, in one
-        transaction, every token the role (or that partner) had: they stop working at once.
-        Returns the new token and how many were revoked."""
+        transaction, every token the role (or that partner) had: they stop working at once,
+        or after ``grace`` (an earlier expiry stands). Returns the new token and how many
+        were revoked."""
         with self._tx() as s:
             old = s.scalars(
                 select(_TokenRow).where(
@@ -770,8 +792,13 @@ class SqlStore:
                     else _TokenRow.partner_id == partner_id,
                 )
             ).all()
+            until = self._clock() + grace
             for row in old:
-                s.delete(row)
+                expires = _utc(row.expires_at)
+                if grace <= timedelta(0):
+                    s.delete(row)
+                elif expires is None or expires > until:
+                    row.expires_at = until
             return self._add_token(s, tenant_id, role, partner_id), len(old)
 
     def _add_token(self, s: Session, tenant_id: str, role: Role, partner_id: str | None) -> str:
@@ -796,9 +823,17 @@ class SqlStore:
         return token
 
     def authenticate(self, token: str) -> Principal | None:
+        """Who ``token`` speaks for; None for an unknown token or one whose grace period
+        after a rotation is over (it is removed then)."""
         with self._tx() as s:
             row = s.get(_TokenRow, hash_token(token))
-            return Principal(row.tenant_id, Role(row.role), row.partner_id) if row else None
+            if row is None:
+                return None
+            expires = _utc(row.expires_at)
+            if expires is not None and expires <= self._clock():
+                s.delete(row)
+                return None
+            return Principal(row.tenant_id, Role(row.role), row.partner_id)
 
     # ----------------------------------------------------------- audiences
 
@@ -845,6 +880,44 @@ class SqlStore:
                 )
             ).first()
             return self._audience(row) if row else None
+
+    def purge_before(self, tenant_id: str, cutoff: datetime) -> Purged:
+        """Remove, in one transaction, the tenant's audiences, conversion sets, reports and
+        packages, and finished session records created before ``cutoff`` (a retention
+        policy); returns what went (the data sets' records: their files are the caller's
+        to remove). Running sessions stay; epsilon already charged stays spent."""
+        with self._tx() as s:
+            audiences = s.scalars(
+                select(_AudienceRow).where(
+                    _AudienceRow.tenant_id == tenant_id, _AudienceRow.created_at < cutoff
+                )
+            ).all()
+            conversions = s.scalars(
+                select(_ConversionSetRow).where(
+                    _ConversionSetRow.tenant_id == tenant_id, _ConversionSetRow.created_at < cutoff
+                )
+            ).all()
+            reports = s.scalars(
+                select(_ReportRow).where(
+                    _ReportRow.tenant_id == tenant_id, _ReportRow.created_at < cutoff
+                )
+            ).all()
+            sessions = s.scalars(
+                select(_SessionRow).where(
+                    _SessionRow.tenant_id == tenant_id,
+                    _SessionRow.created_at < cutoff,
+                    _SessionRow.status != "running",
+                )
+            ).all()
+            purged = Purged(
+                audiences=[self._audience(r) for r in audiences],
+                conversion_sets=[self._conversion_set(r) for r in conversions],
+                reports=[str(r.report_id) for r in reports],
+                sessions=len(sessions),
+            )
+            for row in (*audiences, *conversions, *reports, *sessions):
+                s.delete(row)
+            return purged
 
     def delete_audience(self, tenant_id: str, name: str) -> AudienceRecord | None:
         """Remove the audience's record; returns it (its files are the caller's to remove),
@@ -1405,6 +1478,7 @@ def _write_policy(row: _TenantRow, policy: Policy) -> None:
     row.lookalike_dp = policy.lookalike_dp
     row.lookalike_epsilon = policy.lookalike_epsilon
     row.lookalike_epsilon_budget = policy.lookalike_epsilon_budget
+    row.retention_days = policy.retention_days
 
 
 def _kind_key(kind: str, submission_key: str) -> str:

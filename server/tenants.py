@@ -252,10 +252,17 @@ def interrupt_unfinished(store: SqlStore, now: datetime) -> list[str]:
 
 
 def rotate_token(
-    store: SqlStore, admin: Principal, role: Role, partner_name: str | None = None
+    store: SqlStore,
+    admin: Principal,
+    role: Role,
+    partner_name: str | None = None,
+    grace: timedelta = timedelta(0),
 ) -> tuple[str, int]:
     """A new token for ``role`` of the admin's tenant (a partner token for
-    ``partner_name``); the old ones are revoked at once. Audited (never the token)."""
+    ``partner_name``); the old ones are revoked at once, or after ``grace`` (so the
+    holder can switch without an outage). Audited (never the token)."""
+    if grace < timedelta(0) or grace > timedelta(days=30):
+        raise InvalidInput("the grace period is between 0 and 30 days")
     partner_id = None
     if role is Role.PARTNER:
         if partner_name is None:
@@ -266,13 +273,18 @@ def rotate_token(
         partner_id = found.partner_id
     elif partner_name is not None:
         raise InvalidInput(f"--partner names a partner's token, not an {role.value} token")
-    token, revoked = store.rotate_token(admin.tenant_id, role, partner_id=partner_id)
+    token, revoked = store.rotate_token(admin.tenant_id, role, partner_id=partner_id, grace=grace)
     store.audit(
         AuditEntry(
             admin.tenant_id,
             "admin",
             "token.rotate",
-            {"role": role.value, "partner": partner_name, "revoked": revoked},
+            {
+                "role": role.value,
+                "partner": partner_name,
+                "revoked": revoked,
+                "grace_seconds": grace.total_seconds(),
+            },
             partner_id=partner_id,
         )
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -12,8 +13,10 @@ import pytest
 
 from cleanroom.client.scoring import list_models
 from cleanroom.client.sdk import ClientError, Connection
+from cleanroom.proto.errors import InvalidInput
 from cleanroom.server.node import BrandNodeThread
-from cleanroom.server.store import Role, SqlStore
+from cleanroom.server.store import Principal, Role, SqlStore
+from cleanroom.server.tenants import rotate_token
 from tests.conftest import provisioned
 
 CLI = [sys.executable, "-m", "cleanroom.client.cli"]
@@ -84,3 +87,46 @@ def test_a_partner_name_only_goes_with_a_partner_token(tmp_path: Path, role: Rol
     )  # fmt: skip
     done = rotate(data_dir, "--role", role.value, "--partner", "default")
     assert done.returncode != 0 and "names a partner's token" in done.stderr
+
+
+def test_a_grace_period_keeps_the_old_token_working_until_it_ends(tmp_path: Path) -> None:
+    now = [datetime(2026, 12, 1, 12, 0, tzinfo=UTC)]
+    store = SqlStore(f"sqlite:///{tmp_path / 'node.db'}", clock=lambda: now[0])
+    try:
+        tenant, tokens = store.provision_tenant("acme")
+        admin = Principal(tenant.tenant_id, Role.ADMIN)
+        old = tokens[Role.PARTNER]
+        new, revoked = rotate_token(store, admin, Role.PARTNER, "default", timedelta(hours=1))
+        assert revoked == 1
+        assert store.authenticate(old) == store.authenticate(new) is not None
+        # A second rotation inside the grace period cannot extend the first one's.
+        newer, _ = rotate_token(store, admin, Role.PARTNER, "default", timedelta(hours=5))
+        now[0] += timedelta(minutes=59)
+        assert store.authenticate(old) is not None
+        now[0] += timedelta(minutes=2)
+        assert store.authenticate(old) is None  # over: refused, like any revoked token
+        assert store.authenticate(new) is not None  # its own grace runs to 5 h
+        assert store.authenticate(newer) is not None
+        rotate_token(store, admin, Role.PARTNER, "default")  # no grace: all old ones go now
+        assert store.authenticate(new) is None and store.authenticate(newer) is None
+        with pytest.raises(InvalidInput, match="grace period"):
+            rotate_token(store, admin, Role.PARTNER, "default", timedelta(days=31))
+        grace = [e.detail["grace_seconds"] for e in store.audit_log(tenant.tenant_id)
+                 if e.action == "token.rotate"]  # fmt: skip
+        assert grace == [3600.0, 18000.0, 0.0]
+    finally:
+        store.close()
+
+
+def test_the_cli_rotates_with_a_grace_period(tmp_path: Path) -> None:
+    settings, tokens = provisioned(tmp_path / "node")
+    done = rotate(settings.data_dir, "--role", "analyst", "--grace-seconds", "600", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["grace_seconds"] == 600 and result["revoked"] == 1
+    store = SqlStore(settings.resolved_database_url())
+    try:
+        assert store.authenticate(tokens[Role.ANALYST]) is not None  # still inside its grace
+        assert store.authenticate(result["token"]) is not None
+    finally:
+        store.close()

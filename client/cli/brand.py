@@ -254,6 +254,14 @@ def policy_set(
     lookalike_epsilon_budget: Annotated[
         float | None, typer.Option("--lookalike-epsilon-budget")
     ] = None,
+    retention_days: Annotated[
+        int | None,
+        typer.Option(
+            "--retention-days",
+            help="Purge audiences, conversion sets, reports and session records older than"
+            " this many days (at start-up and daily; 0: keep).",
+        ),
+    ] = None,
     partner: Annotated[
         str | None,
         typer.Option(
@@ -278,6 +286,7 @@ def policy_set(
         "lookalike_dp": lookalike_dp,
         "lookalike_epsilon": lookalike_epsilon,
         "lookalike_epsilon_budget": lookalike_epsilon_budget,
+        "retention_days": retention_days,
     }
     changes = {name: value for name, value in given.items() if value is not None}
     with errors():

@@ -7,6 +7,7 @@ import logging
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -176,6 +177,10 @@ def tenant_create(
     database_url: DatabaseUrl = None,
     min_partner_records: Annotated[int | None, typer.Option("--min-partner-records")] = None,
     sessions_per_day: Annotated[int | None, typer.Option("--sessions-per-day")] = None,
+    retention_days: Annotated[
+        int | None,
+        typer.Option("--retention-days", help="Keep data this many days (default: no limit)."),
+    ] = None,
     as_json: JsonOut = False,
 ) -> None:
     """Create a tenant (with its first partner, `default`) and print its admin, partner
@@ -185,7 +190,11 @@ def tenant_create(
 
     with errors(), node_store(data_dir, database_url) as store:
         changes = PolicyChanges.parse(
-            given(min_partner_records=min_partner_records, sessions_per_day=sessions_per_day)
+            given(
+                min_partner_records=min_partner_records,
+                sessions_per_day=sessions_per_day,
+                retention_days=retention_days,
+            )
         )
         tenant, issued = provision_tenant(store, name, changes)
     tokens = {role.value: token for role, token in issued.items()}
@@ -304,9 +313,19 @@ def token_rotate(
     tenant: Tenant = None,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
+    grace_seconds: Annotated[
+        float,
+        typer.Option(
+            "--grace-seconds",
+            min=0,
+            help="Let the old tokens work this much longer, so their holder can switch"
+            " (default 0: revoked at once).",
+        ),
+    ] = 0.0,
     as_json: JsonOut = False,
 ) -> None:
-    """Issue a new token for a role (or a partner) and revoke its old ones at once."""
+    """Issue a new token for a role (or a partner) and revoke its old ones (at once, or
+    after --grace-seconds)."""
     from cleanroom.server.store import Role
     from cleanroom.server.tenants import rotate_token
 
@@ -316,9 +335,20 @@ def token_rotate(
         except ValueError:
             raise InvalidInput(f"--role is admin, partner or analyst, not {role!r}") from None
         admin = _tenant_of(store, tenant)
-        token, revoked = rotate_token(store, admin, chosen, partner)
+        token, revoked = rotate_token(
+            store, admin, chosen, partner, grace=timedelta(seconds=grace_seconds)
+        )
     if as_json:
-        print_json({"role": chosen.value, "partner": partner, "token": token, "revoked": revoked})
+        print_json(
+            {
+                "role": chosen.value,
+                "partner": partner,
+                "token": token,
+                "revoked": revoked,
+                "grace_seconds": grace_seconds,
+            }
+        )
         return
-    out.print(f"new {chosen.value} token (shown once); {revoked} old token(s) revoked:")
+    when = f"in {grace_seconds:g} s" if grace_seconds else "now"
+    out.print(f"new {chosen.value} token (shown once); {revoked} old token(s) revoked {when}:")
     out.print(f"  {token}")
