@@ -3,6 +3,7 @@ running are marked interrupted when a node starts on its store again."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -14,9 +15,12 @@ import httpx
 import psutil
 import pytest
 
+from cleanroom.audiences.identifiers import NormalizeOptions, parse_id_columns
+from cleanroom.client.sdk import Connection, upload_audience
 from cleanroom.server.node import BrandNodeThread
 from cleanroom.server.settings import ServerSettings
 from cleanroom.server.store import Role, SessionRecord, SqlStore
+from tests.conftest import provisioned
 from tests.helpers import eventually
 from tests.test_cli import free_port
 
@@ -103,3 +107,58 @@ def test_sessions_a_dead_node_left_running_are_interrupted_at_start_up(tmp_path:
         assert sorted(e.detail["session"] for e in audited) == ["a" * 32, "b" * 32]
     finally:
         store.close()
+
+
+def test_a_terminated_partner_command_cleans_up_and_ends_its_workers(tmp_path: Path) -> None:
+    """SIGTERM reaches `partner match` mid-session: it unwinds like Ctrl-C (exit 130, a
+    plain message), its workers end, and it leaves no output, whole or partial."""
+    settings, tokens = provisioned(tmp_path / "node")
+    brand = tmp_path / "crm.csv"
+    brand.write_text("email\n" + "".join(f"u{i}@example.com\n" for i in range(20_000)))
+    users = tmp_path / "users.csv"
+    users.write_text("email\n" + "".join(f"u{i}@example.com\n" for i in range(10_000, 50_000)))
+    with BrandNodeThread(settings) as node:
+        assert node.ports is not None
+        asyncio.run(
+            upload_audience(
+                Connection(node.target, tokens[Role.ADMIN]),
+                name="crm",
+                path=brand,
+                id_columns=parse_id_columns("email"),
+                options=NormalizeOptions(),
+            )
+        )
+        out = tmp_path / "out" / "matched.csv"
+        client = subprocess.Popen(
+            [*CLI, "partner", "match", "--server", node.target, "--token", tokens[Role.PARTNER],
+             "--audience", "crm", "--file", str(users), "--id-columns", "email",
+             "--out", str(out), "--workers", "2", "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            url = f"http://127.0.0.1:{node.ports.http}/v1/sessions"
+            analyst = {"Authorization": f"Bearer {tokens[Role.ANALYST]}"}
+
+            def session_runs() -> bool:
+                assert client.poll() is None, "the client ended before its session ran"
+                listed = httpx.get(url, headers=analyst, timeout=5).json()
+                return any(s["status"] == "running" for s in listed)
+
+            eventually(session_runs, timeout=120, what="the partner's session to run")
+            workers = psutil.Process(client.pid).children(recursive=True)
+            assert workers
+            client.send_signal(signal.SIGTERM)
+            _, stderr = client.communicate(timeout=30)
+        finally:
+            if client.poll() is None:
+                client.kill()
+    assert client.returncode == 130, stderr
+    assert "terminated before the command finished" in stderr
+    assert "Traceback" not in stderr
+
+    def all_gone() -> bool:
+        return not [w for w in workers if w.is_running() and w.status() != "zombie"]
+
+    eventually(all_gone, timeout=10, what="every worker of the client to end")
+    leftovers = list(out.parent.glob("*")) if out.parent.exists() else []
+    assert leftovers == []  # neither the output nor its temporary file
