@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError, Executor, Future, ProcessPoolExecutor
 from typing import Any, TypeVar
@@ -186,6 +187,11 @@ class CryptoPool:
         self.close()
 
 
+# Jobs one run keeps queued or running in the shared pool (``RunJobs.run_many``): enough to
+# keep every worker of a large pool busy, few enough that runs interleave.
+RUN_WINDOW = 32
+
+
 class RunJobs:
     """One run's jobs in a shared pool (or here, without one), cancellable as a whole.
 
@@ -210,15 +216,22 @@ class RunJobs:
         return self.run_many(fn, [args])[0]
 
     def run_many(self, fn: Callable[..., T], jobs: Sequence[tuple[Any, ...]]) -> list[T]:
-        """``fn`` over ``jobs``, all submitted at once; results in order."""
+        """``fn`` over ``jobs``, at most ``RUN_WINDOW`` of them queued or running at once (so
+        one run's backlog never fills the shared pool's queue); results in order."""
         if self._executor is None:
             out = []
             for args in jobs:
                 self._check()
                 out.append(fn(*args))
             return out
-        futures = [self.submit(fn, *args) for args in jobs]
-        return [f.result() for f in futures]
+        results: list[T] = []
+        window: deque[Future[T]] = deque()
+        for args in jobs:
+            if len(window) >= RUN_WINDOW:
+                results.append(window.popleft().result())
+            window.append(self.submit(fn, *args))
+        results.extend(f.result() for f in window)
+        return results
 
     def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
         """Start one job; without a pool it runs here, now."""

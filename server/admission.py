@@ -9,8 +9,9 @@ the partner resumes it. Above either limit a new job is refused at once with
 would hold its partner's stream open and its share of the crypto pool while
 doing nothing, and everything behind it, health checks included, would wait.
 The crypto work itself stays bounded because every job keeps only a fixed
-number of batches in flight (``matching/session.py``'s slots, the upload's
-semaphore), so the pool's queue is at most ``max_sessions`` times that.
+number of batches queued or running (``matching/session.py``'s slots,
+``RunJobs.run_many``'s window, the upload's semaphore), so the shared pool's
+queue holds at most ``max_sessions`` times that.
 """
 
 from __future__ import annotations
