@@ -71,6 +71,7 @@ import os
 import re
 import threading
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Executor
 from typing import Any, Protocol, TypeAlias
 
 import gmpy2
@@ -860,6 +861,24 @@ def generate_keypair(
 ) -> tuple[PaillierPublicKey, PaillierPrivateKey]:
     """New ``(public_key, private_key)``; ``bits >= 2048``. The public key carries ``h_s``."""
     return _generate(bits, rng, MIN_KEY_BITS)
+
+
+def generate_keypair_on(
+    executor: Executor | None, bits: int = 2048
+) -> tuple[PaillierPublicKey, PaillierPrivateKey]:
+    """``generate_keypair`` in a worker of ``executor`` (here without one): the prime search
+    is a second or so of big-integer work that holds the GIL, which a server's event loop
+    must not wait behind. Blocks until the keys are there."""
+    if executor is None:
+        return generate_keypair(bits)
+    private = private_key_from_json(executor.submit(_keypair_json, bits).result())
+    return private.public_key, private
+
+
+def _keypair_json(bits: int) -> str:
+    """SECRET. The worker's side of ``generate_keypair_on``: keys refuse pickling, so the
+    new private key crosses the process boundary as its JSON."""
+    return json.dumps(private_key_to_json(generate_keypair(bits)[1]))
 
 
 def _unsafe_generate_keypair_for_tests(

@@ -35,7 +35,7 @@ from cleanroom.federated.attribution.inputs import BrandConversions
 from cleanroom.federated.attribution.messages import AttrHello, DpParams, Windows
 from cleanroom.federated.attribution.report import AttributionReport, DecryptedAggregates, ReportDp
 from cleanroom.federated.attribution.tokens import PRECOMPUTED_LAGS, LaggedPoints
-from cleanroom.federated.paillier import PaillierPrivateKey, PaillierPublicKey, generate_keypair
+from cleanroom.federated.paillier import PaillierPrivateKey, PaillierPublicKey, generate_keypair_on
 from cleanroom.matching.messages import POINT_LEN
 from cleanroom.matching.workers import RunJobs, hash_mixed
 from cleanroom.proto.errors import (
@@ -262,9 +262,8 @@ class AttributionService:
     data_dir: Path
     executor: Executor | None = None
     key_bits: int = 2048
-    keygen: Callable[[int], tuple[PaillierPublicKey, PaillierPrivateKey]] = lambda bits: (
-        generate_keypair(bits)
-    )
+    # Key generation; default: generate_keypair in a worker process (off the event loop).
+    keygen: Callable[[int], tuple[PaillierPublicKey, PaillierPrivateKey]] | None = None
     # Runs in progress: who runs them and the report id they will store.
     _live: dict[str, tuple[Principal, str]] = field(default_factory=dict)
 
@@ -339,7 +338,11 @@ class AttributionService:
             dp = DpParams(
                 policy.dp, hello.epsilon, policy.delta if policy.dp == "gaussian" else 0.0
             )
-        public_key, private_key = self.keygen(self.key_bits)
+        public_key, private_key = (
+            self.keygen(self.key_bits)
+            if self.keygen is not None
+            else generate_keypair_on(self.executor, self.key_bits)
+        )
         session_id = uuid.uuid4().hex
         run = BrandAttribution(
             session_id=session_id,

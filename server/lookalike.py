@@ -36,7 +36,7 @@ from cleanroom.federated.lookalike.brand_model import BrandModel, RegisteredMode
 from cleanroom.federated.lookalike.messages import LookalikeHello, LookalikeMode, ScoreHello
 from cleanroom.federated.lookalike.report import LookalikePrivacy, LookalikeReport, TierSummary
 from cleanroom.federated.lookalike.scoring import AlreadyScored, BrandScoring, ScoreOutcome
-from cleanroom.federated.paillier import PaillierPrivateKey, PaillierPublicKey, generate_keypair
+from cleanroom.federated.paillier import PaillierPrivateKey, PaillierPublicKey, generate_keypair_on
 from cleanroom.matching.workers import RunJobs
 from cleanroom.proto.errors import FailedPrecondition, InvalidInput, NotFound, PermissionDenied
 from cleanroom.server.audiences import NAME_RE, AudienceService
@@ -106,9 +106,8 @@ class LookalikeService:
     audiences: AudienceService
     executor: Executor | None = None
     key_bits: int = 2048
-    keygen: Callable[[int], tuple[PaillierPublicKey, PaillierPrivateKey]] = lambda bits: (
-        generate_keypair(bits)
-    )
+    # Key generation; default: generate_keypair in a worker process (off the event loop).
+    keygen: Callable[[int], tuple[PaillierPublicKey, PaillierPrivateKey]] | None = None
     clock: Callable[[], datetime] = _now
     chunk_size: int = 8192
     _live: dict[str, _Job] = field(default_factory=dict)
@@ -130,7 +129,11 @@ class LookalikeService:
             )
         check_session_quota(self.store, partnership, policy, self.clock())
         points, labels = self.audiences.load_labelled_points(audience)
-        _public_key, private_key = self.keygen(self.key_bits)
+        _public_key, private_key = (
+            self.keygen(self.key_bits)
+            if self.keygen is not None
+            else generate_keypair_on(self.executor, self.key_bits)
+        )
         session_id = uuid.uuid4().hex
         package_id = uuid.uuid4().hex
         started = self.clock()
@@ -316,9 +319,8 @@ class ScoringService:
     store: SqlStore
     executor: Executor | None = None
     key_bits: int = 2048
-    keygen: Callable[[int], tuple[PaillierPublicKey, PaillierPrivateKey]] = lambda bits: (
-        generate_keypair(bits)
-    )
+    # Key generation; default: generate_keypair in a worker process (off the event loop).
+    keygen: Callable[[int], tuple[PaillierPublicKey, PaillierPrivateKey]] | None = None
     clock: Callable[[], datetime] = _now
     _live: dict[str, _ScoreJob] = field(default_factory=dict)
 
@@ -339,7 +341,11 @@ class ScoringService:
                 f" {policy.min_partner_records} for a partner set"
             )
         check_session_quota(self.store, partnership, policy, self.clock())
-        _public, private_key = self.keygen(self.key_bits)
+        _public, private_key = (
+            self.keygen(self.key_bits)
+            if self.keygen is not None
+            else generate_keypair_on(self.executor, self.key_bits)
+        )
         session_id, package_id, started = uuid.uuid4().hex, uuid.uuid4().hex, self.clock()
         run = BrandScoring(
             session_id=session_id,

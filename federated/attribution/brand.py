@@ -409,11 +409,13 @@ class BrandAttribution(RoundMachine[AttrRound]):
             d.value[order], self.dp.value_cap if self.dp.mechanism != "off" else np.inf
         )
         scaled = [round(float(v) * VALUE_SCALE) for v in clipped]
-        if self._jobs.parallel and len(scaled) > 4 * chunk:
+        if self._jobs.parallel:
             # Spread the encryptions over the workers in a few large parts (each
-            # worker builds its fixed-base table once per part).
+            # worker builds its fixed-base table once per part); a small set too, in
+            # one part: big-integer work here would hold the GIL the node's event
+            # loop needs.
             key = json.dumps(private_key_to_json(self.private_key))
-            step = -(-len(scaled) // 4)
+            step = max(1, -(-len(scaled) // (4 if len(scaled) > 4 * chunk else 1)))
             bits = self.public_key.n.bit_length()
             jobs: list[tuple[Any, ...]] = [
                 (key, bits, scaled[i : i + step]) for i in range(0, len(scaled), step)
