@@ -9,6 +9,7 @@ of :mod:`identifiers`, which define the canonical forms. Bad values are counted,
 from __future__ import annotations
 
 import hashlib
+import zlib
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
+
+from cleanroom.proto.errors import InvalidInput
 
 from .identifiers import (
     ASCII_WHITESPACE,
@@ -54,8 +57,12 @@ _Format = Literal["csv", "parquet"]
 BoolArray = npt.NDArray[np.bool_]
 
 
-class AudienceFileError(ValueError):
-    """The audience file as a whole is unusable (as opposed to individual bad values)."""
+class AudienceFileError(InvalidInput):
+    """The audience file as a whole is unusable (as opposed to individual bad values).
+
+    The caller's input, so the project's ``InvalidInput`` (still a ``ValueError``): a
+    transport that meets it shows its message instead of an internal error.
+    """
 
 
 @dataclass
@@ -151,6 +158,8 @@ def _csv_options() -> dict[str, Any]:
 def _csv_error(path: Path, exc: Exception) -> AudienceFileError:
     if isinstance(exc, UnicodeDecodeError):
         return AudienceFileError(f"audience file {path} is not valid UTF-8 text: {exc}")
+    if isinstance(exc, zlib.error):
+        return AudienceFileError(f"audience file {path} is corrupt gzip data: {exc}")
     if isinstance(exc, pd.errors.EmptyDataError):
         return AudienceFileError(f"audience file {path} is empty (no header row)")
     if isinstance(exc, pd.errors.ParserError):
@@ -164,6 +173,7 @@ _CSV_READ_ERRORS = (
     UnicodeDecodeError,
     OSError,
     EOFError,
+    zlib.error,  # what gzip raises (not OSError) for a damaged deflate stream
 )
 
 
@@ -202,6 +212,13 @@ def _inspect_parquet(path: Path) -> list[str]:
     columns = list(parquet.schema_arrow.names)
     if not columns:
         raise AudienceFileError(f"audience file {path} is empty (no columns)")
+    repeated = sorted({c for c in columns if columns.count(c) > 1})
+    if repeated:
+        # Arrow selects every column of a repeated name and cannot tell them apart.
+        raise AudienceFileError(
+            f"audience file {path} has more than one column named "
+            f"{', '.join(repr(c) for c in repeated)}; Parquet column names must be unique"
+        )
     if parquet.metadata.num_rows == 0:
         raise AudienceFileError(f"audience file {path} has a header but no data rows")
     return columns

@@ -101,6 +101,17 @@ _ID_TYPE_TO_PB: dict[str, pb.IdType] = {
 _ID_TYPE_FROM_PB: dict[int, str] = {v: k for k, v in _ID_TYPE_TO_PB.items()}
 
 
+# The largest count a partner may declare: protobuf's uint64 goes to 2**64 - 1, but the
+# node keeps counts in numpy int64 arrays and SQL BIGINT columns, which stop at 2**63 - 1.
+MAX_COUNT = 2**63 - 1
+
+
+def _count(value: int, what: str) -> int:
+    if value > MAX_COUNT:
+        raise InvalidInput(f"{what} is {value}, more than the largest count, 2**63 - 1")
+    return value
+
+
 def id_type_to_pb(id_type: str) -> pb.IdType:
     try:
         return _ID_TYPE_TO_PB[str(id_type)]
@@ -156,12 +167,12 @@ def partner_from_pb(msg: pb.PartnerMessage) -> PartnerMessage:
         return Hello(
             audience=h.audience,
             protocol=_PROTOCOL_FROM_PB[h.protocol],
-            declared_records=h.declared_records,
-            declared_points=h.declared_points,
+            declared_records=_count(h.declared_records, "Hello.declared_records"),
+            declared_points=_count(h.declared_points, "Hello.declared_points"),
             slots_per_record=h.slots_per_record,
             resume_session_id=h.resume_session_id,
-            received_values=h.received_values,
-            received_points=h.received_points,
+            received_values=_count(h.received_values, "Hello.received_values"),
+            received_points=_count(h.received_points, "Hello.received_points"),
         )
     if kind == "points":
         return PointChunk(seq=msg.points.seq, points=msg.points.points)
@@ -745,7 +756,7 @@ def lookalike_partner_from_pb(
         return LookalikeHello(
             audience=h.audience,
             mode=_mode(h.mode),
-            rows=h.rows,
+            rows=_count(h.rows, "LookalikeHello.rows"),
             slots=h.slots,
             features=h.features,
             tiers=tuple(h.tiers),
@@ -938,7 +949,10 @@ def score_partner_from_pb(
         if not h.model:
             raise InvalidInput("ScoreHello.model is required")
         return ScoreHello(
-            model=h.model, users=h.users, tiers=tuple(h.tiers), submission_key=h.submission_key
+            model=h.model,
+            users=_count(h.users, "ScoreHello.users"),
+            tiers=tuple(h.tiers),
+            submission_key=h.submission_key,
         )
     if kind == "chunk":
         return ScoreChunk(seq=msg.chunk.seq, ciphertexts=msg.chunk.ciphertexts)

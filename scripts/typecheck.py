@@ -7,7 +7,7 @@ the import hook an editable install uses, so on its own it would see every
 mapping out as symlinks under ``.mypy_cache/tree`` (``cleanroom/server ->
 server/`` ...; a fixed place, since mypy's cache replays old errors with the
 paths they were found under), points ``MYPYPATH`` at it, checks the packages by name, then
-``tests/``, ``bench/`` and ``scripts/`` by path (mypy takes one or the other
+``tests/``, ``bench/``, ``scripts/`` and ``fuzz/`` by path (mypy takes one or the other
 per run), and prints mypy's report with paths of the repository.
 
     python scripts/typecheck.py [extra mypy arguments]
@@ -23,7 +23,7 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PATHS = ("tests", "bench", "scripts")
+PATHS = ("tests", "bench", "scripts", "fuzz")
 
 
 def package_dirs() -> dict[str, str]:
