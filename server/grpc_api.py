@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from cleanroom.federated.attribution.messages import AttrHello
 from cleanroom.federated.lookalike.messages import LookalikeHello, ScoreHello
@@ -99,6 +100,66 @@ async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException) -> N
     if isinstance(exc, NodeBusy):
         context.set_trailing_metadata(((RETRY_AFTER_KEY, str(round(exc.retry_after * 1000))),))
     await context.abort(code, message)
+
+
+class DecodeErrors(grpc.aio.ServerInterceptor):
+    """Request bytes that are not the method's protobuf message are the caller's error:
+    INVALID_ARGUMENT with the decoder's reason, not gRPC's UNKNOWN (unary) or INTERNAL
+    (streams). gRPC decodes before any servicer runs, so each handler is rebuilt to take
+    the raw bytes and decode them where the one error mapping (``status_for``) applies."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        decode = handler.request_deserializer
+        respond = handler.response_serializer
+
+        def parse(raw: bytes) -> Any:
+            try:
+                return decode(raw)
+            except (DecodeError, UnicodeDecodeError) as exc:
+                raise InvalidInput(f"the request is not a valid protobuf message: {exc}") from exc
+
+        async def parsed(raw_requests: AsyncIterator[bytes]) -> AsyncIterator[Any]:
+            async for raw in raw_requests:
+                yield parse(raw)
+
+        async def unary(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                request = parse(raw)
+            except InvalidInput as exc:
+                await abort_with(context, exc)
+            return await handler.unary_unary(request, context)
+
+        async def unary_stream(raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            try:
+                request = parse(raw)
+            except InvalidInput as exc:
+                await abort_with(context, exc)
+            async for response in handler.unary_stream(request, context):
+                yield response
+
+        async def stream_unary(raw: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
+            return await handler.stream_unary(parsed(raw), context)
+
+        async def stream_stream(
+            raw: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[Any]:
+            async for response in handler.stream_stream(parsed(raw), context):
+                yield response
+
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(unary, response_serializer=respond)
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(unary_stream, response_serializer=respond)
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(stream_unary, response_serializer=respond)
+        return grpc.stream_stream_rpc_method_handler(stream_stream, response_serializer=respond)
 
 
 class _Abortable(Protocol):

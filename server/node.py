@@ -32,6 +32,7 @@ from cleanroom.server.files import remove_stale_temporaries
 from cleanroom.server.grpc_api import (
     AttributionServicer,
     AudienceServicer,
+    DecodeErrors,
     LookalikeServicer,
     MatchingServicer,
 )
@@ -103,7 +104,9 @@ class BrandNode:
         lookalike = LookalikeService(
             self.store, audiences, executor=self._pool.executor, chunk_size=s.chunk_size
         )
-        server = grpc.aio.server(options=server_options(s.max_message_bytes))
+        server = grpc.aio.server(
+            options=server_options(s.max_message_bytes), interceptors=[DecodeErrors()]
+        )
         pb_grpc.add_AudienceServiceServicer_to_server(
             AudienceServicer(self.store, audiences), server
         )

@@ -631,12 +631,6 @@ def _undecodable(method: Method) -> list[list[bytes]]:
     return out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="grpc's own deserializer fails before any servicer runs (UNKNOWN for unary calls, "
-    "INTERNAL for streams) until server/ decodes requests itself and answers DecodeError "
-    "with INVALID_ARGUMENT; drop this mark then",
-)
 @pytest.mark.parametrize("name", sorted(BY_NAME))
 def test_undecodable_bytes_are_invalid_argument(
     world: Node, channel: grpc.Channel, name: str
