@@ -11,6 +11,7 @@ a thread pool in tests that want one process, a Dask client later).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import threading
@@ -124,9 +125,22 @@ def _warm(_: int) -> int:
 PARENT_POLL_SECONDS = 1.0
 
 
+# How much lower than its parent's a crypto worker's CPU priority is: the parent serves
+# (gRPC, REST, health checks) and must not wait behind the batches it queued.
+WORKER_NICENESS = 5
+
+
+def _start_worker(parent: int, niceness: int) -> None:
+    """Worker initializer: a lower CPU priority than the parent, and an end with it."""
+    if niceness:
+        with contextlib.suppress(OSError):  # not allowed, or not a Unix: keep the priority
+            os.nice(niceness)
+    _end_with_parent(parent)
+
+
 def _end_with_parent(parent: int) -> None:
-    """Worker initializer: the worker ends once the process that started it is gone, however
-    it died (SIGKILL and OOM kills included, which no handler in the parent can see).
+    """The worker ends once the process that started it is gone, however it died (SIGKILL
+    and OOM kills included, which no handler in the parent can see).
 
     An orphan is re-parented, so ``getppid()`` changes; a daemon thread polls for that.
     (Linux's parent-death signal would be immediate, but it fires when the parent
@@ -163,7 +177,10 @@ class CryptoPool:
         n = workers or default_workers()
         ctx = multiprocessing.get_context("spawn")
         executor = ProcessPoolExecutor(
-            max_workers=n, mp_context=ctx, initializer=_end_with_parent, initargs=(os.getpid(),)
+            max_workers=n,
+            mp_context=ctx,
+            initializer=_start_worker,
+            initargs=(os.getpid(), WORKER_NICENESS),
         )
         # Start every worker now so the first session does not pay for it.
         list(executor.map(_warm, range(n)))

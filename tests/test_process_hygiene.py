@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import pytest
 
 from cleanroom.audiences.identifiers import NormalizeOptions, parse_id_columns
 from cleanroom.client.sdk import Connection, upload_audience
+from cleanroom.matching.workers import WORKER_NICENESS, CryptoPool
 from cleanroom.server.node import BrandNodeThread
 from cleanroom.server.settings import ServerSettings
 from cleanroom.server.store import Role, SessionRecord, SqlStore
@@ -162,3 +164,15 @@ def test_a_terminated_partner_command_cleans_up_and_ends_its_workers(tmp_path: P
     eventually(all_gone, timeout=10, what="every worker of the client to end")
     leftovers = list(out.parent.glob("*")) if out.parent.exists() else []
     assert leftovers == []  # neither the output nor its temporary file
+
+
+def _niceness() -> int:
+    return os.nice(0)
+
+
+def test_crypto_workers_yield_the_cpu_to_the_process_that_serves() -> None:
+    """A worker runs WORKER_NICENESS below its parent's priority, so the node's event loop
+    (health, REST, gRPC I/O) is scheduled first when the cores are busy."""
+    with CryptoPool.processes(1) as pool:
+        worker = pool.executor.submit(_niceness).result(timeout=60)
+    assert worker == min(19, os.nice(0) + WORKER_NICENESS)
