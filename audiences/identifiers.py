@@ -15,8 +15,12 @@ from enum import StrEnum
 
 import phonenumbers
 
+from cleanroom.audiences.errors import InvalidIdentifier
+from cleanroom.audiences.platform_ids import PLATFORM_TYPES, platform_digest, platform_normalize
+
 __all__ = [
     "ID_TYPES",
+    "SPEC_ALIASES",
     "IdColumn",
     "IdType",
     "InvalidIdentifier",
@@ -34,12 +38,28 @@ __all__ = [
 
 
 class IdType(StrEnum):
-    """Kinds of identifier a column can hold; each kind has its own normalization."""
+    """Kinds of identifier a column can hold; each kind has its own normalization (the
+    Chinese platforms' types in ``platform_ids``)."""
 
     EMAIL = "email"
     PHONE = "phone"
     MAID = "maid"
     CUSTOM = "custom"
+    CN_MOBILE_MD5 = "cn_mobile_md5"
+    CN_MOBILE_SHA256 = "cn_mobile_sha256"
+    IMEI = "imei"
+    IDFA = "idfa"
+    OAID = "oaid"
+    ANDROID_ID = "android_id"
+    WECHAT_UNIONID = "wechat_unionid"
+    QQ = "qq"
+
+
+# A column spec type that stands for several: a plaintext Chinese mobile meets both the
+# MD5-based and the SHA-256 files of the platforms, which cannot meet each other.
+SPEC_ALIASES: dict[str, tuple[IdType, ...]] = {
+    "cn_mobile": (IdType.CN_MOBILE_MD5, IdType.CN_MOBILE_SHA256),
+}
 
 
 ID_TYPES: tuple[str, ...] = tuple(t.value for t in IdType)
@@ -57,6 +77,9 @@ class IdColumn:
 # as "email_adid" counts as email; anything surprising can be overridden with "name:type".
 _TYPE_HINTS: tuple[tuple[IdType, tuple[str, ...]], ...] = (
     (IdType.EMAIL, ("email", "mail")),
+    (IdType.IMEI, ("imei", "meid")),
+    (IdType.ANDROID_ID, ("android_id", "androidid")),
+    (IdType.WECHAT_UNIONID, ("unionid",)),
     (IdType.MAID, ("maid", "idfa", "gaid", "oaid", "adid")),
     (IdType.PHONE, ("phone", "mobile", "tel", "msisdn")),
 )
@@ -81,7 +104,7 @@ def parse_id_columns(spec: str) -> list[IdColumn]:
         raise ValueError(
             "empty id column spec: expected a comma-separated list such as 'email,phone'"
         )
-    valid_types = ", ".join(t.value for t in IdType)
+    valid_types = ", ".join([*(t.value for t in IdType), *SPEC_ALIASES])
     columns: list[IdColumn] = []
     seen: set[str] = set()
     for position, raw_item in enumerate(spec.split(","), start=1):
@@ -93,7 +116,7 @@ def parse_id_columns(spec: str) -> list[IdColumn]:
             name = raw_name.strip()
             type_name = raw_type.strip().lower()
             try:
-                id_type = IdType(type_name)
+                id_types = SPEC_ALIASES.get(type_name) or (IdType(type_name),)
             except ValueError:
                 raise ValueError(
                     f"unknown identifier type {raw_type.strip()!r} for column {name!r} in id "
@@ -101,13 +124,13 @@ def parse_id_columns(spec: str) -> list[IdColumn]:
                 ) from None
         else:
             name = item
-            id_type = _infer_type(name)
+            id_types = (_infer_type(name),)
         if not name:
             raise ValueError(f"missing column name in item {item!r} of id column spec {spec!r}")
         if name in seen:
             raise ValueError(f"duplicate column {name!r} in id column spec {spec!r}")
         seen.add(name)
-        columns.append(IdColumn(column=name, id_type=id_type))
+        columns.extend(IdColumn(column=name, id_type=t) for t in id_types)
     return columns
 
 
@@ -139,15 +162,6 @@ class NormalizeOptions:
     def __post_init__(self) -> None:
         # Canonicalize so that "us" and "US" produce identical options (and equal dataclasses).
         object.__setattr__(self, "default_region", _check_region(self.default_region))
-
-
-class InvalidIdentifier(ValueError):
-    """A value that cannot be normalized; ``reason`` is a short key used for counting in reports."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
 
 
 # Python's str.strip() removes exactly these ASCII characters (plus non-ASCII whitespace). The
@@ -302,6 +316,8 @@ def normalize(id_type: IdType, value: str, options: NormalizeOptions | None = No
         return normalize_maid(value)
     if id_type is IdType.CUSTOM:
         return normalize_custom(value)
+    if id_type.value in PLATFORM_TYPES:
+        return platform_normalize(id_type.value, value)
     raise ValueError(f"unknown identifier type {id_type!r}")
 
 
@@ -322,8 +338,11 @@ def identifier_digest(
 
     Values that are already SHA-256 hex digests are passed through (decoded), because marketers
     often upload audiences they hashed themselves; the digests of plaintext and pre-hashed forms
-    of the same normalized identifier are therefore equal.
+    of the same normalized identifier are therefore equal. The Chinese platforms' types
+    have their own hashed forms (``platform_ids.platform_digest``).
     """
+    if id_type.value in PLATFORM_TYPES:
+        return platform_digest(id_type.value, value)[0]
     stripped = value.strip()
     if _PREHASHED_RE.fullmatch(stripped) is not None:
         return bytes.fromhex(stripped)

@@ -40,6 +40,7 @@ from .identifiers import (
     identifier_digest,
 )
 from .phones import nanp_national_numbers, valid_national_numbers
+from .platform_ids import PLATFORM_TYPES
 
 __all__ = [
     "AudienceFileError",
@@ -438,6 +439,10 @@ def _hash_column(values: pa.Array, id_type: IdType, options: NormalizeOptions) -
     candidates = ascii_rows & (lengths > 0)
     scalar_rows = ~ascii_rows
 
+    if id_type.value in PLATFORM_TYPES:
+        # Each has its own hashed forms and rules (platform_ids): every value takes them.
+        scalar_rows |= candidates
+        candidates = np.zeros(rows, dtype=np.bool_)
     prehashed = candidates & _bool(pc.match_substring_regex(trimmed, PREHASHED_PATTERN))
     if prehashed.any():
         hex_digests = trimmed.filter(pa.array(prehashed)).to_pylist()
@@ -479,7 +484,7 @@ def _hash_column(values: pa.Array, id_type: IdType, options: NormalizeOptions) -
     elif id_type is IdType.CUSTOM:
         digests[todo] = _sha256_rows(trimmed, todo)
         status[todo] = _VALID
-    else:
+    elif id_type is IdType.PHONE:
         # North American spellings are validated here a column at a time; other
         # numbers need phonenumbers' full parse, one call per distinct value.
         shaped, national = nanp_national_numbers(trimmed, options.default_region)

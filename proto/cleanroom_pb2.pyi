@@ -14,6 +14,14 @@ class IdType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PHONE: _ClassVar[IdType]
     MAID: _ClassVar[IdType]
     CUSTOM: _ClassVar[IdType]
+    CN_MOBILE_MD5: _ClassVar[IdType]
+    CN_MOBILE_SHA256: _ClassVar[IdType]
+    IMEI: _ClassVar[IdType]
+    IDFA: _ClassVar[IdType]
+    OAID: _ClassVar[IdType]
+    ANDROID_ID: _ClassVar[IdType]
+    WECHAT_UNIONID: _ClassVar[IdType]
+    QQ: _ClassVar[IdType]
 
 class Protocol(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -25,6 +33,14 @@ EMAIL: IdType
 PHONE: IdType
 MAID: IdType
 CUSTOM: IdType
+CN_MOBILE_MD5: IdType
+CN_MOBILE_SHA256: IdType
+IMEI: IdType
+IDFA: IdType
+OAID: IdType
+ANDROID_ID: IdType
+WECHAT_UNIONID: IdType
+QQ: IdType
 PROTOCOL_UNSPECIFIED: Protocol
 MATCH: Protocol
 CARDINALITY: Protocol

@@ -9,7 +9,7 @@ the field named.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -92,11 +92,10 @@ if TYPE_CHECKING:
 _PROTOCOL_TO_PB = {Protocol.MATCH: pb.MATCH, Protocol.CARDINALITY: pb.CARDINALITY}
 _PROTOCOL_FROM_PB = {v: k for k, v in _PROTOCOL_TO_PB.items()}
 
+# Every identifier type by its enum name on the wire (tests/test_protos.py checks both
+# lists agree).
 _ID_TYPE_TO_PB: dict[str, pb.IdType] = {
-    "email": pb.EMAIL,
-    "phone": pb.PHONE,
-    "maid": pb.MAID,
-    "custom": pb.CUSTOM,
+    t: cast("pb.IdType", pb.IdType.Value(t.upper())) for t in ID_TYPES
 }
 _ID_TYPE_FROM_PB: dict[int, str] = {v: k for k, v in _ID_TYPE_TO_PB.items()}
 

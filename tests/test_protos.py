@@ -36,3 +36,14 @@ def test_committed_stubs_are_fresh(tmp_path: Path) -> None:
         assert normalized(committed.read_text()) == normalized(fresh.read_text()), (
             f"proto/{fresh.name} is stale: run `python scripts/gen_protos.py` and commit the result"
         )
+
+
+def test_every_identifier_type_has_its_enum_value_on_the_wire() -> None:
+    from cleanroom.audiences.identifiers import ID_TYPES
+    from cleanroom.proto import cleanroom_pb2 as pb
+    from cleanroom.proto import serde
+
+    names = {v.name.lower() for v in pb.IdType.DESCRIPTOR.values if v.number}
+    assert names == set(ID_TYPES)
+    for id_type in ID_TYPES:
+        assert serde.id_type_from_pb(serde.id_type_to_pb(id_type)) == id_type

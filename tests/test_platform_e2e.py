@@ -1,0 +1,116 @@
+"""A Chinese brand's 人群包 against a partner's plaintext ids, through the real CLI and a real
+node: MD5 and MD5_SHA256 mobiles and MD5 IMEIs meet plaintext mobiles in mixed spellings
+and plaintext IMEIs; the private match equals a plaintext join on the canonical numbers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from cleanroom.server.store import Role
+from tests.conftest import Node
+
+CLI = [sys.executable, "-m", "cleanroom.client.cli"]
+
+
+def md5(text: str) -> str:
+    return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()
+
+
+def spelled(mobile: str, rng: random.Random) -> str:
+    """The ways CRMs and ops teams write one mainland mobile."""
+    a, b, c = mobile[:3], mobile[3:7], mobile[7:]
+    return rng.choice(
+        [
+            mobile,
+            f"+86{mobile}",
+            f"+86 {a} {b} {c}",
+            f"0086-{a}-{b}-{c}",
+            f"86{mobile}",
+            f"{a}-{b}-{c}",
+            "".join(chr(0xFF10 + int(d)) for d in mobile),  # full-width digits
+        ]
+    )
+
+
+def imei(i: int) -> str:
+    return f"86{i:013d}"
+
+
+def test_md5_and_md5_sha256_files_meet_plaintext_ids(node: Node, tmp_path: Path) -> None:
+    rng = random.Random(13)
+    mobiles = [f"1{rng.choice('3456789')}{rng.randrange(10**9):09d}" for _ in range(300)]
+    mobiles = list(dict.fromkeys(mobiles))
+    # The brand's CDP export: per customer an MD5 mobile or its Tencent MD5_SHA256 form, and
+    # for some an MD5 IMEI (uppercase hex for a few: platforms ignore the case).
+    brand_rows = []
+    for i, mobile in enumerate(mobiles[:200]):
+        hashed = md5(mobile)
+        brand_rows.append(
+            {
+                "mobile_md5": hashed.upper() if i % 7 == 0 else hashed if i % 2 else "",
+                "mobile_md5_sha256": "" if i % 2 else hashlib.sha256(hashed.encode()).hexdigest(),
+                "imei_md5": md5(imei(i)) if i % 3 == 0 else "",
+            }
+        )
+    brand = pd.DataFrame(brand_rows)
+    brand.to_csv(tmp_path / "crm.csv", index=False)
+    # The partner: plaintext mobiles in mixed spellings, plaintext IMEIs, for users some of
+    # whom are the brand's customers.
+    partner_rows = []
+    for j in range(250):
+        i = j + 100  # customers 100..199 and 150 who are not
+        mobile = mobiles[i] if i < len(mobiles) else ""
+        partner_rows.append(
+            {
+                "user_id": f"u{j}",
+                "mobile": spelled(mobile, rng) if mobile and j % 5 else "",
+                "imei": imei(i) if j % 2 == 0 else "",
+            }
+        )
+    partner = pd.DataFrame(partner_rows)
+    partner.to_csv(tmp_path / "users.csv", index=False)
+
+    admin = node.tokens["acme"][Role.ADMIN]
+    upload = subprocess.run(
+        [*CLI, "audience", "upload", "--server", node.target, "--token", admin,
+         "--name", "cn-crm", "--file", str(tmp_path / "crm.csv"),
+         "--id-columns", "mobile_md5:cn_mobile_md5,mobile_md5_sha256:cn_mobile_md5,imei_md5:imei",
+         "--json"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert upload.returncode == 0, upload.stderr
+    report = json.loads(upload.stdout)
+    cells = int((brand[["mobile_md5", "mobile_md5_sha256"]] != "").to_numpy().sum())
+    assert report["identifiers"] == {"cn_mobile_md5": cells, "imei": 67}
+    assert report["rows_accepted"] == 200
+    out = tmp_path / "matched.csv"
+    match = subprocess.run(
+        [*CLI, "partner", "match", "--server", node.target,
+         "--token", node.tokens["acme"][Role.PARTNER], "--audience", "cn-crm",
+         "--file", str(tmp_path / "users.csv"), "--id-columns", "mobile:cn_mobile,imei",
+         "--out", str(out), "--json"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert match.returncode == 0, match.stderr
+    got = pd.read_csv(out, dtype=str, keep_default_na=False)
+
+    # The plaintext join on canonical numbers (index i = customer i), in priority order.
+    customer_mobiles = set(mobiles[:200])
+    customer_imeis = {imei(i) for i in range(200) if i % 3 == 0}
+    expected = []
+    for j, row in partner.iterrows():
+        i = int(j) + 100  # type: ignore[call-overload]
+        on_mobile = bool(row["mobile"]) and i < 200 and mobiles[i] in customer_mobiles
+        on_imei = bool(row["imei"]) and row["imei"] in customer_imeis
+        expected.append("cn_mobile_md5" if on_mobile else "imei" if on_imei else "")
+    assert got["matched_on"].tolist() == expected
+    assert (got["matched"] == "true").tolist() == [bool(e) for e in expected]
+    summary = json.loads(match.stdout)
+    assert summary["matched"] == sum(bool(e) for e in expected) > 50
