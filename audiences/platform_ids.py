@@ -180,6 +180,17 @@ _RULES: dict[str, _Rule] = {
 PLATFORM_TYPES: tuple[str, ...] = tuple(_RULES)
 
 
+def hashed_forms(id_type: str) -> frozenset[IdForm]:
+    """The hashed forms ``id_type`` accepts (what a 32- or 64-hex value of it is)."""
+    return _RULES[id_type][2]
+
+
+# What a column's values look like, for the upload report's hints: bare 32 hex digits (an
+# MD5), and a mainland mobile however it is spelled (an RE2 pattern: the reader runs it).
+MD5_PATTERN = "^[0-9a-fA-F]{32}$"
+CN_MOBILE_PATTERN = "^(?:\\+?86|0086)?[ -]?1[3-9][0-9][ -]?[0-9]{4}[ -]?[0-9]{4}$"
+
+
 def platform_normalize(id_type: str, value: str) -> str:
     """The canonical plaintext of ``value`` (what the platforms hash)."""
     return _RULES[id_type][0](value)

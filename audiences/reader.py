@@ -40,7 +40,13 @@ from .identifiers import (
     identifier_digest,
 )
 from .phones import nanp_national_numbers, valid_national_numbers
-from .platform_ids import PLATFORM_TYPES
+from .platform_ids import (
+    CN_MOBILE_PATTERN,
+    MD5_PATTERN,
+    PLATFORM_TYPES,
+    IdForm,
+    hashed_forms,
+)
 
 __all__ = [
     "AudienceFileError",
@@ -78,10 +84,43 @@ class ReadReport:
     invalid_identifiers: dict[str, int] = field(default_factory=dict)
     # Valid identifiers per IdType value.
     identifiers: dict[str, int] = field(default_factory=dict)
+    # Valid identifiers per IdType value and the form they came in (plaintext, md5, ...).
+    forms: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Per column: its non-empty values, and how many look like something else
+    # ("md5": 32 bare hex digits, "cn_mobile": a mainland mobile); see ``warnings``.
+    looks: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def rows_rejected_total(self) -> int:
         return sum(self.rows_rejected.values())
+
+    @property
+    def warnings(self) -> list[str]:
+        """Columns whose values look like another type than the one declared (most of the
+        non-empty values): the likeliest reason a match with a platform's file is lost."""
+        out = []
+        for key, seen in sorted(self.looks.items()):
+            column, _, declared = key.rpartition(":")
+            total = seen.get("values", 0)
+            if not total:
+                continue
+            if declared == "maid" and seen.get("md5", 0) * 2 > total:
+                out.append(
+                    f"column {column!r} (maid) looks like MD5 hashes, not ad ids:"
+                    f" declare imei or idfa (e.g. --id-columns {column}:imei)"
+                )
+            elif declared == "phone" and seen.get("cn_mobile", 0) * 2 > total:
+                out.append(
+                    f"column {column!r} (phone) holds Chinese mobiles: platforms hash these"
+                    f" without +86, declare cn_mobile to match their files"
+                    f" (--id-columns {column}:cn_mobile)"
+                )
+            elif declared == "custom" and seen.get("md5", 0) * 2 > total:
+                out.append(
+                    f"column {column!r} (custom) looks like MD5 hashes: declare its type"
+                    " (cn_mobile_md5, imei, idfa, oaid, ...) to match platform files"
+                )
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly copy with sorted keys (stable output for logs and tests)."""
@@ -91,6 +130,8 @@ class ReadReport:
             "rows_rejected": dict(sorted(self.rows_rejected.items())),
             "invalid_identifiers": dict(sorted(self.invalid_identifiers.items())),
             "identifiers": dict(sorted(self.identifiers.items())),
+            "forms": {t: dict(sorted(f.items())) for t, f in sorted(self.forms.items())},
+            "warnings": self.warnings,
         }
 
     def merge(self, other: ReadReport) -> None:
@@ -104,6 +145,11 @@ class ReadReport:
         ):
             for key, count in theirs.items():
                 mine[key] = mine.get(key, 0) + count
+        for nested, other_nested in ((self.forms, other.forms), (self.looks, other.looks)):
+            for key, counts in other_nested.items():
+                into = nested.setdefault(key, {})
+                for name, count in counts.items():
+                    into[name] = into.get(name, 0) + count
 
 
 @dataclass
@@ -399,6 +445,8 @@ class _ColumnResult:
     status: npt.NDArray[np.int8]
     digests: npt.NDArray[np.uint8]  # (rows, 32); only rows with status _VALID are meaningful
     reasons: Counter[str]
+    forms: Counter[str] = field(default_factory=Counter)  # valid values per IdForm
+    looks: Counter[str] = field(default_factory=Counter)  # see ReadReport.looks
 
 
 def _bool(array: pa.Array | pa.ChunkedArray) -> BoolArray:
@@ -514,7 +562,33 @@ def _hash_column(values: pa.Array, id_type: IdType, options: NormalizeOptions) -
         _hash_scalar_rows(
             source, np.flatnonzero(scalar_rows), id_type, options, status, digests, reasons
         )
-    return _ColumnResult(status=status, digests=digests, reasons=+reasons)
+    forms, looks = _forms_and_looks(trimmed, id_type, status == _VALID, lengths > 0)
+    return _ColumnResult(status=status, digests=digests, reasons=+reasons, forms=forms, looks=looks)
+
+
+def _forms_and_looks(
+    trimmed: pa.Array, id_type: IdType, valid: BoolArray, present: BoolArray
+) -> tuple[Counter[str], Counter[str]]:
+    """How the valid values were given (the forms ``identifier_digest`` read them as), and
+    what the column's values look like (for ``ReadReport.warnings``)."""
+    hex64 = _bool(pc.match_substring_regex(trimmed, PREHASHED_PATTERN))
+    hex32 = _bool(pc.match_substring_regex(trimmed, MD5_PATTERN))
+    if id_type.value in PLATFORM_TYPES:
+        accepted = hashed_forms(id_type.value)
+        as_md5 = valid & hex32 if IdForm.MD5 in accepted else np.zeros_like(valid)
+        long_form = next((f for f in (IdForm.MD5_SHA256, IdForm.SHA256) if f in accepted), None)
+        as_long = valid & hex64 if long_form is not None else np.zeros_like(valid)
+        counts = {IdForm.MD5.value: as_md5, (long_form or IdForm.SHA256).value: as_long}
+    else:
+        long_form, as_md5, as_long = IdForm.SHA256, np.zeros_like(valid), valid & hex64
+        counts = {IdForm.SHA256.value: as_long}
+    counts[IdForm.PLAINTEXT.value] = valid & ~as_md5 & ~as_long
+    forms = Counter({name: int(rows.sum()) for name, rows in counts.items() if rows.any()})
+    looks = Counter({"values": int(present.sum()), "md5": int((present & hex32).sum())})
+    if id_type is IdType.PHONE:
+        mobiles = _bool(pc.match_substring_regex(trimmed, CN_MOBILE_PATTERN))
+        looks["cn_mobile"] = int((present & mobiles).sum())
+    return forms, looks
 
 
 def _hash_scalar_rows(
@@ -575,8 +649,12 @@ def _hash_chunk(
     hashed: list[HashedColumn] = []
     reasons: Counter[str] = Counter()
     per_type: Counter[str] = Counter()
+    forms: dict[str, Counter[str]] = {}
+    looks: dict[str, Counter[str]] = {}
     for id_column in id_columns:
         result = _hash_column(columns[id_column.column], id_column.id_type, options)
+        forms.setdefault(id_column.id_type.value, Counter()).update(result.forms)
+        looks[f"{id_column.column}:{id_column.id_type.value}"] = result.looks
         present = result.status == _VALID
         any_valid |= present
         any_value |= result.status != _MISSING
@@ -601,6 +679,8 @@ def _hash_chunk(
                 rows_rejected=dict(+rejected),
                 invalid_identifiers=dict(reasons),
                 identifiers=dict(per_type),
+                forms={t: dict(f) for t, f in forms.items() if f},
+                looks={c: dict(seen) for c, seen in looks.items()},
             )
         )
     return HashedChunk(first_row=first_row, row_count=row_count, columns=hashed)

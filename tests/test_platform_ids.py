@@ -4,6 +4,7 @@ the normalization rules, and properties (idempotent, no form taken for another).
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -185,3 +186,27 @@ def test_an_md5_is_never_read_as_plaintext(id_type: str, hexes: str) -> None:
         assert digest == sha(hexes.lower())
     else:
         assert id_type in ("wechat_unionid",), (id_type, form)
+
+
+def test_the_upload_report_counts_forms_and_warns_about_look_alikes(tmp_path: Path) -> None:
+    from cleanroom.audiences.reader import ReadReport, read_hashed_chunks
+
+    path = tmp_path / "cdp.csv"
+    hashed = md5_hex(MOBILE)
+    rows = [
+        # mobile (cn_mobile_md5), maid (really MD5 IMEIs), tel (E.164 phone, really CN)
+        f"{MOBILE},{md5_hex('868049039501257')},+86 139 0013 8000",
+        f"{hashed.upper()},{md5_hex('868049039501258')},13900138001",
+        f"{hashlib.sha256(hashed.encode()).hexdigest()},{md5_hex('868049039501259')},",
+    ]
+    path.write_text("mobile,maid,tel\n" + "\n".join(rows) + "\n")
+    report = ReadReport()
+    columns = parse_id_columns("mobile:cn_mobile_md5,maid:maid,tel:phone")
+    list(read_hashed_chunks(path, columns, NormalizeOptions("CN"), report=report))
+    out = report.to_dict()
+    assert out["forms"]["cn_mobile_md5"] == {"plaintext": 1, "md5": 1, "md5_sha256": 1}
+    assert out["forms"]["maid"] == {"plaintext": 3}  # taken for UUIDs without dashes
+    assert out["forms"]["phone"] == {"plaintext": 2}
+    [maid, tel] = out["warnings"]
+    assert "'maid' (maid) looks like MD5 hashes" in maid and "declare imei or idfa" in maid
+    assert "'tel' (phone) holds Chinese mobiles" in tel and "tel:cn_mobile" in tel

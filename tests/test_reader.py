@@ -201,6 +201,13 @@ def test_report_counts(tmp_path: Path) -> None:
             "zero_maid": 1,
         },
         "identifiers": {"custom": 7, "email": 5, "maid": 2, "phone": 3},
+        "forms": {
+            "custom": {"plaintext": 7},
+            "email": {"plaintext": 4, "sha256": 1},
+            "maid": {"plaintext": 2},
+            "phone": {"plaintext": 3},
+        },
+        "warnings": [],
     }
     assert report.rows_rejected_total == 3
     assert report.rows_accepted + report.rows_rejected_total == report.rows_read
@@ -232,6 +239,7 @@ def test_report_merge_and_to_dict() -> None:
         rows_rejected={"no_identifier": 1},
         invalid_identifiers={"invalid_email": 1},
         identifiers={"email": 2},
+        forms={"email": {"plaintext": 2}},
     )
     b = ReadReport(
         rows_read=2,
@@ -239,6 +247,7 @@ def test_report_merge_and_to_dict() -> None:
         rows_rejected={"all_identifiers_invalid": 1},
         invalid_identifiers={"invalid_email": 2, "invalid_phone": 1},
         identifiers={"email": 1, "phone": 1},
+        forms={"email": {"sha256": 1}, "phone": {"plaintext": 1}},
     )
     a.merge(b)
     assert a.to_dict() == {
@@ -247,6 +256,8 @@ def test_report_merge_and_to_dict() -> None:
         "rows_rejected": {"all_identifiers_invalid": 1, "no_identifier": 1},
         "invalid_identifiers": {"invalid_email": 3, "invalid_phone": 1},
         "identifiers": {"email": 3, "phone": 1},
+        "forms": {"email": {"plaintext": 2, "sha256": 1}, "phone": {"plaintext": 1}},
+        "warnings": [],
     }
     assert b.rows_read == 2  # merge does not touch its argument
     assert ReadReport().to_dict()["rows_rejected"] == {}

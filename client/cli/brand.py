@@ -16,6 +16,7 @@ from cleanroom.client.cli.common import (
     TlsDir,
     Token,
     connection,
+    err,
     errors,
     normalize_options,
     out,
@@ -145,10 +146,13 @@ def audience_upload(
     for reason, n in sorted(report["invalid_identifiers"].items()):
         out.print(f"  invalid identifiers: {reason}  {n}")
     for id_type, n in sorted(report["identifiers"].items()):
-        out.print(f"  {id_type} identifiers  {n}")
+        given = ", ".join(f"{form} {k}" for form, k in report["forms"].get(id_type, {}).items())
+        out.print(f"  {id_type} identifiers  {n}" + (f"  ({given})" if given else ""))
     out.print(f"  seeds          {report['seeds']}  (non-seeds {report['non_seeds']})")
     out.print(f"  duplicates     {report['duplicates']}")
     out.print(f"  distinct identifiers stored  {report['audience']['elements']}")
+    for warning in report["warnings"]:
+        err.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
 
 
 def _delete(kind: str, server: str, token: str, name: str, tls_dir: Path | None) -> None:
