@@ -32,6 +32,7 @@ class Hello:
     resume_session_id: str = ""
     received_values: int = 0
     received_points: int = 0
+    id_types: tuple[str, ...] = ()  # the partner's identifier types; () when not told
 
 
 @dataclass(frozen=True, slots=True)

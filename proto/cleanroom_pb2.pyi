@@ -157,7 +157,7 @@ class ListAudiencesResponse(_message.Message):
     def __init__(self, audiences: _Optional[_Iterable[_Union[Audience, _Mapping]]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("audience", "protocol", "declared_records", "declared_points", "slots_per_record", "resume_session_id", "received_values", "received_points")
+    __slots__ = ("audience", "protocol", "declared_records", "declared_points", "slots_per_record", "resume_session_id", "received_values", "received_points", "id_types")
     AUDIENCE_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     DECLARED_RECORDS_FIELD_NUMBER: _ClassVar[int]
@@ -166,6 +166,7 @@ class Hello(_message.Message):
     RESUME_SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     RECEIVED_VALUES_FIELD_NUMBER: _ClassVar[int]
     RECEIVED_POINTS_FIELD_NUMBER: _ClassVar[int]
+    ID_TYPES_FIELD_NUMBER: _ClassVar[int]
     audience: str
     protocol: Protocol
     declared_records: int
@@ -174,7 +175,8 @@ class Hello(_message.Message):
     resume_session_id: str
     received_values: int
     received_points: int
-    def __init__(self, audience: _Optional[str] = ..., protocol: _Optional[_Union[Protocol, str]] = ..., declared_records: _Optional[int] = ..., declared_points: _Optional[int] = ..., slots_per_record: _Optional[int] = ..., resume_session_id: _Optional[str] = ..., received_values: _Optional[int] = ..., received_points: _Optional[int] = ...) -> None: ...
+    id_types: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, audience: _Optional[str] = ..., protocol: _Optional[_Union[Protocol, str]] = ..., declared_records: _Optional[int] = ..., declared_points: _Optional[int] = ..., slots_per_record: _Optional[int] = ..., resume_session_id: _Optional[str] = ..., received_values: _Optional[int] = ..., received_points: _Optional[int] = ..., id_types: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PointChunk(_message.Message):
     __slots__ = ("seq", "points")

@@ -142,6 +142,7 @@ def partner_to_pb(msg: PartnerMessage) -> pb.PartnerMessage:
                 resume_session_id=msg.resume_session_id,
                 received_values=msg.received_values,
                 received_points=msg.received_points,
+                id_types=list(msg.id_types),
             )
         )
     if isinstance(msg, PointChunk):
@@ -172,6 +173,7 @@ def partner_from_pb(msg: pb.PartnerMessage) -> PartnerMessage:
             resume_session_id=h.resume_session_id,
             received_values=_count(h.received_values, "Hello.received_values"),
             received_points=_count(h.received_points, "Hello.received_points"),
+            id_types=tuple(h.id_types),
         )
     if kind == "points":
         return PointChunk(seq=msg.points.seq, points=msg.points.points)

@@ -42,6 +42,44 @@ from cleanroom.server.tenants import check_session_quota
 log = logging.getLogger("cleanroom.server.matching")
 
 
+# Types whose digests can never equal each other's, with why (a partner holding only the
+# one against an audience of only the other is told at once).
+_CANNOT_MEET = {
+    frozenset({"cn_mobile_md5", "cn_mobile_sha256"}): (
+        "an MD5 and a SHA-256 of a mobile number cannot be converted into each other;"
+        " match plaintext mobiles (declared cn_mobile) or files hashed the same way"
+    ),
+    frozenset({"phone", "cn_mobile_sha256"}): (
+        "phone is hashed in E.164 (+86...), the platforms' mobiles without +86;"
+        " declare plaintext mobiles cn_mobile"
+    ),
+    frozenset({"phone", "cn_mobile_md5"}): (
+        "phone is hashed in E.164 (+86...), the platforms' mobiles without +86;"
+        " declare plaintext mobiles cn_mobile"
+    ),
+}
+
+
+def check_types_meet(audience_types: dict[str, int], partner_types: tuple[str, ...]) -> None:
+    """FailedPrecondition when the partner's identifier types (as its hello declares them;
+    nothing is checked without) have none in common with the audience's."""
+    held = {t for t, n in audience_types.items() if n}
+    if not partner_types or not held or held & set(partner_types):
+        return
+    why = next(
+        (
+            reason
+            for pair, reason in _CANNOT_MEET.items()
+            if pair & held and pair & set(partner_types)
+        ),
+        "records of different identifier types never match",
+    )
+    raise FailedPrecondition(
+        f"no identifier type in common: the audience holds {', '.join(sorted(held))}, the"
+        f" partner {', '.join(sorted(set(partner_types)))}; {why}"
+    )
+
+
 @dataclass
 class _Live:
     session: BrandSession
@@ -93,6 +131,7 @@ class MatchingService:
         if tenant is None or partner is None:
             raise PermissionDenied("this token's partner no longer exists")
         audience = self.audiences.get(principal, hello.audience)
+        check_types_meet(audience.elements_by_type, hello.id_types)
         policy = tenant.policy.for_partner(partner)
         if hello.declared_records < policy.min_partner_records:
             raise PolicyViolation(

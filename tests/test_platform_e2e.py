@@ -114,3 +114,30 @@ def test_md5_and_md5_sha256_files_meet_plaintext_ids(node: Node, tmp_path: Path)
     assert (got["matched"] == "true").tolist() == [bool(e) for e in expected]
     summary = json.loads(match.stdout)
     assert summary["matched"] == sum(bool(e) for e in expected) > 50
+
+
+def test_md5_and_sha256_mobile_files_are_told_they_cannot_meet(node: Node, tmp_path: Path) -> None:
+    mobiles = [f"13{i:09d}" for i in range(60)]
+    (tmp_path / "sha.csv").write_text(
+        "mobile\n" + "".join(hashlib.sha256(m.encode()).hexdigest() + "\n" for m in mobiles)
+    )
+    (tmp_path / "md5.csv").write_text("mobile\n" + "".join(md5(m) + "\n" for m in mobiles))
+    admin = node.tokens["acme"][Role.ADMIN]
+    upload = subprocess.run(
+        [*CLI, "audience", "upload", "--server", node.target, "--token", admin,
+         "--name", "cn-sha", "--file", str(tmp_path / "sha.csv"),
+         "--id-columns", "mobile:cn_mobile_sha256", "--json"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert upload.returncode == 0, upload.stderr
+    match = subprocess.run(
+        [*CLI, "partner", "overlap", "--server", node.target,
+         "--token", node.tokens["acme"][Role.PARTNER], "--audience", "cn-sha",
+         "--file", str(tmp_path / "md5.csv"), "--id-columns", "mobile:cn_mobile_md5",
+         "--retry-seconds", "0", "--json"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert match.returncode == 1
+    said = " ".join(match.stderr.split())  # the console wraps long lines
+    assert "FAILED_PRECONDITION: no identifier type in common" in said
+    assert "an MD5 and a SHA-256 of a mobile number cannot be converted" in said
