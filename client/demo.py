@@ -20,15 +20,19 @@ import shutil
 import signal
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from cleanroom.audiences.identifiers import NormalizeOptions, parse_id_columns
+from cleanroom.audiences.identifiers import IdColumn, NormalizeOptions, parse_id_columns
 from cleanroom.audiences.reference import plaintext_match
 from cleanroom.audiences.synth import synthesize
+from cleanroom.audiences.synth_cn import BRAND_ID_COLUMNS as CN_BRAND_COLUMNS
+from cleanroom.audiences.synth_cn import PARTNER_ID_COLUMNS as CN_PARTNER_COLUMNS
+from cleanroom.audiences.synth_cn import synthesize_cn
 from cleanroom.client.attribution import (
     AttributionRequest,
     prepare_attribution,
@@ -57,6 +61,56 @@ from cleanroom.server.store import Role, SqlStore
 from cleanroom.server.tenants import provision_tenant
 
 TENANT = "acme-brand"
+PROFILES = ("us", "cn")
+
+
+@dataclass(frozen=True)
+class _MatchData:
+    brand_path: Path
+    partner_path: Path
+    brand_columns: list[IdColumn]
+    partner_columns: list[IdColumn]
+    options: NormalizeOptions
+    what: str
+    reference = "a plaintext join of the same files"
+
+    def expected(self) -> list[str]:
+        """Per partner row, the type it should match on ("" for none)."""
+        return plaintext_match(
+            pd.read_csv(self.brand_path, dtype=str, keep_default_na=False),
+            pd.read_csv(self.partner_path, dtype=str, keep_default_na=False),
+            self.partner_columns,
+            self.options,
+        )
+
+
+@dataclass(frozen=True)
+class _CnMatchData(_MatchData):
+    truth: tuple[str, ...] = ()
+    reference = "the match the generator planned (its own bookkeeping)"
+
+    def expected(self) -> list[str]:
+        return list(self.truth)  # the two sides' columns differ: the generator knows
+
+
+def _match_data(profile: str, root: Path, rows: int) -> _MatchData:
+    if profile == "cn":
+        cn = synthesize_cn(root, brand_rows=rows, partner_rows=rows, overlap=0.3, seed=7)
+        return _CnMatchData(
+            cn.brand_path,
+            cn.partner_path,
+            parse_id_columns(CN_BRAND_COLUMNS),
+            parse_id_columns(CN_PARTNER_COLUMNS),
+            NormalizeOptions(default_region="CN"),
+            "MD5 / MD5_SHA256 mobiles, IMEIs, OAIDs and unionids against plaintext ids",
+            cn.expected,
+        )
+    data = synthesize(root, brand_rows=rows, partner_rows=rows, overlap=0.3, seed=7)
+    columns = parse_id_columns("email,phone,maid")
+    options = NormalizeOptions(default_region="US")
+    return _MatchData(
+        data.brand_path, data.partner_path, columns, columns, options, "messy identifiers"
+    )
 
 
 def run_demo(
@@ -65,12 +119,20 @@ def run_demo(
     keep: Path | None = None,
     console: Console | None = None,
     serve: bool = False,
+    profile: str = "us",
 ) -> dict[str, int]:
+    """The demo on ``profile`` data: "us" (emails, E.164 phones, ad ids) or "cn" (a
+    Chinese CDP's MD5 / MD5_SHA256 mobiles, IMEIs, OAIDs and unionids against a partner's
+    plaintext ids)."""
+    if profile not in PROFILES:
+        raise ValueError(f"--profile is one of {', '.join(PROFILES)}, not {profile!r}")
     console = console or Console()
     work = keep or Path(tempfile.mkdtemp(prefix="cleanroom-demo-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        return asyncio.run(_demo(work, rows, console, kept=keep is not None, serve=serve))
+        return asyncio.run(
+            _demo(work, rows, console, kept=keep is not None, serve=serve, profile=profile)
+        )
     finally:
         if keep is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -209,12 +271,18 @@ async def _until_stopped() -> None:
 
 
 async def _demo(
-    work: Path, rows: int, console: Console, *, kept: bool, serve: bool = False
+    work: Path,
+    rows: int,
+    console: Console,
+    *,
+    kept: bool,
+    serve: bool = False,
+    profile: str = "us",
 ) -> dict[str, int]:
     started = time.perf_counter()
     console.rule("[bold]cleanroom demo")
-    data = synthesize(work / "data", brand_rows=rows, partner_rows=rows, overlap=0.3, seed=7)
-    console.print(f"1. synthesized {rows} brand and {rows} partner rows with messy identifiers")
+    data = _match_data(profile, work / "data", rows)
+    console.print(f"1. synthesized {rows} brand and {rows} partner rows: {data.what}")
 
     settings = ServerSettings(data_dir=work / "node", grpc_port=0, http_port=0)
     settings.data_dir.mkdir(parents=True)
@@ -222,8 +290,7 @@ async def _demo(
     _, tokens = provision_tenant(store, TENANT, PolicyChanges(min_partner_records=100))
     store.close()
 
-    columns = parse_id_columns("email,phone,maid")
-    options = NormalizeOptions(default_region="US")
+    columns, options = data.partner_columns, data.options
     node = BrandNode(settings)
     ports = await node.start()
     target = f"{settings.host}:{ports.grpc}"
@@ -235,7 +302,7 @@ async def _demo(
         admin = Connection(target, tokens[Role.ADMIN])
         partner = Connection(target, tokens[Role.PARTNER])
         upload = await upload_audience(
-            admin, name="crm", path=data.brand_path, id_columns=columns, options=options
+            admin, name="crm", path=data.brand_path, id_columns=data.brand_columns, options=options
         )
         rep = upload.to_dict()
         console.print(
@@ -253,12 +320,7 @@ async def _demo(
             out_csv = work / "matched.csv"
             write_match_output(data.partner_path, out_csv, outcome.matched_on, columns)
             # Check the private results against the plaintext join of the same files.
-            expected = plaintext_match(
-                pd.read_csv(data.brand_path, dtype=str, keep_default_na=False),
-                pd.read_csv(data.partner_path, dtype=str, keep_default_na=False),
-                columns,
-                options,
-            )
+            expected = data.expected()
             labels = ["", *(str(c.id_type) for c in columns)]
             got = [labels[i + 1] for i in outcome.matched_on.tolist()]
             expected_count = sum(1 for e in expected if e)
@@ -279,8 +341,7 @@ async def _demo(
             table.add_row("match rate", f"{outcome.matched_records / max(1, pset.row_count):.1%}")
             console.print(table)
             console.print(
-                "4. both results equal a plaintext join of the same files"
-                f" ({expected_count} matching rows)"
+                f"4. both results equal {data.reference} ({expected_count} matching rows)"
             )
             where = (
                 str(out_csv)

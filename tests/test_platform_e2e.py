@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from cleanroom.audiences.synth_cn import spell_mobile
 from cleanroom.server.store import Role
 from tests.conftest import Node
 
@@ -24,19 +25,7 @@ def md5(text: str) -> str:
 
 
 def spelled(mobile: str, rng: random.Random) -> str:
-    """The ways CRMs and ops teams write one mainland mobile."""
-    a, b, c = mobile[:3], mobile[3:7], mobile[7:]
-    return rng.choice(
-        [
-            mobile,
-            f"+86{mobile}",
-            f"+86 {a} {b} {c}",
-            f"0086-{a}-{b}-{c}",
-            f"86{mobile}",
-            f"{a}-{b}-{c}",
-            "".join(chr(0xFF10 + int(d)) for d in mobile),  # full-width digits
-        ]
-    )
+    return spell_mobile(mobile, rng.randrange(7))
 
 
 def imei(i: int) -> str:
