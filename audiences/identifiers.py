@@ -8,6 +8,7 @@ the single source of truth; the vectorized reader (``reader.py``) is tested agai
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ __all__ = [
     "IdType",
     "InvalidIdentifier",
     "NormalizeOptions",
+    "column_options",
     "identifier_digest",
     "is_prehashed",
     "normalize",
@@ -53,6 +55,7 @@ class IdType(StrEnum):
     ANDROID_ID = "android_id"
     WECHAT_UNIONID = "wechat_unionid"
     QQ = "qq"
+    WECHAT_OPENID = "wechat_openid"  # within one app: the column names it (IdColumn.app_id)
 
 
 # A column spec type that stands for several: a plaintext Chinese mobile meets both the
@@ -67,10 +70,25 @@ ID_TYPES: tuple[str, ...] = tuple(t.value for t in IdType)
 
 @dataclass(frozen=True)
 class IdColumn:
-    """One identifier column of an audience file and how to interpret it."""
+    """One identifier column of an audience file and how to interpret it. A
+    ``wechat_openid`` column names the WeChat app its openids belong to (``app_id``):
+    openids are per app, so the app id goes into the digest and two apps never match."""
 
     column: str
     id_type: IdType
+    app_id: str = ""
+
+    def __post_init__(self) -> None:
+        if (self.id_type is IdType.WECHAT_OPENID) != bool(self.app_id):
+            raise ValueError(
+                f"column {self.column!r}: a wechat_openid column, and only one, names its app:"
+                " --id-columns COLUMN:wechat_openid:APPID"
+            )
+        if self.app_id and _APP_ID_RE.fullmatch(self.app_id) is None:
+            raise ValueError(f"not a WeChat app id (wx and 16 hex digits): {self.app_id!r}")
+
+
+_APP_ID_RE = re.compile("wx[0-9a-f]{16}")
 
 
 # Substrings used to guess a column's type from its name. Checked in this order, so a name such
@@ -109,9 +127,15 @@ def parse_id_columns(spec: str) -> list[IdColumn]:
     seen: set[str] = set()
     for position, raw_item in enumerate(spec.split(","), start=1):
         item = raw_item.strip()
+        app_id = ""
+        id_types: tuple[IdType, ...]
         if not item:
             raise ValueError(f"empty item #{position} in id column spec {spec!r}")
-        if ":" in item:
+        openid = re.fullmatch(r"(?P<name>.+):wechat_openid:(?P<app>[^:]*)", item)
+        if openid is not None:
+            name, app_id = openid["name"].strip(), openid["app"].strip()
+            id_types = (IdType.WECHAT_OPENID,)
+        elif ":" in item:
             raw_name, _, raw_type = item.rpartition(":")
             name = raw_name.strip()
             type_name = raw_type.strip().lower()
@@ -130,8 +154,15 @@ def parse_id_columns(spec: str) -> list[IdColumn]:
         if name in seen:
             raise ValueError(f"duplicate column {name!r} in id column spec {spec!r}")
         seen.add(name)
-        columns.extend(IdColumn(column=name, id_type=t) for t in id_types)
+        columns.extend(IdColumn(column=name, id_type=t, app_id=app_id) for t in id_types)
     return columns
+
+
+def column_options(options: NormalizeOptions, column: IdColumn) -> NormalizeOptions:
+    """``options`` for hashing ``column``'s values (a wechat_openid column's app id)."""
+    if not column.app_id:
+        return options
+    return dataclasses.replace(options, wechat_app_id=column.app_id)
 
 
 def _check_region(region: str | None) -> str | None:
@@ -158,6 +189,8 @@ class NormalizeOptions:
 
     default_region: str | None = None
     fold_gmail: bool = False
+    # The app of the wechat_openid values being hashed (set per column: column_options).
+    wechat_app_id: str = ""
 
     def __post_init__(self) -> None:
         # Canonicalize so that "us" and "US" produce identical options (and equal dataclasses).
@@ -342,7 +375,8 @@ def identifier_digest(
     have their own hashed forms (``platform_ids.platform_digest``).
     """
     if id_type.value in PLATFORM_TYPES:
-        return platform_digest(id_type.value, value)[0]
+        app = options.wechat_app_id if options is not None else ""
+        return platform_digest(id_type.value, value, app)[0]
     stripped = value.strip()
     if _PREHASHED_RE.fullmatch(stripped) is not None:
         return bytes.fromhex(stripped)

@@ -15,6 +15,7 @@ idfa                UUID, MD5, MD5_SHA256                   SHA-256(md5hex(UPPER
 oaid                the raw value, MD5                      SHA-256(md5hex(raw value))
 android_id          13-16 hex digits, MD5                   SHA-256(md5hex(lowercase id))
 wechat_unionid      the raw value                           SHA-256(raw value)
+wechat_openid       the raw value, for one app              SHA-256(app id ":" raw value)
 qq                  5-12 digits, MD5                        SHA-256(md5hex(digits))
 ==================  =====================================  ==============================
 
@@ -156,6 +157,14 @@ def normalize_wechat_unionid(value: str) -> str:
     return text
 
 
+def normalize_wechat_openid(value: str) -> str:
+    """A WeChat openid, case-sensitive, as WeChat issues it for one app."""
+    text = _empty(value, "wechat_openid")
+    if _UNIONID_RE.fullmatch(text) is None:
+        raise InvalidIdentifier("invalid_wechat_openid", f"not a WeChat openid: {value!r}")
+    return text
+
+
 def normalize_qq(value: str) -> str:
     """A QQ number: 5 to 12 digits, no leading zero."""
     text = _NUMBER_NOISE.sub("", unicodedata.normalize("NFKC", _empty(value, "qq")))
@@ -175,6 +184,7 @@ _RULES: dict[str, _Rule] = {
     "oaid": (normalize_oaid, True, frozenset({IdForm.MD5})),
     "android_id": (normalize_android_id, True, frozenset({IdForm.MD5})),
     "wechat_unionid": (normalize_wechat_unionid, False, frozenset()),
+    "wechat_openid": (normalize_wechat_openid, False, frozenset()),
     "qq": (normalize_qq, True, frozenset({IdForm.MD5})),
 }
 PLATFORM_TYPES: tuple[str, ...] = tuple(_RULES)
@@ -196,10 +206,17 @@ def platform_normalize(id_type: str, value: str) -> str:
     return _RULES[id_type][0](value)
 
 
-def platform_digest(id_type: str, value: str) -> tuple[bytes, IdForm]:
+def platform_digest(id_type: str, value: str, app_id: str = "") -> tuple[bytes, IdForm]:
     """The canonical 32-byte digest of ``value`` as an identifier of ``id_type`` (one of
-    ``PLATFORM_TYPES``) and the form it was given in; ``InvalidIdentifier`` otherwise."""
+    ``PLATFORM_TYPES``) and the form it was given in; ``InvalidIdentifier`` otherwise. A
+    ``wechat_openid`` needs the ``app_id`` it belongs to: its digest is that of
+    ``app_id:openid``, so the same openid string of two apps never matches."""
     normalize, md5_based, hashed = _RULES[id_type]
+    if id_type == "wechat_openid":
+        openid = normalize(value)
+        if not app_id:
+            raise ValueError("a wechat_openid digest needs the openid's app id")
+        return _sha256(f"{app_id}:{openid}"), IdForm.PLAINTEXT
     text = value.strip()
     if IdForm.MD5 in hashed and _MD5_RE.fullmatch(text):
         return _sha256(text.lower()), IdForm.MD5

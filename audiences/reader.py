@@ -37,6 +37,7 @@ from .identifiers import (
     IdType,
     InvalidIdentifier,
     NormalizeOptions,
+    column_options,
     identifier_digest,
 )
 from .phones import nanp_national_numbers, valid_national_numbers
@@ -652,7 +653,9 @@ def _hash_chunk(
     forms: dict[str, Counter[str]] = {}
     looks: dict[str, Counter[str]] = {}
     for id_column in id_columns:
-        result = _hash_column(columns[id_column.column], id_column.id_type, options)
+        result = _hash_column(
+            columns[id_column.column], id_column.id_type, column_options(options, id_column)
+        )
         forms.setdefault(id_column.id_type.value, Counter()).update(result.forms)
         looks[f"{id_column.column}:{id_column.id_type.value}"] = result.looks
         present = result.status == _VALID

@@ -16,6 +16,7 @@ from cleanroom.audiences.identifiers import (
     IdColumn,
     InvalidIdentifier,
     NormalizeOptions,
+    column_options,
     identifier_digest,
 )
 
@@ -32,7 +33,7 @@ def row_digests(
             digest = None
             if raw.strip():
                 try:
-                    digest = identifier_digest(col.id_type, raw, options)
+                    digest = identifier_digest(col.id_type, raw, column_options(options, col))
                 except InvalidIdentifier:
                     digest = None
             cells.append(digest)

@@ -22,6 +22,7 @@ class IdType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ANDROID_ID: _ClassVar[IdType]
     WECHAT_UNIONID: _ClassVar[IdType]
     QQ: _ClassVar[IdType]
+    WECHAT_OPENID: _ClassVar[IdType]
 
 class Protocol(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -41,6 +42,7 @@ OAID: IdType
 ANDROID_ID: IdType
 WECHAT_UNIONID: IdType
 QQ: IdType
+WECHAT_OPENID: IdType
 PROTOCOL_UNSPECIFIED: Protocol
 MATCH: Protocol
 CARDINALITY: Protocol

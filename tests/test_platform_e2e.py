@@ -130,3 +130,32 @@ def test_md5_and_sha256_mobile_files_are_told_they_cannot_meet(node: Node, tmp_p
     said = " ".join(match.stderr.split())  # the console wraps long lines
     assert "FAILED_PRECONDITION: no identifier type in common" in said
     assert "an MD5 and a SHA-256 of a mobile number cannot be converted" in said
+
+
+def test_openids_meet_within_one_app_only(node: Node, tmp_path: Path) -> None:
+    app, other = "wx00112233445566ff", "wxffeeddccbbaa9988"
+    openids = [f"oUpF8uMuAJO_M2pxb1Q9zN{i:06d}" for i in range(80)]
+    (tmp_path / "fans.csv").write_text("openid\n" + "\n".join(openids[:60]) + "\n")
+    (tmp_path / "users.csv").write_text("openid\n" + "\n".join(openids[30:]) + "\n")
+    admin = node.tokens["acme"][Role.ADMIN]
+    upload = subprocess.run(
+        [*CLI, "audience", "upload", "--server", node.target, "--token", admin,
+         "--name", "fans", "--file", str(tmp_path / "fans.csv"),
+         "--id-columns", f"openid:wechat_openid:{app}", "--json"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert upload.returncode == 0, upload.stderr
+
+    def overlap(app_id: str) -> int:
+        done = subprocess.run(
+            [*CLI, "partner", "overlap", "--server", node.target,
+             "--token", node.tokens["acme"][Role.PARTNER], "--audience", "fans",
+             "--file", str(tmp_path / "users.csv"),
+             "--id-columns", f"openid:wechat_openid:{app_id}", "--json"],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return int(json.loads(done.stdout)["intersection"])
+
+    assert overlap(app) == 30
+    assert overlap(other) == 0  # the same openid strings, another app: nobody in common

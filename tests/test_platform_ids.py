@@ -14,6 +14,7 @@ from cleanroom.audiences.identifiers import (
     IdType,
     InvalidIdentifier,
     NormalizeOptions,
+    column_options,
     identifier_digest,
     normalize,
     parse_id_columns,
@@ -30,6 +31,8 @@ MOBILE = "13800138000"
 MOBILE_MD5 = "7945bd83237335e5376ff44d62e4f0ae"
 MOBILE_SHA256 = "a6942f9771d67f34034d2f1926988ed3fad3bf1b4e7cedb9a31f31398dea43bc"
 MOBILE_MD5_SHA256 = "f058a0a0a30b5371ccce1c532b49c55d819211401002d45e3043bba66add2ca5"
+APP = "wx0123456789abcdef"  # a WeChat app id (wx and 16 hex digits)
+US = NormalizeOptions()
 FULL_WIDTH_MOBILE = "".join(chr(0xFF10 + int(d)) for d in "8613800138000")  # as some CRMs export
 
 
@@ -176,16 +179,18 @@ def test_an_md5_is_never_read_as_plaintext(id_type: str, hexes: str) -> None:
     """Where a type has an MD5 form, 32 hex digits are that MD5: the digest is the SHA-256 of
     its lowercase hex, whatever else the characters could spell."""
     try:
-        digest, form = platform_digest(id_type, hexes)
+        digest, form = platform_digest(id_type, hexes, APP)
     except InvalidIdentifier as exc:
-        assert id_type in ("cn_mobile_sha256", "wechat_unionid") or exc.reason.startswith(
-            "invalid_"
-        )
+        assert id_type in (
+            "cn_mobile_sha256",
+            "wechat_unionid",
+            "wechat_openid",
+        ) or exc.reason.startswith("invalid_")
         return
     if form is IdForm.MD5:
         assert digest == sha(hexes.lower())
     else:
-        assert id_type in ("wechat_unionid",), (id_type, form)
+        assert id_type in ("wechat_unionid", "wechat_openid"), (id_type, form)
 
 
 def test_the_upload_report_counts_forms_and_warns_about_look_alikes(tmp_path: Path) -> None:
@@ -210,3 +215,17 @@ def test_the_upload_report_counts_forms_and_warns_about_look_alikes(tmp_path: Pa
     [maid, tel] = out["warnings"]
     assert "'maid' (maid) looks like MD5 hashes" in maid and "declare imei or idfa" in maid
     assert "'tel' (phone) holds Chinese mobiles" in tel and "tel:cn_mobile" in tel
+
+
+def test_openids_match_only_within_their_app() -> None:
+    openid = "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"
+    [column] = parse_id_columns(f"openid:wechat_openid:{APP}")
+    assert (column.column, column.id_type, column.app_id) == ("openid", IdType.WECHAT_OPENID, APP)
+    mine = identifier_digest(IdType.WECHAT_OPENID, openid, column_options(US, column))
+    assert mine == sha(f"{APP}:{openid}")
+    other = parse_id_columns("openid:wechat_openid:wxfedcba9876543210")[0]
+    assert identifier_digest(IdType.WECHAT_OPENID, openid, column_options(US, other)) != mine
+    with pytest.raises(ValueError, match="names its app"):
+        parse_id_columns("openid:wechat_openid")
+    with pytest.raises(ValueError, match="not a WeChat app id"):
+        parse_id_columns("openid:wechat_openid:myapp")

@@ -21,6 +21,7 @@ from cleanroom.audiences.identifiers import (
     IdType,
     InvalidIdentifier,
     NormalizeOptions,
+    column_options,
     identifier_digest,
 )
 from cleanroom.federated.attribution.inputs import parse_conversions, parse_exposures
@@ -44,7 +45,7 @@ def _row_keys(
     frame: pd.DataFrame,
     id_columns: Sequence[IdColumn],
     options: NormalizeOptions,
-    cache: dict[tuple[IdType, str], bytes | None],
+    cache: dict[tuple[IdType, str, str], bytes | None],
 ) -> list[set[tuple[IdType, bytes]]]:
     """Per row, the set of (identifier type, digest) it carries; empty/invalid cells skipped."""
     rows: list[set[tuple[IdType, bytes]]] = [set() for _ in range(len(frame))]
@@ -52,10 +53,12 @@ def _row_keys(
         for position, raw in enumerate(frame[col.column].tolist()):
             if not raw.strip():
                 continue
-            cache_key = (col.id_type, raw)
+            cache_key = (col.id_type, col.app_id, raw)
             if cache_key not in cache:
                 try:
-                    cache[cache_key] = identifier_digest(col.id_type, raw, options)
+                    cache[cache_key] = identifier_digest(
+                        col.id_type, raw, column_options(options, col)
+                    )
                 except InvalidIdentifier:
                     cache[cache_key] = None
             digest = cache[cache_key]
@@ -108,7 +111,7 @@ def reference_report(
         id_columns=[c for c in id_columns if c.column in exposures.columns],
         user_column=user_column,
     )
-    cache: dict[tuple[IdType, str], bytes | None] = {}
+    cache: dict[tuple[IdType, str, str], bytes | None] = {}
     conv_keys = _row_keys(
         conv, [c for c in id_columns if c.column in conversions.columns], options, cache
     )
