@@ -53,6 +53,10 @@ def sha(text: str) -> bytes:
         ("imei", "868049039501257", "8d3ebd3654fb46a2832296669cf1b536"),
         # DataNexus OAID test case: the raw value, case and dashes as reported.
         ("oaid", "1fe9a970-efbb-29e0-0bdd-f5dbbf751ab5", "83e9158a4fb54c0e1ef0b238639a23ae"),
+        # Android IDs as Android reports them (lowercase hex), QQ numbers as digits.
+        ("android_id", "9774D56D682E549C", "cf95dc53f383f9a836fd749f3ef439cd"),
+        ("qq", "10001", "d89f3a35931c386956c1a402a8e09941"),
+        ("qq", "123 456 789", "25f9e794323b453885f5181f1b624d0b"),
         # Mobiles: the 11 digits, whatever the spelling.
         ("cn_mobile_md5", "+86 138-0013-8000", MOBILE_MD5),
         ("cn_mobile_md5", "0086 13800138000", MOBILE_MD5),
