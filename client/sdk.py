@@ -487,6 +487,9 @@ async def run_psi(
     ``ClientError`` that says what happened.
     """
 
+    if session is None:
+        data = await offer_common_types(conn, audience, protocol, data)
+
     def new_session() -> PartnerSession:
         fresh = PartnerSession(
             audience=audience, protocol=protocol, data=data, pool=pool, report_count=report_count
@@ -533,6 +536,44 @@ async def run_psi(
             log.warning("psi: resuming session %s (%s)", run.session.session_id, error.code)
     run.result = run.session.result
     return run
+
+
+async def offer_common_types(
+    conn: Connection, audience: str, protocol: Protocol, data: PartnerSet
+) -> PartnerSet:
+    """``data`` with only the identifier types the audience holds (the node says which of
+    ours; the others could never match, so sending them is wasted work). A MATCH keeps
+    every column, emptied, so ``matched_on`` still indexes the caller's columns; an
+    overlap drops them, so no record is padded for them. A node too old to answer gets
+    everything, as before."""
+    types = tuple(dict.fromkeys(c.id_type for c in data.columns))
+    request = serde.types_request_to_pb(audience, types)
+
+    def ask(channel: grpc.Channel) -> pb.TypesResponse:
+        stub = pb_grpc.MatchingServiceStub(channel)
+        return stub.CommonTypes(request, metadata=conn.metadata, timeout=min(conn.timeout, 60))
+
+    backoff = conn.backoff()
+    while True:
+        try:
+            response = await asyncio.to_thread(unary_call, conn, ask)
+            break
+        except ClientError as error:
+            if error.code == "UNIMPLEMENTED":
+                return data
+            if not error.transient or not await backoff.wait(error.retry_after):
+                raise error.gave_up(backoff) from error
+    common = set(serde.types_response_from_pb(response))
+    if common == set(types):
+        return data
+    if protocol is Protocol.MATCH:
+        columns = [
+            c if c.id_type in common else replace(c, rows=c.rows[:0], digests=b"", points=None)
+            for c in data.columns
+        ]
+    else:
+        columns = [c for c in data.columns if c.id_type in common]
+    return PartnerSet(row_count=data.row_count, columns=columns)
 
 
 async def _one_stream(

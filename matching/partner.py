@@ -261,7 +261,7 @@ class PartnerSession:
             resume_session_id=self.session_id,
             received_values=len(self.values_in) if self.protocol is Protocol.MATCH else 0,
             received_points=self.brand_chunks_in,
-            id_types=tuple(dict.fromkeys(c.id_type for c in self.data.columns)),
+            id_types=tuple(dict.fromkeys(c.id_type for c in self.data.columns if len(c.rows))),
         )
 
     def on_accepted(self, accepted: Accepted) -> None:

@@ -158,6 +158,20 @@ class ListAudiencesResponse(_message.Message):
     audiences: _containers.RepeatedCompositeFieldContainer[Audience]
     def __init__(self, audiences: _Optional[_Iterable[_Union[Audience, _Mapping]]] = ...) -> None: ...
 
+class TypesRequest(_message.Message):
+    __slots__ = ("audience", "id_types")
+    AUDIENCE_FIELD_NUMBER: _ClassVar[int]
+    ID_TYPES_FIELD_NUMBER: _ClassVar[int]
+    audience: str
+    id_types: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, audience: _Optional[str] = ..., id_types: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class TypesResponse(_message.Message):
+    __slots__ = ("id_types",)
+    ID_TYPES_FIELD_NUMBER: _ClassVar[int]
+    id_types: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id_types: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class Hello(_message.Message):
     __slots__ = ("audience", "protocol", "declared_records", "declared_points", "slots_per_record", "resume_session_id", "received_values", "received_points", "id_types")
     AUDIENCE_FIELD_NUMBER: _ClassVar[int]

@@ -208,6 +208,11 @@ class MatchingServiceStub:
                 request_serializer=cleanroom_dot_proto_dot_cleanroom__pb2.PartnerMessage.SerializeToString,
                 response_deserializer=cleanroom_dot_proto_dot_cleanroom__pb2.BrandMessage.FromString,
                 _registered_method=True)
+        self.CommonTypes = channel.unary_unary(
+                '/cleanroom.v1.MatchingService/CommonTypes',
+                request_serializer=cleanroom_dot_proto_dot_cleanroom__pb2.TypesRequest.SerializeToString,
+                response_deserializer=cleanroom_dot_proto_dot_cleanroom__pb2.TypesResponse.FromString,
+                _registered_method=True)
 
 
 class MatchingServiceServicer:
@@ -223,6 +228,15 @@ class MatchingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CommonTypes(self, request, context):
+        """Which of the partner's identifier types the audience holds (partner token): the
+        partner offers only those, since the others can never match. FAILED_PRECONDITION
+        when none can meet, saying why.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MatchingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -230,6 +244,11 @@ def add_MatchingServiceServicer_to_server(servicer, server):
                     servicer.Session,
                     request_deserializer=cleanroom_dot_proto_dot_cleanroom__pb2.PartnerMessage.FromString,
                     response_serializer=cleanroom_dot_proto_dot_cleanroom__pb2.BrandMessage.SerializeToString,
+            ),
+            'CommonTypes': grpc.unary_unary_rpc_method_handler(
+                    servicer.CommonTypes,
+                    request_deserializer=cleanroom_dot_proto_dot_cleanroom__pb2.TypesRequest.FromString,
+                    response_serializer=cleanroom_dot_proto_dot_cleanroom__pb2.TypesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -261,6 +280,33 @@ class MatchingService:
             '/cleanroom.v1.MatchingService/Session',
             cleanroom_dot_proto_dot_cleanroom__pb2.PartnerMessage.SerializeToString,
             cleanroom_dot_proto_dot_cleanroom__pb2.BrandMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CommonTypes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cleanroom.v1.MatchingService/CommonTypes',
+            cleanroom_dot_proto_dot_cleanroom__pb2.TypesRequest.SerializeToString,
+            cleanroom_dot_proto_dot_cleanroom__pb2.TypesResponse.FromString,
             options,
             channel_credentials,
             insecure,

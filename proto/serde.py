@@ -9,6 +9,7 @@ the field named.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
@@ -128,6 +129,22 @@ def id_type_from_pb(value: int) -> str:
 
 
 # ------------------------------------------------------------------ partner → brand
+
+
+def types_request_to_pb(audience: str, id_types: Sequence[str]) -> pb.TypesRequest:
+    return pb.TypesRequest(audience=audience, id_types=list(id_types))
+
+
+def types_request_from_pb(request: pb.TypesRequest) -> tuple[str, tuple[str, ...]]:
+    return request.audience, tuple(request.id_types)
+
+
+def types_response_to_pb(id_types: Sequence[str]) -> pb.TypesResponse:
+    return pb.TypesResponse(id_types=list(id_types))
+
+
+def types_response_from_pb(response: pb.TypesResponse) -> tuple[str, ...]:
+    return tuple(response.id_types)
 
 
 def partner_to_pb(msg: PartnerMessage) -> pb.PartnerMessage:

@@ -316,6 +316,20 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
             if session is not None:
                 self._matching.detach(session, stream)
 
+    async def CommonTypes(
+        self, request: pb.TypesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.TypesResponse:
+        try:
+            principal = authenticate(self._store, context)
+            audience, types = serde.types_request_from_pb(request)
+            common = await asyncio.to_thread(
+                self._matching.common_types, principal, audience, types
+            )
+            return serde.types_response_to_pb(common)
+        except Exception as exc:
+            await abort_with(context, exc)
+            raise AssertionError("unreachable") from exc
+
     @staticmethod
     async def _read(session: BrandSession, requests: AsyncIterator[pb.PartnerMessage]) -> None:
         try:

@@ -207,6 +207,18 @@ class MatchingService:
         )
         return session, 0
 
+    def common_types(
+        self, principal: Principal, audience_name: str, partner_types: tuple[str, ...]
+    ) -> tuple[str, ...]:
+        """Which of ``partner_types`` the audience holds (in the partner's order): what
+        attribution's acceptance tells a partner too. FailedPrecondition when none."""
+        if principal.role is not Role.PARTNER:
+            raise PermissionDenied("identifier types are asked with a partner token")
+        audience = self.audiences.get(principal, audience_name)
+        check_types_meet(audience.elements_by_type, partner_types)
+        held = {t for t, n in audience.elements_by_type.items() if n}
+        return tuple(t for t in dict.fromkeys(partner_types) if t in held)
+
     def attach_reader(self, session: BrandSession, stream: int, reader: asyncio.Task[None]) -> None:
         live = self._live.get(session.session_id)
         if live is not None and live.stream == stream:

@@ -138,7 +138,7 @@ ADMIN = {
     "ListAudiences",
     "ListModels",
 }
-PARTNER = {"Session", "Attribute", "Run", "Score"}
+PARTNER = {"Session", "CommonTypes", "Attribute", "Run", "Score"}
 
 
 def _seeds() -> dict[str, list[Message]]:
@@ -167,6 +167,9 @@ def _seeds() -> dict[str, list[Message]]:
             pb.PartnerMessage(hello=hello),
             pb.PartnerMessage(points=pb.PointChunk(seq=0, points=POINTS)),
             pb.PartnerMessage(finish=pb.Finish(report_count=True, matched_records=3)),
+        ],
+        "MatchingService.CommonTypes": [
+            pb.TypesRequest(audience=AUDIENCE, id_types=["email", "phone", "imei"])
         ],
         "AttributionService.UploadConversions": [
             pb.ConversionsUploadRequest(

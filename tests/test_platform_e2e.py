@@ -4,6 +4,7 @@ and plaintext IMEIs; the private match equals a plaintext join on the canonical 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import random
@@ -13,7 +14,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from cleanroom.audiences.identifiers import NormalizeOptions, parse_id_columns
 from cleanroom.audiences.synth_cn import spell_mobile
+from cleanroom.client.sdk import Connection, load_partner_set, run_psi, upload_audience
+from cleanroom.matching.messages import Protocol
+from cleanroom.matching.workers import CryptoPool
 from cleanroom.server.store import Role
 from tests.conftest import Node
 
@@ -159,3 +164,36 @@ def test_openids_meet_within_one_app_only(node: Node, tmp_path: Path) -> None:
 
     assert overlap(app) == 30
     assert overlap(other) == 0  # the same openid strings, another app: nobody in common
+
+
+def test_a_partner_offers_only_the_types_the_audience_holds(
+    node: Node, tmp_path: Path, process_pool: CryptoPool
+) -> None:
+    """A plaintext cn_mobile column is two types; against an MD5-only audience only the
+    MD5 family is sent (the SHA-256 points could never match), and matched_on still names
+    the caller's columns."""
+    mobiles = [f"139{i:08d}" for i in range(120)]
+    (tmp_path / "crm.csv").write_text("m\n" + "".join(md5(m) + "\n" for m in mobiles[:80]))
+    admin = Connection(node.target, node.tokens["acme"][Role.ADMIN])
+    asyncio.run(
+        upload_audience(
+            admin,
+            name="cn-md5",
+            path=tmp_path / "crm.csv",
+            id_columns=parse_id_columns("m:cn_mobile_md5"),
+            options=NormalizeOptions(),
+        )
+    )
+    (tmp_path / "users.csv").write_text("mobile\n" + "\n".join(mobiles[40:]) + "\n")
+    columns = parse_id_columns("mobile:cn_mobile")
+    data, _ = load_partner_set(tmp_path / "users.csv", columns, NormalizeOptions())
+    assert data.points == 160  # both mobile types
+    partner = Connection(node.target, node.tokens["acme"][Role.PARTNER])
+    for protocol in (Protocol.MATCH, Protocol.CARDINALITY):
+        run = asyncio.run(run_psi(partner, "cn-md5", protocol, data, pool=process_pool))
+        hello = run.session.hello()
+        assert hello.declared_points == 80 and hello.id_types == ("cn_mobile_md5",)
+        assert run.result is not None and run.result.intersection == 40
+    assert [c.id_type for c in run.session.data.columns] == ["cn_mobile_md5"]  # overlap: dropped
+    match = asyncio.run(run_psi(partner, "cn-md5", Protocol.MATCH, data, pool=process_pool))
+    assert match.outcome.matched_on.tolist() == [0] * 40 + [-1] * 40

@@ -75,7 +75,15 @@ def run_recorded(
     with RecordingProxy(node.target) as proxy:
         conn = Connection(proxy.target, node.tokens["acme"][Role.PARTNER])
         run = asyncio.run(run_psi(conn, "wire-crm", protocol, data, pool=pool, report_count=report))
-        sent, received = bytes(proxy.to_server), bytes(proxy.to_client)
+        (ask, told), (sent_raw, received_raw) = proxy.connections
+        sent, received = bytes(sent_raw), bytes(received_raw)
+    # Before the session the partner asks which of its identifier types the audience
+    # holds: its type names only, and the answer is types only.
+    [question] = [v for v in data_by_stream(bytes(ask), client_side=True).values() if v]
+    [types] = grpc_messages(question, pb.TypesRequest)
+    assert (types.audience, list(types.id_types)) == ("wire-crm", [str(c.id_type) for c in COLUMNS])
+    [answer] = [v for v in data_by_stream(bytes(told), client_side=False).values() if v]
+    assert set(grpc_messages(answer, pb.TypesResponse)[0].id_types) <= set(types.id_types)
     [up] = [v for v in data_by_stream(sent, client_side=True).values() if v]
     [down] = [v for v in data_by_stream(received, client_side=False).values() if v]
     return (

@@ -17,13 +17,13 @@ DATA, FLAG_PADDED = 0x0, 0x8
 
 
 class RecordingProxy:
-    """Forwards 127.0.0.1:<port> to ``upstream``, recording both directions."""
+    """Forwards 127.0.0.1:<port> to ``upstream``, recording both directions of each
+    connection (``connections``, in the order they were opened)."""
 
     def __init__(self, upstream: str) -> None:
         host, port = upstream.rsplit(":", 1)
         self._upstream = (host, int(port))
-        self.to_server = bytearray()
-        self.to_client = bytearray()
+        self.connections: list[tuple[bytearray, bytearray]] = []
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
@@ -41,8 +41,19 @@ class RecordingProxy:
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def to_server(self) -> bytes:
+        """Everything any client sent (for searching; parse one connection at a time)."""
+        return b"".join(bytes(sent) for sent, _ in self.connections)
+
+    @property
+    def to_client(self) -> bytes:
+        return b"".join(bytes(received) for _, received in self.connections)
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection(*self._upstream)
+        sent, received = bytearray(), bytearray()
+        self.connections.append((sent, received))
 
         async def pipe(
             src: asyncio.StreamReader, dst: asyncio.StreamWriter, log: bytearray
@@ -57,9 +68,7 @@ class RecordingProxy:
             finally:
                 dst.close()
 
-        await asyncio.gather(
-            pipe(reader, up_writer, self.to_server), pipe(up_reader, writer, self.to_client)
-        )
+        await asyncio.gather(pipe(reader, up_writer, sent), pipe(up_reader, writer, received))
 
     def __exit__(self, *exc: object) -> None:
         assert self._server is not None
