@@ -45,6 +45,7 @@ from .platform_ids import (
     CN_MOBILE_PATTERN,
     MD5_PATTERN,
     PLATFORM_TYPES,
+    ZERO_IDFA,
     IdForm,
     hashed_forms,
 )
@@ -465,6 +466,105 @@ def _sha256_rows(values: pa.Array, mask: BoolArray) -> npt.NDArray[np.uint8]:
     return _digest_matrix([sha256(blob).digest() for blob in selected])
 
 
+def _md5_sha256_rows(values: pa.Array, mask: BoolArray) -> npt.NDArray[np.uint8]:
+    """SHA-256 of the lowercase MD5 hex of the selected values (the MD5-based types'
+    canonical digest)."""
+    selected = pc.cast(values.filter(pa.array(mask)), pa.large_binary()).to_pylist()
+    md5, sha256 = hashlib.md5, hashlib.sha256
+    return _digest_matrix(
+        [sha256(md5(b, usedforsecurity=False).hexdigest().encode()).digest() for b in selected]
+    )
+
+
+# The separators platform_ids strips from numbers, for ASCII values (Python's \s there is
+# str.isspace, which on ASCII is ASCII_WHITESPACE; RE2's \s is narrower).
+_NOISE_CLASS = "[" + "".join(f"\\x{ord(c):02x}" for c in ASCII_WHITESPACE) + "\\-.()]"
+_CN_MOBILE_DIGITS = "^(?:\\+86|0086|86)?(?P<digits>1[3-9][0-9]{9})$"
+_IMEI_SHAPE = "^(?:[0-9]{14,15}|[0-9a-f]{14})$"
+_IDFA_SHAPE = "^[{]?[0-9A-F]{8}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{12}[}]?$"
+_WHITESPACE_CLASS = "[" + "".join(f"\\x{ord(c):02x}" for c in ASCII_WHITESPACE) + "]"
+
+
+def _hash_platform_rows(
+    trimmed: pa.Array,
+    todo: BoolArray,
+    id_type: IdType,
+    status: npt.NDArray[np.int8],
+    digests: npt.NDArray[np.uint8],
+) -> BoolArray:
+    """Hash the rows of ``todo`` that are in a platform type's common ASCII forms (hex MD5,
+    hex SHA-256 / MD5_SHA256, plaintext mobiles and IMEIs) exactly as
+    ``platform_ids.platform_digest`` does; returns the rows left for the scalar rules."""
+    accepted = hashed_forms(id_type.value)
+    left = todo.copy()
+    if IdForm.MD5 in accepted:
+        md5 = left & _bool(pc.match_substring_regex(trimmed, MD5_PATTERN))
+        digests[md5] = _sha256_rows(pc.ascii_lower(trimmed), md5)
+        status[md5] = _VALID
+        left &= ~md5
+    if accepted & {IdForm.SHA256, IdForm.MD5_SHA256}:
+        long = left & _bool(pc.match_substring_regex(trimmed, PREHASHED_PATTERN))
+        if long.any():
+            hexes = trimmed.filter(pa.array(long)).to_pylist()
+            digests[long] = _digest_matrix([bytes.fromhex("".join(hexes))])
+            status[long] = _VALID
+        left &= ~long
+    if id_type in (IdType.CN_MOBILE_MD5, IdType.CN_MOBILE_SHA256):
+        cleaned = pc.replace_substring_regex(trimmed, pattern=_NOISE_CLASS, replacement="")
+        found = pc.extract_regex(cleaned, _CN_MOBILE_DIGITS)
+        plain = left & _bool(pc.is_valid(found))
+        numbers = pc.fill_null(pc.struct_field(found, "digits"), "")
+        if id_type is IdType.CN_MOBILE_MD5:
+            digests[plain] = _md5_sha256_rows(numbers, plain)
+        else:
+            digests[plain] = _sha256_rows(numbers, plain)
+        status[plain] = _VALID
+        left &= ~plain
+    else:
+        canonical, plain = _platform_plaintext(trimmed, id_type)
+        plain &= left
+        if id_type is IdType.WECHAT_UNIONID:
+            digests[plain] = _sha256_rows(canonical, plain)
+        elif id_type is not IdType.WECHAT_OPENID:  # (its digest needs the app id: scalar)
+            digests[plain] = _md5_sha256_rows(canonical, plain)
+        else:
+            plain[:] = False
+        status[plain] = _VALID
+        left &= ~plain
+    return left
+
+
+def _platform_plaintext(trimmed: pa.Array, id_type: IdType) -> tuple[pa.Array, BoolArray]:
+    """The canonical plaintext of each ASCII value of a non-mobile platform type, and which
+    values are valid (``platform_ids``' normalizers, a column at a time)."""
+
+    def matches(values: pa.Array, pattern: str) -> BoolArray:
+        return _bool(pc.match_substring_regex(values, pattern))
+
+    if id_type is IdType.IMEI:
+        cleaned = pc.ascii_lower(
+            pc.replace_substring_regex(trimmed, pattern=_NOISE_CLASS, replacement="")
+        )
+        return cleaned, matches(cleaned, _IMEI_SHAPE) & ~matches(cleaned, "^0+$")
+    if id_type is IdType.IDFA:
+        upper = pc.ascii_upper(trimmed)
+        canonical = pc.replace_substring_regex(upper, pattern="[{}]", replacement="")
+        return canonical, matches(upper, _IDFA_SHAPE) & ~_bool(pc.equal(canonical, ZERO_IDFA))
+    if id_type is IdType.OAID:
+        undashed = pc.replace_substring(trimmed, pattern="-", replacement="")
+        lengths = np.asarray(pc.utf8_length(trimmed).to_numpy(zero_copy_only=False))
+        spaced = matches(trimmed, _WHITESPACE_CLASS)
+        return trimmed, ~spaced & (lengths <= 128) & ~matches(undashed, "^0+$")
+    if id_type is IdType.ANDROID_ID:
+        lowered = pc.ascii_lower(trimmed)
+        return lowered, matches(lowered, "^[0-9a-f]{13,16}$")
+    if id_type is IdType.QQ:
+        cleaned = pc.replace_substring_regex(trimmed, pattern=_NOISE_CLASS, replacement="")
+        return cleaned, matches(cleaned, "^[1-9][0-9]{4,11}$")
+    # wechat ids: as issued
+    return trimmed, matches(trimmed, "^[A-Za-z0-9_-]{16,64}$")
+
+
 def _canonical_maids(lowered: pa.Array) -> pa.Array:
     digits = pc.replace_substring_regex(lowered, pattern="[{}-]", replacement="")
     parts = [
@@ -489,8 +589,9 @@ def _hash_column(values: pa.Array, id_type: IdType, options: NormalizeOptions) -
     scalar_rows = ~ascii_rows
 
     if id_type.value in PLATFORM_TYPES:
-        # Each has its own hashed forms and rules (platform_ids): every value takes them.
-        scalar_rows |= candidates
+        # Each has its own hashed forms and rules (platform_ids): the common ASCII forms are
+        # hashed here a column at a time, the rest by the scalar rules.
+        scalar_rows |= _hash_platform_rows(trimmed, candidates, id_type, status, digests)
         candidates = np.zeros(rows, dtype=np.bool_)
     prehashed = candidates & _bool(pc.match_substring_regex(trimmed, PREHASHED_PATTERN))
     if prehashed.any():

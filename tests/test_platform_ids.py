@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -233,3 +234,64 @@ def test_openids_match_only_within_their_app() -> None:
         parse_id_columns("openid:wechat_openid")
     with pytest.raises(ValueError, match="not a WeChat app id"):
         parse_id_columns("openid:wechat_openid:myapp")
+
+
+_HEX = "0123456789abcdefABCDEF"
+_platform_values = st.one_of(
+    st.text(alphabet=_HEX, min_size=32, max_size=32),
+    st.text(alphabet=_HEX, min_size=64, max_size=64),
+    st.builds(
+        lambda prefix, first, rest, sep: prefix + sep.join([first + rest[:1], rest[1:5], rest[5:]]),
+        st.sampled_from(["", "+86", "0086", "86", "+86 ", "0086-", "+1 "]),
+        st.sampled_from(["13", "15", "19", "12", "86"]),
+        st.text(alphabet="0123456789", min_size=9, max_size=10),
+        st.sampled_from(["", " ", "-", ".", "\t", "\x0b", "\x1c", "()"]),
+    ),
+    st.builds(
+        lambda digits, upper: digits.upper() if upper else digits,
+        st.text(alphabet="0123456789abcdef", min_size=13, max_size=16),
+        st.booleans(),
+    ),
+    st.text(alphabet="0123456789-  ", min_size=0, max_size=18),
+    st.builds(  # UUIDs (IDFAs, OAIDs) in any case, braced or not, all-zero among them
+        lambda h, upper, left, right: (
+            left + "-".join([h[:8], h[8:12], h[12:16], h[16:20], h[20:]]) + right
+            if not upper
+            else (left + "-".join([h[:8], h[8:12], h[12:16], h[16:20], h[20:]]) + right).upper()
+        ),
+        st.one_of(
+            st.just("0" * 32), st.text(alphabet="0123456789abcdef", min_size=32, max_size=32)
+        ),
+        st.booleans(),
+        st.sampled_from(["", "{"]),
+        st.sampled_from(["", "}"]),
+    ),
+    st.text(alphabet="abcXYZ019_- \t", min_size=10, max_size=70),  # unionid-like
+    st.text(max_size=20),
+)
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.lists(st.tuples(*[_platform_values] * len(PLATFORM_TYPES)), min_size=1, max_size=12))
+def test_the_vectorized_reader_hashes_as_the_scalar_rules(rows: list[tuple[str, ...]]) -> None:
+    """The reader's column-at-a-time path for the platforms' forms gives exactly the digests
+    (and rejections) of ``identifier_digest``, value by value."""
+    from cleanroom.audiences.identifiers import IdColumn
+    from cleanroom.audiences.reader import hash_frame
+
+    columns = [
+        IdColumn(f"c_{t}", IdType(t), app_id=APP if t == "wechat_openid" else "")
+        for t in PLATFORM_TYPES
+    ]
+    frame = pd.DataFrame(rows, columns=[c.column for c in columns])
+    chunk = hash_frame(frame, columns, US)
+    for i, hashed in enumerate(chunk.columns):
+        want: list[bytes | None] = []
+        for row in rows:
+            try:
+                opts = column_options(US, columns[i])
+                want.append(identifier_digest(columns[i].id_type, row[i], opts))
+            except InvalidIdentifier:
+                want.append(None)
+        assert hashed.present.tolist() == [d is not None for d in want], [r[i] for r in rows]
+        assert hashed.digests == b"".join(d for d in want if d is not None)
