@@ -21,7 +21,7 @@ import pandas as pd
 from cleanroom.audiences.identifiers import IdColumn, NormalizeOptions
 from cleanroom.audiences.reader import iter_frames, read_frame
 from cleanroom.audiences.upload import ConversionRows, UploadEnd, UploadHeader
-from cleanroom.client.runs import drive_partner, with_restarts
+from cleanroom.client.runs import Restartable, drive_partner, with_restarts
 from cleanroom.client.sdk import ClientError, Connection, stream_upload
 from cleanroom.federated.attribution.inputs import (
     PartnerExposures,
@@ -135,24 +135,18 @@ def submission_key(req: AttributionRequest, spend: Mapping[str, float]) -> str:
 
 
 @dataclass
-class PreparedAttribution:
+class PreparedAttribution(Restartable[PartnerAttribution]):
     """The partner's side of a run before connecting: the exposure log read and
     validated (bad files fail here, before any network), the spend file and the
     submission key. Identifiers are hashed once the brand has named the types
-    both sides hold. One run per preparation: ``partner`` is that run's state
-    machine."""
+    both sides hold. ``partner`` is the run's state machine; ``restart`` makes a fresh
+    one for a new attempt."""
 
     request: AttributionRequest
     parsed: pd.DataFrame
     executor: Executor | None
     partner: PartnerAttribution
     new_partner: Callable[[], PartnerAttribution]
-
-    def restart(self) -> PartnerAttribution:
-        """A fresh state machine for a new attempt (fresh keys and randomness)."""
-        self.partner.close()
-        self.partner = self.new_partner()
-        return self.partner
 
 
 def prepare_attribution(

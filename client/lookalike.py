@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cleanroom.audiences.identifiers import IdColumn, NormalizeOptions
-from cleanroom.client.runs import run_package_job, submission_digest
+from cleanroom.client.runs import Restartable, run_package_job, submission_digest
 from cleanroom.client.sdk import Connection, unary_call
 from cleanroom.federated.lookalike.inputs import PartnerUsers, load_partner_users
 from cleanroom.federated.lookalike.messages import DEFAULT_TIERS, LookalikeMode
@@ -106,7 +106,7 @@ def submission_key(req: LookalikeRequest) -> str:
 
 
 @dataclass
-class PreparedLookalike:
+class PreparedLookalike(Restartable[PartnerLookalike]):
     """The partner's side of one job before connecting: files read, joined and encoded;
     ``partner`` is the job's state machine, ``writer`` its package."""
 
@@ -115,12 +115,6 @@ class PreparedLookalike:
     writer: PackageWriter
     partner: PartnerLookalike
     new_partner: Callable[[], PartnerLookalike]
-
-    def restart(self) -> PartnerLookalike:
-        """A fresh state machine for a new attempt (fresh keys and randomness)."""
-        self.partner.close()
-        self.partner = self.new_partner()
-        return self.partner
 
 
 def prepare_lookalike(

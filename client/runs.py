@@ -15,11 +15,11 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
 
-from cleanroom.client.sdk import ClientError, Connection
+from cleanroom.client.sdk import ClientError, Connection, retrying
 from cleanroom.federated.lookalike.package import read_manifest
 from cleanroom.federated.paillier import PaillierPublicKey
 
@@ -79,18 +79,30 @@ async def drive_partner(
             machine.close()
 
 
-class Restartable(Protocol):
-    """A prepared job: its current state machine, and a fresh one for a new attempt."""
+class _Closable(Protocol):
+    def close(self) -> None: ...
 
-    @property
-    def partner(self) -> Any: ...
 
-    def restart(self) -> Any: ...
+M = TypeVar("M", bound=_Closable)
+
+
+class Restartable(Generic[M]):
+    """A prepared job (a dataclass with these two fields): its current state machine
+    ``partner``, and ``new_partner`` to make a fresh one for a new attempt."""
+
+    partner: M
+    new_partner: Callable[[], M]
+
+    def restart(self) -> M:
+        """A fresh state machine for a new attempt (fresh keys, masks and randomness)."""
+        self.partner.close()
+        self.partner = self.new_partner()
+        return self.partner
 
 
 async def with_restarts(
     conn: Connection,
-    prepared: Restartable,
+    prepared: Restartable[Any],
     attempt: Callable[[Any], Awaitable[R]],
     what: str,
     on_progress: Callable[[Any], None] | None = None,
@@ -100,21 +112,19 @@ async def with_restarts(
     backoff up to ``conn.retry_seconds``. Jobs other than PSI cannot resume: the node
     keeps a run's state only while its stream lasts, so a new attempt is a new run (a
     completed one is found again by its submission key, so nothing is done twice)."""
-    backoff = conn.backoff()
-    machine = prepared.partner
-    while True:
+
+    async def once() -> R:
+        machine = prepared.partner
         if on_progress is not None:
             machine.progress.listeners.append(on_progress)
             on_progress(machine.progress)
-        try:
-            return await attempt(machine)
-        except ClientError as error:
-            if not error.transient:
-                raise
-            if not await backoff.wait(error.retry_after):
-                raise error.gave_up(backoff) from error
-            log.warning("%s: starting over (%s: %s)", what, error.code, error.message)
-            machine = prepared.restart()
+        return await attempt(machine)
+
+    def start_over(error: ClientError) -> None:
+        log.warning("%s: starting over (%s: %s)", what, error.code, error.message)
+        prepared.restart()
+
+    return await retrying(conn, once, start_over)
 
 
 def submission_digest(paths: Sequence[Path], params: dict[str, Any], domain: bytes = b"") -> str:
@@ -140,7 +150,7 @@ class PackageFiles(Protocol):
 async def run_package_job(
     conn: Connection,
     open_call: Callable[[grpc.aio.Channel, AsyncIterator[Any]], Any],
-    prepared: Restartable,
+    prepared: Restartable[Any],
     to_pb: Callable[..., Any],
     from_pb: Callable[..., Any],
     *,

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cleanroom.client.runs import run_package_job, submission_digest
+from cleanroom.client.runs import Restartable, run_package_job, submission_digest
 from cleanroom.client.sdk import Connection, unary_call
 from cleanroom.federated.lookalike.brand_model import BrandModel
 from cleanroom.federated.lookalike.features import numeric_column
@@ -111,18 +111,12 @@ def score_submission_key(req: ScoreRequest) -> str:
 
 
 @dataclass
-class PreparedScore:
+class PreparedScore(Restartable[PartnerScoring]):
     request: ScoreRequest
     user_ids: np.ndarray
     writer: ScoredTiersWriter
     partner: PartnerScoring
     new_partner: Callable[[], PartnerScoring]
-
-    def restart(self) -> PartnerScoring:
-        """A fresh state machine for a new attempt (fresh masks and shuffles)."""
-        self.partner.close()
-        self.partner = self.new_partner()
-        return self.partner
 
 
 def prepare_score(req: ScoreRequest, executor: Any = None) -> PreparedScore:

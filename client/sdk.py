@@ -351,6 +351,27 @@ def _chain(first: list[Any], rest: Any) -> Any:
     yield from rest
 
 
+async def retrying(
+    conn: Connection,
+    attempt: Callable[[], Awaitable[R]],
+    on_retry: Callable[[ClientError], None] | None = None,
+) -> R:
+    """``attempt()`` until it succeeds or fails for good: a transient failure (see
+    ``ClientError.transient``) is retried with ``conn.backoff()``, after ``on_retry``;
+    past the budget the error says how long was tried."""
+    backoff = conn.backoff()
+    while True:
+        try:
+            return await attempt()
+        except ClientError as error:
+            if not error.transient:
+                raise
+            if not await backoff.wait(error.retry_after):
+                raise error.gave_up(backoff) from error
+            if on_retry is not None:
+                on_retry(error)
+
+
 def unary_call(conn: Connection, call: Callable[[grpc.Channel], R]) -> R:
     """One unary RPC ``call(channel)`` on a fresh channel; a gRPC error as ClientError."""
     with conn.sync_channel() as channel:
@@ -487,9 +508,6 @@ async def run_psi(
     ``ClientError`` that says what happened.
     """
 
-    if session is None:
-        data = await offer_common_types(conn, audience, protocol, data)
-
     def new_session() -> PartnerSession:
         fresh = PartnerSession(
             audience=audience, protocol=protocol, data=data, pool=pool, report_count=report_count
@@ -499,6 +517,7 @@ async def run_psi(
         return fresh
 
     if session is None:
+        data = await offer_common_types(conn, audience, protocol, data)  # new_session's too
         session = new_session()
     elif on_progress is not None:
         session.progress.listeners.append(on_progress)
@@ -553,17 +572,18 @@ async def offer_common_types(
         stub = pb_grpc.MatchingServiceStub(channel)
         return stub.CommonTypes(request, metadata=conn.metadata, timeout=min(conn.timeout, 60))
 
-    backoff = conn.backoff()
-    while True:
+    async def common_or_none() -> set[str] | None:
         try:
             response = await asyncio.to_thread(unary_call, conn, ask)
-            break
         except ClientError as error:
             if error.code == "UNIMPLEMENTED":
-                return data
-            if not error.transient or not await backoff.wait(error.retry_after):
-                raise error.gave_up(backoff) from error
-    common = set(serde.types_response_from_pb(response))
+                return None
+            raise
+        return set(serde.types_response_from_pb(response))
+
+    common = await retrying(conn, common_or_none)
+    if common is None:
+        return data
     if common == set(types):
         return data
     if protocol is Protocol.MATCH:
