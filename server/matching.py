@@ -44,19 +44,17 @@ log = logging.getLogger("cleanroom.server.matching")
 
 # Types whose digests can never equal each other's, with why (a partner holding only the
 # one against an audience of only the other is told at once).
+_E164_VS_PLATFORMS = (
+    "phone is hashed in E.164 (+86...), the platforms' mobiles without +86;"
+    " declare plaintext mobiles cn_mobile"
+)
 _CANNOT_MEET = {
     frozenset({"cn_mobile_md5", "cn_mobile_sha256"}): (
         "an MD5 and a SHA-256 of a mobile number cannot be converted into each other;"
         " match plaintext mobiles (declared cn_mobile) or files hashed the same way"
     ),
-    frozenset({"phone", "cn_mobile_sha256"}): (
-        "phone is hashed in E.164 (+86...), the platforms' mobiles without +86;"
-        " declare plaintext mobiles cn_mobile"
-    ),
-    frozenset({"phone", "cn_mobile_md5"}): (
-        "phone is hashed in E.164 (+86...), the platforms' mobiles without +86;"
-        " declare plaintext mobiles cn_mobile"
-    ),
+    frozenset({"phone", "cn_mobile_sha256"}): _E164_VS_PLATFORMS,
+    frozenset({"phone", "cn_mobile_md5"}): _E164_VS_PLATFORMS,
 }
 
 

@@ -59,7 +59,7 @@ import math
 import re
 import secrets
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -887,28 +887,15 @@ class SqlStore:
         policy); returns what went (the data sets' records: their files are the caller's
         to remove). Running sessions stay; epsilon already charged stays spent."""
         with self._tx() as s:
-            audiences = s.scalars(
-                select(_AudienceRow).where(
-                    _AudienceRow.tenant_id == tenant_id, _AudienceRow.created_at < cutoff
-                )
-            ).all()
-            conversions = s.scalars(
-                select(_ConversionSetRow).where(
-                    _ConversionSetRow.tenant_id == tenant_id, _ConversionSetRow.created_at < cutoff
-                )
-            ).all()
-            reports = s.scalars(
-                select(_ReportRow).where(
-                    _ReportRow.tenant_id == tenant_id, _ReportRow.created_at < cutoff
-                )
-            ).all()
-            sessions = s.scalars(
-                select(_SessionRow).where(
-                    _SessionRow.tenant_id == tenant_id,
-                    _SessionRow.created_at < cutoff,
-                    _SessionRow.status != "running",
-                )
-            ).all()
+
+            def older(row: Any, *where: Any) -> Sequence[Any]:
+                query = select(row).where(row.tenant_id == tenant_id, row.created_at < cutoff)
+                return s.scalars(query.where(*where)).all()
+
+            audiences = older(_AudienceRow)
+            conversions = older(_ConversionSetRow)
+            reports = older(_ReportRow)
+            sessions = older(_SessionRow, _SessionRow.status != "running")
             purged = Purged(
                 audiences=[self._audience(r) for r in audiences],
                 conversion_sets=[self._conversion_set(r) for r in conversions],
