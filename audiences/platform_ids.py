@@ -218,14 +218,15 @@ def platform_digest(id_type: str, value: str, app_id: str = "") -> tuple[bytes, 
             raise ValueError("a wechat_openid digest needs the openid's app id")
         return _sha256(f"{app_id}:{openid}"), IdForm.PLAINTEXT
     text = value.strip()
-    if IdForm.MD5 in hashed and _MD5_RE.fullmatch(text):
+    is_md5 = _MD5_RE.fullmatch(text) is not None
+    if is_md5 and IdForm.MD5 in hashed:
         return _sha256(text.lower()), IdForm.MD5
     if _SHA256_RE.fullmatch(text):
         if IdForm.MD5_SHA256 in hashed:
             return bytes.fromhex(text), IdForm.MD5_SHA256
         if IdForm.SHA256 in hashed:
             return bytes.fromhex(text), IdForm.SHA256
-    if _MD5_RE.fullmatch(text) and id_type == "cn_mobile_sha256":
+    if is_md5 and id_type == "cn_mobile_sha256":
         raise InvalidIdentifier(
             "md5_for_sha256_type",
             "an MD5 cannot be turned into a SHA-256 of the number: declare the column"

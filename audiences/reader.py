@@ -478,11 +478,12 @@ def _md5_sha256_rows(values: pa.Array, mask: BoolArray) -> npt.NDArray[np.uint8]
 
 # The separators platform_ids strips from numbers, for ASCII values (Python's \s there is
 # str.isspace, which on ASCII is ASCII_WHITESPACE; RE2's \s is narrower).
-_NOISE_CLASS = "[" + "".join(f"\\x{ord(c):02x}" for c in ASCII_WHITESPACE) + "\\-.()]"
+_WHITESPACE_CHARS = "".join(f"\\x{ord(c):02x}" for c in ASCII_WHITESPACE)
+_WHITESPACE_CLASS = f"[{_WHITESPACE_CHARS}]"
+_NOISE_CLASS = f"[{_WHITESPACE_CHARS}\\-.()]"
 _CN_MOBILE_DIGITS = "^(?:\\+86|0086|86)?(?P<digits>1[3-9][0-9]{9})$"
 _IMEI_SHAPE = "^(?:[0-9]{14,15}|[0-9a-f]{14})$"
 _IDFA_SHAPE = "^[{]?[0-9A-F]{8}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{4}-[0-9A-F]{12}[}]?$"
-_WHITESPACE_CLASS = "[" + "".join(f"\\x{ord(c):02x}" for c in ASCII_WHITESPACE) + "]"
 
 
 def _hash_platform_rows(
@@ -673,23 +674,26 @@ def _forms_and_looks(
 ) -> tuple[Counter[str], Counter[str]]:
     """How the valid values were given (the forms ``identifier_digest`` read them as), and
     what the column's values look like (for ``ReadReport.warnings``)."""
-    hex64 = _bool(pc.match_substring_regex(trimmed, PREHASHED_PATTERN))
-    hex32 = _bool(pc.match_substring_regex(trimmed, MD5_PATTERN))
-    if id_type.value in PLATFORM_TYPES:
-        accepted = hashed_forms(id_type.value)
-        as_md5 = valid & hex32 if IdForm.MD5 in accepted else np.zeros_like(valid)
-        long_form = next((f for f in (IdForm.MD5_SHA256, IdForm.SHA256) if f in accepted), None)
-        as_long = valid & hex64 if long_form is not None else np.zeros_like(valid)
-        counts = {IdForm.MD5.value: as_md5, (long_form or IdForm.SHA256).value: as_long}
-    else:
-        long_form, as_md5, as_long = IdForm.SHA256, np.zeros_like(valid), valid & hex64
-        counts = {IdForm.SHA256.value: as_long}
+
+    def matches(pattern: str) -> BoolArray:
+        return _bool(pc.match_substring_regex(trimmed, pattern))
+
+    none = np.zeros_like(valid)
+    accepted = hashed_forms(id_type.value) if id_type.value in PLATFORM_TYPES else {IdForm.SHA256}
+    # Only the columns whose warnings ask about MD5s look for them beyond their own forms.
+    hints_md5 = id_type in (IdType.MAID, IdType.CUSTOM)
+    hex32 = matches(MD5_PATTERN) if IdForm.MD5 in accepted or hints_md5 else none
+    long_form = next((f for f in (IdForm.MD5_SHA256, IdForm.SHA256) if f in accepted), None)
+    as_md5 = valid & hex32 if IdForm.MD5 in accepted else none
+    as_long = valid & matches(PREHASHED_PATTERN) if long_form is not None else none
+    counts = {IdForm.MD5.value: as_md5, (long_form or IdForm.SHA256).value: as_long}
     counts[IdForm.PLAINTEXT.value] = valid & ~as_md5 & ~as_long
     forms = Counter({name: int(rows.sum()) for name, rows in counts.items() if rows.any()})
-    looks = Counter({"values": int(present.sum()), "md5": int((present & hex32).sum())})
+    looks = Counter({"values": int(present.sum())})
+    if hints_md5:
+        looks["md5"] = int((present & hex32).sum())
     if id_type is IdType.PHONE:
-        mobiles = _bool(pc.match_substring_regex(trimmed, CN_MOBILE_PATTERN))
-        looks["cn_mobile"] = int((present & mobiles).sum())
+        looks["cn_mobile"] = int((present & matches(CN_MOBILE_PATTERN)).sum())
     return forms, looks
 
 
