@@ -29,27 +29,21 @@ def files_holding(root: Path, needle: bytes) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file() and needle in p.read_bytes()]
 
 
-def test_an_audience_and_conversions_leave_nothing_behind(node: Node, tmp_path: Path) -> None:
-    admin = node.tokens["acme"][Role.ADMIN]
+def upload_audience_and_conversions(
+    target: str, admin: str, tmp_path: Path, audience: str, conversions: str
+) -> None:
+    """A 40-email audience and a 30-event conversion set of the same people."""
     crm = tmp_path / "crm.csv"
     crm.write_text("email\n" + "".join(f"person{i}@example.com\n" for i in range(40)))
     asyncio.run(
         upload_audience(
-            Connection(node.target, admin),
-            name="to-erase",
+            Connection(target, admin),
+            name=audience,
             path=crm,
             id_columns=parse_id_columns("email"),
             options=NormalizeOptions(),
         )
     )
-    store = node.store()
-    tenant = store.find_tenant("acme")
-    assert tenant is not None
-    record = store.get_audience(tenant.tenant_id, "to-erase")
-    assert record is not None
-    stored = node.data_dir / record.path
-    point = pq.read_table(stored, columns=["point"]).column("point")[0].as_py()
-    assert files_holding(node.data_dir, point) == [stored]
     sales = tmp_path / "sales.csv"
     sales.write_text(
         "customer_id,email,ts,value\n"
@@ -57,8 +51,8 @@ def test_an_audience_and_conversions_leave_nothing_behind(node: Node, tmp_path: 
     )
     asyncio.run(
         upload_conversions(
-            Connection(node.target, admin),
-            name="sales-erase",
+            Connection(target, admin),
+            name=conversions,
             path=sales,
             id_columns=parse_id_columns("email"),
             options=NormalizeOptions(),
@@ -67,6 +61,19 @@ def test_an_audience_and_conversions_leave_nothing_behind(node: Node, tmp_path: 
             value_column="value",
         )
     )
+
+
+def test_an_audience_and_conversions_leave_nothing_behind(node: Node, tmp_path: Path) -> None:
+    admin = node.tokens["acme"][Role.ADMIN]
+    upload_audience_and_conversions(node.target, admin, tmp_path, "to-erase", "sales-erase")
+    store = node.store()
+    tenant = store.find_tenant("acme")
+    assert tenant is not None
+    record = store.get_audience(tenant.tenant_id, "to-erase")
+    assert record is not None
+    stored = node.data_dir / record.path
+    point = pq.read_table(stored, columns=["point"]).column("point")[0].as_py()
+    assert files_holding(node.data_dir, point) == [stored]
     conversions = store.get_conversion_set(tenant.tenant_id, "sales-erase")
     assert conversions is not None
     conversion_files = list(node.data_dir.glob(conversions.path + ".*"))

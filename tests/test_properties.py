@@ -56,6 +56,7 @@ from cleanroom.audiences.reader import (
     read_frame,
     read_hashed_chunks,
 )
+from tests.test_reader import assert_read_frame_equals_frames
 
 # Examples per test: enough to hit the interesting corners in CI, small enough that the
 # whole file runs in well under a minute on two cores; CLEANROOM_FUZZ_SCALE=20 digs
@@ -566,15 +567,7 @@ _PANDAS_LONE_CR_BLANK_LINE = re.compile(rb"(?:^|[\r\n])[ \t]*\r,")
 )
 def test_read_frame_equals_the_concatenated_frames(scratch: Path, data: bytes) -> None:
     """read_frame's Arrow path reads what pandas reads, or leaves the file to it."""
-    path = _write(scratch, ".csv", data)
-    try:
-        expected = pd.concat(list(iter_frames(path, chunk_rows=2)), ignore_index=True)
-    except AudienceFileError as exc:
-        with pytest.raises(AudienceFileError) as caught:
-            read_frame(path)
-        assert str(caught.value) == str(exc)
-        return
-    pd.testing.assert_frame_equal(read_frame(path), expected)
+    assert_read_frame_equals_frames(_write(scratch, ".csv", data), chunk_rows=2)
 
 
 @FILES

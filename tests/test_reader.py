@@ -448,8 +448,13 @@ def test_read_frame_equals_the_concatenated_frames(tmp_path: Path, shape: str, s
     data = content.encode("utf-8") if isinstance(content, str) else content
     path = tmp_path / f"f{suffix}"
     path.write_bytes(gzip.compress(data) if suffix.endswith(".gz") else data)
+    assert_read_frame_equals_frames(path, chunk_rows=1)
+
+
+def assert_read_frame_equals_frames(path: Path, chunk_rows: int) -> None:
+    """``read_frame`` (Arrow) reads what ``iter_frames`` (pandas) reads, or fails alike."""
     try:
-        expected = pd.concat(list(iter_frames(path, chunk_rows=1)), ignore_index=True)
+        expected = pd.concat(list(iter_frames(path, chunk_rows=chunk_rows)), ignore_index=True)
     except AudienceFileError as exc:
         with pytest.raises(AudienceFileError) as caught:
             read_frame(path)

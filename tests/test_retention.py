@@ -5,7 +5,6 @@ tenants and newer data are untouched."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
@@ -15,48 +14,14 @@ from pathlib import Path
 import httpx
 import pyarrow.parquet as pq
 
-from cleanroom.audiences.identifiers import NormalizeOptions, parse_id_columns
-from cleanroom.client.attribution import upload_conversions
-from cleanroom.client.sdk import Connection, upload_audience
 from cleanroom.server.lifecycle import RETENTION_ACTOR, purge_expired
 from cleanroom.server.node import BrandNodeThread
 from cleanroom.server.store import Role, SessionRecord, SqlStore
 from tests.conftest import provisioned
 from tests.reports import sample_lookalike, sample_report
-from tests.test_lifecycle import files_holding
+from tests.test_lifecycle import files_holding, upload_audience_and_conversions
 
 CLI = [sys.executable, "-m", "cleanroom.client.cli"]
-
-
-def upload_everything(target: str, admin: str, tmp_path: Path) -> None:
-    crm = tmp_path / "crm.csv"
-    crm.write_text("email\n" + "".join(f"person{i}@example.com\n" for i in range(40)))
-    asyncio.run(
-        upload_audience(
-            Connection(target, admin),
-            name="crm",
-            path=crm,
-            id_columns=parse_id_columns("email"),
-            options=NormalizeOptions(),
-        )
-    )
-    sales = tmp_path / "sales.csv"
-    sales.write_text(
-        "customer_id,email,ts,value\n"
-        + "".join(f"c{i},person{i}@example.com,2026-11-0{1 + i % 9},{i}.5\n" for i in range(30))
-    )
-    asyncio.run(
-        upload_conversions(
-            Connection(target, admin),
-            name="sales",
-            path=sales,
-            id_columns=parse_id_columns("email"),
-            options=NormalizeOptions(),
-            customer_column="customer_id",
-            time_column="ts",
-            value_column="value",
-        )
-    )
 
 
 def test_data_older_than_the_retention_is_purged_with_its_files(tmp_path: Path) -> None:
@@ -65,7 +30,7 @@ def test_data_older_than_the_retention_is_purged_with_its_files(tmp_path: Path) 
     other, _ = store.provision_tenant("globex")  # no retention policy: keeps everything
     with BrandNodeThread(settings) as node:
         assert node.ports is not None
-        upload_everything(node.target, tokens[Role.ADMIN], tmp_path)
+        upload_audience_and_conversions(node.target, tokens[Role.ADMIN], tmp_path, "crm", "sales")
         done = subprocess.run(
             [*CLI, "policy", "set", "--server", node.target, "--token", tokens[Role.ADMIN],
              "--retention-days", "30"],
