@@ -32,6 +32,7 @@ from cleanroom.matching.messages import (
     POINT_LEN,
     Accepted,
     BrandMessage,
+    ColumnChunk,
     Finish,
     Hello,
     PartnerMessage,
@@ -184,6 +185,8 @@ class BrandSession:
             self._on_finish(msg)
         elif isinstance(msg, Hello):
             raise ProtocolError("Hello may only open a stream")
+        elif isinstance(msg, ColumnChunk):
+            raise ProtocolError("column chunks belong to OT-extension sessions; this one is ECDH")
         else:
             raise TypeError(f"not a partner message: {type(msg).__name__}")
 

@@ -206,7 +206,7 @@ def map_to_curve_elligator2(u: int) -> tuple[int, int]:
 _Affine: TypeAlias = tuple[int, int] | None  # None is the point at infinity
 
 
-def _affine_add(a: _Affine, b: _Affine) -> _Affine:
+def montgomery_add(a: _Affine, b: _Affine) -> _Affine:
     """Complete affine addition on the Montgomery curve (chord/tangent, identity = None)."""
     if a is None:
         return b
@@ -228,9 +228,9 @@ def _affine_add(a: _Affine, b: _Affine) -> _Affine:
 def _hash_to_point(msg: bytes, dst: bytes) -> _Affine:
     """RFC 9380 §3 hash_to_curve: two field elements, two maps, add, clear the cofactor."""
     u0, u1 = hash_to_field(msg, dst, 2)
-    r = _affine_add(map_to_curve_elligator2(u0), map_to_curve_elligator2(u1))
+    r = montgomery_add(map_to_curve_elligator2(u0), map_to_curve_elligator2(u1))
     for _ in range(3):  # clear_cofactor: h_eff = 8 = 2^3 (RFC 9380 §8.5)
-        r = _affine_add(r, r)
+        r = montgomery_add(r, r)
     return r
 
 

@@ -20,6 +20,13 @@ class Protocol(StrEnum):
     CARDINALITY = "cardinality"
 
 
+class PsiMethod(StrEnum):
+    """How a MATCH is computed: ECDH blinding (DESIGN.md §5) or KKRT16 OT extension."""
+
+    ECDH = "ecdh"
+    KKRT = "kkrt"
+
+
 @dataclass(frozen=True, slots=True)
 class Hello:
     """Opens a stream: a new session, or the resumption of one."""
@@ -33,6 +40,12 @@ class Hello:
     received_values: int = 0
     received_points: int = 0
     id_types: tuple[str, ...] = ()  # the partner's identifier types; () when not told
+    method: PsiMethod = PsiMethod.ECDH
+    # KKRT: the base-OT sender's point (u ‖ v), the cuckoo key, the partner's nonce, bins.
+    ot_point: bytes = b""
+    cuckoo_key: bytes = b""
+    nonce: bytes = b""
+    bins: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +69,15 @@ class ValueChunk:
 
 
 @dataclass(frozen=True, slots=True)
+class ColumnChunk:
+    """KKRT: the OT extension's correction columns for one chunk of bins (512 columns,
+    ``chunk bins / 8`` bytes each, concatenated)."""
+
+    seq: int
+    columns: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Finish:
     """The partner has sent everything; in MATCH it may report its count."""
 
@@ -71,6 +93,10 @@ class Accepted:
     chunk_size: int
     next_partner_seq: int = 0
     next_value_seq: int = 0
+    # KKRT: the base-OT receiver's points (512 x 64 bytes), the brand's nonce, bins.
+    ot_points: bytes = b""
+    nonce: bytes = b""
+    bins: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,5 +105,5 @@ class Result:
     known: bool = True
 
 
-PartnerMessage = Hello | PointChunk | ValueChunk | Finish
+PartnerMessage = Hello | PointChunk | ValueChunk | ColumnChunk | Finish
 BrandMessage = Accepted | ValueChunk | PointChunk | Result

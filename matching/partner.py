@@ -101,6 +101,19 @@ class MatchOutcome:
         return int((self.matched_on >= 0).sum())
 
 
+def matched_on_rows(data: PartnerSet, hits: np.ndarray) -> np.ndarray:
+    """Per row, the first column (in priority order) whose identifier matched, or -1.
+
+    ``hits`` flags every column entry, the columns' entries concatenated in order."""
+    matched_on = np.full(data.row_count, -1, dtype=np.int8)
+    offset = 0
+    for index, column in enumerate(data.columns):
+        rows = column.rows[hits[offset : offset + len(column.rows)]]
+        offset += len(column.rows)
+        matched_on[rows[matched_on[rows] < 0]] = index
+    return matched_on
+
+
 @dataclass
 class PartnerProgress:
     points_total: int = 0
@@ -467,16 +480,10 @@ class PartnerSession:
         dtype = np.dtype(f"S{self.accepted.value_len}")
         ours = np.frombuffer(b"".join(self.values_in), dtype=dtype)
         theirs = np.frombuffer(b"".join(self._brand_values), dtype=dtype)
-        hits = np.isin(ours, theirs)
-        matched_on = np.full(self.data.row_count, -1, dtype=np.int8)
-        offset = 0
-        for index, column in enumerate(self.data.columns):
-            col_hits = hits[offset : offset + len(column.rows)]
-            offset += len(column.rows)
-            rows = column.rows[col_hits]
-            fresh = rows[matched_on[rows] < 0]
-            matched_on[fresh] = index
-        return MatchOutcome(matched_on=matched_on, brand_points=self.accepted.brand_points)
+        return MatchOutcome(
+            matched_on=matched_on_rows(self.data, np.isin(ours, theirs)),
+            brand_points=self.accepted.brand_points,
+        )
 
     # ------------------------------------------------------------- outgoing
 

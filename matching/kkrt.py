@@ -1,0 +1,701 @@
+"""KKRT16 OT-extension PSI for MATCH: the partner learns its matched rows.
+
+Receiver R = the partner, sender S = the brand node (B = 512 base OTs, m bins,
+three hash functions h0..h2; primitives in ``cleanroom.matching.ot_extension``,
+base OTs in ``cleanroom.matching.base_ot``). Round by round:
+
+``HELLO``     R hashes its distinct items into m = bin_count(n) cuckoo bins with
+              fresh keys (rehashing with fresh ones if placement fails) and opens
+              with its sizes, m, the cuckoo key, a nonce and the base-OT sender's
+              point A. S checks m against the declared size and answers
+              ``Accepted`` with |S|, the value length, its nonce and B base-OT
+              receiver points, one per bit of its secret s.
+``EXCHANGE``  R streams the extension's correction columns U (B x m bits) in
+              chunks of bins, in order; S turns each chunk into rows
+              q_b = t_b ⊕ (s ∧ C(x_b)) and refuses any bin beyond m.
+``VALUES``    S sends H(b, h, q_b ⊕ (s ∧ C_h(y))) for every item y and every h
+              (b = h(y)): 3|S| values, each hash function's values in a fresh
+              random order, only after every row exists, so their order says
+              nothing about bins. R holds H(b, h_x, t_b) for its item x in bin b
+              and flags x when that value arrives.
+``DONE``      after R's ``Finish`` (which may carry its count), S sends ``Result``.
+
+What each party learns is DESIGN.md §13's row for ``match``: R its matched
+items and |S|; S the declared sizes (m bins) and, if R reports it, the count.
+R gets exactly one OPRF evaluation per bin, whatever it puts in U, so a
+deviating R learns at most m ≈ 1.27 x its declared items' membership bits.
+
+A KKRT session is not resumable: its base-OT secrets live only in the two
+processes, and a partner whose stream drops starts a fresh session with fresh
+keys (the node answers a resumption with NOT_FOUND).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import numpy as np
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
+
+from cleanroom.matching import ot_extension as ox
+from cleanroom.matching.base_ot import POINT_BYTES, OtReceiver, OtSender
+from cleanroom.matching.brand import MAX_SLOTS_PER_RECORD, BrandOutcome
+from cleanroom.matching.messages import (
+    Accepted,
+    BrandMessage,
+    ColumnChunk,
+    Finish,
+    Hello,
+    PartnerMessage,
+    Protocol,
+    PsiMethod,
+    Result,
+    ValueChunk,
+)
+from cleanroom.matching.partner import MatchOutcome, PartnerProgress, PartnerSet, matched_on_rows
+from cleanroom.matching.session import Round, RoundMachine
+from cleanroom.proto.errors import ProtocolError
+
+#: Bins per ``ColumnChunk``: B x 32768 bits = 2 MiB a message.
+CHUNK_BINS: Final = 32768
+#: Sender values per ``ValueChunk``.
+VALUE_BATCH: Final = 65536
+NONCE_BYTES: Final = 16
+MAX_CUCKOO_ATTEMPTS: Final = 16
+
+
+def _secure_generator(random_bytes: Callable[[int], bytes]) -> np.random.Generator:
+    """numpy's generator for shuffles only, seeded with 256 bits from the CSPRNG.
+
+    PCG64 is not a cryptographic generator; it is used for permutations of
+    values that are already pseudorandom, never for keys, seeds or choices.
+    """
+    return np.random.Generator(np.random.PCG64(int.from_bytes(random_bytes(32), "big")))
+
+
+@dataclass(frozen=True)
+class SessionKeys:
+    """Everything both parties derive from the transcript (public within the session)."""
+
+    transcript: bytes
+    code: tuple[bytes, ...]  # the code's four AES keys
+    hash: bytes
+    value_len: int
+
+
+def _context(session_id: str, partner_nonce: bytes, brand_nonce: bytes) -> bytes:
+    return b"cleanroom-kkrt-v1\x00" + session_id.encode() + b"\x00" + partner_nonce + brand_nonce
+
+
+def derive_session_keys(
+    context: bytes, hello: Hello, ot_points: bytes, brand_items: int
+) -> SessionKeys:
+    h = hashlib.sha256(context)
+    for part in (hello.ot_point, ot_points, hello.cuckoo_key):
+        h.update(len(part).to_bytes(8, "big"))
+        h.update(part)
+    h.update(hello.bins.to_bytes(8, "big"))
+    h.update(brand_items.to_bytes(8, "big"))
+    transcript = h.digest()
+    code = tuple(ox.derive_key(transcript, b"code", j) for j in range(ox.BLOCKS))
+    return SessionKeys(
+        transcript=transcript,
+        code=code,
+        hash=ox.derive_key(transcript, b"hash"),
+        value_len=ox.value_length(hello.bins, brand_items),
+    )
+
+
+class _Columns:
+    """The PRG streams of a set of seeds, read chunk after chunk (AES-CTR, one context each)."""
+
+    def __init__(self, seeds: Sequence[bytes]) -> None:
+        self._contexts: list[CipherContext] = [
+            Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor() for seed in seeds
+        ]
+        self._zeros = np.zeros(0, dtype=np.uint8)
+
+    def next(self, nbytes: int) -> np.ndarray:
+        if len(self._zeros) < nbytes + ox.BLOCK:
+            self._zeros = np.zeros(nbytes + ox.BLOCK, dtype=np.uint8)
+        out = np.empty((len(self._contexts), nbytes + ox.BLOCK), dtype=np.uint8)
+        source = self._zeros[:nbytes].data
+        for j, ctx in enumerate(self._contexts):
+            ctx.update_into(source, out[j].data)
+        return out[:, :nbytes]
+
+
+def chunk_count(bins: int) -> int:
+    return -(-bins // CHUNK_BINS)
+
+
+def _chunk_bounds(bins: int, seq: int) -> tuple[int, int]:
+    lo = seq * CHUNK_BINS
+    return lo, min(bins, lo + CHUNK_BINS)
+
+
+# ------------------------------------------------------------------ the computations
+
+
+class KkrtReceiver:
+    """The partner's computation: cuckoo table, base-OT sender, U columns, own values.
+
+    ``items`` are distinct 16-byte item blocks (``ox.item_blocks``).
+    """
+
+    def __init__(
+        self, items: np.ndarray, random_bytes: Callable[[int], bytes] = os.urandom
+    ) -> None:
+        self.items = items
+        n = len(items)
+        self.bins = ox.bin_count(n)
+        for _ in range(MAX_CUCKOO_ATTEMPTS):
+            key = random_bytes(16)
+            positions = ox.cuckoo_positions(key, items, self.bins)
+            try:
+                table, choice = ox.cuckoo_place(positions, self.bins)
+                break
+            except ox.CuckooFailure:
+                continue  # fresh keys; nothing is dropped
+        else:
+            raise RuntimeError(f"cuckoo hashing failed {MAX_CUCKOO_ATTEMPTS} times")
+        self.cuckoo_key = key
+        self.nonce = random_bytes(NONCE_BYTES)
+        self._item_bin = positions[np.arange(n), choice]
+        self._item_hash = choice
+        occupied = table >= 0
+        # Empty bins encode a random dummy: their rows look like any other.
+        bin_items = np.frombuffer(random_bytes(self.bins * ox.BLOCK), dtype=np.uint8)
+        self._bin_items = bin_items.reshape(self.bins, ox.BLOCK).copy()
+        self._bin_items[occupied] = items[table[occupied]]
+        self._bin_hash = np.zeros(self.bins, dtype=np.int8)
+        self._bin_hash[occupied] = choice[table[occupied]]
+        self._ot = OtSender(random_bytes)
+        self.ot_point = self._ot.message
+        self.keys: SessionKeys | None = None
+        self._t0: _Columns | None = None
+        self._t1: _Columns | None = None
+        self._rows = np.empty((self.bins, ox.ROW_BYTES), dtype=np.uint8)
+        self.next_chunk = 0
+        self.own: np.ndarray | None = None  # our OPRF values, item order
+        self.matched = np.zeros(n, dtype=bool)
+        self._first: np.ndarray = np.empty(0, dtype=np.uint64)
+        self._second: np.ndarray = np.empty(0, dtype=np.uint64)
+        self._index: np.ndarray = np.empty(0, dtype=np.int64)
+        self._run = 1
+
+    def start(self, hello: Hello, accepted: Accepted) -> None:
+        """Base-OT keys and session keys, from the brand's ``Accepted``."""
+        if len(accepted.ot_points) != ox.WIDTH * POINT_BYTES:
+            raise ProtocolError(
+                f"Accepted carries {len(accepted.ot_points)} bytes of base-OT points;"
+                f" {ox.WIDTH} points of {POINT_BYTES} bytes are needed"
+            )
+        if len(accepted.nonce) != NONCE_BYTES:
+            raise ProtocolError(f"the brand's nonce must be {NONCE_BYTES} bytes")
+        if accepted.bins != self.bins or accepted.chunk_size != CHUNK_BINS:
+            raise ProtocolError("the brand node answered with other bins or chunking")
+        context = _context(accepted.session_id, self.nonce, accepted.nonce)
+        pairs = self._ot.keys(context, accepted.ot_points)
+        self.keys = derive_session_keys(context, hello, accepted.ot_points, accepted.brand_points)
+        if accepted.value_len != self.keys.value_len:
+            raise ProtocolError(
+                f"the brand node uses {accepted.value_len}-byte values;"
+                f" {self.keys.value_len} are needed for these sizes"
+            )
+        self._t0 = _Columns([k0 for k0, _ in pairs])
+        self._t1 = _Columns([k1 for _, k1 in pairs])
+
+    def column_chunk(self) -> bytes:
+        """The next chunk of U = T0 ⊕ T1 ⊕ C(bins)ᵀ; keeps T0's rows for our values."""
+        assert self.keys is not None and self._t0 is not None and self._t1 is not None
+        lo, hi = _chunk_bounds(self.bins, self.next_chunk)
+        nbytes = (hi - lo) // 8
+        t0 = self._t0.next(nbytes)
+        u = np.bitwise_xor(t0, self._t1.next(nbytes))
+        words = ox.code_words(self.keys.code, self._bin_items[lo:hi], self._bin_hash[lo:hi])
+        code_rows = words.transpose(1, 0, 2).reshape(hi - lo, ox.ROW_BYTES)
+        np.bitwise_xor(u, ox.transpose(code_rows), out=u)
+        self._rows[lo:hi] = ox.transpose(t0)
+        self.next_chunk += 1
+        return u.tobytes()
+
+    @property
+    def chunks(self) -> int:
+        return chunk_count(self.bins)
+
+    def compute_own(self) -> None:
+        """H(b, h, t_b) for every item, and the sorted index that lookups use."""
+        assert self.keys is not None
+        rows = ox.block_major(self._rows[self._item_bin])
+        tweak = ox.tweaks(self._item_bin, self._item_hash)
+        own = ox.row_hash(self.keys.hash, rows, tweak, self.keys.value_len)
+        del self._rows  # 64 bytes a bin, no longer needed
+        first, second = _value_keys(own)
+        order = np.argsort(first)
+        self._first = first[order]
+        self._second = second[order]
+        self._index = order
+        # Two of our values sharing 8 bytes (~n²/2^65): every lookup checks a run of them.
+        same = self._first[1:] == self._first[:-1]
+        self._run = 1 + (int(_longest_run(same)) if len(same) else 0)
+        self.own = own
+
+    def lookup(self, values: bytes) -> int:
+        """Flag our items whose value is among ``values``; returns how many it flagged."""
+        assert self.own is not None
+        first, second = _value_keys(
+            np.frombuffer(values, dtype=np.uint8).reshape(-1, self.own.shape[1])
+        )
+        order = np.argsort(first)  # sorted keys make the binary searches walk forward
+        first, second = first[order], second[order]
+        start = np.searchsorted(self._first, first)
+        fresh = 0
+        for k in range(self._run):
+            at = start + k
+            inside = at < len(self._first)
+            at, f, s = at[inside], first[inside], second[inside]
+            hit = (self._first[at] == f) & (self._second[at] == s)
+            items = self._index[at[hit]]
+            fresh += int((~self.matched[items]).sum())
+            self.matched[items] = True
+        return fresh
+
+
+def _value_keys(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Values of 8..16 bytes as two uint64 keys: the first 8 bytes, the rest zero-padded."""
+    n, length = values.shape
+    first = np.ascontiguousarray(values[:, :8]).view("<u8").ravel()
+    rest = np.zeros((n, 8), dtype=np.uint8)
+    rest[:, : length - 8] = values[:, 8:]
+    return first, rest.view("<u8").ravel()
+
+
+def _longest_run(flags: np.ndarray) -> int:
+    """Length of the longest run of True in ``flags``."""
+    if not flags.any():
+        return 0
+    edges = np.diff(np.concatenate(([0], flags.astype(np.int8), [0])))
+    return int((np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1)).max())
+
+
+class KkrtSender:
+    """The brand's computation: base-OT receiver with secret s, rows q_b, the values."""
+
+    def __init__(
+        self,
+        items: np.ndarray,
+        hello: Hello,
+        session_id: str,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        check_kkrt_hello(hello)
+        self.items = items
+        self.bins = hello.bins
+        self.nonce = random_bytes(NONCE_BYTES)
+        choice_bytes = np.frombuffer(random_bytes(ox.ROW_BYTES), dtype=np.uint8)
+        choices = np.unpackbits(choice_bytes, bitorder="little")
+        self._ot = OtReceiver(hello.ot_point, choices.tolist(), random_bytes)
+        self.ot_points = self._ot.message
+        context = _context(session_id, hello.nonce, self.nonce)
+        self.keys = derive_session_keys(context, hello, self.ot_points, len(items))
+        self._q = _Columns(self._ot.keys(context))
+        self._mask = np.where(choices == 1, 0xFF, 0).astype(np.uint8).reshape(-1, 1)
+        self._s = ox.block_major(choice_bytes.reshape(1, ox.ROW_BYTES))  # (4, 1, 16)
+        self._positions = ox.cuckoo_positions(hello.cuckoo_key, items, self.bins)
+        self._rows = np.empty((self.bins, ox.ROW_BYTES), dtype=np.uint8)
+        self.next_chunk = 0
+        self._random_bytes = random_bytes
+
+    @property
+    def chunks(self) -> int:
+        return chunk_count(self.bins)
+
+    def on_columns(self, chunk: ColumnChunk) -> None:
+        """Rows q_b for the chunk's bins; ``ProtocolError`` for a wrong chunk."""
+        if chunk.seq != self.next_chunk:
+            raise ProtocolError(
+                f"column chunk {chunk.seq} arrived; chunk {self.next_chunk} was due"
+            )
+        if chunk.seq >= self.chunks:
+            raise ProtocolError(
+                f"column chunk {chunk.seq} is past the {self.bins} bins the partner declared"
+            )
+        lo, hi = _chunk_bounds(self.bins, chunk.seq)
+        nbytes = (hi - lo) // 8
+        if len(chunk.columns) != ox.WIDTH * nbytes:
+            raise ProtocolError(
+                f"column chunk {chunk.seq} has {len(chunk.columns)} bytes;"
+                f" {ox.WIDTH} columns of {nbytes} bytes are due"
+            )
+        u = np.frombuffer(chunk.columns, dtype=np.uint8).reshape(ox.WIDTH, nbytes)
+        q = np.bitwise_xor(self._q.next(nbytes), u & self._mask)
+        self._rows[lo:hi] = ox.transpose(q)
+        self.next_chunk += 1
+
+    @property
+    def value_count(self) -> int:
+        return ox.HASHES * len(self.items)
+
+    def values(self, batch: int = VALUE_BATCH) -> Iterator[bytes]:
+        """Every item's value under every hash function; each function's in a fresh order."""
+        if self.next_chunk != self.chunks:
+            raise ProtocolError("the values need every column chunk first")
+        rng = _secure_generator(self._random_bytes)
+        for f in range(ox.HASHES):
+            order = rng.permutation(len(self.items))
+            hash_index = np.full(min(batch, len(order)), f, dtype=np.int8)
+            for lo in range(0, len(order), batch):
+                idx = order[lo : lo + batch]
+                bins = self._positions[idx, f]
+                rows = ox.block_major(self._rows[bins])
+                code = ox.code_words(self.keys.code, self.items[idx], hash_index[: len(idx)])
+                np.bitwise_and(code, self._s, out=code)
+                np.bitwise_xor(rows, code, out=rows)
+                tweak = ox.tweaks(bins, f)
+                yield ox.row_hash(self.keys.hash, rows, tweak, self.keys.value_len).tobytes()
+
+
+def check_kkrt_hello(hello: Hello) -> None:
+    """ProtocolError unless the hello is a well-formed KKRT opening."""
+    if hello.protocol is not Protocol.MATCH:
+        raise ProtocolError("OT-extension PSI runs MATCH only; overlap stays ECDH")
+    if len(hello.ot_point) != POINT_BYTES:
+        raise ProtocolError(f"the base-OT point must be {POINT_BYTES} bytes (u ‖ v)")
+    if len(hello.cuckoo_key) != 16 or len(hello.nonce) != NONCE_BYTES:
+        raise ProtocolError("the cuckoo key and the nonce must be 16 bytes each")
+    if hello.declared_points > hello.declared_records * MAX_SLOTS_PER_RECORD:
+        raise ProtocolError(
+            f"{hello.declared_points} items for {hello.declared_records} records is more than"
+            f" {MAX_SLOTS_PER_RECORD} identifiers per record"
+        )
+    expected = ox.bin_count(hello.declared_points)
+    if hello.bins != expected:
+        raise ProtocolError(
+            f"{hello.bins} bins declared for {hello.declared_points} items; exactly {expected}"
+            " are allowed (one OPRF evaluation per bin)"
+        )
+
+
+# ------------------------------------------------------------------ partner items
+
+
+@dataclass(frozen=True)
+class PartnerItems:
+    """The partner's distinct item blocks and, per column entry, which one it is."""
+
+    blocks: np.ndarray  # (n, 16) distinct
+    inverse: np.ndarray  # entry (columns concatenated) -> block index
+
+
+def partner_items(data: PartnerSet) -> PartnerItems:
+    parts = [
+        ox.item_blocks(c.id_type, np.frombuffer(c.digests, dtype=np.uint8))
+        for c in data.columns
+        if len(c.rows)
+    ]
+    if not parts:
+        return PartnerItems(np.empty((0, 16), np.uint8), np.empty(0, np.int64))
+    joined = np.ascontiguousarray(np.concatenate(parts)).view("S16").ravel()
+    distinct, inverse = np.unique(joined, return_inverse=True)
+    blocks = np.frombuffer(distinct.tobytes(), dtype=np.uint8).reshape(-1, 16)
+    return PartnerItems(blocks, inverse.astype(np.int64))
+
+
+def brand_items(id_types: Sequence[str], digests: Sequence[np.ndarray]) -> np.ndarray:
+    """The audience's item blocks (its digests are distinct per type already)."""
+    parts = [ox.item_blocks(t, d) for t, d in zip(id_types, digests, strict=True) if len(d)]
+    if not parts:
+        return np.empty((0, 16), np.uint8)
+    return np.ascontiguousarray(np.concatenate(parts))
+
+
+# ------------------------------------------------------------------ state machines
+
+
+class KkrtBrandSession(RoundMachine[Round]):
+    """One KKRT session on the brand node; the same surface as ``BrandSession``."""
+
+    method = PsiMethod.KKRT
+
+    def __init__(
+        self,
+        *,
+        session_id: str,
+        hello: Hello,
+        items: np.ndarray,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        check_kkrt_hello(hello)
+        super().__init__(Round.HELLO, None)
+        self.session_id = session_id
+        self.hello = hello
+        self.protocol = hello.protocol
+        self._items = items
+        self._random_bytes = random_bytes
+        self._sender: KkrtSender | None = None
+        self._accepted: Accepted | None = None
+        self._values_made = 0
+        self.result: Result | None = None
+
+    async def prepare(self) -> None:
+        """The base OTs and the brand's positions (CPU work, off the event loop)."""
+        self._sender = await asyncio.to_thread(
+            KkrtSender, self._items, self.hello, self.session_id, self._random_bytes
+        )
+
+    def start(self) -> Accepted:
+        if self.round is not Round.HELLO or self._sender is None:
+            raise ProtocolError(f"session {self.session_id} already started")
+        sender = self._sender
+        self._accepted = Accepted(
+            session_id=self.session_id,
+            brand_points=len(self._items),
+            value_len=sender.keys.value_len,
+            chunk_size=CHUNK_BINS,
+            ot_points=sender.ot_points,
+            nonce=sender.nonce,
+            bins=sender.bins,
+        )
+        self.round = Round.EXCHANGE
+        if sender.chunks == 0:
+            self._begin_values()
+        return self._accepted
+
+    def accepted(self) -> Accepted:
+        raise ProtocolError("an OT-extension session cannot be resumed; start a new one")
+
+    def resume(self, hello: Hello) -> Accepted:
+        return self.accepted()
+
+    def outcome(self) -> BrandOutcome:
+        return BrandOutcome(
+            partner_records=self.hello.declared_records,
+            partner_points=self.hello.declared_points,
+            brand_points=len(self._items),
+            intersection=self.result.intersection if self.result else None,
+        )
+
+    async def receive(self, msg: PartnerMessage) -> None:
+        await self.step(self._dispatch(msg))
+
+    async def _dispatch(self, msg: PartnerMessage) -> None:
+        if isinstance(msg, ColumnChunk):
+            if self.round is not Round.VALUES:  # there, on_columns says it is one too many
+                self.expect(Round.EXCHANGE, "a column chunk")
+            assert self._sender is not None
+            await asyncio.to_thread(self._sender.on_columns, msg)
+            if self._sender.next_chunk == self._sender.chunks:
+                self._begin_values()
+        elif isinstance(msg, Finish):
+            self.expect(Round.VALUES, "Finish")
+            assert self._sender is not None
+            if self._values_made != self._sender.value_count:
+                raise ProtocolError("Finish arrived before every value was sent")
+            if msg.matched_records > self.hello.declared_records:
+                raise ProtocolError("the partner reports more matches than it has records")
+            self.result = Result(intersection=msg.matched_records, known=msg.report_count)
+            self.round = Round.DONE
+            self.put(self.result)
+        elif isinstance(msg, Hello):
+            raise ProtocolError("Hello arrived in the middle of a session")
+        else:
+            raise ProtocolError(f"{type(msg).__name__} is not part of an OT-extension session")
+
+    def _begin_values(self) -> None:
+        self.round = Round.VALUES
+        self.spawn(self._send_values)
+
+    async def _send_values(self) -> None:
+        assert self._sender is not None
+        batches = self._sender.values()
+        seq = 0
+        while True:
+            values = await asyncio.to_thread(next, batches, None)
+            if values is None:
+                return
+            self._values_made += len(values) // self._sender.keys.value_len
+            self.put(ValueChunk(seq=seq, values=values))
+            seq += 1
+
+    async def outgoing(
+        self, values_from: int = 0, points_from: int = 0
+    ) -> AsyncIterator[BrandMessage]:
+        if values_from or points_from:
+            raise ProtocolError("an OT-extension session cannot be resumed; start a new one")
+        async for msg in _drain_forgetting(self, Result):
+            yield msg
+
+
+async def _drain_forgetting(machine: RoundMachine[Any], last: type[Any]) -> AsyncIterator[Any]:
+    """``RoundMachine.drain`` that drops each message once handed out (memory: the
+    columns and values are sent once; a dropped stream restarts the session)."""
+    outbox = machine._outbox
+    sent = 0
+    while True:
+        if machine.error is not None:
+            raise machine.error
+        waiting = machine._signal.current()
+        while sent < len(outbox):
+            msg = outbox[sent]
+            outbox[sent] = None
+            sent += 1
+            yield msg
+            if isinstance(msg, last):
+                return
+        if machine.finished:
+            return
+        await waiting.wait()
+
+
+class KkrtPartnerSession(RoundMachine[Round]):
+    """The partner's KKRT session; the same surface as ``PartnerSession`` (MATCH)."""
+
+    method = PsiMethod.KKRT
+
+    def __init__(
+        self,
+        *,
+        audience: str,
+        data: PartnerSet,
+        items: PartnerItems | None = None,
+        report_count: bool = True,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        super().__init__(Round.HELLO, None)
+        self.audience = audience
+        self.protocol = Protocol.MATCH
+        self.data = data
+        self.report_count = report_count
+        self.progress = PartnerProgress()
+        self.session_id = ""
+        self.outcome: MatchOutcome | None = None
+        self.result: Result | None = None
+        self.accepted: Accepted | None = None
+        self._random_bytes = random_bytes
+        self._items = items
+        self._receiver: KkrtReceiver | None = None
+        self._hello: Hello | None = None
+        self._values_in = 0
+        self._value_chunks = 0
+        self._own_ready = False
+        self.finish: Finish | None = None
+
+    async def prepare(self) -> None:
+        """Items, cuckoo table and the base-OT sender (off the event loop)."""
+        if self._receiver is not None:
+            return
+        if self._items is None:
+            self._items = await asyncio.to_thread(partner_items, self.data)
+        items = self._items
+        self._receiver = await asyncio.to_thread(KkrtReceiver, items.blocks, self._random_bytes)
+        self.progress.points_total = self._receiver.bins
+
+    def hello(self) -> Hello:
+        if self._receiver is None:
+            raise RuntimeError("prepare() the session before its hello")
+        if self._hello is None:
+            receiver = self._receiver
+            self._hello = Hello(
+                audience=self.audience,
+                protocol=Protocol.MATCH,
+                declared_records=len(self.data.records()),
+                declared_points=len(receiver.items),
+                id_types=tuple(dict.fromkeys(c.id_type for c in self.data.columns if len(c.rows))),
+                method=PsiMethod.KKRT,
+                ot_point=receiver.ot_point,
+                cuckoo_key=receiver.cuckoo_key,
+                nonce=receiver.nonce,
+                bins=receiver.bins,
+            )
+        return self._hello
+
+    async def receive(self, msg: BrandMessage) -> None:
+        await self.step(self._dispatch(msg))
+
+    async def _dispatch(self, msg: BrandMessage) -> None:
+        if isinstance(msg, Accepted):
+            self.expect(Round.HELLO, "Accepted")
+            assert self._receiver is not None and self._hello is not None
+            await asyncio.to_thread(self._receiver.start, self._hello, msg)
+            self.session_id = msg.session_id
+            self.accepted = msg
+            self.round = Round.EXCHANGE
+            self.progress.brand_total = ox.HASHES * msg.brand_points
+            self.spawn(self._send_columns)
+        elif isinstance(msg, ValueChunk):
+            if self.round not in (Round.EXCHANGE, Round.VALUES):
+                raise ProtocolError(f"values arrived in round {self.round}")
+            await self.until(lambda: self._own_ready)
+            self._on_values(msg)
+            if self._values_in == self.progress.brand_total:
+                self._conclude()
+        elif isinstance(msg, Result):
+            self.expect(Round.VALUES, "Result")
+            if self.finish is None:
+                raise ProtocolError("Result arrived before every value")
+            self.result = msg
+            self.round = Round.DONE
+            self._signal.notify()
+        else:
+            raise ProtocolError(f"{type(msg).__name__} is not part of an OT-extension session")
+
+    async def _send_columns(self) -> None:
+        receiver = self._receiver
+        assert receiver is not None
+        for seq in range(receiver.chunks):
+            columns = await asyncio.to_thread(receiver.column_chunk)
+            self.put(ColumnChunk(seq=seq, columns=columns))
+            lo, hi = _chunk_bounds(receiver.bins, seq)
+            self.progress.points_sent += hi - lo
+            self.progress.update()
+        await asyncio.to_thread(receiver.compute_own)
+        self._own_ready = True
+        self.round = Round.VALUES
+        self._signal.notify()
+        if self.progress.brand_total == 0:
+            self._conclude()
+
+    def _on_values(self, chunk: ValueChunk) -> None:
+        assert self.accepted is not None and self._receiver is not None
+        length = self.accepted.value_len
+        if chunk.seq != self._value_chunks:
+            raise ProtocolError(f"value chunk {chunk.seq} arrived; {self._value_chunks} was due")
+        if len(chunk.values) % length or not chunk.values:
+            raise ProtocolError(f"a value chunk must hold whole {length}-byte values")
+        count = len(chunk.values) // length
+        if self._values_in + count > self.progress.brand_total:
+            raise ProtocolError("the brand node sent more values than its set has")
+        self._receiver.lookup(chunk.values)
+        self._values_in += count
+        self._value_chunks += 1
+        self.progress.brand_done = self._values_in
+        self.progress.update()
+
+    def _conclude(self) -> None:
+        receiver = self._receiver
+        items = self._items
+        assert receiver is not None and items is not None and self.accepted is not None
+        hits = receiver.matched[items.inverse] if len(items.inverse) else np.zeros(0, bool)
+        self.outcome = MatchOutcome(
+            matched_on=matched_on_rows(self.data, hits), brand_points=self.accepted.brand_points
+        )
+        self.finish = Finish(
+            report_count=self.report_count,
+            matched_records=self.outcome.matched_records if self.report_count else 0,
+        )
+        self.put(self.finish)
+
+    async def outgoing(
+        self, points_from: int = 0, values_from: int = 0
+    ) -> AsyncIterator[PartnerMessage]:
+        async for msg in _drain_forgetting(self, Finish):
+            yield msg
+
+    async def wait(self) -> None:
+        await self.until(lambda: self.finished)

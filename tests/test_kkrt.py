@@ -1,0 +1,526 @@
+"""KKRT16 OT-extension PSI, transport-free: known answers, set intersections, bad messages.
+
+Known answers come from independent computations where one exists (AES-ECB for the
+PRG and the code, a bit-by-bit transpose, the base-OT algebra) and from a golden
+file for the OPRF outputs with fixed seeds (``tests/vectors/kkrt_oprf.json``:
+regenerate with ``python -m tests.test_kkrt`` only when the protocol changes on
+purpose, and say so in the commit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from cleanroom.matching import ot_extension as ox
+from cleanroom.matching.base_ot import POINT_BYTES, OtReceiver, OtSender, decode_point
+from cleanroom.matching.kkrt import (
+    CHUNK_BINS,
+    KkrtBrandSession,
+    KkrtPartnerSession,
+    KkrtReceiver,
+    KkrtSender,
+    brand_items,
+    check_kkrt_hello,
+)
+from cleanroom.matching.messages import (
+    Accepted,
+    ColumnChunk,
+    Finish,
+    Hello,
+    PointChunk,
+    Protocol,
+    PsiMethod,
+    Result,
+    ValueChunk,
+)
+from cleanroom.matching.partner import PartnerColumn, PartnerSet
+from cleanroom.matching.x25519 import InvalidPointError
+from cleanroom.proto.errors import ProtocolError
+
+GOLDEN = Path(__file__).parent / "vectors" / "kkrt_oprf.json"
+
+
+def drbg(seed: bytes) -> Callable[[int], bytes]:
+    """A deterministic stand-in for os.urandom: SHA-256 in counter mode over ``seed``."""
+    state = {"counter": 0, "buffer": b""}
+
+    def random_bytes(n: int) -> bytes:
+        while len(state["buffer"]) < n:  # type: ignore[arg-type]
+            block = hashlib.sha256(seed + state["counter"].to_bytes(8, "big")).digest()  # type: ignore[union-attr]
+            state["counter"] += 1  # type: ignore[operator]
+            state["buffer"] += block  # type: ignore[operator]
+        out, state["buffer"] = state["buffer"][:n], state["buffer"][n:]  # type: ignore[index]
+        return out  # type: ignore[return-value]
+
+    return random_bytes
+
+
+def digests(ids: range | list[int], tag: bytes = b"") -> np.ndarray:
+    return np.frombuffer(
+        b"".join(hashlib.sha256(tag + str(i).encode()).digest() for i in ids), dtype=np.uint8
+    ).reshape(-1, 32)
+
+
+def partner_set(ids: list[int]) -> PartnerSet:
+    d = digests(ids)
+    return PartnerSet(
+        row_count=len(ids),
+        columns=[PartnerColumn("email", np.arange(len(ids), dtype=np.int64), d.tobytes())],
+    )
+
+
+async def run_sessions(
+    brand_ids: list[int],
+    partner: PartnerSet,
+    *,
+    seed: bytes | None = None,
+    record: list[object] | None = None,
+) -> KkrtPartnerSession:
+    """Both state machines in one process, every message handed across (and recorded)."""
+    brand_rng = drbg(b"brand" + seed) if seed is not None else os.urandom
+    partner_rng = drbg(b"partner" + seed) if seed is not None else os.urandom
+    items = brand_items(["email"], [digests(brand_ids)])
+    p = KkrtPartnerSession(audience="crm", data=partner, random_bytes=partner_rng)
+    await p.prepare()
+    hello = p.hello()
+    b = KkrtBrandSession(session_id="s-1", hello=hello, items=items, random_bytes=brand_rng)
+    await b.prepare()
+    accepted = b.start()
+    log = record if record is not None else []
+    log += [hello, accepted]
+    await p.receive(accepted)
+
+    async def carry(source: object, deliver: Callable[[object], object]) -> None:
+        async for msg in source:  # type: ignore[attr-defined]
+            log.append(msg)
+            await deliver(msg)  # type: ignore[misc]
+
+    await asyncio.wait_for(
+        asyncio.gather(carry(p.outgoing(), b.receive), carry(b.outgoing(), p.receive)), 300
+    )
+    assert b.succeeded and p.succeeded
+    return p
+
+
+def match(brand_ids: list[int], partner_ids: list[int], **kw: object) -> np.ndarray:
+    session = asyncio.run(run_sessions(brand_ids, partner_set(partner_ids), **kw))  # type: ignore[arg-type]
+    assert session.outcome is not None
+    return session.outcome.matched_on == 0
+
+
+def expected(brand_ids: list[int], partner_ids: list[int]) -> np.ndarray:
+    brand = set(brand_ids)
+    return np.array([i in brand for i in partner_ids], dtype=bool)
+
+
+# ------------------------------------------------------------------ primitives
+
+
+@pytest.mark.parametrize(
+    ("rows", "cols"),
+    [(8, 8), (16, 24), (8, 4096), (4096, 8), (64, 64), (64, 512), (512, 4096), (32768, 512)],
+)
+def test_transpose_equals_the_bit_by_bit_reference(rows: int, cols: int) -> None:
+    matrix = np.random.default_rng(rows * cols).integers(0, 256, (rows, cols // 8), np.uint8)
+    before = matrix.copy()
+    got = ox.transpose(matrix)
+    assert np.array_equal(got, ox.transpose_reference(matrix))
+    assert np.array_equal(matrix, before)  # the input is never changed in place
+    assert np.array_equal(ox.transpose(got), matrix)
+
+
+def test_transpose_reference_known_answer() -> None:
+    matrix = np.zeros((8, 1), dtype=np.uint8)
+    matrix[0, 0] = 0b10  # bit (row 0, column 1)
+    matrix[3, 0] = 0b1  # bit (row 3, column 0)
+    assert ox.transpose(matrix)[:, 0].tolist() == [0b1000, 0b1, 0, 0, 0, 0, 0, 0]
+
+
+def test_prg_is_aes_ctr_and_chunks_agree() -> None:
+    seed = bytes(range(16))
+    stream = ox.prg(seed, 0, 64)
+    ecb = Cipher(algorithms.AES(seed), modes.ECB()).encryptor()
+    counters = b"".join(i.to_bytes(16, "big") for i in range(4))
+    assert stream == ecb.update(counters)
+    assert stream[:16].hex() == "c6a13b37878f5b826f4f8162a1c8d879"  # AES-128(0..15, 0^128)
+    assert ox.prg(seed, 32, 32) == stream[32:]
+    with pytest.raises(ValueError, match="whole AES blocks"):
+        ox.prg(seed, 8, 16)
+
+
+def test_code_is_aes_of_the_tweaked_item() -> None:
+    keys = [bytes([k]) * 16 for k in range(4)]
+    items = np.frombuffer(bytes(range(32)), dtype=np.uint8).reshape(2, 16).copy()
+    words = ox.code_words(keys, items, np.array([0, 2]))
+    for j, key in enumerate(keys):
+        ecb = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
+        tweaked = bytearray(items.tobytes())
+        tweaked[31] ^= 2
+        assert words[j].tobytes() == ecb.update(bytes(tweaked))
+    # a different hash function is a different codeword for the same item
+    assert not np.array_equal(ox.code_words(keys, items, np.array([1, 2]))[:, 0], words[:, 0])
+
+
+def test_cuckoo_places_every_item_once_known_answer() -> None:
+    items = ox.item_blocks("email", digests(range(1000)))
+    bins = ox.bin_count(len(items))
+    positions = ox.cuckoo_positions(bytes(16), items, bins)
+    table, choice = ox.cuckoo_place(positions, bins)
+    placed = table[table >= 0]
+    assert sorted(placed.tolist()) == list(range(1000))
+    where = {int(item): b for b, item in enumerate(table) if item >= 0}
+    assert all(positions[i, choice[i]] == where[i] for i in range(1000))
+    assert bins == 1280
+    assert hashlib.sha256(table.tobytes()).hexdigest()[:16] == GOLDEN_VALUES()["cuckoo_table"]
+
+
+def test_cuckoo_failure_is_reported_not_dropped() -> None:
+    # Four items that all hash to the same two bins cannot be placed.
+    positions = np.array([[0, 1, 0]] * 4, dtype=np.int64)
+    with pytest.raises(ox.CuckooFailure):
+        ox.cuckoo_place(positions, 8)
+
+
+def test_value_length_keeps_40_bits_of_statistical_security() -> None:
+    for bins, items in [(256, 1), (1_270_016, 1_000_000), (2**27, 10**8)]:
+        length = ox.value_length(bins, items)
+        assert 8 * length >= 40 + np.log2(bins * 3 * items)
+    assert ox.value_length(1_270_016, 1_000_000) == 11
+
+
+def test_row_hash_depends_on_every_block_and_the_tweak() -> None:
+    rng = np.random.default_rng(3)
+    rows = rng.integers(0, 256, (4, 5, 16), np.uint8)
+    tweak = ox.tweaks(np.arange(5), 1)
+    base = ox.row_hash(bytes(16), rows, tweak, 16)
+    for j in range(4):
+        changed = rows.copy()
+        changed[j, :, 0] ^= 1
+        assert not np.any(np.all(ox.row_hash(bytes(16), changed, tweak, 16) == base, axis=1))
+    other = ox.row_hash(bytes(16), rows, ox.tweaks(np.arange(5), 2), 16)
+    assert not np.any(np.all(other == base, axis=1))
+    assert not np.any(np.all(ox.row_hash(bytes([1]) * 16, rows, tweak, 16) == base, axis=1))
+
+
+# ------------------------------------------------------------------ base OTs
+
+
+def test_base_ots_deliver_exactly_the_chosen_keys() -> None:
+    sender = OtSender(drbg(b"ot-sender"))
+    choices = [i % 3 == 0 for i in range(16)]
+    receiver = OtReceiver(sender.message, [int(c) for c in choices], drbg(b"ot-receiver"))
+    pairs = sender.keys(b"context", receiver.message)
+    got = receiver.keys(b"context")
+    assert [g == p[int(c)] for g, p, c in zip(got, pairs, choices, strict=True)] == [True] * 16
+    assert all(g != p[1 - int(c)] for g, p, c in zip(got, pairs, choices, strict=True))
+    # Another context (session) gives unrelated keys.
+    assert not set(receiver.keys(b"other")) & set(got)
+    golden = GOLDEN_VALUES()
+    assert sender.message.hex() == golden["ot_sender_message"]
+    assert hashlib.sha256(receiver.message).hexdigest() == golden["ot_receiver_messages"]
+    assert hashlib.sha256(b"".join(a + b for a, b in pairs)).hexdigest() == golden["ot_keys"]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "why"),
+    [
+        (lambda m: m[:63], "wrong length|whole number"),
+        (lambda m: bytes(32) + m[32:], "low-order"),
+        (lambda m: m[:32] + bytes([m[32] ^ 1]) + m[33:], r"v\^2 != u\^3"),
+        (lambda m: b"\xff" * 32 + m[32:], "non-canonical"),
+        (lambda m: (2).to_bytes(32, "little") + m[32:], "twist"),
+    ],
+)
+def test_bad_base_ot_points_are_refused(mutate: Callable[[bytes], bytes], why: str) -> None:
+    sender = OtSender(drbg(b"s"))
+    receiver = OtReceiver(sender.message, [0, 1], drbg(b"r"))
+    with pytest.raises(InvalidPointError, match=why):
+        OtReceiver(mutate(sender.message), [0])
+    bad = receiver.message[:POINT_BYTES] + mutate(receiver.message[POINT_BYTES:])
+    with pytest.raises(InvalidPointError, match=why) as caught:
+        sender.keys(b"c", bad)
+    assert caught.value.index == 1 or "wrong length" in why
+    with pytest.raises(InvalidPointError, match="equals the sender"):
+        sender.keys(b"c", sender.message)
+
+
+def test_points_are_validated_as_curve_points() -> None:
+    sender = OtSender(drbg(b"v"))
+    u, v = decode_point(sender.message)
+    assert (v * v - (u**3 + 486662 * u * u + u)) % (2**255 - 19) == 0
+
+
+# ------------------------------------------------------------------ the protocol
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_match_equals_the_set_intersection_for_20_seeds(seed: int) -> None:
+    rng = random.Random(seed)
+    brand = rng.sample(range(5000), rng.randint(1, 400))
+    partner = rng.sample(range(5000), rng.randint(1, 400))
+    assert np.array_equal(match(brand, partner), expected(brand, partner))
+
+
+@pytest.mark.parametrize(
+    ("brand", "partner"),
+    [
+        ([1, 2, 3], []),  # an empty partner set
+        ([], [1, 2, 3]),  # an empty brand set (the node refuses one; the protocol copes)
+        ([1], [1]),  # one and one, matching
+        ([1], [2]),
+        (list(range(100)), list(range(100, 200))),  # 0 %
+        (list(range(100)), [*range(99, 198)]),  # 1 %
+        (list(range(1000)), list(range(500, 1500))),  # 50 %
+        (list(range(1000)), list(range(1000))),  # 100 %
+        (list(range(10)), list(range(5, 3005))),  # unbalanced, small brand
+        (list(range(3000)), list(range(2995, 3005))),  # unbalanced, small partner
+    ],
+)
+def test_match_equals_the_set_intersection(brand: list[int], partner: list[int]) -> None:
+    assert np.array_equal(match(brand, partner), expected(brand, partner))
+
+
+def test_partner_duplicates_and_a_second_identifier_type() -> None:
+    ids = [1, 2, 2, 3, 7, 7, 9]
+    email = digests(ids)
+    phone = digests(ids, b"phone")
+    data = PartnerSet(
+        row_count=len(ids),
+        columns=[
+            PartnerColumn("email", np.arange(len(ids)), email.tobytes()),
+            PartnerColumn("phone", np.arange(len(ids)), phone.tobytes()),
+        ],
+    )
+
+    async def run() -> np.ndarray:
+        items = brand_items(["email", "phone"], [digests([2, 9]), digests([3, 7], b"phone")])
+        p = KkrtPartnerSession(audience="crm", data=data)
+        await p.prepare()
+        b = KkrtBrandSession(session_id="s", hello=p.hello(), items=items)
+        await b.prepare()
+        await p.receive(b.start())
+
+        async def carry(source: object, deliver: Callable[[object], object]) -> None:
+            async for msg in source:  # type: ignore[attr-defined]
+                await deliver(msg)  # type: ignore[misc]
+
+        await asyncio.gather(carry(p.outgoing(), b.receive), carry(b.outgoing(), p.receive))
+        assert p.outcome is not None
+        assert p.hello().declared_points == 10  # distinct (type, digest) pairs
+        return p.outcome.matched_on
+
+    # email first (priority), then phone; a phone digest never matches an email one
+    assert asyncio.run(run()).tolist() == [-1, 0, 0, 1, 1, 1, 0]
+
+
+def test_large_sets_100k() -> None:
+    brand = list(range(100_000))
+    partner = list(range(50_000, 150_000))
+    assert np.array_equal(match(brand, partner), expected(brand, partner))
+
+
+def test_one_million_and_unbalanced_ten_by_one_million() -> None:
+    brand = list(range(1_000_000))
+    partner = list(range(999_000, 1_999_000))
+    assert np.array_equal(match(brand, partner), expected(brand, partner))
+    few = [5, 77, 999_999, 1_000_000, 2_000_000, 123_456, 17, 18, 19, 20]
+    assert np.array_equal(match(brand, few), expected(brand, few))
+    assert np.array_equal(match(few, brand[:1_000_000]), expected(few, brand[:1_000_000]))
+
+
+def test_oprf_outputs_match_the_golden_file() -> None:
+    log: list[object] = []
+    partner = partner_set(list(range(40, 140)))
+    session = asyncio.run(run_sessions(list(range(100)), partner, seed=b"golden", record=log))
+    values = b"".join(m.values for m in log if isinstance(m, ValueChunk))
+    columns = b"".join(m.columns for m in log if isinstance(m, ColumnChunk))
+    assert session.outcome is not None
+    assert int((session.outcome.matched_on == 0).sum()) == 60
+    golden = GOLDEN_VALUES()
+    assert hashlib.sha256(values).hexdigest() == golden["sender_values"]
+    assert hashlib.sha256(columns).hexdigest() == golden["columns"]
+
+
+# ------------------------------------------------------------------ refusals
+
+
+def kkrt_hello(**changes: object) -> Hello:
+    receiver = KkrtReceiver(ox.item_blocks("email", digests(range(50))))
+    fields: dict[str, object] = {
+        "audience": "crm",
+        "protocol": Protocol.MATCH,
+        "declared_records": 50,
+        "declared_points": 50,
+        "method": PsiMethod.KKRT,
+        "ot_point": receiver.ot_point,
+        "cuckoo_key": receiver.cuckoo_key,
+        "nonce": receiver.nonce,
+        "bins": receiver.bins,
+    }
+    fields.update(changes)
+    return Hello(**fields)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("changes", "why"),
+    [
+        ({"bins": 1024}, "exactly 256"),
+        ({"ot_point": b"\x01" * 10}, "64 bytes"),
+        ({"nonce": b""}, "16 bytes"),
+        ({"protocol": Protocol.CARDINALITY}, "MATCH only"),
+        ({"declared_points": 500}, "more than"),
+    ],
+)
+def test_malformed_hellos_are_protocol_errors(changes: dict[str, object], why: str) -> None:
+    with pytest.raises(ProtocolError, match=why):
+        check_kkrt_hello(kkrt_hello(**changes))
+
+
+def test_an_invalid_base_ot_point_in_hello_is_refused() -> None:
+    with pytest.raises(InvalidPointError, match="low-order"):
+        KkrtSender(
+            ox.item_blocks("email", digests(range(5))),
+            kkrt_hello(ot_point=bytes(64)),
+            "s",
+        )
+
+
+def sender_for(hello: Hello) -> KkrtSender:
+    return KkrtSender(ox.item_blocks("email", digests(range(20))), hello, "s")
+
+
+def test_column_chunks_out_of_order_short_or_past_the_bins() -> None:
+    hello = kkrt_hello()
+    sender = sender_for(hello)
+    width = ox.WIDTH * hello.bins // 8
+    with pytest.raises(ProtocolError, match="chunk 0 was due"):
+        sender.on_columns(ColumnChunk(seq=1, columns=bytes(width)))
+    with pytest.raises(ProtocolError, match="bytes"):
+        sender.on_columns(ColumnChunk(seq=0, columns=bytes(width - 1)))
+    sender.on_columns(ColumnChunk(seq=0, columns=bytes(width)))
+    with pytest.raises(ProtocolError, match="past the 256 bins"):
+        sender.on_columns(ColumnChunk(seq=1, columns=bytes(width)))
+    assert hello.bins < CHUNK_BINS
+
+
+def test_messages_of_the_wrong_round_fail_the_session() -> None:
+    async def run() -> None:
+        hello = kkrt_hello()
+        b = KkrtBrandSession(
+            session_id="s", hello=hello, items=ox.item_blocks("email", digests(range(5)))
+        )
+        await b.prepare()
+        with pytest.raises(ProtocolError, match="round hello"):
+            await b.receive(ColumnChunk(seq=0, columns=b""))
+        assert b.error is not None
+
+        b2 = KkrtBrandSession(
+            session_id="s", hello=hello, items=ox.item_blocks("email", digests(range(5)))
+        )
+        await b2.prepare()
+        b2.start()
+        with pytest.raises(ProtocolError, match="not part of an OT-extension session"):
+            await b2.receive(PointChunk(seq=0, points=bytes(32)))
+        b3 = KkrtBrandSession(
+            session_id="s", hello=hello, items=ox.item_blocks("email", digests(range(5)))
+        )
+        await b3.prepare()
+        b3.start()
+        with pytest.raises(ProtocolError, match="round exchange"):
+            await b3.receive(Finish())
+
+        p = KkrtPartnerSession(audience="crm", data=partner_set([1, 2, 3]))
+        await p.prepare()
+        with pytest.raises(ProtocolError, match="round hello"):
+            await p.receive(Result(intersection=1))
+
+    asyncio.run(run())
+
+
+def test_the_partner_refuses_a_brand_answer_that_does_not_fit() -> None:
+    async def run(**changes: object) -> None:
+        p = KkrtPartnerSession(audience="crm", data=partner_set(list(range(30))))
+        await p.prepare()
+        b = KkrtBrandSession(
+            session_id="s", hello=p.hello(), items=ox.item_blocks("email", digests(range(5)))
+        )
+        await b.prepare()
+        good = b.start()
+        fields = {k: getattr(good, k) for k in good.__dataclass_fields__}
+        fields.update(changes)
+        await p.receive(Accepted(**fields))  # type: ignore[arg-type]
+
+    for changes, why in [
+        ({"ot_points": b"\x00" * 64}, "base-OT points"),
+        ({"value_len": 9}, "9-byte values"),
+        ({"bins": 512}, "other bins"),
+        ({"nonce": b"x"}, "nonce"),
+    ]:
+        with pytest.raises(ProtocolError, match=why):
+            asyncio.run(run(**changes))
+
+
+def test_a_resumption_is_refused() -> None:
+    async def run() -> None:
+        b = KkrtBrandSession(
+            session_id="s", hello=kkrt_hello(), items=ox.item_blocks("email", digests(range(5)))
+        )
+        await b.prepare()
+        b.start()
+        with pytest.raises(ProtocolError, match="cannot be resumed"):
+            b.accepted()
+        with pytest.raises(ProtocolError, match="cannot be resumed"):
+            async for _ in b.outgoing(values_from=1):
+                pass
+
+    asyncio.run(run())
+
+
+# ------------------------------------------------------------------ golden values
+
+
+def GOLDEN_VALUES() -> dict[str, str]:
+    return json.loads(GOLDEN.read_text())  # type: ignore[no-any-return]
+
+
+def _regenerate() -> None:
+    sender = OtSender(drbg(b"ot-sender"))
+    choices = [int(i % 3 == 0) for i in range(16)]
+    receiver = OtReceiver(sender.message, choices, drbg(b"ot-receiver"))
+    pairs = sender.keys(b"context", receiver.message)
+    items = ox.item_blocks("email", digests(range(1000)))
+    table, _ = ox.cuckoo_place(ox.cuckoo_positions(bytes(16), items, 1280), 1280)
+    log: list[object] = []
+    asyncio.run(
+        run_sessions(
+            list(range(100)), partner_set(list(range(40, 140))), seed=b"golden", record=log
+        )
+    )
+    out = {
+        "ot_sender_message": sender.message.hex(),
+        "ot_receiver_messages": hashlib.sha256(receiver.message).hexdigest(),
+        "ot_keys": hashlib.sha256(b"".join(a + b for a, b in pairs)).hexdigest(),
+        "cuckoo_table": hashlib.sha256(table.tobytes()).hexdigest()[:16],
+        "sender_values": hashlib.sha256(
+            b"".join(m.values for m in log if isinstance(m, ValueChunk))
+        ).hexdigest(),
+        "columns": hashlib.sha256(
+            b"".join(m.columns for m in log if isinstance(m, ColumnChunk))
+        ).hexdigest(),
+    }
+    GOLDEN.parent.mkdir(exist_ok=True)
+    GOLDEN.write_text(json.dumps(out, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    _regenerate()
