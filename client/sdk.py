@@ -20,11 +20,14 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pa_csv
 
 from cleanroom.audiences.identifiers import IdColumn, NormalizeOptions
 from cleanroom.audiences.reader import ReadReport, iter_frames, read_hashed_chunks
 from cleanroom.audiences.upload import ColumnDigests, UploadChunk, UploadEnd, UploadHeader
-from cleanroom.matching.messages import Accepted, Protocol, Result
+from cleanroom.matching.kkrt import KkrtPartnerSession, PartnerItems
+from cleanroom.matching.messages import Accepted, Protocol, PsiMethod, Result
 from cleanroom.matching.partner import (
     MatchOutcome,
     PartnerProgress,
@@ -470,14 +473,21 @@ async def prepare_points(
     return PartnerSet(row_count=data.row_count, columns=columns)
 
 
+AnyPartnerSession = PartnerSession | KkrtPartnerSession
+
+
 @dataclass
 class PsiRun:
-    session: PartnerSession
+    session: AnyPartnerSession
     resumes: int = 0  # streams that continued the session after a drop
     restarts: int = 0  # new sessions after the node lost the old one
     accepted: Accepted | None = None
     result: Result | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    # Serialized protobuf bytes both ways, over every stream of the run (HTTP/2 and TLS
+    # framing not counted).
+    bytes_sent: int = 0
+    bytes_received: int = 0
 
     @property
     def outcome(self) -> MatchOutcome:
@@ -496,7 +506,9 @@ async def run_psi(
     pool: CryptoPool,
     report_count: bool = True,
     on_progress: Callable[[PartnerProgress], None] | None = None,
-    session: PartnerSession | None = None,
+    session: AnyPartnerSession | None = None,
+    method: PsiMethod = PsiMethod.ECDH,
+    items: PartnerItems | None = None,
 ) -> PsiRun:
     """Run one PSI session to the end through outages of the node.
 
@@ -506,18 +518,36 @@ async def run_psi(
     with fresh keys starts over, so nothing of the old one is reused. Any
     other failure, or an outage longer than the budget, ends the run with a
     ``ClientError`` that says what happened.
-    """
 
-    def new_session() -> PartnerSession:
-        fresh = PartnerSession(
-            audience=audience, protocol=protocol, data=data, pool=pool, report_count=report_count
-        )
+    ``method`` KKRT (MATCH only) runs the OT-extension protocol; its sessions do not
+    resume, so any outage after the node accepted starts a new one. ``items`` are its
+    item blocks computed ahead (``partner_items``), as ``prepare_points`` is for ECDH.
+    """
+    if method is PsiMethod.KKRT and protocol is not Protocol.MATCH:
+        raise ValueError("OT-extension PSI computes a MATCH; overlap stays ECDH")
+
+    def new_session() -> AnyPartnerSession:
+        fresh: AnyPartnerSession
+        if method is PsiMethod.KKRT:
+            fresh = KkrtPartnerSession(
+                audience=audience, data=data, items=items, report_count=report_count
+            )
+        else:
+            fresh = PartnerSession(
+                audience=audience,
+                protocol=protocol,
+                data=data,
+                pool=pool,
+                report_count=report_count,
+            )
         if on_progress is not None:
             fresh.progress.listeners.append(on_progress)
         return fresh
 
     if session is None:
-        data = await offer_common_types(conn, audience, protocol, data)  # new_session's too
+        offered = await offer_common_types(conn, audience, protocol, data)  # new_session's too
+        if offered is not data:
+            data, items = offered, None  # some columns emptied: their blocks differ
         session = new_session()
     elif on_progress is not None:
         session.progress.listeners.append(on_progress)
@@ -526,6 +556,8 @@ async def run_psi(
     while True:
         run.accepted = None
         try:
+            if isinstance(run.session, KkrtPartnerSession):
+                await run.session.prepare()
             async with conn.channel() as channel:  # a fresh channel: no reconnect backoff
                 await _one_stream(pb_grpc.MatchingServiceStub(channel), conn, run.session, run)
             break
@@ -543,9 +575,10 @@ async def run_psi(
         if not await backoff.wait(error.retry_after):
             run.session.close()
             raise error.gave_up(backoff)
-        if lost or (error.transient and not run.session.session_id):
+        restart = isinstance(run.session, KkrtPartnerSession)  # never resumes
+        if lost or restart or (error.transient and not run.session.session_id):
             # The node restarted (it lost the session) or never accepted it.
-            if lost:
+            if lost or (restart and run.session.session_id):
                 run.restarts += 1
             run.session.close()
             run.session = new_session()
@@ -597,18 +630,22 @@ async def offer_common_types(
 
 
 async def _one_stream(
-    stub: pb_grpc.MatchingServiceStub, conn: Connection, session: PartnerSession, run: PsiRun
+    stub: pb_grpc.MatchingServiceStub, conn: Connection, session: AnyPartnerSession, run: PsiRun
 ) -> None:
     # gRPC consumes the request iterator itself: when the server ends the
     # call early (a refusal), the status we read is the server's, which a
     # failed explicit write would hide behind INTERNAL.
     accepted_future: asyncio.Future[Accepted] = asyncio.get_running_loop().create_future()
 
+    def counted(msg: pb.PartnerMessage) -> pb.PartnerMessage:
+        run.bytes_sent += msg.ByteSize()
+        return msg
+
     async def requests() -> AsyncIterator[pb.PartnerMessage]:
-        yield serde.partner_to_pb(session.hello())
+        yield counted(serde.partner_to_pb(session.hello()))
         acc = await accepted_future
         async for msg in session.outgoing(acc.next_partner_seq, acc.next_value_seq):
-            yield serde.partner_to_pb(msg)
+            yield counted(serde.partner_to_pb(msg))
 
     call = stub.Session(requests(), metadata=conn.metadata, timeout=conn.timeout)
     try:
@@ -616,6 +653,7 @@ async def _one_stream(
         if first is grpc.aio.EOF:
             await call  # raises the status the server ended with
             raise ClientError("UNAVAILABLE", "the brand node closed the stream before accepting")
+        run.bytes_received += first.ByteSize()
         accepted = serde.brand_from_pb(first)
         if not isinstance(accepted, Accepted):
             raise ClientError("PROTOCOL", "the brand node did not accept the session")
@@ -626,6 +664,7 @@ async def _one_stream(
             response = await call.read()
             if response is grpc.aio.EOF:
                 break
+            run.bytes_received += response.ByteSize()
             await session.receive(serde.brand_from_pb(response))
         if session.result is None:
             await call
@@ -660,13 +699,13 @@ def write_match_output(
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     written = 0
     try:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
+        with open(tmp, "wb") as f:
             for frame in iter_frames(source, chunk_rows):
                 part = matched_on[written : written + len(frame)]
                 frame = frame.copy()
                 frame[MATCHED] = np.where(part >= 0, "true", "false")
                 frame[MATCHED_ON] = labels[part.astype(np.int64) + 1]
-                frame.to_csv(f, index=False, header=written == 0)
+                f.write(_csv_bytes(frame, header=written == 0))
                 written += len(frame)
             f.flush()
             os.fsync(f.fileno())
@@ -678,6 +717,27 @@ def write_match_output(
     finally:
         tmp.unlink(missing_ok=True)
     return written
+
+
+def _csv_bytes(frame: pd.DataFrame, header: bool) -> bytes:
+    """The frame as pandas writes it (minimal quoting, "\\n" line ends), through Arrow's
+    writer where no cell needs quotes (several times faster); pandas for the rest."""
+    names = [str(c) for c in frame.columns]
+    if len(set(names)) == len(names):
+        try:
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            if all(
+                pa.types.is_string(t) or pa.types.is_large_string(t) for t in table.schema.types
+            ):
+                sink = pa.BufferOutputStream()
+                options = pa_csv.WriteOptions(include_header=False, quoting_style="none")
+                pa_csv.write_csv(table, sink, options)
+                # Arrow quotes header names whatever the style: pandas writes the header.
+                head = frame.iloc[:0].to_csv(index=False, lineterminator="\n") if header else ""
+                return head.encode("utf-8") + sink.getvalue().to_pybytes()
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            pass  # a cell with a delimiter, quote or line break: pandas quotes it
+    return frame.to_csv(index=False, header=header, lineterminator="\n").encode("utf-8")
 
 
 def read_match_output(path: Path) -> pd.DataFrame:

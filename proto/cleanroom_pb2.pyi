@@ -29,6 +29,11 @@ class Protocol(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PROTOCOL_UNSPECIFIED: _ClassVar[Protocol]
     MATCH: _ClassVar[Protocol]
     CARDINALITY: _ClassVar[Protocol]
+
+class PsiMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PSI_METHOD_ECDH: _ClassVar[PsiMethod]
+    PSI_METHOD_KKRT: _ClassVar[PsiMethod]
 ID_TYPE_UNSPECIFIED: IdType
 EMAIL: IdType
 PHONE: IdType
@@ -46,6 +51,8 @@ WECHAT_OPENID: IdType
 PROTOCOL_UNSPECIFIED: Protocol
 MATCH: Protocol
 CARDINALITY: Protocol
+PSI_METHOD_ECDH: PsiMethod
+PSI_METHOD_KKRT: PsiMethod
 
 class UploadHeader(_message.Message):
     __slots__ = ("name", "id_types", "replace")
@@ -173,7 +180,7 @@ class TypesResponse(_message.Message):
     def __init__(self, id_types: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("audience", "protocol", "declared_records", "declared_points", "slots_per_record", "resume_session_id", "received_values", "received_points", "id_types")
+    __slots__ = ("audience", "protocol", "declared_records", "declared_points", "slots_per_record", "resume_session_id", "received_values", "received_points", "id_types", "method", "ot_point", "cuckoo_key", "nonce", "bins")
     AUDIENCE_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     DECLARED_RECORDS_FIELD_NUMBER: _ClassVar[int]
@@ -183,6 +190,11 @@ class Hello(_message.Message):
     RECEIVED_VALUES_FIELD_NUMBER: _ClassVar[int]
     RECEIVED_POINTS_FIELD_NUMBER: _ClassVar[int]
     ID_TYPES_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    OT_POINT_FIELD_NUMBER: _ClassVar[int]
+    CUCKOO_KEY_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    BINS_FIELD_NUMBER: _ClassVar[int]
     audience: str
     protocol: Protocol
     declared_records: int
@@ -192,7 +204,20 @@ class Hello(_message.Message):
     received_values: int
     received_points: int
     id_types: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, audience: _Optional[str] = ..., protocol: _Optional[_Union[Protocol, str]] = ..., declared_records: _Optional[int] = ..., declared_points: _Optional[int] = ..., slots_per_record: _Optional[int] = ..., resume_session_id: _Optional[str] = ..., received_values: _Optional[int] = ..., received_points: _Optional[int] = ..., id_types: _Optional[_Iterable[str]] = ...) -> None: ...
+    method: PsiMethod
+    ot_point: bytes
+    cuckoo_key: bytes
+    nonce: bytes
+    bins: int
+    def __init__(self, audience: _Optional[str] = ..., protocol: _Optional[_Union[Protocol, str]] = ..., declared_records: _Optional[int] = ..., declared_points: _Optional[int] = ..., slots_per_record: _Optional[int] = ..., resume_session_id: _Optional[str] = ..., received_values: _Optional[int] = ..., received_points: _Optional[int] = ..., id_types: _Optional[_Iterable[str]] = ..., method: _Optional[_Union[PsiMethod, str]] = ..., ot_point: _Optional[bytes] = ..., cuckoo_key: _Optional[bytes] = ..., nonce: _Optional[bytes] = ..., bins: _Optional[int] = ...) -> None: ...
+
+class ColumnChunk(_message.Message):
+    __slots__ = ("seq", "columns")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    columns: bytes
+    def __init__(self, seq: _Optional[int] = ..., columns: _Optional[bytes] = ...) -> None: ...
 
 class PointChunk(_message.Message):
     __slots__ = ("seq", "points")
@@ -219,32 +244,40 @@ class Finish(_message.Message):
     def __init__(self, report_count: _Optional[bool] = ..., matched_records: _Optional[int] = ...) -> None: ...
 
 class PartnerMessage(_message.Message):
-    __slots__ = ("hello", "points", "values", "finish")
+    __slots__ = ("hello", "points", "values", "finish", "columns")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     POINTS_FIELD_NUMBER: _ClassVar[int]
     VALUES_FIELD_NUMBER: _ClassVar[int]
     FINISH_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     points: PointChunk
     values: ValueChunk
     finish: Finish
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., points: _Optional[_Union[PointChunk, _Mapping]] = ..., values: _Optional[_Union[ValueChunk, _Mapping]] = ..., finish: _Optional[_Union[Finish, _Mapping]] = ...) -> None: ...
+    columns: ColumnChunk
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., points: _Optional[_Union[PointChunk, _Mapping]] = ..., values: _Optional[_Union[ValueChunk, _Mapping]] = ..., finish: _Optional[_Union[Finish, _Mapping]] = ..., columns: _Optional[_Union[ColumnChunk, _Mapping]] = ...) -> None: ...
 
 class Accepted(_message.Message):
-    __slots__ = ("session_id", "brand_points", "value_len", "chunk_size", "next_partner_seq", "next_value_seq")
+    __slots__ = ("session_id", "brand_points", "value_len", "chunk_size", "next_partner_seq", "next_value_seq", "ot_points", "nonce", "bins")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     BRAND_POINTS_FIELD_NUMBER: _ClassVar[int]
     VALUE_LEN_FIELD_NUMBER: _ClassVar[int]
     CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
     NEXT_PARTNER_SEQ_FIELD_NUMBER: _ClassVar[int]
     NEXT_VALUE_SEQ_FIELD_NUMBER: _ClassVar[int]
+    OT_POINTS_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    BINS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     brand_points: int
     value_len: int
     chunk_size: int
     next_partner_seq: int
     next_value_seq: int
-    def __init__(self, session_id: _Optional[str] = ..., brand_points: _Optional[int] = ..., value_len: _Optional[int] = ..., chunk_size: _Optional[int] = ..., next_partner_seq: _Optional[int] = ..., next_value_seq: _Optional[int] = ...) -> None: ...
+    ot_points: bytes
+    nonce: bytes
+    bins: int
+    def __init__(self, session_id: _Optional[str] = ..., brand_points: _Optional[int] = ..., value_len: _Optional[int] = ..., chunk_size: _Optional[int] = ..., next_partner_seq: _Optional[int] = ..., next_value_seq: _Optional[int] = ..., ot_points: _Optional[bytes] = ..., nonce: _Optional[bytes] = ..., bins: _Optional[int] = ...) -> None: ...
 
 class Result(_message.Message):
     __slots__ = ("intersection", "known")
@@ -783,7 +816,7 @@ class LookalikeBrandMessage(_message.Message):
     def __init__(self, accepted: _Optional[_Union[LookalikeAccepted, _Mapping]] = ..., brand_points: _Optional[_Union[LookalikeBrandPoints, _Mapping]] = ..., matched: _Optional[_Union[LookalikeMatchedRows, _Mapping]] = ..., labels: _Optional[_Union[LookalikeLabels, _Mapping]] = ..., decrypted: _Optional[_Union[LookalikeDecryptedSums, _Mapping]] = ..., metrics: _Optional[_Union[LookalikeMetrics, _Mapping]] = ..., done: _Optional[_Union[LookalikeDone, _Mapping]] = ...) -> None: ...
 
 class PolicyRequest(_message.Message):
-    __slots__ = ("aggregation_threshold", "dp", "epsilon_budget", "min_partner_records", "sessions_per_day", "delta", "partner", "lookalike_modes", "min_lookalike_seed", "lookalike_dp", "lookalike_epsilon", "lookalike_epsilon_budget", "retention_days")
+    __slots__ = ("aggregation_threshold", "dp", "epsilon_budget", "min_partner_records", "sessions_per_day", "delta", "partner", "lookalike_modes", "min_lookalike_seed", "lookalike_dp", "lookalike_epsilon", "lookalike_epsilon_budget", "retention_days", "match_methods")
     AGGREGATION_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     DP_FIELD_NUMBER: _ClassVar[int]
     EPSILON_BUDGET_FIELD_NUMBER: _ClassVar[int]
@@ -797,6 +830,7 @@ class PolicyRequest(_message.Message):
     LOOKALIKE_EPSILON_FIELD_NUMBER: _ClassVar[int]
     LOOKALIKE_EPSILON_BUDGET_FIELD_NUMBER: _ClassVar[int]
     RETENTION_DAYS_FIELD_NUMBER: _ClassVar[int]
+    MATCH_METHODS_FIELD_NUMBER: _ClassVar[int]
     aggregation_threshold: int
     dp: str
     epsilon_budget: float
@@ -810,7 +844,8 @@ class PolicyRequest(_message.Message):
     lookalike_epsilon: float
     lookalike_epsilon_budget: float
     retention_days: int
-    def __init__(self, aggregation_threshold: _Optional[int] = ..., dp: _Optional[str] = ..., epsilon_budget: _Optional[float] = ..., min_partner_records: _Optional[int] = ..., sessions_per_day: _Optional[int] = ..., delta: _Optional[float] = ..., partner: _Optional[str] = ..., lookalike_modes: _Optional[str] = ..., min_lookalike_seed: _Optional[int] = ..., lookalike_dp: _Optional[str] = ..., lookalike_epsilon: _Optional[float] = ..., lookalike_epsilon_budget: _Optional[float] = ..., retention_days: _Optional[int] = ...) -> None: ...
+    match_methods: str
+    def __init__(self, aggregation_threshold: _Optional[int] = ..., dp: _Optional[str] = ..., epsilon_budget: _Optional[float] = ..., min_partner_records: _Optional[int] = ..., sessions_per_day: _Optional[int] = ..., delta: _Optional[float] = ..., partner: _Optional[str] = ..., lookalike_modes: _Optional[str] = ..., min_lookalike_seed: _Optional[int] = ..., lookalike_dp: _Optional[str] = ..., lookalike_epsilon: _Optional[float] = ..., lookalike_epsilon_budget: _Optional[float] = ..., retention_days: _Optional[int] = ..., match_methods: _Optional[str] = ...) -> None: ...
 
 class PartnerPolicy(_message.Message):
     __slots__ = ("name", "sessions_per_day", "min_partner_records", "epsilon_spent", "epsilon_remaining", "lookalike_epsilon_spent", "lookalike_epsilon_remaining")
@@ -831,7 +866,7 @@ class PartnerPolicy(_message.Message):
     def __init__(self, name: _Optional[str] = ..., sessions_per_day: _Optional[int] = ..., min_partner_records: _Optional[int] = ..., epsilon_spent: _Optional[float] = ..., epsilon_remaining: _Optional[float] = ..., lookalike_epsilon_spent: _Optional[float] = ..., lookalike_epsilon_remaining: _Optional[float] = ...) -> None: ...
 
 class PolicyResponse(_message.Message):
-    __slots__ = ("aggregation_threshold", "dp", "epsilon_budget", "min_partner_records", "sessions_per_day", "delta", "partners", "lookalike_modes", "min_lookalike_seed", "lookalike_dp", "lookalike_epsilon", "lookalike_epsilon_budget", "retention_days")
+    __slots__ = ("aggregation_threshold", "dp", "epsilon_budget", "min_partner_records", "sessions_per_day", "delta", "partners", "lookalike_modes", "min_lookalike_seed", "lookalike_dp", "lookalike_epsilon", "lookalike_epsilon_budget", "retention_days", "match_methods")
     AGGREGATION_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     DP_FIELD_NUMBER: _ClassVar[int]
     EPSILON_BUDGET_FIELD_NUMBER: _ClassVar[int]
@@ -845,6 +880,7 @@ class PolicyResponse(_message.Message):
     LOOKALIKE_EPSILON_FIELD_NUMBER: _ClassVar[int]
     LOOKALIKE_EPSILON_BUDGET_FIELD_NUMBER: _ClassVar[int]
     RETENTION_DAYS_FIELD_NUMBER: _ClassVar[int]
+    MATCH_METHODS_FIELD_NUMBER: _ClassVar[int]
     aggregation_threshold: int
     dp: str
     epsilon_budget: float
@@ -858,4 +894,5 @@ class PolicyResponse(_message.Message):
     lookalike_epsilon: float
     lookalike_epsilon_budget: float
     retention_days: int
-    def __init__(self, aggregation_threshold: _Optional[int] = ..., dp: _Optional[str] = ..., epsilon_budget: _Optional[float] = ..., min_partner_records: _Optional[int] = ..., sessions_per_day: _Optional[int] = ..., delta: _Optional[float] = ..., partners: _Optional[_Iterable[_Union[PartnerPolicy, _Mapping]]] = ..., lookalike_modes: _Optional[str] = ..., min_lookalike_seed: _Optional[int] = ..., lookalike_dp: _Optional[str] = ..., lookalike_epsilon: _Optional[float] = ..., lookalike_epsilon_budget: _Optional[float] = ..., retention_days: _Optional[int] = ...) -> None: ...
+    match_methods: str
+    def __init__(self, aggregation_threshold: _Optional[int] = ..., dp: _Optional[str] = ..., epsilon_budget: _Optional[float] = ..., min_partner_records: _Optional[int] = ..., sessions_per_day: _Optional[int] = ..., delta: _Optional[float] = ..., partners: _Optional[_Iterable[_Union[PartnerPolicy, _Mapping]]] = ..., lookalike_modes: _Optional[str] = ..., min_lookalike_seed: _Optional[int] = ..., lookalike_dp: _Optional[str] = ..., lookalike_epsilon: _Optional[float] = ..., lookalike_epsilon_budget: _Optional[float] = ..., retention_days: _Optional[int] = ..., match_methods: _Optional[str] = ...) -> None: ...

@@ -74,11 +74,13 @@ from cleanroom.federated.paillier import (
 from cleanroom.matching.messages import (
     Accepted,
     BrandMessage,
+    ColumnChunk,
     Finish,
     Hello,
     PartnerMessage,
     PointChunk,
     Protocol,
+    PsiMethod,
     Result,
     ValueChunk,
 )
@@ -92,6 +94,8 @@ if TYPE_CHECKING:
 
 _PROTOCOL_TO_PB = {Protocol.MATCH: pb.MATCH, Protocol.CARDINALITY: pb.CARDINALITY}
 _PROTOCOL_FROM_PB = {v: k for k, v in _PROTOCOL_TO_PB.items()}
+_METHOD_TO_PB = {PsiMethod.ECDH: pb.PSI_METHOD_ECDH, PsiMethod.KKRT: pb.PSI_METHOD_KKRT}
+_METHOD_FROM_PB = {v: k for k, v in _METHOD_TO_PB.items()}
 
 # Every identifier type by its enum name on the wire (tests/test_protos.py checks both
 # lists agree).
@@ -160,10 +164,17 @@ def partner_to_pb(msg: PartnerMessage) -> pb.PartnerMessage:
                 received_values=msg.received_values,
                 received_points=msg.received_points,
                 id_types=list(msg.id_types),
+                method=_METHOD_TO_PB[msg.method],
+                ot_point=msg.ot_point,
+                cuckoo_key=msg.cuckoo_key,
+                nonce=msg.nonce,
+                bins=msg.bins,
             )
         )
     if isinstance(msg, PointChunk):
         return pb.PartnerMessage(points=pb.PointChunk(seq=msg.seq, points=msg.points))
+    if isinstance(msg, ColumnChunk):
+        return pb.PartnerMessage(columns=pb.ColumnChunk(seq=msg.seq, columns=msg.columns))
     if isinstance(msg, ValueChunk):
         return pb.PartnerMessage(values=pb.ValueChunk(seq=msg.seq, values=msg.values))
     if isinstance(msg, Finish):
@@ -181,6 +192,8 @@ def partner_from_pb(msg: pb.PartnerMessage) -> PartnerMessage:
             raise InvalidInput("Hello.protocol must be MATCH or CARDINALITY")
         if not h.audience:
             raise InvalidInput("Hello.audience is required")
+        if h.method not in _METHOD_FROM_PB:  # a newer client's method is refused, not run as ECDH
+            raise InvalidInput(f"Hello.method {h.method} is not a PSI method this node knows")
         return Hello(
             audience=h.audience,
             protocol=_PROTOCOL_FROM_PB[h.protocol],
@@ -191,16 +204,23 @@ def partner_from_pb(msg: pb.PartnerMessage) -> PartnerMessage:
             received_values=_count(h.received_values, "Hello.received_values"),
             received_points=_count(h.received_points, "Hello.received_points"),
             id_types=tuple(h.id_types),
+            method=_METHOD_FROM_PB[h.method],
+            ot_point=h.ot_point,
+            cuckoo_key=h.cuckoo_key,
+            nonce=h.nonce,
+            bins=_count(h.bins, "Hello.bins"),
         )
     if kind == "points":
         return PointChunk(seq=msg.points.seq, points=msg.points.points)
     if kind == "values":
         return ValueChunk(seq=msg.values.seq, values=msg.values.values)
+    if kind == "columns":
+        return ColumnChunk(seq=msg.columns.seq, columns=msg.columns.columns)
     if kind == "finish":
         return Finish(
             report_count=msg.finish.report_count, matched_records=msg.finish.matched_records
         )
-    raise InvalidInput("empty PartnerMessage: set one of hello, points, values, finish")
+    raise InvalidInput("empty PartnerMessage: set one of hello, points, values, columns, finish")
 
 
 # ------------------------------------------------------------------ brand → partner
@@ -216,6 +236,9 @@ def brand_to_pb(msg: BrandMessage) -> pb.BrandMessage:
                 chunk_size=msg.chunk_size,
                 next_partner_seq=msg.next_partner_seq,
                 next_value_seq=msg.next_value_seq,
+                ot_points=msg.ot_points,
+                nonce=msg.nonce,
+                bins=msg.bins,
             )
         )
     if isinstance(msg, ValueChunk):
@@ -240,6 +263,9 @@ def brand_from_pb(msg: pb.BrandMessage) -> BrandMessage:
             chunk_size=a.chunk_size,
             next_partner_seq=a.next_partner_seq,
             next_value_seq=a.next_value_seq,
+            ot_points=a.ot_points,
+            nonce=a.nonce,
+            bins=a.bins,
         )
     if kind == "values":
         return ValueChunk(seq=msg.values.seq, values=msg.values.values)
@@ -393,8 +419,9 @@ _POLICY_FIELDS = (
     "lookalike_epsilon",
     "lookalike_epsilon_budget",
     "retention_days",
+    "match_methods",
 )
-_LIST_FIELDS = ("lookalike_modes",)  # comma-separated on the wire
+_LIST_FIELDS = ("lookalike_modes", "match_methods")  # comma-separated on the wire
 
 
 def _split(text: str) -> list[str]:
@@ -439,6 +466,7 @@ def policy_to_pb(policy: Policy, partners: list[PartnerView]) -> pb.PolicyRespon
         lookalike_epsilon=policy.lookalike_epsilon,
         lookalike_epsilon_budget=policy.lookalike_epsilon_budget,
         retention_days=policy.retention_days,
+        match_methods=",".join(policy.match_methods),
         partners=[
             pb.PartnerPolicy(
                 name=v.partner.name,

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from cleanroom.audiences.identifiers import ID_TYPES
 from cleanroom.audiences.upload import DIGEST_LEN, UploadChunk, UploadEnd, UploadHeader
 from cleanroom.matching.hash_to_curve import hash_to_curve_batch
+from cleanroom.matching.kkrt import brand_items
 from cleanroom.matching.messages import POINT_LEN
 from cleanroom.matching.workers import CryptoPool, dst_for
 from cleanroom.proto.errors import (
@@ -106,6 +107,18 @@ class AudienceService:
         """The audience's distinct curve points, as numpy ``S32``."""
         table = pq.read_table(self.data_dir / record.path, columns=["point"])
         return fixed_binary_to_numpy(table.column("point"), POINT_LEN)
+
+    def load_items(self, record: AudienceRecord) -> np.ndarray:
+        """The audience's KKRT item blocks, ``(n, 16)``: one per distinct (type, digest).
+
+        Nothing of a session goes into them (one AES pass over the stored digests, done
+        per session: the cuckoo keys and the code are the session's own)."""
+        table = pq.read_table(self.data_dir / record.path, columns=["id_type", "digest"])
+        types = table.column("id_type").to_numpy(zero_copy_only=False).astype(str)
+        digests = fixed_binary_to_numpy(table.column("digest"), DIGEST_LEN)
+        digests = np.frombuffer(digests.tobytes(), dtype=np.uint8).reshape(-1, DIGEST_LEN)
+        kinds = list(dict.fromkeys(types.tolist()))
+        return brand_items(kinds, [digests[types == t] for t in kinds])
 
     def load_labelled_points(self, record: AudienceRecord) -> tuple[np.ndarray, np.ndarray]:
         """The distinct curve points (``S32``) and each one's seed label (uint8 0/1).

@@ -20,7 +20,6 @@ from google.protobuf.message import DecodeError
 from cleanroom.federated.attribution.messages import AttrHello
 from cleanroom.federated.lookalike.messages import LookalikeHello, ScoreHello
 from cleanroom.federated.paillier import PaillierPublicKey
-from cleanroom.matching.brand import BrandSession
 from cleanroom.matching.messages import Hello
 from cleanroom.proto import cleanroom_pb2 as pb
 from cleanroom.proto import cleanroom_pb2_grpc as pb_grpc
@@ -43,7 +42,7 @@ from cleanroom.server.audiences import AudienceService, AudienceUpload
 from cleanroom.server.errors import internal_message, internal_reference, nearest
 from cleanroom.server.lifecycle import delete_audience, delete_conversions
 from cleanroom.server.lookalike import LookalikeService, ScoringService, register_model
-from cleanroom.server.matching import MatchingService
+from cleanroom.server.matching import AnySession, MatchingService
 from cleanroom.server.policy import PolicyChanges
 from cleanroom.server.store import Principal, SqlStore
 from cleanroom.server.tenants import change_policy, partner_views
@@ -282,7 +281,7 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
     async def Session(
         self, request_iterator: AsyncIterator[pb.PartnerMessage], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.BrandMessage]:
-        session: BrandSession | None = None
+        session: AnySession | None = None
         stream = 0
         reader: asyncio.Task[None] | None = None
         try:
@@ -331,7 +330,7 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
             raise AssertionError("unreachable") from exc
 
     @staticmethod
-    async def _read(session: BrandSession, requests: AsyncIterator[pb.PartnerMessage]) -> None:
+    async def _read(session: AnySession, requests: AsyncIterator[pb.PartnerMessage]) -> None:
         try:
             async for req in requests:
                 await session.receive(serde.partner_from_pb(req))

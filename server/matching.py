@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from cleanroom.matching.brand import BrandSession
-from cleanroom.matching.messages import Hello
+from cleanroom.matching.kkrt import KkrtBrandSession
+from cleanroom.matching.messages import Hello, PsiMethod
 from cleanroom.matching.session import Round
 from cleanroom.proto.errors import (
     FailedPrecondition,
@@ -78,9 +79,12 @@ def check_types_meet(audience_types: dict[str, int], partner_types: tuple[str, .
     )
 
 
+AnySession = BrandSession | KkrtBrandSession
+
+
 @dataclass
 class _Live:
-    session: BrandSession
+    session: AnySession
     partnership: PartnershipId
     slot: Slot | None = None
     detached_at: float | None = None
@@ -98,7 +102,7 @@ class MatchingService:
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     _live: dict[str, _Live] = field(default_factory=dict)
 
-    async def open(self, principal: Principal, hello: Hello) -> tuple[BrandSession, int]:
+    async def open(self, principal: Principal, hello: Hello) -> tuple[AnySession, int]:
         """A new session, or the one ``hello`` resumes; returns it and a stream id."""
         if principal.role is not Role.PARTNER:
             raise PermissionDenied("PSI sessions need a partner token")
@@ -109,6 +113,11 @@ class MatchingService:
             # Another partner's session, of this tenant too, is not found.
             if live is None or live.partnership != partnership:
                 raise NotFound(f"no resumable session {hello.resume_session_id}")
+            if isinstance(live.session, KkrtBrandSession):
+                raise NotFound(
+                    f"session {hello.resume_session_id} is an OT-extension session, which does"
+                    " not resume; start a new one"
+                )
             if live.slot is None and self.admission is not None:
                 live.slot = self.admission.admit(partnership)
             live.session.resume(hello)
@@ -131,6 +140,11 @@ class MatchingService:
         audience = self.audiences.get(principal, hello.audience)
         check_types_meet(audience.elements_by_type, hello.id_types)
         policy = tenant.policy.for_partner(partner)
+        if hello.method.value not in policy.match_methods:
+            raise PolicyViolation(
+                f"this brand's policy allows matching by {', '.join(policy.match_methods)} only,"
+                f" not {hello.method.value}"
+            )
         if hello.declared_records < policy.min_partner_records:
             raise PolicyViolation(
                 f"the partner set has {hello.declared_records} records; this brand's policy needs"
@@ -153,19 +167,29 @@ class MatchingService:
         audience: AudienceRecord,
         now: datetime,
         slot: Slot | None,
-    ) -> tuple[BrandSession, int]:
+    ) -> tuple[AnySession, int]:
         partnership = principal.partnership
-        points = await asyncio.to_thread(self.audiences.load_points, audience)
-        if len(points) == 0:
-            raise FailedPrecondition(f"audience {audience.name!r} is empty")
         session_id = uuid.uuid4().hex
-        session = BrandSession(
-            session_id=session_id,
-            hello=hello,
-            brand_points=points,
-            pool=self.audiences.pool,
-            chunk_size=self.chunk_size,
-        )
+        session: AnySession
+        if hello.method is PsiMethod.KKRT:
+            items = await asyncio.to_thread(self.audiences.load_items, audience)
+            if len(items) == 0:
+                raise FailedPrecondition(f"audience {audience.name!r} is empty")
+            session = KkrtBrandSession(session_id=session_id, hello=hello, items=items)
+            await session.prepare()
+            brand_size = len(items)
+        else:
+            points = await asyncio.to_thread(self.audiences.load_points, audience)
+            if len(points) == 0:
+                raise FailedPrecondition(f"audience {audience.name!r} is empty")
+            session = BrandSession(
+                session_id=session_id,
+                hello=hello,
+                brand_points=points,
+                pool=self.audiences.pool,
+                chunk_size=self.chunk_size,
+            )
+            brand_size = len(points)
         self.store.create_session(
             SessionRecord(
                 session_id=session_id,
@@ -174,8 +198,11 @@ class MatchingService:
                 protocol=hello.protocol.value,
                 status="running",
                 declared_records=hello.declared_records,
-                declared_points=hello.declared_points,
-                brand_points=len(points),
+                # KKRT: the bins, one OPRF evaluation each, are what the partner holds.
+                declared_points=hello.bins
+                if hello.method is PsiMethod.KKRT
+                else hello.declared_points,
+                brand_points=brand_size,
                 created_at=now,
                 partner_id=partnership.partner_id,
             )
@@ -189,6 +216,7 @@ class MatchingService:
                     "session": session_id,
                     "audience": audience.name,
                     "protocol": hello.protocol.value,
+                    "method": hello.method.value,
                     "declared_records": hello.declared_records,
                 },
                 partner_id=partnership.partner_id,
@@ -196,11 +224,12 @@ class MatchingService:
         )
         self._live[session_id] = _Live(session, partnership, slot)
         log.info(
-            "psi session %s started: partnership=%s audience=%s protocol=%s partner_records=%d",
+            "psi session %s started: partnership=%s audience=%s protocol=%s/%s partner_records=%d",
             session_id,
             partnership,
             audience.audience_id,
             hello.protocol.value,
+            hello.method.value,
             hello.declared_records,
         )
         return session, 0
@@ -217,16 +246,19 @@ class MatchingService:
         held = {t for t, n in audience.elements_by_type.items() if n}
         return tuple(t for t in dict.fromkeys(partner_types) if t in held)
 
-    def attach_reader(self, session: BrandSession, stream: int, reader: asyncio.Task[None]) -> None:
+    def attach_reader(self, session: AnySession, stream: int, reader: asyncio.Task[None]) -> None:
         live = self._live.get(session.session_id)
         if live is not None and live.stream == stream:
             live.reader = reader
 
-    def detach(self, session: BrandSession, stream: int) -> None:
+    def detach(self, session: AnySession, stream: int) -> None:
         """A stream ended: record the outcome, or wait for a resumption."""
         live = self._live.get(session.session_id)
         if live is None or live.stream != stream:
             return  # a newer stream owns the session
+        if isinstance(session, KkrtBrandSession) and not session.finished:
+            # Its secrets exist only in the two processes: the partner starts afresh.
+            session.fail(ConnectionAbortedError("the stream broke; OT-extension sessions restart"))
         if session.finished:
             self._record_end(live)
         else:

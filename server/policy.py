@@ -70,6 +70,17 @@ LookalikeEpsilon = Annotated[
     ),
 ]
 
+MatchMethodName = Literal["ecdh", "kkrt"]
+MATCH_METHODS: tuple[str, ...] = ("ecdh", "kkrt")
+MatchMethods = Annotated[
+    tuple[MatchMethodName, ...],
+    Field(
+        min_length=1,
+        max_length=2,
+        description="how partners may compute a match: ecdh (blinding), kkrt (OT extension)",
+    ),
+]
+
 RetentionDays = Annotated[
     int,
     Field(
@@ -96,7 +107,8 @@ class Policy:
     every job adds label-DP noise of at most ``lookalike_epsilon`` (a
     partner may also ask for it), charged to ``lookalike_epsilon_budget``,
     a ledger of its own per partnership. Data older than ``retention_days``
-    (0: no limit) is purged (``server/lifecycle.py``).
+    (0: no limit) is purged (``server/lifecycle.py``). A ``match`` runs with one of
+    ``match_methods`` (``overlap`` and attribution are always ECDH).
     """
 
     min_partner_records: MinPartnerRecords = 100
@@ -111,11 +123,14 @@ class Policy:
     lookalike_epsilon: LookalikeEpsilon = 1.0
     lookalike_epsilon_budget: EpsilonBudget = 10.0
     retention_days: RetentionDays = 0
+    match_methods: MatchMethods = ("ecdh", "kkrt")
 
     def __post_init__(self) -> None:
-        # One spelling per set of modes: no repeats, in the canonical order.
+        # One spelling per set: no repeats, in the canonical order.
         modes = tuple(m for m in LOOKALIKE_MODES if m in self.lookalike_modes)
         object.__setattr__(self, "lookalike_modes", modes)
+        methods = tuple(m for m in MATCH_METHODS if m in self.match_methods)
+        object.__setattr__(self, "match_methods", methods)
 
     def for_partner(self, partner: Partner) -> Policy:
         """The policy one partnership runs under: the partner's overrides applied."""
@@ -155,6 +170,7 @@ class PolicyChanges(BaseModel):
     lookalike_epsilon: LookalikeEpsilon | None = None
     lookalike_epsilon_budget: EpsilonBudget | None = None
     retention_days: RetentionDays | None = None
+    match_methods: MatchMethods | None = None
 
     @classmethod
     def parse(cls, changes: dict[str, Any]) -> PolicyChanges:
@@ -184,6 +200,9 @@ def describe(exc: ValidationError | Sequence[Any]) -> str:
                 f"lookalike modes are {', '.join(LOOKALIKE_MODES)}, not {error.get('input')!r}"
             )
             where = "lookalike_modes"
+        elif error.get("type") == "literal_error" and where.split(".")[0] == "match_methods":
+            message = f"match methods are {', '.join(MATCH_METHODS)}, not {error.get('input')!r}"
+            where = "match_methods"
         elif error.get("type") == "literal_error" and where in choices:
             message = (
                 f"{where} must be one of {', '.join(choices[where])}, not {error.get('input')!r}"
@@ -198,6 +217,7 @@ __all__ = [
     "DP_MECHANISMS",
     "LOOKALIKE_DP",
     "LOOKALIKE_MODES",
+    "MATCH_METHODS",
     "PARTNER_OVERRIDES",
     "Policy",
     "PolicyChanges",

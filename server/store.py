@@ -305,6 +305,7 @@ class _TenantRow(_Base):
     lookalike_epsilon: Mapped[float] = mapped_column(Float, server_default=text("1.0"))
     lookalike_epsilon_budget: Mapped[float] = mapped_column(Float, server_default=text("10.0"))
     retention_days: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    match_methods: Mapped[str] = mapped_column(String(64), server_default=text("'ecdh,kkrt'"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
@@ -328,6 +329,7 @@ _ADDED_COLUMNS: dict[tuple[str, str], tuple[str, str | None]] = {
     ("tenants", "lookalike_epsilon"): ("FLOAT", "1.0"),
     ("tenants", "lookalike_epsilon_budget"): ("FLOAT", "10.0"),
     ("tenants", "retention_days"): ("INTEGER", "0"),
+    ("tenants", "match_methods"): ("VARCHAR(64)", "'ecdh,kkrt'"),
     ("tokens", "expires_at"): ("TIMESTAMP WITH TIME ZONE", None),
 }
 
@@ -594,6 +596,7 @@ class SqlStore:
                 lookalike_epsilon=row.lookalike_epsilon,
                 lookalike_epsilon_budget=row.lookalike_epsilon_budget,
                 retention_days=row.retention_days,
+                match_methods=_modes(row.match_methods),
             ),
             created_at=created,
         )
@@ -1466,6 +1469,7 @@ def _write_policy(row: _TenantRow, policy: Policy) -> None:
     row.lookalike_epsilon = policy.lookalike_epsilon
     row.lookalike_epsilon_budget = policy.lookalike_epsilon_budget
     row.retention_days = policy.retention_days
+    row.match_methods = ",".join(policy.match_methods)
 
 
 def _kind_key(kind: str, submission_key: str) -> str:
@@ -1502,7 +1506,7 @@ def _add_missing_columns(engine: Engine) -> None:
 
 
 def _modes(stored: str) -> tuple[Any, ...]:
-    """The stored comma-separated lookalike modes (validated by ``Policy``)."""
+    """A stored comma-separated set (lookalike modes, match methods; ``Policy`` validates)."""
     return tuple(stored.split(",")) if stored else ()
 
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pandas as pd
@@ -190,25 +191,13 @@ def test_upload_match_overlap_through_the_cli(served: dict[str, object], tmp_pat
         "duplicates",
     } <= set(upload)
 
+    def match_into(out: Path, *extra: str) -> dict[str, Any]:
+        command = ["partner", "match", "--server", server, "--token", tokens["partner"]]
+        command += ["--audience", "crm", "--file", str(served["partner"]), *common]
+        return json.loads(cli(*command, "--out", str(out), *extra, "--json").stdout)  # type: ignore[no-any-return]
+
     out = tmp_path / "matched.csv"
-    match = json.loads(
-        cli(
-            "partner",
-            "match",
-            "--server",
-            server,
-            "--token",
-            tokens["partner"],
-            "--audience",
-            "crm",
-            "--file",
-            str(served["partner"]),
-            *common,
-            "--out",
-            str(out),
-            "--json",
-        ).stdout
-    )
+    match = match_into(out)
     result = pd.read_csv(out, dtype=str, keep_default_na=False)
     brand = pd.read_csv(served["brand"], dtype=str, keep_default_na=False)
     partner = pd.read_csv(served["partner"], dtype=str, keep_default_na=False)
@@ -218,6 +207,13 @@ def test_upload_match_overlap_through_the_cli(served: dict[str, object], tmp_pat
     assert result["matched_on"].tolist() == expected
     assert list(result.columns) == [*partner.columns, "matched", "matched_on"]
     assert match["matched"] == sum(1 for e in expected if e)
+    assert match["protocol"] == "kkrt"  # the default
+    # The same file matched by ECDH: the same output, byte for byte.
+    ecdh_out = tmp_path / "matched-ecdh.csv"
+    ecdh = match_into(ecdh_out, "--protocol", "ecdh")
+    assert ecdh["protocol"] == "ecdh"
+    assert ecdh_out.read_bytes() == out.read_bytes()
+    assert ecdh["matched_on"] == match["matched_on"]
 
     overlap = json.loads(
         cli(

@@ -153,6 +153,7 @@ def test_dropped_stream_resumes_to_the_right_answer(
         run = await run_psi(
             conn, audience, Protocol.MATCH, data, pool=process_pool, session=session
         )
+        assert isinstance(run.session, PartnerSession)
         return run.session, run.resumes
 
     session, _ = asyncio.run(drop_then_resume())

@@ -266,6 +266,13 @@ def policy_set(
             " this many days (at start-up and daily; 0: keep).",
         ),
     ] = None,
+    match_methods: Annotated[
+        str | None,
+        typer.Option(
+            "--match-methods",
+            help="How partners may compute a match: ecdh,kkrt (at least one).",
+        ),
+    ] = None,
     partner: Annotated[
         str | None,
         typer.Option(
@@ -291,6 +298,7 @@ def policy_set(
         "lookalike_epsilon": lookalike_epsilon,
         "lookalike_epsilon_budget": lookalike_epsilon_budget,
         "retention_days": retention_days,
+        "match_methods": match_methods,
     }
     changes = {name: value for name, value in given.items() if value is not None}
     with errors():
