@@ -97,6 +97,16 @@ def _blind_random(args: tuple[bytes, int]) -> int:
     return count
 
 
+def write_csv(path: Path, start: int, n: int) -> None:
+    """An ``email`` column of ``user{i}@example.com`` for i in [start, start + n)."""
+    with open(path, "w") as f:
+        f.write("email\n")
+        step = 100_000
+        for lo in range(start, start + n, step):
+            hi = min(start + n, lo + step)
+            f.write("".join(f"user{i}@example.com\n" for i in range(lo, hi)))
+
+
 def work_dir(prefix: str) -> Path:
     """A fresh temporary directory, removed when the benchmark exits.
 
@@ -124,6 +134,38 @@ def measure_floor(ops: int, workers: int, chunk: int = 8192) -> float:
         elapsed = time.perf_counter() - start
     assert done == ops
     return elapsed
+
+
+def measure_kkrt_floor(partner_items: int, brand_items: int) -> float:
+    """Seconds, on one core, for the bulk work KKRT16 cannot avoid at these sizes.
+
+    The AES blocks (the base-OT seeds' streams, 3 x 512 bits a bin; the code, four
+    blocks per bin and per sender value; the output hash, four per value, receiver's and
+    sender's) through ``cryptography`` into a reused buffer, and the three 512 x bins
+    bit-matrix transposes (two at the receiver, one at the sender), chunk by chunk as the
+    protocol does them. No hashing of identifiers, no I/O, no network: a floor.
+    """
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    from cleanroom.matching import ot_extension as ox
+    from cleanroom.matching.kkrt import CHUNK_BINS
+
+    bins = ox.bin_count(partner_items)
+    values = ox.HASHES * brand_items
+    blocks = 16 * bins + 4 * values + 4 * (partner_items + values)
+    step = 1 << 16
+    data = np.zeros(step * 16, dtype=np.uint8)
+    out = np.empty(step * 16 + 16, dtype=np.uint8)
+    chunk = np.random.default_rng(0).integers(0, 256, (ox.WIDTH, CHUNK_BINS // 8), np.uint8)
+    start = time.perf_counter()
+    encryptor = Cipher(algorithms.AES(bytes(16)), modes.ECB()).encryptor()
+    for lo in range(0, blocks, step):
+        n = min(step, blocks - lo)
+        encryptor.update_into(data[: 16 * n].data, out.data)
+    for _ in range(3):
+        for _ in range(-(-bins // CHUNK_BINS)):
+            ox.transpose(chunk)
+    return time.perf_counter() - start
 
 
 def _high_water_kb(pid: int) -> int:

@@ -1,6 +1,7 @@
 """PSI match benchmark: brand-node process vs partner process over loopback.
 
-    python bench/psi.py --n 100000 [--compare-openmined]
+    python bench/psi.py --n 100000 [--protocol ecdh|kkrt] [--compare-openmined]
+                        [--compare-secretflow]
 
 Brand rows are user0..user{N-1}; partner rows user{N/2}..user{3N/2-1}
 (50% overlap). The brand audience is uploaded first (not timed), and the
@@ -8,9 +9,14 @@ partner hashes its identifiers to the curve before connecting
 (``partner_prepare_seconds``, reported, not in ``seconds``), just as the
 brand node does at upload. ``seconds`` runs from the partner's first
 message to its written result file.
-``floor_seconds`` is measured in the same run: the 4N X25519 operations the
-protocol needs, spread over the same number of worker processes. Prints one
-JSON line at the end.
+``floor_seconds`` is measured in the same run: for ECDH the 4N X25519
+operations the protocol needs, spread over the same number of worker
+processes; for KKRT (``--protocol kkrt``; the partner's prepared work is its
+item blocks) the AES blocks and bit-matrix transposes it cannot avoid, on one
+core (``common.measure_kkrt_floor``). ``bytes_on_wire`` counts the serialized
+messages both ways. ``--compare-secretflow`` runs SecretFlow's RR22 on the
+same two files in the same run (``bench/secretflow.py``: spu in a virtual
+environment of its own). Prints one JSON line at the end.
 """
 
 from __future__ import annotations
@@ -21,10 +27,18 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
-from common import RssSampler, measure_floor, retry_until_up, start_node, work_dir
+from common import (
+    RssSampler,
+    measure_floor,
+    measure_kkrt_floor,
+    retry_until_up,
+    start_node,
+    work_dir,
+    write_csv,
+)
+from secretflow import run_rr22
 
 from cleanroom.audiences.identifiers import NormalizeOptions, parse_id_columns
 from cleanroom.client.sdk import (
@@ -35,17 +49,9 @@ from cleanroom.client.sdk import (
     upload_audience,
     write_match_output,
 )
-from cleanroom.matching.messages import Protocol
+from cleanroom.matching.kkrt import partner_items
+from cleanroom.matching.messages import Protocol, PsiMethod
 from cleanroom.matching.workers import CryptoPool, default_workers
-
-
-def write_csv(path: Path, start: int, n: int) -> None:
-    with open(path, "w") as f:
-        f.write("email\n")
-        step = 100_000
-        for lo in range(start, start + n, step):
-            hi = min(start + n, lo + step)
-            f.write("".join(f"user{i}@example.com\n" for i in range(lo, hi)))
 
 
 def run_openmined(brand: list[str], partner: list[str]) -> float | None:
@@ -73,10 +79,13 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--workers", type=int, default=default_workers())
     parser.add_argument("--chunk-size", type=int, default=8192)
+    parser.add_argument("--protocol", choices=["ecdh", "kkrt"], default="ecdh")
     parser.add_argument("--compare-openmined", action="store_true")
+    parser.add_argument("--compare-secretflow", action="store_true")
     parser.add_argument("--skip-floor", action="store_true", help="for quick smoke runs")
     args = parser.parse_args()
     n, workers = args.n, args.workers
+    method = PsiMethod(args.protocol)
 
     work = work_dir("cleanroom-bench-")
     brand_csv, partner_csv, out_csv = work / "brand.csv", work / "partner.csv", work / "out.csv"
@@ -101,7 +110,11 @@ def main() -> int:
             RssSampler({"brand": node.process.pid, "partner": os.getpid()}) as rss,
         ):
             start = time.perf_counter()
-            data = asyncio.run(prepare_points(data, pool))
+            items = None
+            if method is PsiMethod.KKRT:
+                items = partner_items(data)
+            else:
+                data = asyncio.run(prepare_points(data, pool))
             prepare_seconds = time.perf_counter() - start
             start = time.perf_counter()
             run = asyncio.run(
@@ -111,6 +124,8 @@ def main() -> int:
                     Protocol.MATCH,
                     data,
                     pool=pool,
+                    method=method,
+                    items=items,
                 )
             )
             outcome = run.session.outcome
@@ -123,15 +138,25 @@ def main() -> int:
     finally:
         node.stop()
 
-    floor = None if args.skip_floor else measure_floor(4 * n, workers, args.chunk_size)
+    if args.skip_floor:
+        floor = None
+    elif method is PsiMethod.KKRT:
+        floor = measure_kkrt_floor(n, n)
+    else:
+        floor = measure_floor(4 * n, workers, args.chunk_size)
     openmined = None
     if args.compare_openmined:
         openmined = run_openmined(
             [f"user{i}@example.com" for i in range(n)],
             [f"user{i}@example.com" for i in range(n // 2, n // 2 + n)],
         )
+    secretflow: dict[str, object] = {}
+    if args.compare_secretflow:
+        secretflow = run_rr22(brand_csv, partner_csv, n - n // 2, work / "secretflow")
+    sf_seconds = secretflow.get("secretflow_rr22_seconds")
     result = {
         "bench": "psi",
+        "protocol": method.value,
         "n": n,
         "workers": workers,
         "seconds": round(seconds, 3),
@@ -143,7 +168,14 @@ def main() -> int:
         "peak_rss_mb": round(rss.peak_process_mb, 1),
         "peak_rss_tree_mb": {k: round(v, 1) for k, v in rss.peak_tree_mb.items()},
         "matched": int(outcome.matched_records),
+        "bytes_on_wire": run.bytes_sent + run.bytes_received,
+        **secretflow,
+        "speedup_vs_secretflow": (
+            round(sf_seconds / seconds, 3) if isinstance(sf_seconds, float) else None
+        ),
     }
+    if not args.compare_secretflow:
+        result.pop("speedup_vs_secretflow")
     print(json.dumps(result))
     return 0
 
