@@ -52,7 +52,7 @@ from cleanroom.client.tables import lookalike_table, report_blocks
 from cleanroom.federated.attribution.synth import synthesize_attribution
 from cleanroom.federated.lookalike.reference import brand_labels, pooled_labels, pooled_sums
 from cleanroom.federated.lookalike.synth import synthesize_lookalike
-from cleanroom.matching.messages import Protocol
+from cleanroom.matching.messages import Protocol, PsiMethod
 from cleanroom.matching.workers import CryptoPool
 from cleanroom.server.node import BrandNode
 from cleanroom.server.policy import PolicyChanges
@@ -313,7 +313,10 @@ async def _demo(
         )
         pset, _ = load_partner_set(data.partner_path, columns, options)
         with CryptoPool.processes() as pool:
-            match = await run_psi(partner, "crm", Protocol.MATCH, pset, pool=pool)
+            # The match by OT extension (the CLI's default), the overlap by ECDH.
+            match = await run_psi(
+                partner, "crm", Protocol.MATCH, pset, pool=pool, method=PsiMethod.KKRT
+            )
             overlap = await run_psi(partner, "crm", Protocol.CARDINALITY, pset, pool=pool)
             outcome = match.outcome
             assert overlap.result is not None
@@ -332,12 +335,12 @@ async def _demo(
             table.add_column("value", justify="right")
             table.add_row("partner rows", str(pset.row_count))
             table.add_row("brand identifiers (|S|)", str(outcome.brand_points))
-            table.add_row("matched rows (PSI match)", str(outcome.matched_records))
+            table.add_row("matched rows (PSI match, KKRT16)", str(outcome.matched_records))
             for i, c in enumerate(columns):
                 table.add_row(
                     f"  matched on {c.id_type}", str(int((outcome.matched_on == i).sum()))
                 )
-            table.add_row("overlap (PSI cardinality)", str(overlap.result.intersection))
+            table.add_row("overlap (PSI cardinality, ECDH)", str(overlap.result.intersection))
             table.add_row("match rate", f"{outcome.matched_records / max(1, pset.row_count):.1%}")
             console.print(table)
             console.print(
