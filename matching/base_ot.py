@@ -179,3 +179,16 @@ class OtReceiver:
 
     def __repr__(self) -> str:
         return "OtReceiver(<secrets redacted>)"
+
+
+def receive(
+    sender_message: bytes, choices: bytes, context: bytes, secrets: bytes
+) -> tuple[bytes, list[bytes]]:
+    """The receiver's whole part in one call (for a worker process): its message and the
+    chosen keys, for ``choices`` (one 0/1 byte each) and 32 bytes of ``secrets`` each.
+
+    SECRET: ``secrets`` and the keys are the session's; hand them only to the party's
+    own worker processes (as the ECDH blinding key is)."""
+    stream = iter(secrets[i : i + 32] for i in range(0, len(secrets), 32))
+    receiver = OtReceiver(sender_message, list(choices), lambda _n: next(stream))
+    return receiver.message, receiver.keys(context)

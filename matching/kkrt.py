@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -43,7 +43,8 @@ import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 
 from cleanroom.matching import ot_extension as ox
-from cleanroom.matching.base_ot import POINT_BYTES, OtReceiver, OtSender
+from cleanroom.matching.base_ot import POINT_BYTES, OtSender
+from cleanroom.matching.base_ot import receive as receive_base_ots
 from cleanroom.matching.brand import MAX_SLOTS_PER_RECORD, BrandOutcome
 from cleanroom.matching.messages import (
     Accepted,
@@ -59,6 +60,7 @@ from cleanroom.matching.messages import (
 )
 from cleanroom.matching.partner import MatchOutcome, PartnerProgress, PartnerSet, matched_on_rows
 from cleanroom.matching.session import Round, RoundMachine
+from cleanroom.matching.workers import CryptoPool
 from cleanroom.proto.errors import ProtocolError
 
 #: Bins per ``ColumnChunk``: B x 32768 bits = 2 MiB a message.
@@ -284,8 +286,14 @@ def _longest_run(flags: np.ndarray) -> int:
     return int((np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1)).max())
 
 
+BaseOts = Callable[[bytes, bytes, bytes, bytes], Awaitable[tuple[bytes, list[bytes]]]]
+
+
 class KkrtSender:
-    """The brand's computation: base-OT receiver with secret s, rows q_b, the values."""
+    """The brand's computation: base-OT receiver with secret s, rows q_b, the values.
+
+    Build it with :meth:`create`, which can run the base OTs (512 scalar multiplications
+    and point additions, pure Python around them) in a worker process."""
 
     def __init__(
         self,
@@ -293,24 +301,50 @@ class KkrtSender:
         hello: Hello,
         session_id: str,
         random_bytes: Callable[[int], bytes] = os.urandom,
+        *,
+        base_ots: tuple[bytes, bytes, bytes, list[bytes]] | None = None,
     ) -> None:
         check_kkrt_hello(hello)
         self.items = items
         self.bins = hello.bins
-        self.nonce = random_bytes(NONCE_BYTES)
-        choice_bytes = np.frombuffer(random_bytes(ox.ROW_BYTES), dtype=np.uint8)
+        if base_ots is None:
+            base_ots = _draw_and_receive(hello, session_id, random_bytes)
+        self.nonce, choice_bytes_raw, self.ot_points, chosen = base_ots
+        choice_bytes = np.frombuffer(choice_bytes_raw, dtype=np.uint8)
         choices = np.unpackbits(choice_bytes, bitorder="little")
-        self._ot = OtReceiver(hello.ot_point, choices.tolist(), random_bytes)
-        self.ot_points = self._ot.message
         context = _context(session_id, hello.nonce, self.nonce)
         self.keys = derive_session_keys(context, hello, self.ot_points, len(items))
-        self._q = _Columns(self._ot.keys(context))
+        self._q = _Columns(chosen)
         self._mask = np.where(choices == 1, 0xFF, 0).astype(np.uint8).reshape(-1, 1)
         self._s = ox.block_major(choice_bytes.reshape(1, ox.ROW_BYTES))  # (4, 1, 16)
         self._positions = ox.cuckoo_positions(hello.cuckoo_key, items, self.bins)
         self._rows = np.empty((self.bins, ox.ROW_BYTES), dtype=np.uint8)
         self.next_chunk = 0
         self._random_bytes = random_bytes
+
+    @classmethod
+    async def create(
+        cls,
+        items: np.ndarray,
+        hello: Hello,
+        session_id: str,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+        run: BaseOts | None = None,
+    ) -> KkrtSender:
+        """The sender, its base OTs through ``run`` (e.g. a worker pool's) if given; the
+        randomness is drawn here either way, so injected randomness still decides it."""
+        check_kkrt_hello(hello)
+        nonce, choices, secrets = _draw(random_bytes)
+        context = _context(session_id, hello.nonce, nonce)
+        if run is None:
+            message, chosen = await asyncio.to_thread(
+                receive_base_ots, hello.ot_point, _bits(choices), context, secrets
+            )
+        else:
+            message, chosen = await run(hello.ot_point, _bits(choices), context, secrets)
+        return await asyncio.to_thread(
+            cls, items, hello, session_id, random_bytes, base_ots=(nonce, choices, message, chosen)
+        )
 
     @property
     def chunks(self) -> int:
@@ -359,6 +393,24 @@ class KkrtSender:
                 np.bitwise_xor(rows, code, out=rows)
                 tweak = ox.tweaks(bins, f)
                 yield ox.row_hash(self.keys.hash, rows, tweak, self.keys.value_len).tobytes()
+
+
+def _draw(random_bytes: Callable[[int], bytes]) -> tuple[bytes, bytes, bytes]:
+    """The sender's nonce, its 512 choice bits s (packed) and the base-OT secrets."""
+    return random_bytes(NONCE_BYTES), random_bytes(ox.ROW_BYTES), random_bytes(32 * ox.WIDTH)
+
+
+def _bits(packed: bytes) -> bytes:
+    return np.unpackbits(np.frombuffer(packed, dtype=np.uint8), bitorder="little").tobytes()
+
+
+def _draw_and_receive(
+    hello: Hello, session_id: str, random_bytes: Callable[[int], bytes]
+) -> tuple[bytes, bytes, bytes, list[bytes]]:
+    nonce, choices, secrets = _draw(random_bytes)
+    context = _context(session_id, hello.nonce, nonce)
+    message, chosen = receive_base_ots(hello.ot_point, _bits(choices), context, secrets)
+    return nonce, choices, message, chosen
 
 
 def check_kkrt_hello(hello: Hello) -> None:
@@ -430,9 +482,11 @@ class KkrtBrandSession(RoundMachine[Round]):
         hello: Hello,
         items: np.ndarray,
         random_bytes: Callable[[int], bytes] = os.urandom,
+        pool: CryptoPool | None = None,
     ) -> None:
         check_kkrt_hello(hello)
         super().__init__(Round.HELLO, None)
+        self._pool = pool
         self.session_id = session_id
         self.hello = hello
         self.protocol = hello.protocol
@@ -445,8 +499,15 @@ class KkrtBrandSession(RoundMachine[Round]):
 
     async def prepare(self) -> None:
         """The base OTs and the brand's positions (CPU work, off the event loop)."""
-        self._sender = await asyncio.to_thread(
-            KkrtSender, self._items, self.hello, self.session_id, self._random_bytes
+        pool = self._pool
+        run: BaseOts | None = None
+        if pool is not None:
+
+            async def run(*args: bytes) -> tuple[bytes, list[bytes]]:
+                return await pool.run(receive_base_ots, *args)
+
+        self._sender = await KkrtSender.create(
+            self._items, self.hello, self.session_id, self._random_bytes, run
         )
 
     def start(self) -> Accepted:

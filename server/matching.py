@@ -175,7 +175,9 @@ class MatchingService:
             items = await asyncio.to_thread(self.audiences.load_items, audience)
             if len(items) == 0:
                 raise FailedPrecondition(f"audience {audience.name!r} is empty")
-            session = KkrtBrandSession(session_id=session_id, hello=hello, items=items)
+            session = KkrtBrandSession(
+                session_id=session_id, hello=hello, items=items, pool=self.audiences.pool
+            )
             await session.prepare()
             brand_size = len(items)
         else:

@@ -10,12 +10,14 @@ purpose, and say so in the commit).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import os
 import random
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -33,7 +35,6 @@ from cleanroom.matching.kkrt import (
     check_kkrt_hello,
 )
 from cleanroom.matching.messages import (
-    Accepted,
     ColumnChunk,
     Finish,
     Hello,
@@ -50,19 +51,24 @@ from cleanroom.proto.errors import ProtocolError
 GOLDEN = Path(__file__).parent / "vectors" / "kkrt_oprf.json"
 
 
-def drbg(seed: bytes) -> Callable[[int], bytes]:
+class drbg:
     """A deterministic stand-in for os.urandom: SHA-256 in counter mode over ``seed``."""
-    state = {"counter": 0, "buffer": b""}
 
-    def random_bytes(n: int) -> bytes:
-        while len(state["buffer"]) < n:  # type: ignore[arg-type]
-            block = hashlib.sha256(seed + state["counter"].to_bytes(8, "big")).digest()  # type: ignore[union-attr]
-            state["counter"] += 1  # type: ignore[operator]
-            state["buffer"] += block  # type: ignore[operator]
-        out, state["buffer"] = state["buffer"][:n], state["buffer"][n:]  # type: ignore[index]
-        return out  # type: ignore[return-value]
+    def __init__(self, seed: bytes) -> None:
+        self.seed, self.counter, self.buffer = seed, 0, b""
 
-    return random_bytes
+    def __call__(self, n: int) -> bytes:
+        while len(self.buffer) < n:
+            self.buffer += hashlib.sha256(self.seed + self.counter.to_bytes(8, "big")).digest()
+            self.counter += 1
+        out, self.buffer = self.buffer[:n], self.buffer[n:]
+        return out
+
+
+async def carry(source: AsyncIterator[Any], deliver: Callable[[Any], Awaitable[None]]) -> None:
+    """Hand every message of one side's ``outgoing`` to the other side's ``receive``."""
+    async for msg in source:
+        await deliver(msg)
 
 
 def digests(ids: range | list[int], tag: bytes = b"") -> np.ndarray:
@@ -100,13 +106,16 @@ async def run_sessions(
     log += [hello, accepted]
     await p.receive(accepted)
 
-    async def carry(source: object, deliver: Callable[[object], object]) -> None:
-        async for msg in source:  # type: ignore[attr-defined]
+    async def logged(source: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        async for msg in source:
             log.append(msg)
-            await deliver(msg)  # type: ignore[misc]
+            yield msg
 
     await asyncio.wait_for(
-        asyncio.gather(carry(p.outgoing(), b.receive), carry(b.outgoing(), p.receive)), 300
+        asyncio.gather(
+            carry(logged(p.outgoing()), b.receive), carry(logged(b.outgoing()), p.receive)
+        ),
+        300,
     )
     assert b.succeeded and p.succeeded
     return p
@@ -309,11 +318,6 @@ def test_partner_duplicates_and_a_second_identifier_type() -> None:
         b = KkrtBrandSession(session_id="s", hello=p.hello(), items=items)
         await b.prepare()
         await p.receive(b.start())
-
-        async def carry(source: object, deliver: Callable[[object], object]) -> None:
-            async for msg in source:  # type: ignore[attr-defined]
-                await deliver(msg)  # type: ignore[misc]
-
         await asyncio.gather(carry(p.outgoing(), b.receive), carry(b.outgoing(), p.receive))
         assert p.outcome is not None
         assert p.hello().declared_points == 10  # distinct (type, digest) pairs
@@ -448,7 +452,7 @@ def test_messages_of_the_wrong_round_fail_the_session() -> None:
 
 
 def test_the_partner_refuses_a_brand_answer_that_does_not_fit() -> None:
-    async def run(**changes: object) -> None:
+    async def run(**changes: Any) -> None:
         p = KkrtPartnerSession(audience="crm", data=partner_set(list(range(30))))
         await p.prepare()
         b = KkrtBrandSession(
@@ -456,16 +460,15 @@ def test_the_partner_refuses_a_brand_answer_that_does_not_fit() -> None:
         )
         await b.prepare()
         good = b.start()
-        fields = {k: getattr(good, k) for k in good.__dataclass_fields__}
-        fields.update(changes)
-        await p.receive(Accepted(**fields))  # type: ignore[arg-type]
+        await p.receive(dataclasses.replace(good, **changes))
 
-    for changes, why in [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"ot_points": b"\x00" * 64}, "base-OT points"),
         ({"value_len": 9}, "9-byte values"),
         ({"bins": 512}, "other bins"),
         ({"nonce": b"x"}, "nonce"),
-    ]:
+    ]
+    for changes, why in cases:
         with pytest.raises(ProtocolError, match=why):
             asyncio.run(run(**changes))
 

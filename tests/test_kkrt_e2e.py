@@ -355,14 +355,15 @@ def test_a_broken_stream_restarts_with_fresh_keys_and_the_right_answer(
     data, _ = load_partner_set(partner_csv, COLUMNS, OPTIONS)
     expected = matched_on(node, data, PsiMethod.ECDH, process_pool)
     # Cut the first connection once the hello and some columns have gone.
-    with CuttingProxy(node.target, cut_after=20_000) as proxy:
+    cutting = CuttingProxy(node.target, cut_after=20_000)
+    with cutting as proxy:
         conn = Connection(proxy.target, node.tokens["acme"][Role.PARTNER], retry_seconds=30)
         run = asyncio.run(
             run_psi(
                 conn, "kkrt-crm", Protocol.MATCH, data, pool=process_pool, method=PsiMethod.KKRT
             )
         )
-    assert proxy.cut
+    assert cutting.cut
     assert (run.restarts, run.resumes) == (1, 0)
     assert run.session.outcome is not None
     assert np.array_equal(run.session.outcome.matched_on, expected)
