@@ -14,13 +14,21 @@ T. Chou, C. Orlandi, "The Simplest Protocol for Oblivious Transfer"
 Scalar multiplications are X25519 (``cryptography``), which works on
 u-coordinates only: a point is sent as ``u ‖ v`` (64 bytes, little-endian)
 so the one addition each side needs can be done here in affine Montgomery
-coordinates. The sign of ``v`` after lifting ``x_j·G`` does not matter: the
-keys hash u-coordinates, and ``u(k·P) = u(k·(-P))``.
+coordinates. X25519 gives ``x_j·G`` only up to its sign; the keys do not
+care (they hash u-coordinates, and ``u(k·P) = u(k·(-P))``), but the point
+sent does: the receiver takes ``±x_j·G`` with a *secret random* sign (bit 255
+of its secret, which X25519's clamping ignores). Lifting always to the same
+root would make the sign of ``v`` in ``B_j`` a function of ``u`` exactly when
+``c_j = 0``, and the sender could read half the choices off the points.
 
 Every received point passes the project's X25519 validation (canonical,
-not of low order, not on the twist) plus ``v² = u³ + 486662u² + u``; keys
-hash the whole transcript, both points and the transfer's index, so a
-key from one transfer, or one session, says nothing about another.
+not of low order, not on the twist) plus ``v² = u³ + 486662u² + u``. The
+sender's point must moreover lie in the prime-order subgroup (``l·A = O, l the group order``,
+one scalar multiplication per session): with a small-order component ``T``
+in ``A``, ``B_j = A + x_j·G`` would carry ``T`` exactly when ``c_j = 1``, and
+the choices, clamped away from the keys, would show in the points. Keys hash
+the whole transcript, both points and the transfer's index, so a key from one
+transfer, or one session, says nothing about another.
 
 This is the semi-honest variant the KKRT16 protocol needs; the session layer
 binds the transcript to the session's nonces.
@@ -46,6 +54,21 @@ KEY_BYTES: Final = 16
 _P: Final = 2**255 - 19
 _A: Final = 486662
 _SQRT_M1: Final = pow(2, (_P - 1) // 4, _P)
+#: The order of the prime-order subgroup (RFC 7748 §4.1).
+_ORDER: Final = 2**252 + 27742317777372353535851937790883648493
+
+
+def in_prime_subgroup(point: tuple[int, int]) -> bool:
+    """``l·P = O``, l the group order: no small-order component (double and add; ~10 ms)."""
+    result: tuple[int, int] | None = None
+    addend: tuple[int, int] | None = point
+    k = _ORDER
+    while k:
+        if k & 1:
+            result = montgomery_add(result, addend)
+        addend = montgomery_add(addend, addend)
+        k >>= 1
+    return result is None
 
 
 def _lift(u: int) -> tuple[int, int]:
@@ -153,6 +176,11 @@ class OtReceiver:
     ) -> None:
         self._sender_message = sender_message
         a = decode_point(sender_message)
+        if not in_prime_subgroup(a):
+            raise InvalidPointError(
+                "the base-OT sender's point has a small-order component (it is not in the"
+                " prime-order subgroup)"
+            )
         self._a_u = a[0]
         self._choices = [int(c) for c in choices]
         if any(c not in (0, 1) for c in self._choices):
@@ -160,8 +188,11 @@ class OtReceiver:
         self._secrets: list[X25519PrivateKey] = []
         points = []
         for c in self._choices:
-            secret = X25519PrivateKey.from_private_bytes(random_bytes(32))
+            raw = random_bytes(32)
+            secret = X25519PrivateKey.from_private_bytes(raw)
             p = _lift(int.from_bytes(secret.public_key().public_bytes_raw(), "little"))
+            if raw[31] >> 7:  # bit 255: clamped away from the scalar, a free secret bit
+                p = (p[0], (-p[1]) % _P)
             b = montgomery_add(a, p) if c else p
             if b is None:  # x·G = -A: probability 2^-252
                 raise AssertionError("the receiver drew the sender's own discrete log")

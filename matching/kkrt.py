@@ -69,6 +69,10 @@ CHUNK_BINS: Final = 32768
 VALUE_BATCH: Final = 65536
 NONCE_BYTES: Final = 16
 MAX_CUCKOO_ATTEMPTS: Final = 16
+#: Identifiers one side may bring to a session: the brand holds 64 bytes per partner
+#: bin (6.4 GB at this bound) and both sides queue at most ``OUTBOX_LIMIT`` messages.
+MAX_ITEMS: Final = 100_000_000
+OUTBOX_LIMIT: Final = 16
 
 
 def _secure_generator(random_bytes: Callable[[int], bytes]) -> np.random.Generator:
@@ -86,6 +90,7 @@ class SessionKeys:
 
     transcript: bytes
     code: tuple[bytes, ...]  # the code's four AES keys
+    offsets: np.ndarray  # (3, 16): the code's input offset per hash function
     hash: bytes
     value_len: int
 
@@ -105,9 +110,14 @@ def derive_session_keys(
     h.update(brand_items.to_bytes(8, "big"))
     transcript = h.digest()
     code = tuple(ox.derive_key(transcript, b"code", j) for j in range(ox.BLOCKS))
+    offsets = np.frombuffer(
+        b"".join(ox.derive_key(transcript, b"code-offset", f) for f in range(ox.HASHES)),
+        dtype=np.uint8,
+    ).reshape(ox.HASHES, ox.BLOCK)
     return SessionKeys(
         transcript=transcript,
         code=code,
+        offsets=offsets,
         hash=ox.derive_key(transcript, b"hash"),
         value_len=ox.value_length(hello.bins, brand_items),
     )
@@ -202,6 +212,11 @@ class KkrtReceiver:
             raise ProtocolError(f"the brand's nonce must be {NONCE_BYTES} bytes")
         if accepted.bins != self.bins or accepted.chunk_size != CHUNK_BINS:
             raise ProtocolError("the brand node answered with other bins or chunking")
+        if accepted.brand_points > MAX_ITEMS:
+            raise ProtocolError(
+                f"the brand declares {accepted.brand_points} identifiers; an OT-extension"
+                f" session takes at most {MAX_ITEMS}"
+            )
         context = _context(accepted.session_id, self.nonce, accepted.nonce)
         pairs = self._ot.keys(context, accepted.ot_points)
         self.keys = derive_session_keys(context, hello, accepted.ot_points, accepted.brand_points)
@@ -220,7 +235,9 @@ class KkrtReceiver:
         nbytes = (hi - lo) // 8
         t0 = self._t0.next(nbytes)
         u = np.bitwise_xor(t0, self._t1.next(nbytes))
-        words = ox.code_words(self.keys.code, self._bin_items[lo:hi], self._bin_hash[lo:hi])
+        words = ox.code_words(
+            self.keys.code, self.keys.offsets, self._bin_items[lo:hi], self._bin_hash[lo:hi]
+        )
         code_rows = words.transpose(1, 0, 2).reshape(hi - lo, ox.ROW_BYTES)
         np.bitwise_xor(u, ox.transpose(code_rows), out=u)
         self._rows[lo:hi] = ox.transpose(t0)
@@ -388,7 +405,9 @@ class KkrtSender:
                 idx = order[lo : lo + batch]
                 bins = self._positions[idx, f]
                 rows = ox.block_major(self._rows[bins])
-                code = ox.code_words(self.keys.code, self.items[idx], hash_index[: len(idx)])
+                code = ox.code_words(
+                    self.keys.code, self.keys.offsets, self.items[idx], hash_index[: len(idx)]
+                )
                 np.bitwise_and(code, self._s, out=code)
                 np.bitwise_xor(rows, code, out=rows)
                 tweak = ox.tweaks(bins, f)
@@ -421,6 +440,11 @@ def check_kkrt_hello(hello: Hello) -> None:
         raise ProtocolError(f"the base-OT point must be {POINT_BYTES} bytes (u ‖ v)")
     if len(hello.cuckoo_key) != 16 or len(hello.nonce) != NONCE_BYTES:
         raise ProtocolError("the cuckoo key and the nonce must be 16 bytes each")
+    if hello.declared_points > MAX_ITEMS:
+        raise ProtocolError(
+            f"{hello.declared_points} identifiers declared; an OT-extension session takes at"
+            f" most {MAX_ITEMS} (split the file, or match with --protocol ecdh)"
+        )
     if hello.declared_points > hello.declared_records * MAX_SLOTS_PER_RECORD:
         raise ProtocolError(
             f"{hello.declared_points} items for {hello.declared_records} records is more than"
@@ -495,6 +519,7 @@ class KkrtBrandSession(RoundMachine[Round]):
         self._sender: KkrtSender | None = None
         self._accepted: Accepted | None = None
         self._values_made = 0
+        self.drained = 0  # messages handed to the stream so far
         self.result: Result | None = None
 
     async def prepare(self) -> None:
@@ -577,6 +602,7 @@ class KkrtBrandSession(RoundMachine[Round]):
         batches = self._sender.values()
         seq = 0
         while True:
+            await _room(self)
             values = await asyncio.to_thread(next, batches, None)
             if values is None:
                 return
@@ -593,6 +619,12 @@ class KkrtBrandSession(RoundMachine[Round]):
             yield msg
 
 
+async def _room(machine: KkrtBrandSession | KkrtPartnerSession) -> None:
+    """Wait until the peer has taken all but ``OUTBOX_LIMIT`` of the queued messages: the
+    producer runs no further ahead of the network than that (memory stays bounded)."""
+    await machine.until(lambda: len(machine._outbox) - machine.drained < OUTBOX_LIMIT)
+
+
 async def _drain_forgetting(machine: RoundMachine[Any], last: type[Any]) -> AsyncIterator[Any]:
     """``RoundMachine.drain`` that drops each message once handed out (memory: the
     columns and values are sent once; a dropped stream restarts the session)."""
@@ -606,6 +638,8 @@ async def _drain_forgetting(machine: RoundMachine[Any], last: type[Any]) -> Asyn
             msg = outbox[sent]
             outbox[sent] = None
             sent += 1
+            setattr(machine, "drained", sent)  # noqa: B010 - both machines define it
+            machine._signal.notify()  # a producer may wait for room
             yield msg
             if isinstance(msg, last):
                 return
@@ -644,6 +678,7 @@ class KkrtPartnerSession(RoundMachine[Round]):
         self._hello: Hello | None = None
         self._values_in = 0
         self._value_chunks = 0
+        self.drained = 0  # messages handed to the stream so far
         self._own_ready = False
         self.finish: Finish | None = None
 
@@ -710,6 +745,7 @@ class KkrtPartnerSession(RoundMachine[Round]):
         receiver = self._receiver
         assert receiver is not None
         for seq in range(receiver.chunks):
+            await _room(self)
             columns = await asyncio.to_thread(receiver.column_chunk)
             self.put(ColumnChunk(seq=seq, columns=columns))
             lo, hi = _chunk_bounds(receiver.bins, seq)

@@ -278,17 +278,20 @@ def cuckoo_place(positions: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarr
 # ------------------------------------------------------------------ code and hash
 
 
-def code_words(keys: Sequence[bytes], items: np.ndarray, hash_index: np.ndarray) -> np.ndarray:
-    """The pseudorandom code (KKRT16 §3) of ``(item, hash function)``: ``(4, n, 16)``,
-    block j = AES_{k_j}(item ⊕ h), with ``h`` in the last byte.
+def code_words(
+    keys: Sequence[bytes], offsets: np.ndarray, items: np.ndarray, hash_index: np.ndarray
+) -> np.ndarray:
+    """The pseudorandom code (KKRT16 §3) of ``(item, hash function h)``: ``(4, n, 16)``,
+    block j = AES_{k_j}(item ⊕ offsets[h]).
 
     The hash function is part of the input so that an item placed by ``h1`` and the
-    sender's value for ``h2`` never agree. Both parties derive the keys from the session
-    transcript, which the sender's nonce is part of, so the receiver cannot choose the
-    code its items are encoded with.
+    sender's value for ``h2`` do not agree; the three 128-bit offsets come from the
+    session transcript, so two items whose blocks differ by the difference of two
+    offsets (the only inputs that would share a codeword) cannot be prepared. Both
+    parties derive keys and offsets from the transcript, which the sender's nonce is
+    part of, so the receiver cannot choose the code its items are encoded with.
     """
-    tweaked = items.copy()
-    tweaked[:, BLOCK - 1] ^= hash_index.astype(np.uint8)
+    tweaked = items ^ offsets[hash_index]
     out = np.empty((BLOCKS, len(items), BLOCK), dtype=np.uint8)
     for j, key in enumerate(keys):
         out[j] = aes_blocks(key, tweaked)

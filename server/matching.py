@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from cleanroom.matching.brand import BrandSession
-from cleanroom.matching.kkrt import KkrtBrandSession
+from cleanroom.matching.kkrt import KkrtBrandSession, check_kkrt_hello
 from cleanroom.matching.messages import Hello, PsiMethod
 from cleanroom.matching.session import Round
 from cleanroom.proto.errors import (
@@ -133,6 +133,8 @@ class MatchingService:
                 principal.tenant_id, live.session.session_id, status="running"
             )
             return live.session, live.stream
+        if hello.method is PsiMethod.KKRT:
+            check_kkrt_hello(hello)  # before any quota, slot or audience is spent on it
         tenant = self.store.get_tenant(principal.tenant_id)
         partner = self.store.get_partner(principal.tenant_id, partnership.partner_id)
         if tenant is None or partner is None:

@@ -24,7 +24,16 @@ import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from cleanroom.matching import ot_extension as ox
-from cleanroom.matching.base_ot import POINT_BYTES, OtReceiver, OtSender, decode_point
+from cleanroom.matching.base_ot import (
+    POINT_BYTES,
+    OtReceiver,
+    OtSender,
+    _lift,
+    decode_point,
+    encode_point,
+    in_prime_subgroup,
+)
+from cleanroom.matching.hash_to_curve import montgomery_add
 from cleanroom.matching.kkrt import (
     CHUNK_BINS,
     KkrtBrandSession,
@@ -170,14 +179,17 @@ def test_prg_is_aes_ctr_and_chunks_agree() -> None:
 def test_code_is_aes_of_the_tweaked_item() -> None:
     keys = [bytes([k]) * 16 for k in range(4)]
     items = np.frombuffer(bytes(range(32)), dtype=np.uint8).reshape(2, 16).copy()
-    words = ox.code_words(keys, items, np.array([0, 2]))
+    offsets = np.frombuffer(bytes(range(100, 148)), dtype=np.uint8).reshape(3, 16)
+    words = ox.code_words(keys, offsets, items, np.array([0, 2]))
     for j, key in enumerate(keys):
         ecb = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
-        tweaked = bytearray(items.tobytes())
-        tweaked[31] ^= 2
-        assert words[j].tobytes() == ecb.update(bytes(tweaked))
+        tweaked = bytes(
+            a ^ b for a, b in zip(items.tobytes(), offsets[[0, 2]].tobytes(), strict=True)
+        )
+        assert words[j].tobytes() == ecb.update(tweaked)
     # a different hash function is a different codeword for the same item
-    assert not np.array_equal(ox.code_words(keys, items, np.array([1, 2]))[:, 0], words[:, 0])
+    other = ox.code_words(keys, offsets, items, np.array([1, 2]))
+    assert not np.array_equal(other[:, 0], words[:, 0])
 
 
 def test_cuckoo_places_every_item_once_known_answer() -> None:
@@ -527,3 +539,39 @@ def _regenerate() -> None:
 
 if __name__ == "__main__":
     _regenerate()
+
+
+def test_the_receivers_points_do_not_reveal_its_choices() -> None:
+    """Whether ``B`` (or ``B - A``) carries the root a fixed lift would pick is a coin
+    flip whatever the choice bit: a fixed lift made it certain exactly when c = 0."""
+    sender = OtSender(drbg(b"sign"))
+    a = decode_point(sender.message)
+    choices = [j % 2 for j in range(256)]
+    points = OtReceiver(sender.message, choices, drbg(b"sign-r")).message
+    canonical = {0: [0, 0], 1: [0, 0]}
+    for j, c in enumerate(choices):
+        b = decode_point(points[64 * j : 64 * j + 64])
+        diff = montgomery_add(b, (a[0], (-a[1]) % (2**255 - 19)))
+        assert diff is not None
+        for point in (b, diff):
+            canonical[c][0] += _lift(point[0]) == point
+            canonical[c][1] += 1
+    # Either way about half of the points are the canonical lift (binomial, 256 draws).
+    for c in (0, 1):
+        hits, total = canonical[c]
+        assert 0.35 < hits / total < 0.65, (c, hits, total)
+
+
+def test_a_sender_point_with_a_small_order_component_is_refused() -> None:
+    sender = OtSender(drbg(b"torsion"))
+    a = decode_point(sender.message)
+    mixed = montgomery_add(a, (0, 0))  # + the point of order 2
+    assert mixed is not None
+    with pytest.raises(InvalidPointError, match="small-order component"):
+        OtReceiver(encode_point(mixed), [0, 1])
+    assert in_prime_subgroup(a) and not in_prime_subgroup(mixed)
+
+
+def test_a_huge_declared_set_is_refused_before_any_work() -> None:
+    with pytest.raises(ProtocolError, match="at most 100000000"):
+        check_kkrt_hello(kkrt_hello(declared_records=10**12, declared_points=10**11))
