@@ -348,4 +348,4 @@ def value_length(bins: int, sender_items: int) -> int:
 
 def block_major(rows: np.ndarray) -> np.ndarray:
     """``(n, 64)`` rows → ``(4, n, 16)`` blocks (a copy)."""
-    return np.ascontiguousarray(rows.reshape(-1, BLOCKS, BLOCK).transpose(1, 0, 2))
+    return rows.reshape(-1, BLOCKS, BLOCK).transpose(1, 0, 2).copy()  # always a (writable) copy

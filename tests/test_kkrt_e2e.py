@@ -401,6 +401,10 @@ def test_mutated_kkrt_streams_never_fail_internally(node: Node, files: tuple[Pat
                     body.seq = int(rng.integers(0, 2**63))
                 else:
                     body.declared_points = int(rng.integers(0, 2**40))
+        # A hello that is refused goes alone: a client still writing when the node ends the
+        # call reads gRPC core's own INTERNAL instead of the node's status (grpc/grpc#36066).
+        if kind == "hello":
+            messages = messages[:1]
         _, code, details = asyncio.run(raw_session(node, messages))
         assert code not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN), details
     assert healthy(node)
