@@ -37,7 +37,7 @@ import hashlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
@@ -88,7 +88,6 @@ def _secure_generator(random_bytes: Callable[[int], bytes]) -> np.random.Generat
 class SessionKeys:
     """Everything both parties derive from the transcript (public within the session)."""
 
-    transcript: bytes
     code: tuple[bytes, ...]  # the code's four AES keys
     offsets: np.ndarray  # (3, 16): the code's input offset per hash function
     hash: bytes
@@ -115,7 +114,6 @@ def derive_session_keys(
         dtype=np.uint8,
     ).reshape(ox.HASHES, ox.BLOCK)
     return SessionKeys(
-        transcript=transcript,
         code=code,
         offsets=offsets,
         hash=ox.derive_key(transcript, b"hash"),
@@ -262,11 +260,11 @@ class KkrtReceiver:
         self._index = order
         # Two of our values sharing 8 bytes (~n²/2^65): every lookup checks a run of them.
         same = self._first[1:] == self._first[:-1]
-        self._run = 1 + (int(_longest_run(same)) if len(same) else 0)
+        self._run = 1 + _longest_run(same)
         self.own = own
 
-    def lookup(self, values: bytes) -> int:
-        """Flag our items whose value is among ``values``; returns how many it flagged."""
+    def lookup(self, values: bytes) -> None:
+        """Flag our items whose value is among ``values``."""
         assert self.own is not None
         first, second = _value_keys(
             np.frombuffer(values, dtype=np.uint8).reshape(-1, self.own.shape[1])
@@ -274,16 +272,12 @@ class KkrtReceiver:
         order = np.argsort(first)  # sorted keys make the binary searches walk forward
         first, second = first[order], second[order]
         start = np.searchsorted(self._first, first)
-        fresh = 0
         for k in range(self._run):
             at = start + k
             inside = at < len(self._first)
             at, f, s = at[inside], first[inside], second[inside]
             hit = (self._first[at] == f) & (self._second[at] == s)
-            items = self._index[at[hit]]
-            fresh += int((~self.matched[items]).sum())
-            self.matched[items] = True
-        return fresh
+            self.matched[self._index[at[hit]]] = True
 
 
 def _value_keys(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -325,7 +319,8 @@ class KkrtSender:
         self.items = items
         self.bins = hello.bins
         if base_ots is None:
-            base_ots = _draw_and_receive(hello, session_id, random_bytes)
+            nonce, packed, args = _base_ot_inputs(hello, session_id, random_bytes)
+            base_ots = (nonce, packed, *receive_base_ots(*args))
         self.nonce, choice_bytes_raw, self.ot_points, chosen = base_ots
         choice_bytes = np.frombuffer(choice_bytes_raw, dtype=np.uint8)
         choices = np.unpackbits(choice_bytes, bitorder="little")
@@ -351,14 +346,11 @@ class KkrtSender:
         """The sender, its base OTs through ``run`` (e.g. a worker pool's) if given; the
         randomness is drawn here either way, so injected randomness still decides it."""
         check_kkrt_hello(hello)
-        nonce, choices, secrets = _draw(random_bytes)
-        context = _context(session_id, hello.nonce, nonce)
+        nonce, choices, args = _base_ot_inputs(hello, session_id, random_bytes)
         if run is None:
-            message, chosen = await asyncio.to_thread(
-                receive_base_ots, hello.ot_point, _bits(choices), context, secrets
-            )
+            message, chosen = await asyncio.to_thread(receive_base_ots, *args)
         else:
-            message, chosen = await run(hello.ot_point, _bits(choices), context, secrets)
+            message, chosen = await run(*args)
         return await asyncio.to_thread(
             cls, items, hello, session_id, random_bytes, base_ots=(nonce, choices, message, chosen)
         )
@@ -414,22 +406,17 @@ class KkrtSender:
                 yield ox.row_hash(self.keys.hash, rows, tweak, self.keys.value_len).tobytes()
 
 
-def _draw(random_bytes: Callable[[int], bytes]) -> tuple[bytes, bytes, bytes]:
-    """The sender's nonce, its 512 choice bits s (packed) and the base-OT secrets."""
-    return random_bytes(NONCE_BYTES), random_bytes(ox.ROW_BYTES), random_bytes(32 * ox.WIDTH)
-
-
-def _bits(packed: bytes) -> bytes:
-    return np.unpackbits(np.frombuffer(packed, dtype=np.uint8), bitorder="little").tobytes()
-
-
-def _draw_and_receive(
+def _base_ot_inputs(
     hello: Hello, session_id: str, random_bytes: Callable[[int], bytes]
-) -> tuple[bytes, bytes, bytes, list[bytes]]:
-    nonce, choices, secrets = _draw(random_bytes)
+) -> tuple[bytes, bytes, tuple[bytes, bytes, bytes, bytes]]:
+    """The sender's nonce, its 512 choice bits s (packed), and the arguments of
+    ``base_ot.receive`` (the partner's point, s one bit a byte, the context, the secrets)."""
+    nonce = random_bytes(NONCE_BYTES)
+    choices = random_bytes(ox.ROW_BYTES)
+    secrets = random_bytes(32 * ox.WIDTH)
+    bits = np.unpackbits(np.frombuffer(choices, dtype=np.uint8), bitorder="little").tobytes()
     context = _context(session_id, hello.nonce, nonce)
-    message, chosen = receive_base_ots(hello.ot_point, _bits(choices), context, secrets)
-    return nonce, choices, message, chosen
+    return nonce, choices, (hello.ot_point, bits, context, secrets)
 
 
 def check_kkrt_hello(hello: Hello) -> None:
@@ -497,8 +484,6 @@ def brand_items(id_types: Sequence[str], digests: Sequence[np.ndarray]) -> np.nd
 class KkrtBrandSession(RoundMachine[Round]):
     """One KKRT session on the brand node; the same surface as ``BrandSession``."""
 
-    method = PsiMethod.KKRT
-
     def __init__(
         self,
         *,
@@ -519,7 +504,6 @@ class KkrtBrandSession(RoundMachine[Round]):
         self._sender: KkrtSender | None = None
         self._accepted: Accepted | None = None
         self._values_made = 0
-        self.drained = 0  # messages handed to the stream so far
         self.result: Result | None = None
 
     async def prepare(self) -> None:
@@ -602,7 +586,7 @@ class KkrtBrandSession(RoundMachine[Round]):
         batches = self._sender.values()
         seq = 0
         while True:
-            await _room(self)
+            await self.room(OUTBOX_LIMIT)
             values = await asyncio.to_thread(next, batches, None)
             if values is None:
                 return
@@ -615,43 +599,12 @@ class KkrtBrandSession(RoundMachine[Round]):
     ) -> AsyncIterator[BrandMessage]:
         if values_from or points_from:
             raise ProtocolError("an OT-extension session cannot be resumed; start a new one")
-        async for msg in _drain_forgetting(self, Result):
+        async for msg in self.drain(Result, forget=True):
             yield msg
-
-
-async def _room(machine: KkrtBrandSession | KkrtPartnerSession) -> None:
-    """Wait until the peer has taken all but ``OUTBOX_LIMIT`` of the queued messages: the
-    producer runs no further ahead of the network than that (memory stays bounded)."""
-    await machine.until(lambda: len(machine._outbox) - machine.drained < OUTBOX_LIMIT)
-
-
-async def _drain_forgetting(machine: RoundMachine[Any], last: type[Any]) -> AsyncIterator[Any]:
-    """``RoundMachine.drain`` that drops each message once handed out (memory: the
-    columns and values are sent once; a dropped stream restarts the session)."""
-    outbox = machine._outbox
-    sent = 0
-    while True:
-        if machine.error is not None:
-            raise machine.error
-        waiting = machine._signal.current()
-        while sent < len(outbox):
-            msg = outbox[sent]
-            outbox[sent] = None
-            sent += 1
-            setattr(machine, "drained", sent)  # noqa: B010 - both machines define it
-            machine._signal.notify()  # a producer may wait for room
-            yield msg
-            if isinstance(msg, last):
-                return
-        if machine.finished:
-            return
-        await waiting.wait()
 
 
 class KkrtPartnerSession(RoundMachine[Round]):
     """The partner's KKRT session; the same surface as ``PartnerSession`` (MATCH)."""
-
-    method = PsiMethod.KKRT
 
     def __init__(
         self,
@@ -678,7 +631,6 @@ class KkrtPartnerSession(RoundMachine[Round]):
         self._hello: Hello | None = None
         self._values_in = 0
         self._value_chunks = 0
-        self.drained = 0  # messages handed to the stream so far
         self._own_ready = False
         self.finish: Finish | None = None
 
@@ -745,7 +697,7 @@ class KkrtPartnerSession(RoundMachine[Round]):
         receiver = self._receiver
         assert receiver is not None
         for seq in range(receiver.chunks):
-            await _room(self)
+            await self.room(OUTBOX_LIMIT)
             columns = await asyncio.to_thread(receiver.column_chunk)
             self.put(ColumnChunk(seq=seq, columns=columns))
             lo, hi = _chunk_bounds(receiver.bins, seq)
@@ -791,7 +743,7 @@ class KkrtPartnerSession(RoundMachine[Round]):
     async def outgoing(
         self, points_from: int = 0, values_from: int = 0
     ) -> AsyncIterator[PartnerMessage]:
-        async for msg in _drain_forgetting(self, Finish):
+        async for msg in self.drain(Finish, forget=True):
             yield msg
 
     async def wait(self) -> None:

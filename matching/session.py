@@ -179,6 +179,7 @@ class RoundMachine(Generic[R]):
         self._signal = Signal()
         self._tasks: list[asyncio.Task[None]] = []
         self._outbox: list[Any] = []
+        self.drained = 0  # messages ``drain`` has handed out
 
     @property
     def finished(self) -> bool:
@@ -242,10 +243,18 @@ class RoundMachine(Generic[R]):
         self._outbox.append(msg)
         self._signal.notify()
 
-    async def drain(self, last: type[Any]) -> AsyncIterator[Any]:
+    async def room(self, ahead: int) -> None:
+        """Wait until the peer has taken all but ``ahead`` of the queued messages (with a
+        ``drain(..., forget=True)``): a producer runs no further ahead of the network."""
+        await self.until(lambda: len(self._outbox) - self.drained < ahead)
+
+    async def drain(self, last: type[Any], *, forget: bool = False) -> AsyncIterator[Any]:
         """Every queued message in order, as they come, ending after one of type ``last``
         (or once the machine is done with nothing left to send); raises the machine's error
-        if it fails meanwhile."""
+        if it fails meanwhile.
+
+        ``forget``: drop each message once handed out, for a run that never resends (its
+        memory is what is in flight); producers can wait on ``drained`` for room."""
         sent = 0
         while True:
             if self.error is not None:
@@ -254,6 +263,10 @@ class RoundMachine(Generic[R]):
             while sent < len(self._outbox):
                 msg = self._outbox[sent]
                 sent += 1
+                if forget:
+                    self._outbox[sent - 1] = None
+                    self.drained = sent
+                    self._signal.notify()  # a producer may wait for room
                 yield msg
                 if isinstance(msg, last):
                     return

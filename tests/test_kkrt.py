@@ -575,3 +575,25 @@ def test_a_sender_point_with_a_small_order_component_is_refused() -> None:
 def test_a_huge_declared_set_is_refused_before_any_work() -> None:
     with pytest.raises(ProtocolError, match="at most 100000000"):
         check_kkrt_hello(kkrt_hello(declared_records=10**12, declared_points=10**11))
+
+
+def test_a_session_that_fails_while_sending_ends_with_its_error_not_quietly() -> None:
+    """A failure while the stream is busy sending must still end the stream with the
+    error (the node's status), even when messages were queued behind it."""
+
+    async def run() -> None:
+        b = KkrtBrandSession(
+            session_id="s", hello=kkrt_hello(), items=ox.item_blocks("email", digests(range(5)))
+        )
+        await b.prepare()
+        b.start()
+        b.put(ValueChunk(seq=0, values=bytes(8)))
+        b.put(ValueChunk(seq=1, values=bytes(8)))
+        out = b.outgoing()
+        assert isinstance(await anext(out), ValueChunk)  # the stream is sending
+        b.fail(ProtocolError("the partner broke the protocol"))
+        with pytest.raises(ProtocolError, match="broke the protocol"):
+            async for _ in out:
+                pass
+
+    asyncio.run(run())
