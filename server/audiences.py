@@ -116,7 +116,7 @@ class AudienceService:
         table = pq.read_table(self.data_dir / record.path, columns=["id_type", "digest"])
         types = table.column("id_type").to_numpy(zero_copy_only=False).astype(str)
         digests = fixed_binary_to_numpy(table.column("digest"), DIGEST_LEN)
-        digests = np.frombuffer(digests.tobytes(), dtype=np.uint8).reshape(-1, DIGEST_LEN)
+        digests = digests.view(np.uint8).reshape(-1, DIGEST_LEN)
         kinds = list(dict.fromkeys(types.tolist()))
         return brand_items(kinds, [digests[types == t] for t in kinds])
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -26,14 +25,10 @@ from cleanroom.client.cli.common import (
     print_json,
     progress_bars,
 )
+from cleanroom.matching.messages import PsiMethod
 
 if TYPE_CHECKING:
     from cleanroom.client.sdk import Connection
-
-
-class MatchProtocol(StrEnum):
-    KKRT = "kkrt"
-    ECDH = "ecdh"
 
 
 partner_app = typer.Typer(help="Media-partner side: private matching against a brand audience.")
@@ -53,10 +48,10 @@ def _partner_session(
     workers: int | None,
     show_progress: bool,
     report_count: bool = True,
-    method_name: str = "ecdh",
+    method: PsiMethod = PsiMethod.ECDH,
 ) -> tuple[Any, Any, Any]:
     from cleanroom.client.sdk import load_partner_set, run_psi
-    from cleanroom.matching.messages import Protocol, PsiMethod
+    from cleanroom.matching.messages import Protocol
     from cleanroom.matching.workers import CryptoPool
 
     with progress_bars(show_progress) as progress:
@@ -65,7 +60,7 @@ def _partner_session(
             file, columns, normalize_options(region), on_rows=lambda n: progress.advance(reading, n)
         )
         progress.update(reading, visible=False)
-        kkrt = method_name == "kkrt"
+        kkrt = method is PsiMethod.KKRT
         sending = progress.add_task(
             "OT extension, bins sent" if kkrt else "blinding and sending", total=max(1, data.points)
         )
@@ -87,7 +82,7 @@ def _partner_session(
                     pool=pool,
                     report_count=report_count,
                     on_progress=on_progress,
-                    method=PsiMethod(method_name),
+                    method=method,
                 )
             )
     return run, data, report
@@ -114,14 +109,14 @@ def partner_match(
         typer.Option("--report-count/--no-report-count", help="Tell the brand the match count."),
     ] = True,
     protocol: Annotated[
-        MatchProtocol,
+        PsiMethod,
         typer.Option(
             "--protocol",
             help="kkrt: OT-extension PSI (KKRT16), an order of magnitude faster;"
             " ecdh: blinding on Curve25519. Both tell you your matched rows, the brand your"
             " set size.",
         ),
-    ] = MatchProtocol.KKRT,
+    ] = PsiMethod.KKRT,
     as_json: JsonOut = False,
 ) -> None:
     """PSI match: learn which of FILE's rows are in the brand audience."""
@@ -139,7 +134,7 @@ def partner_match(
             workers,
             not as_json,
             report_count,
-            protocol.value,
+            protocol,
         )
         outcome = run.session.outcome
         assert outcome is not None
