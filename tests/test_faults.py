@@ -21,7 +21,7 @@ from cleanroom.matching.partner import PartnerColumn, PartnerSession, PartnerSet
 from cleanroom.matching.workers import CryptoPool
 from cleanroom.proto import cleanroom_pb2_grpc as pb_grpc
 from cleanroom.proto import serde
-from cleanroom.server.store import Role
+from cleanroom.server.store import Role, SessionRecord
 from tests.conftest import Node
 from tests.helpers import eventually, sha
 from tests.test_e2e import audience_names, healthy, no_temporaries
@@ -84,7 +84,7 @@ def test_client_killed_mid_upload_leaves_nothing(node: Node, audience: str) -> N
     assert healthy(node)
 
 
-def sessions(node: Node) -> list[object]:
+def sessions(node: Node) -> list[SessionRecord]:
     store = node.store()
     try:
         tenant = store.find_tenant("acme")
@@ -97,17 +97,17 @@ def sessions(node: Node) -> list[object]:
 def test_partner_killed_mid_match_is_interrupted_and_node_serves_on(
     node: Node, audience: str, process_pool: CryptoPool
 ) -> None:
-    before = {s.session_id for s in sessions(node)}  # type: ignore[attr-defined]
+    before = {s.session_id for s in sessions(node)}
     proc = start_fault_client(node, "match", Role.PARTNER, audience)
     kill(proc)
 
     def interrupted() -> bool:
-        new = [s for s in sessions(node) if s.session_id not in before]  # type: ignore[attr-defined]
-        return len(new) == 1 and new[0].status == "interrupted"  # type: ignore[attr-defined]
+        new = [s for s in sessions(node) if s.session_id not in before]
+        return len(new) == 1 and new[0].status == "interrupted"
 
     eventually(interrupted, what="the session to be marked interrupted")
-    [killed] = [s for s in sessions(node) if s.session_id not in before]  # type: ignore[attr-defined]
-    assert killed.intersection is None  # type: ignore[attr-defined]
+    [killed] = [s for s in sessions(node) if s.session_id not in before]
+    assert killed.intersection is None
     # The node serves the next partner normally.
     run = asyncio.run(
         run_psi(partner(node), audience, Protocol.MATCH, email_set(), pool=process_pool)
@@ -161,9 +161,9 @@ def test_dropped_stream_resumes_to_the_right_answer(
     expected = [0 if i % 2 == 0 and i < 400 else -1 for i in range(2000)]
     assert session.outcome.matched_on.tolist() == expected
 
-    def recorded() -> tuple[object, object]:
-        [record] = [s for s in sessions(node) if s.session_id == session.session_id]  # type: ignore[attr-defined]
-        return record.status, record.intersection  # type: ignore[attr-defined]
+    def recorded() -> tuple[str, int | None]:
+        [record] = [s for s in sessions(node) if s.session_id == session.session_id]
+        return record.status, record.intersection
 
     # The node records the outcome when its side of the stream closes, which
     # can be a moment after the partner has its result.

@@ -33,7 +33,8 @@ from cleanroom.proto import cleanroom_pb2 as pb
 from cleanroom.server.store import Role
 from tests.conftest import Node
 from tests.helpers import plaintext_match
-from tests.test_e2e import healthy, raw_session
+from tests.test_e2e import healthy, partner, raw_session
+from tests.test_faults import sessions
 from tests.test_wire_privacy import forbidden_values
 from tests.wire import RecordingProxy, data_by_stream, grpc_messages
 
@@ -56,14 +57,17 @@ def files(node: Node, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, P
     return result.brand_path, result.partner_path
 
 
-def partner(node: Node) -> Connection:
-    return Connection(node.target, node.tokens["acme"][Role.PARTNER])
+def psi(
+    node: Node, data: PartnerSet, pool: CryptoPool, method: PsiMethod = PsiMethod.KKRT
+) -> PsiRun:
+    """A match of ``data`` against the module's audience, as acme's partner."""
+    return asyncio.run(
+        run_psi(partner(node), "kkrt-crm", Protocol.MATCH, data, pool=pool, method=method)
+    )
 
 
 def matched_on(node: Node, data: PartnerSet, method: PsiMethod, pool: CryptoPool) -> np.ndarray:
-    run = asyncio.run(
-        run_psi(partner(node), "kkrt-crm", Protocol.MATCH, data, pool=pool, method=method)
-    )
+    run = psi(node, data, pool, method)
     assert run.session.outcome is not None
     return run.session.outcome.matched_on
 
@@ -241,19 +245,10 @@ def test_policy_lists_the_match_methods(
         policy = set_policy(admin, {"match_methods": ["ecdh"]})
         assert policy["match_methods"] == ["ecdh"]
         with pytest.raises(ClientError) as refused:
-            asyncio.run(
-                run_psi(
-                    partner(node),
-                    "kkrt-crm",
-                    Protocol.MATCH,
-                    data,
-                    pool=process_pool,
-                    method=PsiMethod.KKRT,
-                )
-            )
+            psi(node, data, process_pool)
         assert refused.value.code == "FAILED_PRECONDITION"
         assert "ecdh only, not kkrt" in refused.value.message
-        asyncio.run(run_psi(partner(node), "kkrt-crm", Protocol.MATCH, data, pool=process_pool))
+        psi(node, data, process_pool, PsiMethod.ECDH)
         with pytest.raises(ClientError, match="match methods are ecdh, kkrt"):
             set_policy(admin, {"match_methods": ["rsa"]})
     finally:
@@ -263,39 +258,11 @@ def test_policy_lists_the_match_methods(
 def test_the_session_record_counts_bins(
     node: Node, files: tuple[Path, Path], process_pool: CryptoPool
 ) -> None:
-    data = random_set(1000, 4)
-    run = asyncio.run(
-        run_psi(
-            partner(node),
-            "kkrt-crm",
-            Protocol.MATCH,
-            data,
-            pool=process_pool,
-            method=PsiMethod.KKRT,
-        )
-    )
-    store = node.store()
-    try:
-        [record] = [
-            s
-            for s in store.list_sessions(store_tenant(node))
-            if s.session_id == run.session.session_id
-        ]
-    finally:
-        store.close()
+    run = psi(node, random_set(1000, 4), process_pool)
+    [record] = [s for s in sessions(node) if s.session_id == run.session.session_id]
     assert record.status == "done"
     assert record.declared_points == ox.bin_count(1000)
     assert record.declared_records == 1000
-
-
-def store_tenant(node: Node) -> str:
-    store = node.store()
-    try:
-        principal = store.authenticate(node.tokens["acme"][Role.PARTNER])
-        assert principal is not None
-        return principal.tenant_id
-    finally:
-        store.close()
 
 
 def test_kkrt_overlap_is_refused_by_the_sdk(node: Node, process_pool: CryptoPool) -> None:
@@ -367,12 +334,7 @@ def test_a_broken_stream_restarts_with_fresh_keys_and_the_right_answer(
     assert (run.restarts, run.resumes) == (1, 0)
     assert run.session.outcome is not None
     assert np.array_equal(run.session.outcome.matched_on, expected)
-    store = node.store()
-    try:
-        records = store.list_sessions(store_tenant(node))
-    finally:
-        store.close()
-    failed = [r for r in records if r.status == "failed" and "restart" in (r.error or "")]
+    failed = [r for r in sessions(node) if r.status == "failed" and "restart" in (r.error or "")]
     assert failed, "the broken session is recorded as failed, for the partner starts over"
     assert healthy(node)
 
