@@ -1,7 +1,7 @@
 """PSI match benchmark: brand-node process vs partner process over loopback.
 
     python bench/psi.py --n 100000 [--protocol ecdh|kkrt] [--compare-openmined]
-                        [--compare-secretflow]
+                        [--compare-secretflow] [--dask-scheduler local:N]
 
 Brand rows are user0..user{N-1}; partner rows user{N/2}..user{3N/2-1}
 (50% overlap). The brand audience is uploaded first (not timed), and the
@@ -16,7 +16,11 @@ item blocks) the AES blocks and bit-matrix transposes it cannot avoid, on one
 core (``common.measure_kkrt_floor``). ``bytes_on_wire`` counts the serialized
 messages both ways. ``--compare-secretflow`` runs SecretFlow's RR22 on the
 same two files in the same run (``bench/secretflow.py``: spu in a virtual
-environment of its own). Prints one JSON line at the end.
+environment of its own). ``--dask-scheduler local:N`` runs both parties'
+crypto on Dask (the node with ``CLEANROOM_DASK_SCHEDULER``) and, in the same
+run, the same match on local processes first: ``ratio_to_process_pool`` is
+the processes' seconds over Dask's (above 1: Dask is faster). Prints one JSON
+line at the end.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from common import (
@@ -53,6 +59,9 @@ from cleanroom.matching.kkrt import partner_items
 from cleanroom.matching.messages import Protocol, PsiMethod
 from cleanroom.matching.workers import CryptoPool, default_workers
 
+COLUMNS = parse_id_columns("email")
+OPTIONS = NormalizeOptions()
+
 
 def run_openmined(brand: list[str], partner: list[str]) -> float | None:
     try:
@@ -72,41 +81,36 @@ def run_openmined(brand: list[str], partner: list[str]) -> float | None:
     return elapsed
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--n", type=int, default=100_000)
-    parser.add_argument("--workers", type=int, default=default_workers())
-    parser.add_argument("--chunk-size", type=int, default=8192)
-    parser.add_argument("--protocol", choices=["ecdh", "kkrt"], default="ecdh")
-    parser.add_argument("--compare-openmined", action="store_true")
-    parser.add_argument("--compare-secretflow", action="store_true")
-    parser.add_argument("--skip-floor", action="store_true", help="for quick smoke runs")
-    args = parser.parse_args()
-    n, workers = args.n, args.workers
-    method = PsiMethod(args.protocol)
-
-    work = work_dir("cleanroom-bench-")
+def one_run(
+    node_dir: Path,
+    n: int,
+    workers: int,
+    method: PsiMethod,
+    chunk_size: int,
+    dask_scheduler: str | None,
+) -> tuple[float, float, Any, RssSampler, Any]:
+    """One match of partner.csv against brand.csv (both in ``node_dir``'s parent), both
+    parties' crypto on local processes or on ``dask_scheduler``: (seconds, prepare
+    seconds, the run, the RSS sampler, the outcome)."""
+    work = node_dir.parent
     brand_csv, partner_csv, out_csv = work / "brand.csv", work / "partner.csv", work / "out.csv"
-    write_csv(brand_csv, 0, n)
-    write_csv(partner_csv, n // 2, n)
-    node = start_node(work / "node", workers, env={"CLEANROOM_CHUNK_SIZE": str(args.chunk_size)})
-    columns = parse_id_columns("email")
-    options = NormalizeOptions()
+    env = {"CLEANROOM_CHUNK_SIZE": str(chunk_size)}
+    if dask_scheduler:
+        env["CLEANROOM_DASK_SCHEDULER"] = dask_scheduler
+    node = start_node(node_dir, workers, env=env)
     try:
         admin = Connection(node.target, node.tokens["admin"])
         retry_until_up(
             node,
             lambda: asyncio.run(
                 upload_audience(
-                    admin, name="bench", path=brand_csv, id_columns=columns, options=options
+                    admin, name="bench", path=brand_csv, id_columns=COLUMNS, options=OPTIONS
                 )
             ),
         )
-        data, _ = load_partner_set(partner_csv, columns, options)
+        data, _ = load_partner_set(partner_csv, COLUMNS, OPTIONS)
         with (
-            CryptoPool.processes(workers) as pool,
+            CryptoPool.open(dask_scheduler, workers) as pool,
             RssSampler({"brand": node.process.pid, "partner": os.getpid()}) as rss,
         ):
             start = time.perf_counter()
@@ -130,13 +134,46 @@ def main() -> int:
             )
             outcome = run.session.outcome
             assert outcome is not None
-            write_match_output(partner_csv, out_csv, outcome.matched_on, columns)
+            write_match_output(partner_csv, out_csv, outcome.matched_on, COLUMNS)
             seconds = time.perf_counter() - start
         expected = np.arange(n // 2, n // 2 + n) < n
         if not np.array_equal(outcome.matched_on == 0, expected):
             raise AssertionError("the match result differs from the plaintext answer")
     finally:
         node.stop()
+    return seconds, prepare_seconds, run, rss, outcome
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--n", type=int, default=100_000)
+    parser.add_argument("--workers", type=int, default=default_workers())
+    parser.add_argument("--chunk-size", type=int, default=8192)
+    parser.add_argument("--protocol", choices=["ecdh", "kkrt"], default="ecdh")
+    parser.add_argument("--compare-openmined", action="store_true")
+    parser.add_argument("--compare-secretflow", action="store_true")
+    parser.add_argument(
+        "--dask-scheduler",
+        help="both parties' crypto on Dask (local:N or an address); also runs the same"
+        " match on local processes for ratio_to_process_pool",
+    )
+    parser.add_argument("--skip-floor", action="store_true", help="for quick smoke runs")
+    args = parser.parse_args()
+    n, workers = args.n, args.workers
+    method = PsiMethod(args.protocol)
+
+    work = work_dir("cleanroom-bench-")
+    brand_csv, partner_csv = work / "brand.csv", work / "partner.csv"
+    write_csv(brand_csv, 0, n)
+    write_csv(partner_csv, n // 2, n)
+    runs = {}
+    if args.dask_scheduler:
+        # The same session on local processes first, in the same run: the ratio's base.
+        runs["processes"] = one_run(work / "proc", n, workers, method, args.chunk_size, None)
+    measured = one_run(work / "node", n, workers, method, args.chunk_size, args.dask_scheduler)
+    seconds, prepare_seconds, run, rss, outcome = measured
 
     if args.skip_floor:
         floor = None
@@ -159,6 +196,7 @@ def main() -> int:
         "protocol": method.value,
         "n": n,
         "workers": workers,
+        "executor": f"dask {args.dask_scheduler}" if args.dask_scheduler else "processes",
         "seconds": round(seconds, 3),
         "partner_prepare_seconds": round(prepare_seconds, 3),
         "floor_seconds": round(floor, 3) if floor else None,
@@ -176,6 +214,10 @@ def main() -> int:
     }
     if not args.compare_secretflow:
         result.pop("speedup_vs_secretflow")
+    if "processes" in runs:
+        base = runs["processes"][0]
+        result["process_pool_seconds"] = round(base, 3)
+        result["ratio_to_process_pool"] = round(base / seconds, 3)
     print(json.dumps(result))
     return 0
 

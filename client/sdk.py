@@ -586,6 +586,7 @@ async def run_psi(
         else:
             run.resumes += 1
             log.warning("psi: resuming session %s (%s)", run.session.session_id, error.code)
+    run.session.close()  # done: its key goes (from a cluster's workers too)
     run.result = run.session.result
     return run
 

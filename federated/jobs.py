@@ -20,10 +20,15 @@ from cleanroom.federated.paillier import (
     PaillierPrivateKey,
     private_key_from_json,
 )
+from cleanroom.matching.workers import SecretRef, resolve_secret
+
+
+def _owner_key(private_key_json: str | SecretRef, min_bits: int) -> PaillierPrivateKey:
+    return _parsed_key(resolve_secret(private_key_json), min_bits)
 
 
 @functools.lru_cache(maxsize=4)
-def _owner_key(private_key_json: str, min_bits: int) -> PaillierPrivateKey:
+def _parsed_key(private_key_json: str, min_bits: int) -> PaillierPrivateKey:
     key = private_key_from_json(private_key_json, min_bits=min_bits)
     key.precompute()
     return key

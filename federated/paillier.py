@@ -871,6 +871,8 @@ def generate_keypair_on(
     must not wait behind. Blocks until the keys are there."""
     if executor is None:
         return generate_keypair(bits)
+    # A cluster's results are Dask data, which may spill to disk: a key is made beside it.
+    executor = getattr(executor, "private_executor", executor)
     private = private_key_from_json(executor.submit(_keypair_json, bits).result())
     return private.public_key, private
 

@@ -83,7 +83,7 @@ class BrandSession:
         self.error: BaseException | None = None
         self._pool = pool
         self._key = key or BlindingKey.generate()
-        self._secret = self._key.secret_bytes()
+        self._secret = pool.key(self._key.secret_bytes())
         self._rng = rng or np.random.default_rng()
         self._brand = brand_points
         self.chunk_size = chunk_size
@@ -154,6 +154,7 @@ class BrandSession:
     def close(self) -> None:
         """Stop background work and drop key material."""
         self._reblind.cancel()
+        self._pool.forget(self._secret)
         current = asyncio.current_task()
         for task in self._tasks:
             if task is not current:

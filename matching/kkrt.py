@@ -513,7 +513,8 @@ class KkrtBrandSession(RoundMachine[Round]):
         if pool is not None:
 
             async def run(*args: bytes) -> tuple[bytes, list[bytes]]:
-                return await pool.run(receive_base_ots, *args)
+                # Their result is keys: never a cluster's (spillable) data.
+                return await pool.run_private(receive_base_ots, *args)
 
         self._sender = await KkrtSender.create(
             self._items, self.hello, self.session_id, self._random_bytes, run

@@ -231,7 +231,7 @@ class PartnerSession:
         self.progress = PartnerProgress()
         self._pool = pool
         self._key = key or BlindingKey.generate(random_bytes)
-        self._secret = self._key.secret_bytes()
+        self._secret = pool.key(self._key.secret_bytes())
         self._rng = rng or np.random.default_rng()
         self._random_bytes = random_bytes
         self._signal = Signal()
@@ -366,6 +366,7 @@ class PartnerSession:
 
     def close(self) -> None:
         self._brand_results.cancel()
+        self._pool.forget(self._secret)
         current = asyncio.current_task()
         for task in self._tasks:
             if task is not current:

@@ -5,7 +5,12 @@ functions here are module-level (picklable) and take and return packed bytes
 so that moving a chunk between processes costs one buffer copy.
 ``CryptoPool`` is the async face the protocol sessions use; any
 ``concurrent.futures.Executor`` can sit behind it (a process pool by default,
-a thread pool in tests that want one process, a Dask client later).
+a thread pool in tests that want one process, a Dask cluster: ``cluster.DaskExecutor``).
+
+Jobs that take a session secret take it as ``bytes | SecretRef`` and read it through
+``resolve_secret``: a local pool passes the secret itself (it crosses a pipe, never a
+disk), a Dask cluster a reference to worker-local state (``install_key``), because Dask
+may spill task arguments' data to disk.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError, Executor, Future, ProcessPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
@@ -29,6 +35,51 @@ from cleanroom.matching.messages import POINT_LEN
 from cleanroom.matching.x25519 import blind_batch
 
 T = TypeVar("T")
+
+# Worker-local secrets of the sessions running on this (Dask worker) process, by handle.
+# Only ``cluster.SessionKey`` plugins write here; jobs read through ``resolve_secret``.
+WORKER_SECRETS: dict[str, Any] = {}
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    """Names a session secret installed on a cluster's workers; carries nothing of it."""
+
+    handle: str
+
+
+def resolve_secret(secret: T | SecretRef) -> T:
+    """The secret itself: as passed (a local pool), or from this worker's state."""
+    if not isinstance(secret, SecretRef):
+        return secret
+    try:
+        value: T = WORKER_SECRETS[secret.handle]
+    except KeyError:
+        raise RuntimeError(
+            "the session's key is not on this Dask worker (the session ended, or the worker"
+            " restarted without it)"
+        ) from None
+    return value
+
+
+def installed_handles() -> list[str]:
+    """Handles of the secrets this worker process holds (they must go with the session)."""
+    return sorted(WORKER_SECRETS)
+
+
+def install_key(executor: Executor | None, secret: T) -> T | SecretRef:
+    """``secret`` made ready for ``executor``'s jobs: itself for local processes, a
+    worker-local ``SecretRef`` on an executor that offers ``install_key`` (Dask)."""
+    install = getattr(executor, "install_key", None)
+    return secret if install is None else install(secret)  # type: ignore[no-any-return]
+
+
+def remove_key(executor: Executor | None, secret: object) -> None:
+    """End what ``install_key`` began (a no-op for a local pool or a plain secret)."""
+    remove = getattr(executor, "remove_key", None)
+    if remove is not None and isinstance(secret, SecretRef):
+        remove(secret)
+
 
 DST_PREFIX = b"CLEANROOM-PSI-V01-CS01-with-curve25519_XMD:SHA-512_ELL2_RO_-"
 DUMMY_DST = DST_PREFIX + b"dummy"
@@ -51,9 +102,11 @@ def truncate(packed_points: bytes, value_len: int) -> bytes:
     return arr[:, :value_len].tobytes()
 
 
-def hash_and_blind(secret: bytes, packed_digests: bytes, dst: bytes) -> bytes:
+def hash_and_blind(secret: bytes | SecretRef, packed_digests: bytes, dst: bytes) -> bytes:
     """H(x)^k for a batch of digests of one identifier type."""
-    return blind_batch(secret, hash_to_curve_batch(packed_digests, DIGEST_LEN, dst), validate=False)
+    return blind_batch(
+        resolve_secret(secret), hash_to_curve_batch(packed_digests, DIGEST_LEN, dst), validate=False
+    )
 
 
 def hash_mixed(
@@ -87,23 +140,25 @@ def hash_mixed(
 
 
 def hash_and_blind_mixed(
-    secret: bytes,
+    secret: bytes | SecretRef,
     packed_msgs: bytes,
     type_codes: bytes,
     dsts: Sequence[bytes | None],
     msg_len: int = DIGEST_LEN,
 ) -> bytes:
     """H_t(x)^k for a batch whose elements have different types (see ``hash_mixed``)."""
-    return blind_batch(secret, hash_mixed(packed_msgs, type_codes, dsts, msg_len), validate=False)
+    return blind_batch(
+        resolve_secret(secret), hash_mixed(packed_msgs, type_codes, dsts, msg_len), validate=False
+    )
 
 
-def blind_and_truncate(secret: bytes, packed_points: bytes, value_len: int) -> bytes:
+def blind_and_truncate(secret: bytes | SecretRef, packed_points: bytes, value_len: int) -> bytes:
     """Re-blind a peer's points (validating them) and keep comparison bytes."""
-    return truncate(blind_batch(secret, packed_points, validate=True), value_len)
+    return truncate(blind_batch(resolve_secret(secret), packed_points, validate=True), value_len)
 
 
-def blind_points(secret: bytes, packed_points: bytes, validate: bool) -> bytes:
-    return blind_batch(secret, packed_points, validate=validate)
+def blind_points(secret: bytes | SecretRef, packed_points: bytes, validate: bool) -> bytes:
+    return blind_batch(resolve_secret(secret), packed_points, validate=validate)
 
 
 def hash_points(packed_digests: bytes, dst: bytes) -> bytes:
@@ -186,16 +241,70 @@ class CryptoPool:
         list(executor.map(_warm, range(n)))
         return cls(executor, n)
 
+    @classmethod
+    def dask(cls, address: str, *, tls: bool = False, **options: Any) -> CryptoPool:
+        """A pool on the Dask cluster at ``address`` (``local:N`` starts one here); see
+        ``cluster.DaskExecutor.start`` for the options."""
+        from cleanroom.matching.cluster import DaskExecutor
+
+        executor = DaskExecutor.start(address, tls=tls, **options)
+        try:
+            return cls(executor, executor.workers)
+        except BaseException:
+            executor.shutdown()
+            raise
+
+    @classmethod
+    def open(
+        cls,
+        dask_scheduler: str | None,
+        workers: int | None = None,
+        *,
+        tls: bool = False,
+    ) -> CryptoPool:
+        """Local processes, or a Dask cluster when ``dask_scheduler`` is given (over TLS
+        when ``tls``: whenever the party's own connection is)."""
+        if not dask_scheduler:
+            return cls.processes(workers)
+        return cls.dask(dask_scheduler, tls=tls)
+
     @property
     def executor(self) -> Executor:
         return self._executor
+
+    @property
+    def distributed(self) -> bool:
+        """Whether the jobs run on a cluster (whose workers may spill data to disk)."""
+        return hasattr(self._executor, "install_key")
+
+    @property
+    def kind(self) -> str:
+        """``dask`` or ``processes`` (what benchmarks and logs report)."""
+        return "dask" if self.distributed else "processes"
+
+    async def run_private(self, fn: Callable[..., T], *args: Any) -> T:
+        """``run`` for a job whose result is secret: never on a cluster, whose results are
+        Dask data that may spill to disk, but in a local process beside it."""
+        loop = asyncio.get_running_loop()
+        executor = getattr(self._executor, "private_executor", self._executor)
+        return await loop.run_in_executor(executor, fn, *args)
+
+    def key(self, secret: T) -> T | SecretRef:
+        """``secret`` ready for this pool's jobs (``install_key``); ``forget`` ends it."""
+        return install_key(self._executor, secret)
+
+    def forget(self, secret: object) -> None:
+        remove_key(self._executor, secret)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, fn, *args)
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        try:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+        except TypeError:  # an executor without cancel_futures (Dask's own ClientExecutor)
+            self._executor.shutdown(wait=True)
 
     def __enter__(self) -> CryptoPool:
         return self
@@ -223,6 +332,7 @@ class RunJobs:
         self._lock = threading.Lock()
         self._pending: set[Future[Any]] = set()
         self._cancelled = False
+        self._keys: list[object] = []
 
     @property
     def parallel(self) -> bool:
@@ -274,12 +384,28 @@ class RunJobs:
             return await asyncio.to_thread(fn, *args)
         return await asyncio.wrap_future(self.submit(fn, *args))
 
+    def key(self, secret: T) -> T | SecretRef:
+        """``secret`` ready for this run's jobs; ``cancel`` (or ``release_keys``) ends it."""
+        ref = install_key(self._executor, secret)
+        if ref is not secret:
+            with self._lock:
+                self._keys.append(ref)
+        return ref
+
+    def release_keys(self) -> None:
+        """Remove the run's secrets from the cluster's workers (idempotent)."""
+        with self._lock:
+            keys, self._keys = self._keys, []
+        for ref in keys:
+            remove_key(self._executor, ref)
+
     def cancel(self) -> None:
         with self._lock:
             self._cancelled = True
             pending = list(self._pending)
         for future in pending:
             future.cancel()
+        self.release_keys()
 
     def _forget(self, future: Future[Any]) -> None:
         with self._lock:

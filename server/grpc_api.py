@@ -356,6 +356,8 @@ class _Run(Protocol):
 
     def end_of_input(self) -> None: ...
 
+    def close(self) -> None: ...
+
     def fail(self, exc: BaseException) -> None: ...
 
 
@@ -414,6 +416,7 @@ async def drive_run(
                 await reader
         try:
             if run is not None:  # done, failed, or the partner went away mid-run
+                run.close()  # its jobs and its keys (on a cluster's workers too) go
                 finish(run)
         finally:
             if slot is not None:

@@ -85,7 +85,10 @@ class BrandNode:
             log.warning("%d session(s) the last node left running: interrupted", len(interrupted))
         await self._purge_expired()
         if self._pool is None:
-            self._pool = await asyncio.to_thread(CryptoPool.processes, s.workers)
+            self._pool = await asyncio.to_thread(
+                CryptoPool.open, s.dask_scheduler, s.workers, tls=s.tls_dir is not None
+            )
+            log.info("crypto on %s (%d workers)", self._pool.kind, self._pool.workers)
         audiences = AudienceService(self.store, s.data_dir, self._pool)
         total = s.max_sessions or default_max_sessions(default_workers())
         self.admission = Admission(

@@ -21,6 +21,8 @@ class ServerSettings(BaseSettings):
     http_port: int = Field(8080, ge=0, le=65535)
     tls_dir: Path | None = None
     workers: int | None = Field(None, ge=1)  # crypto worker processes; default all cores
+    # The crypto on a Dask cluster instead: a scheduler address, or local:N (N workers here).
+    dask_scheduler: str | None = None
     chunk_size: int = Field(8192, ge=16, le=65536)  # points per PSI chunk (256 KiB)
     max_message_bytes: int = Field(MAX_MESSAGE_BYTES, ge=1024 * 1024)
     resume_seconds: float = Field(600.0, gt=0)

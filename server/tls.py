@@ -20,6 +20,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from cleanroom.proto.transport import CA_CERT, CLIENT_CERT, CLIENT_KEY, SERVER_CERT, SERVER_KEY
 
+CLUSTER_CERT, CLUSTER_KEY = "cluster.pem", "cluster.key"
+
 
 def _name(cn: str) -> x509.Name:
     return x509.Name(
@@ -39,11 +41,7 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
         f.write(data)
 
 
-def make_certificates(
-    out: Path, *, hosts: tuple[str, ...] = ("localhost", "127.0.0.1", "::1"), days: int = 365
-) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.UTC)
+def _authority(now: dt.datetime, days: int) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_cert = (
         x509.CertificateBuilder()
@@ -60,33 +58,53 @@ def make_certificates(
         )
         .sign(ca_key, hashes.SHA256())
     )
+    return ca_cert, ca_key
+
+
+def _leaf(
+    authority: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
+    cn: str,
+    usages: list[x509.ObjectIdentifier],
+    hosts: tuple[str, ...],
+    now: dt.datetime,
+    days: int,
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    ca_cert, ca_key = authority
     sans: list[x509.GeneralName] = []
     for host in hosts:
         try:
             sans.append(x509.IPAddress(ipaddress.ip_address(host)))
         except ValueError:
             sans.append(x509.DNSName(host))
+    key = ec.generate_private_key(ec.SECP256R1())
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(cn))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    )
+    return builder.sign(ca_key, hashes.SHA256()), key
 
-    def leaf(
-        cn: str, usage: x509.ObjectIdentifier
-    ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-        key = ec.generate_private_key(ec.SECP256R1())
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(_name(cn))
-            .issuer_name(ca_cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=days))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        )
-        return builder.sign(ca_key, hashes.SHA256()), key
 
-    server_cert, server_key = leaf("cleanroom brand node", ExtendedKeyUsageOID.SERVER_AUTH)
-    client_cert, client_key = leaf("cleanroom partner", ExtendedKeyUsageOID.CLIENT_AUTH)
+def make_certificates(
+    out: Path, *, hosts: tuple[str, ...] = ("localhost", "127.0.0.1", "::1"), days: int = 365
+) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.UTC)
+    authority = _authority(now, days)
+    ca_cert = authority[0]
+    server_cert, server_key = _leaf(
+        authority, "cleanroom brand node", [ExtendedKeyUsageOID.SERVER_AUTH], hosts, now, days
+    )
+    client_cert, client_key = _leaf(
+        authority, "cleanroom partner", [ExtendedKeyUsageOID.CLIENT_AUTH], hosts, now, days
+    )
     pem = serialization.Encoding.PEM
     (out / CA_CERT).write_bytes(ca_cert.public_bytes(pem))
     (out / SERVER_CERT).write_bytes(server_cert.public_bytes(pem))
@@ -96,3 +114,22 @@ def make_certificates(
     # The CA key is not kept: new certificates mean a new CA, which keeps a
     # stolen directory from minting more identities.
     return [out / n for n in (CA_CERT, SERVER_CERT, SERVER_KEY, CLIENT_CERT, CLIENT_KEY)]
+
+
+def make_cluster_certificates(
+    out: Path, *, hosts: tuple[str, ...] = ("localhost", "127.0.0.1", "::1"), days: int = 365
+) -> list[Path]:
+    """A CA of one party's own Dask cluster and one certificate for its scheduler, workers
+    and clients (Dask's peers are servers and clients both). Never the CA of the node's
+    gRPC: that one signed the partner's certificate, which must not reach the brand's
+    workers and the session keys in their memory."""
+    out.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.UTC)
+    authority = _authority(now, days)
+    usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    cert, key = _leaf(authority, "cleanroom cluster", usages, hosts, now, days)
+    pem = serialization.Encoding.PEM
+    (out / CA_CERT).write_bytes(authority[0].public_bytes(pem))
+    (out / CLUSTER_CERT).write_bytes(cert.public_bytes(pem))
+    _write_key(out / CLUSTER_KEY, key)
+    return [out / n for n in (CA_CERT, CLUSTER_CERT, CLUSTER_KEY)]

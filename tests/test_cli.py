@@ -214,6 +214,11 @@ def test_upload_match_overlap_through_the_cli(served: dict[str, object], tmp_pat
     assert ecdh["protocol"] == "ecdh"
     assert ecdh_out.read_bytes() == out.read_bytes()
     assert ecdh["matched_on"] == match["matched_on"]
+    # And with the partner's crypto on a Dask cluster of its own.
+    dask_out = tmp_path / "matched-dask.csv"
+    on_dask = match_into(dask_out, "--protocol", "ecdh", "--dask-scheduler", "local:1")
+    assert dask_out.read_bytes() == out.read_bytes()
+    assert on_dask["matched_on"] == match["matched_on"]
 
     overlap = json.loads(
         cli(
@@ -564,3 +569,14 @@ def test_serve_takes_its_settings_from_the_environment_unless_a_flag_says_otherw
     )
     assert bad.returncode == 1
     assert "grpc_port" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_bad_dask_scheduler_is_a_clear_error(tmp_path: Path) -> None:
+    data_dir = tmp_path / "node"
+    cli("tenant", "create", "acme", "--data-dir", str(data_dir), "--json")
+    result = cli(
+        "serve", "--data-dir", str(data_dir), "--grpc-port", "0", "--http-port", "0",
+        "--dask-scheduler", "local:0", check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "local:N needs N from 1" in result.stderr

@@ -19,6 +19,7 @@ from cleanroom.audiences.identifiers import IdColumn, NormalizeOptions, parse_id
 
 if TYPE_CHECKING:
     from cleanroom.client.sdk import Connection
+    from cleanroom.matching.workers import CryptoPool
 
 err = Console(stderr=True)
 out = Console()
@@ -37,6 +38,14 @@ Region = Annotated[
 ]
 TlsDir = Annotated[
     Path | None, typer.Option("--tls-dir", help="Directory from `cleanroom certs` (mTLS).")
+]
+DaskScheduler = Annotated[
+    str | None,
+    typer.Option(
+        "--dask-scheduler",
+        help="Run the crypto on a Dask cluster: a scheduler address (tls:// when --tls-dir"
+        " is given) or local:N for N worker processes here. Default: local processes.",
+    ),
 ]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 RetrySeconds = Annotated[
@@ -121,3 +130,12 @@ def connection(
     from cleanroom.client.sdk import Connection
 
     return Connection(server, token, tls_dir, retry_seconds=retry_seconds)
+
+
+def crypto_pool(
+    dask_scheduler: str | None, workers: int | None, tls_dir: Path | None
+) -> CryptoPool:
+    """The partner's crypto workers: local processes, or the Dask cluster it named."""
+    from cleanroom.matching.workers import CryptoPool
+
+    return CryptoPool.open(dask_scheduler, workers, tls=tls_dir is not None)

@@ -82,6 +82,16 @@ def serve(
         int | None,
         typer.Option("--workers", help=_setting("workers", "Crypto processes; default all cores")),
     ] = None,
+    dask_scheduler: Annotated[
+        str | None,
+        typer.Option(
+            "--dask-scheduler",
+            help=_setting(
+                "dask_scheduler",
+                "Crypto on a Dask cluster: scheduler address (tls:// with --tls-dir) or local:N",
+            ),
+        ),
+    ] = None,
     database_url: Annotated[
         str | None,
         typer.Option(
@@ -121,6 +131,7 @@ def serve(
         host=host,
         tls_dir=tls_dir,
         workers=workers,
+        dask_scheduler=dask_scheduler,
         database_url=database_url,
         max_sessions=max_sessions,
         max_partner_sessions=max_partner_sessions,
@@ -295,12 +306,20 @@ def certs(
     host: Annotated[
         list[str] | None, typer.Option("--host", help="Server host names/IPs (repeat).")
     ] = None,
+    cluster: Annotated[
+        bool,
+        typer.Option(
+            "--cluster", help="A Dask cluster's own CA and certificate (scheduler, workers)."
+        ),
+    ] = False,
 ) -> None:
-    """Create a CA plus server and client certificates for mutual TLS."""
-    from cleanroom.server.tls import make_certificates
+    """Create a CA plus server and client certificates for mutual TLS (--cluster: a CA and
+    certificate of a party's own Dask cluster, for Dask's TLS settings)."""
+    from cleanroom.server.tls import make_certificates, make_cluster_certificates
 
     hosts = tuple(host) if host else ("localhost", "127.0.0.1", "::1")
-    for path in make_certificates(out_dir, hosts=hosts):
+    make = make_cluster_certificates if cluster else make_certificates
+    for path in make(out_dir, hosts=hosts):
         out.print(f"wrote {path}")
 
 

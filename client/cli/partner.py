@@ -10,6 +10,7 @@ import typer
 
 from cleanroom.audiences.identifiers import IdColumn
 from cleanroom.client.cli.common import (
+    DaskScheduler,
     IdColumns,
     JsonOut,
     Region,
@@ -18,6 +19,7 @@ from cleanroom.client.cli.common import (
     TlsDir,
     Token,
     connection,
+    crypto_pool,
     errors,
     normalize_options,
     out,
@@ -46,13 +48,13 @@ def _partner_session(
     region: str | None,
     protocol_name: str,
     workers: int | None,
+    dask_scheduler: str | None,
     show_progress: bool,
     report_count: bool = True,
     method: PsiMethod = PsiMethod.ECDH,
 ) -> tuple[Any, Any, Any]:
     from cleanroom.client.sdk import load_partner_set, run_psi
     from cleanroom.matching.messages import Protocol
-    from cleanroom.matching.workers import CryptoPool
 
     with progress_bars(show_progress) as progress:
         reading = progress.add_task("hashing partner rows", total=None)
@@ -72,7 +74,7 @@ def _partner_session(
             progress.update(sending, completed=p.points_sent, total=max(1, p.points_total))
             progress.update(brand, completed=p.brand_done, total=max(1, p.brand_total))
 
-        with CryptoPool.processes(workers) as pool:
+        with crypto_pool(dask_scheduler, workers, conn.tls_dir) as pool:
             run = asyncio.run(
                 run_psi(
                     conn,
@@ -104,6 +106,7 @@ def partner_match(
     tls_dir: TlsDir = None,
     retry_seconds: RetrySeconds = 60.0,
     workers: Annotated[int | None, typer.Option("--workers")] = None,
+    dask_scheduler: DaskScheduler = None,
     report_count: Annotated[
         bool,
         typer.Option("--report-count/--no-report-count", help="Tell the brand the match count."),
@@ -132,6 +135,7 @@ def partner_match(
             default_region,
             "match",
             workers,
+            dask_scheduler,
             not as_json,
             report_count,
             protocol,
@@ -174,6 +178,7 @@ def partner_overlap(
     tls_dir: TlsDir = None,
     retry_seconds: RetrySeconds = 60.0,
     workers: Annotated[int | None, typer.Option("--workers")] = None,
+    dask_scheduler: DaskScheduler = None,
     as_json: JsonOut = False,
 ) -> None:
     """PSI cardinality: both sides learn only how many of FILE's records match."""
@@ -186,6 +191,7 @@ def partner_overlap(
             default_region,
             "cardinality",
             workers,
+            dask_scheduler,
             not as_json,
         )
     assert run.result is not None
@@ -215,6 +221,7 @@ def partner_attribute(
     view_window: Annotated[int, typer.Option("--view-window")] = 1,
     epsilon: Annotated[float, typer.Option("--epsilon", help="DP budget to spend.")] = 0.0,
     workers: Annotated[int | None, typer.Option("--workers")] = None,
+    dask_scheduler: DaskScheduler = None,
     default_region: Region = None,
     tls_dir: TlsDir = None,
     retry_seconds: RetrySeconds = 60.0,
@@ -240,9 +247,11 @@ def partner_attribute(
             windows=Windows(click_window, view_window),
             epsilon=epsilon,
         )
-        from cleanroom.matching.workers import CryptoPool
 
-        with CryptoPool.processes(workers) as pool, progress_bars(not as_json) as progress:
+        with (
+            crypto_pool(dask_scheduler, workers, tls_dir) as pool,
+            progress_bars(not as_json) as progress,
+        ):
             phase = progress.add_task("reading the exposure log", total=None)
             prepared = prepare_attribution(request, pool.executor)
             sent = progress.add_task("partner tokens sent", total=None, visible=False)
@@ -300,6 +309,7 @@ def partner_lookalike(
         float, typer.Option("--epsilon", help="Label-DP epsilon (0: none unless required).")
     ] = 0.0,
     workers: Annotated[int | None, typer.Option("--workers")] = None,
+    dask_scheduler: DaskScheduler = None,
     default_region: Region = None,
     tls_dir: TlsDir = None,
     retry_seconds: RetrySeconds = 60.0,
@@ -315,7 +325,6 @@ def partner_lookalike(
         shared_id_columns,
     )
     from cleanroom.federated.lookalike.messages import LookalikeMode
-    from cleanroom.matching.workers import CryptoPool
     from cleanroom.proto.errors import InvalidInput
 
     with errors():
@@ -341,7 +350,10 @@ def partner_lookalike(
         )
         conn = connection(server, token, tls_dir, retry_seconds)
         request = shared_id_columns(conn, request)
-        with CryptoPool.processes(workers) as pool, progress_bars(not as_json) as progress:
+        with (
+            crypto_pool(dask_scheduler, workers, tls_dir) as pool,
+            progress_bars(not as_json) as progress,
+        ):
             reading = progress.add_task("reading users and features", total=None)
             prepared = prepare_lookalike(
                 request, pool.executor, on_rows=lambda n: progress.advance(reading, n)
@@ -389,6 +401,7 @@ def partner_score(
     user_column: Annotated[str, typer.Option("--user-column")] = "user_id",
     tiers: Annotated[str, typer.Option("--tiers", help="Nested tiers, percent.")] = "1,2,5,10",
     workers: Annotated[int | None, typer.Option("--workers")] = None,
+    dask_scheduler: DaskScheduler = None,
     tls_dir: TlsDir = None,
     retry_seconds: RetrySeconds = 60.0,
     as_json: JsonOut = False,
@@ -397,7 +410,6 @@ def partner_score(
     from cleanroom.client.lookalike import parse_tiers
     from cleanroom.client.scoring import ScoreRequest, prepare_score, run_score
     from cleanroom.federated.lookalike.scoring import ScoreProgress
-    from cleanroom.matching.workers import CryptoPool
 
     with errors():
         request = ScoreRequest(
@@ -407,7 +419,10 @@ def partner_score(
             user_column=user_column,
             tiers=parse_tiers(tiers),
         )
-        with CryptoPool.processes(workers) as pool, progress_bars(not as_json) as progress:
+        with (
+            crypto_pool(dask_scheduler, workers, tls_dir) as pool,
+            progress_bars(not as_json) as progress,
+        ):
             prepared = prepare_score(request, pool.executor)
             phase = progress.add_task("waiting for the brand node", total=None)
             sent = progress.add_task("encrypted scores sent", total=None, visible=False)

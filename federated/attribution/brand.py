@@ -94,6 +94,8 @@ class BrandRun(Protocol):
 
     def fail(self, exc: BaseException) -> None: ...
 
+    def close(self) -> None: ...
+
 
 class AlreadyReported:
     """The answer to a submission that already has a report: that report, and no run."""
@@ -116,6 +118,9 @@ class AlreadyReported:
         pass
 
     def fail(self, exc: BaseException) -> None:
+        pass
+
+    def close(self) -> None:
         pass
 
 
@@ -155,7 +160,7 @@ class BrandAttribution(RoundMachine[AttrRound]):
         self._cells_listener = on_cells
         self.result: DecryptedAggregates | None = None
         self.max_lag = max(h.click_days, h.view_days)
-        self._secret = (key or BlindingKey.generate()).secret_bytes()
+        self._secret = self._jobs.key((key or BlindingKey.generate()).secret_bytes())
         # Only types both sides hold are tokenized: tokens are domain-separated
         # by type, so any other token could never match.
         held = data.held_types()
@@ -414,7 +419,7 @@ class BrandAttribution(RoundMachine[AttrRound]):
             # worker builds its fixed-base table once per part); a small set too, in
             # one part: big-integer work here would hold the GIL the node's event
             # loop needs.
-            key = json.dumps(private_key_to_json(self.private_key))
+            key = self._jobs.key(json.dumps(private_key_to_json(self.private_key)))
             step = max(1, -(-len(scaled) // (4 if len(scaled) > 4 * chunk else 1)))
             bits = self.public_key.n.bit_length()
             jobs: list[tuple[Any, ...]] = [

@@ -134,7 +134,7 @@ class PartnerAttribution(RoundMachine[AttrRound]):
         self.public_key: PaillierPublicKey | None = None
         self._ahead = ahead
         self.chunk_size = chunk_size  # tokens per CellTokens message
-        self._secret = (key or BlindingKey.generate()).secret_bytes()
+        self._secret = self._jobs.key((key or BlindingKey.generate()).secret_bytes())
         self.accepted: AttrAccepted | None = None
         self.cells: tuple[Cell, ...] = ()
         self.users: dict[tuple[str, str], int] = {}

@@ -121,6 +121,8 @@ class LookalikeRun(Protocol):
 
     def fail(self, exc: BaseException) -> None: ...
 
+    def close(self) -> None: ...
+
 
 class AlreadyPackaged:
     """The answer to a submission that already has a package: that package, and no job."""
@@ -143,6 +145,9 @@ class AlreadyPackaged:
         pass
 
     def fail(self, exc: BaseException) -> None:
+        pass
+
+    def close(self) -> None:
         pass
 
 
@@ -234,7 +239,7 @@ class BrandLookalike(RoundMachine[LookalikeRound]):
         self._conclude = conclude or (lambda _outcome: session_id)
         self._rng = rng or np.random.default_rng()
         self._random_bytes = random_bytes
-        self._secret = (key or BlindingKey.generate()).secret_bytes()
+        self._secret = self._jobs.key((key or BlindingKey.generate()).secret_bytes())
         labels = np.asarray(labels, dtype=np.uint8)
         self._lists = {BrandList.SEED: points[labels == 1], BrandList.OTHER: points[labels == 0]}
         self.list_size = max(1, *(len(v) for v in self._lists.values()))

@@ -212,7 +212,7 @@ class PartnerLookalike(RoundMachine[LookalikeRound]):
         self._write_package = write_package
         self.rng = rng or np.random.default_rng()
         self._random_bytes = random_bytes
-        self._secret = (key or BlindingKey.generate(random_bytes)).secret_bytes()
+        self._secret = self._jobs.key((key or BlindingKey.generate(random_bytes)).secret_bytes())
         self.min_key_bits = min_key_bits
         self.progress = LookalikeProgress()
         self.records = data.records()  # user row per offered row

@@ -197,6 +197,9 @@ class AlreadyScored:
     def fail(self, exc: BaseException) -> None:
         pass
 
+    def close(self) -> None:
+        pass
+
 
 class BrandScoring(RoundMachine[ScoreRound]):
     """B's state machine for one HE-scoring job with ``model`` under ``private_key``."""
@@ -227,7 +230,8 @@ class BrandScoring(RoundMachine[ScoreRound]):
         self._seq = 0
         self._values: list[bytes] = []
         self._decrypted = OrderedResults[bytes](limit=8)
-        self._key_json = json.dumps(private_key_to_json(private_key))  # SECRET: for workers
+        # SECRET: for workers (worker-local state on a cluster)
+        self._key_json = self._jobs.key(json.dumps(private_key_to_json(private_key)))
         self.sizes = tier_sizes(hello.users, hello.tiers)
 
     @property
