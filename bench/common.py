@@ -47,6 +47,8 @@ class RssSampler:
         self.rescan = rescan
         self.peak_process_mb = 0.0
         self.peak_tree_mb: dict[str, float] = dict.fromkeys(pids, 0.0)
+        # Every process seen: its tree's name, what it is (``kind``) and its peak.
+        self.processes: dict[int, tuple[str, str, float]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -77,6 +79,10 @@ class RssSampler:
                 except (psutil.Error, OSError):
                     continue
                 self.peak_process_mb = max(self.peak_process_mb, peak_kb / 1024)
+                # A process in two trees (the node is the partner's child here) is its own
+                # tree's, the first to claim it.
+                tree, kind, _ = self.processes.get(p.pid, (name, _kind(p, procs[0].pid), 0.0))
+                self.processes[p.pid] = (tree, kind, peak_kb / 1024)
             self.peak_tree_mb[name] = max(self.peak_tree_mb[name], total)
 
     def __enter__(self) -> RssSampler:
@@ -87,6 +93,36 @@ class RssSampler:
         self._stop.set()
         self._thread.join()
         self._sample({name: self._tree(pid) for name, pid in self.pids.items()})  # short runs
+
+
+def _kind(process: psutil.Process, root: int) -> str:
+    """What a process of a party's tree is: the party itself, a worker process (local
+    crypto processes and Dask workers alike: LocalCluster's nannies live in the party's
+    process and spawn the workers), or multiprocessing's resource tracker."""
+    if process.pid == root:
+        return "main"
+    try:
+        line = " ".join(process.cmdline())
+    except psutil.Error:
+        return "gone"
+    return "tracker" if "resource_tracker" in line else "worker"
+
+
+def peaks_by_process(sampler: RssSampler) -> dict[str, float]:
+    """Peak RSS (MB) per process, named by party: ``brand``, ``brand-worker-1``,
+    ``partner``, ``partner-worker-2`` ..."""
+    out: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for _pid, (tree, kind, peak) in sorted(sampler.processes.items()):
+        if kind in ("tracker", "gone"):
+            continue
+        if kind == "main":
+            label = tree
+        else:
+            counts[f"{tree}-{kind}"] = counts.get(f"{tree}-{kind}", 0) + 1
+            label = f"{tree}-{kind}-{counts[f'{tree}-{kind}']}"
+        out[label] = round(peak, 1)
+    return out
 
 
 def _blind_random(args: tuple[bytes, int]) -> int:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -41,6 +42,7 @@ from cleanroom.matching.messages import (
     Result,
     ValueChunk,
 )
+from cleanroom.matching.semijoin import SemiJoin
 from cleanroom.matching.session import OrderedResults, Round, Signal, comparison_length, guarded
 from cleanroom.matching.workers import CryptoPool, blind_and_truncate, blind_points
 from cleanroom.matching.x25519 import BlindingKey
@@ -72,7 +74,10 @@ class BrandSession:
         chunk_size: int,
         key: BlindingKey | None = None,
         rng: np.random.Generator | None = None,
+        spill_dir: Path | None = None,
     ) -> None:
+        """``spill_dir``: where a large CARDINALITY keeps its comparison buckets (default:
+        the system's temporary directory); they go when the session closes."""
         if brand_points.dtype != np.dtype(f"S{POINT_LEN}"):
             raise TypeError("brand_points must be a numpy array of dtype S32")
         _check_hello(hello, chunk_size)
@@ -98,8 +103,13 @@ class BrandSession:
         self.partner_points_received = 0
         self.next_value_seq = 0
         self.values_received = 0
-        self._partner_values: list[bytes] = []  # CARDINALITY: H(p)^ba, kept
-        self._brand_values: list[bytes] = []  # CARDINALITY: H(s)^ab from P
+        # CARDINALITY: the partner's H(p)^ba (positioned: slots make records) against
+        # H(s)^ab from P, bucketed as they arrive.
+        self._join: SemiJoin | None = None
+        if hello.protocol is Protocol.CARDINALITY:
+            self._join = SemiJoin(
+                self.value_len, hello.declared_points, len(brand_points), spill_dir=spill_dir
+            )
         self._reblind = OrderedResults[bytes](limit=2 * pool.workers)
         self._finish: Finish | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -152,9 +162,11 @@ class BrandSession:
         self._signal.notify()
 
     def close(self) -> None:
-        """Stop background work and drop key material."""
+        """Stop background work and drop key material (and any comparison buckets)."""
         self._reblind.cancel()
         self._pool.forget(self._secret)
+        if self._join is not None:
+            self._join.close()
         current = asyncio.current_task()
         for task in self._tasks:
             if task is not current:
@@ -236,7 +248,8 @@ class BrandSession:
             raise ProtocolError(f"more values than the brand set's {len(self._brand)} points")
         self.next_value_seq += 1
         self.values_received += count
-        self._brand_values.append(chunk.values)
+        assert self._join is not None
+        self._join.right.add(chunk.values)
 
     def _on_finish(self, finish: Finish) -> None:
         if self.round is not Round.EXCHANGE:
@@ -293,7 +306,8 @@ class BrandSession:
                 self.values_out.append(ValueChunk(seq=len(self.values_out), values=values))
                 self._signal.notify()
             else:
-                self._partner_values.append(values)
+                assert self._join is not None
+                self._join.left.add(values)
         self._reblinded_all.set()
 
     async def _conclude(self) -> None:
@@ -304,17 +318,15 @@ class BrandSession:
         if self.protocol is Protocol.MATCH:
             self.result = Result(intersection=finish.matched_records, known=finish.report_count)
         else:
-            self.result = Result(intersection=self._count_matching_records(), known=True)
+            self.result = Result(intersection=await self._count_matching_records(), known=True)
         self.round = Round.DONE
         self._signal.notify()
 
-    def _count_matching_records(self) -> int:
-        dtype = np.dtype(f"S{self.value_len}")
-        partner = np.frombuffer(b"".join(self._partner_values), dtype=dtype)
-        brand = np.frombuffer(b"".join(self._brand_values), dtype=dtype)
-        slots = self.hello.slots_per_record
-        hits = np.isin(partner, brand).reshape(-1, slots)
-        return int(hits.any(axis=1).sum())
+    async def _count_matching_records(self) -> int:
+        assert self._join is not None
+        hits = await self._join.mask(self._pool.run, window=2 * self._pool.workers)
+        self._join.close()
+        return int(hits.reshape(-1, self.hello.slots_per_record).any(axis=1).sum())
 
     # ------------------------------------------------------------- outgoing
 

@@ -38,6 +38,7 @@ from cleanroom.matching.messages import (
     Result,
     ValueChunk,
 )
+from cleanroom.matching.semijoin import SemiJoin
 from cleanroom.matching.session import OrderedResults, Round, Signal, guarded
 from cleanroom.matching.workers import (
     DUMMY_DST,
@@ -220,7 +221,10 @@ class PartnerSession:
         rng: np.random.Generator | None = None,
         random_bytes: Callable[[int], bytes] = os.urandom,
         report_count: bool = True,
+        spill_dir: Path | None = None,
     ) -> None:
+        """``spill_dir``: where a large MATCH keeps its comparison buckets (default: the
+        system's temporary directory); they go when the session closes."""
         if protocol is Protocol.CARDINALITY and not data.columns:
             raise ValueError("CARDINALITY needs at least one identifier column")
         self.audience = audience
@@ -240,10 +244,15 @@ class PartnerSession:
         self.points_out: list[PointChunk] = []
         self.values_out: list[ValueChunk] = []
         self.finish: Finish | None = None
-        self.values_in: list[bytes] = []  # MATCH: H(p)^ba in our order
+        self.value_chunks_in = 0  # MATCH: chunks of H(p)^ba, in our order
         self._values_in_count = 0
         self.brand_chunks_in = 0
-        self._brand_values: list[bytes] = []
+        self._brand_values: list[bytes] = []  # CARDINALITY: H(s)^ab, shuffled and returned
+        self._brand_bytes = 0
+        # MATCH: ours (H(p)^ba) against theirs (H(s)^ab), bucketed as they arrive.
+        self._join: SemiJoin | None = None
+        self._spill_dir = spill_dir
+        self._concluding = False
         self._brand_results = OrderedResults[bytes](limit=2 * pool.workers)
         self._tasks: list[asyncio.Task[None]] = []
         self.error: BaseException | None = None
@@ -272,7 +281,7 @@ class PartnerSession:
             declared_points=self._points,
             slots_per_record=self._slots,
             resume_session_id=self.session_id,
-            received_values=len(self.values_in) if self.protocol is Protocol.MATCH else 0,
+            received_values=self.value_chunks_in if self.protocol is Protocol.MATCH else 0,
             received_points=self.brand_chunks_in,
             id_types=tuple(dict.fromkeys(c.id_type for c in self.data.columns if len(c.rows))),
         )
@@ -283,6 +292,13 @@ class PartnerSession:
             self.accepted = accepted
             self.round = Round.EXCHANGE
             self.progress.brand_total = accepted.brand_points
+            if self.protocol is Protocol.MATCH:
+                self._join = SemiJoin(
+                    accepted.value_len,
+                    self._points,
+                    accepted.brand_points,
+                    spill_dir=self._spill_dir,
+                )
             self._tasks = [asyncio.ensure_future(guarded(self._produce_points, self.fail))]
             self._tasks.append(asyncio.ensure_future(guarded(self._collect_brand, self.fail)))
             if accepted.brand_points == 0:
@@ -313,16 +329,18 @@ class PartnerSession:
         assert self.accepted is not None
         if self.protocol is not Protocol.MATCH:
             raise ProtocolError("the brand sends value chunks only in MATCH sessions")
-        if chunk.seq != len(self.values_in):
+        if chunk.seq != self.value_chunks_in:
             raise ProtocolError(
-                f"values chunk {chunk.seq} out of order; expected {len(self.values_in)}"
+                f"values chunk {chunk.seq} out of order; expected {self.value_chunks_in}"
             )
         if not chunk.values or len(chunk.values) % self.accepted.value_len:
             raise ProtocolError(f"values chunk {chunk.seq} has a partial value")
         self._values_in_count += len(chunk.values) // self.accepted.value_len
         if self._values_in_count > self._points:
             raise ProtocolError("the brand returned more values than points sent")
-        self.values_in.append(chunk.values)
+        assert self._join is not None
+        self._join.left.add(chunk.values)
+        self.value_chunks_in += 1
         self._maybe_conclude()
 
     async def _on_brand_points(self, chunk: PointChunk) -> None:
@@ -367,6 +385,8 @@ class PartnerSession:
     def close(self) -> None:
         self._brand_results.cancel()
         self._pool.forget(self._secret)
+        if self._join is not None:
+            self._join.close()
         current = asyncio.current_task()
         for task in self._tasks:
             if task is not current:
@@ -434,7 +454,11 @@ class PartnerSession:
 
     async def _collect_brand(self) -> None:
         async for values in self._brand_results:
-            self._brand_values.append(values)
+            self._brand_bytes += len(values)
+            if self._join is not None:
+                self._join.right.add(values)
+            else:
+                self._brand_values.append(values)
         if self.protocol is Protocol.CARDINALITY:
             self._send_shuffled_brand_values()
         self._maybe_conclude()
@@ -460,29 +484,32 @@ class PartnerSession:
         if not self._brand_results_done():
             return
         if self.protocol is Protocol.MATCH:
-            if self._values_in_count != self._points:
+            if self._values_in_count != self._points or self._concluding:
                 return
-            self.outcome = self._match_rows()
-            self.finish = Finish(
-                report_count=self.report_count,
-                matched_records=self.outcome.matched_records if self.report_count else 0,
-            )
-        else:
-            self.finish = Finish()
+            self._concluding = True
+            self._tasks.append(asyncio.ensure_future(guarded(self._conclude_match, self.fail)))
+            return
+        self.finish = Finish()
+        self._signal.notify()
+
+    async def _conclude_match(self) -> None:
+        self.outcome = await self._match_rows()
+        self.finish = Finish(
+            report_count=self.report_count,
+            matched_records=self.outcome.matched_records if self.report_count else 0,
+        )
         self._signal.notify()
 
     def _brand_results_done(self) -> bool:
-        got = sum(len(v) for v in self._brand_values)
         assert self.accepted is not None
-        return got == self.accepted.brand_points * self.accepted.value_len
+        return self._brand_bytes == self.accepted.brand_points * self.accepted.value_len
 
-    def _match_rows(self) -> MatchOutcome:
-        assert self.accepted is not None
-        dtype = np.dtype(f"S{self.accepted.value_len}")
-        ours = np.frombuffer(b"".join(self.values_in), dtype=dtype)
-        theirs = np.frombuffer(b"".join(self._brand_values), dtype=dtype)
+    async def _match_rows(self) -> MatchOutcome:
+        assert self.accepted is not None and self._join is not None
+        hits = await self._join.mask(self._pool.run, window=2 * self._pool.workers)
+        self._join.close()
         return MatchOutcome(
-            matched_on=matched_on_rows(self.data, np.isin(ours, theirs)),
+            matched_on=matched_on_rows(self.data, hits),
             brand_points=self.accepted.brand_points,
         )
 

@@ -1,0 +1,286 @@
+"""Set membership and deduplication of fixed-length values, partitioned by their leading
+bits so that no process holds a whole set.
+
+The values compared in a PSI session (double-blinded points, truncated) are
+pseudorandom, so their leading bits spread them evenly over ``2^k`` buckets; two equal
+values always land in the same bucket. A ``Buckets`` store appends each incoming chunk's
+values to per-bucket files as they arrive (with their positions, for the side whose
+order matters); ``semi_join`` then answers "which of the left values are in the right
+set" one bucket pair at a time, and ``unique_count`` deduplicates one bucket at a time.
+The per-bucket jobs run on the party's executor (local processes or its Dask workers):
+a bucket's bytes travel as the job's argument, so workers need no shared disk, and at
+most ``window`` buckets are in flight.
+
+Partitioning by a prefix of the double-blinded value leaks nothing new: the bucket of a
+value is a function of the value, which the party holding it already has.
+
+``Buckets.in_memory`` keeps small sets in memory (one bucket, no files), with the same
+answers; ``memory_bytes`` chooses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# A bucket pair of about this many bytes per side is one job: small enough for a worker
+# with a few hundred MiB (np.isin sorts both sides, about 4x their size), large enough
+# that the per-job overhead is noise.
+BUCKET_BYTES = 8 * 1024 * 1024
+MAX_BUCKET_BITS = 12
+FLUSH_BYTES = 1024 * 1024  # per bucket, before it is appended to its file
+BUFFERED_BYTES = 64 * 1024 * 1024  # all buckets of a side: then every bucket is written
+
+# Sets up to this size stay in memory (one bucket, no files).
+MEMORY_BYTES = 256 * 1024 * 1024
+
+POSITION = np.dtype("<i8")
+
+
+def bucket_bits(expected_values: int, value_len: int) -> int:
+    """Leading bits that cut ``expected_values`` into buckets of about BUCKET_BYTES."""
+    total = max(1, expected_values) * value_len
+    bits = 0
+    while bits < MAX_BUCKET_BITS and (total >> bits) > BUCKET_BYTES:
+        bits += 1
+    return bits
+
+
+def bucket_of(values: np.ndarray, bits: int) -> np.ndarray:
+    """Each row's bucket: its first two bytes, big-endian, top ``bits`` bits."""
+    if bits == 0:
+        return np.zeros(len(values), dtype=np.intp)
+    head = values[:, 0].astype(np.intp) << 8
+    if values.shape[1] > 1:
+        head |= values[:, 1]
+    return head >> (16 - bits)
+
+
+class Buckets:
+    """Values of one side, appended chunk by chunk, kept per bucket (on disk, or in
+    memory for a small set). ``positioned`` sides also keep each value's position."""
+
+    def __init__(
+        self,
+        value_len: int,
+        bits: int,
+        directory: Path | None,
+        *,
+        positioned: bool,
+        name: str = "side",
+    ) -> None:
+        if value_len < 2:
+            raise ValueError("values are at least 2 bytes")
+        if directory is None and bits:
+            raise ValueError("an in-memory side has one bucket")
+        self.value_len = value_len
+        self.bits = bits
+        self.positioned = positioned
+        self.count = 0
+        self._dir = directory
+        self._name = name
+        self._values: list[list[bytes]] = [[] for _ in range(1 << bits)]
+        self._positions: list[list[bytes]] = [[] for _ in range(1 << bits)]
+        self._buffered = [0] * (1 << bits)
+        self._buffered_total = 0
+
+    @classmethod
+    def in_memory(cls, value_len: int, *, positioned: bool) -> Buckets:
+        return cls(value_len, 0, None, positioned=positioned)
+
+    @property
+    def buckets(self) -> int:
+        return 1 << self.bits
+
+    def add(self, packed: bytes) -> None:
+        """Append a chunk of values (their positions continue from the last chunk's)."""
+        if len(packed) % self.value_len:
+            raise ValueError(f"a chunk of {len(packed)} bytes is not {self.value_len}-byte values")
+        rows = np.frombuffer(packed, dtype=np.uint8).reshape(-1, self.value_len)
+        first = self.count
+        self.count += len(rows)
+        if self.bits == 0:
+            self._values[0].append(bytes(packed))
+            if self.positioned:
+                self._positions[0].append(np.arange(first, self.count, dtype=POSITION).tobytes())
+            return
+        which = bucket_of(rows, self.bits)
+        order = np.argsort(which, kind="stable")
+        bounds = np.searchsorted(which[order], np.arange(self.buckets + 1))
+        for b in np.flatnonzero(np.diff(bounds)):
+            idx = order[bounds[b] : bounds[b + 1]]
+            self._values[b].append(rows[idx].tobytes())
+            if self.positioned:
+                self._positions[b].append((idx + first).astype(POSITION).tobytes())
+            self._buffered[b] += len(idx) * self.value_len
+            self._buffered_total += len(idx) * self.value_len
+            if self._buffered[b] >= FLUSH_BYTES:
+                self._flush(int(b))
+        if self._buffered_total >= BUFFERED_BYTES:
+            self.close()
+
+    def close(self) -> None:
+        """Write what is buffered (before reading buckets back)."""
+        if self._dir is not None:
+            for b in range(self.buckets):
+                self._flush(b)
+
+    def bucket(self, b: int) -> tuple[bytes, bytes]:
+        """Bucket ``b``'s values and (positioned sides) positions, packed."""
+        if self._dir is None:
+            return b"".join(self._values[b]), b"".join(self._positions[b])
+        values = self._path(b, "v")
+        positions = self._path(b, "p")
+        return (
+            values.read_bytes() if values.exists() else b"",
+            positions.read_bytes() if positions.exists() else b"",
+        )
+
+    def _flush(self, b: int) -> None:
+        if not self._values[b]:
+            return
+        with self._path(b, "v").open("ab") as fh:
+            fh.write(b"".join(self._values[b]))
+        if self.positioned:
+            with self._path(b, "p").open("ab") as fh:
+                fh.write(b"".join(self._positions[b]))
+        self._values[b].clear()
+        self._positions[b].clear()
+        self._buffered_total -= self._buffered[b]
+        self._buffered[b] = 0
+
+    def _path(self, b: int, kind: str) -> Path:
+        assert self._dir is not None
+        return self._dir / f"{self._name}-{b:04x}.{kind}"
+
+
+class SemiJoin:
+    """Left values (positioned) and right values, bucketed alike; ``mask`` says which
+    left positions hold a value of the right set. Files, if any, go with ``close``."""
+
+    def __init__(
+        self,
+        value_len: int,
+        left_expected: int,
+        right_expected: int,
+        *,
+        memory_bytes: int | None = None,
+        spill_dir: Path | None = None,
+        bits: int | None = None,
+    ) -> None:
+        """Sides up to ``memory_bytes`` (default MEMORY_BYTES) stay in memory; larger ones
+        go to bucket files in a temporary directory inside ``spill_dir``;
+        ``bits``: buckets as 2^bits instead of sized by the expected counts."""
+        biggest = max(left_expected, right_expected)
+        self._dir: Path | None = None
+        limit = MEMORY_BYTES if memory_bytes is None else memory_bytes
+        if biggest * value_len < limit:
+            self.left = Buckets.in_memory(value_len, positioned=True)
+            self.right = Buckets.in_memory(value_len, positioned=False)
+        else:
+            bits = bucket_bits(biggest, value_len) if bits is None else bits
+            if spill_dir is not None:
+                spill_dir.mkdir(parents=True, exist_ok=True)
+            self._dir = Path(tempfile.mkdtemp(prefix="semijoin-", dir=spill_dir))
+            self.left = Buckets(value_len, bits, self._dir, positioned=True, name="left")
+            self.right = Buckets(value_len, bits, self._dir, positioned=False, name="right")
+
+    @property
+    def on_disk(self) -> bool:
+        return self._dir is not None
+
+    async def mask(
+        self, run: Callable[..., Awaitable[bytes]] | None = None, window: int = 4
+    ) -> np.ndarray:
+        """Booleans over the left positions: whether each value is in the right set.
+        ``run(fn, *args)`` runs a job (on the party's pool); here, without one."""
+        self.left.close()
+        self.right.close()
+        hits = np.zeros(self.left.count, dtype=bool)
+
+        def mark(found: bytes) -> None:
+            hits[np.frombuffer(found, dtype=POSITION)] = True
+
+        jobs = ((semi_join_bucket, *self._pair(b), self.left.value_len) for b in _range(self.left))
+        await _run_windowed(jobs, run, window, mark)
+        return hits
+
+    def _pair(self, b: int) -> tuple[bytes, bytes, bytes]:
+        values, positions = self.left.bucket(b)
+        theirs, _ = self.right.bucket(b)
+        return values, positions, theirs
+
+    def close(self) -> None:
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+
+def semi_join_bucket(values: bytes, positions: bytes, theirs: bytes, value_len: int) -> bytes:
+    """The positions (packed int64) of ``values`` that are in ``theirs`` (one bucket)."""
+    if not values or not theirs:
+        return b""
+    dtype = np.dtype(f"S{value_len}")
+    ours = np.frombuffer(values, dtype=dtype)
+    hit = np.isin(ours, np.frombuffer(theirs, dtype=dtype))
+    return np.frombuffer(positions, dtype=POSITION)[hit].tobytes()
+
+
+def unique_bucket(values: bytes, value_len: int) -> bytes:
+    """The distinct values of one bucket, sorted."""
+    if not values:
+        return b""
+    return np.unique(np.frombuffer(values, dtype=np.dtype(f"S{value_len}"))).tobytes()
+
+
+async def unique_values(
+    side: Buckets,
+    run: Callable[..., Awaitable[bytes]] | None = None,
+    window: int = 4,
+    on_bucket: Callable[[bytes], None] | None = None,
+) -> int:
+    """How many distinct values ``side`` holds, one bucket at a time; ``on_bucket`` gets
+    each bucket's distinct values (sorted) as they come."""
+    side.close()
+    total = 0
+
+    def count(distinct: bytes) -> None:
+        nonlocal total
+        total += len(distinct) // side.value_len
+        if on_bucket is not None:
+            on_bucket(distinct)
+
+    jobs = ((unique_bucket, side.bucket(b)[0], side.value_len) for b in _range(side))
+    await _run_windowed(jobs, run, window, count)
+    return total
+
+
+def _range(side: Buckets) -> range:
+    return range(side.buckets)
+
+
+async def _run_windowed(
+    jobs: Iterable[tuple[Any, ...]],
+    run: Callable[..., Awaitable[bytes]] | None,
+    window: int,
+    each: Callable[[bytes], None],
+) -> None:
+    """``each`` of the jobs' results, in order, with at most ``window`` jobs in flight (so
+    what is held is the window's buckets, not the set)."""
+    running: deque[asyncio.Future[bytes]] = deque()
+    for fn, *args in jobs:
+        if run is None:
+            each(fn(*args))
+            continue
+        if len(running) >= window:
+            each(await running.popleft())
+        running.append(asyncio.ensure_future(run(fn, *args)))
+    while running:
+        each(await running.popleft())

@@ -1,0 +1,171 @@
+"""Partitioned semi-join and dedupe: the same answers as numpy on the whole set."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cleanroom.audiences.identifiers import NormalizeOptions, parse_id_columns
+from cleanroom.audiences.synth import synthesize
+from cleanroom.client.sdk import Connection, load_partner_set, run_psi, upload_audience
+from cleanroom.matching import semijoin
+from cleanroom.matching.messages import Protocol
+from cleanroom.matching.semijoin import (
+    Buckets,
+    SemiJoin,
+    bucket_bits,
+    bucket_of,
+    unique_values,
+)
+from cleanroom.matching.workers import CryptoPool
+from cleanroom.server.store import Role
+from tests.conftest import Node
+from tests.helpers import eventually, plaintext_match
+
+OPTIONS = NormalizeOptions(default_region="US")
+COLUMNS = parse_id_columns("email,phone,maid")
+
+
+def values(n: int, value_len: int, rng: np.random.Generator) -> np.ndarray:
+    return rng.integers(0, 256, size=(n, value_len), dtype=np.uint8)
+
+
+def chunks(rows: np.ndarray, size: int) -> list[bytes]:
+    return [rows[i : i + size].tobytes() for i in range(0, len(rows), size)]
+
+
+def reference(ours: np.ndarray, theirs: np.ndarray) -> np.ndarray:
+    dtype = np.dtype(f"S{ours.shape[1]}")
+    return np.isin(ours.view(dtype).ravel(), theirs.view(dtype).ravel())
+
+
+@pytest.mark.parametrize("memory_bytes", [0, 1 << 30])  # forced to disk, and in memory
+@pytest.mark.parametrize(("n_ours", "n_theirs"), [(0, 0), (1, 0), (0, 5), (5000, 3000)])
+def test_mask_equals_numpy_isin(
+    n_ours: int, n_theirs: int, memory_bytes: int, tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(n_ours + n_theirs)
+    value_len = 10
+    theirs = values(n_theirs, value_len, rng)
+    ours = values(n_ours, value_len, rng)
+    if n_ours and n_theirs:  # a real overlap, and duplicates on both sides
+        ours[::3] = theirs[rng.integers(0, n_theirs, size=len(ours[::3]))]
+        theirs[1::7] = theirs[0]
+    join = SemiJoin(
+        value_len, n_ours, n_theirs, memory_bytes=memory_bytes, spill_dir=tmp_path / "spill"
+    )
+    for chunk in chunks(ours, 777):
+        join.left.add(chunk)
+    for chunk in chunks(theirs, 500):
+        join.right.add(chunk)
+    assert join.on_disk is (memory_bytes == 0)
+    got = asyncio.run(join.mask())
+    np.testing.assert_array_equal(got, reference(ours, theirs))
+    join.close()
+    assert not list((tmp_path / "spill").glob("*"))  # the bucket files went with it
+
+
+def test_many_buckets_on_a_pool_give_the_same_mask(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    ours, theirs = values(60_000, 8, rng), values(40_000, 8, rng)
+    ours[::5] = theirs[: len(ours[::5])]
+    join = SemiJoin(8, len(ours), len(theirs), memory_bytes=0, spill_dir=tmp_path, bits=6)
+    for chunk in chunks(ours, 4096):
+        join.left.add(chunk)
+    for chunk in chunks(theirs, 4096):
+        join.right.add(chunk)
+    with ThreadPoolExecutor(2) as pool:
+
+        async def run(fn: Any, *args: Any) -> bytes:
+            return await asyncio.wrap_future(pool.submit(fn, *args))
+
+        got = asyncio.run(join.mask(run, window=3))
+    assert len(list(tmp_path.rglob("*.v"))) == 128  # both sides spread over the 64 buckets
+    np.testing.assert_array_equal(got, reference(ours, theirs))
+    assert got.sum() >= len(ours[::5])
+    join.close()
+
+
+def test_unique_count_equals_numpy_unique(tmp_path: Path) -> None:
+    rng = np.random.default_rng(8)
+    rows = values(50_000, 6, rng)
+    rows[1::2] = rows[::2][: len(rows[1::2])]  # half of them repeat
+    side = Buckets(6, 5, tmp_path, positioned=False)
+    for chunk in chunks(rows, 3000):
+        side.add(chunk)
+    seen: list[bytes] = []
+    count = asyncio.run(unique_values(side, on_bucket=seen.append))
+    want = np.unique(rows.view("S6").ravel())
+    assert count == len(want)
+    got = np.frombuffer(b"".join(seen), dtype="S6")
+    assert np.sort(got).tobytes() == want.tobytes()
+
+
+def test_buckets_split_by_leading_bits_evenly() -> None:
+    rng = np.random.default_rng(1)
+    rows = values(1 << 16, 16, rng)
+    which = bucket_of(rows, 4)
+    assert which.min() == 0 and which.max() == 15
+    counts = np.bincount(which)
+    assert counts.min() > 0.9 * (1 << 12) and counts.max() < 1.1 * (1 << 12)
+    # The bucket is the top bits of the first two bytes, big-endian.
+    assert bucket_of(np.array([[0xAB, 0xCD, 0]], dtype=np.uint8), 12)[0] == 0xABC
+    assert bucket_bits(10, 16) == 0
+    assert bucket_bits(100_000_000, 16) == 8  # 1.6 GB in 6.25 MB buckets
+
+
+def test_a_chunk_of_the_wrong_length_is_refused(tmp_path: Path) -> None:
+    side = Buckets(8, 2, tmp_path, positioned=False)
+    with pytest.raises(ValueError, match="8-byte values"):
+        side.add(os.urandom(12))
+
+
+def test_sessions_compare_through_bucket_files_and_leave_none(
+    node: Node, process_pool: CryptoPool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MATCH (the partner compares) and overlap (the brand does) through on-disk buckets,
+    as large sets do: the plaintext answers, and no bucket file left behind."""
+    result = synthesize(
+        tmp_path / "data", brand_rows=300, partner_rows=250, overlap=0.4, seed=2,
+        default_region="US",
+    )  # fmt: skip
+    admin = Connection(node.target, node.tokens["acme"][Role.ADMIN])
+    asyncio.run(
+        upload_audience(
+            admin, name="spilled", path=result.brand_path, id_columns=COLUMNS, options=OPTIONS
+        )
+    )
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    monkeypatch.setattr(semijoin, "MEMORY_BYTES", 0)
+    monkeypatch.setattr(tempfile, "tempdir", str(spill))  # both parties' default spill dir
+    made: list[Path] = []
+    real_mkdtemp = tempfile.mkdtemp
+
+    def mkdtemp(*args: Any, **kwargs: Any) -> str:
+        made.append(Path(real_mkdtemp(*args, **kwargs)))
+        return str(made[-1])
+
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
+    data, _ = load_partner_set(result.partner_path, COLUMNS, OPTIONS)
+    conn = Connection(node.target, node.tokens["acme"][Role.PARTNER])
+    match = asyncio.run(run_psi(conn, "spilled", Protocol.MATCH, data, pool=process_pool))
+    overlap = asyncio.run(run_psi(conn, "spilled", Protocol.CARDINALITY, data, pool=process_pool))
+    brand = pd.read_csv(result.brand_path, dtype=str, keep_default_na=False)
+    partner = pd.read_csv(result.partner_path, dtype=str, keep_default_na=False)
+    want = plaintext_match(brand, partner, COLUMNS, OPTIONS)
+    assert match.session.outcome is not None
+    got = [COLUMNS[i].id_type if i >= 0 else "" for i in match.session.outcome.matched_on]
+    assert got == want
+    assert overlap.result is not None
+    assert overlap.result.intersection == sum(1 for w in want if w) > 20
+    assert len(made) >= 2  # the partner's MATCH buckets and the brand's overlap buckets
+    eventually(lambda: not any(p.exists() for p in made), what="the bucket files to go")
