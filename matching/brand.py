@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cleanroom.matching.journal import Journal, point_chunk, points_of, value_chunk, values_of
 from cleanroom.matching.messages import (
     POINT_LEN,
     Accepted,
@@ -76,8 +77,8 @@ class BrandSession:
         rng: np.random.Generator | None = None,
         spill_dir: Path | None = None,
     ) -> None:
-        """``spill_dir``: where a large CARDINALITY keeps its comparison buckets (default:
-        the system's temporary directory); they go when the session closes."""
+        """``spill_dir``: where a large session keeps what it sent and its comparison
+        buckets (default: the system's temporary directory); they go when it closes."""
         if brand_points.dtype != np.dtype(f"S{POINT_LEN}"):
             raise TypeError("brand_points must be a numpy array of dtype S32")
         _check_hello(hello, chunk_size)
@@ -94,9 +95,13 @@ class BrandSession:
         self.chunk_size = chunk_size
         self.value_len = comparison_length(hello.declared_points, len(brand_points))
         self._signal = Signal()
-        # Everything sent, kept for resumption.
-        self.values_out: list[ValueChunk] = []
-        self.points_out: list[PointChunk] = []
+        # Everything sent, kept for resumption (on disk past 64 MB, under spill_dir).
+        self.values_out: Journal[ValueChunk] = Journal(
+            value_chunk, values_of, spill_dir=spill_dir, name="values"
+        )
+        self.points_out: Journal[PointChunk] = Journal(
+            point_chunk, points_of, spill_dir=spill_dir, name="points"
+        )
         self.result: Result | None = None
         # Partner stream bookkeeping.
         self.next_partner_seq = 0
@@ -162,9 +167,11 @@ class BrandSession:
         self._signal.notify()
 
     def close(self) -> None:
-        """Stop background work and drop key material (and any comparison buckets)."""
+        """Stop background work and drop key material (and what it kept on disk)."""
         self._reblind.cancel()
         self._pool.forget(self._secret)
+        self.values_out.close()
+        self.points_out.close()
         if self._join is not None:
             self._join.close()
         current = asyncio.current_task()

@@ -26,6 +26,7 @@ import numpy as np
 from cleanroom.audiences.identifiers import IdColumn, NormalizeOptions
 from cleanroom.audiences.reader import ReadReport, read_hashed_chunks
 from cleanroom.audiences.upload import DIGEST_LEN
+from cleanroom.matching.journal import Journal, point_chunk, points_of, value_chunk, values_of
 from cleanroom.matching.messages import (
     POINT_LEN,
     Accepted,
@@ -38,7 +39,7 @@ from cleanroom.matching.messages import (
     Result,
     ValueChunk,
 )
-from cleanroom.matching.semijoin import SemiJoin
+from cleanroom.matching.semijoin import SemiJoin, Shuffle
 from cleanroom.matching.session import OrderedResults, Round, Signal, guarded
 from cleanroom.matching.workers import (
     DUMMY_DST,
@@ -223,8 +224,8 @@ class PartnerSession:
         report_count: bool = True,
         spill_dir: Path | None = None,
     ) -> None:
-        """``spill_dir``: where a large MATCH keeps its comparison buckets (default: the
-        system's temporary directory); they go when the session closes."""
+        """``spill_dir``: where a large session keeps what it sent and its comparison
+        buckets (default: the system's temporary directory); they go when it closes."""
         if protocol is Protocol.CARDINALITY and not data.columns:
             raise ValueError("CARDINALITY needs at least one identifier column")
         self.audience = audience
@@ -241,13 +242,18 @@ class PartnerSession:
         self._signal = Signal()
         self.session_id = ""
         self.accepted: Accepted | None = None
-        self.points_out: list[PointChunk] = []
-        self.values_out: list[ValueChunk] = []
+        # Everything sent, kept for resumption (on disk past 64 MB, under spill_dir).
+        self.points_out: Journal[PointChunk] = Journal(
+            point_chunk, points_of, spill_dir=spill_dir, name="points"
+        )
+        self.values_out: Journal[ValueChunk] = Journal(
+            value_chunk, values_of, spill_dir=spill_dir, name="values"
+        )
         self.finish: Finish | None = None
         self.value_chunks_in = 0  # MATCH: chunks of H(p)^ba, in our order
         self._values_in_count = 0
         self.brand_chunks_in = 0
-        self._brand_values: list[bytes] = []  # CARDINALITY: H(s)^ab, shuffled and returned
+        self._shuffle: Shuffle | None = None  # CARDINALITY: H(s)^ab, shuffled and returned
         self._brand_bytes = 0
         # MATCH: ours (H(p)^ba) against theirs (H(s)^ab), bucketed as they arrive.
         self._join: SemiJoin | None = None
@@ -298,6 +304,10 @@ class PartnerSession:
                     self._points,
                     accepted.brand_points,
                     spill_dir=self._spill_dir,
+                )
+            else:
+                self._shuffle = Shuffle(
+                    accepted.value_len, accepted.brand_points, self._rng, spill_dir=self._spill_dir
                 )
             self._tasks = [asyncio.ensure_future(guarded(self._produce_points, self.fail))]
             self._tasks.append(asyncio.ensure_future(guarded(self._collect_brand, self.fail)))
@@ -385,8 +395,12 @@ class PartnerSession:
     def close(self) -> None:
         self._brand_results.cancel()
         self._pool.forget(self._secret)
+        self.points_out.close()
+        self.values_out.close()
         if self._join is not None:
             self._join.close()
+        if self._shuffle is not None:
+            self._shuffle.close()
         current = asyncio.current_task()
         for task in self._tasks:
             if task is not current:
@@ -458,21 +472,17 @@ class PartnerSession:
             if self._join is not None:
                 self._join.right.add(values)
             else:
-                self._brand_values.append(values)
+                assert self._shuffle is not None
+                self._shuffle.add(values)
         if self.protocol is Protocol.CARDINALITY:
             self._send_shuffled_brand_values()
         self._maybe_conclude()
 
     def _send_shuffled_brand_values(self) -> None:
-        assert self.accepted is not None
-        length = self.accepted.value_len
-        values = np.frombuffer(b"".join(self._brand_values), dtype=np.uint8).reshape(-1, length)
-        values = values[self._rng.permutation(len(values))]
-        step = self.accepted.chunk_size
-        for start in range(0, len(values), step):
-            self.values_out.append(
-                ValueChunk(seq=len(self.values_out), values=values[start : start + step].tobytes())
-            )
+        assert self.accepted is not None and self._shuffle is not None
+        for chunk in self._shuffle.chunks(self.accepted.chunk_size):
+            self.values_out.next_message(chunk)
+        self._shuffle.close()
         self._signal.notify()
 
     def _maybe_conclude(self) -> None:

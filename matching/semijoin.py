@@ -24,7 +24,7 @@ import asyncio
 import shutil
 import tempfile
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,8 +78,6 @@ class Buckets:
     ) -> None:
         if value_len < 2:
             raise ValueError("values are at least 2 bytes")
-        if directory is None and bits:
-            raise ValueError("an in-memory side has one bucket")
         self.value_len = value_len
         self.bits = bits
         self.positioned = positioned
@@ -92,15 +90,16 @@ class Buckets:
         self._buffered_total = 0
 
     @classmethod
-    def in_memory(cls, value_len: int, *, positioned: bool) -> Buckets:
-        return cls(value_len, 0, None, positioned=positioned)
+    def in_memory(cls, value_len: int, *, positioned: bool, bits: int = 0) -> Buckets:
+        return cls(value_len, bits, None, positioned=positioned)
 
     @property
     def buckets(self) -> int:
         return 1 << self.bits
 
-    def add(self, packed: bytes) -> None:
-        """Append a chunk of values (their positions continue from the last chunk's)."""
+    def add(self, packed: bytes, which: np.ndarray | None = None) -> None:
+        """Append a chunk of values (their positions continue from the last chunk's), to
+        the buckets of their leading bits or to the buckets ``which`` gives."""
         if len(packed) % self.value_len:
             raise ValueError(f"a chunk of {len(packed)} bytes is not {self.value_len}-byte values")
         rows = np.frombuffer(packed, dtype=np.uint8).reshape(-1, self.value_len)
@@ -111,7 +110,8 @@ class Buckets:
             if self.positioned:
                 self._positions[0].append(np.arange(first, self.count, dtype=POSITION).tobytes())
             return
-        which = bucket_of(rows, self.bits)
+        if which is None:
+            which = bucket_of(rows, self.bits)
         order = np.argsort(which, kind="stable")
         bounds = np.searchsorted(which[order], np.arange(self.buckets + 1))
         for b in np.flatnonzero(np.diff(bounds)):
@@ -119,6 +119,8 @@ class Buckets:
             self._values[b].append(rows[idx].tobytes())
             if self.positioned:
                 self._positions[b].append((idx + first).astype(POSITION).tobytes())
+            if self._dir is None:
+                continue
             self._buffered[b] += len(idx) * self.value_len
             self._buffered_total += len(idx) * self.value_len
             if self._buffered[b] >= FLUSH_BYTES:
@@ -181,11 +183,12 @@ class SemiJoin:
         biggest = max(left_expected, right_expected)
         self._dir: Path | None = None
         limit = MEMORY_BYTES if memory_bytes is None else memory_bytes
+        # Buckets small enough for a worker's job either way; files only for a large set.
+        bits = bucket_bits(biggest, value_len) if bits is None else bits
         if biggest * value_len < limit:
-            self.left = Buckets.in_memory(value_len, positioned=True)
-            self.right = Buckets.in_memory(value_len, positioned=False)
+            self.left = Buckets.in_memory(value_len, positioned=True, bits=bits)
+            self.right = Buckets.in_memory(value_len, positioned=False, bits=bits)
         else:
-            bits = bucket_bits(biggest, value_len) if bits is None else bits
             if spill_dir is not None:
                 spill_dir.mkdir(parents=True, exist_ok=True)
             self._dir = Path(tempfile.mkdtemp(prefix="semijoin-", dir=spill_dir))
@@ -216,6 +219,66 @@ class SemiJoin:
         values, positions = self.left.bucket(b)
         theirs, _ = self.right.bucket(b)
         return values, positions, theirs
+
+    def close(self) -> None:
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+
+class Shuffle:
+    """Values in a uniformly random order without holding them all: each value goes to a
+    uniformly random batch as it arrives (in files past ``memory_bytes``), and each batch
+    is shuffled as it is read. Every order is equally likely, since nothing in the
+    procedure tells one value from another; a small set is one batch, one permutation."""
+
+    def __init__(
+        self,
+        value_len: int,
+        expected: int,
+        rng: np.random.Generator,
+        *,
+        memory_bytes: int | None = None,
+        spill_dir: Path | None = None,
+    ) -> None:
+        self._rng = rng
+        self._dir: Path | None = None
+        limit = MEMORY_BYTES if memory_bytes is None else memory_bytes
+        if expected * value_len < limit:
+            self._side = Buckets.in_memory(value_len, positioned=False)
+        else:
+            if spill_dir is not None:
+                spill_dir.mkdir(parents=True, exist_ok=True)
+            self._dir = Path(tempfile.mkdtemp(prefix="shuffle-", dir=spill_dir))
+            bits = max(1, bucket_bits(expected, value_len))
+            self._side = Buckets(value_len, bits, self._dir, positioned=False, name="batch")
+
+    @property
+    def on_disk(self) -> bool:
+        return self._dir is not None
+
+    def add(self, packed: bytes) -> None:
+        buckets = self._side.buckets
+        count = len(packed) // self._side.value_len
+        which = self._rng.integers(0, buckets, count) if buckets > 1 else None
+        self._side.add(packed, which)
+
+    def chunks(self, size: int) -> Iterator[bytes]:
+        """Every value once, in the random order, ``size`` values a chunk (the last may be
+        shorter)."""
+        self._side.close()
+        width = self._side.value_len
+        pending = b""
+        for b in range(self._side.buckets):
+            values = self._side.bucket(b)[0]
+            rows = np.frombuffer(values, dtype=np.uint8).reshape(-1, width)
+            pending += rows[self._rng.permutation(len(rows))].tobytes()
+            whole = len(pending) - len(pending) % (size * width)
+            for start in range(0, whole, size * width):
+                yield pending[start : start + size * width]
+            pending = pending[whole:]
+        if pending:
+            yield pending
 
     def close(self) -> None:
         if self._dir is not None:

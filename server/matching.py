@@ -92,6 +92,11 @@ class _Live:
     reader: asyncio.Task[None] | None = None
 
 
+# Under the data directory: what large sessions keep on disk (journals, comparison
+# buckets), each in a temporary directory of its own; emptied at start-up.
+WORK_DIR = "work"
+
+
 @dataclass
 class MatchingService:
     store: SqlStore
@@ -192,6 +197,7 @@ class MatchingService:
                 brand_points=points,
                 pool=self.audiences.pool,
                 chunk_size=self.chunk_size,
+                spill_dir=self.audiences.data_dir / WORK_DIR,
             )
             brand_size = len(points)
         self.store.create_session(

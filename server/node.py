@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from cleanroom.server.grpc_api import (
 )
 from cleanroom.server.lifecycle import purge_expired
 from cleanroom.server.lookalike import LookalikeService, ScoringService
-from cleanroom.server.matching import MatchingService
+from cleanroom.server.matching import WORK_DIR, MatchingService
 from cleanroom.server.settings import ServerSettings
 from cleanroom.server.store import SqlStore
 from cleanroom.server.tenants import interrupt_unfinished
@@ -79,6 +80,7 @@ class BrandNode:
         s.data_dir.mkdir(parents=True, exist_ok=True)
         for kind in ("audiences", "conversions"):  # uploads a dead node left half-written
             remove_stale_temporaries(s.data_dir / kind)
+        shutil.rmtree(s.data_dir / WORK_DIR, ignore_errors=True)  # sessions a dead node left
         self.store = SqlStore(s.resolved_database_url())
         interrupted = interrupt_unfinished(self.store, datetime.now(UTC))
         if interrupted:

@@ -16,6 +16,7 @@ import pytest
 
 from cleanroom.audiences.identifiers import NormalizeOptions, parse_id_columns
 from cleanroom.client.sdk import ClientError, Connection, run_psi, upload_audience
+from cleanroom.matching import journal
 from cleanroom.matching.messages import Accepted, Protocol
 from cleanroom.matching.partner import PartnerColumn, PartnerSession, PartnerSet
 from cleanroom.matching.workers import CryptoPool
@@ -125,9 +126,17 @@ def partner(node: Node) -> Connection:
     return Connection(node.target, node.tokens["acme"][Role.PARTNER])
 
 
+@pytest.mark.parametrize("on_disk", [False, True])
 def test_dropped_stream_resumes_to_the_right_answer(
-    node: Node, audience: str, process_pool: CryptoPool
+    node: Node,
+    audience: str,
+    process_pool: CryptoPool,
+    on_disk: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    if on_disk:  # both parties' journals on disk, only the last chunk in memory
+        monkeypatch.setattr(journal, "MEMORY_BYTES", 0)
+        monkeypatch.setattr(journal, "RECENT", 1)
     conn = partner(node)
     data = email_set(2000)  # four chunks of 512: the drop comes mid-stream
 

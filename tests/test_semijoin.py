@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from cleanroom.audiences.identifiers import NormalizeOptions, parse_id_columns
@@ -21,6 +22,7 @@ from cleanroom.matching.messages import Protocol
 from cleanroom.matching.semijoin import (
     Buckets,
     SemiJoin,
+    Shuffle,
     bucket_bits,
     bucket_of,
     unique_values,
@@ -169,3 +171,74 @@ def test_sessions_compare_through_bucket_files_and_leave_none(
     assert overlap.result.intersection == sum(1 for w in want if w) > 20
     assert len(made) >= 2  # the partner's MATCH buckets and the brand's overlap buckets
     eventually(lambda: not any(p.exists() for p in made), what="the bucket files to go")
+
+
+@pytest.mark.parametrize("memory_bytes", [0, 1 << 30])
+def test_shuffle_returns_every_value_once_in_chunks(memory_bytes: int, tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    rows = values(20_000, 8, rng)
+    shuffle = Shuffle(8, len(rows), rng, memory_bytes=memory_bytes, spill_dir=tmp_path)
+    for chunk in chunks(rows, 999):
+        shuffle.add(chunk)
+    assert shuffle.on_disk is (memory_bytes == 0)
+    out = list(shuffle.chunks(512))
+    assert [len(c) for c in out[:-1]] == [512 * 8] * (len(out) - 1)
+    got = np.frombuffer(b"".join(out), dtype="S8")
+    assert np.sort(got).tobytes() == np.sort(rows.view("S8").ravel()).tobytes()
+    assert not np.array_equal(got, rows.view("S8").ravel())  # and not in arrival order
+    shuffle.close()
+    assert list(tmp_path.rglob("*")) == []
+
+
+def test_a_bucketed_shuffle_puts_any_value_anywhere_alike(tmp_path: Path) -> None:
+    """Where the first value arrived ends up, over many shuffles: uniform over the
+    positions (chi-square over 8 position ranges, far from its 0.1 % critical value)."""
+    rng = np.random.default_rng(12)
+    n, trials, ranges = 64, 1500, 8
+    rows = np.arange(n, dtype=">u2").view(np.uint8).reshape(n, 2)
+    seen = np.zeros(ranges, dtype=int)
+    for _ in range(trials):
+        shuffle = Shuffle(2, n, rng, memory_bytes=0, spill_dir=tmp_path)
+        shuffle.add(rows.tobytes())
+        order = np.frombuffer(b"".join(shuffle.chunks(16)), dtype=">u2")
+        shuffle.close()
+        seen[int(np.flatnonzero(order == 0)[0]) * ranges // n] += 1
+    expected = trials / ranges
+    chi2 = float(((seen - expected) ** 2 / expected).sum())
+    assert chi2 < 24.3, seen  # 7 degrees of freedom
+
+
+def test_an_upload_deduplicated_by_bucket_stores_what_one_pass_stores(
+    node: Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The node hashes and deduplicates an upload one bucket of digests at a time: with
+    buckets of 1 KiB (16 a type here) the stored audience equals the one-bucket one."""
+    result = synthesize(
+        tmp_path / "data", brand_rows=400, partner_rows=10, overlap=0.1, seed=6,
+        default_region="US",
+    )  # fmt: skip
+    admin = Connection(node.target, node.tokens["acme"][Role.ADMIN])
+
+    def stored(name: str) -> pd.DataFrame:
+        asyncio.run(
+            upload_audience(
+                admin, name=name, path=result.brand_path, id_columns=COLUMNS, options=OPTIONS
+            )
+        )
+        store = node.store()
+        try:
+            tenant = store.find_tenant("acme")
+            assert tenant is not None
+            [record] = [a for a in store.list_audiences(tenant.tenant_id) if a.name == name]
+        finally:
+            store.close()
+        return pq.read_table(node.data_dir / record.path).to_pandas()
+
+    whole = stored("one-bucket")
+    monkeypatch.setattr(semijoin, "BUCKET_BYTES", 1024)
+    assert semijoin.bucket_bits(300, 32) > 3
+    bucketed = stored("bucketed")
+    pd.testing.assert_frame_equal(bucketed, whole)
+    assert whole["digest"].is_unique and len(whole) > 300
+    for _id_type, part in whole.groupby("id_type", sort=False):
+        assert part["digest"].is_monotonic_increasing  # sorted within a type, as before
