@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +26,7 @@ from cleanroom.audiences.upload import DIGEST_LEN, UploadChunk, UploadEnd, Uploa
 from cleanroom.matching.hash_to_curve import hash_to_curve_batch
 from cleanroom.matching.kkrt import brand_items
 from cleanroom.matching.messages import POINT_LEN
+from cleanroom.matching.semijoin import bucket_bits, bucket_of
 from cleanroom.matching.workers import CryptoPool, dst_for
 from cleanroom.proto.errors import (
     AlreadyExists,
@@ -226,26 +227,29 @@ class AudienceUpload:
                 table = pq.read_table(
                     staging, filters=[("id_type", "=", id_type)], columns=["digest", "label"]
                 )
-                distinct, which = np.unique(
-                    fixed_binary_to_numpy(table.column("digest"), DIGEST_LEN), return_inverse=True
-                )
-                if len(distinct) == 0:
-                    continue
-                # An identifier several records share is a seed if any of them is.
-                label = np.zeros(len(distinct), dtype=np.uint8)
-                np.maximum.at(label, which, table.column("label").to_numpy().astype(np.uint8))
-                points = await self._hash_to_curve(distinct.tobytes(), dst_for(id_type))
-                final.write(
-                    pa.table(
-                        {
-                            "id_type": pa.array([id_type] * len(distinct), pa.string()),
-                            "digest": _fixed(distinct.tobytes(), DIGEST_LEN),
-                            "point": _fixed(points, POINT_LEN),
-                            "label": pa.array(label, pa.uint8()),
-                        }
+                count = 0
+                # Deduplicated and hashed one bucket of leading bits at a time (an equal
+                # digest is always in the same bucket), so what is held beyond the type's
+                # digests is a bucket's work; the buckets in order keep the file sorted.
+                for digests, labels in _digest_buckets(table):
+                    distinct, which = np.unique(digests, return_inverse=True)
+                    # An identifier several records share is a seed if any of them is.
+                    label = np.zeros(len(distinct), dtype=np.uint8)
+                    np.maximum.at(label, which, labels)
+                    points = await self._hash_to_curve(distinct.tobytes(), dst_for(id_type))
+                    final.write(
+                        pa.table(
+                            {
+                                "id_type": pa.array([id_type] * len(distinct), pa.string()),
+                                "digest": _fixed(distinct.tobytes(), DIGEST_LEN),
+                                "point": _fixed(points, POINT_LEN),
+                                "label": pa.array(label, pa.uint8()),
+                            }
+                        )
                     )
-                )
-                by_type[id_type] = len(distinct)
+                    count += len(distinct)
+                if count:
+                    by_type[id_type] = count
             path = final.commit()
         except BaseException:
             final.abort()
@@ -303,6 +307,25 @@ class AudienceUpload:
         self._done = True
         self._staging.abort()
         self._staging.path.unlink(missing_ok=True)
+
+
+def _digest_buckets(table: pa.Table) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """A staged type's digests (``S32``) and labels, bucket by bucket of the digests'
+    leading bits (buckets of about ``semijoin.BUCKET_BYTES``), in bucket order."""
+    digests = fixed_binary_to_numpy(table.column("digest"), DIGEST_LEN)
+    labels = table.column("label").to_numpy().astype(np.uint8)
+    bits = bucket_bits(len(digests), DIGEST_LEN)
+    if bits == 0:
+        if len(digests):
+            yield digests, labels
+        return
+    which = bucket_of(digests.view(np.uint8).reshape(-1, DIGEST_LEN), bits)
+    order = np.argsort(which, kind="stable")
+    bounds = np.searchsorted(which[order], np.arange((1 << bits) + 1))
+    for b in range(1 << bits):
+        idx = order[bounds[b] : bounds[b + 1]]
+        if len(idx):
+            yield digests[idx], labels[idx]
 
 
 def _labels(seq: int, column: int, packed: bytes, count: int) -> np.ndarray:

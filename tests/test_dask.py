@@ -19,7 +19,7 @@ import dask
 import httpx
 import pandas as pd
 import pytest
-from distributed import LocalCluster, Security
+from distributed import Client, LocalCluster, Security
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from cleanroom.audiences.identifiers import NormalizeOptions, parse_id_columns
@@ -357,3 +357,20 @@ def test_a_tls_node_runs_its_local_cluster_over_tls(tmp_path: Path, data: Data) 
             run = asyncio.run(run_psi(conn, "crm", Protocol.MATCH, partner_set, pool=partner_pool))
     assert run.session.outcome is not None
     assert matched_types(list(run.session.outcome.matched_on)) == plaintext(data)["matched"]
+
+
+def test_close_works_with_dasks_own_executor() -> None:
+    """``Client.get_executor()`` takes no ``cancel_futures``; closing a pool on it works."""
+    with (
+        LocalCluster(
+            n_workers=1,
+            processes=False,
+            dashboard_address=None,
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+        ) as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
+        pool = CryptoPool(client.get_executor(), 1)
+        assert pool.executor.submit(sum, [1, 2]).result() == 3
+        assert pool.key(b"k" * 32) == b"k" * 32  # no install_key: the secret itself
+        pool.close()
