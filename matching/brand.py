@@ -23,7 +23,7 @@ everything after what it already received (``outgoing(values_from, points_from)`
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,13 +43,21 @@ from cleanroom.matching.messages import (
     Result,
     ValueChunk,
 )
-from cleanroom.matching.semijoin import SemiJoin
+from cleanroom.matching.semijoin import SemiJoin, Shuffle
 from cleanroom.matching.session import OrderedResults, Round, Signal, comparison_length, guarded
 from cleanroom.matching.workers import CryptoPool, blind_and_truncate, blind_points
 from cleanroom.matching.x25519 import BlindingKey
 from cleanroom.proto.errors import ProtocolError
 
 MAX_SLOTS_PER_RECORD = 8
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPoints:
+    """A brand set read in batches (a stored audience) rather than held whole."""
+
+    count: int
+    batches: Callable[[], Iterator[bytes]]  # packed 32-byte points, in any order
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +78,7 @@ class BrandSession:
         *,
         session_id: str,
         hello: Hello,
-        brand_points: np.ndarray,
+        brand_points: np.ndarray | StoredPoints,
         pool: CryptoPool,
         chunk_size: int,
         key: BlindingKey | None = None,
@@ -79,8 +87,8 @@ class BrandSession:
     ) -> None:
         """``spill_dir``: where a large session keeps what it sent and its comparison
         buckets (default: the system's temporary directory); they go when it closes."""
-        if brand_points.dtype != np.dtype(f"S{POINT_LEN}"):
-            raise TypeError("brand_points must be a numpy array of dtype S32")
+        if isinstance(brand_points, np.ndarray) and brand_points.dtype != np.dtype(f"S{POINT_LEN}"):
+            raise TypeError("brand_points must be a numpy array of dtype S32, or StoredPoints")
         _check_hello(hello, chunk_size)
         self.session_id = session_id
         self.hello = hello
@@ -92,8 +100,12 @@ class BrandSession:
         self._secret = pool.key(self._key.secret_bytes())
         self._rng = rng or np.random.default_rng()
         self._brand = brand_points
+        self._brand_count = (
+            len(brand_points) if isinstance(brand_points, np.ndarray) else brand_points.count
+        )
+        self._spill_dir = spill_dir
         self.chunk_size = chunk_size
-        self.value_len = comparison_length(hello.declared_points, len(brand_points))
+        self.value_len = comparison_length(hello.declared_points, self._brand_count)
         self._signal = Signal()
         # Everything sent, kept for resumption (on disk past 64 MB, under spill_dir).
         self.values_out: Journal[ValueChunk] = Journal(
@@ -113,7 +125,7 @@ class BrandSession:
         self._join: SemiJoin | None = None
         if hello.protocol is Protocol.CARDINALITY:
             self._join = SemiJoin(
-                self.value_len, hello.declared_points, len(brand_points), spill_dir=spill_dir
+                self.value_len, hello.declared_points, self._brand_count, spill_dir=spill_dir
             )
         self._reblind = OrderedResults[bytes](limit=2 * pool.workers)
         self._finish: Finish | None = None
@@ -139,7 +151,7 @@ class BrandSession:
     def accepted(self) -> Accepted:
         return Accepted(
             session_id=self.session_id,
-            brand_points=len(self._brand),
+            brand_points=self._brand_count,
             value_len=self.value_len,
             chunk_size=self.chunk_size,
             next_partner_seq=self.next_partner_seq,
@@ -187,7 +199,7 @@ class BrandSession:
         return BrandOutcome(
             partner_records=self.hello.declared_records,
             partner_points=self.hello.declared_points,
-            brand_points=len(self._brand),
+            brand_points=self._brand_count,
             intersection=(self.result.intersection if self.result and self.result.known else None),
         )
 
@@ -251,8 +263,8 @@ class BrandSession:
                 f" not a positive multiple of {self.value_len}"
             )
         count = len(chunk.values) // self.value_len
-        if self.values_received + count > len(self._brand):
-            raise ProtocolError(f"more values than the brand set's {len(self._brand)} points")
+        if self.values_received + count > self._brand_count:
+            raise ProtocolError(f"more values than the brand set's {self._brand_count} points")
         self.next_value_seq += 1
         self.values_received += count
         assert self._join is not None
@@ -266,8 +278,10 @@ class BrandSession:
                 f"Finish after {self.partner_points_received} of"
                 f" {self.hello.declared_points} declared points"
             )
-        if self.protocol is Protocol.CARDINALITY and self.values_received != len(self._brand):
-            raise ProtocolError(f"Finish after {self.values_received} of {len(self._brand)} values")
+        if self.protocol is Protocol.CARDINALITY and self.values_received != self._brand_count:
+            raise ProtocolError(
+                f"Finish after {self.values_received} of {self._brand_count} values"
+            )
         reported = self.protocol is Protocol.MATCH and finish.report_count
         if reported and finish.matched_records > self.hello.declared_records:
             raise ProtocolError("the reported match count exceeds the declared records")
@@ -287,12 +301,10 @@ class BrandSession:
     # ----------------------------------------------------------- background
 
     async def _stream_brand_set(self) -> None:
-        order = self._rng.permutation(len(self._brand))
         results = OrderedResults[bytes](limit=2 * self._pool.workers)
 
         async def feed() -> None:
-            for start in range(0, len(order), self.chunk_size):
-                packed = self._brand[order[start : start + self.chunk_size]].tobytes()
+            async for packed in self._brand_chunks():
                 await results.submit(self._pool.run(blind_points, self._secret, packed, False))
             results.close()
 
@@ -306,6 +318,33 @@ class BrandSession:
             feeder.cancel()
             results.cancel()
         self._brand_sent_all.set()
+
+    async def _brand_chunks(self) -> AsyncIterator[bytes]:
+        """The brand set in a uniformly random order, ``chunk_size`` points a chunk: a
+        permutation of a set in memory, or a stored one read batch by batch into
+        random batches (``Shuffle``: on disk past 256 MB), never held whole."""
+        brand = self._brand
+        if isinstance(brand, np.ndarray):
+            order = self._rng.permutation(len(brand))
+            for start in range(0, len(order), self.chunk_size):
+                yield brand[order[start : start + self.chunk_size]].tobytes()
+            return
+        shuffle = Shuffle(POINT_LEN, brand.count, self._rng, spill_dir=self._spill_dir)
+        try:
+
+            def fill() -> None:
+                for packed in brand.batches():
+                    shuffle.add(packed)
+
+            await asyncio.to_thread(fill)
+            if shuffle.count != brand.count:
+                raise RuntimeError(
+                    f"the stored audience holds {shuffle.count} points, not {brand.count}"
+                )
+            for chunk in shuffle.chunks(self.chunk_size):
+                yield chunk
+        finally:
+            shuffle.close()
 
     async def _collect_reblinded(self) -> None:
         async for values in self._reblind:

@@ -11,8 +11,9 @@ Two rules keep the cluster from weakening what a party keeps to itself:
   result: ``DaskExecutor.install_key`` hands it to every worker as a worker plugin
   (worker-local state, held in memory only), the jobs get a ``SecretRef`` naming it, and
   ``remove_key`` tears the plugin down when the session ends. Jobs whose *result* is secret
-  (Paillier key generation, the base OTs' keys) do not go to the cluster at all
-  (``CryptoPool.private_executor``).
+  (Paillier key generation, the base OTs' keys) do not go to the cluster at all: they
+  run in one local process beside it (``DaskExecutor.private_executor``,
+  ``CryptoPool.run_private``).
 - **What a task carries is scattered bytes.** Large byte arguments are scattered to the
   workers first and tasks are submitted non-pure, so the graph holds references, never
   the chunks themselves, and two equal chunks are never merged into one task.
@@ -145,6 +146,7 @@ class DaskExecutor(Executor):
         tls: bool,
         memory_limit: str | int | None = None,
         local_directory: Path | None = None,
+        connect_seconds: float = 30.0,
     ) -> DaskExecutor:
         """Connect to ``address``, or start ``local:N``; TLS whenever ``tls`` is set."""
         workers = parse_workers(address)
@@ -186,8 +188,10 @@ class DaskExecutor(Executor):
                     " signed the other party's certificate"
                 )
         try:
-            client = Client(address, security=security, set_as_default=False, timeout=30)
-        except OSError as exc:
+            client = Client(
+                address, security=security, set_as_default=False, timeout=connect_seconds
+            )
+        except (OSError, TimeoutError) as exc:
             raise InvalidInput(f"--dask-scheduler {address}: cannot connect ({exc})") from exc
         return cls(client)
 

@@ -257,6 +257,10 @@ class Shuffle:
     def on_disk(self) -> bool:
         return self._dir is not None
 
+    @property
+    def count(self) -> int:
+        return self._side.count
+
     def add(self, packed: bytes) -> None:
         buckets = self._side.buckets
         count = len(packed) // self._side.value_len

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from cleanroom.audiences.identifiers import ID_TYPES
 from cleanroom.audiences.upload import DIGEST_LEN, UploadChunk, UploadEnd, UploadHeader
+from cleanroom.matching.brand import StoredPoints
 from cleanroom.matching.hash_to_curve import hash_to_curve_batch
 from cleanroom.matching.kkrt import brand_items
 from cleanroom.matching.messages import POINT_LEN
@@ -73,6 +74,9 @@ def check_audience_name(name: str) -> None:
         )
 
 
+POINT_BATCH_ROWS = 1 << 16  # points read from a stored audience at a time
+
+
 @dataclass
 class AudienceService:
     store: SqlStore
@@ -104,10 +108,19 @@ class AudienceService:
             raise NotFound(f"no audience named {name!r} for this tenant")
         return record
 
-    def load_points(self, record: AudienceRecord) -> np.ndarray:
-        """The audience's distinct curve points, as numpy ``S32``."""
-        table = pq.read_table(self.data_dir / record.path, columns=["point"])
-        return fixed_binary_to_numpy(table.column("point"), POINT_LEN)
+    def stored_points(self, record: AudienceRecord) -> StoredPoints:
+        """The audience's distinct curve points, to be read in batches (a session
+        streams them in a random order without holding them whole)."""
+        path = self.data_dir / record.path
+        count = pq.ParquetFile(path).metadata.num_rows
+
+        def batches() -> Iterator[bytes]:
+            for batch in pq.ParquetFile(path).iter_batches(
+                batch_size=POINT_BATCH_ROWS, columns=["point"]
+            ):
+                yield fixed_binary_to_numpy(batch.column(0), POINT_LEN).tobytes()
+
+        return StoredPoints(count, batches)
 
     def load_items(self, record: AudienceRecord) -> np.ndarray:
         """The audience's KKRT item blocks, ``(n, 16)``: one per distinct (type, digest).

@@ -188,8 +188,8 @@ class MatchingService:
             await session.prepare()
             brand_size = len(items)
         else:
-            points = await asyncio.to_thread(self.audiences.load_points, audience)
-            if len(points) == 0:
+            points = await asyncio.to_thread(self.audiences.stored_points, audience)
+            if points.count == 0:
                 raise FailedPrecondition(f"audience {audience.name!r} is empty")
             session = BrandSession(
                 session_id=session_id,
@@ -199,7 +199,7 @@ class MatchingService:
                 chunk_size=self.chunk_size,
                 spill_dir=self.audiences.data_dir / WORK_DIR,
             )
-            brand_size = len(points)
+            brand_size = points.count
         self.store.create_session(
             SessionRecord(
                 session_id=session_id,

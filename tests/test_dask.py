@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -284,6 +285,14 @@ def node_with_audience(tmp_path_factory: pytest.TempPathFactory, data: Data) -> 
 def test_bad_scheduler_addresses_are_clear_errors(address: str, why: str) -> None:
     with pytest.raises(InvalidInput, match=why):
         parse_workers(address)
+
+
+def test_an_unreachable_scheduler_is_a_clear_error() -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(InvalidInput, match="cannot connect"):
+        DaskExecutor.start(f"tcp://127.0.0.1:{port}", tls=False, connect_seconds=2)
 
 
 def test_a_tls_party_refuses_a_plaintext_scheduler() -> None:
