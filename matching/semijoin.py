@@ -14,8 +14,9 @@ most ``window`` buckets are in flight.
 Partitioning by a prefix of the double-blinded value leaks nothing new: the bucket of a
 value is a function of the value, which the party holding it already has.
 
-``Buckets.in_memory`` keeps small sets in memory (one bucket, no files), with the same
-answers; ``memory_bytes`` chooses.
+Buckets are sized for a worker's job (about ``BUCKET_BYTES`` a side) either way; a side
+under ``MEMORY_BYTES`` keeps them in memory (``Buckets.in_memory``), a larger one in
+files, with the same answers. ``Shuffle`` uses the same store with random buckets.
 """
 
 from __future__ import annotations
