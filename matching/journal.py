@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Generic, TypeVar
 
 from cleanroom.matching.messages import PointChunk, ValueChunk
+from cleanroom.matching.semijoin import spill_directory
 
 M = TypeVar("M")
 
@@ -95,9 +95,7 @@ class Journal(Generic[M]):
 
     def _spill(self) -> None:
         """Start the file with every message held so far."""
-        if self._spill_dir is not None:
-            self._spill_dir.mkdir(parents=True, exist_ok=True)
-        self._dir = Path(tempfile.mkdtemp(prefix="journal-", dir=self._spill_dir))
+        self._dir = spill_directory(self._spill_dir, "journal-")
         self._file = self._dir / f"{self._name}.bin"
         fd = os.open(self._file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as fh:

@@ -5,8 +5,9 @@ The values compared in a PSI session (double-blinded points, truncated) are
 pseudorandom, so their leading bits spread them evenly over ``2^k`` buckets; two equal
 values always land in the same bucket. A ``Buckets`` store appends each incoming chunk's
 values to per-bucket files as they arrive (with their positions, for the side whose
-order matters); ``semi_join`` then answers "which of the left values are in the right
-set" one bucket pair at a time, and ``unique_count`` deduplicates one bucket at a time.
+order matters); ``SemiJoin.mask`` then answers "which of the left values are in the
+right set" one bucket pair at a time, and ``unique_values`` deduplicates one bucket at a
+time.
 The per-bucket jobs run on the party's executor (local processes or its Dask workers):
 a bucket's bytes travel as the job's argument, so workers need no shared disk, and at
 most ``window`` buckets are in flight.
@@ -64,6 +65,23 @@ def bucket_of(values: np.ndarray, bits: int) -> np.ndarray:
     return head >> (16 - bits)
 
 
+def bucket_groups(which: np.ndarray, buckets: int) -> Iterator[tuple[int, np.ndarray]]:
+    """For each non-empty bucket ``b`` of ``which`` (each row's bucket), the rows in it, in
+    their original order."""
+    order = np.argsort(which, kind="stable")
+    bounds = np.searchsorted(which[order], np.arange(buckets + 1))
+    for b in np.flatnonzero(np.diff(bounds)):
+        yield int(b), order[bounds[b] : bounds[b + 1]]
+
+
+def spill_directory(spill_dir: Path | None, prefix: str) -> Path:
+    """A new private temporary directory inside ``spill_dir`` (the system's default when
+    None), for one session's files; the caller removes it."""
+    if spill_dir is not None:
+        spill_dir.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=spill_dir))
+
+
 class Buckets:
     """Values of one side, appended chunk by chunk, kept per bucket (on disk, or in
     memory for a small set). ``positioned`` sides also keep each value's position."""
@@ -113,10 +131,7 @@ class Buckets:
             return
         if which is None:
             which = bucket_of(rows, self.bits)
-        order = np.argsort(which, kind="stable")
-        bounds = np.searchsorted(which[order], np.arange(self.buckets + 1))
-        for b in np.flatnonzero(np.diff(bounds)):
-            idx = order[bounds[b] : bounds[b + 1]]
+        for b, idx in bucket_groups(which, self.buckets):
             self._values[b].append(rows[idx].tobytes())
             if self.positioned:
                 self._positions[b].append((idx + first).astype(POSITION).tobytes())
@@ -125,7 +140,7 @@ class Buckets:
             self._buffered[b] += len(idx) * self.value_len
             self._buffered_total += len(idx) * self.value_len
             if self._buffered[b] >= FLUSH_BYTES:
-                self._flush(int(b))
+                self._flush(b)
         if self._buffered_total >= BUFFERED_BYTES:
             self.close()
 
@@ -190,9 +205,7 @@ class SemiJoin:
             self.left = Buckets.in_memory(value_len, positioned=True, bits=bits)
             self.right = Buckets.in_memory(value_len, positioned=False, bits=bits)
         else:
-            if spill_dir is not None:
-                spill_dir.mkdir(parents=True, exist_ok=True)
-            self._dir = Path(tempfile.mkdtemp(prefix="semijoin-", dir=spill_dir))
+            self._dir = spill_directory(spill_dir, "semijoin-")
             self.left = Buckets(value_len, bits, self._dir, positioned=True, name="left")
             self.right = Buckets(value_len, bits, self._dir, positioned=False, name="right")
 
@@ -212,7 +225,10 @@ class SemiJoin:
         def mark(found: bytes) -> None:
             hits[np.frombuffer(found, dtype=POSITION)] = True
 
-        jobs = ((semi_join_bucket, *self._pair(b), self.left.value_len) for b in _range(self.left))
+        jobs = (
+            (semi_join_bucket, *self._pair(b), self.left.value_len)
+            for b in range(self.left.buckets)
+        )
         await _run_windowed(jobs, run, window, mark)
         return hits
 
@@ -248,9 +264,7 @@ class Shuffle:
         if expected * value_len < limit:
             self._side = Buckets.in_memory(value_len, positioned=False)
         else:
-            if spill_dir is not None:
-                spill_dir.mkdir(parents=True, exist_ok=True)
-            self._dir = Path(tempfile.mkdtemp(prefix="shuffle-", dir=spill_dir))
+            self._dir = spill_directory(spill_dir, "shuffle-")
             bits = max(1, bucket_bits(expected, value_len))
             self._side = Buckets(value_len, bits, self._dir, positioned=False, name="batch")
 
@@ -325,13 +339,9 @@ async def unique_values(
         if on_bucket is not None:
             on_bucket(distinct)
 
-    jobs = ((unique_bucket, side.bucket(b)[0], side.value_len) for b in _range(side))
+    jobs = ((unique_bucket, side.bucket(b)[0], side.value_len) for b in range(side.buckets))
     await _run_windowed(jobs, run, window, count)
     return total
-
-
-def _range(side: Buckets) -> range:
-    return range(side.buckets)
 
 
 async def _run_windowed(

@@ -27,7 +27,7 @@ from cleanroom.matching.brand import StoredPoints
 from cleanroom.matching.hash_to_curve import hash_to_curve_batch
 from cleanroom.matching.kkrt import brand_items
 from cleanroom.matching.messages import POINT_LEN
-from cleanroom.matching.semijoin import bucket_bits, bucket_of
+from cleanroom.matching.semijoin import bucket_bits, bucket_groups, bucket_of
 from cleanroom.matching.workers import CryptoPool, dst_for
 from cleanroom.proto.errors import (
     AlreadyExists,
@@ -333,12 +333,8 @@ def _digest_buckets(table: pa.Table) -> Iterator[tuple[np.ndarray, np.ndarray]]:
             yield digests, labels
         return
     which = bucket_of(digests.view(np.uint8).reshape(-1, DIGEST_LEN), bits)
-    order = np.argsort(which, kind="stable")
-    bounds = np.searchsorted(which[order], np.arange((1 << bits) + 1))
-    for b in range(1 << bits):
-        idx = order[bounds[b] : bounds[b + 1]]
-        if len(idx):
-            yield digests[idx], labels[idx]
+    for _b, idx in bucket_groups(which, 1 << bits):
+        yield digests[idx], labels[idx]
 
 
 def _labels(seq: int, column: int, packed: bytes, count: int) -> np.ndarray:
