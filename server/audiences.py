@@ -1,16 +1,19 @@
 """Audience uploads and the stored brand sets (transport-free service).
 
-An upload streams digests into a staging file; ``finish`` deduplicates per
-identifier type, hashes every distinct digest to the curve once (DESIGN.md
-§12: the points are deterministic, so sessions never recompute them), writes
-the final Parquet file atomically and only then records the audience. A
-stream that breaks, or a chunk that is wrong, leaves nothing behind.
+An upload stages digests by their leading byte under the work directory;
+``finish`` deduplicates per identifier type and digest bucket, hashes every
+distinct digest to the curve once (DESIGN.md §12: the points are deterministic,
+so sessions never recompute them), writes the set as a partitioned dataset
+(``server.datasets``: id_type, then bucket; made visible at once) and only then
+records the audience. A stream that breaks, or a chunk that is wrong, leaves
+nothing behind.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from cleanroom.audiences.identifiers import ID_TYPES
 from cleanroom.audiences.upload import DIGEST_LEN, UploadChunk, UploadEnd, UploadHeader
@@ -27,7 +29,13 @@ from cleanroom.matching.brand import StoredPoints
 from cleanroom.matching.hash_to_curve import hash_to_curve_batch
 from cleanroom.matching.kkrt import brand_items
 from cleanroom.matching.messages import POINT_LEN
-from cleanroom.matching.semijoin import bucket_bits, bucket_groups, bucket_of
+from cleanroom.matching.semijoin import (
+    Buckets,
+    bucket_bits,
+    bucket_groups,
+    bucket_of,
+    spill_directory,
+)
 from cleanroom.matching.workers import CryptoPool, dst_for
 from cleanroom.proto.errors import (
     AlreadyExists,
@@ -36,13 +44,13 @@ from cleanroom.proto.errors import (
     PermissionDenied,
     ProtocolError,
 )
-from cleanroom.server.files import AtomicParquetWriter
+from cleanroom.server.datasets import Dataset, DatasetWriter, open_dataset, remove_stored
+from cleanroom.server.files import WORK_DIR
 from cleanroom.server.store import AudienceRecord, AuditEntry, Principal, Role, SqlStore
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-STAGING_SCHEMA = pa.schema(
-    [("id_type", pa.string()), ("digest", pa.binary(DIGEST_LEN)), ("label", pa.uint8())]
-)
+STAGING_BITS = 8  # an upload's digests are staged by their leading byte
+STAGED_LEN = DIGEST_LEN + 1  # a staged row: the digest, then its 0/1 label
 AUDIENCE_SCHEMA = pa.schema(
     [
         ("id_type", pa.string()),
@@ -85,7 +93,7 @@ class AudienceService:
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
     def audience_path(self, tenant_id: str, audience_id: str) -> Path:
-        return self.data_dir / "audiences" / tenant_id / f"{audience_id}.parquet"
+        return self.data_dir / "audiences" / tenant_id / audience_id
 
     def begin(self, principal: Principal, header: UploadHeader) -> AudienceUpload:
         if principal.role is not Role.ADMIN:
@@ -108,31 +116,29 @@ class AudienceService:
             raise NotFound(f"no audience named {name!r} for this tenant")
         return record
 
+    def dataset(self, record: AudienceRecord) -> Dataset:
+        """The audience's stored set (partitioned, or one file of an earlier release)."""
+        return open_dataset(self.data_dir / record.path)
+
     def stored_points(self, record: AudienceRecord) -> StoredPoints:
         """The audience's distinct curve points, to be read in batches (a session
         streams them in a random order without holding them whole)."""
-        path = self.data_dir / record.path
-        count = pq.ParquetFile(path).metadata.num_rows
+        dataset = self.dataset(record)
 
         def batches() -> Iterator[bytes]:
-            for batch in pq.ParquetFile(path).iter_batches(
-                batch_size=POINT_BATCH_ROWS, columns=["point"]
-            ):
+            for batch in dataset.batches(["point"], batch_rows=POINT_BATCH_ROWS):
                 yield fixed_binary_to_numpy(batch.column(0), POINT_LEN).tobytes()
 
-        return StoredPoints(count, batches)
+        return StoredPoints(dataset.rows, batches)
 
     def load_items(self, record: AudienceRecord) -> np.ndarray:
         """The audience's KKRT item blocks, ``(n, 16)``: one per distinct (type, digest).
 
         Nothing of a session goes into them (one AES pass over the stored digests, done
-        per session: the cuckoo keys and the code are the session's own)."""
-        table = pq.read_table(self.data_dir / record.path, columns=["id_type", "digest"])
-        types = table.column("id_type").to_numpy(zero_copy_only=False).astype(str)
-        digests = fixed_binary_to_numpy(table.column("digest"), DIGEST_LEN)
-        digests = digests.view(np.uint8).reshape(-1, DIGEST_LEN)
-        kinds = list(dict.fromkeys(types.tolist()))
-        return brand_items(kinds, [digests[types == t] for t in kinds])
+        per session: the cuckoo keys and the code are the session's own). Built part by
+        part, so what is held is the blocks and one part's digests."""
+        blocks = [brand_items([t], [d]) for t, d in _typed_digests(self.dataset(record))]
+        return np.ascontiguousarray(np.concatenate(blocks)) if blocks else brand_items([], [])
 
     def load_labelled_points(self, record: AudienceRecord) -> tuple[np.ndarray, np.ndarray]:
         """The distinct curve points (``S32``) and each one's seed label (uint8 0/1).
@@ -140,13 +146,19 @@ class AudienceService:
         An identifier carries the highest label of the records that hold it;
         audiences stored before labels existed are all seeds.
         """
-        path = self.data_dir / record.path
-        names = pq.read_schema(path).names
-        table = pq.read_table(path, columns=["point", *(["label"] if "label" in names else [])])
-        points = fixed_binary_to_numpy(table.column("point"), POINT_LEN)
-        if "label" not in names:
-            return points, np.ones(len(points), dtype=np.uint8)
-        return points, table.column("label").to_numpy().astype(np.uint8)
+        dataset = self.dataset(record)
+        labelled = "label" in dataset.names
+        points, labels = [], []
+        for batch in dataset.batches(["point", *(["label"] if labelled else [])]):
+            points.append(fixed_binary_to_numpy(batch.column(0), POINT_LEN))
+            labels.append(
+                batch.column(1).to_numpy().astype(np.uint8)
+                if labelled
+                else np.ones(batch.num_rows, dtype=np.uint8)
+            )
+        if not points:
+            return np.empty(0, dtype=f"S{POINT_LEN}"), np.empty(0, dtype=np.uint8)
+        return np.concatenate(points), np.concatenate(labels)
 
 
 class AudienceUpload:
@@ -159,8 +171,14 @@ class AudienceUpload:
         self.principal = principal
         self.header = header
         self.audience_id = uuid.uuid4().hex
-        final = service.audience_path(principal.tenant_id, self.audience_id)
-        self._staging = AtomicParquetWriter(final.with_suffix(".staging.parquet"), STAGING_SCHEMA)
+        # Each type's digests (with their labels) are staged by their leading byte as they
+        # arrive, in files under the work directory, so that ``finish`` deduplicates and
+        # hashes one bucket at a time without ever reading a type's digests whole.
+        self._work = spill_directory(service.data_dir / WORK_DIR, f"upload-{self.audience_id}-")
+        self._staged = {
+            t: Buckets(STAGED_LEN, STAGING_BITS, self._work, positioned=False, name=f"type{i}")
+            for i, t in enumerate(dict.fromkeys(header.id_types))
+        }
         self.next_seq = 0
         self.rows = 0
         self.seeds = 0
@@ -180,9 +198,7 @@ class AudienceUpload:
             raise InvalidInput(
                 f"upload chunk {chunk.seq} claims {seeds} seeds among {chunk.row_count} rows"
             )
-        types: list[str] = []
-        digests: list[bytes] = []
-        labels: list[np.ndarray] = []
+        staged: list[tuple[str, bytes, np.ndarray]] = []
         seen: set[int] = set()
         for col in chunk.columns:
             if not 0 <= col.column < len(self.header.id_types) or col.column in seen:
@@ -197,27 +213,17 @@ class AudienceUpload:
             n = len(col.digests) // DIGEST_LEN
             if n > chunk.row_count:
                 raise InvalidInput(f"upload chunk {chunk.seq}: more digests than rows in a column")
-            labels.append(_labels(chunk.seq, col.column, col.labels, n))
-            types.extend([self.header.id_types[col.column]] * n)
-            digests.append(col.digests)
-        packed = b"".join(digests)
-        if packed:
-            arr = pa.FixedSizeBinaryArray.from_buffers(
-                pa.binary(DIGEST_LEN), len(types), [None, pa.py_buffer(packed)]
-            )
-            self._staging.write(
-                pa.table(
-                    {
-                        "id_type": pa.array(types, pa.string()),
-                        "digest": arr,
-                        "label": pa.array(np.concatenate(labels), pa.uint8()),
-                    }
-                )
-            )
+            labels = _labels(chunk.seq, col.column, col.labels, n)
+            staged.append((self.header.id_types[col.column], col.digests, labels))
+        for id_type, digests, labels in staged:  # only once the whole chunk is valid
+            rows = np.empty((len(labels), STAGED_LEN), dtype=np.uint8)
+            rows[:, :DIGEST_LEN] = np.frombuffer(digests, np.uint8).reshape(-1, DIGEST_LEN)
+            rows[:, DIGEST_LEN] = labels
+            self._staged[id_type].add(rows.tobytes())
+            self.identifiers += len(labels)
         self.next_seq += 1
         self.rows += chunk.row_count
         self.seeds += seeds
-        self.identifiers += len(types)
 
     async def finish(self, end: UploadEnd) -> AudienceRecord:
         if self._done:
@@ -230,27 +236,28 @@ class AudienceUpload:
         if self.identifiers == 0:
             raise InvalidInput("the upload carries no identifiers; nothing was stored")
         self._done = True
-        staging = self._staging.commit()
-        final = AtomicParquetWriter(
+        final = DatasetWriter(
             self.service.audience_path(self.principal.tenant_id, self.audience_id), AUDIENCE_SCHEMA
         )
         try:
             by_type: dict[str, int] = {}
-            for id_type in dict.fromkeys(self.header.id_types):
-                table = pq.read_table(
-                    staging, filters=[("id_type", "=", id_type)], columns=["digest", "label"]
-                )
+            for id_type, staged in self._staged.items():
+                staged.close()
+                bits = bucket_bits(staged.count, DIGEST_LEN)
                 count = 0
-                # Deduplicated and hashed one bucket of leading bits at a time (an equal
-                # digest is always in the same bucket), so what is held beyond the type's
-                # digests is a bucket's work; the buckets in order keep the file sorted.
-                for digests, labels in _digest_buckets(table):
-                    distinct, which = np.unique(digests, return_inverse=True)
+                # An equal digest is always in the same bucket, so each bucket is
+                # deduplicated and hashed on its own; in bucket order, sorted within.
+                for bucket, rows in _dataset_buckets(staged, bits):
+                    digests = np.ascontiguousarray(rows[:, :DIGEST_LEN]).view(f"S{DIGEST_LEN}")
+                    distinct, which = np.unique(digests.ravel(), return_inverse=True)
                     # An identifier several records share is a seed if any of them is.
                     label = np.zeros(len(distinct), dtype=np.uint8)
-                    np.maximum.at(label, which, labels)
+                    np.maximum.at(label, which.ravel(), rows[:, DIGEST_LEN])
                     points = await self._hash_to_curve(distinct.tobytes(), dst_for(id_type))
                     final.write(
+                        id_type,
+                        bucket,
+                        bits,
                         pa.table(
                             {
                                 "id_type": pa.array([id_type] * len(distinct), pa.string()),
@@ -258,7 +265,7 @@ class AudienceUpload:
                                 "point": _fixed(points, POINT_LEN),
                                 "label": pa.array(label, pa.uint8()),
                             }
-                        )
+                        ),
                     )
                     count += len(distinct)
                 if count:
@@ -268,7 +275,7 @@ class AudienceUpload:
             final.abort()
             raise
         finally:
-            staging.unlink(missing_ok=True)
+            shutil.rmtree(self._work, ignore_errors=True)
         elements = sum(by_type.values())
         record = AudienceRecord(
             audience_id=self.audience_id,
@@ -285,10 +292,10 @@ class AudienceUpload:
         try:
             previous = self.service.store.put_audience(record, replace_existing=self.header.replace)
         except BaseException:
-            path.unlink(missing_ok=True)
+            remove_stored(path)
             raise
         if previous is not None:
-            (self.service.data_dir / previous.path).unlink(missing_ok=True)
+            remove_stored(self.service.data_dir / previous.path)
         self.service.store.audit(
             AuditEntry(
                 self.principal.tenant_id,
@@ -318,23 +325,38 @@ class AudienceUpload:
     def abort(self) -> None:
         """Drop everything this upload wrote (safe to call more than once)."""
         self._done = True
-        self._staging.abort()
-        self._staging.path.unlink(missing_ok=True)
+        shutil.rmtree(self._work, ignore_errors=True)
 
 
-def _digest_buckets(table: pa.Table) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """A staged type's digests (``S32``) and labels, bucket by bucket of the digests'
-    leading bits (buckets of about ``semijoin.BUCKET_BYTES``), in bucket order."""
-    digests = fixed_binary_to_numpy(table.column("digest"), DIGEST_LEN)
-    labels = table.column("label").to_numpy().astype(np.uint8)
-    bits = bucket_bits(len(digests), DIGEST_LEN)
-    if bits == 0:
-        if len(digests):
-            yield digests, labels
-        return
-    which = bucket_of(digests.view(np.uint8).reshape(-1, DIGEST_LEN), bits)
-    for _b, idx in bucket_groups(which, 1 << bits):
-        yield digests[idx], labels[idx]
+def _dataset_buckets(staged: Buckets, bits: int) -> Iterator[tuple[int, np.ndarray]]:
+    """A staged type's rows (digest, label), ``(k, 33)``, bucket by bucket of ``bits``
+    leading digest bits, in bucket order (staging buckets are joined or split to fit)."""
+    for group in range(1 << min(bits, STAGING_BITS)):
+        span = 1 << (STAGING_BITS - min(bits, STAGING_BITS))
+        packed = b"".join(staged.bucket(b)[0] for b in range(group * span, (group + 1) * span))
+        rows = np.frombuffer(packed, dtype=np.uint8).reshape(-1, STAGED_LEN)
+        if bits <= STAGING_BITS:
+            if len(rows):
+                yield group, rows
+            continue
+        for bucket, idx in bucket_groups(bucket_of(rows, bits), 1 << bits):
+            yield bucket, rows[idx]
+
+
+def _typed_digests(dataset: Dataset) -> Iterator[tuple[str, np.ndarray]]:
+    """Each part's identifier type and digests (``(k, 32)`` uint8), part by part; a
+    single-file set of an earlier release is split by its id_type column."""
+    for part in dataset.parts:
+        columns = ["digest"] if part.id_type else ["id_type", "digest"]
+        table = dataset.read(part, columns)
+        digests = fixed_binary_to_numpy(table.column("digest"), DIGEST_LEN)
+        digests = digests.view(np.uint8).reshape(-1, DIGEST_LEN)
+        if part.id_type:
+            yield part.id_type, digests
+            continue
+        types = table.column("id_type").to_numpy(zero_copy_only=False).astype(str)
+        for t in dict.fromkeys(types.tolist()):
+            yield t, digests[types == t]
 
 
 def _labels(seq: int, column: int, packed: bytes, count: int) -> np.ndarray:

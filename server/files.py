@@ -9,12 +9,18 @@ exception before ``commit`` leaves no trace under the final name.
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from pathlib import Path
 from types import TracebackType
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+# Under the data directory: what uploads and large sessions keep on disk while they run
+# (staged digests, journals, comparison buckets), each in a temporary directory of its
+# own; emptied at start-up.
+WORK_DIR = "work"
 
 
 def fsync_dir(path: Path) -> None:
@@ -77,10 +83,16 @@ class AtomicParquetWriter:
 
 
 def remove_stale_temporaries(root: Path) -> int:
-    """Delete temporaries a crashed process left behind; returns how many."""
+    """Delete temporaries (files, and the directories a partitioned set is written in)
+    a crashed process left behind; returns how many."""
     removed = 0
     if root.exists():
-        for tmp in root.rglob(".*.tmp"):
-            tmp.unlink(missing_ok=True)
+        for tmp in list(root.rglob(".*.tmp")):
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            elif tmp.exists():
+                tmp.unlink(missing_ok=True)
+            else:
+                continue  # inside a directory removed already
             removed += 1
     return removed

@@ -18,6 +18,7 @@ from typing import Any
 
 from cleanroom.federated.attribution.report import REPORT_ID
 from cleanroom.proto.errors import NotFound, PermissionDenied
+from cleanroom.server.datasets import remove_stored
 from cleanroom.server.store import (
     AudienceRecord,
     AuditEntry,
@@ -38,11 +39,12 @@ def _admin(principal: Principal, what: str) -> None:
 
 
 def _remove(paths: list[Path]) -> list[str]:
-    """Remove the files; the ones that could not be (logged) are returned."""
+    """Remove the files (or partitioned sets); the ones that could not be (logged) are
+    returned."""
     left = []
     for path in paths:
         try:
-            path.unlink(missing_ok=True)
+            remove_stored(path)
         except OSError as exc:
             log.error("could not remove %s: %s", path, exc)
             left.append(str(path))

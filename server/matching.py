@@ -29,6 +29,7 @@ from cleanroom.proto.errors import (
 )
 from cleanroom.server.admission import Admission, Slot
 from cleanroom.server.audiences import AudienceService
+from cleanroom.server.files import WORK_DIR
 from cleanroom.server.store import (
     AudienceRecord,
     AuditEntry,
@@ -90,11 +91,6 @@ class _Live:
     detached_at: float | None = None
     stream: int = 0
     reader: asyncio.Task[None] | None = None
-
-
-# Under the data directory: what large sessions keep on disk (journals, comparison
-# buckets), each in a temporary directory of its own; emptied at start-up.
-WORK_DIR = "work"
 
 
 @dataclass

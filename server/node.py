@@ -29,7 +29,7 @@ from cleanroom.proto.transport import SERVER_CERT, SERVER_KEY, is_local, load_tl
 from cleanroom.server.admission import Admission, default_max_sessions
 from cleanroom.server.attribution import AttributionService
 from cleanroom.server.audiences import AudienceService
-from cleanroom.server.files import remove_stale_temporaries
+from cleanroom.server.files import WORK_DIR, remove_stale_temporaries
 from cleanroom.server.grpc_api import (
     AttributionServicer,
     AudienceServicer,
@@ -39,7 +39,7 @@ from cleanroom.server.grpc_api import (
 )
 from cleanroom.server.lifecycle import purge_expired
 from cleanroom.server.lookalike import LookalikeService, ScoringService
-from cleanroom.server.matching import WORK_DIR, MatchingService
+from cleanroom.server.matching import MatchingService
 from cleanroom.server.settings import ServerSettings
 from cleanroom.server.store import SqlStore
 from cleanroom.server.tenants import interrupt_unfinished

@@ -19,6 +19,7 @@ from cleanroom.matching.workers import CryptoPool
 from cleanroom.proto import cleanroom_pb2 as pb
 from cleanroom.proto import cleanroom_pb2_grpc as pb_grpc
 from cleanroom.server.audiences import AudienceService
+from cleanroom.server.datasets import open_dataset
 from cleanroom.server.store import Role
 from tests.conftest import Node
 from tests.helpers import sha
@@ -49,7 +50,7 @@ def stored(node: Node, name: str) -> tuple[dict[bytes, int], int]:
         assert tenant is not None
         record = store.get_audience(tenant.tenant_id, name)
         assert record is not None and record.seeds is not None
-        table = pq.read_table(node.data_dir / record.path)
+        table = open_dataset(node.data_dir / record.path).read_all()
         labels = dict(
             zip(table.column("digest").to_pylist(), table.column("label").to_pylist(), strict=True)
         )

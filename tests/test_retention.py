@@ -12,8 +12,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
-import pyarrow.parquet as pq
 
+from cleanroom.server.datasets import open_dataset
 from cleanroom.server.lifecycle import RETENTION_ACTOR, purge_expired
 from cleanroom.server.node import BrandNodeThread
 from cleanroom.server.store import Role, SessionRecord, SqlStore
@@ -56,7 +56,7 @@ def test_data_older_than_the_retention_is_purged_with_its_files(tmp_path: Path) 
     conversions = store.get_conversion_set(tid, "sales")
     assert audience is not None and conversions is not None
     stored = settings.data_dir / audience.path
-    point = pq.read_table(stored, columns=["point"]).column("point")[0].as_py()
+    point = open_dataset(stored).read_all(["point"]).column("point")[0].as_py()
     conversion_files = list(settings.data_dir.glob(conversions.path + ".*"))
     assert len(conversion_files) == 3
 

@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 
 from cleanroom.audiences.identifiers import NormalizeOptions, parse_id_columns
@@ -28,6 +27,7 @@ from cleanroom.matching.semijoin import (
     unique_values,
 )
 from cleanroom.matching.workers import CryptoPool
+from cleanroom.server.datasets import open_dataset
 from cleanroom.server.store import Role
 from tests.conftest import Node
 from tests.helpers import eventually, plaintext_match
@@ -232,7 +232,7 @@ def test_an_upload_deduplicated_by_bucket_stores_what_one_pass_stores(
             [record] = [a for a in store.list_audiences(tenant.tenant_id) if a.name == name]
         finally:
             store.close()
-        return pq.read_table(node.data_dir / record.path).to_pandas()
+        return open_dataset(node.data_dir / record.path).read_all().to_pandas()
 
     whole = stored("one-bucket")
     monkeypatch.setattr(semijoin, "BUCKET_BYTES", 1024)

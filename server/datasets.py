@@ -1,0 +1,245 @@
+"""Stored sets as Parquet datasets partitioned by identifier type and digest bucket.
+
+Layout of one set (an audience today)::
+
+    <root>/<id>/_manifest.json
+    <root>/<id>/id_type=phone/bucket=007/part-0.parquet
+    <root>/<id>/id_type=email/bucket=000/part-0.parquet
+
+Rules the writers and readers keep:
+
+- A bucket is the leading ``bits`` bits of the digest (``semijoin.bucket_of``), with
+  ``bits`` chosen per identifier type from its size, so a bucket is a unit of work that
+  fits in memory and an equal digest is always in the same bucket. The identifier type
+  is in the path, not in the part files, so the directory is also a plain Hive-style
+  dataset (``pyarrow.parquet.read_table(path)`` reads it; the manifest's leading ``_``
+  keeps such readers off it); this module's readers put ``id_type`` back.
+- ``DatasetWriter`` writes into a temporary directory beside the final one and makes it
+  visible by one ``rename`` after the manifest, written last, is on disk: a reader sees
+  the whole set or nothing, and a directory without a manifest is never a set.
+- The manifest lists every part with its row count; readers go by it, not by listing
+  directories, so a stray file is never read.
+- A set stored by an earlier release is one Parquet file; ``open_dataset`` reads it as
+  a set of one part, so nothing has to be migrated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cleanroom.server.files import fsync_dir
+
+MANIFEST = "_manifest.json"
+FORMAT = "cleanroom.dataset"
+VERSION = 1
+
+
+class DatasetError(Exception):
+    """A stored set is missing or damaged (a message for the operator, never the client)."""
+
+
+@dataclass(frozen=True)
+class Part:
+    """One part file of a set: its identifier type, bucket, path and row count."""
+
+    id_type: str | None  # None: a single-file set of an earlier release (any type)
+    bucket: int
+    path: Path
+    rows: int
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A stored set, for reading part by part."""
+
+    path: Path
+    parts: tuple[Part, ...]
+    names: tuple[str, ...]  # the columns every part has
+    bits: dict[str, int]  # bucket bits per identifier type (empty for a single file)
+
+    @property
+    def rows(self) -> int:
+        return sum(p.rows for p in self.parts)
+
+    def parts_of(self, id_type: str) -> list[Part]:
+        """The parts holding ``id_type`` (a single-file set's one part holds every type)."""
+        return [p for p in self.parts if p.id_type in (id_type, None)]
+
+    def batches(
+        self, columns: Sequence[str], *, batch_rows: int = 1 << 16, parts: Sequence[Part] = ()
+    ) -> Iterator[pa.RecordBatch]:
+        """The columns, a batch of at most ``batch_rows`` rows at a time, part by part
+        in manifest order (or over the given parts only)."""
+        for part in parts or self.parts:
+            stored = _stored_columns(part, columns)
+            for batch in pq.ParquetFile(part.path).iter_batches(
+                batch_size=batch_rows, columns=stored
+            ):
+                yield pa.RecordBatch.from_arrays(
+                    _with_type(part, columns, stored, batch.columns, batch.num_rows),
+                    names=list(columns),
+                )
+
+    def read(self, part: Part, columns: Sequence[str]) -> pa.Table:
+        stored = _stored_columns(part, columns)
+        table = pq.read_table(part.path, columns=stored)
+        return pa.Table.from_arrays(
+            _with_type(part, columns, stored, table.columns, table.num_rows),
+            names=list(columns),
+        )
+
+    def read_all(self, columns: Sequence[str] | None = None) -> pa.Table:
+        """The whole set as one table, in manifest order (small sets, tests, tools)."""
+        wanted = list(columns or self.names)
+        return pa.concat_tables([self.read(p, wanted) for p in self.parts])
+
+
+def open_dataset(path: Path) -> Dataset:
+    """The set stored at ``path``: a partitioned directory, or one Parquet file."""
+    if path.is_file():
+        meta = pq.ParquetFile(path)
+        names = tuple(meta.schema_arrow.names)
+        return Dataset(path, (Part(None, 0, path, meta.metadata.num_rows),), names, {})
+    manifest = path / MANIFEST
+    try:
+        doc = json.loads(manifest.read_text())
+    except FileNotFoundError as exc:
+        raise DatasetError(f"no stored set at {path} (no {MANIFEST})") from exc
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"the manifest of {path} cannot be read: {exc}") from exc
+    if doc.get("format") != FORMAT or doc.get("version") != VERSION:
+        raise DatasetError(
+            f"{manifest} is not a {FORMAT} manifest of version {VERSION}"
+            f" (format {doc.get('format')!r}, version {doc.get('version')!r})"
+        )
+    parts = tuple(
+        Part(p["id_type"], int(p["bucket"]), path / p["path"], int(p["rows"])) for p in doc["parts"]
+    )
+    return Dataset(path, parts, tuple(doc["columns"]), {k: int(v) for k, v in doc["bits"].items()})
+
+
+def _stored_columns(part: Part, columns: Sequence[str]) -> list[str]:
+    """What to read from the part's file: ``id_type`` is its path's in a partitioned set."""
+    if part.id_type is None:
+        return list(columns)
+    return [c for c in columns if c != "id_type"]
+
+
+def _with_type(
+    part: Part, columns: Sequence[str], stored: list[str], arrays: Sequence[object], rows: int
+) -> list[object]:
+    by_name = dict(zip(stored, arrays, strict=True))
+    if part.id_type is not None:
+        by_name["id_type"] = pa.array([part.id_type] * rows, pa.string())
+    return [by_name[c] for c in columns]
+
+
+def remove_stored(path: Path) -> None:
+    """Delete a stored set, partitioned or a single file (missing is fine)."""
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def bucket_directory(id_type: str, bucket: int, bits: int) -> str:
+    width = len(str((1 << bits) - 1))
+    return f"id_type={id_type}/bucket={bucket:0{width}d}"
+
+
+class DatasetWriter:
+    """Writes a partitioned set part by part; it appears at ``path`` only on commit."""
+
+    def __init__(self, path: Path, schema: pa.Schema) -> None:
+        if "id_type" not in schema.names:
+            raise ValueError("a partitioned set needs an id_type column")
+        self.path = path
+        self.schema = schema
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp_path = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        self.tmp_path.mkdir()
+        self._parts: list[dict[str, object]] = []
+        self._bits: dict[str, int] = {}
+        self._open = True
+
+    def write(self, id_type: str, bucket: int, bits: int, table: pa.Table) -> None:
+        """Add ``table`` (rows of ``id_type`` whose digests are in ``bucket`` of ``bits``
+        leading bits) as the next part of that bucket."""
+        if not self._open:
+            raise ValueError("the writer is closed")
+        if self._bits.setdefault(id_type, bits) != bits:
+            raise ValueError(f"{id_type} is bucketed by {self._bits[id_type]} bits, not {bits}")
+        if not 0 <= bucket < 1 << bits:
+            raise ValueError(f"bucket {bucket} is not one of {1 << bits}")
+        if table.num_rows == 0:
+            return
+        directory = bucket_directory(id_type, bucket, bits)
+        n = sum(1 for p in self._parts if str(p["path"]).startswith(directory + "/"))
+        relative = f"{directory}/part-{n}.parquet"
+        (self.tmp_path / directory).mkdir(parents=True, exist_ok=True)
+        stored = table.cast(self.schema).drop_columns(["id_type"])
+        pq.write_table(stored, self.tmp_path / relative, compression="zstd")
+        self._parts.append(
+            {"id_type": id_type, "bucket": bucket, "path": relative, "rows": table.num_rows}
+        )
+
+    @property
+    def rows(self) -> int:
+        return sum(int(str(p["rows"])) for p in self._parts)
+
+    def commit(self) -> Path:
+        """Write the manifest, make everything durable, then rename into place."""
+        if not self._open:
+            raise ValueError("the writer is closed")
+        self._open = False
+        manifest = {
+            "format": FORMAT,
+            "version": VERSION,
+            "columns": self.schema.names,
+            "bits": self._bits,
+            "rows": self.rows,
+            "parts": self._parts,
+        }
+        for part in self._parts:
+            _fsync_file(self.tmp_path / str(part["path"]))
+        target = self.tmp_path / MANIFEST
+        target.write_text(json.dumps(manifest, indent=1))
+        _fsync_file(target)
+        for directory in sorted({p.parent for p in self.tmp_path.rglob("*.parquet")}):
+            fsync_dir(directory)
+            fsync_dir(directory.parent)
+        fsync_dir(self.tmp_path)
+        os.replace(self.tmp_path, self.path)
+        fsync_dir(self.path.parent)
+        return self.path
+
+    def abort(self) -> None:
+        self._open = False
+        shutil.rmtree(self.tmp_path, ignore_errors=True)
+
+    def __enter__(self) -> DatasetWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._open:
+            self.abort()
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
