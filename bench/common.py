@@ -75,7 +75,7 @@ class RssSampler:
             for p in procs:
                 try:
                     total += p.memory_info().rss / 2**20
-                    peak_kb = _high_water_kb(p.pid)
+                    peak_kb = high_water_kb(p.pid)
                 except (psutil.Error, OSError):
                     continue
                 self.peak_process_mb = max(self.peak_process_mb, peak_kb / 1024)
@@ -204,7 +204,7 @@ def measure_kkrt_floor(partner_items: int, brand_items: int) -> float:
     return time.perf_counter() - start
 
 
-def _high_water_kb(pid: int) -> int:
+def high_water_kb(pid: int) -> int:
     """VmHWM: the process's peak resident set so far, as the kernel counts it (Linux)."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 from common import (
     RssSampler,
+    high_water_kb,
     measure_floor,
     measure_kkrt_floor,
     retry_until_up,
@@ -88,10 +89,18 @@ def one_run(
     method: PsiMethod,
     chunk_size: int,
     dask_scheduler: str | None,
+    high_water: dict[str, float] | None = None,
 ) -> tuple[float, float, Any, RssSampler, Any]:
     """One match of partner.csv against brand.csv (both in ``node_dir``'s parent), both
     parties' crypto on local processes or on ``dask_scheduler``: (seconds, prepare
-    seconds, the run, the RSS sampler, the outcome)."""
+    seconds, the run, the RSS sampler, the outcome). ``high_water`` gets this process's
+    peak RSS (MB) after each step (upload, load, prepare, psi, output): where it rises
+    is the step that set it."""
+
+    def mark(step: str) -> None:
+        if high_water is not None:
+            high_water[step] = round(high_water_kb(os.getpid()) / 1024, 1)
+
     work = node_dir.parent
     brand_csv, partner_csv, out_csv = work / "brand.csv", work / "partner.csv", work / "out.csv"
     env = {"CLEANROOM_CHUNK_SIZE": str(chunk_size)}
@@ -108,7 +117,9 @@ def one_run(
                 )
             ),
         )
+        mark("upload")
         data, _ = load_partner_set(partner_csv, COLUMNS, OPTIONS)
+        mark("load")
         with (
             CryptoPool.open(dask_scheduler, workers) as pool,
             RssSampler({"brand": node.process.pid, "partner": os.getpid()}) as rss,
@@ -120,6 +131,7 @@ def one_run(
             else:
                 data = asyncio.run(prepare_points(data, pool))
             prepare_seconds = time.perf_counter() - start
+            mark("prepare")
             start = time.perf_counter()
             run = asyncio.run(
                 run_psi(
@@ -134,8 +146,10 @@ def one_run(
             )
             outcome = run.session.outcome
             assert outcome is not None
+            mark("psi")
             write_match_output(partner_csv, out_csv, outcome.matched_on, COLUMNS)
             seconds = time.perf_counter() - start
+            mark("output")
         expected = np.arange(n // 2, n // 2 + n) < n
         if not np.array_equal(outcome.matched_on == 0, expected):
             raise AssertionError("the match result differs from the plaintext answer")

@@ -40,8 +40,9 @@ def main() -> int:
     work = work_dir("cleanroom-bench-scale-")
     write_csv(work / "brand.csv", 0, n)
     write_csv(work / "partner.csv", n // 2, n)
+    high_water: dict[str, float] = {}
     seconds, prepare_seconds, run, rss, outcome = one_run(
-        work / "node", n, args.workers, PsiMethod.ECDH, args.chunk_size, scheduler
+        work / "node", n, args.workers, PsiMethod.ECDH, args.chunk_size, scheduler, high_water
     )
     # The floor's rate is sustained blinding on the same workers (FLOOR_SAMPLE operations,
     # about a minute here), scaled to the 4N operations: timing all 4N would double a run
@@ -61,6 +62,7 @@ def main() -> int:
         "matched": int(outcome.matched_records),
         "bytes_on_wire": run.bytes_sent + run.bytes_received,
         "peak_rss_mb": peaks,
+        "partner_high_water_mb_after": high_water,
         "max_process_rss_mb": max(peaks.values()),
     }
     print(json.dumps(result))
