@@ -254,7 +254,8 @@ def _inspect_csv(path: Path) -> list[str]:
 def _inspect_parquet(path: Path) -> list[str]:
     try:
         parquet = pq.ParquetFile(path)
-    except (pa.ArrowException, OSError) as exc:
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:
+        # UnicodeDecodeError: a column name that is not UTF-8 (Arrow decodes names itself).
         raise AudienceFileError(
             f"audience file {path} is not a readable Parquet file: {exc}"
         ) from exc
