@@ -331,8 +331,9 @@ class AudienceUpload:
 def _dataset_buckets(staged: Buckets, bits: int) -> Iterator[tuple[int, np.ndarray]]:
     """A staged type's rows (digest, label), ``(k, 33)``, bucket by bucket of ``bits``
     leading digest bits, in bucket order (staging buckets are joined or split to fit)."""
-    for group in range(1 << min(bits, STAGING_BITS)):
-        span = 1 << (STAGING_BITS - min(bits, STAGING_BITS))
+    coarse = min(bits, STAGING_BITS)
+    span = 1 << (STAGING_BITS - coarse)  # staging buckets in one of ``coarse`` bits
+    for group in range(1 << coarse):
         packed = b"".join(staged.bucket(b)[0] for b in range(group * span, (group + 1) * span))
         rows = np.frombuffer(packed, dtype=np.uint8).reshape(-1, STAGED_LEN)
         if bits <= STAGING_BITS:

@@ -29,15 +29,15 @@ import json
 import os
 import shutil
 import uuid
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cleanroom.server.files import fsync_dir
+from cleanroom.server.files import AbortsUnlessCommitted, fsync_dir
 
 MANIFEST = "_manifest.json"
 FORMAT = "cleanroom.dataset"
@@ -76,11 +76,11 @@ class Dataset:
         return [p for p in self.parts if p.id_type in (id_type, None)]
 
     def batches(
-        self, columns: Sequence[str], *, batch_rows: int = 1 << 16, parts: Sequence[Part] = ()
+        self, columns: Sequence[str], *, batch_rows: int = 1 << 16
     ) -> Iterator[pa.RecordBatch]:
         """The columns, a batch of at most ``batch_rows`` rows at a time, part by part
-        in manifest order (or over the given parts only)."""
-        for part in parts or self.parts:
+        in manifest order."""
+        for part in self.parts:
             stored = _stored_columns(part, columns)
             for batch in pq.ParquetFile(part.path).iter_batches(
                 batch_size=batch_rows, columns=stored
@@ -157,7 +157,7 @@ def bucket_directory(id_type: str, bucket: int, bits: int) -> str:
     return f"id_type={id_type}/bucket={bucket:0{width}d}"
 
 
-class DatasetWriter:
+class DatasetWriter(AbortsUnlessCommitted):
     """Writes a partitioned set part by part; it appears at ``path`` only on commit."""
 
     def __init__(self, path: Path, schema: pa.Schema) -> None:
@@ -168,8 +168,9 @@ class DatasetWriter:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp_path = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
         self.tmp_path.mkdir()
-        self._parts: list[dict[str, object]] = []
+        self._parts: list[Part] = []  # paths relative to the set's directory
         self._bits: dict[str, int] = {}
+        self._parts_in: Counter[str] = Counter()  # parts written per bucket directory
         self._open = True
 
     def write(self, id_type: str, bucket: int, bits: int, table: pa.Table) -> None:
@@ -184,18 +185,16 @@ class DatasetWriter:
         if table.num_rows == 0:
             return
         directory = bucket_directory(id_type, bucket, bits)
-        n = sum(1 for p in self._parts if str(p["path"]).startswith(directory + "/"))
-        relative = f"{directory}/part-{n}.parquet"
+        relative = Path(directory, f"part-{self._parts_in[directory]}.parquet")
+        self._parts_in[directory] += 1
         (self.tmp_path / directory).mkdir(parents=True, exist_ok=True)
         stored = table.cast(self.schema).drop_columns(["id_type"])
         pq.write_table(stored, self.tmp_path / relative, compression="zstd")
-        self._parts.append(
-            {"id_type": id_type, "bucket": bucket, "path": relative, "rows": table.num_rows}
-        )
+        self._parts.append(Part(id_type, bucket, relative, table.num_rows))
 
     @property
     def rows(self) -> int:
-        return sum(int(str(p["rows"])) for p in self._parts)
+        return sum(p.rows for p in self._parts)
 
     def commit(self) -> Path:
         """Write the manifest, make everything durable, then rename into place."""
@@ -208,36 +207,30 @@ class DatasetWriter:
             "columns": self.schema.names,
             "bits": self._bits,
             "rows": self.rows,
-            "parts": self._parts,
+            "parts": [
+                {"id_type": p.id_type, "bucket": p.bucket, "path": str(p.path), "rows": p.rows}
+                for p in self._parts
+            ],
         }
         for part in self._parts:
-            _fsync_file(self.tmp_path / str(part["path"]))
+            _fsync_file(self.tmp_path / part.path)
         target = self.tmp_path / MANIFEST
         target.write_text(json.dumps(manifest, indent=1))
         _fsync_file(target)
-        for directory in sorted({p.parent for p in self.tmp_path.rglob("*.parquet")}):
-            fsync_dir(directory)
-            fsync_dir(directory.parent)
-        fsync_dir(self.tmp_path)
+        # Every bucket directory and every id_type directory, once each, then the set's.
+        buckets = {part.path.parent for part in self._parts}
+        for directory in sorted(buckets | {b.parent for b in buckets} | {Path()}):
+            fsync_dir(self.tmp_path / directory)
         os.replace(self.tmp_path, self.path)
         fsync_dir(self.path.parent)
         return self.path
 
+    def is_open(self) -> bool:
+        return self._open
+
     def abort(self) -> None:
         self._open = False
         shutil.rmtree(self.tmp_path, ignore_errors=True)
-
-    def __enter__(self) -> DatasetWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._open:
-            self.abort()
 
 
 def _fsync_file(path: Path) -> None:

@@ -13,6 +13,7 @@ import shutil
 import uuid
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -31,7 +32,30 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-class AtomicParquetWriter:
+class AbortsUnlessCommitted:
+    """The atomic writers' context-manager protocol: a block left before ``commit``
+    (an exception, a return) aborts, so nothing of the write remains."""
+
+    def is_open(self) -> bool:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.is_open():
+            self.abort()
+
+
+class AtomicParquetWriter(AbortsUnlessCommitted):
     """Write a Parquet file in batches; it appears at ``path`` only on commit."""
 
     def __init__(self, path: Path, schema: pa.Schema) -> None:
@@ -63,23 +87,14 @@ class AtomicParquetWriter:
         fsync_dir(self.path.parent)
         return self.path
 
+    def is_open(self) -> bool:
+        return self._writer is not None
+
     def abort(self) -> None:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
         self.tmp_path.unlink(missing_ok=True)
-
-    def __enter__(self) -> AtomicParquetWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._writer is not None:
-            self.abort()
 
 
 def remove_stale_temporaries(root: Path) -> int:
