@@ -47,6 +47,8 @@ log = logging.getLogger("cleanroom.client")
 # gRPC codes after which a call is worth repeating: the network or the node
 # went away (a restart, a dropped stream), not a refusal of what we sent.
 TRANSIENT = frozenset({"UNAVAILABLE", "CANCELLED", "UNKNOWN"})
+# The details grpc.aio gives a call whose write the core failed (_AioCall.set_internal_error).
+CORE_WRITE_FAILED = "Internal error from Core"
 # Trailing metadata of the node's admission-control refusals (server/grpc_api.py).
 RETRY_AFTER_KEY = "retry-after-ms"
 
@@ -77,6 +79,11 @@ class ClientError(RuntimeError):
         host: Connection refused", tells a user little)."""
         code: str = exc.code().name  # type: ignore[attr-defined]
         details: str = exc.details() or ""  # type: ignore[attr-defined]
+        if code == "INTERNAL" and details == CORE_WRITE_FAILED:
+            # gRPC's asyncio client ends a call this way when a write finds the connection
+            # gone (the node died under it): not the node's status, and as transient as
+            # the UNAVAILABLE it would have been one read later.
+            code, details = "UNAVAILABLE", "socket closed during a write"
         retry_after = None
         trailing = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
         for key, value in trailing or ():

@@ -37,7 +37,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cleanroom.server.files import AbortsUnlessCommitted, fsync_dir
+from cleanroom.server.files import AbortsUnlessCommitted, fsync_path
 
 MANIFEST = "_manifest.json"
 FORMAT = "cleanroom.dataset"
@@ -213,16 +213,16 @@ class DatasetWriter(AbortsUnlessCommitted):
             ],
         }
         for part in self._parts:
-            _fsync_file(self.tmp_path / part.path)
+            fsync_path(self.tmp_path / part.path)
         target = self.tmp_path / MANIFEST
         target.write_text(json.dumps(manifest, indent=1))
-        _fsync_file(target)
+        fsync_path(target)
         # Every bucket directory and every id_type directory, once each, then the set's.
         buckets = {part.path.parent for part in self._parts}
         for directory in sorted(buckets | {b.parent for b in buckets} | {Path()}):
-            fsync_dir(self.tmp_path / directory)
+            fsync_path(self.tmp_path / directory)
         os.replace(self.tmp_path, self.path)
-        fsync_dir(self.path.parent)
+        fsync_path(self.path.parent)
         return self.path
 
     def is_open(self) -> bool:
@@ -231,8 +231,3 @@ class DatasetWriter(AbortsUnlessCommitted):
     def abort(self) -> None:
         self._open = False
         shutil.rmtree(self.tmp_path, ignore_errors=True)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())

@@ -24,7 +24,8 @@ import pyarrow.parquet as pq
 WORK_DIR = "work"
 
 
-def fsync_dir(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Flush a file's data, or a directory's entries, to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -81,10 +82,9 @@ class AtomicParquetWriter(AbortsUnlessCommitted):
             raise ValueError("the writer is closed")
         self._writer.close()
         self._writer = None
-        with open(self.tmp_path, "rb") as f:
-            os.fsync(f.fileno())
+        fsync_path(self.tmp_path)
         os.replace(self.tmp_path, self.path)
-        fsync_dir(self.path.parent)
+        fsync_path(self.path.parent)
         return self.path
 
     def is_open(self) -> bool:

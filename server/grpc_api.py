@@ -20,7 +20,7 @@ from google.protobuf.message import DecodeError
 from cleanroom.federated.attribution.messages import AttrHello
 from cleanroom.federated.lookalike.messages import LookalikeHello, ScoreHello
 from cleanroom.federated.paillier import PaillierPublicKey
-from cleanroom.matching.messages import Hello
+from cleanroom.matching.messages import Hello, Result
 from cleanroom.proto import cleanroom_pb2 as pb
 from cleanroom.proto import cleanroom_pb2_grpc as pb_grpc
 from cleanroom.proto import serde
@@ -300,6 +300,10 @@ class MatchingServicer(pb_grpc.MatchingServiceServicer):
             reader = asyncio.ensure_future(self._read(session, requests))
             self._matching.attach_reader(session, stream, reader)
             async for msg in session.outgoing(first.received_values, first.received_points):
+                if isinstance(msg, Result):
+                    # The partner may end the call once it reads the result: the outcome
+                    # is on record before that, so what it asks next sees it.
+                    self._matching.detach(session, stream)
                 yield serde.brand_to_pb(msg)
         except StopAsyncIteration:
             await abort_with(context, ProtocolError("the stream closed before Hello"))

@@ -120,7 +120,9 @@ def test_a_client_outlives_a_sigkilled_node(tmp_path: Path) -> None:
             return not [w for w in workers if w.is_running() and w.status() != "zombie"]
 
         eventually(all_gone, timeout=10, what="every worker of the killed node to end")
-        assert client.poll() is None, "the client gave up while the node was down"
+        if client.poll() is not None:
+            _out, err = client.communicate()
+            raise AssertionError(f"the client gave up while the node was down:\n{err}")
 
         node.start()
         by_id = {s["session_id"]: s for s in sessions()}

@@ -9,10 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import grpc
 import pytest
 
 import cleanroom.client as sdk
-from cleanroom.client.sdk import Backoff
+from cleanroom.client.sdk import Backoff, ClientError
 
 
 def test_every_export_resolves_and_is_listed() -> None:
@@ -97,3 +98,16 @@ def test_backoff_grows_with_full_jitter_within_its_budget() -> None:
     backoff.reset()
     assert asyncio.run(backoff.wait(hint=3.0)) and 3.0 <= slept[-1] <= 3.75
     assert not asyncio.run(Backoff(0.0).wait())  # 0: never retry
+
+
+def test_a_write_that_finds_the_node_gone_is_transient_but_the_nodes_internal_is_not() -> None:
+    def status(code: grpc.StatusCode, details: str) -> ClientError:
+        return ClientError.from_rpc(grpc.aio.AioRpcError(code, None, None, details, None))
+
+    # grpc.aio's status for a write the core failed: the node died under a streaming call.
+    died = status(grpc.StatusCode.INTERNAL, "Internal error from Core")
+    assert died.transient and died.code == "UNAVAILABLE"
+    assert "closed the connection in the middle of the call" in died.message
+    refused = status(grpc.StatusCode.INTERNAL, "internal error (reference 1a2b); see the log")
+    assert not refused.transient and refused.code == "INTERNAL"
+    assert refused.message == "internal error (reference 1a2b); see the log"
