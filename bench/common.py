@@ -49,6 +49,9 @@ class RssSampler:
         self.peak_tree_mb: dict[str, float] = dict.fromkeys(pids, 0.0)
         # Every process seen: its tree's name, what it is (``kind``) and its peak.
         self.processes: dict[int, tuple[str, str, float]] = {}
+        # The CPU seconds (user + system) each used, as last sampled: where a run's time
+        # above its floor went.
+        self.cpu_seconds: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -76,6 +79,8 @@ class RssSampler:
                 try:
                     total += p.memory_info().rss / 2**20
                     peak_kb = high_water_kb(p.pid)
+                    used = p.cpu_times()
+                    self.cpu_seconds[p.pid] = used.user + used.system
                 except (psutil.Error, OSError):
                     continue
                 self.peak_process_mb = max(self.peak_process_mb, peak_kb / 1024)
@@ -111,9 +116,23 @@ def _kind(process: psutil.Process, root: int) -> str:
 def peaks_by_process(sampler: RssSampler) -> dict[str, float]:
     """Peak RSS (MB) per process, named by party: ``brand``, ``brand-worker-1``,
     ``partner``, ``partner-worker-2`` ..."""
-    out: dict[str, float] = {}
+    return {label: round(sampler.processes[pid][2], 1) for pid, label in _labels(sampler)}
+
+
+def cpu_by_process(sampler: RssSampler, since: dict[int, float] | None = None) -> dict[str, float]:
+    """CPU seconds per process (named as ``peaks_by_process``), less what each had used
+    by ``since`` (an earlier copy of ``sampler.cpu_seconds``)."""
+    before = since or {}
+    return {
+        label: round(sampler.cpu_seconds.get(pid, 0.0) - before.get(pid, 0.0), 1)
+        for pid, label in _labels(sampler)
+    }
+
+
+def _labels(sampler: RssSampler) -> list[tuple[int, str]]:
+    out: list[tuple[int, str]] = []
     counts: dict[str, int] = {}
-    for _pid, (tree, kind, peak) in sorted(sampler.processes.items()):
+    for pid, (tree, kind, _peak) in sorted(sampler.processes.items()):
         if kind in ("tracker", "gone"):
             continue
         if kind == "main":
@@ -121,7 +140,7 @@ def peaks_by_process(sampler: RssSampler) -> dict[str, float]:
         else:
             counts[f"{tree}-{kind}"] = counts.get(f"{tree}-{kind}", 0) + 1
             label = f"{tree}-{kind}-{counts[f'{tree}-{kind}']}"
-        out[label] = round(peak, 1)
+        out.append((pid, label))
     return out
 
 

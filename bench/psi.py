@@ -90,12 +90,14 @@ def one_run(
     chunk_size: int,
     dask_scheduler: str | None,
     high_water: dict[str, float] | None = None,
+    cpu_at_start: dict[int, float] | None = None,
 ) -> tuple[float, float, Any, RssSampler, Any]:
     """One match of partner.csv against brand.csv (both in ``node_dir``'s parent), both
     parties' crypto on local processes or on ``dask_scheduler``: (seconds, prepare
     seconds, the run, the RSS sampler, the outcome). ``high_water`` gets this process's
     peak RSS (MB) after each step (upload, load, prepare, psi, output): where it rises
-    is the step that set it."""
+    is the step that set it. ``cpu_at_start`` gets each process's CPU seconds as the
+    timed part starts (``RssSampler.cpu_seconds``)."""
 
     def mark(step: str) -> None:
         if high_water is not None:
@@ -132,6 +134,8 @@ def one_run(
                 data = asyncio.run(prepare_points(data, pool))
             prepare_seconds = time.perf_counter() - start
             mark("prepare")
+            if cpu_at_start is not None:
+                cpu_at_start.update(rss.cpu_seconds)
             start = time.perf_counter()
             run = asyncio.run(
                 run_psi(

@@ -9,7 +9,8 @@ first message to its written result file; ``floor_seconds`` is the 4N X25519
 operations the protocol needs, on the same number of worker processes, at the rate
 measured in the same run (over 2M operations, scaled). Prints one JSON line with
 ``peak_rss_mb`` per process (the kernel's high-water mark): the brand node, the
-partner and every Dask worker of both.
+partner and every Dask worker of both; ``cpu_seconds_timed`` is the CPU time each
+process used in the timed part (sampled, so to about half a second).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import argparse
 import json
 import sys
 
-from common import measure_floor, peaks_by_process, work_dir, write_csv
+from common import cpu_by_process, measure_floor, peaks_by_process, work_dir, write_csv
 from psi import one_run
 
 from cleanroom.matching.messages import PsiMethod
@@ -41,8 +42,16 @@ def main() -> int:
     write_csv(work / "brand.csv", 0, n)
     write_csv(work / "partner.csv", n // 2, n)
     high_water: dict[str, float] = {}
+    cpu_at_start: dict[int, float] = {}
     seconds, prepare_seconds, run, rss, outcome = one_run(
-        work / "node", n, args.workers, PsiMethod.ECDH, args.chunk_size, scheduler, high_water
+        work / "node",
+        n,
+        args.workers,
+        PsiMethod.ECDH,
+        args.chunk_size,
+        scheduler,
+        high_water,
+        cpu_at_start,
     )
     # The floor's rate is sustained blinding on the same workers (FLOOR_SAMPLE operations,
     # about a minute here), scaled to the 4N operations: timing all 4N would double a run
@@ -63,6 +72,7 @@ def main() -> int:
         "bytes_on_wire": run.bytes_sent + run.bytes_received,
         "peak_rss_mb": peaks,
         "partner_high_water_mb_after": high_water,
+        "cpu_seconds_timed": cpu_by_process(rss, cpu_at_start),
         "max_process_rss_mb": max(peaks.values()),
     }
     print(json.dumps(result))
