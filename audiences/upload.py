@@ -23,9 +23,9 @@ class UploadHeader:
 @dataclass(frozen=True, slots=True)
 class ColumnDigests:
     column: int  # index into UploadHeader.id_types
-    digests: bytes  # concatenated 32-byte digests
+    digests: bytes = field(repr=False)  # concatenated 32-byte digests
     # One byte per digest: its record's seed label (1 seed, 0 not); empty: all seeds.
-    labels: bytes = b""
+    labels: bytes = field(default=b"", repr=False)
 
 
 @dataclass(frozen=True, slots=True)

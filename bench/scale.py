@@ -7,7 +7,8 @@ node a process of its own, the partner this one), both parties on a Dask
 ``LocalCluster`` of ``--workers`` workers each. ``seconds`` runs from the partner's
 first message to its written result file; ``floor_seconds`` is the 4N X25519
 operations the protocol needs, on the same number of worker processes, at the rate
-measured in the same run (over 2M operations, scaled). Prints one JSON line with
+measured in the same run (2M operations before the match and 2M after, scaled; both
+are printed). Prints one JSON line with
 ``peak_rss_mb`` per process (the kernel's high-water mark): the brand node, the
 partner and every Dask worker of both; ``cpu_seconds_timed`` is the CPU time each
 process used in the timed part (sampled, so to about half a second).
@@ -41,6 +42,12 @@ def main() -> int:
     work = work_dir("cleanroom-bench-scale-")
     write_csv(work / "brand.csv", 0, n)
     write_csv(work / "partner.csv", n // 2, n)
+    # The floor's rate is sustained blinding on the same workers (FLOOR_SAMPLE operations,
+    # about half a minute here), scaled to the 4N operations: timing all 4N would double a
+    # run of half an hour. This VM's speed drifts by as much as the margin in question
+    # over a run, so the rate is the mean of one sample before the match and one after.
+    sample = min(4 * n, FLOOR_SAMPLE)
+    floor_before = measure_floor(sample, args.workers, args.chunk_size) * (4 * n) / sample
     high_water: dict[str, float] = {}
     cpu_at_start: dict[int, float] = {}
     seconds, prepare_seconds, run, rss, outcome = one_run(
@@ -53,11 +60,8 @@ def main() -> int:
         high_water,
         cpu_at_start,
     )
-    # The floor's rate is sustained blinding on the same workers (FLOOR_SAMPLE operations,
-    # about a minute here), scaled to the 4N operations: timing all 4N would double a run
-    # of half an hour.
-    sample = min(4 * n, FLOOR_SAMPLE)
-    floor = measure_floor(sample, args.workers, args.chunk_size) * (4 * n) / sample
+    floor_after = measure_floor(sample, args.workers, args.chunk_size) * (4 * n) / sample
+    floor = (floor_before + floor_after) / 2
     peaks = peaks_by_process(rss)
     result = {
         "bench": "scale",
@@ -67,6 +71,7 @@ def main() -> int:
         "seconds": round(seconds, 3),
         "partner_prepare_seconds": round(prepare_seconds, 3),
         "floor_seconds": round(floor, 3),
+        "floor_seconds_before_after": [round(floor_before, 3), round(floor_after, 3)],
         "ratio_to_floor": round(seconds / floor, 3),
         "matched": int(outcome.matched_records),
         "bytes_on_wire": run.bytes_sent + run.bytes_received,

@@ -459,13 +459,16 @@ async def prepare_points(
     matched against several audiences.
     """
     limit = asyncio.Semaphore(2 * pool.workers)
+    step = batch * 32
 
-    async def one(part: bytes, dst: bytes) -> bytes:
+    async def one(digests: memoryview, points: bytearray, start: int, dst: bytes) -> None:
         async with limit:
-            out = await pool.run(hash_points, part, dst)
+            # A batch is copied only as it goes to a worker, and its points land in place:
+            # the column's digests and points are the only whole copies held.
+            part = bytes(digests[start : start + step])
+            points[start : start + step] = await pool.run(hash_points, part, dst)
         if on_points is not None:
             on_points(len(part) // 32)
-        return out
 
     columns = []
     for column in data.columns:
@@ -473,10 +476,11 @@ async def prepare_points(
             columns.append(column)
             continue
         dst = dst_for(column.id_type)
-        step = batch * 32
-        parts = [column.digests[i : i + step] for i in range(0, len(column.digests), step)]
-        points = b"".join(await asyncio.gather(*(one(p, dst) for p in parts)))
-        columns.append(replace(column, points=points))
+        points = bytearray(len(column.digests))
+        digests = memoryview(column.digests)
+        await asyncio.gather(*(one(digests, points, i, dst) for i in range(0, len(digests), step)))
+        columns.append(replace(column, points=bytes(points)))
+        del points
     return PartnerSet(row_count=data.row_count, columns=columns)
 
 

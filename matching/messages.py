@@ -7,7 +7,7 @@ state machines never see a transport type.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 POINT_LEN = 32  # X25519 u-coordinate encoding
@@ -53,7 +53,7 @@ class PointChunk:
     """Curve points, 32 bytes each, concatenated."""
 
     seq: int
-    points: bytes
+    points: bytes = field(repr=False)
 
     @property
     def count(self) -> int:
@@ -65,7 +65,7 @@ class ValueChunk:
     """Comparison values (truncated double-blinded points), concatenated."""
 
     seq: int
-    values: bytes
+    values: bytes = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +74,7 @@ class ColumnChunk:
     ``chunk bins / 8`` bytes each, concatenated)."""
 
     seq: int
-    columns: bytes
+    columns: bytes = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +94,7 @@ class Accepted:
     next_partner_seq: int = 0
     next_value_seq: int = 0
     # KKRT: the base-OT receiver's points (512 x 64 bytes), the brand's nonce, bins.
-    ot_points: bytes = b""
+    ot_points: bytes = field(default=b"", repr=False)
     nonce: bytes = b""
     bins: int = 0
 

@@ -60,11 +60,11 @@ class PartnerColumn:
 
     id_type: str
     rows: np.ndarray  # int64 row indices, ascending
-    digests: bytes  # 32 bytes per row in ``rows``
+    digests: bytes = field(repr=False)  # 32 bytes per row in ``rows``
     # H(digest), when prepared ahead (``prepare_points``): hash to curve is
     # keyless and deterministic, so like the brand at upload time the
     # partner may compute it before the session instead of inside it.
-    points: bytes | None = None
+    points: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if len(self.digests) != DIGEST_LEN * len(self.rows):
@@ -139,8 +139,8 @@ class PaddedSlots:
 
     records: np.ndarray  # the rows with an identifier, ascending
     order: np.ndarray  # position -> index into records
-    digests: bytes  # 32 bytes per slot, position-major (a digest, or a prepared point)
-    codes: bytes  # one byte per slot
+    digests: bytes = field(repr=False)  # 32 bytes per slot, position-major (digest or point)
+    codes: bytes = field(repr=False)  # one byte per slot
 
 
 def padded_slots(

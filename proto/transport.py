@@ -7,7 +7,7 @@ here opens a socket.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +68,7 @@ class TlsFiles:
 
     ca: bytes
     cert: bytes
-    key: bytes
+    key: bytes = field(repr=False)  # a private key never reaches a log
 
 
 def load_tls(tls_dir: Path, *, server: bool) -> TlsFiles:

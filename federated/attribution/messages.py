@@ -7,7 +7,7 @@ them to and from protobuf, so the state machines never see a transport type.
 from __future__ import annotations
 
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from cleanroom.proto.errors import InvalidInput
@@ -113,7 +113,7 @@ class CellTokens:
 
     seq: int
     cell: int
-    points: bytes
+    points: bytes = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +121,7 @@ class CellValues:
     """B -> P: one whole cell, re-blinded and shuffled, truncated."""
 
     cell: int
-    values: bytes
+    values: bytes = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,9 +129,9 @@ class ConversionTokens:
     """B -> P: T(y)^b, with per token the anonymous event index and lag."""
 
     seq: int
-    points: bytes
-    events: bytes  # uint32 little-endian per token
-    lags: bytes  # uint8 per token
+    points: bytes = field(repr=False)
+    events: bytes = field(repr=False)  # uint32 little-endian per token
+    lags: bytes = field(repr=False)  # uint8 per token
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,8 +140,8 @@ class EventValues:
 
     seq: int
     start: int
-    customers: bytes  # uint32 little-endian per event
-    ciphertexts: tuple[int, ...]
+    customers: bytes = field(repr=False)  # uint32 little-endian per event
+    ciphertexts: tuple[int, ...] = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)

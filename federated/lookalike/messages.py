@@ -6,7 +6,7 @@ them to and from protobuf. The rounds are documented in the package docstring.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 
 from cleanroom.federated.lookalike.brand_model import ModelFeature
@@ -81,7 +81,7 @@ class SlotPoints:
     """P -> B: H(x)^p for consecutive slots of the partner's shuffled rows."""
 
     seq: int
-    points: bytes
+    points: bytes = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +90,7 @@ class BrandPoints:
 
     list: BrandList
     seq: int
-    points: bytes
+    points: bytes = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +99,7 @@ class BrandValues:
 
     list: BrandList
     seq: int
-    values: bytes
+    values: bytes = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +108,7 @@ class MatchedRows:
 
     seq: int
     start: int
-    flags: bytes
+    flags: bytes = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,14 +121,14 @@ class EncryptedLabels:
 
     seq: int
     start: int
-    ciphertexts: bytes
+    ciphertexts: bytes = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
 class MaskedSums:
     """P -> B: Enc(T_j + r_j) for every feature, then Enc(Σy + r) (re-randomized)."""
 
-    ciphertexts: tuple[int, ...]
+    ciphertexts: tuple[int, ...] = field(repr=False)
     train_rows: int
 
 
@@ -241,7 +241,7 @@ class ScoreChunk:
     order-preserving mask (fixed width, n² bytes each, re-randomized)."""
 
     seq: int
-    ciphertexts: bytes
+    ciphertexts: bytes = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,7 +251,7 @@ class ScoreTiers:
 
     seq: int
     start: int
-    tiers: bytes
+    tiers: bytes = field(repr=False)
 
 
 ScorePartnerMessage = ScoreHello | ScoreChunk | PackageSummary
