@@ -6,12 +6,15 @@ import asyncio
 import contextlib
 import hashlib
 import math
+import os
 import random
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from cleanroom.audiences.reference import plaintext_match, row_digests
+from cleanroom.server.files import WORK_DIR
 
 __all__ = [
     "Transcript",
@@ -143,3 +146,17 @@ def random_nanp_spelling(rng: random.Random) -> str:
     exchange = f"{rng.randrange(0, 1000):03d}"
     line = f"{rng.randrange(0, 10000):04d}"
     return rng.choice(NANP_SPELLINGS).format(a=area, e=exchange, s=line)
+
+
+def temporaries(data_dir: Path) -> list[str]:
+    """What unfinished writes leave: ``*.tmp`` files and directories, staging files, and
+    an upload's directory under ``work/``. ``os.walk``, not ``rglob``: a directory the
+    node removes mid-walk is skipped, not an error."""
+    found = []
+    for root, dirs, files in os.walk(data_dir):
+        in_work = Path(root).name == WORK_DIR
+        for name in (*dirs, *files):
+            upload = in_work and name.startswith("upload-")
+            if name.endswith(".tmp") or "staging" in name or upload:
+                found.append(os.path.join(root, name))
+    return found

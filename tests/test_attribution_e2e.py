@@ -32,7 +32,7 @@ from cleanroom.matching.hash_to_curve import hash_to_curve
 from cleanroom.server.node import BrandNodeThread
 from cleanroom.server.settings import ServerSettings
 from cleanroom.server.store import Policy, Role, SqlStore
-from tests.helpers import assert_reports_equal, eventually
+from tests.helpers import assert_reports_equal, eventually, temporaries
 
 OPTIONS = NormalizeOptions(default_region="US")
 BRAND_IDS = parse_id_columns("email,phone")
@@ -375,7 +375,7 @@ def assert_nothing_stored(world: dict[str, Any], name: str) -> None:
         store.close()
     conversions_dir = world["settings"].data_dir / "conversions"
     eventually(
-        lambda: not [p for p in conversions_dir.rglob("*") if p.name.endswith(".tmp")],
+        lambda: not temporaries(conversions_dir),
         what="the partial upload (events, ids and points) to be removed",
     )
 

@@ -31,10 +31,9 @@ from cleanroom.matching.partner import PartnerColumn, PartnerSet
 from cleanroom.matching.workers import CryptoPool
 from cleanroom.proto import cleanroom_pb2 as pb
 from cleanroom.proto import cleanroom_pb2_grpc as pb_grpc
-from cleanroom.server.files import WORK_DIR
 from cleanroom.server.store import Role
 from tests.conftest import Node
-from tests.helpers import eventually, plaintext_match, sha
+from tests.helpers import eventually, plaintext_match, sha, temporaries
 
 OPTIONS = NormalizeOptions(default_region="US")
 COLUMNS = parse_id_columns("email,phone,maid")
@@ -81,20 +80,6 @@ def healthy(node: Node) -> bool:
             return int(resp.status)
 
     return asyncio.run(check()) == health_pb2.HealthCheckResponse.SERVING
-
-
-def temporaries(data_dir: Path) -> list[str]:
-    """What unfinished writes leave: ``*.tmp`` files and directories, staging files, and
-    an upload's directory under ``work/``. ``os.walk``, not ``rglob``: a directory the
-    node removes mid-walk is skipped, not an error."""
-    found = []
-    for root, dirs, files in os.walk(data_dir):
-        in_work = Path(root).name == WORK_DIR
-        for name in (*dirs, *files):
-            upload = in_work and name.startswith("upload-")
-            if name.endswith(".tmp") or "staging" in name or upload:
-                found.append(os.path.join(root, name))
-    return found
 
 
 def no_temporaries(node: Node) -> bool:
