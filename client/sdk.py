@@ -26,6 +26,7 @@ import pyarrow.csv as pa_csv
 from cleanroom.audiences.identifiers import IdColumn, NormalizeOptions
 from cleanroom.audiences.reader import ReadReport, iter_frames, read_hashed_chunks
 from cleanroom.audiences.upload import ColumnDigests, UploadChunk, UploadEnd, UploadHeader
+from cleanroom.matching.bulk import ByteColumn, ColumnBuffer
 from cleanroom.matching.kkrt import KkrtPartnerSession, PartnerItems
 from cleanroom.matching.messages import Accepted, Protocol, PsiMethod, Result
 from cleanroom.matching.partner import (
@@ -437,10 +438,23 @@ def load_partner_set(
     *,
     chunk_rows: int = 50_000,
     on_rows: Callable[[int], None] | None = None,
+    spill_dir: Path | None = None,
+    memory_bytes: int | None = None,
 ) -> tuple[PartnerSet, ReadReport]:
-    """Read, normalize and hash the partner file into a ``PartnerSet``."""
+    """Read, normalize and hash the partner file into a ``PartnerSet``.
+
+    A column's digests past ``memory_bytes`` (``bulk.MEMORY_BYTES``, 64 MiB: two
+    million identifiers) live in an unnamed file in ``spill_dir`` (the system's
+    temporary directory), so a set of any size is read in bounded memory.
+    """
     data, report, _ = read_partner_set(
-        path, id_columns, options, chunk_rows=chunk_rows, on_rows=on_rows
+        path,
+        id_columns,
+        options,
+        chunk_rows=chunk_rows,
+        on_rows=on_rows,
+        spill_dir=spill_dir,
+        memory_bytes=memory_bytes,
     )
     return data, report
 
@@ -451,22 +465,24 @@ async def prepare_points(
     *,
     batch: int = 4096,
     on_points: Callable[[int], None] | None = None,
+    spill_dir: Path | None = None,
+    memory_bytes: int | None = None,
 ) -> PartnerSet:
     """Hash every identifier to the curve ahead of the session.
 
     Keyless and deterministic, so doing it before connecting changes nothing
     on the wire; it shortens the session and lets one prepared file be
-    matched against several audiences.
+    matched against several audiences. Points go where the digests would
+    (``load_partner_set``): past ``memory_bytes``, to a file in ``spill_dir``.
     """
     limit = asyncio.Semaphore(2 * pool.workers)
     step = batch * 32
 
-    async def one(digests: memoryview, points: bytearray, start: int, dst: bytes) -> None:
+    async def one(digests: ByteColumn, points: ColumnBuffer, start: int, dst: bytes) -> None:
         async with limit:
-            # A batch is copied only as it goes to a worker, and its points land in place:
-            # the column's digests and points are the only whole copies held.
-            part = bytes(digests[start : start + step])
-            points[start : start + step] = await pool.run(hash_points, part, dst)
+            # Only the batches in flight are in memory; each batch's points land in place.
+            part = digests[start : start + step]
+            points.write_at(start, await pool.run(hash_points, part, dst))
         if on_points is not None:
             on_points(len(part) // 32)
 
@@ -476,11 +492,16 @@ async def prepare_points(
             columns.append(column)
             continue
         dst = dst_for(column.id_type)
-        points = bytearray(len(column.digests))
-        digests = memoryview(column.digests)
-        await asyncio.gather(*(one(digests, points, i, dst) for i in range(0, len(digests), step)))
-        columns.append(replace(column, points=bytes(points)))
-        del points
+        size = len(column.digests)
+        points = ColumnBuffer(size, spill_dir=spill_dir, memory_bytes=memory_bytes)
+        try:
+            await asyncio.gather(
+                *(one(column.digests, points, i, dst) for i in range(0, size, step))
+            )
+        except BaseException:
+            points.abort()
+            raise
+        columns.append(replace(column, points=points.finish()))
     return PartnerSet(row_count=data.row_count, columns=columns)
 
 

@@ -42,6 +42,7 @@ from typing import Final
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 
+from cleanroom.audiences.upload import DIGEST_LEN
 from cleanroom.matching import ot_extension as ox
 from cleanroom.matching.base_ot import POINT_BYTES, OtSender
 from cleanroom.matching.base_ot import receive as receive_base_ots
@@ -456,11 +457,13 @@ class PartnerItems:
     inverse: np.ndarray  # entry (columns concatenated) -> block index
 
 
-def partner_items(data: PartnerSet) -> PartnerItems:
+def partner_items(data: PartnerSet, chunk: int = 1 << 16) -> PartnerItems:
+    # Column by slice: a file-backed column is never read whole, only its 16-byte blocks.
+    step = chunk * DIGEST_LEN
     parts = [
-        ox.item_blocks(c.id_type, np.frombuffer(c.digests, dtype=np.uint8))
+        ox.item_blocks(c.id_type, np.frombuffer(c.digests[i : i + step], dtype=np.uint8))
         for c in data.columns
-        if len(c.rows)
+        for i in range(0, len(c.digests), step)
     ]
     if not parts:
         return PartnerItems(np.empty((0, 16), np.uint8), np.empty(0, np.int64))

@@ -26,6 +26,7 @@ import numpy as np
 from cleanroom.audiences.identifiers import IdColumn, NormalizeOptions
 from cleanroom.audiences.reader import ReadReport, read_hashed_chunks
 from cleanroom.audiences.upload import DIGEST_LEN
+from cleanroom.matching.bulk import ByteColumn, ColumnAppender, whole
 from cleanroom.matching.journal import Journal, point_chunk, points_of, value_chunk, values_of
 from cleanroom.matching.messages import (
     POINT_LEN,
@@ -56,15 +57,19 @@ from cleanroom.proto.errors import ProtocolError
 
 @dataclass(frozen=True)
 class PartnerColumn:
-    """One identifier column: which rows have a value, and their digests."""
+    """One identifier column: which rows have a value, and their digests.
+
+    Digests and points are read by slice only, so a large column's live in a file
+    (``cleanroom.matching.bulk``); the row indices, 8 bytes an identifier, stay in memory.
+    """
 
     id_type: str
     rows: np.ndarray  # int64 row indices, ascending
-    digests: bytes = field(repr=False)  # 32 bytes per row in ``rows``
+    digests: ByteColumn = field(repr=False)  # 32 bytes per row in ``rows``
     # H(digest), when prepared ahead (``prepare_points``): hash to curve is
     # keyless and deterministic, so like the brand at upload time the
     # partner may compute it before the session instead of inside it.
-    points: bytes | None = field(default=None, repr=False)
+    points: ByteColumn | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if len(self.digests) != DIGEST_LEN * len(self.rows):
@@ -158,7 +163,7 @@ def padded_slots(
     codes = np.full((len(records), k), k, dtype=np.uint8)  # k = dummy
     for c, column in enumerate(data.columns):
         pos = np.searchsorted(records, column.rows)
-        values = column.points if column.points is not None else column.digests
+        values = whole(column.points if column.points is not None else column.digests)
         digests[pos, c] = np.frombuffer(values, dtype=np.uint8).reshape(-1, DIGEST_LEN)
         codes[pos, c] = c
     record_order = rng.permutation(len(records))
@@ -176,12 +181,15 @@ def read_partner_set(
     keep: Sequence[str] = (),
     chunk_rows: int = 50_000,
     on_rows: Callable[[int], None] | None = None,
+    spill_dir: Path | None = None,
+    memory_bytes: int | None = None,
 ) -> tuple[PartnerSet, ReadReport, dict[str, np.ndarray]]:
     """Read, normalize and hash a partner file into a ``PartnerSet`` (rows = file rows),
-    with the text of every ``keep`` column per row."""
+    with the text of every ``keep`` column per row. A column's digests past
+    ``memory_bytes`` (default ``bulk.MEMORY_BYTES``) go to a file in ``spill_dir``."""
     report = ReadReport()
     rows: list[list[np.ndarray]] = [[] for _ in id_columns]
-    digests: list[list[bytes]] = [[] for _ in id_columns]
+    digests = [ColumnAppender(spill_dir=spill_dir, memory_bytes=memory_bytes) for _ in id_columns]
     kept: dict[str, list[np.ndarray]] = {name: [] for name in keep}
     total = 0
     for chunk in read_hashed_chunks(
@@ -199,7 +207,7 @@ def read_partner_set(
         PartnerColumn(
             id_type=str(c.id_type),
             rows=np.concatenate(rows[i]) if rows[i] else np.empty(0, dtype=np.int64),
-            digests=b"".join(digests[i]),
+            digests=digests[i].finish(),
         )
         for i, c in enumerate(id_columns)
     ]

@@ -20,13 +20,15 @@ from cleanroom.client.sdk import (
     ClientError,
     Connection,
     load_partner_set,
+    prepare_points,
     read_match_output,
     run_psi,
     upload_audience,
     write_match_output,
 )
+from cleanroom.matching.bulk import FileBytes
 from cleanroom.matching.hash_to_curve import hash_to_curve
-from cleanroom.matching.messages import Protocol
+from cleanroom.matching.messages import Protocol, PsiMethod
 from cleanroom.matching.partner import PartnerColumn, PartnerSet
 from cleanroom.matching.workers import CryptoPool
 from cleanroom.proto import cleanroom_pb2 as pb
@@ -123,6 +125,42 @@ def test_multi_key_match_equals_plaintext_join(
     pd.testing.assert_frame_equal(result[partner_frame.columns], partner_frame)
     assert sum(1 for e in expected if e) > 50  # the data really overlaps
     assert {e for e in expected if e} >= {"email", "phone"}
+
+
+@pytest.mark.parametrize("method", [PsiMethod.ECDH, PsiMethod.KKRT])
+def test_a_set_read_into_files_matches_as_one_in_memory(
+    node: Node,
+    files: tuple[Path, Path],
+    uploaded: dict[str, object],
+    process_pool: CryptoPool,
+    tmp_path: Path,
+    method: PsiMethod,
+) -> None:
+    """Past ``memory_bytes`` the partner's digests and points live in unnamed files; the
+    answer is the in-memory one and the plaintext join's, and no file is left named."""
+    brand_csv, partner_csv = files
+    spill = tmp_path / "spill"
+    data, _ = load_partner_set(partner_csv, COLUMNS, OPTIONS, spill_dir=spill, memory_bytes=0)
+    assert all(isinstance(c.digests, FileBytes) for c in data.columns if len(c.rows))
+    if method is PsiMethod.ECDH:
+        data = asyncio.run(prepare_points(data, process_pool, spill_dir=spill, memory_bytes=0))
+        assert all(isinstance(c.points, FileBytes) for c in data.columns if len(c.rows))
+    run = asyncio.run(
+        run_psi(partner(node), "crm", Protocol.MATCH, data, pool=process_pool, method=method)
+    )
+    assert list(spill.iterdir()) == []
+    in_memory, _ = load_partner_set(partner_csv, COLUMNS, OPTIONS)
+    assert all(isinstance(c.digests, bytes) for c in in_memory.columns)
+    reference = asyncio.run(
+        run_psi(partner(node), "crm", Protocol.MATCH, in_memory, pool=process_pool, method=method)
+    )
+    brand = pd.read_csv(brand_csv, dtype=str, keep_default_na=False)
+    partner_frame = pd.read_csv(partner_csv, dtype=str, keep_default_na=False)
+    expected = plaintext_match(brand, partner_frame, COLUMNS, OPTIONS)
+    labels = ["", *(str(c.id_type) for c in COLUMNS)]
+    got = [labels[i + 1] for i in run.outcome.matched_on]
+    assert got == expected
+    assert run.outcome.matched_on.tolist() == reference.outcome.matched_on.tolist()
 
 
 def test_single_key_match_equals_plaintext_join(

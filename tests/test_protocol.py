@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from cleanroom.matching.brand import BrandSession
+from cleanroom.matching.bulk import whole
 from cleanroom.matching.hash_to_curve import hash_to_curve
 from cleanroom.matching.messages import Finish, Hello, PointChunk, Protocol, Result, ValueChunk
 from cleanroom.matching.partner import PartnerColumn, PartnerSession, PartnerSet
@@ -95,7 +96,7 @@ def expected_matched_on(rows: list[dict[str, str]]) -> list[int]:
 def prepared(pset: PartnerSet) -> PartnerSet:
     """The same set with H(x) computed ahead of the session."""
     columns = [
-        replace(c, points=hash_points(c.digests, dst_for(c.id_type)) if len(c.rows) else b"")
+        replace(c, points=hash_points(whole(c.digests), dst_for(c.id_type)) if len(c.rows) else b"")
         for c in pset.columns
     ]
     return PartnerSet(pset.row_count, columns)

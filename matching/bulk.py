@@ -1,0 +1,166 @@
+"""A set's bulk byte columns (digests, points), in memory while small, else in a file.
+
+The partner's whole set is the one thing its process would otherwise hold: 64 bytes an
+identifier once prepared (a digest and a point), 6.4 GB at 100M. Every reader of those
+columns takes them slice by slice (a chunk for a worker, a chunk for the wire), so a
+column past ``MEMORY_BYTES`` is written to an unnamed temporary file and read back by
+``os.pread``; the process holds only the slices in flight.
+
+The file is unnamed (``tempfile.TemporaryFile``: ``O_TMPFILE`` on Linux): nothing is
+left behind if the process dies, and it goes when the column is garbage collected or
+``close``\\ d. It holds what the process computed from the partner's own file (SHA-256
+digests, hash-to-curve points: no key material), in ``spill_dir`` (the system's
+temporary directory by default) with the file mode ``TemporaryFile`` gives, 0600.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import weakref
+from pathlib import Path
+from typing import BinaryIO, overload
+
+#: A column up to this many bytes stays in memory.
+MEMORY_BYTES = 64 * 1024 * 1024
+
+
+class FileBytes:
+    """Read-only bytes in a temporary file: ``len`` and contiguous slices, as ``bytes``."""
+
+    __slots__ = ("__weakref__", "_closer", "_fd", "_length")
+
+    def __init__(self, file: BinaryIO, length: int) -> None:
+        self._fd = file.fileno()
+        self._length = length
+        self._closer = weakref.finalize(self, file.close)
+
+    def __len__(self) -> int:
+        return self._length
+
+    @overload
+    def __getitem__(self, key: slice) -> bytes: ...
+    @overload
+    def __getitem__(self, key: int) -> int: ...
+    def __getitem__(self, key: slice | int) -> bytes | int:
+        if isinstance(key, int):
+            index = key + self._length if key < 0 else key
+            if not 0 <= index < self._length:
+                raise IndexError(key)
+            return self._read(index, index + 1)[0]
+        start, stop, step = key.indices(self._length)
+        if step != 1:
+            raise ValueError("file-backed bytes are read in contiguous slices only")
+        return self._read(start, stop)
+
+    def _read(self, start: int, stop: int) -> bytes:
+        if stop <= start:
+            return b""
+        if not self._closer.alive:
+            raise ValueError("read of closed file-backed bytes")
+        data = os.pread(self._fd, stop - start, start)
+        while len(data) < stop - start:  # a short read is legal; a zero one is damage
+            more = os.pread(self._fd, stop - start - len(data), start + len(data))
+            if not more:
+                raise OSError(f"file-backed bytes truncated at {start + len(data)} of {stop}")
+            data += more
+        return data
+
+    def tobytes(self) -> bytes:
+        """Everything, in memory (for the few callers that need a whole column)."""
+        return self._read(0, self._length)
+
+    def close(self) -> None:
+        self._closer()
+
+    def __repr__(self) -> str:
+        return f"FileBytes({self._length} bytes)"
+
+
+#: A bulk column as its readers see it.
+ByteColumn = bytes | FileBytes
+
+
+def whole(column: ByteColumn) -> bytes:
+    """The column as one ``bytes`` (a copy for a file-backed one)."""
+    return column.tobytes() if isinstance(column, FileBytes) else column
+
+
+def _temporary(spill_dir: Path | None) -> BinaryIO:
+    if spill_dir is not None:
+        spill_dir.mkdir(parents=True, exist_ok=True)
+    return tempfile.TemporaryFile(dir=spill_dir)
+
+
+class ColumnAppender:
+    """Build a column chunk by chunk; it moves to a file once past ``memory_bytes``."""
+
+    def __init__(self, *, spill_dir: Path | None = None, memory_bytes: int | None = None) -> None:
+        self._limit = MEMORY_BYTES if memory_bytes is None else memory_bytes
+        self._spill_dir = spill_dir
+        self._chunks: list[bytes] = []
+        self._length = 0
+        self._file: BinaryIO | None = None
+
+    def append(self, data: bytes) -> None:
+        if self._file is None and self._length + len(data) > self._limit:
+            self._file = _temporary(self._spill_dir)
+            for chunk in self._chunks:
+                self._file.write(chunk)
+            self._chunks.clear()
+        if self._file is not None:
+            self._file.write(data)
+        else:
+            self._chunks.append(data)
+        self._length += len(data)
+
+    def finish(self) -> ByteColumn:
+        if self._file is None:
+            column = b"".join(self._chunks)
+            self._chunks.clear()
+            return column
+        self._file.flush()
+        file, self._file = self._file, None
+        return FileBytes(file, self._length)
+
+
+class ColumnBuffer:
+    """A column of known size filled at offsets, in any order (results as they finish)."""
+
+    def __init__(
+        self, size: int, *, spill_dir: Path | None = None, memory_bytes: int | None = None
+    ) -> None:
+        limit = MEMORY_BYTES if memory_bytes is None else memory_bytes
+        self._size = size
+        self._memory: bytearray | None = bytearray(size) if size <= limit else None
+        self._file: BinaryIO | None = None
+        if self._memory is None:
+            self._file = _temporary(spill_dir)
+            self._file.truncate(size)
+
+    def write_at(self, offset: int, data: bytes) -> None:
+        if offset < 0 or offset + len(data) > self._size:
+            raise ValueError(f"{len(data)} bytes at {offset} overrun a column of {self._size}")
+        if self._memory is not None:
+            self._memory[offset : offset + len(data)] = data
+            return
+        assert self._file is not None
+        written = 0
+        while written < len(data):
+            written += os.pwrite(self._file.fileno(), data[written:], offset + written)
+
+    def finish(self) -> ByteColumn:
+        if self._memory is not None:
+            column = bytes(self._memory)
+            self._memory = None
+            return column
+        assert self._file is not None
+        file, self._file = self._file, None
+        return FileBytes(file, self._size)
+
+    def abort(self) -> None:
+        """Drop what was written (the column will not be used)."""
+        self._memory = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
