@@ -161,6 +161,23 @@ class Buckets:
             positions.read_bytes() if positions.exists() else b"",
         )
 
+    def regrouped(self, bits: int) -> Iterator[tuple[int, np.ndarray]]:
+        """Rows (``(k, value_len)`` uint8) bucket by bucket of ``bits`` leading bits, in
+        bucket order, this side's own buckets joined or split to fit; one bucket of
+        ``bits`` is in memory at a time. Values in their order of arrival within a bucket."""
+        self.close()
+        coarse = min(bits, self.bits)
+        span = 1 << (self.bits - coarse)  # own buckets in one of ``coarse`` bits
+        for group in range(1 << coarse):
+            packed = b"".join(self.bucket(b)[0] for b in range(group * span, (group + 1) * span))
+            rows = np.frombuffer(packed, dtype=np.uint8).reshape(-1, self.value_len)
+            if bits <= self.bits:
+                if len(rows):
+                    yield group, rows
+                continue
+            for bucket, idx in bucket_groups(bucket_of(rows, bits), 1 << bits):
+                yield bucket, rows[idx]
+
     def _flush(self, b: int) -> None:
         if not self._values[b]:
             return

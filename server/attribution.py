@@ -1,10 +1,14 @@
 """Conversion uploads and attribution runs on the brand node (transport-free).
 
 Conversions arrive hashed (customer ids and identifiers as SHA-256 digests,
-days, values) and are written atomically as three Parquet files: events,
-identifiers, and each identifier's token points hash_to_curve(digest || day -
-lag) for lags 0..7, hashed once here in the worker pool so that runs only
-blind them. An attribution run checks the tenant's policy before any work
+days, values) and are stored atomically as one partitioned set
+(``server.datasets``): the identifiers, each with its event and its token points
+hash_to_curve(digest || day - lag) for lags 0..7 (hashed once here in the worker
+pool, so that runs only blind them), by identifier type and digest bucket; the
+events (customer, day, value) as the set's ``events`` table. Identifiers are
+staged by bucket under the work directory as they arrive, so an upload holds one
+chunk and one bucket at a time. A set stored by an earlier release (three Parquet
+files) is read as it is. An attribution run checks the tenant's policy before any work
 (the DP budget, refused when it would be overspent), generates a fresh
 Paillier key and blinding key for the run, and hands the servicer a
 ``BrandAttribution`` state machine that owns the rounds; the report is stored
@@ -16,6 +20,7 @@ the stored report instead of running again (``AlreadyReported``).
 from __future__ import annotations
 
 import math
+import shutil
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -37,6 +42,7 @@ from cleanroom.federated.attribution.report import AttributionReport, DecryptedA
 from cleanroom.federated.attribution.tokens import PRECOMPUTED_LAGS, LaggedPoints
 from cleanroom.federated.paillier import PaillierPrivateKey, PaillierPublicKey, generate_keypair_on
 from cleanroom.matching.messages import POINT_LEN
+from cleanroom.matching.semijoin import Buckets, bucket_bits, spill_directory
 from cleanroom.matching.workers import RunJobs, hash_mixed
 from cleanroom.proto.errors import (
     AlreadyExists,
@@ -46,9 +52,10 @@ from cleanroom.proto.errors import (
     PermissionDenied,
     ProtocolError,
 )
-from cleanroom.server.audiences import check_audience_name, fixed_binary_to_numpy
-from cleanroom.server.files import AtomicParquetWriter
-from cleanroom.server.lifecycle import CONVERSION_SUFFIXES
+from cleanroom.server.audiences import STAGING_BITS, check_audience_name, fixed_binary_to_numpy
+from cleanroom.server.datasets import DatasetWriter, open_dataset, remove_stored
+from cleanroom.server.files import WORK_DIR
+from cleanroom.server.lifecycle import conversion_files, remove_files
 from cleanroom.server.store import (
     AuditEntry,
     ConversionSetRecord,
@@ -64,11 +71,18 @@ from cleanroom.server.tenants import end_run
 EVENTS_SCHEMA = pa.schema(
     [("customer", pa.binary(DIGEST_LEN)), ("day", pa.int32()), ("value", pa.float64())]
 )
+POINTS_WIDTH = POINT_LEN * PRECOMPUTED_LAGS
 IDS_SCHEMA = pa.schema(
-    [("event", pa.int64()), ("id_type", pa.string()), ("digest", pa.binary(DIGEST_LEN))]
+    [
+        ("id_type", pa.string()),
+        ("event", pa.int64()),
+        ("digest", pa.binary(DIGEST_LEN)),
+        ("points", pa.binary(POINTS_WIDTH)),
+    ]
 )
-POINTS_SCHEMA = pa.schema([("points", pa.binary(POINT_LEN * PRECOMPUTED_LAGS))])
-SUFFIXES = CONVERSION_SUFFIXES
+# A staged identifier: its digest first (it picks the bucket), its points, its event.
+STAGED_LEN = DIGEST_LEN + POINTS_WIDTH + 8
+EVENTS_TABLE = "events"
 
 
 class ConversionsUpload:
@@ -95,14 +109,23 @@ class ConversionsUpload:
         self.id_types = id_types
         self.replace = replace
         self.set_id = uuid.uuid4().hex
-        base = service.data_dir / "conversions" / principal.tenant_id / self.set_id
-        self._events = AtomicParquetWriter(base.with_suffix(".events.parquet"), EVENTS_SCHEMA)
-        self._ids = AtomicParquetWriter(base.with_suffix(".ids.parquet"), IDS_SCHEMA)
+        self._final = DatasetWriter(
+            service.data_dir / "conversions" / principal.tenant_id / self.set_id, IDS_SCHEMA
+        )
+        self._work = spill_directory(service.data_dir / WORK_DIR, f"conversions-{self.set_id}-")
+        types = dict.fromkeys(id_types)
+        self._staged = {
+            t: Buckets(STAGED_LEN, STAGING_BITS, self._work, positioned=False, name=f"type{i}")
+            for i, t in enumerate(types)
+        }
+        # Customers by digest bucket: distinct ones are counted a bucket at a time.
+        self._customers = Buckets(
+            DIGEST_LEN, STAGING_BITS, self._work, positioned=False, name="customers"
+        )
         # Hash-to-curve of every identifier's tokens T(id, day - lag), computed
         # here once (in the worker pool, while later chunks stream in) rather
-        # than in every attribution run. Rows align with the ids file.
-        self._points = AtomicParquetWriter(base.with_suffix(".points.parquet"), POINTS_SCHEMA)
-        self._pending: deque[tuple[LaggedPoints, list[Future[bytes]]]] = deque()
+        # than in every attribution run; staged with its identifier when done.
+        self._pending: deque[_PendingIds] = deque()
         self.next_seq = 0
         self.rows = 0
         self.identifiers = 0
@@ -133,7 +156,8 @@ class ConversionsUpload:
             id_events.append(events[mask])
             id_types.extend([self.id_types[column]] * int(mask.sum()))
             digests.append(packed)
-        self._events.write(
+        self._final.append_table(
+            EVENTS_TABLE,
             pa.table(
                 {
                     "customer": _fixed(chunk.customers),
@@ -141,24 +165,16 @@ class ConversionsUpload:
                     "value": pa.array(chunk.values.astype(np.float64)),
                 },
                 schema=EVENTS_SCHEMA,
-            )
+            ),
         )
+        self._customers.add(chunk.customers)
         if id_types:
             id_event = np.concatenate(id_events)
             packed = b"".join(digests)
-            self._ids.write(
-                pa.table(
-                    {
-                        "event": pa.array(id_event),
-                        "id_type": pa.array(id_types, pa.string()),
-                        "digest": _fixed(packed),
-                    },
-                    schema=IDS_SCHEMA,
-                )
-            )
+            types = np.array(id_types, dtype=object)
+            matrix = np.frombuffer(packed, dtype=np.uint8).reshape(-1, DIGEST_LEN)
             self._hash_points(
-                np.array(id_types, dtype=object),
-                np.frombuffer(packed, dtype=np.uint8).reshape(-1, DIGEST_LEN),
+                _PendingIds(types, matrix, id_event),
                 chunk.days.astype(np.int64)[id_event - self.rows],
             )
         self.next_seq += 1
@@ -173,24 +189,27 @@ class ConversionsUpload:
             )
         if self.rows == 0:
             raise InvalidInput("the upload carries no conversions; nothing was stored")
-        self._write_points(wait=True)
-        events_path = self._events.commit()
-        ids_path = self._ids.commit()
-        points_path = self._points.commit()
-        customers = len(
-            np.unique(
-                fixed_binary_to_numpy(
-                    pq.read_table(events_path, columns=["customer"]).column("customer"), DIGEST_LEN
-                )
+        try:
+            self._stage_points(wait=True)
+            for id_type, staged in self._staged.items():
+                bits = bucket_bits(staged.count, STAGED_LEN)
+                for bucket, rows in staged.regrouped(bits):
+                    self._final.write(id_type, bucket, bits, _ids_table(id_type, rows))
+            customers = sum(
+                len(np.unique(rows.view(f"S{DIGEST_LEN}")))
+                for _, rows in self._customers.regrouped(STAGING_BITS)
             )
-        )
+            path = self._final.commit()
+        except BaseException:
+            self.abort()
+            raise
+        finally:
+            shutil.rmtree(self._work, ignore_errors=True)
         record = ConversionSetRecord(
             conversions_id=self.set_id,
             tenant_id=self.principal.tenant_id,
             name=self.name,
-            path=str(events_path.relative_to(self.service.data_dir)).removesuffix(
-                ".events.parquet"
-            ),
+            path=str(path.relative_to(self.service.data_dir)),
             events=self.rows,
             customers=customers,
             identifiers=self.identifiers,
@@ -199,12 +218,10 @@ class ConversionsUpload:
         try:
             previous = self.service.store.put_conversion_set(record, replace_existing=self.replace)
         except BaseException:
-            for path in (events_path, ids_path, points_path):
-                path.unlink(missing_ok=True)
+            remove_stored(path)
             raise
         if previous is not None:
-            for suffix in SUFFIXES:
-                (self.service.data_dir / (previous.path + suffix)).unlink(missing_ok=True)
+            remove_files(conversion_files(self.service.data_dir, previous))
         self.service.store.audit(
             AuditEntry(
                 self.principal.tenant_id,
@@ -216,38 +233,63 @@ class ConversionsUpload:
         return record
 
     def abort(self) -> None:
-        for _, futures in self._pending:
-            for future in futures:
+        for pending in self._pending:
+            for future in pending.futures:
                 future.cancel()
         self._pending.clear()
-        self._events.abort()
-        self._ids.abort()
-        self._points.abort()
+        self._final.abort()
+        shutil.rmtree(self._work, ignore_errors=True)
 
-    def _hash_points(self, id_types: np.ndarray, digests: np.ndarray, days: np.ndarray) -> None:
-        lagged = LaggedPoints.of(id_types, digests, days, PRECOMPUTED_LAGS)
+    def _hash_points(self, pending: _PendingIds, days: np.ndarray) -> None:
+        pending.lagged = LaggedPoints.of(pending.types, pending.digests, days, PRECOMPUTED_LAGS)
         executor = self.service.executor
-        futures: list[Future[bytes]] = []
-        for _, job in lagged.hash_jobs():
+        for _, job in pending.lagged.hash_jobs():
             if executor is not None:
-                futures.append(executor.submit(hash_mixed, *job))
+                pending.futures.append(executor.submit(hash_mixed, *job))
             else:
-                futures.append(Future())
-                futures[-1].set_result(hash_mixed(*job))
-        self._pending.append((lagged, futures))
-        self._write_points(wait=False)
+                pending.futures.append(Future())
+                pending.futures[-1].set_result(hash_mixed(*job))
+        self._pending.append(pending)
+        self._stage_points(wait=False)
 
-    def _write_points(self, wait: bool) -> None:
-        """Write the hashed chunks in order: all of them, or those already done."""
-        while self._pending and (wait or all(f.done() for f in self._pending[0][1])):
-            lagged, futures = self._pending.popleft()
-            per_id = lagged.per_identifier(b"".join(f.result() for f in futures))
-            self._points.write(
-                pa.table(
-                    {"points": _fixed(per_id.tobytes(), POINT_LEN * PRECOMPUTED_LAGS)},
-                    schema=POINTS_SCHEMA,
-                )
+    def _stage_points(self, wait: bool) -> None:
+        """Stage the hashed chunks' identifiers: all of them, or those already done."""
+        while self._pending and (wait or all(f.done() for f in self._pending[0].futures)):
+            pending = self._pending.popleft()
+            assert pending.lagged is not None
+            points = pending.lagged.per_identifier(b"".join(f.result() for f in pending.futures))
+            rows = np.empty((len(pending.types), STAGED_LEN), dtype=np.uint8)
+            rows[:, :DIGEST_LEN] = pending.digests
+            rows[:, DIGEST_LEN:-8] = np.frombuffer(points.tobytes(), np.uint8).reshape(
+                len(rows), POINTS_WIDTH
             )
+            rows[:, -8:] = pending.events.astype("<i8").view(np.uint8).reshape(-1, 8)
+            for id_type in dict.fromkeys(pending.types.tolist()):
+                self._staged[id_type].add(rows[pending.types == id_type].tobytes())
+
+
+@dataclass
+class _PendingIds:
+    """A chunk's identifiers while their token points are being hashed."""
+
+    types: np.ndarray  # object: each identifier's type
+    digests: np.ndarray  # (k, 32) uint8
+    events: np.ndarray  # int64: each identifier's event
+    lagged: LaggedPoints | None = None
+    futures: list[Future[bytes]] = field(default_factory=list)
+
+
+def _ids_table(id_type: str, rows: np.ndarray) -> pa.Table:
+    """Staged rows (digest | points | event) as the set's identifier columns."""
+    return pa.table(
+        {
+            "id_type": pa.array([id_type] * len(rows), pa.string()),
+            "event": pa.array(np.ascontiguousarray(rows[:, -8:]).view("<i8").ravel()),
+            "digest": _fixed(np.ascontiguousarray(rows[:, :DIGEST_LEN]).tobytes()),
+            "points": _fixed(np.ascontiguousarray(rows[:, DIGEST_LEN:-8]).tobytes(), POINTS_WIDTH),
+        },
+        schema=IDS_SCHEMA,
+    )
 
 
 def _fixed(packed: bytes, width: int = DIGEST_LEN) -> pa.FixedSizeBinaryArray:
@@ -275,13 +317,22 @@ class AttributionService:
         if record is None:
             raise NotFound(f"no conversions named {name!r} for this tenant")
         base = self.data_dir / record.path
-        events = pq.read_table(str(base) + ".events.parquet")
-        ids = pq.read_table(str(base) + ".ids.parquet")
-        points_path = Path(str(base) + ".points.parquet")
+        width = POINT_LEN * PRECOMPUTED_LAGS
+        if base.is_dir():
+            dataset = open_dataset(base)
+            events = dataset.side_table(EVENTS_TABLE)
+            columns = ["event", "id_type", "digest", "points"]
+            ids = dataset.read_all(columns) if dataset.parts else IDS_SCHEMA.empty_table()
+            stored = fixed_binary_to_numpy(ids.column("points"), width)
+        else:  # three files, from an earlier release
+            events = pq.read_table(str(base) + ".events.parquet")
+            ids = pq.read_table(str(base) + ".ids.parquet")
+            points_path = Path(str(base) + ".points.parquet")
+            stored = None
+            if points_path.exists():
+                stored = fixed_binary_to_numpy(pq.read_table(points_path).column("points"), width)
         id_points = None
-        if points_path.exists():
-            width = POINT_LEN * PRECOMPUTED_LAGS
-            stored = fixed_binary_to_numpy(pq.read_table(points_path).column("points"), width)
+        if stored is not None:
             id_points = np.frombuffer(stored.tobytes(), dtype=np.uint8).reshape(
                 -1, PRECOMPUTED_LAGS, POINT_LEN
             )

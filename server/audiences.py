@@ -32,8 +32,6 @@ from cleanroom.matching.messages import POINT_LEN
 from cleanroom.matching.semijoin import (
     Buckets,
     bucket_bits,
-    bucket_groups,
-    bucket_of,
     spill_directory,
 )
 from cleanroom.matching.workers import CryptoPool, dst_for
@@ -247,7 +245,7 @@ class AudienceUpload:
                 count = 0
                 # An equal digest is always in the same bucket, so each bucket is
                 # deduplicated and hashed on its own; in bucket order, sorted within.
-                for bucket, rows in _dataset_buckets(staged, bits):
+                for bucket, rows in staged.regrouped(bits):
                     digests = np.ascontiguousarray(rows[:, :DIGEST_LEN]).view(f"S{DIGEST_LEN}")
                     distinct, which = np.unique(digests.ravel(), return_inverse=True)
                     # An identifier several records share is a seed if any of them is.
@@ -326,22 +324,6 @@ class AudienceUpload:
         """Drop everything this upload wrote (safe to call more than once)."""
         self._done = True
         shutil.rmtree(self._work, ignore_errors=True)
-
-
-def _dataset_buckets(staged: Buckets, bits: int) -> Iterator[tuple[int, np.ndarray]]:
-    """A staged type's rows (digest, label), ``(k, 33)``, bucket by bucket of ``bits``
-    leading digest bits, in bucket order (staging buckets are joined or split to fit)."""
-    coarse = min(bits, STAGING_BITS)
-    span = 1 << (STAGING_BITS - coarse)  # staging buckets in one of ``coarse`` bits
-    for group in range(1 << coarse):
-        packed = b"".join(staged.bucket(b)[0] for b in range(group * span, (group + 1) * span))
-        rows = np.frombuffer(packed, dtype=np.uint8).reshape(-1, STAGED_LEN)
-        if bits <= STAGING_BITS:
-            if len(rows):
-                yield group, rows
-            continue
-        for bucket, idx in bucket_groups(bucket_of(rows, bits), 1 << bits):
-            yield bucket, rows[idx]
 
 
 def _typed_digests(dataset: Dataset) -> Iterator[tuple[str, np.ndarray]]:

@@ -21,6 +21,10 @@ Rules the writers and readers keep:
   directories, so a stray file is never read.
 - A set stored by an earlier release is one Parquet file; ``open_dataset`` reads it as
   a set of one part, so nothing has to be migrated.
+- A set may also hold named side tables, not partitioned (a conversion set's events,
+  which are per conversion, not per identifier): ``<root>/<id>/_<name>/part-0.parquet``,
+  listed in the manifest's ``tables``. The leading ``_`` keeps Hive-style readers off
+  them as off the manifest; this module's part readers never see them.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import shutil
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
@@ -66,6 +70,7 @@ class Dataset:
     parts: tuple[Part, ...]
     names: tuple[str, ...]  # the columns every part has
     bits: dict[str, int]  # bucket bits per identifier type (empty for a single file)
+    tables: dict[str, Part] = field(default_factory=dict)  # side tables by name
 
     @property
     def rows(self) -> int:
@@ -103,6 +108,12 @@ class Dataset:
         wanted = list(columns or self.names)
         return pa.concat_tables([self.read(p, wanted) for p in self.parts])
 
+    def side_table(self, name: str) -> pa.Table:
+        part = self.tables.get(name)
+        if part is None:
+            raise DatasetError(f"the set at {self.path} has no {name!r} table")
+        return pq.read_table(part.path)
+
 
 def open_dataset(path: Path) -> Dataset:
     """The set stored at ``path``: a partitioned directory, or one Parquet file."""
@@ -125,7 +136,12 @@ def open_dataset(path: Path) -> Dataset:
     parts = tuple(
         Part(p["id_type"], int(p["bucket"]), path / p["path"], int(p["rows"])) for p in doc["parts"]
     )
-    return Dataset(path, parts, tuple(doc["columns"]), {k: int(v) for k, v in doc["bits"].items()})
+    tables = {
+        name: Part(None, 0, path / t["path"], int(t["rows"]))
+        for name, t in doc.get("tables", {}).items()
+    }
+    bits = {k: int(v) for k, v in doc["bits"].items()}
+    return Dataset(path, parts, tuple(doc["columns"]), bits, tables)
 
 
 def _stored_columns(part: Part, columns: Sequence[str]) -> list[str]:
@@ -171,6 +187,8 @@ class DatasetWriter(AbortsUnlessCommitted):
         self._parts: list[Part] = []  # paths relative to the set's directory
         self._bits: dict[str, int] = {}
         self._parts_in: Counter[str] = Counter()  # parts written per bucket directory
+        self._tables: dict[str, tuple[pq.ParquetWriter, Path]] = {}
+        self._table_rows: Counter[str] = Counter()
         self._open = True
 
     def write(self, id_type: str, bucket: int, bits: int, table: pa.Table) -> None:
@@ -192,15 +210,38 @@ class DatasetWriter(AbortsUnlessCommitted):
         pq.write_table(stored, self.tmp_path / relative, compression="zstd")
         self._parts.append(Part(id_type, bucket, relative, table.num_rows))
 
+    def append_table(self, name: str, table: pa.Table) -> None:
+        """Append ``table`` to the side table ``name`` (one file, a row group a call)."""
+        if not self._open:
+            raise ValueError("the writer is closed")
+        if not name.isidentifier():
+            raise ValueError(f"{name!r} is not a side table name")
+        if name not in self._tables:
+            relative = Path(f"_{name}", "part-0.parquet")
+            (self.tmp_path / relative.parent).mkdir()
+            writer = pq.ParquetWriter(self.tmp_path / relative, table.schema, compression="zstd")
+            self._tables[name] = (writer, relative)
+        self._tables[name][0].write_table(table)
+        self._table_rows[name] += table.num_rows
+
     @property
     def rows(self) -> int:
         return sum(p.rows for p in self._parts)
+
+    def _close_tables(self) -> None:
+        for writer, _ in self._tables.values():
+            writer.close()
 
     def commit(self) -> Path:
         """Write the manifest, make everything durable, then rename into place."""
         if not self._open:
             raise ValueError("the writer is closed")
         self._open = False
+        self._close_tables()
+        tables = {
+            name: {"path": str(relative), "rows": self._table_rows[name]}
+            for name, (_, relative) in self._tables.items()
+        }
         manifest = {
             "format": FORMAT,
             "version": VERSION,
@@ -211,15 +252,18 @@ class DatasetWriter(AbortsUnlessCommitted):
                 {"id_type": p.id_type, "bucket": p.bucket, "path": str(p.path), "rows": p.rows}
                 for p in self._parts
             ],
+            "tables": tables,
         }
-        for part in self._parts:
-            fsync_path(self.tmp_path / part.path)
+        files = [p.path for p in self._parts] + [relative for _, relative in self._tables.values()]
+        for relative in files:
+            fsync_path(self.tmp_path / relative)
         target = self.tmp_path / MANIFEST
         target.write_text(json.dumps(manifest, indent=1))
         fsync_path(target)
         # Every bucket directory and every id_type directory, once each, then the set's.
         buckets = {part.path.parent for part in self._parts}
-        for directory in sorted(buckets | {b.parent for b in buckets} | {Path()}):
+        sides = {relative.parent for _, relative in self._tables.values()}
+        for directory in sorted(buckets | {b.parent for b in buckets} | sides | {Path()}):
             fsync_path(self.tmp_path / directory)
         os.replace(self.tmp_path, self.path)
         fsync_path(self.path.parent)
@@ -229,5 +273,7 @@ class DatasetWriter(AbortsUnlessCommitted):
         return self._open
 
     def abort(self) -> None:
+        if self._open:
+            self._close_tables()
         self._open = False
         shutil.rmtree(self.tmp_path, ignore_errors=True)

@@ -30,7 +30,8 @@ from cleanroom.server.store import (
 
 log = logging.getLogger("cleanroom.server")
 
-CONVERSION_SUFFIXES = (".events.parquet", ".ids.parquet", ".points.parquet")
+# A conversion set stored by an earlier release: three files beside the set's path.
+LEGACY_CONVERSION_SUFFIXES = (".events.parquet", ".ids.parquet", ".points.parquet")
 
 
 def _admin(principal: Principal, what: str) -> None:
@@ -38,7 +39,7 @@ def _admin(principal: Principal, what: str) -> None:
         raise PermissionDenied(f"deleting {what} needs an admin token")
 
 
-def _remove(paths: list[Path]) -> list[str]:
+def remove_files(paths: list[Path]) -> list[str]:
     """Remove the files (or partitioned sets); the ones that could not be (logged) are
     returned."""
     left = []
@@ -56,7 +57,9 @@ def audience_files(data_dir: Path, record: AudienceRecord) -> list[Path]:
 
 
 def conversion_files(data_dir: Path, record: ConversionSetRecord) -> list[Path]:
-    return [data_dir / (record.path + suffix) for suffix in CONVERSION_SUFFIXES]
+    """The partitioned set, and the three files an earlier release stored instead."""
+    legacy = [data_dir / (record.path + suffix) for suffix in LEGACY_CONVERSION_SUFFIXES]
+    return [data_dir / record.path, *legacy]
 
 
 def delete_audience(
@@ -66,7 +69,7 @@ def delete_audience(
     record = store.delete_audience(principal.tenant_id, name)
     if record is None:
         raise NotFound(f"no audience named {name!r} for this tenant")
-    left = _remove(audience_files(data_dir, record))
+    left = remove_files(audience_files(data_dir, record))
     detail = {"audience": name, "audience_id": record.audience_id, "files_left": left}
     store.audit(AuditEntry(principal.tenant_id, principal.role.value, "audience.delete", detail))
     return {"deleted": "audience", "name": name, "id": record.audience_id}
@@ -79,7 +82,7 @@ def delete_conversions(
     record = store.delete_conversion_set(principal.tenant_id, name)
     if record is None:
         raise NotFound(f"no conversions named {name!r} for this tenant")
-    left = _remove(conversion_files(data_dir, record))
+    left = remove_files(conversion_files(data_dir, record))
     detail = {"conversions": name, "conversions_id": record.conversions_id, "files_left": left}
     store.audit(AuditEntry(principal.tenant_id, principal.role.value, "conversions.delete", detail))
     return {"deleted": "conversions", "name": name, "id": record.conversions_id}
@@ -123,7 +126,7 @@ def purge_expired(store: SqlStore, data_dir: Path, now: datetime) -> dict[str, d
             files += audience_files(data_dir, audience)
         for conversions in purged.conversion_sets:
             files += conversion_files(data_dir, conversions)
-        left = _remove(files)
+        left = remove_files(files)
         detail = {
             "retention_days": days,
             "cutoff": cutoff.isoformat(),

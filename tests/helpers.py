@@ -150,13 +150,14 @@ def random_nanp_spelling(rng: random.Random) -> str:
 
 def temporaries(data_dir: Path) -> list[str]:
     """What unfinished writes leave: ``*.tmp`` files and directories, staging files, and
-    an upload's directory under ``work/``. ``os.walk``, not ``rglob``: a directory the
-    node removes mid-walk is skipped, not an error."""
+    an upload's directory under ``work/`` (an audience's or a conversion set's).
+    ``os.walk``, not ``rglob``: a directory the node removes mid-walk is skipped, not an
+    error."""
     found = []
     for root, dirs, files in os.walk(data_dir):
         in_work = Path(root).name == WORK_DIR
         for name in (*dirs, *files):
-            upload = in_work and name.startswith("upload-")
+            upload = in_work and name.startswith(("upload-", "conversions-"))
             if name.endswith(".tmp") or "staging" in name or upload:
                 found.append(os.path.join(root, name))
     return found

@@ -29,9 +29,11 @@ from cleanroom.federated.attribution.reference import reference_report
 from cleanroom.federated.attribution.synth import synthesize_attribution
 from cleanroom.federated.attribution.tokens import PRECOMPUTED_LAGS, day_dst
 from cleanroom.matching.hash_to_curve import hash_to_curve
+from cleanroom.server.datasets import open_dataset, remove_stored
+from cleanroom.server.lifecycle import delete_conversions
 from cleanroom.server.node import BrandNodeThread
 from cleanroom.server.settings import ServerSettings
-from cleanroom.server.store import Policy, Role, SqlStore
+from cleanroom.server.store import ConversionSetRecord, Policy, Principal, Role, SqlStore
 from tests.helpers import assert_reports_equal, eventually, temporaries
 
 OPTIONS = NormalizeOptions(default_region="US")
@@ -176,40 +178,82 @@ def test_progress_reports_each_phase_and_every_token(world: dict[str, Any]) -> N
         assert counts == sorted(counts)
 
 
-def test_upload_stores_hashed_points_and_replacing_removes_the_old_files(
+def stored_set(world: dict[str, Any], name: str) -> ConversionSetRecord:
+    store = SqlStore(world["settings"].resolved_database_url())
+    try:
+        tenant = store.find_tenant("brand")
+        assert tenant is not None
+        record = store.get_conversion_set(tenant.tenant_id, name)
+    finally:
+        store.close()
+    assert record is not None
+    return record
+
+
+def test_upload_stores_a_partitioned_set_with_hashed_points_and_replacing_removes_it(
     world: dict[str, Any],
 ) -> None:
     node, synth = world["node"], world["synth"]
+    data_dir = world["settings"].data_dir
     admin = Connection(node.target, world["tokens"][Role.ADMIN])
-    # Several chunks: points are written in upload order.
-    first = upload(admin, synth, "sales-points", chunk_rows=150)
-
-    def files(set_id: str) -> list[Path]:
-        return sorted((world["settings"].data_dir / "conversions").rglob(f"{set_id}.*"))
-
-    paths = files(first["conversions_id"])
-    assert [p.name.split(".", 1)[1] for p in paths] == [
-        "events.parquet",
-        "ids.parquet",
-        "points.parquet",
-    ]
-    ids = pq.read_table(paths[1])
-    points = pq.read_table(paths[2]).column("points")
-    assert len(points) == ids.num_rows == first["identifiers"]
-    # Row i holds hash_to_curve(digest_i || day - lag) for lags 0..7.
-    events = pq.read_table(paths[0])
-    row = ids.num_rows - 1
-    digest = ids.column("digest")[row].as_py()
-    day = events.column("day")[ids.column("event")[row].as_py()].as_py()
-    dst = day_dst(ids.column("id_type")[row].as_py())
-    point = points[row].as_py()
-    for lag in range(PRECOMPUTED_LAGS):
-        want = hash_to_curve(digest + (day - lag).to_bytes(4, "big"), dst)
-        assert point[32 * lag : 32 * (lag + 1)] == want
+    first = upload(admin, synth, "sales-points", chunk_rows=150)  # several chunks
+    record = stored_set(world, "sales-points")
+    stored_at = data_dir / record.path
+    dataset = open_dataset(stored_at)
+    # By identifier type and digest bucket, every part in its bucket, events aside.
+    assert {p.id_type for p in dataset.parts} == {"email", "phone"}
+    assert all(f"id_type={p.id_type}" in p.path.parts[-3] for p in dataset.parts)
+    for part in dataset.parts:
+        digests = dataset.read(part, ["digest"]).column("digest").to_pylist()
+        bits = dataset.bits[str(part.id_type)]
+        assert {int.from_bytes(d[:2], "big") >> (16 - bits) for d in digests} <= {part.bucket}
+    ids = dataset.read_all(["event", "id_type", "digest", "points"])
+    events = dataset.side_table("events")
+    assert ids.num_rows == first["identifiers"] and events.num_rows == first["events"]
+    frame = pd.read_csv(synth.conversions_path, dtype=str, keep_default_na=False)
+    assert events.num_rows == len(frame)
+    # Each identifier's points are hash_to_curve(digest || day - lag) for lags 0..7.
+    for row in (0, ids.num_rows // 2, ids.num_rows - 1):
+        digest = ids.column("digest")[row].as_py()
+        day = events.column("day")[ids.column("event")[row].as_py()].as_py()
+        dst = day_dst(ids.column("id_type")[row].as_py())
+        point = ids.column("points")[row].as_py()
+        for lag in range(PRECOMPUTED_LAGS):
+            want = hash_to_curve(digest + (day - lag).to_bytes(4, "big"), dst)
+            assert point[32 * lag : 32 * (lag + 1)] == want
+    assert not temporaries(data_dir)
 
     second = upload(admin, synth, "sales-points", chunk_rows=150, replace=True)
-    assert files(first["conversions_id"]) == []
-    assert len(files(second["conversions_id"])) == 3
+    assert not stored_at.exists()
+    assert (stored_at.parent / second["conversions_id"] / "_manifest.json").is_file()
+
+
+def test_a_set_stored_as_three_files_by_an_earlier_release_runs_the_same(
+    world: dict[str, Any],
+) -> None:
+    """The layout before partitioning (events, ids, points files beside the set's path)
+    is read as it is: the same report as the partitioned set's and the plaintext one."""
+    node, synth = world["node"], world["synth"]
+    admin = Connection(node.target, world["tokens"][Role.ADMIN])
+    upload(admin, synth, "sales-legacy")
+    record = stored_set(world, "sales-legacy")
+    stored_at = world["settings"].data_dir / record.path
+    dataset = open_dataset(stored_at)
+    ids = dataset.read_all(["event", "id_type", "digest", "points"])
+    base = str(stored_at)
+    pq.write_table(dataset.side_table("events"), base + ".events.parquet")
+    pq.write_table(ids.select(["event", "id_type", "digest"]), base + ".ids.parquet")
+    pq.write_table(ids.select(["points"]), base + ".points.parquet")
+    remove_stored(stored_at)
+    report = stored(world, attribute(world, request(synth, conversions="sales-legacy")))
+    assert_reports_equal(report, plaintext(synth, synth.exposures_path))
+    store = SqlStore(world["settings"].resolved_database_url())
+    try:
+        admin_of = Principal(record.tenant_id, Role.ADMIN)
+        delete_conversions(store, world["settings"].data_dir, admin_of, "sales-legacy")
+    finally:
+        store.close()
+    assert not list(stored_at.parent.glob(stored_at.name + "*"))
 
 
 def test_same_submission_is_idempotent(world: dict[str, Any]) -> None:
@@ -373,10 +417,10 @@ def assert_nothing_stored(world: dict[str, Any], name: str) -> None:
         assert store.get_conversion_set(tenant.tenant_id, name) is None
     finally:
         store.close()
-    conversions_dir = world["settings"].data_dir / "conversions"
+    data_dir = world["settings"].data_dir  # the set's temporary directory and its staging
     eventually(
-        lambda: not temporaries(conversions_dir),
-        what="the partial upload (events, ids and points) to be removed",
+        lambda: not temporaries(data_dir),
+        what="the partial upload (events, staged identifiers and points) to be removed",
     )
 
 

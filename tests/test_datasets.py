@@ -87,6 +87,29 @@ def test_a_set_appears_only_on_commit_with_its_manifest(tmp_path: Path) -> None:
     assert not final.exists()
 
 
+def test_a_side_table_commits_with_the_set_and_stays_out_of_its_parts(tmp_path: Path) -> None:
+    final = tmp_path / "sets" / "s1"
+    events = pa.schema([("day", pa.int32())])
+    writer = DatasetWriter(final, SCHEMA)
+    writer.write("email", 0, 0, rows("email", b"aaaa"))
+    writer.append_table("events", pa.table({"day": [1, 2]}, schema=events))
+    writer.append_table("events", pa.table({"day": [3]}, schema=events))
+    with pytest.raises(ValueError, match="not a side table name"):
+        writer.append_table("../x", pa.table({"day": [1]}, schema=events))
+    assert not final.exists()
+    writer.commit()
+    dataset = open_dataset(final)
+    assert dataset.side_table("events")["day"].to_pylist() == [1, 2, 3]
+    assert dataset.tables["events"].rows == 3
+    assert dataset.read_all()["digest"].to_pylist() == [b"aaaa"] and dataset.rows == 1
+    assert pq.read_table(final)["digest"].to_pylist() == [b"aaaa"]  # Hive readers skip it
+    with pytest.raises(DatasetError, match="no 'spend' table"):
+        dataset.side_table("spend")
+    with DatasetWriter(tmp_path / "sets" / "s2", SCHEMA) as aborted:
+        aborted.append_table("events", pa.table({"day": [1]}, schema=events))
+    assert sorted(p.name for p in (tmp_path / "sets").iterdir()) == ["s1"]
+
+
 def test_a_failed_or_crashed_write_leaves_nothing(tmp_path: Path) -> None:
     root = tmp_path / "sets"
     with DatasetWriter(root / "s1", SCHEMA) as writer:
