@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +26,7 @@ import numpy as np
 from cleanroom.audiences.identifiers import IdColumn, NormalizeOptions
 from cleanroom.audiences.reader import ReadReport, read_hashed_chunks
 from cleanroom.audiences.upload import DIGEST_LEN
-from cleanroom.matching.bulk import ByteColumn, ColumnAppender, whole
+from cleanroom.matching.bulk import ByteColumn, ColumnAppender
 from cleanroom.matching.journal import Journal, point_chunk, points_of, value_chunk, values_of
 from cleanroom.matching.messages import (
     POINT_LEN,
@@ -134,43 +134,95 @@ class PartnerProgress:
             listener(self)
 
 
-@dataclass(frozen=True)
 class PaddedSlots:
-    """Every record as ``slots`` points, shuffled: what the brand sees of the partner's set.
+    """Every record as ``slots`` points, records and slots shuffled: what the brand sees of
+    the partner's set.
 
-    Position ``j`` holds record ``records[order[j]]``; ``codes`` says per slot
-    which column's hash-to-curve it takes (``slots`` = a random dummy point).
+    Slot ``j`` of position ``i`` holds column ``codes[i, j]``'s value (digest or point)
+    of record ``records[order[i]]``, or a random dummy (code ``slots``), so the brand sees
+    neither row order nor which identifiers a record has. Built without holding the set:
+    ``fill`` writes record rows, a batch of rows at a time, to a ``Shuffle`` (on disk past
+    its memory limit), and ``chunks`` reads them back in a uniformly random order and
+    shuffles each record's slots; ``order`` is complete once ``chunks`` has run.
     """
 
-    records: np.ndarray  # the rows with an identifier, ascending
-    order: np.ndarray  # position -> index into records
-    digests: bytes = field(repr=False)  # 32 bytes per slot, position-major (digest or point)
-    codes: bytes = field(repr=False)  # one byte per slot
+    def __init__(
+        self,
+        data: PartnerSet,
+        slots: int,
+        rng: np.random.Generator,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+        *,
+        spill_dir: Path | None = None,
+        memory_bytes: int | None = None,
+        batch_records: int = 1 << 16,
+    ) -> None:
+        self.data = data
+        self.slots = slots
+        self.records = data.records()  # the rows with an identifier, ascending
+        self.order = np.empty(0, dtype=np.int64)  # position -> index into records
+        # A generator of its own: ``fill`` may run on another thread than the caller's.
+        self._rng = np.random.default_rng(rng.integers(2**63))
+        self._random_bytes = random_bytes
+        self._batch = batch_records
+        self._width = slots * (DIGEST_LEN + 1) + 8  # values, codes, index into records
+        self._shuffle = Shuffle(
+            self._width,
+            len(self.records),
+            self._rng,
+            memory_bytes=memory_bytes,
+            spill_dir=spill_dir,
+        )
 
+    @property
+    def on_disk(self) -> bool:
+        return self._shuffle.on_disk
 
-def padded_slots(
-    data: PartnerSet,
-    slots: int,
-    rng: np.random.Generator,
-    random_bytes: Callable[[int], bytes] = os.urandom,
-) -> PaddedSlots:
-    """Record-major slots: identifiers plus dummies, records and slots shuffled, so the
-    brand sees neither row order nor which identifiers a record has."""
-    records = data.records()
-    k = slots
-    digests = np.frombuffer(random_bytes(len(records) * k * DIGEST_LEN), dtype=np.uint8)
-    digests = digests.reshape(len(records), k, DIGEST_LEN).copy()
-    codes = np.full((len(records), k), k, dtype=np.uint8)  # k = dummy
-    for c, column in enumerate(data.columns):
-        pos = np.searchsorted(records, column.rows)
-        values = whole(column.points if column.points is not None else column.digests)
-        digests[pos, c] = np.frombuffer(values, dtype=np.uint8).reshape(-1, DIGEST_LEN)
-        codes[pos, c] = c
-    record_order = rng.permutation(len(records))
-    slot_order = np.argsort(rng.random((len(records), k)), axis=1)
-    digests = np.take_along_axis(digests[record_order], slot_order[:, :, None], axis=1)
-    codes = np.take_along_axis(codes[record_order], slot_order, axis=1)
-    return PaddedSlots(records, record_order, digests.tobytes(), codes.tobytes())
+    def fill(self) -> None:
+        """Every record's row, in row order, into the shuffle."""
+        k, records = self.slots, self.records
+        for start in range(0, len(records), self._batch):
+            rec = records[start : start + self._batch]
+            values = np.frombuffer(self._random_bytes(len(rec) * k * DIGEST_LEN), np.uint8)
+            values = values.reshape(len(rec), k, DIGEST_LEN).copy()
+            codes = np.full((len(rec), k), k, dtype=np.uint8)  # k = dummy
+            for c, column in enumerate(self.data.columns):
+                lo, hi = np.searchsorted(column.rows, [rec[0], rec[-1] + 1])
+                if hi == lo:
+                    continue
+                source = column.points if column.points is not None else column.digests
+                pos = np.searchsorted(rec, column.rows[lo:hi])
+                part = source[lo * DIGEST_LEN : hi * DIGEST_LEN]
+                values[pos, c] = np.frombuffer(part, np.uint8).reshape(-1, DIGEST_LEN)
+                codes[pos, c] = c
+            rows = np.empty((len(rec), self._width), dtype=np.uint8)
+            rows[:, : k * DIGEST_LEN] = values.reshape(len(rec), -1)
+            rows[:, k * DIGEST_LEN : -8] = codes
+            index = np.arange(start, start + len(rec), dtype="<i8")
+            rows[:, -8:] = index.view(np.uint8).reshape(-1, 8)
+            self._shuffle.add(rows.tobytes())
+
+    def chunks(self, size: int) -> Iterator[tuple[bytes, bytes]]:
+        """Slot values (32 bytes each) and codes, ``size`` slots a chunk, position-major."""
+        k = self.slots
+        order: list[np.ndarray] = []
+        values, codes = bytearray(), bytearray()
+        try:
+            for packed in self._shuffle.chunks(max(1, self._batch)):
+                rows = np.frombuffer(packed, dtype=np.uint8).reshape(-1, self._width)
+                order.append(np.ascontiguousarray(rows[:, -8:]).view("<i8").ravel())
+                slot_order = np.argsort(self._rng.random((len(rows), k)), axis=1)
+                held = rows[:, : k * DIGEST_LEN].reshape(len(rows), k, DIGEST_LEN)
+                values += np.take_along_axis(held, slot_order[:, :, None], axis=1).tobytes()
+                codes += np.take_along_axis(rows[:, k * DIGEST_LEN : -8], slot_order, 1).tobytes()
+                while len(codes) >= size:
+                    yield bytes(values[: size * DIGEST_LEN]), bytes(codes[:size])
+                    del values[: size * DIGEST_LEN], codes[:size]
+            if codes:
+                yield bytes(values), bytes(codes)
+        finally:
+            self._shuffle.close()
+        self.order = np.concatenate(order) if order else np.empty(0, dtype=np.int64)
 
 
 def read_partner_set(
@@ -438,21 +490,21 @@ class PartnerSession:
                             job = self._pool.run(hash_and_blind, self._secret, part, dst)
                         await results.submit(job)
             else:
-                digests, codes = self._cardinality_slots()
+                slots = PaddedSlots(
+                    self.data,
+                    self._slots,
+                    self._rng,
+                    self._random_bytes,
+                    spill_dir=self._spill_dir,
+                )
+                await asyncio.to_thread(slots.fill)
                 dsts: list[bytes | None] = [
                     None if c.points is not None else dst_for(c.id_type) for c in self.data.columns
                 ]
                 dsts.append(DUMMY_DST)
-                for start in range(0, len(codes), size):
-                    part = digests[start * DIGEST_LEN : (start + size) * DIGEST_LEN]
+                for part, codes in slots.chunks(size):
                     await results.submit(
-                        self._pool.run(
-                            hash_and_blind_mixed,
-                            self._secret,
-                            part,
-                            codes[start : start + size],
-                            dsts,
-                        )
+                        self._pool.run(hash_and_blind_mixed, self._secret, part, codes, dsts)
                     )
             results.close()
 
@@ -469,10 +521,6 @@ class PartnerSession:
             results.cancel()
         self._points_done = True
         self._maybe_conclude()
-
-    def _cardinality_slots(self) -> tuple[bytes, bytes]:
-        slots = padded_slots(self.data, self._slots, self._rng, self._random_bytes)
-        return slots.digests, slots.codes
 
     async def _collect_brand(self) -> None:
         async for values in self._brand_results:

@@ -7,6 +7,7 @@ import hashlib
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -16,7 +17,7 @@ from cleanroom.matching.brand import BrandSession
 from cleanroom.matching.bulk import whole
 from cleanroom.matching.hash_to_curve import hash_to_curve
 from cleanroom.matching.messages import Finish, Hello, PointChunk, Protocol, Result, ValueChunk
-from cleanroom.matching.partner import PartnerColumn, PartnerSession, PartnerSet
+from cleanroom.matching.partner import PaddedSlots, PartnerColumn, PartnerSession, PartnerSet
 from cleanroom.matching.session import comparison_length
 from cleanroom.matching.workers import CryptoPool, dst_for, hash_and_blind_mixed, hash_points
 from cleanroom.matching.x25519 import InvalidPointError
@@ -338,3 +339,44 @@ def test_comparison_length_meets_false_positive_bound() -> None:
         n = comparison_length(p, s)
         assert p * s / 2 ** (8 * n) <= 2**-40
         assert n == 8 or p * s / 2 ** (8 * (n - 1)) > 2**-40
+
+
+@pytest.mark.parametrize("memory_bytes", [None, 0])  # in memory, and through batch files
+@pytest.mark.parametrize("size", [1, 7, 64])
+def test_padded_slots_hold_each_record_once_with_its_identifiers_and_dummies(
+    tmp_path: Path, memory_bytes: int | None, size: int
+) -> None:
+    rng = np.random.default_rng(5)
+    row_count = 300
+    columns = []
+    for index, id_type in enumerate(["email", "phone"]):
+        rows = np.flatnonzero(rng.random(row_count) < (0.7 if index == 0 else 0.4))
+        digests = rng.integers(0, 256, (len(rows), 32), dtype=np.uint8).tobytes()
+        columns.append(PartnerColumn(id_type, rows.astype(np.int64), digests))
+    data = PartnerSet(row_count, columns)
+    slots = PaddedSlots(
+        data, 3, rng, spill_dir=tmp_path, memory_bytes=memory_bytes, batch_records=50
+    )
+    slots.fill()
+    assert slots.on_disk is (memory_bytes == 0)
+    chunks = list(slots.chunks(size))
+    assert all(len(c) == size for _, c in chunks[:-1]) and 0 < len(chunks[-1][1]) <= size
+    values = np.frombuffer(b"".join(v for v, _ in chunks), np.uint8).reshape(-1, 3, 32)
+    codes = np.frombuffer(b"".join(c for _, c in chunks), np.uint8).reshape(-1, 3)
+    records = data.records()
+    assert sorted(slots.order.tolist()) == list(range(len(records)))  # each record once
+    assert slots.order.tolist() != list(range(len(records)))  # in a shuffled order
+    for position, index in enumerate(slots.order.tolist()):
+        row = records[index]
+        held = {}
+        for c, column in enumerate(columns):
+            at = np.searchsorted(column.rows, row)
+            if at < len(column.rows) and column.rows[at] == row:
+                held[c] = column.digests[at * 32 : (at + 1) * 32]
+        got = {int(code): values[position, j].tobytes() for j, code in enumerate(codes[position])}
+        dummies = [j for j, code in enumerate(codes[position]) if code == 3]
+        assert len(dummies) == 3 - len(held)
+        assert {c: got[c] for c in held} == held
+    # Slots are shuffled within records: a record's identifier is not always in slot 0.
+    assert len({int(np.flatnonzero(r == 0)[0]) for r in codes if 0 in r}) > 1
+    assert list(tmp_path.iterdir()) == []  # the batch files went with the last chunk

@@ -69,7 +69,7 @@ from cleanroom.federated.lookalike.messages import (
 from cleanroom.federated.lookalike.model import LogisticModel, fit_logistic
 from cleanroom.federated.paillier import MIN_KEY_BITS, PaillierPublicKey
 from cleanroom.matching.messages import POINT_LEN
-from cleanroom.matching.partner import PartnerSet, padded_slots
+from cleanroom.matching.partner import PaddedSlots, PartnerSet
 from cleanroom.matching.session import (
     OrderedResults,
     Progress,
@@ -464,30 +464,20 @@ class PartnerLookalike(RoundMachine[LookalikeRound]):
     async def _send_slots(self) -> None:
         """Every offered row as ``slots`` points H(x)^p, rows and slots shuffled."""
         assert self.accepted is not None
-        slots = await asyncio.to_thread(
-            padded_slots, self.data, self.slots, self.rng, self._random_bytes
-        )
-        self._order = slots.order
+        slots = PaddedSlots(self.data, self.slots, self.rng, self._random_bytes)
+        await asyncio.to_thread(slots.fill)
         dsts: list[bytes | None] = [
             None if c.points is not None else dst_for(c.id_type) for c in self.data.columns
         ]
         dsts.append(DUMMY_DST)
         size = self.accepted.chunk_size
-        total = len(slots.codes)
-        jobs = (
-            (
-                self._secret,
-                slots.digests[start * 32 : (start + size) * 32],
-                slots.codes[start : start + size],
-                dsts,
-            )
-            for start in range(0, total, size)
-        )
+        jobs = ((self._secret, part, codes, dsts) for part, codes in slots.chunks(size))
         seq = 0
         async for points in in_order(self._jobs, hash_and_blind_mixed, jobs):
             self.put(SlotPoints(seq=seq, points=points))
             seq += 1
             self.progress.update(points_sent=self.progress.points_sent + len(points) // POINT_LEN)
+        self._order = slots.order  # complete now that every chunk was read
         self._slots_sent = True
         self._maybe_labels()
 
