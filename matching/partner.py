@@ -221,8 +221,12 @@ class PaddedSlots:
             if codes:
                 yield bytes(values), bytes(codes)
         finally:
-            self._shuffle.close()
+            self.close()
         self.order = np.concatenate(order) if order else np.empty(0, dtype=np.int64)
+
+    def close(self) -> None:
+        """Remove the batch files (``chunks`` does once it is read; safe to repeat)."""
+        self._shuffle.close()
 
 
 def read_partner_set(
@@ -497,15 +501,18 @@ class PartnerSession:
                     self._random_bytes,
                     spill_dir=self._spill_dir,
                 )
-                await asyncio.to_thread(slots.fill)
                 dsts: list[bytes | None] = [
                     None if c.points is not None else dst_for(c.id_type) for c in self.data.columns
                 ]
                 dsts.append(DUMMY_DST)
-                for part, codes in slots.chunks(size):
-                    await results.submit(
-                        self._pool.run(hash_and_blind_mixed, self._secret, part, codes, dsts)
-                    )
+                try:
+                    await asyncio.to_thread(slots.fill)
+                    for part, codes in slots.chunks(size):
+                        await results.submit(
+                            self._pool.run(hash_and_blind_mixed, self._secret, part, codes, dsts)
+                        )
+                finally:
+                    slots.close()  # a failed or cancelled session leaves no batch file
             results.close()
 
         feeder = asyncio.ensure_future(feed())

@@ -465,18 +465,22 @@ class PartnerLookalike(RoundMachine[LookalikeRound]):
         """Every offered row as ``slots`` points H(x)^p, rows and slots shuffled."""
         assert self.accepted is not None
         slots = PaddedSlots(self.data, self.slots, self.rng, self._random_bytes)
-        await asyncio.to_thread(slots.fill)
         dsts: list[bytes | None] = [
             None if c.points is not None else dst_for(c.id_type) for c in self.data.columns
         ]
         dsts.append(DUMMY_DST)
         size = self.accepted.chunk_size
-        jobs = ((self._secret, part, codes, dsts) for part, codes in slots.chunks(size))
-        seq = 0
-        async for points in in_order(self._jobs, hash_and_blind_mixed, jobs):
-            self.put(SlotPoints(seq=seq, points=points))
-            seq += 1
-            self.progress.update(points_sent=self.progress.points_sent + len(points) // POINT_LEN)
+        try:
+            await asyncio.to_thread(slots.fill)
+            jobs = ((self._secret, part, codes, dsts) for part, codes in slots.chunks(size))
+            seq = 0
+            async for points in in_order(self._jobs, hash_and_blind_mixed, jobs):
+                self.put(SlotPoints(seq=seq, points=points))
+                seq += 1
+                points_sent = self.progress.points_sent + len(points) // POINT_LEN
+                self.progress.update(points_sent=points_sent)
+        finally:
+            slots.close()  # a failed or cancelled run leaves no batch file
         self._order = slots.order  # complete now that every chunk was read
         self._slots_sent = True
         self._maybe_labels()
