@@ -173,10 +173,9 @@ class ConversionsUpload:
             packed = b"".join(digests)
             types = np.array(id_types, dtype=object)
             matrix = np.frombuffer(packed, dtype=np.uint8).reshape(-1, DIGEST_LEN)
-            self._hash_points(
-                _PendingIds(types, matrix, id_event),
-                chunk.days.astype(np.int64)[id_event - self.rows],
-            )
+            days = chunk.days.astype(np.int64)[id_event - self.rows]
+            lagged = LaggedPoints.of(types, matrix, days, PRECOMPUTED_LAGS)
+            self._hash_points(_PendingIds(types, matrix, id_event, lagged))
         self.next_seq += 1
         self.rows += n
         self.identifiers += len(id_types)
@@ -240,8 +239,7 @@ class ConversionsUpload:
         self._final.abort()
         shutil.rmtree(self._work, ignore_errors=True)
 
-    def _hash_points(self, pending: _PendingIds, days: np.ndarray) -> None:
-        pending.lagged = LaggedPoints.of(pending.types, pending.digests, days, PRECOMPUTED_LAGS)
+    def _hash_points(self, pending: _PendingIds) -> None:
         executor = self.service.executor
         for _, job in pending.lagged.hash_jobs():
             if executor is not None:
@@ -256,7 +254,6 @@ class ConversionsUpload:
         """Stage the hashed chunks' identifiers: all of them, or those already done."""
         while self._pending and (wait or all(f.done() for f in self._pending[0].futures)):
             pending = self._pending.popleft()
-            assert pending.lagged is not None
             points = pending.lagged.per_identifier(b"".join(f.result() for f in pending.futures))
             rows = np.empty((len(pending.types), STAGED_LEN), dtype=np.uint8)
             rows[:, :DIGEST_LEN] = pending.digests
@@ -275,7 +272,7 @@ class _PendingIds:
     types: np.ndarray  # object: each identifier's type
     digests: np.ndarray  # (k, 32) uint8
     events: np.ndarray  # int64: each identifier's event
-    lagged: LaggedPoints | None = None
+    lagged: LaggedPoints  # its tokens, whose points ``futures`` compute
     futures: list[Future[bytes]] = field(default_factory=list)
 
 
@@ -317,20 +314,20 @@ class AttributionService:
         if record is None:
             raise NotFound(f"no conversions named {name!r} for this tenant")
         base = self.data_dir / record.path
-        width = POINT_LEN * PRECOMPUTED_LAGS
         if base.is_dir():
             dataset = open_dataset(base)
             events = dataset.side_table(EVENTS_TABLE)
             columns = ["event", "id_type", "digest", "points"]
             ids = dataset.read_all(columns) if dataset.parts else IDS_SCHEMA.empty_table()
-            stored = fixed_binary_to_numpy(ids.column("points"), width)
+            stored = fixed_binary_to_numpy(ids.column("points"), POINTS_WIDTH)
         else:  # three files, from an earlier release
             events = pq.read_table(str(base) + ".events.parquet")
             ids = pq.read_table(str(base) + ".ids.parquet")
             points_path = Path(str(base) + ".points.parquet")
             stored = None
             if points_path.exists():
-                stored = fixed_binary_to_numpy(pq.read_table(points_path).column("points"), width)
+                points = pq.read_table(points_path).column("points")
+                stored = fixed_binary_to_numpy(points, POINTS_WIDTH)
         id_points = None
         if stored is not None:
             id_points = np.frombuffer(stored.tobytes(), dtype=np.uint8).reshape(
