@@ -84,14 +84,17 @@ def brand_point_count(data_dir: Path, token: str, id_types: tuple[str, ...], max
         principal = store.authenticate(token)
         assert principal is not None
         _, data = AttributionService(store, data_dir).load(principal, "sales")
-        data = data.with_types(id_types)  # only types both sides hold are tokenized
+        # Only types both sides hold are tokenized; each part's distinct tokens, once.
+        return sum(
+            len(
+                LaggedPoints.of(
+                    part.id_type, part.digest, data.day[part.event], max_lag + 1
+                ).first_item
+            )
+            for part in data.identifier_parts(id_types)
+        )
     finally:
         store.close()
-    return len(
-        LaggedPoints.of(
-            data.id_type, data.id_digest, data.day[data.id_event], max_lag + 1
-        ).first_item
-    )
 
 
 def main() -> int:

@@ -39,11 +39,16 @@ def encrypt_scaled(private_key_json: str, min_bits: int, values: list[int]) -> l
     return _owner_key(private_key_json, min_bits).encrypt_many(values)
 
 
-def encrypt_bits_packed(private_key_json: str, min_bits: int, bits: bytes) -> bytes:
-    """``Enc(b)`` for every byte ``b`` of ``bits`` (0 or 1), packed fixed-width."""
+def encrypt_packed(private_key_json: str, min_bits: int, values: list[int]) -> bytes:
+    """``encrypt_scaled``, packed fixed-width (``ciphertext_bytes`` each)."""
     key = _owner_key(private_key_json, min_bits)
     width = key.public_key.ciphertext_bytes
-    return b"".join(c.to_bytes(width, "big") for c in key.encrypt_many(list(bits)))
+    return b"".join(c.to_bytes(width, "big") for c in key.encrypt_many(values))
+
+
+def encrypt_bits_packed(private_key_json: str, min_bits: int, bits: bytes) -> bytes:
+    """``Enc(b)`` for every byte ``b`` of ``bits`` (0 or 1), packed fixed-width."""
+    return encrypt_packed(private_key_json, min_bits, list(bits))
 
 
 def check_packed(n: int, packed: bytes, width: int) -> int:

@@ -23,7 +23,7 @@ import math
 import shutil
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -36,7 +36,11 @@ import pyarrow.parquet as pq
 from cleanroom.audiences.identifiers import ID_TYPES
 from cleanroom.audiences.upload import DIGEST_LEN, ConversionRows, UploadHeader
 from cleanroom.federated.attribution.brand import AlreadyReported, BrandAttribution, BrandRun
-from cleanroom.federated.attribution.inputs import BrandConversions
+from cleanroom.federated.attribution.inputs import (
+    BrandConversions,
+    ConversionIds,
+    ConversionSource,
+)
 from cleanroom.federated.attribution.messages import AttrHello, DpParams, Windows
 from cleanroom.federated.attribution.report import AttributionReport, DecryptedAggregates, ReportDp
 from cleanroom.federated.attribution.tokens import PRECOMPUTED_LAGS, LaggedPoints
@@ -53,7 +57,7 @@ from cleanroom.proto.errors import (
     ProtocolError,
 )
 from cleanroom.server.audiences import STAGING_BITS, check_audience_name, fixed_binary_to_numpy
-from cleanroom.server.datasets import DatasetWriter, open_dataset, remove_stored
+from cleanroom.server.datasets import Dataset, DatasetWriter, open_dataset, remove_stored
 from cleanroom.server.files import WORK_DIR
 from cleanroom.server.lifecycle import conversion_files, remove_files
 from cleanroom.server.store import (
@@ -295,6 +299,57 @@ def _fixed(packed: bytes, width: int = DIGEST_LEN) -> pa.FixedSizeBinaryArray:
     )
 
 
+def _event_columns(events: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(customer number, day, value) per event of a stored events table."""
+    _, customer = np.unique(
+        fixed_binary_to_numpy(events.column("customer"), DIGEST_LEN), return_inverse=True
+    )
+    return (
+        customer.astype(np.int64),
+        events.column("day").to_numpy().astype(np.int64),
+        events.column("value").to_numpy().astype(np.float64),
+    )
+
+
+def _points(column: pa.ChunkedArray) -> np.ndarray:
+    stored = fixed_binary_to_numpy(column, POINTS_WIDTH)
+    return np.frombuffer(stored.tobytes(), dtype=np.uint8).reshape(-1, PRECOMPUTED_LAGS, POINT_LEN)
+
+
+@dataclass
+class StoredConversions:
+    """A stored conversion set as a run reads it (``ConversionSource``): the events
+    whole, the identifiers one partition (type, digest bucket) at a time."""
+
+    customer: np.ndarray
+    day: np.ndarray
+    value: np.ndarray
+    dataset: Dataset
+
+    @property
+    def events(self) -> int:
+        return len(self.day)
+
+    def held_types(self) -> tuple[str, ...]:
+        return tuple(sorted({p.id_type for p in self.dataset.parts if p.id_type and p.rows}))
+
+    def identifier_count(self, id_types: tuple[str, ...]) -> int:
+        return sum(p.rows for p in self.dataset.parts if p.id_type in id_types)
+
+    def identifier_parts(self, id_types: tuple[str, ...]) -> Iterator[ConversionIds]:
+        for part in self.dataset.parts:
+            if part.id_type not in id_types or not part.rows:
+                continue
+            ids = self.dataset.read(part, ["event", "digest", "points"])
+            digests = fixed_binary_to_numpy(ids.column("digest"), DIGEST_LEN)
+            yield ConversionIds(
+                event=ids.column("event").to_numpy().astype(np.int64),
+                id_type=np.full(ids.num_rows, part.id_type, dtype=object),
+                digest=np.frombuffer(digests.tobytes(), dtype=np.uint8).reshape(-1, DIGEST_LEN),
+                points=_points(ids.column("points")),
+            )
+
+
 @dataclass
 class AttributionService:
     store: SqlStore
@@ -309,38 +364,27 @@ class AttributionService:
     def begin_upload(self, principal: Principal, header: UploadHeader) -> ConversionsUpload:
         return ConversionsUpload(self, principal, header.name, header.id_types, header.replace)
 
-    def load(self, principal: Principal, name: str) -> tuple[ConversionSetRecord, BrandConversions]:
+    def load(self, principal: Principal, name: str) -> tuple[ConversionSetRecord, ConversionSource]:
+        """The set named ``name``: its events read, its identifiers read by a run a
+        partition at a time (a set from an earlier release, in three files, whole)."""
         record = self.store.get_conversion_set(principal.tenant_id, name)
         if record is None:
             raise NotFound(f"no conversions named {name!r} for this tenant")
         base = self.data_dir / record.path
         if base.is_dir():
             dataset = open_dataset(base)
-            events = dataset.side_table(EVENTS_TABLE)
-            columns = ["event", "id_type", "digest", "points"]
-            ids = dataset.read_all(columns) if dataset.parts else IDS_SCHEMA.empty_table()
-            stored = fixed_binary_to_numpy(ids.column("points"), POINTS_WIDTH)
-        else:  # three files, from an earlier release
-            events = pq.read_table(str(base) + ".events.parquet")
-            ids = pq.read_table(str(base) + ".ids.parquet")
-            points_path = Path(str(base) + ".points.parquet")
-            stored = None
-            if points_path.exists():
-                points = pq.read_table(points_path).column("points")
-                stored = fixed_binary_to_numpy(points, POINTS_WIDTH)
+            columns = _event_columns(dataset.side_table(EVENTS_TABLE))
+            return record, StoredConversions(*columns, dataset)
+        # Three files, from an earlier release.
+        events = pq.read_table(str(base) + ".events.parquet")
+        ids = pq.read_table(str(base) + ".ids.parquet")
+        points_path = Path(str(base) + ".points.parquet")
         id_points = None
-        if stored is not None:
-            id_points = np.frombuffer(stored.tobytes(), dtype=np.uint8).reshape(
-                -1, PRECOMPUTED_LAGS, POINT_LEN
-            )
-        _, customer = np.unique(
-            fixed_binary_to_numpy(events.column("customer"), DIGEST_LEN), return_inverse=True
-        )
+        if points_path.exists():
+            id_points = _points(pq.read_table(points_path).column("points"))
         digests = fixed_binary_to_numpy(ids.column("digest"), DIGEST_LEN)
         return record, BrandConversions(
-            customer=customer.astype(np.int64),
-            day=events.column("day").to_numpy().astype(np.int64),
-            value=events.column("value").to_numpy().astype(np.float64),
+            *_event_columns(events),
             id_event=ids.column("event").to_numpy().astype(np.int64),
             id_type=np.array(ids.column("id_type").to_pylist(), dtype=object),
             id_digest=np.frombuffer(digests.tobytes(), dtype=np.uint8).reshape(-1, DIGEST_LEN),
@@ -404,6 +448,7 @@ class AttributionService:
                 partner, hello, report_id, dp, result, policy.aggregation_threshold
             ),
             on_cells=lambda brand: self._record_cells(principal, brand),
+            spill_dir=self.data_dir / WORK_DIR,
         )
         if dp.mechanism != "off":
             # Charged before any work: an overspending run is refused up front.

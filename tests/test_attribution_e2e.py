@@ -29,6 +29,7 @@ from cleanroom.federated.attribution.reference import reference_report
 from cleanroom.federated.attribution.synth import synthesize_attribution
 from cleanroom.federated.attribution.tokens import PRECOMPUTED_LAGS, day_dst
 from cleanroom.matching.hash_to_curve import hash_to_curve
+from cleanroom.server.attribution import AttributionService, StoredConversions
 from cleanroom.server.datasets import open_dataset, remove_stored
 from cleanroom.server.lifecycle import delete_conversions
 from cleanroom.server.node import BrandNodeThread
@@ -222,6 +223,26 @@ def test_upload_stores_a_partitioned_set_with_hashed_points_and_replacing_remove
             want = hash_to_curve(digest + (day - lag).to_bytes(4, "big"), dst)
             assert point[32 * lag : 32 * (lag + 1)] == want
     assert not temporaries(data_dir)
+    # A run reads the identifiers a partition at a time: every partition once, all of
+    # them together the whole set, with its stored points.
+    store = SqlStore(world["settings"].resolved_database_url())
+    try:
+        service = AttributionService(store, data_dir)
+        _, source = service.load(Principal(record.tenant_id, Role.ADMIN), "sales-points")
+    finally:
+        store.close()
+    assert isinstance(source, StoredConversions) and source.events == first["events"]
+    assert source.held_types() == ("email", "phone")
+    parts = list(source.identifier_parts(("email", "phone")))
+    assert len(parts) == len(dataset.parts) >= 2  # a small set: one bucket per type
+    assert sum(len(part.event) for part in parts) == source.identifier_count(("email", "phone"))
+    assert source.identifier_count(("email", "phone")) == ids.num_rows
+    assert source.identifier_count(("phone",)) == sum(
+        len(part.event) for part in source.identifier_parts(("phone",))
+    )
+    every = sorted(bytes(d) for part in parts for d in part.digest)
+    assert every == sorted(ids.column("digest").to_pylist())
+    assert all(part.points is not None and part.points.shape[1:] == (8, 32) for part in parts)
 
     second = upload(admin, synth, "sales-points", chunk_rows=150, replace=True)
     assert not stored_at.exists()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,6 +18,7 @@ from cleanroom.audiences.reader import hash_frame
 from cleanroom.federated.attribution.brand import BrandAttribution
 from cleanroom.federated.attribution.inputs import (
     BrandConversions,
+    ConversionIds,
     brand_conversions,
     hashed_identifiers,
     parse_conversions,
@@ -24,6 +27,7 @@ from cleanroom.federated.attribution.inputs import (
     read_spend,
 )
 from cleanroom.federated.attribution.messages import (
+    VALUE_SCALE,
     AttrAggregates,
     AttrBrandMessage,
     AttrCells,
@@ -102,6 +106,8 @@ def make_pair(
     seed: int = 0,
     precomputed: bool = False,
     brand_jobs: RunJobs | None = None,
+    parts: int = 1,
+    **brand_options: Any,
 ) -> tuple[BrandAttribution, PartnerAttribution]:
     expo = parse_exposures(
         pd.read_csv(synth.exposures_path, dtype=str, keep_default_na=False), id_columns=PARTNER_IDS
@@ -124,15 +130,36 @@ def make_pair(
     brand = BrandAttribution(
         session_id="s",
         hello=partner.hello(),
-        data=data,
+        data=data if parts == 1 else Parted(data, parts),
         public_key=pk,
         private_key=sk,
         dp=dp,
         jobs=brand_jobs,
         rng=np.random.default_rng(seed + 1),
-        chunk_size=512,
+        **({"chunk_size": 512} | brand_options),
     )
     return brand, partner
+
+
+class Parted(BrandConversions):
+    """A set whose identifiers come in ``parts`` parts by the digest's first byte, as the
+    node's partitions do (every identifier of a digest in one part)."""
+
+    def __init__(self, data: BrandConversions, parts: int) -> None:
+        super().__init__(**{f.name: getattr(data, f.name) for f in dataclasses.fields(data)})
+        self.parts = parts
+
+    def identifier_parts(self, id_types: tuple[str, ...]) -> Iterator[ConversionIds]:
+        [whole] = super().identifier_parts(id_types)
+        bucket = whole.digest[:, 0] % self.parts
+        for b in range(self.parts):
+            keep = bucket == b
+            yield ConversionIds(
+                event=whole.event[keep],
+                id_type=whole.id_type[keep],
+                digest=whole.digest[keep],
+                points=None if whole.points is None else whole.points[keep],
+            )
 
 
 def run_protocol(
@@ -208,10 +235,57 @@ def test_points_stored_at_upload_give_the_same_report(
     """Stored points serve lags 0..7; a longer window hashes the rest in the run."""
     got, brand, partner, _ = run_protocol(synth, keys, windows=windows, precomputed=True)
     assert_reports_equal(got, reference(synth, windows))
-    assert brand.brand_tokens == len(brand.data.id_event) * (windows.click_days + 1)
+    assert brand.brand_tokens == len(brand_data(synth).id_event) * (windows.click_days + 1)
     # Distinct tokens are blinded once: fewer points than tokens on both sides.
     assert brand.point_count < brand.brand_tokens
     assert partner.point_count <= sum(partner.cell_tokens)
+
+
+@pytest.mark.parametrize("precomputed", [False, True], ids=["hashed", "stored-points"])
+def test_a_set_read_a_part_at_a_time_with_everything_on_disk_gives_the_same_report(
+    synth: Any, keys: tuple[Any, Any], tmp_path: Path, precomputed: bool
+) -> None:
+    """The brand reads its identifiers in parts, and its cell shuffles, token shuffle and
+    ciphertext column go to files (``memory_bytes=0``): the same report, nothing left."""
+    brand, partner = make_pair(
+        synth, keys, parts=5, precomputed=precomputed, spill_dir=tmp_path, memory_bytes=0
+    )
+    transcript = asyncio.run(converse(brand, partner))
+    assert brand.round is AttrRound.DONE and partner.round is AttrRound.DONE
+    assert brand.result is not None
+    report = {
+        "windows": DEFAULT_WINDOWS.as_dict(),
+        "campaigns": [c.model_dump(mode="json") for c in brand.result.campaigns(0)],
+    }
+    assert_reports_equal(report, reference(synth))
+    tokens = [m for _, m in transcript if isinstance(m, ConversionTokens)]
+    assert sum(len(m.points) // 32 for m in tokens) == brand.brand_tokens
+    assert brand.point_count < brand.brand_tokens  # each distinct token blinded once
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_brand_shuffles_its_tokens_on_disk_and_removes_them_when_the_run_ends(
+    synth: Any, keys: tuple[Any, Any], tmp_path: Path
+) -> None:
+    """Stopped at its first conversion tokens, the brand holds them in batch files under
+    its spill directory; closing the run removes them. (Small chunks: more messages than
+    the brand queues ahead of the network.)"""
+    brand, partner = make_pair(
+        synth, keys, parts=3, spill_dir=tmp_path, memory_bytes=0, chunk_size=16
+    )
+
+    async def run() -> dict[str, int]:
+        await converse(brand, partner, stop=lambda m: isinstance(m, ConversionTokens))
+        on_disk = {str(p.relative_to(tmp_path)): p.stat().st_size for p in tmp_path.rglob("*.v")}
+        brand.close()
+        partner.close()
+        return on_disk
+
+    on_disk = asyncio.run(run())
+    assert on_disk and all(name.startswith("shuffle-") for name in on_disk)
+    # Every token is in the batch files: point, anonymous event and lag.
+    assert sum(on_disk.values()) == brand.brand_tokens * (32 + 4 + 1)
+    assert not list(tmp_path.iterdir())
 
 
 def test_stored_points_are_the_hash_of_identifier_and_day(synth: Any) -> None:
@@ -331,7 +405,16 @@ def test_the_real_sequencing_in_process(synth: Any, keys: tuple[Any, Any]) -> No
     # Every cell goes back before the brand's own tokens, then its encrypted values.
     kinds = [k for i, k in enumerate(down) if i == 0 or k != down[i - 1]]
     assert kinds == ["AttrAccepted", "CellValues", "ConversionTokens", "EventValues", "AttrDone"]
-    assert down.count("CellValues") == len(partner.cells)
+    # Each cell goes back whole, once all of it is in, in chunks of at most the brand's
+    # chunk size, one cell after the other.
+    back = [m for side, m in transcript if isinstance(m, CellValues)]
+    width = brand.value_len
+    assert all(len(m.values) // width <= brand.chunk_size for m in back)
+    order = [m.cell for i, m in enumerate(back) if i == 0 or m.cell != back[i - 1].cell]
+    assert sorted(order) == list(range(len(partner.cells)))
+    for cell, tokens in enumerate(partner.cell_tokens):
+        assert sum(len(m.values) // width for m in back if m.cell == cell) == tokens
+    assert len(back) > len(partner.cells)  # some cell took several chunks
     assert down.count("ConversionTokens") > 1 and down.count("EventValues") > 1
     # Chunks are numbered in order and carry what the cells declared.
     seqs = [m.seq for side, m in transcript if isinstance(m, CellTokens)]
@@ -606,21 +689,44 @@ def test_dp_noise_moves_the_report_but_not_far(synth: Any, keys: tuple[Any, Any]
     assert max(diffs) <= 3
 
 
+@pytest.mark.parametrize("memory_bytes", [None, 0], ids=["in-memory", "in-a-file"])
 def test_event_values_encrypted_over_the_pool_decrypt_to_the_values(
-    synth: Any, keys: tuple[Any, Any]
+    synth: Any, keys: tuple[Any, Any], memory_bytes: int | None, monkeypatch: Any
 ) -> None:
-    """The parallel path (key shipped to workers as JSON) encrypts the same values."""
+    """The pool path (key shipped to workers as JSON, several jobs) and the path without a
+    pool encrypt every event's value, in the anonymous order, into a column in memory or
+    in a file; the messages decrypt to the plaintext values."""
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(2) as pool:
-        brand, _ = make_pair(synth, keys, brand_jobs=RunJobs(pool))
-        pooled = brand.event_values(chunk=16)  # > 4 chunks: the pool path
-    here, _ = make_pair(synth, keys)
-    plain = here.event_values(chunk=16)
+    import cleanroom.federated.attribution.brand as brand_module
+    from cleanroom.matching.bulk import FileBytes
+
+    monkeypatch.setattr(brand_module, "EVENT_PART", 16)  # several encryption jobs
     _, sk = keys
-    got = [sk.decrypt(c) for ev in pooled for c in ev.ciphertexts]
-    want = [sk.decrypt(c) for ev in plain for c in ev.ciphertexts]
-    assert got == want and len(got) == brand.data.events
+
+    def decrypted(jobs: RunJobs | None) -> tuple[list[int], list[bytes], Any]:
+        brand, _ = make_pair(synth, keys, brand_jobs=jobs)
+        brand._memory_bytes = memory_bytes
+        column = asyncio.run(brand.encrypt_event_values())
+        assert isinstance(column, FileBytes) is (memory_bytes == 0)
+        messages = list(brand.event_values(column))
+        assert [m.start for m in messages] == list(range(0, brand.data.events, 256))
+        values = [sk.decrypt(c) for m in messages for c in m.ciphertexts]
+        customers = [m.customers for m in messages]
+        data, order = brand.data, brand._event_order
+        want = [round(float(v) * VALUE_SCALE) for v in data.value[order]]
+        assert values == want and len(values) == data.events
+        return values, customers, brand
+
+    with ThreadPoolExecutor(2) as pool:
+        pooled, pooled_customers, _ = decrypted(RunJobs(pool))
+    plain, plain_customers, brand = decrypted(None)
+    assert pooled == plain and pooled_customers == plain_customers  # same seed, same order
+    # The anonymous customer of each event is one number per customer, the same for
+    # every event of that customer.
+    anon = np.frombuffer(b"".join(plain_customers), dtype="<u4")
+    real = brand.data.customer[brand._event_order]
+    assert len(set(zip(anon.tolist(), real.tolist(), strict=True))) == len(set(real.tolist()))
 
 
 def test_groups_below_the_threshold_carry_no_numbers(synth: Any, keys: tuple[Any, Any]) -> None:

@@ -23,14 +23,15 @@ so does the partner's stream ending before its aggregates (``end_of_input``).
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
-from collections.abc import AsyncIterator, Callable
-from typing import Any, Protocol
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from cleanroom.federated.attribution.inputs import BrandConversions
+from cleanroom.federated.attribution.inputs import ConversionIds, ConversionSource
 from cleanroom.federated.attribution.messages import (
     GROUPS,
     VALUE_SCALE,
@@ -51,17 +52,27 @@ from cleanroom.federated.attribution.messages import (
 )
 from cleanroom.federated.attribution.report import DecryptedAggregates, GroupStats
 from cleanroom.federated.attribution.tokens import POINT_CHUNK, LaggedPoints
-from cleanroom.federated.jobs import encrypt_scaled
+from cleanroom.federated.jobs import encrypt_packed
 from cleanroom.federated.paillier import (
     PaillierPrivateKey,
     PaillierPublicKey,
     private_key_to_json,
 )
+from cleanroom.matching.bulk import ByteColumn, ColumnBuffer, FileBytes
 from cleanroom.matching.messages import POINT_LEN
-from cleanroom.matching.session import RoundMachine, comparison_length
+from cleanroom.matching.semijoin import Shuffle
+from cleanroom.matching.session import RoundMachine, comparison_length, in_order
 from cleanroom.matching.workers import RunJobs, blind_and_truncate, hash_and_blind_mixed
 from cleanroom.matching.x25519 import BlindingKey
 from cleanroom.proto.errors import PolicyViolation, ProtocolError
+
+# A conversion token as it waits in its shuffle: point | anonymous event (uint32 LE) | lag.
+TOKEN_ROW = POINT_LEN + 4 + 1
+OUTBOX_AHEAD = 16  # messages queued ahead of the network
+CELL_WINDOW = 8  # re-blinding jobs in flight for the cell being received
+EVENT_PART = 16_384  # events per encryption job (a worker keeps the key's tables)
+
+T = TypeVar("T")
 
 
 def common_id_types(held: tuple[str, ...], declared: tuple[str, ...]) -> tuple[str, ...]:
@@ -132,7 +143,7 @@ class BrandAttribution(RoundMachine[AttrRound]):
         *,
         session_id: str,
         hello: AttrHello,
-        data: BrandConversions,
+        data: ConversionSource,
         public_key: PaillierPublicKey,
         private_key: PaillierPrivateKey,
         dp: DpParams,
@@ -142,6 +153,8 @@ class BrandAttribution(RoundMachine[AttrRound]):
         rng: np.random.Generator | None = None,
         key: BlindingKey | None = None,
         chunk_size: int = 8192,
+        spill_dir: Path | None = None,
+        memory_bytes: int | None = None,
     ) -> None:
         h = hello
         if h.click_days < 0 or h.view_days < 0 or max(h.click_days, h.view_days) > 90:
@@ -155,6 +168,9 @@ class BrandAttribution(RoundMachine[AttrRound]):
         self.rng = rng or np.random.default_rng()
         # Tokens per ConversionTokens message; half as many ciphertexts per EventValues.
         self.chunk_size = chunk_size
+        # Shuffles and the ciphertext column go to files in ``spill_dir`` past this size.
+        self._spill_dir = spill_dir
+        self._memory_bytes = memory_bytes
         # ``conclude`` stores what the run produced and names it (the report id).
         self._conclude = conclude or (lambda _result: session_id)
         self._cells_listener = on_cells
@@ -163,15 +179,17 @@ class BrandAttribution(RoundMachine[AttrRound]):
         self._secret = self._jobs.key((key or BlindingKey.generate()).secret_bytes())
         # Only types both sides hold are tokenized: tokens are domain-separated
         # by type, so any other token could never match.
-        held = data.held_types()
-        self.id_types = common_id_types(held, h.id_types)
-        self.data = data.with_types(self.id_types) if len(self.id_types) < len(held) else data
-        self.brand_tokens = int(len(self.data.id_event) * (self.max_lag + 1))
+        self.id_types = common_id_types(data.held_types(), h.id_types)
+        self.data = data
+        self.brand_tokens = data.identifier_count(self.id_types) * (self.max_lag + 1)
+        self.point_count = 0  # distinct tokens blinded (each once), counted as they are
         self.cells: tuple[Cell, ...] = ()
         self.cell_tokens: tuple[int, ...] = ()
         self.value_len = 0  # known once P's cells are
-        self._received: dict[int, list[bytes]] = {}
+        self._cells_in: dict[int, _CellBack] = {}
         self._received_count: list[int] = []
+        self._token_shuffle: Shuffle | None = None
+        self._ciphertexts: ColumnBuffer | None = None
         self._cells_back = 0
         self._next_seq = 0
         # Anonymous event and customer numbering, fresh per session.
@@ -184,17 +202,6 @@ class BrandAttribution(RoundMachine[AttrRound]):
         # built on (they overlap); numpy generators are not thread-safe.
         self._cell_rng = np.random.default_rng(self.rng.integers(2**63))
         self._every_cell_back = asyncio.Event()
-
-    @functools.cached_property
-    def _lagged(self) -> LaggedPoints:
-        # Built on first use, off the hello's path: the partner waits for the answer.
-        d = self.data
-        return LaggedPoints.of(d.id_type, d.id_digest, d.day[d.id_event], self.max_lag + 1)
-
-    @property
-    def point_count(self) -> int:
-        """Distinct tokens: each is blinded once."""
-        return len(self._lagged.first_item)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -216,6 +223,16 @@ class BrandAttribution(RoundMachine[AttrRound]):
         self.round = AttrRound.CELLS
         self.spawn(self._send_brand_set)
         return self.accepted()
+
+    def close(self) -> None:
+        super().close()
+        for back in self._cells_in.values():
+            back.close()
+        self._cells_in.clear()
+        if self._token_shuffle is not None:
+            self._token_shuffle.close()
+        if self._ciphertexts is not None:
+            self._ciphertexts.abort()
 
     def end_of_input(self) -> None:
         """The partner's stream ended: fine after its aggregates, a failure before."""
@@ -252,7 +269,6 @@ class BrandAttribution(RoundMachine[AttrRound]):
             raise ProtocolError("every cell carries at least one token")
         self.cells, self.cell_tokens = tuple(msg.cells), tuple(msg.cell_tokens)
         self.value_len = comparison_length(sum(self.cell_tokens), self.brand_tokens)
-        self._received = {i: [] for i in range(len(self.cells))}
         self._received_count = [0] * len(self.cells)
         self.round = AttrRound.TOKENS
         if self._cells_listener is not None:
@@ -274,21 +290,33 @@ class BrandAttribution(RoundMachine[AttrRound]):
         if self._received_count[msg.cell] + count > expected:
             raise ProtocolError(f"cell {msg.cell} exceeds its declared {expected} tokens")
         self._next_seq += 1
-        self._received[msg.cell].append(msg.points)
         self._received_count[msg.cell] += count
+        back = self._cells_in.get(msg.cell)
+        if back is None:
+            shuffle = Shuffle(
+                self.value_len,
+                expected,
+                self._cell_rng,
+                memory_bytes=self._memory_bytes,
+                spill_dir=self._spill_dir,
+            )
+            back = self._cells_in[msg.cell] = _CellBack(shuffle)
+        # Re-blinded as the chunks arrive, a few jobs in flight; into the cell's shuffle.
+        job = self._jobs.call(blind_and_truncate, self._secret, msg.points, self.value_len)
+        back.running.append(asyncio.ensure_future(job))
+        while len(back.running) > CELL_WINDOW:
+            back.shuffle.add(await back.running.popleft())
         if self._received_count[msg.cell] < expected:
             return
-        # A whole cell at once, re-blinded over all workers, then shuffled.
-        chunks = self._received.pop(msg.cell)
-        values = await asyncio.gather(
-            *(
-                self._jobs.call(blind_and_truncate, self._secret, pts, self.value_len)
-                for pts in chunks
-            )
-        )
-        arr = np.frombuffer(b"".join(values), dtype=np.uint8)
-        arr = arr.reshape(-1, self.value_len)[self._cell_rng.permutation(expected)]
-        self.put(CellValues(cell=msg.cell, values=arr.tobytes()))
+        # The whole cell is in: it goes back in a uniformly random order, in chunks, so
+        # that P can no longer link a value to a user.
+        while back.running:
+            back.shuffle.add(await back.running.popleft())
+        async for values in _threaded(back.shuffle.chunks(self.chunk_size)):
+            await self.room(OUTBOX_AHEAD)
+            self.put(CellValues(cell=msg.cell, values=values))
+        del self._cells_in[msg.cell]
+        back.close()
         self._cells_back += 1
         if self._cells_back == len(self.cells):
             self._every_cell_back.set()
@@ -338,108 +366,166 @@ class BrandAttribution(RoundMachine[AttrRound]):
     # ------------------------------------------------------------- outgoing
 
     def outgoing(self) -> AsyncIterator[AttrBrandMessage]:
-        """Everything for the partner after ``AttrAccepted``, in order, ending with ``AttrDone``."""
-        return self.drain(AttrDone)
+        """Everything for the partner after ``AttrAccepted``, in order, ending with ``AttrDone``.
+
+        A message is dropped once handed out (a run never resends), so what the brand
+        holds of its outgoing stream is ``OUTBOX_AHEAD`` messages."""
+        return self.drain(AttrDone, forget=True)
 
     async def _send_brand_set(self) -> None:
         """The brand's tokens and encrypted values, once every cell went back.
 
-        Both are built from the start (they do not depend on the partner's);
-        they go out after the cells, so the partner's workers re-blind them
-        once its own tokens are sent.
+        Both are built from the start (they do not depend on the partner's), into a
+        shuffle and a ciphertext column that go to disk for a large set; they go out
+        after the cells, so the partner's workers re-blind them once its own tokens are
+        sent.
         """
-        tokens = asyncio.ensure_future(asyncio.to_thread(self.conversion_tokens))
-        values = asyncio.ensure_future(asyncio.to_thread(self.event_values))
+        self._token_shuffle = Shuffle(
+            TOKEN_ROW,
+            self.brand_tokens,
+            self.rng,
+            memory_bytes=self._memory_bytes,
+            spill_dir=self._spill_dir,
+        )
+        tokens = asyncio.ensure_future(
+            asyncio.to_thread(self.shuffle_conversion_tokens, self._token_shuffle)
+        )
         try:
+            ciphertexts = await self.encrypt_event_values()
+            await tokens
             await self._every_cell_back.wait()
-            for msg in await tokens:
+            async for msg in _threaded(self.conversion_tokens(self._token_shuffle)):
+                await self.room(OUTBOX_AHEAD)
                 self.put(msg)
-            for ev in await values:
+            self._token_shuffle.close()
+            async for ev in _threaded(self.event_values(ciphertexts)):
+                await self.room(OUTBOX_AHEAD)
                 self.put(ev)
+            if isinstance(ciphertexts, FileBytes):
+                ciphertexts.close()
         finally:
-            # A cancelled run's threads end with its jobs cancelled: mark their
-            # outcome as seen.
-            for job in (tokens, values):
-                job.add_done_callback(_retrieve)
+            # A cancelled run's thread ends with its jobs cancelled: mark its outcome
+            # as seen.
+            tokens.add_done_callback(_retrieve)
 
-    def conversion_tokens(self, chunk: int | None = None) -> list[ConversionTokens]:
-        """T(y)^b for every (identifier, lag), shuffled, with event and lag labels.
+    def shuffle_conversion_tokens(self, shuffle: Shuffle) -> None:
+        """T(y)^b for every (identifier, lag), with its anonymous event and lag, into
+        ``shuffle``: one part of the set at a time.
 
-        Each distinct token is blinded once, from its point stored at upload
+        Each distinct token of a part is blinded once, from its point stored at upload
         when there is one (lags below ``PRECOMPUTED_LAGS``), else hashed here.
         """
-        chunk = chunk or self.chunk_size
-        d, lp = self.data, self._lagged
         lags = self.max_lag + 1
-        order = self.rng.permutation(len(d.id_event) * lags)  # flat: identifier * lags + lag
-        tok_id, tok_lag = order // lags, order % lags
-        rep_id, rep_lag = lp.first_item // lags, lp.first_item % lags
-        stored_lags = 0 if d.id_points is None else d.id_points.shape[1]
+        for part in self.data.identifier_parts(self.id_types):
+            if not len(part.event):
+                continue
+            lagged = LaggedPoints.of(part.id_type, part.digest, self.data.day[part.event], lags)
+            blinded = self._blind(part, lagged)
+            self.point_count += len(blinded)
+            rows = np.empty((len(part.event) * lags, TOKEN_ROW), dtype=np.uint8)
+            rows[:, :POINT_LEN] = blinded[lagged.keys.reshape(-1)]
+            anon = np.repeat(self._event_anon[part.event], lags).astype("<u4")
+            rows[:, POINT_LEN:-1] = anon.view(np.uint8).reshape(-1, 4)
+            rows[:, -1] = np.tile(np.arange(lags, dtype=np.uint8), len(part.event))
+            shuffle.add(rows.tobytes())
+
+    def _blind(self, part: ConversionIds, lagged: LaggedPoints) -> np.ndarray:
+        """Every distinct token of ``part`` blinded (uint8 (keys, 32), in key order)."""
+        lags = self.max_lag + 1
+        rep_id, rep_lag = lagged.first_item // lags, lagged.first_item % lags
+        stored_lags = 0 if part.points is None else part.points.shape[1]
         from_store = np.flatnonzero(rep_lag < stored_lags)
-        to_hash = np.flatnonzero(rep_lag >= stored_lags)
         targets: list[np.ndarray] = []
         jobs: list[tuple[Any, ...]] = []
         for start in range(0, len(from_store), POINT_CHUNK):
             sel = from_store[start : start + POINT_CHUNK]
-            assert d.id_points is not None
-            stored = d.id_points[rep_id[sel], rep_lag[sel]].tobytes()
+            assert part.points is not None
+            stored = part.points[rep_id[sel], rep_lag[sel]].tobytes()
             targets.append(sel)
             jobs.append((self._secret, stored, bytes(len(sel)), (None,), POINT_LEN))
-        for part, job in lp.hash_jobs(to_hash):
-            targets.append(part)
+        for keys, job in lagged.hash_jobs(np.flatnonzero(rep_lag >= stored_lags)):
+            targets.append(keys)
             jobs.append((self._secret, *job))
-        blinded = np.empty((self.point_count, POINT_LEN), dtype=np.uint8)
+        blinded = np.empty((len(lagged.first_item), POINT_LEN), dtype=np.uint8)
         for sel, out in zip(targets, self._jobs.run_many(hash_and_blind_mixed, jobs), strict=True):
             blinded[sel] = np.frombuffer(out, dtype=np.uint8).reshape(-1, POINT_LEN)
-        points = blinded[lp.keys.reshape(-1)[order]]
-        anon = self._event_anon[d.id_event[tok_id]].astype("<u4")
-        lag8 = tok_lag.astype(np.uint8)
-        return [
-            ConversionTokens(
-                seq=i,
-                points=points[s : s + chunk].tobytes(),
-                events=anon[s : s + chunk].tobytes(),
-                lags=lag8[s : s + chunk].tobytes(),
-            )
-            for i, s in enumerate(range(0, len(order), chunk))
-        ]
+        return blinded
 
-    def event_values(self, chunk: int | None = None) -> list[EventValues]:
-        """Per anonymous event: anonymous customer and Enc(clipped scaled value)."""
-        chunk = chunk or max(1, self.chunk_size // 2)
-        d = self.data
-        order = self._event_order
-        customers = self._customer_anon[d.customer[order]].astype("<u4")
-        clipped = np.minimum(
-            d.value[order], self.dp.value_cap if self.dp.mechanism != "off" else np.inf
-        )
-        scaled = [round(float(v) * VALUE_SCALE) for v in clipped]
-        if self._jobs.parallel:
-            # Spread the encryptions over the workers in a few large parts (each
-            # worker builds its fixed-base table once per part); a small set too, in
-            # one part: big-integer work here would hold the GIL the node's event
-            # loop needs.
-            key = self._jobs.key(json.dumps(private_key_to_json(self.private_key)))
-            step = max(1, -(-len(scaled) // (4 if len(scaled) > 4 * chunk else 1)))
-            bits = self.public_key.n.bit_length()
-            jobs: list[tuple[Any, ...]] = [
-                (key, bits, scaled[i : i + step]) for i in range(0, len(scaled), step)
-            ]
-            encrypted = [c for part in self._jobs.run_many(encrypt_scaled, jobs) for c in part]
-        else:
-            encrypted = self.private_key.encrypt_many(scaled)
-        out = []
-        for i, start in enumerate(range(0, len(order), chunk)):
-            cts = encrypted[start : start + chunk]
-            out.append(
-                EventValues(
-                    seq=i,
-                    start=start,
-                    customers=customers[start : start + chunk].tobytes(),
-                    ciphertexts=tuple(cts),
-                )
+    def conversion_tokens(self, shuffle: Shuffle) -> Iterator[ConversionTokens]:
+        """The shuffled tokens as messages of ``chunk_size`` tokens."""
+        for seq, packed in enumerate(shuffle.chunks(self.chunk_size)):
+            rows = np.frombuffer(packed, dtype=np.uint8).reshape(-1, TOKEN_ROW)
+            yield ConversionTokens(
+                seq=seq,
+                points=rows[:, :POINT_LEN].tobytes(),
+                events=rows[:, POINT_LEN:-1].tobytes(),
+                lags=rows[:, -1].tobytes(),
             )
-        return out
+
+    async def encrypt_event_values(self) -> ByteColumn:
+        """Enc(clipped scaled value) of every event, in anonymous order, packed fixed-width
+        (``ciphertext_bytes`` each) in a column that is a file for a large set.
+
+        Spread over the workers ``EVENT_PART`` events a job, a few jobs in flight: the
+        node never holds the set's ciphertexts, nor the big-integer work that would hold
+        the GIL its event loop needs."""
+        width = self.public_key.ciphertext_bytes
+        self._ciphertexts = ColumnBuffer(
+            self.data.events * width, spill_dir=self._spill_dir, memory_bytes=self._memory_bytes
+        )
+        key = self._jobs.key(json.dumps(private_key_to_json(self.private_key)))
+        bits = self.public_key.n.bit_length()
+        cap = self.dp.value_cap if self.dp.mechanism != "off" else np.inf
+
+        def jobs() -> Iterator[tuple[Any, ...]]:
+            for start in range(0, self.data.events, EVENT_PART):
+                events = self._event_order[start : start + EVENT_PART]
+                clipped = np.minimum(self.data.value[events], cap)
+                yield (key, bits, [round(float(v) * VALUE_SCALE) for v in clipped])
+
+        offset = 0
+        async for packed in in_order(self._jobs, encrypt_packed, jobs()):
+            self._ciphertexts.write_at(offset, packed)
+            offset += len(packed)
+        column, self._ciphertexts = self._ciphertexts.finish(), None
+        return column
+
+    def event_values(self, ciphertexts: ByteColumn) -> Iterator[EventValues]:
+        """Per anonymous event, ``chunk_size / 2`` a message: anonymous customer, Enc(value)."""
+        chunk = max(1, self.chunk_size // 2)
+        width = self.public_key.ciphertext_bytes
+        customers = self._customer_anon
+        for seq, start in enumerate(range(0, self.data.events, chunk)):
+            events = self._event_order[start : start + chunk]
+            packed = ciphertexts[start * width : (start + len(events)) * width]
+            yield EventValues(
+                seq=seq,
+                start=start,
+                customers=customers[self.data.customer[events]].astype("<u4").tobytes(),
+                ciphertexts=tuple(
+                    int.from_bytes(packed[i : i + width], "big")
+                    for i in range(0, len(packed), width)
+                ),
+            )
+
+
+class _CellBack:
+    """A partner cell being received: its re-blinding jobs in flight, and its shuffle."""
+
+    def __init__(self, shuffle: Shuffle) -> None:
+        self.shuffle = shuffle
+        self.running: deque[asyncio.Future[bytes]] = deque()
+
+    def close(self) -> None:
+        for job in self.running:
+            job.cancel()
+        self.shuffle.close()
+
+
+async def _threaded(items: Iterator[T]) -> AsyncIterator[T]:
+    """Each of ``items``, read on a thread (a shuffle or a column may read files)."""
+    while (item := await asyncio.to_thread(next, items, None)) is not None:
+        yield item
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:

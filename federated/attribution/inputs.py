@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import numpy as np
 import pandas as pd
@@ -350,9 +350,48 @@ def read_spend(path: Path | str) -> dict[str, float]:
 # --------------------------------------------------------------------------- protocol inputs
 
 
+@dataclass(frozen=True)
+class ConversionIds:
+    """Some of a conversion set's identifiers: per identifier its event, type, digest and
+    the points stored at upload (uint8 (k, lags, 32), or None: every point is hashed)."""
+
+    event: np.ndarray  # int64 per identifier: which event
+    id_type: np.ndarray  # object/str per identifier
+    digest: np.ndarray  # uint8 (k, 32)
+    points: np.ndarray | None = None
+
+
+class ConversionSource(Protocol):
+    """What a run reads of a conversion set: the events whole (customer, day, value: 24
+    bytes an event), the identifiers a part at a time, so a run never holds them all.
+
+    A part holds every identifier of some digests (the stored set's partitions), so each
+    distinct token is blinded once; the parts together hold every identifier once."""
+
+    customer: np.ndarray  # int64 per event (dense customer number)
+    day: np.ndarray  # int64 per event (days since 1970-01-01 UTC)
+    value: np.ndarray  # float64 per event
+
+    @property
+    def events(self) -> int: ...
+
+    def held_types(self) -> tuple[str, ...]:
+        """The identifier types the set holds, sorted."""
+        ...
+
+    def identifier_count(self, id_types: tuple[str, ...]) -> int:
+        """How many identifiers of ``id_types`` the set holds."""
+        ...
+
+    def identifier_parts(self, id_types: tuple[str, ...]) -> Iterator[ConversionIds]:
+        """The identifiers of ``id_types``, a part at a time."""
+        ...
+
+
 @dataclass
 class BrandConversions:
-    """The brand's conversion set: per event and per (event, identifier)."""
+    """A conversion set in memory (parsed here, or stored by an earlier release): per
+    event and per (event, identifier); its identifiers are one part."""
 
     customer: np.ndarray  # int64 per event (dense customer number)
     day: np.ndarray  # int64 per event (days since 1970-01-01 UTC)
@@ -371,17 +410,16 @@ class BrandConversions:
     def held_types(self) -> tuple[str, ...]:
         return tuple(types_kept(self.id_type, ())[1])
 
-    def with_types(self, id_types: tuple[str, ...]) -> BrandConversions:
-        """The same events with only the identifiers of ``id_types``."""
+    def identifier_count(self, id_types: tuple[str, ...]) -> int:
+        return int(types_kept(self.id_type, id_types)[2].sum())
+
+    def identifier_parts(self, id_types: tuple[str, ...]) -> Iterator[ConversionIds]:
         keep = types_kept(self.id_type, id_types)[2]
-        return BrandConversions(
-            customer=self.customer,
-            day=self.day,
-            value=self.value,
-            id_event=self.id_event[keep],
+        yield ConversionIds(
+            event=self.id_event[keep],
             id_type=self.id_type[keep],
-            id_digest=self.id_digest[keep],
-            id_points=None if self.id_points is None else self.id_points[keep],
+            digest=self.id_digest[keep],
+            points=None if self.id_points is None else self.id_points[keep],
         )
 
 

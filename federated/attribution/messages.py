@@ -118,7 +118,8 @@ class CellTokens:
 
 @dataclass(frozen=True, slots=True)
 class CellValues:
-    """B -> P: one whole cell, re-blinded and shuffled, truncated."""
+    """B -> P: values of one cell, re-blinded, truncated; sent once the whole cell is in,
+    shuffled, in as many chunks as it takes (they add up to the cell's declared tokens)."""
 
     cell: int
     values: bytes = field(repr=False)

@@ -141,7 +141,9 @@ class PartnerAttribution(RoundMachine[AttrRound]):
         self.point_count = 0
         self.value_len = 0
         self.cell_tokens: tuple[int, ...] = ()
-        self._cell_values: dict[int, np.ndarray] = {}
+        self._cell_values: dict[int, list[np.ndarray]] = {}  # chunks as they came
+        self._cell_received: list[int] = []
+        self._cells_complete = 0
         self._brand_values: list[Any] = []  # futures of re-blinded values
         self._brand_events: list[np.ndarray] = []
         self._brand_lags: list[np.ndarray] = []
@@ -348,6 +350,7 @@ class PartnerAttribution(RoundMachine[AttrRound]):
         self._dsts = [day_dst(t) for t in type_names]
         self.point_count = len(first)
         self.cell_tokens = tuple(int(n) for n in counts[counts > 0])
+        self._cell_received = [0] * len(self.cells)
         self.value_len = comparison_length(sum(self.cell_tokens), self.accepted.brand_tokens)
         self.round = AttrRound.TOKENS
         return AttrCells(cells=self.cells, cell_tokens=self.cell_tokens)
@@ -384,7 +387,7 @@ class PartnerAttribution(RoundMachine[AttrRound]):
         a = self.accepted
         return (
             a is not None
-            and len(self._cell_values) == len(self.cells)
+            and self._cells_complete == len(self.cells)
             and sum(len(e) for e in self._brand_events) == a.brand_tokens
             and self._events_received == a.events
         )
@@ -393,12 +396,18 @@ class PartnerAttribution(RoundMachine[AttrRound]):
         if self.round is not AttrRound.TOKENS:
             raise ProtocolError(f"cell values arrived in round {self.round}")
         assert self.accepted is not None
-        if msg.cell in self._cell_values or not 0 <= msg.cell < len(self.cells):
-            raise ProtocolError(f"unexpected values for cell {msg.cell}")
+        if not 0 <= msg.cell < len(self.cells):
+            raise ProtocolError(f"values for unknown cell {msg.cell}")
+        if not msg.values or len(msg.values) % self.value_len:
+            raise ProtocolError(f"values for cell {msg.cell} are not {self.value_len}-byte values")
         arr = np.frombuffer(msg.values, dtype=f"S{self.value_len}")
-        if len(arr) != self.cell_tokens[msg.cell]:
-            raise ProtocolError(f"cell {msg.cell} came back with {len(arr)} values")
-        self._cell_values[msg.cell] = arr
+        received = self._cell_received[msg.cell] + len(arr)
+        expected = self.cell_tokens[msg.cell]
+        if received > expected:
+            raise ProtocolError(f"cell {msg.cell} came back with more than its {expected} values")
+        self._cell_values.setdefault(msg.cell, []).append(arr)
+        self._cell_received[msg.cell] = received
+        self._cells_complete += received == expected
 
     def _on_conversion_tokens(self, msg: ConversionTokens) -> None:
         if self.round is not AttrRound.TOKENS:
@@ -436,7 +445,7 @@ class PartnerAttribution(RoundMachine[AttrRound]):
     def aggregates(self) -> AttrAggregates:
         """Intersect, apply windows and last touch, sum homomorphically, add noise."""
         assert self.accepted is not None and self._event_customer is not None
-        if len(self._cell_values) != len(self.cells):
+        if self._cells_complete != len(self.cells):
             raise ProtocolError("not every cell came back from the brand")
         reblinded = [f.result() for f in self._brand_values]
         brand = np.frombuffer(b"".join(reblinded), dtype=f"S{self.value_len}")
@@ -504,8 +513,8 @@ class PartnerAttribution(RoundMachine[AttrRound]):
         One join of the brand's values against every cell's (see
         :func:`equal_pairs`).
         """
-        sizes = [len(self._cell_values[ci]) for ci in range(len(self.cells))]
-        values = np.concatenate([self._cell_values[ci] for ci in range(len(self.cells))])
+        sizes = list(self.cell_tokens)
+        values = np.concatenate([v for ci in range(len(self.cells)) for v in self._cell_values[ci]])
         value_cell = np.repeat(np.arange(len(self.cells), dtype=np.int64), sizes)
         found, token = equal_pairs(values, brand)
         cell = value_cell[found]
