@@ -48,6 +48,7 @@ from cleanroom.federated.attribution.synth import synthesize_attribution
 from cleanroom.federated.attribution.tokens import (
     PRECOMPUTED_LAGS,
     LaggedPoints,
+    TokenJoin,
     day_dst,
     distinct_keys,
     equal_pairs,
@@ -107,6 +108,7 @@ def make_pair(
     precomputed: bool = False,
     brand_jobs: RunJobs | None = None,
     parts: int = 1,
+    partner_options: dict[str, Any] | None = None,
     **brand_options: Any,
 ) -> tuple[BrandAttribution, PartnerAttribution]:
     expo = parse_exposures(
@@ -123,6 +125,7 @@ def make_pair(
         rng=np.random.default_rng(seed),
         min_key_bits=1024,
         chunk_size=256,  # several chunks per cell
+        **(partner_options or {}),
     )
     data = brand_data(synth)
     if precomputed:  # as the brand node stores them at upload
@@ -246,9 +249,21 @@ def test_a_set_read_a_part_at_a_time_with_everything_on_disk_gives_the_same_repo
     synth: Any, keys: tuple[Any, Any], tmp_path: Path, precomputed: bool
 ) -> None:
     """The brand reads its identifiers in parts, and its cell shuffles, token shuffle and
-    ciphertext column go to files (``memory_bytes=0``): the same report, nothing left."""
+    ciphertext column go to files (``memory_bytes=0``), as do the partner's join buckets
+    and ciphertext column: the same report, nothing left."""
+    partner_dir = tmp_path / "partner"
     brand, partner = make_pair(
-        synth, keys, parts=5, precomputed=precomputed, spill_dir=tmp_path, memory_bytes=0
+        synth,
+        keys,
+        parts=5,
+        precomputed=precomputed,
+        spill_dir=tmp_path / "brand",
+        memory_bytes=0,
+        partner_options={"spill_dir": partner_dir, "memory_bytes": 0},
+    )
+    seen: list[bool] = []
+    partner.progress.listeners.append(
+        lambda p: seen.append(partner._join is not None and partner._join.on_disk)
     )
     transcript = asyncio.run(converse(brand, partner))
     assert brand.round is AttrRound.DONE and partner.round is AttrRound.DONE
@@ -261,6 +276,44 @@ def test_a_set_read_a_part_at_a_time_with_everything_on_disk_gives_the_same_repo
     tokens = [m for _, m in transcript if isinstance(m, ConversionTokens)]
     assert sum(len(m.points) // 32 for m in tokens) == brand.brand_tokens
     assert brand.point_count < brand.brand_tokens  # each distinct token blinded once
+    assert any(seen)  # the partner's buckets were files
+    assert not list(tmp_path.rglob("*.v")) and not list(partner_dir.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("memory_bytes", "bits"), [(None, None), (0, None), (0, 3)], ids=["memory", "file", "files"]
+)
+def test_the_partners_token_join_finds_every_equal_pair_within_its_window(
+    tmp_path: Path, memory_bytes: int | None, bits: int | None
+) -> None:
+    """Bucketed, in memory or in files, the join finds exactly the pairs a plaintext join
+    of every value finds, with the cell's window applied."""
+    rng = np.random.default_rng(3)
+    width, cells = 10, 4
+    pool = rng.integers(0, 256, (300, width), dtype=np.uint8)  # values both sides draw from
+    cell_of = rng.integers(0, cells, 900)
+    cell_values = pool[rng.integers(0, len(pool), 900)]
+    brand_values = pool[rng.integers(0, len(pool), 2000)]
+    events = rng.integers(0, 500, 2000).astype("<u4")
+    lags = rng.integers(0, 8, 2000).astype(np.uint8)
+    window = np.array([0, 2, 7, 3], dtype=np.int64)
+    join = TokenJoin(width, 900, 2000, spill_dir=tmp_path, memory_bytes=memory_bytes, bits=bits)
+    assert join.cells.buckets == 2 ** (bits or 0)
+    for cell in range(cells):
+        join.add_cell(cell, cell_values[cell_of == cell].tobytes())
+    for start in range(0, 2000, 300):
+        part = slice(start, start + 300)
+        join.add_brand(brand_values[part].tobytes(), events[part].tobytes(), lags[part].tobytes())
+    assert join.on_disk is (memory_bytes == 0)
+    got = sorted(zip(*(a.tolist() for a in join.matches(window)), strict=True))
+    want = sorted(
+        (int(events[j]), int(cell_of[i]), int(lags[j]))
+        for i in range(900)
+        for j in range(2000)
+        if bytes(cell_values[i]) == bytes(brand_values[j]) and lags[j] <= window[cell_of[i]]
+    )
+    assert got == want and len(want) > 100
+    join.close()
     assert not list(tmp_path.iterdir())
 
 

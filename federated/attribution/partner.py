@@ -28,6 +28,7 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -55,13 +56,14 @@ from cleanroom.federated.attribution.noise import Noise, family_dp
 from cleanroom.federated.attribution.tokens import (
     POINT_CHUNK,
     TOKEN_MSG_LEN,
+    TokenJoin,
     day_dst,
     distinct_keys,
-    equal_pairs,
     token_messages,
     types_kept,
 )
 from cleanroom.federated.paillier import MIN_KEY_BITS, PaillierPublicKey
+from cleanroom.matching.bulk import ByteColumn, ColumnBuffer, FileBytes
 from cleanroom.matching.messages import POINT_LEN
 from cleanroom.matching.session import Progress, RoundMachine, comparison_length
 from cleanroom.matching.workers import RunJobs, blind_and_truncate, hash_and_blind_mixed
@@ -69,6 +71,8 @@ from cleanroom.matching.x25519 import BlindingKey
 from cleanroom.proto.errors import ProtocolError
 
 _log = logging.getLogger(__name__)
+
+BRAND_WINDOW = 8  # the brand's token chunks being re-blinded at once
 
 
 class Phase:
@@ -117,6 +121,8 @@ class PartnerAttribution(RoundMachine[AttrRound]):
         min_key_bits: int = MIN_KEY_BITS,
         chunk_size: int = 8192,
         ahead: int = 8,
+        spill_dir: Path | None = None,
+        memory_bytes: int | None = None,
     ) -> None:
         super().__init__(AttrRound.HELLO, jobs)
         self.conversions = conversions
@@ -141,14 +147,18 @@ class PartnerAttribution(RoundMachine[AttrRound]):
         self.point_count = 0
         self.value_len = 0
         self.cell_tokens: tuple[int, ...] = ()
-        self._cell_values: dict[int, list[np.ndarray]] = {}  # chunks as they came
+        # The join's buckets and the ciphertext column go to files in ``spill_dir`` past
+        # this size.
+        self._spill_dir = spill_dir
+        self._memory_bytes = memory_bytes
+        self._join: TokenJoin | None = None  # the cells' values and the brand's tokens
         self._cell_received: list[int] = []
         self._cells_complete = 0
-        self._brand_values: list[Any] = []  # futures of re-blinded values
-        self._brand_events: list[np.ndarray] = []
-        self._brand_lags: list[np.ndarray] = []
+        self._brand_running: deque[tuple[asyncio.Future[bytes], bytes, bytes]] = deque()
+        self._brand_count = 0  # brand tokens received
         self._event_customer: np.ndarray | None = None
-        self._event_ct: list[int] = []
+        self._event_ct: ColumnBuffer | None = None  # packed, fixed-width, by anonymous event
+        self._ciphertexts: ByteColumn = b""  # the same, once every one arrived
         self._events_received = 0
         self._cells_out: AttrCells | None = None
         self._aggregates_out: AttrAggregates | None = None
@@ -175,6 +185,13 @@ class PartnerAttribution(RoundMachine[AttrRound]):
         super().close()
         if self._stream is not None:
             self._stream.cancel()
+        for job, _, _ in self._brand_running:
+            job.cancel()
+        self._brand_running.clear()
+        if self._join is not None:
+            self._join.close()
+        if self._event_ct is not None:
+            self._event_ct.abort()
 
     # ------------------------------------------------------------- incoming
 
@@ -192,7 +209,7 @@ class PartnerAttribution(RoundMachine[AttrRound]):
         elif isinstance(msg, CellValues):
             self._on_cell_values(msg)
         elif isinstance(msg, ConversionTokens):
-            self._on_conversion_tokens(msg)
+            await self._on_conversion_tokens(msg)
             received = self.progress.brand_received + len(msg.points) // POINT_LEN
             self.progress.update(brand_received=received)
         elif isinstance(msg, EventValues):
@@ -222,7 +239,11 @@ class PartnerAttribution(RoundMachine[AttrRound]):
             )
         self.accepted = msg
         self.public_key = PaillierPublicKey(msg.public_key_n, min_bits=self.min_key_bits)
-        self._event_ct = [0] * msg.events
+        self._event_ct = ColumnBuffer(
+            msg.events * self.public_key.ciphertext_bytes,
+            spill_dir=self._spill_dir,
+            memory_bytes=self._memory_bytes,
+        )
         self._event_customer = np.full(msg.events, -1, dtype=np.int64)
         self.round = AttrRound.CELLS
         self.progress.update(phase=Phase.HASHING, brand_total=msg.brand_tokens)
@@ -259,6 +280,7 @@ class PartnerAttribution(RoundMachine[AttrRound]):
     async def _sum(self) -> None:
         _log.info("attribution: everything arrived, computing the aggregates")
         self.progress.update(phase=Phase.SUMMING)
+        await self._brand_tokens_in(0)
         aggregates = await asyncio.to_thread(self.aggregates)
         self._aggregates_out = aggregates
         self._signal.notify()
@@ -352,6 +374,13 @@ class PartnerAttribution(RoundMachine[AttrRound]):
         self.cell_tokens = tuple(int(n) for n in counts[counts > 0])
         self._cell_received = [0] * len(self.cells)
         self.value_len = comparison_length(sum(self.cell_tokens), self.accepted.brand_tokens)
+        self._join = TokenJoin(
+            self.value_len,
+            sum(self.cell_tokens),
+            self.accepted.brand_tokens,
+            spill_dir=self._spill_dir,
+            memory_bytes=self._memory_bytes,
+        )
         self.round = AttrRound.TOKENS
         return AttrCells(cells=self.cells, cell_tokens=self.cell_tokens)
 
@@ -388,7 +417,7 @@ class PartnerAttribution(RoundMachine[AttrRound]):
         return (
             a is not None
             and self._cells_complete == len(self.cells)
-            and sum(len(e) for e in self._brand_events) == a.brand_tokens
+            and self._brand_count == a.brand_tokens
             and self._events_received == a.events
         )
 
@@ -405,27 +434,40 @@ class PartnerAttribution(RoundMachine[AttrRound]):
         expected = self.cell_tokens[msg.cell]
         if received > expected:
             raise ProtocolError(f"cell {msg.cell} came back with more than its {expected} values")
-        self._cell_values.setdefault(msg.cell, []).append(arr)
+        assert self._join is not None
+        self._join.add_cell(msg.cell, msg.values)
         self._cell_received[msg.cell] = received
         self._cells_complete += received == expected
 
-    def _on_conversion_tokens(self, msg: ConversionTokens) -> None:
+    async def _on_conversion_tokens(self, msg: ConversionTokens) -> None:
         if self.round is not AttrRound.TOKENS:
             raise ProtocolError(f"conversion tokens arrived in round {self.round}")
         assert self.accepted is not None
         n = len(msg.points) // POINT_LEN
-        events = np.frombuffer(msg.events, dtype="<u4").astype(np.int64)
-        lags = np.frombuffer(msg.lags, dtype=np.uint8).astype(np.int64)
-        if len(events) != n or len(lags) != n or n == 0:
+        events = np.frombuffer(msg.events, dtype="<u4")
+        lags = np.frombuffer(msg.lags, dtype=np.uint8)
+        if len(events) != n or len(lags) != n or n == 0 or len(msg.points) % POINT_LEN:
             raise ProtocolError(f"conversion chunk {msg.seq} is inconsistent")
         if events.max() >= self.accepted.events or lags.max() > self.accepted.max_lag:
             raise ProtocolError(f"conversion chunk {msg.seq} names unknown events or lags")
-        # Re-blinded as they arrive (in the pool, while more stream in).
-        self._brand_values.append(
-            self._jobs.submit(blind_and_truncate, self._secret, msg.points, self.value_len)
-        )
-        self._brand_events.append(events)
-        self._brand_lags.append(lags)
+        if self._brand_count + n > self.accepted.brand_tokens:
+            raise ProtocolError(
+                f"more conversion tokens than the {self.accepted.brand_tokens} announced"
+            )
+        self._brand_count += n
+        # Re-blinded as they arrive (in the pool, a few chunks in flight), then bucketed.
+        job = self._jobs.call(blind_and_truncate, self._secret, msg.points, self.value_len)
+        self._brand_running.append((asyncio.ensure_future(job), msg.events, msg.lags))
+        await self._brand_tokens_in(BRAND_WINDOW)
+
+    async def _brand_tokens_in(self, running: int) -> None:
+        """Bucket the re-blinded brand chunks until at most ``running`` are in flight."""
+        assert self._join is not None
+        while len(self._brand_running) > running:
+            job, events, lags = self._brand_running[0]
+            values = await job
+            self._brand_running.popleft()
+            self._join.add_brand(values, events, lags)
 
     def _on_event_values(self, msg: EventValues) -> None:
         if self.round is not AttrRound.TOKENS:
@@ -437,9 +479,12 @@ class PartnerAttribution(RoundMachine[AttrRound]):
             or msg.start + len(customers) > self.accepted.events
         ):
             raise ProtocolError(f"event values chunk {msg.seq} is inconsistent")
-        cts = self._paillier().validate_many(msg.ciphertexts)
+        pk = self._paillier()
+        cts = pk.validate_many(msg.ciphertexts)
+        assert self._event_ct is not None
+        width = pk.ciphertext_bytes
+        self._event_ct.write_at(msg.start * width, b"".join(c.to_bytes(width, "big") for c in cts))
         self._event_customer[msg.start : msg.start + len(customers)] = customers
-        self._event_ct[msg.start : msg.start + len(cts)] = cts
         self._events_received += len(cts)
 
     def aggregates(self) -> AttrAggregates:
@@ -447,13 +492,15 @@ class PartnerAttribution(RoundMachine[AttrRound]):
         assert self.accepted is not None and self._event_customer is not None
         if self._cells_complete != len(self.cells):
             raise ProtocolError("not every cell came back from the brand")
-        reblinded = [f.result() for f in self._brand_values]
-        brand = np.frombuffer(b"".join(reblinded), dtype=f"S{self.value_len}")
-        events = np.concatenate(self._brand_events) if self._brand_events else np.empty(0, np.int64)
-        lags = np.concatenate(self._brand_lags) if self._brand_lags else np.empty(0, np.int64)
-        if len(brand) != self.accepted.brand_tokens:
+        if self._brand_count != self.accepted.brand_tokens or self._brand_running:
             raise ProtocolError("not every conversion token arrived")
-        match_event, match_cell, match_lag = self._matches(brand, events, lags)
+        assert self._join is not None and self._event_ct is not None
+        window = {"click": self.click_days, "view": self.view_days}
+        cell_window = np.array([window[c.touch] for c in self.cells], dtype=np.int64)
+        match_event, match_cell, match_lag = self._join.matches(cell_window)
+        self._join.close()
+        self._ciphertexts = self._event_ct.finish()
+        self._event_ct = None
         dp = family_dp(self.accepted.dp)
         noise = Noise(dp, self.rng)
         groups: list[GroupAggregate] = []
@@ -486,6 +533,8 @@ class PartnerAttribution(RoundMachine[AttrRound]):
                     revenue=self._noisy_sum(evs, noise),
                 )
             )
+        if isinstance(self._ciphertexts, FileBytes):
+            self._ciphertexts.close()
         self.round = AttrRound.RESULT
         return AttrAggregates(
             groups=tuple(groups),
@@ -502,26 +551,11 @@ class PartnerAttribution(RoundMachine[AttrRound]):
         events' ciphertexts were validated when they arrived.
         """
         pk = self._paillier()
-        total = pk.raw_add_many([self._event_ct[int(e)] for e in events])
+        column, width = self._ciphertexts, pk.ciphertext_bytes
+        total = pk.raw_add_many(
+            int.from_bytes(column[int(e) * width : (int(e) + 1) * width], "big") for e in events
+        )
         return pk.add(total, pk.encrypt(noise.amount()))
-
-    def _matches(
-        self, brand: np.ndarray, events: np.ndarray, lags: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(event, cell, lag) of every brand token found in a cell, within that cell's window.
-
-        One join of the brand's values against every cell's (see
-        :func:`equal_pairs`).
-        """
-        sizes = list(self.cell_tokens)
-        values = np.concatenate([v for ci in range(len(self.cells)) for v in self._cell_values[ci]])
-        value_cell = np.repeat(np.arange(len(self.cells), dtype=np.int64), sizes)
-        found, token = equal_pairs(values, brand)
-        cell = value_cell[found]
-        window = {"click": self.click_days, "view": self.view_days}
-        cell_window = np.array([window[c.touch] for c in self.cells], dtype=np.int64)
-        ok = lags[token] <= cell_window[cell]
-        return events[token[ok]], cell[ok], lags[token[ok]]
 
     def _last_touch(
         self, event: np.ndarray, cell: np.ndarray, lag: np.ndarray

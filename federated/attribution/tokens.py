@@ -7,8 +7,10 @@ joins on truncated double-blinded values.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,6 +18,7 @@ import pandas as pd
 
 from cleanroom.audiences.upload import DIGEST_LEN
 from cleanroom.matching.messages import POINT_LEN
+from cleanroom.matching.semijoin import MEMORY_BYTES, Buckets, bucket_bits, spill_directory
 from cleanroom.matching.workers import dst_for
 
 TOKEN_MSG_LEN = DIGEST_LEN + 4  # digest || day (uint32, big-endian)
@@ -207,3 +210,92 @@ def equal_pairs(left: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.nda
     i = order[np.repeat(lo, counts) + np.arange(len(j), dtype=np.int64) - run_start]
     same = np.all(lbytes[i, 8:] == rbytes[j, 8:], axis=1)
     return i[same].astype(np.int64), j[same]
+
+
+class TokenJoin:
+    """The partner's side of the intersection: its cells' values (re-blinded by the brand)
+    and the brand's tokens (re-blinded here), each row kept with its labels, in buckets of
+    the value's leading bits, in memory for a small run and in files past
+    ``memory_bytes`` (default ``semijoin.MEMORY_BYTES``) a side.
+
+    ``matches`` then joins one bucket pair at a time: equal values always share a bucket,
+    so no process holds either side whole. Bucketing by a prefix of a value the partner
+    holds tells it nothing new."""
+
+    def __init__(
+        self,
+        value_len: int,
+        cell_tokens: int,
+        brand_tokens: int,
+        *,
+        spill_dir: Path | None = None,
+        memory_bytes: int | None = None,
+        bits: int | None = None,
+    ) -> None:
+        """``bits``: 2^bits buckets, instead of buckets sized by the token counts."""
+        self.value_len = value_len
+        self.cell_row = value_len + 4  # value | cell (uint32 LE)
+        self.brand_row = value_len + 5  # value | anonymous event (uint32 LE) | lag
+        biggest = max(cell_tokens * self.cell_row, brand_tokens * self.brand_row)
+        if bits is None:
+            bits = bucket_bits(max(cell_tokens, brand_tokens), self.brand_row)
+        limit = MEMORY_BYTES if memory_bytes is None else memory_bytes
+        self._dir: Path | None = None
+        if biggest < limit:
+            self.cells = Buckets.in_memory(self.cell_row, positioned=False, bits=bits)
+            self.brand = Buckets.in_memory(self.brand_row, positioned=False, bits=bits)
+        else:
+            self._dir = spill_directory(spill_dir, "attribution-")
+            self.cells = Buckets(self.cell_row, bits, self._dir, positioned=False, name="cells")
+            self.brand = Buckets(self.brand_row, bits, self._dir, positioned=False, name="brand")
+
+    @property
+    def on_disk(self) -> bool:
+        return self._dir is not None
+
+    def add_cell(self, cell: int, values: bytes) -> None:
+        rows = np.empty((len(values) // self.value_len, self.cell_row), dtype=np.uint8)
+        rows[:, : self.value_len] = np.frombuffer(values, dtype=np.uint8).reshape(len(rows), -1)
+        rows[:, self.value_len :] = np.array([cell], dtype="<u4").view(np.uint8)
+        self.cells.add(rows.tobytes())
+
+    def add_brand(self, values: bytes, events: bytes, lags: bytes) -> None:
+        """Re-blinded brand tokens with their anonymous events (uint32 LE) and lags."""
+        rows = np.empty((len(values) // self.value_len, self.brand_row), dtype=np.uint8)
+        rows[:, : self.value_len] = np.frombuffer(values, dtype=np.uint8).reshape(len(rows), -1)
+        rows[:, self.value_len : -1] = np.frombuffer(events, dtype=np.uint8).reshape(-1, 4)
+        rows[:, -1] = np.frombuffer(lags, dtype=np.uint8)
+        self.brand.add(rows.tobytes())
+
+    def matches(self, cell_window: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(event, cell, lag) of every brand token found in a cell with its lag within
+        ``cell_window[cell]`` days, bucket by bucket (int64 arrays, in no set order)."""
+        self.cells.close()
+        self.brand.close()
+        found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        width = self.value_len
+        for b in range(self.cells.buckets):
+            ours = np.frombuffer(self.cells.bucket(b)[0], dtype=np.uint8).reshape(-1, self.cell_row)
+            theirs = self.brand.bucket(b)[0]
+            if not len(ours) or not theirs:
+                continue
+            brand = np.frombuffer(theirs, dtype=np.uint8).reshape(-1, self.brand_row)
+            i, j = equal_pairs(
+                np.ascontiguousarray(ours[:, :width]).view(f"S{width}").ravel(),
+                np.ascontiguousarray(brand[:, :width]).view(f"S{width}").ravel(),
+            )
+            cell = np.ascontiguousarray(ours[i, width:]).view("<u4").ravel().astype(np.int64)
+            event = np.ascontiguousarray(brand[j, width:-1]).view("<u4").ravel().astype(np.int64)
+            lag = brand[j, -1].astype(np.int64)
+            ok = lag <= cell_window[cell]
+            found.append((event[ok], cell[ok], lag[ok]))
+        if not found:
+            empty = np.empty(0, dtype=np.int64)
+            return empty, empty, empty
+        event, cell, lag = (np.concatenate(column) for column in zip(*found, strict=True))
+        return event, cell, lag
+
+    def close(self) -> None:
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
