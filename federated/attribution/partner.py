@@ -464,10 +464,9 @@ class PartnerAttribution(RoundMachine[AttrRound]):
         """Bucket the re-blinded brand chunks until at most ``running`` are in flight."""
         assert self._join is not None
         while len(self._brand_running) > running:
-            job, events, lags = self._brand_running[0]
-            values = await job
-            self._brand_running.popleft()
-            self._join.add_brand(values, events, lags)
+            # Taken before it is awaited: two callers never bucket the same chunk.
+            job, events, lags = self._brand_running.popleft()
+            self._join.add_brand(await job, events, lags)
 
     def _on_event_values(self, msg: EventValues) -> None:
         if self.round is not AttrRound.TOKENS:
