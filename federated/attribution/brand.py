@@ -8,8 +8,9 @@ Rounds (``AttrRound``; the package docstring has the protocol):
             starts on the brand's own tokens and encrypted values.
 ``CELLS``   waits for ``AttrCells``.
 ``TOKENS``  re-blinds each cell's ``CellTokens`` as they stream in and sends
-            a complete cell back shuffled (``CellValues``); once every cell is
-            back, streams ``ConversionTokens`` and ``EventValues``.
+            a complete cell back shuffled, in chunks (``CellValues``); once
+            every cell is back, streams ``ConversionTokens`` and
+            ``EventValues``.
 ``RESULT``  after ``AttrAggregates``: decrypts them (and only them) and hands
             them to ``conclude`` (the node stores the report), then sends
             ``AttrDone`` with the report id.
@@ -18,6 +19,10 @@ Rounds (``AttrRound``; the package docstring has the protocol):
 Any message outside its round, a repeated or skipped chunk, more tokens than
 declared or a malformed aggregate raises ``ProtocolError`` and fails the run;
 so does the partner's stream ending before its aggregates (``end_of_input``).
+
+Nothing of the set is held whole but its events: the identifiers are read a part at a
+time, the tokens and each cell wait in a ``Shuffle`` (files past ``memory_bytes``), the
+ciphertexts in a column (a file past 64 MiB), all in ``spill_dir``, removed by ``close``.
 """
 
 from __future__ import annotations
