@@ -4,6 +4,7 @@ running are marked interrupted when a node starts on its store again."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -109,6 +110,23 @@ def test_sessions_a_dead_node_left_running_are_interrupted_at_start_up(tmp_path:
         assert sorted(e.detail["session"] for e in audited) == ["a" * 32, "b" * 32]
     finally:
         store.close()
+
+
+def test_a_sigterm_that_grpc_turns_into_a_cancelled_call_still_exits_130() -> None:
+    """SIGTERM can land inside gRPC's machinery, which swallows the exception and cancels
+    its call: the command sees CancelledError, and still ends as terminated (130). A
+    CancelledError without a SIGTERM is not mistaken for one."""
+    import typer
+
+    from cleanroom.client.cli.common import Terminated, errors
+
+    with pytest.raises(typer.Exit) as ended, errors():
+        with contextlib.suppress(Terminated):  # what gRPC does with it
+            signal.raise_signal(signal.SIGTERM)
+        raise asyncio.CancelledError
+    assert ended.value.exit_code == 130
+    with pytest.raises(asyncio.CancelledError), errors():
+        raise asyncio.CancelledError
 
 
 def test_a_terminated_partner_command_cleans_up_and_ends_its_workers(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import sys
@@ -69,7 +70,13 @@ class Terminated(KeyboardInterrupt):
     package files, half-written outputs, the worker pool) before the command exits."""
 
 
+# Set when SIGTERM arrives. The exception it raises can land inside gRPC's own machinery,
+# which turns it into a cancelled call: the command then sees CancelledError instead.
+_termination = threading.Event()
+
+
 def _terminated(signum: int, frame: object) -> None:
+    _termination.set()
     raise Terminated()
 
 
@@ -82,6 +89,7 @@ def errors() -> Iterator[None]:
 
     previous = None
     if threading.current_thread() is threading.main_thread():
+        _termination.clear()
         previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         yield
@@ -92,6 +100,10 @@ def errors() -> Iterator[None]:
     except KeyboardInterrupt as exc:
         what = "terminated" if isinstance(exc, Terminated) else "interrupted"
         raise fail(f"{what} before the command finished", 130) from exc
+    except asyncio.CancelledError as exc:
+        if not _termination.is_set():
+            raise
+        raise fail("terminated before the command finished", 130) from exc
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
