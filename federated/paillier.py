@@ -1094,8 +1094,8 @@ def raw_ciphertexts_from_bytes(
     data: bytes | bytearray | memoryview, public_key: PaillierPublicKey
 ) -> list[int]:
     """:func:`ciphertexts_from_bytes` WITHOUT validating the values (the total length is
-    still checked): only for callers that validate them next, e.g. the attribution state
-    machine, which checks event values when they arrive."""
+    still checked): only for callers that validate them next, as
+    :func:`ciphertexts_from_bytes` does."""
     _expect_public_key(public_key)
     if not isinstance(data, bytes | bytearray | memoryview):
         raise TypeError(f"expected bytes, got {type(data).__name__}")

@@ -66,10 +66,10 @@ from cleanroom.federated.lookalike.messages import (
     SlotPoints,
 )
 from cleanroom.federated.paillier import (
+    InvalidCiphertextError,
     PaillierPublicKey,
     ciphertexts_from_bytes,
     ciphertexts_to_bytes,
-    raw_ciphertexts_from_bytes,
 )
 from cleanroom.matching.messages import (
     Accepted,
@@ -664,13 +664,9 @@ def attr_brand_to_pb(
             )
         )
     if isinstance(msg, EventValues):
-        key = _needs_key(public_key, "event values")
         return pb.AttrBrandMessage(
             event_values=pb.AttrEventValues(
-                seq=msg.seq,
-                start=msg.start,
-                customers=msg.customers,
-                ciphertexts=ciphertexts_to_bytes(msg.ciphertexts, key),
+                seq=msg.seq, start=msg.start, customers=msg.customers, ciphertexts=msg.ciphertexts
             )
         )
     if isinstance(msg, AttrDone):
@@ -702,12 +698,14 @@ def attr_brand_from_pb(
     if kind == "event_values":
         key = _needs_key(public_key, "event values")
         e = msg.event_values
+        if len(e.ciphertexts) % key.ciphertext_bytes:
+            raise InvalidCiphertextError(
+                f"event values hold {len(e.ciphertexts)} ciphertext bytes, not a multiple of "
+                f"{key.ciphertext_bytes} (the byte length of n**2)"
+            )
+        # Packed as on the wire; checked by the state machine when they arrive (once).
         return EventValues(
-            seq=e.seq,
-            start=e.start,
-            customers=e.customers,
-            # Validated by the state machine when they arrive (once).
-            ciphertexts=tuple(raw_ciphertexts_from_bytes(e.ciphertexts, key)),
+            seq=e.seq, start=e.start, customers=e.customers, ciphertexts=e.ciphertexts
         )
     if kind == "done":
         return AttrDone(report_id=msg.done.report_id)

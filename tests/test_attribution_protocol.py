@@ -55,7 +55,11 @@ from cleanroom.federated.attribution.tokens import (
     exact_distinct_keys,
     key_mix,
 )
-from cleanroom.federated.paillier import _unsafe_generate_keypair_for_tests
+from cleanroom.federated.paillier import (
+    InvalidCiphertextError,
+    _unsafe_generate_keypair_for_tests,
+    ciphertexts_from_bytes,
+)
 from cleanroom.matching.hash_to_curve import hash_to_curve
 from cleanroom.matching.workers import RunJobs, hash_mixed
 from cleanroom.proto.errors import PolicyViolation, ProtocolError
@@ -242,6 +246,36 @@ def test_points_stored_at_upload_give_the_same_report(
     # Distinct tokens are blinded once: fewer points than tokens on both sides.
     assert brand.point_count < brand.brand_tokens
     assert partner.point_count <= sum(partner.cell_tokens)
+
+
+@pytest.mark.parametrize("bad", ["zero", "n-squared", "short"])
+def test_event_values_that_are_not_ciphertexts_fail_the_partners_run(
+    synth: Any, keys: tuple[Any, Any], bad: str
+) -> None:
+    """The brand's first EventValues, tampered with: a zero, a value of n² or a chunk cut
+    short fails the partner's run with a clear error, before anything is summed."""
+    brand, partner = make_pair(synth, keys)
+    first: list[EventValues] = []
+
+    def stop(msg: Any) -> bool:
+        if isinstance(msg, EventValues):
+            first.append(msg)
+        return bool(first)
+
+    async def run() -> None:
+        await converse(brand, partner, stop=stop)
+        msg, width = first[0], keys[0].ciphertext_bytes
+        packed = {
+            "zero": bytes(width) + msg.ciphertexts[width:],
+            "n-squared": (keys[0].n ** 2).to_bytes(width, "big") + msg.ciphertexts[width:],
+            "short": msg.ciphertexts[:-1],
+        }[bad]
+        with pytest.raises((InvalidCiphertextError, ProtocolError)):
+            await partner.receive(dataclasses.replace(msg, ciphertexts=packed))
+        brand.close()
+
+    asyncio.run(run())
+    assert partner.round is AttrRound.FAILED and partner.report_id == ""
 
 
 @pytest.mark.parametrize("precomputed", [False, True], ids=["hashed", "stored-points"])
@@ -646,7 +680,7 @@ def test_the_partner_refuses_every_message_out_of_round(
             "AttrAccepted": brand.accepted(),
             "CellValues": CellValues(cell=0, values=b""),
             "ConversionTokens": ConversionTokens(seq=0, points=b"", events=b"", lags=b""),
-            "EventValues": EventValues(seq=0, start=0, customers=b"", ciphertexts=()),
+            "EventValues": EventValues(seq=0, start=0, customers=b"", ciphertexts=b""),
             "AttrDone": AttrDone(report_id="r"),
         }
         with pytest.raises(ProtocolError):
@@ -755,7 +789,7 @@ def test_event_values_encrypted_over_the_pool_decrypt_to_the_values(
     from cleanroom.matching.bulk import FileBytes
 
     monkeypatch.setattr(brand_module, "EVENT_PART", 16)  # several encryption jobs
-    _, sk = keys
+    pk, sk = keys
 
     def decrypted(jobs: RunJobs | None) -> tuple[list[int], list[bytes], Any]:
         brand, _ = make_pair(synth, keys, brand_jobs=jobs)
@@ -764,7 +798,9 @@ def test_event_values_encrypted_over_the_pool_decrypt_to_the_values(
         assert isinstance(column, FileBytes) is (memory_bytes == 0)
         messages = list(brand.event_values(column))
         assert [m.start for m in messages] == list(range(0, brand.data.events, 256))
-        values = [sk.decrypt(c) for m in messages for c in m.ciphertexts]
+        values = [
+            sk.decrypt(c) for m in messages for c in ciphertexts_from_bytes(m.ciphertexts, pk)
+        ]
         customers = [m.customers for m in messages]
         data, order = brand.data, brand._event_order
         want = [round(float(v) * VALUE_SCALE) for v in data.value[order]]

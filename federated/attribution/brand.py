@@ -502,15 +502,11 @@ class BrandAttribution(RoundMachine[AttrRound]):
         customers = self._customer_anon
         for seq, start in enumerate(range(0, self.data.events, chunk)):
             events = self._event_order[start : start + chunk]
-            packed = ciphertexts[start * width : (start + len(events)) * width]
             yield EventValues(
                 seq=seq,
                 start=start,
                 customers=customers[self.data.customer[events]].astype("<u4").tobytes(),
-                ciphertexts=tuple(
-                    int.from_bytes(packed[i : i + width], "big")
-                    for i in range(0, len(packed), width)
-                ),
+                ciphertexts=ciphertexts[start * width : (start + len(events)) * width],
             )
 
 

@@ -142,7 +142,7 @@ class EventValues:
     seq: int
     start: int
     customers: bytes = field(repr=False)  # uint32 little-endian per event
-    ciphertexts: tuple[int, ...] = field(repr=False)
+    ciphertexts: bytes = field(repr=False)  # packed, ``ciphertext_bytes`` each, big-endian
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,6 +62,7 @@ from cleanroom.federated.attribution.tokens import (
     token_messages,
     types_kept,
 )
+from cleanroom.federated.jobs import check_packed
 from cleanroom.federated.paillier import MIN_KEY_BITS, PaillierPublicKey
 from cleanroom.matching.bulk import ByteColumn, ColumnBuffer, FileBytes
 from cleanroom.matching.messages import POINT_LEN
@@ -473,18 +474,15 @@ class PartnerAttribution(RoundMachine[AttrRound]):
             raise ProtocolError(f"event values arrived in round {self.round}")
         assert self.accepted is not None and self._event_customer is not None
         customers = np.frombuffer(msg.customers, dtype="<u4").astype(np.int64)
-        if (
-            len(customers) != len(msg.ciphertexts)
-            or msg.start + len(customers) > self.accepted.events
-        ):
-            raise ProtocolError(f"event values chunk {msg.seq} is inconsistent")
         pk = self._paillier()
-        cts = pk.validate_many(msg.ciphertexts)
+        count, rest = divmod(len(msg.ciphertexts), pk.ciphertext_bytes)
+        if rest or len(customers) != count or msg.start + count > self.accepted.events:
+            raise ProtocolError(f"event values chunk {msg.seq} is inconsistent")
+        check_packed(pk.n, msg.ciphertexts, pk.ciphertext_bytes)  # once, as they arrive
         assert self._event_ct is not None
-        width = pk.ciphertext_bytes
-        self._event_ct.write_at(msg.start * width, b"".join(c.to_bytes(width, "big") for c in cts))
-        self._event_customer[msg.start : msg.start + len(customers)] = customers
-        self._events_received += len(cts)
+        self._event_ct.write_at(msg.start * pk.ciphertext_bytes, msg.ciphertexts)
+        self._event_customer[msg.start : msg.start + count] = customers
+        self._events_received += count
 
     def aggregates(self) -> AttrAggregates:
         """Intersect, apply windows and last touch, sum homomorphically, add noise."""
