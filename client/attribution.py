@@ -19,12 +19,12 @@ import numpy as np
 import pandas as pd
 
 from cleanroom.audiences.identifiers import IdColumn, NormalizeOptions
-from cleanroom.audiences.reader import iter_frames, read_frame
+from cleanroom.audiences.reader import iter_frames
 from cleanroom.audiences.upload import ConversionRows, UploadEnd, UploadHeader
 from cleanroom.client.runs import Restartable, drive_partner, with_restarts
 from cleanroom.client.sdk import ClientError, Connection, stream_upload
 from cleanroom.federated.attribution.inputs import (
-    PartnerExposures,
+    ExposureParts,
     hashed_identifiers,
     parse_conversions,
     parse_exposures,
@@ -136,32 +136,44 @@ def submission_key(req: AttributionRequest, spend: Mapping[str, float]) -> str:
 
 @dataclass
 class PreparedAttribution(Restartable[PartnerAttribution]):
-    """The partner's side of a run before connecting: the exposure log read and
-    validated (bad files fail here, before any network), the spend file and the
-    submission key. Identifiers are hashed once the brand has named the types
-    both sides hold. ``partner`` is the run's state machine; ``restart`` makes a fresh
-    one for a new attempt."""
+    """The partner's side of a run before connecting: the exposure log validated
+    (bad files fail here, before any network; ``rows`` it holds), the spend file and
+    the submission key. The log is read again, a part at a time, and its identifiers
+    hashed once the brand has named the types both sides hold. ``partner`` is the
+    run's state machine; ``restart`` makes a fresh one for a new attempt."""
 
     request: AttributionRequest
-    parsed: pd.DataFrame
+    rows: int
     executor: Executor | None
     partner: PartnerAttribution
     new_partner: Callable[[], PartnerAttribution]
 
 
+EXPOSURE_PART_ROWS = 200_000  # rows of the log read, parsed and hashed at a time
+
+
+def _parsed_exposure_parts(req: AttributionRequest) -> Iterator[pd.DataFrame]:
+    # The audience reader's checks (missing file, empty, header only, bad CSV)
+    # apply to exposure logs too; a bad row is named by its row in the file.
+    for frame in iter_frames(req.exposures, EXPOSURE_PART_ROWS):
+        yield parse_exposures(frame, id_columns=req.id_columns, user_column=req.user_column)
+
+
 def prepare_attribution(
     req: AttributionRequest, executor: Executor | None = None
 ) -> PreparedAttribution:
-    """Read and validate the exposure log; ``executor`` runs the crypto (default: here)."""
-    # The audience reader's checks (missing file, empty, header only, bad CSV)
-    # apply to exposure logs too.
-    frame = read_frame(req.exposures)
-    parsed = parse_exposures(frame, id_columns=req.id_columns, user_column=req.user_column)
+    """Validate the exposure log, a part at a time; ``executor`` runs the crypto
+    (default: here)."""
+    rows = sum(len(part) for part in _parsed_exposure_parts(req))
     spend = read_spend(req.spend) if req.spend else {}
 
-    def exposures(id_types: Sequence[str]) -> PartnerExposures:
+    def exposures(id_types: Sequence[str]) -> ExposureParts:
         columns = [c for c in req.id_columns if str(c.id_type) in set(id_types)]
-        return partner_exposures(parsed, columns, req.options, executor)
+        parts = (
+            partner_exposures(parsed, columns, req.options, executor)
+            for parsed in _parsed_exposure_parts(req)
+        )
+        return ExposureParts(parts, expected_rows=rows, expected_tokens=rows * len(columns))
 
     key = submission_key(req, spend)
 
@@ -178,7 +190,7 @@ def prepare_attribution(
             spend=spend,
         )
 
-    return PreparedAttribution(req, parsed, executor, machine(), machine)
+    return PreparedAttribution(req, rows, executor, machine(), machine)
 
 
 async def run_attribution(

@@ -19,6 +19,8 @@ from cleanroom.federated.attribution.brand import BrandAttribution
 from cleanroom.federated.attribution.inputs import (
     BrandConversions,
     ConversionIds,
+    ExposureParts,
+    PartnerExposures,
     brand_conversions,
     hashed_identifiers,
     parse_conversions,
@@ -102,6 +104,32 @@ def brand_data(synth: Any) -> BrandConversions:
     return brand_conversions(conv, BRAND_IDS, OPTIONS)
 
 
+def split_log(log: PartnerExposures, parts: int) -> PartnerExposures | ExposureParts:
+    """The log as ``parts`` parts, row ``i`` in part ``i % parts``: a user's rows, and a
+    token's, land in several parts."""
+    if parts == 1:
+        return log
+    pieces = []
+    for k in range(parts):
+        rows = np.arange(k, len(log.row_day), parts)
+        renumber = np.full(len(log.row_day), -1, dtype=np.int64)
+        renumber[rows] = np.arange(len(rows))
+        ids = np.flatnonzero(renumber[log.id_row] >= 0)
+        pieces.append(
+            PartnerExposures(
+                row_user=log.row_user[rows],
+                row_campaign=log.row_campaign[rows],
+                row_day=log.row_day[rows],
+                row_touch=log.row_touch[rows],
+                row_group=log.row_group[rows],
+                id_row=renumber[log.id_row[ids]],
+                id_type=log.id_type[ids],
+                id_digest=log.id_digest[ids],
+            )
+        )
+    return ExposureParts(pieces, len(log.row_day), len(log.id_row))
+
+
 def make_pair(
     synth: Any,
     keys: tuple[Any, Any],
@@ -112,6 +140,7 @@ def make_pair(
     precomputed: bool = False,
     brand_jobs: RunJobs | None = None,
     parts: int = 1,
+    partner_parts: int = 1,
     partner_options: dict[str, Any] | None = None,
     **brand_options: Any,
 ) -> tuple[BrandAttribution, PartnerAttribution]:
@@ -124,7 +153,9 @@ def make_pair(
         id_types=tuple(str(c.id_type) for c in PARTNER_IDS),
         click_days=windows.click_days,
         view_days=windows.view_days,
-        exposures=lambda _types: partner_exposures(expo, PARTNER_IDS, OPTIONS),
+        exposures=lambda _types: split_log(
+            partner_exposures(expo, PARTNER_IDS, OPTIONS), partner_parts
+        ),
         spend=read_spend(synth.spend_path),
         rng=np.random.default_rng(seed),
         min_key_bits=1024,
@@ -283,21 +314,27 @@ def test_a_set_read_a_part_at_a_time_with_everything_on_disk_gives_the_same_repo
     synth: Any, keys: tuple[Any, Any], tmp_path: Path, precomputed: bool
 ) -> None:
     """The brand reads its identifiers in parts, and its cell shuffles, token shuffle and
-    ciphertext column go to files (``memory_bytes=0``), as do the partner's join buckets
-    and ciphertext column: the same report, nothing left."""
+    ciphertext column go to files (``memory_bytes=0``); the partner reads its log in
+    parts, and its log's buckets, blinded cells, join buckets and ciphertext column go
+    to files too: the same report (users counted once across parts), nothing left."""
     partner_dir = tmp_path / "partner"
     brand, partner = make_pair(
         synth,
         keys,
         parts=5,
+        partner_parts=4,
         precomputed=precomputed,
         spill_dir=tmp_path / "brand",
         memory_bytes=0,
         partner_options={"spill_dir": partner_dir, "memory_bytes": 0},
     )
     seen: list[bool] = []
+    log_seen: list[bool] = []
     partner.progress.listeners.append(
         lambda p: seen.append(partner._join is not None and partner._join.on_disk)
+    )
+    partner.progress.listeners.append(
+        lambda p: log_seen.append(partner._log is not None and partner._log.on_disk)
     )
     transcript = asyncio.run(converse(brand, partner))
     assert brand.round is AttrRound.DONE and partner.round is AttrRound.DONE
@@ -310,7 +347,33 @@ def test_a_set_read_a_part_at_a_time_with_everything_on_disk_gives_the_same_repo
     tokens = [m for _, m in transcript if isinstance(m, ConversionTokens)]
     assert sum(len(m.points) // 32 for m in tokens) == brand.brand_tokens
     assert brand.point_count < brand.brand_tokens  # each distinct token blinded once
-    assert any(seen)  # the partner's buckets were files
+    assert any(seen) and any(log_seen)  # the partner's buckets were files
+    # Deduplicated across parts: as many points and tokens as the whole log holds.
+    expo = parse_exposures(
+        pd.read_csv(synth.exposures_path, dtype=str, keep_default_na=False), id_columns=PARTNER_IDS
+    )
+    whole = partner_exposures(expo, PARTNER_IDS, OPTIONS)
+    common = np.isin(whole.id_type, ["email", "phone"])
+    rows = whole.id_row[common]
+    tokens_frame = pd.DataFrame(
+        {
+            "type": whole.id_type[common],
+            "digest": [d.tobytes() for d in whole.id_digest[common]],
+            "day": whole.row_day[rows],
+            "cell": [
+                (c, g, t)
+                for c, g, t in zip(
+                    whole.row_campaign[rows],
+                    whole.row_group[rows],
+                    whole.row_touch[rows],
+                    strict=True,
+                )
+            ],
+        }
+    )
+    assert partner.point_count == len(tokens_frame.drop_duplicates(["type", "digest", "day"]))
+    assert sum(partner.cell_tokens) == len(tokens_frame.drop_duplicates())
+    assert partner.point_count < sum(partner.cell_tokens)  # a point serves several cells
     assert not list(tmp_path.rglob("*.v")) and not list(partner_dir.iterdir())
 
 

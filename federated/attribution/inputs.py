@@ -13,6 +13,7 @@ accept frames pandas typed itself (numbers, datetimes, NaN).
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor
@@ -423,11 +424,26 @@ class BrandConversions:
         )
 
 
+USER_KEY_LEN = 16
+
+
+def user_keys(users: pd.Series | np.ndarray) -> np.ndarray:
+    """uint8 (n, 16) per row: BLAKE2b-128 of the user id, the same for a user in every
+    part of a log (so distinct users are counted without a table of them all)."""
+    codes, uniques = pd.factorize(np.asarray(users, dtype=object))
+    keys = b"".join(
+        hashlib.blake2b(str(u).encode("utf-8"), digest_size=USER_KEY_LEN).digest() for u in uniques
+    )
+    table = np.frombuffer(keys, dtype=np.uint8).reshape(-1, USER_KEY_LEN)
+    return table[codes] if len(codes) else np.empty((0, USER_KEY_LEN), np.uint8)
+
+
 @dataclass
 class PartnerExposures:
-    """P's exposure log, identifiers already hashed (one row per identifier)."""
+    """P's exposure log, or a part of it, identifiers already hashed (one row per
+    identifier)."""
 
-    row_user: np.ndarray  # int64 per exposure row (dense user number)
+    row_user: np.ndarray  # uint8 (n, 16) per exposure row: the user's key (``user_keys``)
     row_campaign: np.ndarray  # object/str per row
     row_day: np.ndarray  # int64 per row
     row_touch: np.ndarray  # object/str per row
@@ -510,10 +526,9 @@ def partner_exposures(
     executor: Executor | None = None,
 ) -> PartnerExposures:
     """``parsed`` comes from :func:`parse_exposures`."""
-    user_index, _ = pd.factorize(parsed["user_id"])  # dense user numbers (hashing, not sorting)
     id_row, id_type, id_digest = hashed_identifiers(parsed, id_columns, options, executor)
     return PartnerExposures(
-        row_user=user_index.astype(np.int64),
+        row_user=user_keys(parsed["user_id"]),
         row_campaign=parsed["campaign_id"].to_numpy(dtype=object),
         row_day=parsed["day"].to_numpy(dtype=np.int64),
         row_touch=parsed["touch"].to_numpy(dtype=object),
@@ -522,3 +537,18 @@ def partner_exposures(
         id_type=id_type,
         id_digest=id_digest,
     )
+
+
+@dataclass(frozen=True)
+class ExposureParts:
+    """A log to be read a part at a time (each part hashed as it is read). The
+    estimates are upper bounds that size the run's buckets: a low one only makes
+    buckets larger."""
+
+    parts: Iterable[PartnerExposures]
+    expected_rows: int
+    expected_tokens: int
+
+    @classmethod
+    def whole(cls, log: PartnerExposures) -> ExposureParts:
+        return cls((log,), len(log.row_day), len(log.id_row))

@@ -29,12 +29,12 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from cleanroom.federated.attribution.inputs import PartnerExposures
+from cleanroom.federated.attribution.exposure_log import BlindedCells, ExposureLog
+from cleanroom.federated.attribution.inputs import ExposureParts, PartnerExposures
 from cleanroom.federated.attribution.messages import (
     AttrAccepted,
     AttrAggregates,
@@ -54,20 +54,14 @@ from cleanroom.federated.attribution.messages import (
 )
 from cleanroom.federated.attribution.noise import Noise, family_dp
 from cleanroom.federated.attribution.tokens import (
-    POINT_CHUNK,
-    TOKEN_MSG_LEN,
     TokenJoin,
-    day_dst,
-    distinct_keys,
-    token_messages,
-    types_kept,
 )
 from cleanroom.federated.jobs import check_packed
 from cleanroom.federated.paillier import MIN_KEY_BITS, PaillierPublicKey
 from cleanroom.matching.bulk import ByteColumn, ColumnBuffer, FileBytes
 from cleanroom.matching.messages import POINT_LEN
 from cleanroom.matching.session import Progress, RoundMachine, comparison_length
-from cleanroom.matching.workers import RunJobs, blind_and_truncate, hash_and_blind_mixed
+from cleanroom.matching.workers import RunJobs, blind_and_truncate
 from cleanroom.matching.x25519 import BlindingKey
 from cleanroom.proto.errors import ProtocolError
 
@@ -112,7 +106,7 @@ class PartnerAttribution(RoundMachine[AttrRound]):
         click_days: int,
         view_days: int,
         id_types: Sequence[str],
-        exposures: Callable[[tuple[str, ...]], PartnerExposures] | None = None,
+        exposures: Callable[[tuple[str, ...]], PartnerExposures | ExposureParts] | None = None,
         jobs: RunJobs | None = None,
         epsilon: float = 0.0,
         submission_key: str = "",
@@ -164,7 +158,10 @@ class PartnerAttribution(RoundMachine[AttrRound]):
         self._cells_out: AttrCells | None = None
         self._aggregates_out: AttrAggregates | None = None
         self._summing = False
-        self._stream: _CellTokenStream | None = None
+        self._log: ExposureLog | None = None
+        self._blinded: BlindedCells | None = None
+        # The cells' token order (its own stream: the noise's draws stay as seeded).
+        self._order_rng = self.rng.spawn(1)[0]
         self._seen: set[str] = set()  # message kinds received (for the log)
 
     def _paillier(self) -> PaillierPublicKey:
@@ -184,8 +181,10 @@ class PartnerAttribution(RoundMachine[AttrRound]):
 
     def close(self) -> None:
         super().close()
-        if self._stream is not None:
-            self._stream.cancel()
+        if self._log is not None:
+            self._log.close()
+        if self._blinded is not None:
+            self._blinded.close()
         for job, _, _ in self._brand_running:
             job.cancel()
         self._brand_running.clear()
@@ -266,9 +265,8 @@ class PartnerAttribution(RoundMachine[AttrRound]):
         assert self.accepted is not None
         if self.exposures is None:
             raise ProtocolError("this partner has no exposure log to attribute")
-        data = await asyncio.to_thread(self.exposures, self.accepted.id_types)
-        cells = await asyncio.to_thread(self.on_exposures, data)
-        self._stream = _CellTokenStream(self, self._ahead)
+        exposures, id_types = self.exposures, self.accepted.id_types
+        cells = await asyncio.to_thread(lambda: self.on_exposures(exposures(id_types)))
         self._cells_out = cells
         self._signal.notify()
         _log.info(
@@ -277,6 +275,16 @@ class PartnerAttribution(RoundMachine[AttrRound]):
             sum(cells.cell_tokens),
             self.point_count,
         )
+        assert self._log is not None
+        self._blinded = await self._log.blind(
+            self._jobs.call,
+            self._secret,
+            self._order_rng,
+            ahead=self._ahead,
+            memory_bytes=self._memory_bytes,
+            spill_dir=self._spill_dir,
+        )
+        self._signal.notify()
 
     async def _sum(self) -> None:
         _log.info("attribution: everything arrived, computing the aggregates")
@@ -300,13 +308,16 @@ class PartnerAttribution(RoundMachine[AttrRound]):
         cells = self._cells_out
         yield cells
         self.progress.update(phase=Phase.SENDING, tokens_total=sum(cells.cell_tokens))
-        assert self._stream is not None
-        async for tokens in self._stream.chunks():
+        await self.until(lambda: self._blinded is not None)
+        assert self._blinded is not None
+        chunks = self._blinded.chunks(self.chunk_size, self._order_rng)
+        for seq, (cell, points) in enumerate(chunks):
             if self.error is not None:
                 raise self.error
-            yield tokens
-            sent = self.progress.tokens_sent + len(tokens.points) // POINT_LEN
+            yield CellTokens(seq=seq, cell=cell, points=points)
+            sent = self.progress.tokens_sent + len(points) // POINT_LEN
             self.progress.update(tokens_sent=sent)
+        self._blinded.close()
         _log.info("attribution: every partner token sent")
         await self.until(lambda: self._aggregates_out is not None)
         assert self._aggregates_out is not None
@@ -315,64 +326,25 @@ class PartnerAttribution(RoundMachine[AttrRound]):
 
     # --------------------------------------------------------------- rounds
 
-    def on_exposures(self, d: PartnerExposures) -> AttrCells:
-        """Cells and tokens of the log (identifiers of the types in common only)."""
+    def on_exposures(self, log: PartnerExposures | ExposureParts) -> AttrCells:
+        """Cells and tokens of the log (identifiers of the types in common only), read
+        a part at a time; nothing is blinded yet (``_blind`` does, bucket by bucket)."""
         if self.round is not AttrRound.CELLS or self.accepted is None:
             raise ProtocolError(f"the exposure log came in round {self.round}")
-        type_of, type_names, common = types_kept(d.id_type, self.accepted.id_types)
-        id_row, id_type, id_digest = d.id_row[common], type_of[common], d.id_digest[common]
-        if not len(id_row):
-            raise ValueError(
-                "the exposure log has no identifier of the types both sides hold "
-                f"({', '.join(self.accepted.id_types)})"
-            )
-        # Cell numbers in sorted (campaign, group, touch) order, vectorized:
-        # exposure logs have millions of rows. Labels are factorized (sorted)
-        # once, and rows grouped by their codes.
-        labels: dict[str, list[str]] = {}
-        codes: dict[str, np.ndarray] = {}
-        for name, values in (
-            ("campaign", d.row_campaign),
-            ("group", d.row_group),
-            ("touch", d.row_touch),
-        ):
-            code, uniques = pd.factorize(np.asarray(values, dtype=object), sort=True)
-            codes[name], labels[name] = code, [str(u) for u in uniques]
-        rows = pd.DataFrame(codes)
-        distinct = rows.assign(user=d.row_user).groupby(["campaign", "group"])["user"].nunique()
-        self.users = {
-            (labels["campaign"][c], labels["group"][g]): int(n) for (c, g), n in distinct.items()
-        }
-        by_cell = rows.groupby(["campaign", "group", "touch"], sort=True)
-        row_cell = by_cell.ngroup().to_numpy(dtype=np.int64)
-        all_cells = [
-            Cell(labels["campaign"][c], labels["group"][g], labels["touch"][t])
-            for c, g, t in by_cell.size().index
-        ]
-        # Tokens: one per (cell, type, digest, day) — per person, day and cell —
-        # in cell order. Each distinct (type, digest, day) is a "point": hashed
-        # and blinded once, however many cells it appears in.
-        id_cell = row_cell[id_row]
-        order = np.argsort(id_cell, kind="stable")
-        id_cell = id_cell[order]
-        type_code = id_type[order]
-        digests = id_digest[order]
-        days = d.row_day[id_row][order]
-        point, first = distinct_keys(type_code, digests, days)
-        keep = ~pd.DataFrame({"cell": id_cell, "point": point}).duplicated().to_numpy()
-        # Cells without tokens (no identifier of a common type) are not sent:
-        # their users still count, and nothing of theirs can match.
-        counts = np.bincount(id_cell[keep], minlength=len(all_cells))
-        renumber = np.cumsum(counts > 0) - 1
-        self.cells = tuple(c for c, n in zip(all_cells, counts, strict=True) if n > 0)
-        self._token_cell = renumber[id_cell[keep]]
-        self._token_point = point[keep]
-        self._point_type = type_code[first].astype(np.uint8)
-        self._point_digest = digests[first]
-        self._point_day = days[first]
-        self._dsts = [day_dst(t) for t in type_names]
-        self.point_count = len(first)
-        self.cell_tokens = tuple(int(n) for n in counts[counts > 0])
+        parts = log if isinstance(log, ExposureParts) else ExposureParts.whole(log)
+        self._log = ExposureLog(
+            self.accepted.id_types,
+            expected_rows=parts.expected_rows,
+            expected_tokens=parts.expected_tokens,
+            spill_dir=self._spill_dir,
+            memory_bytes=self._memory_bytes,
+        )
+        for part in parts.parts:
+            self._log.add(part)
+        found = self._log.finish()
+        self.cells, self.cell_tokens = found.cells, found.cell_tokens
+        self.users = found.users
+        self.point_count = found.point_count
         self._cell_received = [0] * len(self.cells)
         self.value_len = comparison_length(sum(self.cell_tokens), self.accepted.brand_tokens)
         self._join = TokenJoin(
@@ -384,32 +356,6 @@ class PartnerAttribution(RoundMachine[AttrRound]):
         )
         self.round = AttrRound.TOKENS
         return AttrCells(cells=self.cells, cell_tokens=self.cell_tokens)
-
-    @property
-    def point_job_count(self) -> int:
-        return -(-self.point_count // POINT_CHUNK)
-
-    def point_job(self, index: int) -> tuple[Any, ...]:
-        """``hash_and_blind_mixed`` arguments for points ``POINT_CHUNK * index`` onwards."""
-        start, stop = index * POINT_CHUNK, (index + 1) * POINT_CHUNK
-        msgs = token_messages(self._point_digest[start:stop], self._point_day[start:stop])
-        codes = self._point_type[start:stop].tobytes()
-        return (self._secret, msgs, codes, self._dsts, TOKEN_MSG_LEN)
-
-    def cell_chunks(self, chunk: int | None = None) -> list[tuple[int, np.ndarray]]:
-        """Per ``CellTokens`` message: its cell and the points it carries (by number).
-
-        Points are numbered in order of first appearance along this list, so a
-        chunk only needs the point jobs up to its largest number.
-        """
-        chunk = chunk or self.chunk_size
-        out: list[tuple[int, np.ndarray]] = []
-        bounds = np.concatenate([[0], np.cumsum(self.cell_tokens)])
-        for ci in range(len(self.cells)):
-            for start in range(int(bounds[ci]), int(bounds[ci + 1]), chunk):
-                stop = min(start + chunk, int(bounds[ci + 1]))
-                out.append((ci, self._token_point[start:stop]))
-        return out
 
     @property
     def ready_for_aggregates(self) -> bool:
@@ -577,46 +523,3 @@ class PartnerAttribution(RoundMachine[AttrRound]):
             campaigns[int(c)]: np.sort(part["event"].to_numpy(dtype=np.int64))
             for c, part in best.groupby("campaign")
         }
-
-
-class _CellTokenStream:
-    """The partner's cell chunks, each sent as soon as the points it carries are blinded.
-
-    Point jobs start when this is created (right after the cells) and run up
-    to ``ahead`` jobs ahead of the chunk being sent, so the brand re-blinds
-    early chunks while later points are still hashed.
-    """
-
-    def __init__(self, partner: PartnerAttribution, ahead: int) -> None:
-        self.partner = partner
-        self.ahead = ahead
-        self._running: deque[asyncio.Future[bytes]] = deque()
-        self._submitted = 0
-        self._top_up(ahead)
-
-    def _top_up(self, target: int) -> None:
-        partner = self.partner
-        while self._submitted < min(partner.point_job_count, target):
-            job = partner.point_job(self._submitted)
-            self._running.append(
-                asyncio.ensure_future(partner._jobs.call(hash_and_blind_mixed, *job))
-            )
-            self._submitted += 1
-
-    def cancel(self) -> None:
-        for fut in self._running:
-            fut.cancel()
-
-    async def chunks(self) -> AsyncIterator[CellTokens]:
-        partner = self.partner
-        points = np.empty((partner.point_count, POINT_LEN), dtype=np.uint8)
-        ready = 0
-        for seq, (cell, numbers) in enumerate(partner.cell_chunks()):
-            needed = int(numbers.max()) // POINT_CHUNK + 1
-            self._top_up(max(needed, ready + self.ahead))
-            while ready < needed:
-                blinded = np.frombuffer(await self._running.popleft(), dtype=np.uint8)
-                start = ready * POINT_CHUNK
-                points[start : start + len(blinded) // POINT_LEN] = blinded.reshape(-1, POINT_LEN)
-                ready += 1
-            yield CellTokens(seq=seq, cell=cell, points=points[numbers].tobytes())
