@@ -6,10 +6,12 @@ Rounds (``AttrRound``; the package docstring has the protocol):
             types both sides hold and the Paillier key (or, for a repeated
             submission, the report that already exists: nothing runs, and
             ``AttrDone`` follows).
-``CELLS``   the log is hashed for those types only (``exposures``) and cut
-            into cells; ``AttrCells`` goes out.
-``TOKENS``  ``CellTokens`` stream out, each chunk as soon as the points it
-            carries are blinded; meanwhile the brand's ``CellValues``,
+``CELLS``   the log is read and hashed a part at a time, for those types
+            only (``exposures``), and cut into cells (``ExposureLog``);
+            ``AttrCells`` goes out.
+``TOKENS``  the log's points are blinded a digest bucket at a time, then
+            ``CellTokens`` stream out, each cell in a uniformly random
+            order; meanwhile the brand's ``CellValues``,
             ``ConversionTokens`` and ``EventValues`` arrive and are
             re-blinded as they come.
 ``RESULT``  once everything arrived: intersect, sum, add noise, send
