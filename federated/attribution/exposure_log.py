@@ -66,7 +66,8 @@ _SUBCELLS = len(GROUPS) * len(TOUCHES)
 Run = Callable[..., Awaitable[bytes]]
 
 
-def _u32(rows: np.ndarray, start: int, dtype: str) -> np.ndarray:
+def _field4(rows: np.ndarray, start: int, dtype: str) -> np.ndarray:
+    """The 4-byte field at ``start`` of every row, as ``dtype`` ("<u4" or "<i4")."""
     return np.ascontiguousarray(rows[:, start : start + 4]).view(dtype).ravel()
 
 
@@ -140,12 +141,11 @@ class ExposureLog:
             self.tokens = Buckets(TOKEN_ROW_LEN, bits, self._dir, positioned=False, name="t")
             bits = max(1, bucket_bits(expected_rows, USER_ROW_LEN))
             self.user_rows = Buckets(USER_ROW_LEN, bits, self._dir, positioned=False, name="u")
-        self.rows = 0
         self._campaigns: dict[str, int] = {}
         self._raw_cell_tokens: dict[int, int] = {}  # provisional cell -> tokens before dedupe
         self._cells: LogCells | None = None
         self._provisional = np.empty(0, np.int64)  # sorted provisional cell numbers
-        self._final = np.empty(0, np.int64)  # their final numbers (-1: no tokens)
+        self._final = np.empty(0, np.int64)  # their numbers in the sorted cells
 
     @property
     def on_disk(self) -> bool:
@@ -171,7 +171,6 @@ class ExposureLog:
         touch = _choice_codes(part.row_touch, TOUCHES, "touch")
         campaign_group = campaign * len(GROUPS) + group
         row_cell = campaign_group * len(TOUCHES) + touch
-        self.rows += len(campaign)
         users = np.unique(
             np.hstack([part.row_user, _as_bytes(campaign_group, "<u4")]).view(
                 np.dtype((np.void, USER_ROW_LEN))
@@ -228,7 +227,7 @@ class ExposureLog:
             rows = rows.reshape(-1, USER_ROW_LEN)
             distinct = np.unique(rows.view(np.dtype((np.void, USER_ROW_LEN))).ravel())
             keys = distinct.view(np.uint8).reshape(-1, USER_ROW_LEN)
-            groups, counts = np.unique(_u32(keys, USER_KEY_LEN, "<u4"), return_counts=True)
+            groups, counts = np.unique(_field4(keys, USER_KEY_LEN, "<u4"), return_counts=True)
             for cg, n in zip(groups, counts, strict=True):
                 campaign, group = divmod(int(cg), len(GROUPS))
                 label = (names[campaign], GROUPS[group])
@@ -248,10 +247,10 @@ class ExposureLog:
         self.tokens.close()
         rows = np.frombuffer(self.tokens.bucket(b)[0], dtype=np.uint8)
         rows = rows.reshape(-1, TOKEN_ROW_LEN)
-        provisional = _u32(rows, _CELL, "<u4").astype(np.int64)
+        provisional = _field4(rows, _CELL, "<u4").astype(np.int64)
         cell = self._final[np.searchsorted(self._provisional, provisional)]
         types = rows[:, _TYPE].copy()
-        days = _u32(rows, _DAY, "<i4").astype(np.int64)
+        days = _field4(rows, _DAY, "<i4").astype(np.int64)
         digests = np.ascontiguousarray(rows[:, :DIGEST_LEN])
         point, first = distinct_keys(types, digests, days)
         keep = ~pd.DataFrame({"cell": cell, "point": point}).duplicated().to_numpy()
@@ -279,7 +278,7 @@ class ExposureLog:
         out = BlindedCells(
             log.cells,
             log.cell_tokens,
-            ColumnAppender(spill_dir=spill_dir or self._dir, memory_bytes=memory_bytes),
+            ColumnAppender(spill_dir=spill_dir, memory_bytes=memory_bytes),
         )
         running: deque[tuple[_Landing, asyncio.Future[bytes]]] = deque()
 
