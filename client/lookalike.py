@@ -132,7 +132,7 @@ def prepare_lookalike(
         bins=req.bins,
         on_rows=on_rows,
     )
-    if not len(users.data.records()):
+    if not users.data.record_count():
         raise InvalidInput(f"no user in {req.users} has a valid identifier to offer")
     writer = PackageWriter(req.out_dir, users.user_ids, users.pipeline, req.mode, req.epsilon)
     key = submission_key(req)

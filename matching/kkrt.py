@@ -656,7 +656,7 @@ class KkrtPartnerSession(RoundMachine[Round]):
             self._hello = Hello(
                 audience=self.audience,
                 protocol=Protocol.MATCH,
-                declared_records=len(self.data.records()),
+                declared_records=self.data.record_count(),
                 declared_points=len(receiver.items),
                 id_types=tuple(dict.fromkeys(c.id_type for c in self.data.columns if len(c.rows))),
                 method=PsiMethod.KKRT,

@@ -78,6 +78,10 @@ class PartnerColumn:
             raise ValueError("one 32-byte point per row is required")
 
 
+#: A window's records, and each column's (first entry index, rows) in it.
+RecordWindow = tuple[np.ndarray, list[tuple[int, np.ndarray]]]
+
+
 @dataclass(frozen=True)
 class PartnerSet:
     """The partner's identifiers, columns in matching priority order."""
@@ -90,10 +94,34 @@ class PartnerSet:
         return sum(len(c.rows) for c in self.columns)
 
     def records(self) -> np.ndarray:
-        """Rows that carry at least one identifier."""
+        """Rows that carry at least one identifier (whole: for callers that hold them)."""
         if not self.columns:
             return np.empty(0, dtype=np.int64)
         return np.unique(np.concatenate([c.rows for c in self.columns]))
+
+    def record_count(self, window: int = 1 << 20) -> int:
+        """How many rows carry at least one identifier, ``window`` rows at a time."""
+        return sum(len(rec) for rec, _ in self.record_windows(window))
+
+    def record_windows(
+        self, window: int
+    ) -> Iterator[tuple[np.ndarray, list[tuple[int, np.ndarray]]]]:
+        """The records (rows with an identifier) ``window`` file rows at a time, ascending,
+        each with every column's entries in that window: (index of its first entry in the
+        column, their rows). No window holds more than ``window`` entries a column, since
+        a column has at most one entry a row."""
+        taken = [0] * len(self.columns)
+        for start in range(0, self.row_count, window):
+            stop = min(start + window, self.row_count)
+            parts = []
+            for c, column in enumerate(self.columns):
+                ahead = column.rows[taken[c] : taken[c] + (stop - start)]
+                n = int(np.searchsorted(ahead, stop))
+                parts.append((taken[c], ahead[:n]))
+                taken[c] += n
+            present = [rows for _, rows in parts if len(rows)]
+            rec = np.unique(np.concatenate(present)) if present else np.empty(0, np.int64)
+            yield rec, parts
 
 
 @dataclass
@@ -139,11 +167,13 @@ class PaddedSlots:
     the partner's set.
 
     Slot ``j`` of position ``i`` holds column ``codes[i, j]``'s value (digest or point)
-    of record ``records[order[i]]``, or a random dummy (code ``slots``), so the brand sees
-    neither row order nor which identifiers a record has. Built without holding the set:
-    ``fill`` writes record rows, a batch of rows at a time, to a ``Shuffle`` (on disk past
-    its memory limit), and ``chunks`` reads them back in a uniformly random order and
-    shuffles each record's slots; ``order`` is complete once ``chunks`` has run.
+    of record ``records[order[i]]`` (``records``: ``data.records()``), or a random dummy
+    (code ``slots``), so the brand sees neither row order nor which identifiers a record
+    has. Built without holding the set: ``fill`` writes record rows, a window of file rows
+    at a time, to a ``Shuffle`` (on disk past its memory limit), and ``chunks`` reads them
+    back in a uniformly random order and shuffles each record's slots. ``order``, 8 bytes
+    a record, is kept only with ``keep_order`` (a caller that maps positions back to its
+    records) and is complete once ``chunks`` has run.
     """
 
     def __init__(
@@ -156,11 +186,13 @@ class PaddedSlots:
         spill_dir: Path | None = None,
         memory_bytes: int | None = None,
         batch_records: int = 1 << 16,
+        keep_order: bool = False,
     ) -> None:
         self.data = data
         self.slots = slots
-        self.records = data.records()  # the rows with an identifier, ascending
+        self.record_count = data.record_count()
         self.order = np.empty(0, dtype=np.int64)  # position -> index into records
+        self._keep_order = keep_order
         # A generator of its own: ``fill`` may run on another thread than the caller's.
         self._rng = np.random.default_rng(rng.integers(2**63))
         self._random_bytes = random_bytes
@@ -168,7 +200,7 @@ class PaddedSlots:
         self._width = slots * (DIGEST_LEN + 1) + 8  # values, codes, index into records
         self._shuffle = Shuffle(
             self._width,
-            len(self.records),
+            self.record_count,
             self._rng,
             memory_bytes=memory_bytes,
             spill_dir=spill_dir,
@@ -180,19 +212,19 @@ class PaddedSlots:
 
     def fill(self) -> None:
         """Every record's row, in row order, into the shuffle."""
-        k, records = self.slots, self.records
-        for start in range(0, len(records), self._batch):
-            rec = records[start : start + self._batch]
+        k, start = self.slots, 0
+        for rec, parts in self.data.record_windows(self._batch):
+            if not len(rec):
+                continue
             values = np.frombuffer(self._random_bytes(len(rec) * k * DIGEST_LEN), np.uint8)
             values = values.reshape(len(rec), k, DIGEST_LEN).copy()
             codes = np.full((len(rec), k), k, dtype=np.uint8)  # k = dummy
-            for c, column in enumerate(self.data.columns):
-                lo, hi = np.searchsorted(column.rows, [rec[0], rec[-1] + 1])
-                if hi == lo:
+            for c, (column, (lo, rows)) in enumerate(zip(self.data.columns, parts, strict=True)):
+                if not len(rows):
                     continue
                 source = column.points if column.points is not None else column.digests
-                pos = np.searchsorted(rec, column.rows[lo:hi])
-                part = source[lo * DIGEST_LEN : hi * DIGEST_LEN]
+                pos = np.searchsorted(rec, rows)
+                part = source[lo * DIGEST_LEN : (lo + len(rows)) * DIGEST_LEN]
                 values[pos, c] = np.frombuffer(part, np.uint8).reshape(-1, DIGEST_LEN)
                 codes[pos, c] = c
             rows = np.empty((len(rec), self._width), dtype=np.uint8)
@@ -201,6 +233,7 @@ class PaddedSlots:
             index = np.arange(start, start + len(rec), dtype="<i8")
             rows[:, -8:] = index.view(np.uint8).reshape(-1, 8)
             self._shuffle.add(rows.tobytes())
+            start += len(rec)
 
     def chunks(self, size: int) -> Iterator[tuple[bytes, bytes]]:
         """Slot values (32 bytes each) and codes, ``size`` slots a chunk, position-major."""
@@ -210,7 +243,8 @@ class PaddedSlots:
         try:
             for packed in self._shuffle.chunks(max(1, self._batch)):
                 rows = np.frombuffer(packed, dtype=np.uint8).reshape(-1, self._width)
-                order.append(np.ascontiguousarray(rows[:, -8:]).view("<i8").ravel())
+                if self._keep_order:
+                    order.append(np.ascontiguousarray(rows[:, -8:]).view("<i8").ravel())
                 slot_order = np.argsort(self._rng.random((len(rows), k)), axis=1)
                 held = rows[:, : k * DIGEST_LEN].reshape(len(rows), k, DIGEST_LEN)
                 values += np.take_along_axis(held, slot_order[:, :, None], axis=1).tobytes()
@@ -331,11 +365,11 @@ class PartnerSession:
         self._done = asyncio.Event()
         self._points_done = False
         if protocol is Protocol.MATCH:
-            self._records = len(data.records())
+            self._records = data.record_count()
             self._points = data.points
             self._slots = 0
         else:
-            self._records = len(data.records())
+            self._records = data.record_count()
             self._slots = len(data.columns)
             self._points = self._records * self._slots
         self.progress.points_total = self._points

@@ -355,7 +355,13 @@ def test_padded_slots_hold_each_record_once_with_its_identifiers_and_dummies(
         columns.append(PartnerColumn(id_type, rows.astype(np.int64), digests))
     data = PartnerSet(row_count, columns)
     slots = PaddedSlots(
-        data, 3, rng, spill_dir=tmp_path, memory_bytes=memory_bytes, batch_records=50
+        data,
+        3,
+        rng,
+        spill_dir=tmp_path,
+        memory_bytes=memory_bytes,
+        batch_records=50,
+        keep_order=True,
     )
     slots.fill()
     assert slots.on_disk is (memory_bytes == 0)
@@ -380,3 +386,36 @@ def test_padded_slots_hold_each_record_once_with_its_identifiers_and_dummies(
     # Slots are shuffled within records: a record's identifier is not always in slot 0.
     assert len({int(np.flatnonzero(r == 0)[0]) for r in codes if 0 in r}) > 1
     assert list(tmp_path.iterdir()) == []  # the batch files went with the last chunk
+
+
+def test_padded_slots_keep_no_order_unless_asked() -> None:
+    """The overlap never maps positions back (8 bytes a record it need not hold)."""
+    rows = np.array([1, 4, 5], dtype=np.int64)
+    data = PartnerSet(8, [PartnerColumn("email", rows, bytes(96))])
+    slots = PaddedSlots(data, 1, np.random.default_rng(1), batch_records=2)
+    slots.fill()
+    assert len(b"".join(c for _, c in slots.chunks(2))) == 3
+    assert len(slots.order) == 0
+
+
+@pytest.mark.parametrize("window", [1, 3, 50, 1 << 20])
+def test_records_counted_a_window_at_a_time_are_the_rows_with_an_identifier(window: int) -> None:
+    rng = np.random.default_rng(11)
+    row_count = 400  # the last rows carry nothing: windows past every column's end
+    columns = []
+    for id_type, share in [("email", 0.3), ("phone", 0.1), ("maid", 0.0)]:
+        rows = np.flatnonzero(rng.random(350) < share).astype(np.int64)
+        columns.append(PartnerColumn(id_type, rows, bytes(32 * len(rows))))
+    data = PartnerSet(row_count, columns)
+    expected = set(np.concatenate([c.rows for c in columns]).tolist())
+    assert data.record_count(window) == len(expected) == len(data.records())
+    seen: dict[int, list[int]] = {c: [] for c in range(len(columns))}
+    got: list[int] = []
+    for rec, parts in data.record_windows(window):
+        got += rec.tolist()
+        for c, (first, rows) in enumerate(parts):
+            assert first == len(seen[c])  # each column's entries in order, each once
+            seen[c] += rows.tolist()
+    assert got == sorted(expected)
+    assert all(seen[c] == columns[c].rows.tolist() for c in seen)
+    assert PartnerSet(0, []).record_count(window) == 0

@@ -198,7 +198,7 @@ def partner_overlap(
     summary = {
         "session_id": run.session.session_id,
         "intersection": run.result.intersection,
-        "records": len(data.records()),
+        "records": data.record_count(),
         "brand_size": run.accepted.brand_points if run.accepted else None,
         "read_report": report.to_dict(),
     }

@@ -464,7 +464,7 @@ class PartnerLookalike(RoundMachine[LookalikeRound]):
     async def _send_slots(self) -> None:
         """Every offered row as ``slots`` points H(x)^p, rows and slots shuffled."""
         assert self.accepted is not None
-        slots = PaddedSlots(self.data, self.slots, self.rng, self._random_bytes)
+        slots = PaddedSlots(self.data, self.slots, self.rng, self._random_bytes, keep_order=True)
         dsts: list[bytes | None] = [
             None if c.points is not None else dst_for(c.id_type) for c in self.data.columns
         ]
