@@ -103,9 +103,7 @@ class PartnerSet:
         """How many rows carry at least one identifier, ``window`` rows at a time."""
         return sum(len(rec) for rec, _ in self.record_windows(window))
 
-    def record_windows(
-        self, window: int
-    ) -> Iterator[tuple[np.ndarray, list[tuple[int, np.ndarray]]]]:
+    def record_windows(self, window: int) -> Iterator[RecordWindow]:
         """The records (rows with an identifier) ``window`` file rows at a time, ascending,
         each with every column's entries in that window: (index of its first entry in the
         column, their rows). No window holds more than ``window`` entries a column, since
@@ -187,10 +185,12 @@ class PaddedSlots:
         memory_bytes: int | None = None,
         batch_records: int = 1 << 16,
         keep_order: bool = False,
+        record_count: int | None = None,
     ) -> None:
+        """``record_count``: ``data.record_count()``, for a caller that has it already."""
         self.data = data
         self.slots = slots
-        self.record_count = data.record_count()
+        self.record_count = data.record_count() if record_count is None else record_count
         self.order = np.empty(0, dtype=np.int64)  # position -> index into records
         self._keep_order = keep_order
         # A generator of its own: ``fill`` may run on another thread than the caller's.
@@ -364,12 +364,11 @@ class PartnerSession:
         self.result: Result | None = None
         self._done = asyncio.Event()
         self._points_done = False
+        self._records = data.record_count()
         if protocol is Protocol.MATCH:
-            self._records = data.record_count()
             self._points = data.points
             self._slots = 0
         else:
-            self._records = data.record_count()
             self._slots = len(data.columns)
             self._points = self._records * self._slots
         self.progress.points_total = self._points
@@ -534,6 +533,7 @@ class PartnerSession:
                     self._rng,
                     self._random_bytes,
                     spill_dir=self._spill_dir,
+                    record_count=self._records,
                 )
                 dsts: list[bytes | None] = [
                     None if c.points is not None else dst_for(c.id_type) for c in self.data.columns
