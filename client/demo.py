@@ -52,6 +52,7 @@ from cleanroom.client.tables import lookalike_table, report_blocks
 from cleanroom.federated.attribution.synth import synthesize_attribution
 from cleanroom.federated.lookalike.reference import brand_labels, pooled_labels, pooled_sums
 from cleanroom.federated.lookalike.synth import synthesize_lookalike
+from cleanroom.matching.bulk import whole_array
 from cleanroom.matching.messages import Protocol, PsiMethod
 from cleanroom.matching.workers import CryptoPool
 from cleanroom.server.node import BrandNode
@@ -325,7 +326,7 @@ async def _demo(
             # Check the private results against the plaintext join of the same files.
             expected = data.expected()
             labels = ["", *(str(c.id_type) for c in columns)]
-            got = [labels[i + 1] for i in outcome.matched_on.tolist()]
+            got = [labels[i + 1] for i in whole_array(outcome.matched_on).tolist()]
             expected_count = sum(1 for e in expected if e)
             if got != expected or overlap.result.intersection != expected_count:
                 raise RuntimeError("the private results differ from the plaintext join")
@@ -337,9 +338,7 @@ async def _demo(
             table.add_row("brand identifiers (|S|)", str(outcome.brand_points))
             table.add_row("matched rows (PSI match, KKRT16)", str(outcome.matched_records))
             for i, c in enumerate(columns):
-                table.add_row(
-                    f"  matched on {c.id_type}", str(int((outcome.matched_on == i).sum()))
-                )
+                table.add_row(f"  matched on {c.id_type}", str(outcome.matched_per_column[i]))
             table.add_row("overlap (PSI cardinality, ECDH)", str(overlap.result.intersection))
             table.add_row("match rate", f"{outcome.matched_records / max(1, pset.row_count):.1%}")
             console.print(table)

@@ -26,7 +26,7 @@ import pyarrow.csv as pa_csv
 from cleanroom.audiences.identifiers import IdColumn, NormalizeOptions
 from cleanroom.audiences.reader import ReadReport, iter_frames, read_hashed_chunks
 from cleanroom.audiences.upload import ColumnDigests, UploadChunk, UploadEnd, UploadHeader
-from cleanroom.matching.bulk import ByteColumn, ColumnBuffer
+from cleanroom.matching.bulk import ArrayColumn, ByteColumn, ColumnBuffer
 from cleanroom.matching.kkrt import KkrtPartnerSession, PartnerItems
 from cleanroom.matching.messages import Accepted, Protocol, PsiMethod, Result
 from cleanroom.matching.partner import (
@@ -445,7 +445,8 @@ def load_partner_set(
 
     A column's digests past ``memory_bytes`` (``bulk.MEMORY_BYTES``, 64 MiB: two
     million identifiers) live in an unnamed file in ``spill_dir`` (the system's
-    temporary directory), so a set of any size is read in bounded memory.
+    temporary directory), and so do its row indices past the same size (eight
+    million), so a set of any size is read in bounded memory.
     """
     data, report, _ = read_partner_set(
         path,
@@ -541,6 +542,8 @@ async def run_psi(
     session: AnyPartnerSession | None = None,
     method: PsiMethod = PsiMethod.ECDH,
     items: PartnerItems | None = None,
+    spill_dir: Path | None = None,
+    memory_bytes: int | None = None,
 ) -> PsiRun:
     """Run one PSI session to the end through outages of the node.
 
@@ -554,6 +557,10 @@ async def run_psi(
     ``method`` KKRT (MATCH only) runs the OT-extension protocol; its sessions do not
     resume, so any outage after the node accepted starts a new one. ``items`` are its
     item blocks computed ahead (``partner_items``), as ``prepare_points`` is for ECDH.
+
+    ``spill_dir``: where a large session keeps its files (what it sent, its comparison
+    buckets, the outcome's per-row column past ``memory_bytes``); the system's temporary
+    directory by default.
     """
     if method is PsiMethod.KKRT and protocol is not Protocol.MATCH:
         raise ValueError("OT-extension PSI computes a MATCH; overlap stays ECDH")
@@ -562,7 +569,12 @@ async def run_psi(
         fresh: AnyPartnerSession
         if method is PsiMethod.KKRT:
             fresh = KkrtPartnerSession(
-                audience=audience, data=data, items=items, report_count=report_count
+                audience=audience,
+                data=data,
+                items=items,
+                report_count=report_count,
+                spill_dir=spill_dir,
+                memory_bytes=memory_bytes,
             )
         else:
             fresh = PartnerSession(
@@ -571,6 +583,8 @@ async def run_psi(
                 data=data,
                 pool=pool,
                 report_count=report_count,
+                spill_dir=spill_dir,
+                memory_bytes=memory_bytes,
             )
         if on_progress is not None:
             fresh.progress.listeners.append(on_progress)
@@ -721,12 +735,13 @@ MATCHED, MATCHED_ON = "matched", "matched_on"
 def write_match_output(
     source: Path,
     out: Path,
-    matched_on: np.ndarray,
+    matched_on: ArrayColumn,
     id_columns: Sequence[IdColumn],
     *,
     chunk_rows: int = 100_000,
 ) -> int:
-    """Copy ``source`` to ``out`` adding ``matched`` and ``matched_on``; atomic."""
+    """Copy ``source`` to ``out`` adding ``matched`` and ``matched_on``; atomic.
+    ``matched_on`` (``MatchOutcome.matched_on``) is read a chunk of rows at a time."""
     labels = np.array([""] + [str(c.id_type) for c in id_columns], dtype=object)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")

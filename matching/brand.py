@@ -370,9 +370,15 @@ class BrandSession:
 
     async def _count_matching_records(self) -> int:
         assert self._join is not None
-        hits = await self._join.mask(self._pool.run, window=2 * self._pool.workers)
+        flags = await self._join.hit_flags(self._pool.run, window=2 * self._pool.workers)
         self._join.close()
-        return int(hits.reshape(-1, self.hello.slots_per_record).any(axis=1).sum())
+        # A record's slots are consecutive positions: a window of whole records at a time.
+        step = self.hello.slots_per_record << 20
+        records = 0
+        for start in range(0, len(flags), step):
+            hits = np.frombuffer(flags[start : start + step], dtype=np.bool_)
+            records += int(hits.reshape(-1, self.hello.slots_per_record).any(axis=1).sum())
+        return records
 
     # ------------------------------------------------------------- outgoing
 

@@ -1,10 +1,12 @@
-"""A set's bulk byte columns (digests, points), in memory while small, else in a file.
+"""A set's bulk columns (digests, points, row indices, per-row results), in memory while
+small, else in a file.
 
-The partner's whole set is the one thing its process would otherwise hold: 64 bytes an
-identifier once prepared (a digest and a point), 6.4 GB at 100M. Every reader of those
-columns takes them slice by slice (a chunk for a worker, a chunk for the wire), so a
-column past ``MEMORY_BYTES`` is written to an unnamed temporary file and read back by
-``os.pread``; the process holds only the slices in flight.
+The partner's whole set is the one thing its process would otherwise hold: 72 bytes an
+identifier once prepared (a digest, a point, a row index), 7.2 GB at 100M. Every reader
+of those columns takes them slice by slice (a chunk for a worker, a chunk for the wire,
+a window of rows), so a column past ``MEMORY_BYTES`` is written to an unnamed temporary
+file and read back by ``os.pread``; the process holds only the slices in flight. Byte
+columns come back as ``bytes``; numeric ones (``ArrayAppender``) as numpy arrays.
 
 The file is unnamed (``tempfile.TemporaryFile``: ``O_TMPFILE`` on Linux): nothing is
 left behind if the process dies, and it goes when the column is garbage collected or
@@ -20,6 +22,9 @@ import tempfile
 import weakref
 from pathlib import Path
 from typing import BinaryIO, overload
+
+import numpy as np
+import numpy.typing as npt
 
 #: A column up to this many bytes stays in memory.
 MEMORY_BYTES = 64 * 1024 * 1024
@@ -81,6 +86,52 @@ class FileBytes:
 ByteColumn = bytes | FileBytes
 
 
+class FileArray:
+    """A one-dimensional numeric array in a temporary file (``FileBytes``): ``len`` and
+    contiguous slices, as read-only numpy arrays. What a large column's row indices or
+    per-row flags become, so that their readers, which take them a window at a time, see
+    the same slices as of an in-memory array."""
+
+    __slots__ = ("_bytes", "dtype")
+
+    def __init__(self, data: FileBytes, dtype: np.dtype) -> None:
+        if len(data) % dtype.itemsize:
+            raise ValueError(f"{len(data)} bytes are not whole {dtype} values")
+        self._bytes = data
+        self.dtype = dtype
+
+    def __len__(self) -> int:
+        return len(self._bytes) // self.dtype.itemsize
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        if not isinstance(key, slice):
+            raise TypeError("a file-backed array is read in contiguous slices only")
+        start, stop, step = key.indices(len(self))
+        if step != 1:
+            raise ValueError("a file-backed array is read in contiguous slices only")
+        size = self.dtype.itemsize
+        return np.frombuffer(self._bytes[start * size : max(start, stop) * size], self.dtype)
+
+    def whole(self) -> np.ndarray:
+        """Everything, in memory (for the few callers that need a whole column)."""
+        return np.frombuffer(self._bytes.tobytes(), self.dtype)
+
+    def close(self) -> None:
+        self._bytes.close()
+
+    def __repr__(self) -> str:
+        return f"FileArray({len(self)} x {self.dtype})"
+
+
+#: A numeric column as its readers see it: an array while small, else in a file.
+ArrayColumn = np.ndarray | FileArray
+
+
+def whole_array(column: ArrayColumn) -> np.ndarray:
+    """The column as one array (a copy for a file-backed one)."""
+    return column.whole() if isinstance(column, FileArray) else column
+
+
 def whole(column: ByteColumn) -> bytes:
     """The column as one ``bytes`` (a copy for a file-backed one)."""
     return column.tobytes() if isinstance(column, FileBytes) else column
@@ -122,6 +173,30 @@ class ColumnAppender:
         self._file.flush()
         file, self._file = self._file, None
         return FileBytes(file, self._length)
+
+
+class ArrayAppender:
+    """Build a numeric column chunk by chunk: an array while it is at most ``memory_bytes``
+    (``MEMORY_BYTES`` by default), else a ``FileArray``."""
+
+    def __init__(
+        self,
+        dtype: npt.DTypeLike,
+        *,
+        spill_dir: Path | None = None,
+        memory_bytes: int | None = None,
+    ) -> None:
+        self.dtype = np.dtype(dtype)
+        self._bytes = ColumnAppender(spill_dir=spill_dir, memory_bytes=memory_bytes)
+
+    def append(self, values: np.ndarray) -> None:
+        self._bytes.append(np.ascontiguousarray(values, dtype=self.dtype).tobytes())
+
+    def finish(self) -> ArrayColumn:
+        column = self._bytes.finish()
+        if isinstance(column, FileBytes):
+            return FileArray(column, self.dtype)
+        return np.frombuffer(column, self.dtype)
 
 
 class ColumnBuffer:

@@ -37,6 +37,7 @@ import hashlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 
 import numpy as np
@@ -59,7 +60,7 @@ from cleanroom.matching.messages import (
     Result,
     ValueChunk,
 )
-from cleanroom.matching.partner import MatchOutcome, PartnerProgress, PartnerSet, matched_on_rows
+from cleanroom.matching.partner import MatchOutcome, PartnerProgress, PartnerSet, match_outcome
 from cleanroom.matching.session import Round, RoundMachine
 from cleanroom.matching.workers import CryptoPool
 from cleanroom.proto.errors import ProtocolError
@@ -618,7 +619,11 @@ class KkrtPartnerSession(RoundMachine[Round]):
         items: PartnerItems | None = None,
         report_count: bool = True,
         random_bytes: Callable[[int], bytes] = os.urandom,
+        spill_dir: Path | None = None,
+        memory_bytes: int | None = None,
     ) -> None:
+        """``spill_dir``, ``memory_bytes``: where and past what size the outcome's per-row
+        column goes to a file (the system's temporary directory, ``bulk.MEMORY_BYTES``)."""
         super().__init__(Round.HELLO, None)
         self.audience = audience
         self.protocol = Protocol.MATCH
@@ -630,6 +635,8 @@ class KkrtPartnerSession(RoundMachine[Round]):
         self.result: Result | None = None
         self.accepted: Accepted | None = None
         self._random_bytes = random_bytes
+        self._spill_dir = spill_dir
+        self._memory_bytes = memory_bytes
         self._items = items
         self._receiver: KkrtReceiver | None = None
         self._hello: Hello | None = None
@@ -735,8 +742,12 @@ class KkrtPartnerSession(RoundMachine[Round]):
         items = self._items
         assert receiver is not None and items is not None and self.accepted is not None
         hits = receiver.matched[items.inverse] if len(items.inverse) else np.zeros(0, bool)
-        self.outcome = MatchOutcome(
-            matched_on=matched_on_rows(self.data, hits), brand_points=self.accepted.brand_points
+        self.outcome = match_outcome(
+            self.data,
+            hits,
+            self.accepted.brand_points,
+            spill_dir=self._spill_dir,
+            memory_bytes=self._memory_bytes,
         )
         self.finish = Finish(
             report_count=self.report_count,

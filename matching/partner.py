@@ -26,7 +26,13 @@ import numpy as np
 from cleanroom.audiences.identifiers import IdColumn, NormalizeOptions
 from cleanroom.audiences.reader import ReadReport, read_hashed_chunks
 from cleanroom.audiences.upload import DIGEST_LEN
-from cleanroom.matching.bulk import ByteColumn, ColumnAppender
+from cleanroom.matching.bulk import (
+    ArrayAppender,
+    ArrayColumn,
+    ByteColumn,
+    ColumnAppender,
+    whole_array,
+)
 from cleanroom.matching.journal import Journal, point_chunk, points_of, value_chunk, values_of
 from cleanroom.matching.messages import (
     POINT_LEN,
@@ -59,12 +65,13 @@ from cleanroom.proto.errors import ProtocolError
 class PartnerColumn:
     """One identifier column: which rows have a value, and their digests.
 
-    Digests and points are read by slice only, so a large column's live in a file
-    (``cleanroom.matching.bulk``); the row indices, 8 bytes an identifier, stay in memory.
+    Row indices, digests and points are read by slice only, so a large column's live in
+    files (``cleanroom.matching.bulk``): 72 bytes an identifier once prepared, none of
+    them held by the process.
     """
 
     id_type: str
-    rows: np.ndarray  # int64 row indices, ascending
+    rows: ArrayColumn = field(repr=False)  # int64 row indices, ascending
     digests: ByteColumn = field(repr=False)  # 32 bytes per row in ``rows``
     # H(digest), when prepared ahead (``prepare_points``): hash to curve is
     # keyless and deterministic, so like the brand at upload time the
@@ -78,6 +85,8 @@ class PartnerColumn:
             raise ValueError("one 32-byte point per row is required")
 
 
+#: A window of file rows (start, stop), and each column's (first entry index, rows) in it.
+ColumnWindow = tuple[int, int, list[tuple[int, np.ndarray]]]
 #: A window's records, and each column's (first entry index, rows) in it.
 RecordWindow = tuple[np.ndarray, list[tuple[int, np.ndarray]]]
 
@@ -97,17 +106,16 @@ class PartnerSet:
         """Rows that carry at least one identifier (whole: for callers that hold them)."""
         if not self.columns:
             return np.empty(0, dtype=np.int64)
-        return np.unique(np.concatenate([c.rows for c in self.columns]))
+        return np.unique(np.concatenate([whole_array(c.rows) for c in self.columns]))
 
     def record_count(self, window: int = 1 << 20) -> int:
         """How many rows carry at least one identifier, ``window`` rows at a time."""
         return sum(len(rec) for rec, _ in self.record_windows(window))
 
-    def record_windows(self, window: int) -> Iterator[RecordWindow]:
-        """The records (rows with an identifier) ``window`` file rows at a time, ascending,
-        each with every column's entries in that window: (index of its first entry in the
-        column, their rows). No window holds more than ``window`` entries a column, since
-        a column has at most one entry a row."""
+    def column_windows(self, window: int) -> Iterator[ColumnWindow]:
+        """The file rows ``window`` at a time, each window with every column's entries in
+        it: (index of its first entry in the column, their rows). No window holds more
+        than ``window`` entries a column, since a column has at most one entry a row."""
         taken = [0] * len(self.columns)
         for start in range(0, self.row_count, window):
             stop = min(start + window, self.row_count)
@@ -117,6 +125,12 @@ class PartnerSet:
                 n = int(np.searchsorted(ahead, stop))
                 parts.append((taken[c], ahead[:n]))
                 taken[c] += n
+            yield start, stop, parts
+
+    def record_windows(self, window: int) -> Iterator[RecordWindow]:
+        """The records (rows with an identifier) ``window`` file rows at a time, ascending,
+        each with every column's entries in that window (as ``column_windows``)."""
+        for _, _, parts in self.column_windows(window):
             present = [rows for _, rows in parts if len(rows)]
             rec = np.unique(np.concatenate(present)) if present else np.empty(0, np.int64)
             yield rec, parts
@@ -124,27 +138,53 @@ class PartnerSet:
 
 @dataclass
 class MatchOutcome:
-    """MATCH: per input row, the index of the column it matched on, or -1."""
+    """MATCH: per input row, the index of the column it matched on, or -1 (int8; a file
+    for a large set, read by slice), and how many rows matched on each column."""
 
-    matched_on: np.ndarray
+    matched_on: ArrayColumn = field(repr=False)
+    matched_per_column: tuple[int, ...]
     brand_points: int
 
     @property
     def matched_records(self) -> int:
-        return int((self.matched_on >= 0).sum())
+        return sum(self.matched_per_column)
 
 
-def matched_on_rows(data: PartnerSet, hits: np.ndarray) -> np.ndarray:
-    """Per row, the first column (in priority order) whose identifier matched, or -1.
+#: Hit flags over a set's column entries, concatenated in column order: one byte (0 or 1)
+#: an entry, as bytes (a file for a large set) or as a boolean array.
+HitFlags = ByteColumn | np.ndarray
 
-    ``hits`` flags every column entry, the columns' entries concatenated in order."""
-    matched_on = np.full(data.row_count, -1, dtype=np.int8)
-    offset = 0
-    for index, column in enumerate(data.columns):
-        rows = column.rows[hits[offset : offset + len(column.rows)]]
-        offset += len(column.rows)
-        matched_on[rows[matched_on[rows] < 0]] = index
-    return matched_on
+
+def match_outcome(
+    data: PartnerSet,
+    hits: HitFlags,
+    brand_points: int,
+    *,
+    window: int = 1 << 20,
+    spill_dir: Path | None = None,
+    memory_bytes: int | None = None,
+) -> MatchOutcome:
+    """Per row, the first column (in priority order) whose identifier matched, or -1,
+    ``window`` file rows at a time into a column (past ``memory_bytes``, a file in
+    ``spill_dir``), with the count of rows per column."""
+    if len(hits) != data.points:
+        raise ValueError(f"{len(hits)} hit flags for a set of {data.points} identifiers")
+    offsets = np.cumsum([0] + [len(c.rows) for c in data.columns]).tolist()
+    out = ArrayAppender(np.int8, spill_dir=spill_dir, memory_bytes=memory_bytes)
+    per_column = np.zeros(len(data.columns), dtype=np.int64)
+    for start, stop, parts in data.column_windows(window):
+        matched_on = np.full(stop - start, -1, dtype=np.int8)
+        for index, (first, rows) in enumerate(parts):
+            at = offsets[index] + first
+            flags = hits[at : at + len(rows)]
+            if not isinstance(flags, np.ndarray):
+                flags = np.frombuffer(flags, dtype=np.bool_)
+            found = rows[flags] - start
+            found = found[matched_on[found] < 0]
+            matched_on[found] = index
+            per_column[index] += len(found)
+        out.append(matched_on)
+    return MatchOutcome(out.finish(), tuple(per_column.tolist()), brand_points)
 
 
 @dataclass
@@ -276,9 +316,12 @@ def read_partner_set(
 ) -> tuple[PartnerSet, ReadReport, dict[str, np.ndarray]]:
     """Read, normalize and hash a partner file into a ``PartnerSet`` (rows = file rows),
     with the text of every ``keep`` column per row. A column's digests past
-    ``memory_bytes`` (default ``bulk.MEMORY_BYTES``) go to a file in ``spill_dir``."""
+    ``memory_bytes`` (default ``bulk.MEMORY_BYTES``) go to a file in ``spill_dir``, and
+    so do its row indices past the same size."""
     report = ReadReport()
-    rows: list[list[np.ndarray]] = [[] for _ in id_columns]
+    rows = [
+        ArrayAppender(np.int64, spill_dir=spill_dir, memory_bytes=memory_bytes) for _ in id_columns
+    ]
     digests = [ColumnAppender(spill_dir=spill_dir, memory_bytes=memory_bytes) for _ in id_columns]
     kept: dict[str, list[np.ndarray]] = {name: [] for name in keep}
     total = 0
@@ -296,7 +339,7 @@ def read_partner_set(
     columns = [
         PartnerColumn(
             id_type=str(c.id_type),
-            rows=np.concatenate(rows[i]) if rows[i] else np.empty(0, dtype=np.int64),
+            rows=rows[i].finish(),
             digests=digests[i].finish(),
         )
         for i, c in enumerate(id_columns)
@@ -321,9 +364,13 @@ class PartnerSession:
         random_bytes: Callable[[int], bytes] = os.urandom,
         report_count: bool = True,
         spill_dir: Path | None = None,
+        memory_bytes: int | None = None,
     ) -> None:
-        """``spill_dir``: where a large session keeps what it sent and its comparison
-        buckets (default: the system's temporary directory); they go when it closes."""
+        """``spill_dir``: where a large session keeps what it sent, its comparison buckets
+        and its outcome's per-row column (default: the system's temporary directory); they
+        go when it closes. ``memory_bytes``: the size past which the buckets and the
+        outcome go to files (by default, ``semijoin.MEMORY_BYTES`` a side and
+        ``bulk.MEMORY_BYTES``)."""
         if protocol is Protocol.CARDINALITY and not data.columns:
             raise ValueError("CARDINALITY needs at least one identifier column")
         self.audience = audience
@@ -356,6 +403,7 @@ class PartnerSession:
         # MATCH: ours (H(p)^ba) against theirs (H(s)^ab), bucketed as they arrive.
         self._join: SemiJoin | None = None
         self._spill_dir = spill_dir
+        self._memory_bytes = memory_bytes
         self._concluding = False
         self._brand_results = OrderedResults[bytes](limit=2 * pool.workers)
         self._tasks: list[asyncio.Task[None]] = []
@@ -401,10 +449,15 @@ class PartnerSession:
                     self._points,
                     accepted.brand_points,
                     spill_dir=self._spill_dir,
+                    memory_bytes=self._memory_bytes,
                 )
             else:
                 self._shuffle = Shuffle(
-                    accepted.value_len, accepted.brand_points, self._rng, spill_dir=self._spill_dir
+                    accepted.value_len,
+                    accepted.brand_points,
+                    self._rng,
+                    spill_dir=self._spill_dir,
+                    memory_bytes=self._memory_bytes,
                 )
             self._tasks = [asyncio.ensure_future(guarded(self._produce_points, self.fail))]
             self._tasks.append(asyncio.ensure_future(guarded(self._collect_brand, self.fail)))
@@ -613,11 +666,15 @@ class PartnerSession:
 
     async def _match_rows(self) -> MatchOutcome:
         assert self.accepted is not None and self._join is not None
-        hits = await self._join.mask(self._pool.run, window=2 * self._pool.workers)
+        hits = await self._join.hit_flags(self._pool.run, window=2 * self._pool.workers)
         self._join.close()
-        return MatchOutcome(
-            matched_on=matched_on_rows(self.data, hits),
-            brand_points=self.accepted.brand_points,
+        return await asyncio.to_thread(
+            match_outcome,
+            self.data,
+            hits,
+            self.accepted.brand_points,
+            spill_dir=self._spill_dir,
+            memory_bytes=self._memory_bytes,
         )
 
     # ------------------------------------------------------------- outgoing

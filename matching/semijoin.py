@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from cleanroom.matching.bulk import ByteColumn, ColumnAppender, whole
+
 # A bucket pair of about this many bytes per side is one job: small enough for a worker
 # with a few hundred MiB (np.isin sorts both sides, about 4x their size), large enough
 # that the per-job overhead is noise.
@@ -215,6 +217,7 @@ class SemiJoin:
         ``bits``: buckets as 2^bits instead of sized by the expected counts."""
         biggest = max(left_expected, right_expected)
         self._dir: Path | None = None
+        self._spill_dir = spill_dir
         limit = MEMORY_BYTES if memory_bytes is None else memory_bytes
         # Buckets small enough for a worker's job either way; files only for a large set.
         bits = bucket_bits(biggest, value_len) if bits is None else bits
@@ -230,24 +233,55 @@ class SemiJoin:
     def on_disk(self) -> bool:
         return self._dir is not None
 
-    async def mask(
-        self, run: Callable[..., Awaitable[bytes]] | None = None, window: int = 4
-    ) -> np.ndarray:
-        """Booleans over the left positions: whether each value is in the right set.
-        ``run(fn, *args)`` runs a job (on the party's pool); here, without one."""
+    async def hit_flags(
+        self,
+        run: Callable[..., Awaitable[bytes]] | None = None,
+        window: int = 4,
+        *,
+        range_bits: int | None = None,
+    ) -> ByteColumn:
+        """One byte a left position, in position order: 1 where its value is in the right
+        set, else 0. ``run(fn, *args)`` runs a job (on the party's pool); here, without one.
+
+        The bucket jobs find positions in no particular order, so the found positions are
+        bucketed again by range of position (in files for a join on disk), then each
+        range's flags are written in turn: what is held is one range, never the set. The
+        flags stay in memory for a join in memory, else go to an unnamed file.
+        ``range_bits``: 2^bits ranges instead of ranges sized by the count."""
         self.left.close()
         self.right.close()
-        hits = np.zeros(self.left.count, dtype=bool)
+        count = self.left.count
+        bits = bucket_bits(count, POSITION.itemsize) if range_bits is None else range_bits
+        span = max(1, -(-count // (1 << bits)))
+        if self._dir is None:
+            found = Buckets.in_memory(POSITION.itemsize, positioned=False, bits=bits)
+        else:
+            found = Buckets(POSITION.itemsize, bits, self._dir, positioned=False, name="found")
 
-        def mark(found: bytes) -> None:
-            hits[np.frombuffer(found, dtype=POSITION)] = True
+        def keep(positions: bytes) -> None:
+            if positions:
+                found.add(positions, np.frombuffer(positions, dtype=POSITION) // span)
 
         jobs = (
             (semi_join_bucket, *self._pair(b), self.left.value_len)
             for b in range(self.left.buckets)
         )
-        await _run_windowed(jobs, run, window, mark)
-        return hits
+        await _run_windowed(jobs, run, window, keep)
+        found.close()
+        flags = ColumnAppender(
+            spill_dir=self._spill_dir, memory_bytes=None if self._dir is None else 0
+        )
+        for b, start in enumerate(range(0, count, span)):
+            part = np.zeros(min(span, count - start), dtype=np.uint8)
+            part[np.frombuffer(found.bucket(b)[0], dtype=POSITION) - start] = 1
+            flags.append(part.tobytes())
+        return flags.finish()
+
+    async def mask(
+        self, run: Callable[..., Awaitable[bytes]] | None = None, window: int = 4
+    ) -> np.ndarray:
+        """``hit_flags`` as booleans, whole (for a small set and for tests)."""
+        return np.frombuffer(whole(await self.hit_flags(run, window)), dtype=np.bool_)
 
     def _pair(self, b: int) -> tuple[bytes, bytes, bytes]:
         values, positions = self.left.bucket(b)

@@ -6,9 +6,18 @@ import gc
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from cleanroom.matching.bulk import ColumnAppender, ColumnBuffer, FileBytes, whole
+from cleanroom.matching.bulk import (
+    ArrayAppender,
+    ColumnAppender,
+    ColumnBuffer,
+    FileArray,
+    FileBytes,
+    whole,
+    whole_array,
+)
 
 
 def test_an_appender_moves_to_a_file_past_its_limit_and_reads_back_every_slice(
@@ -34,6 +43,40 @@ def test_an_appender_moves_to_a_file_past_its_limit_and_reads_back_every_slice(
     with pytest.raises(ValueError, match="contiguous"):
         spilled[::2]
     assert repr(spilled) == "FileBytes(10000 bytes)"
+
+
+@pytest.mark.parametrize("dtype", ["<i8", "i1"])
+def test_an_array_column_reads_back_the_same_slices_in_memory_or_in_a_file(
+    tmp_path: Path, dtype: str
+) -> None:
+    values = np.random.default_rng(4).integers(-100, 100, 5_000).astype(dtype)
+    kept = ArrayAppender(dtype, spill_dir=tmp_path, memory_bytes=values.nbytes)
+    spilled = ArrayAppender(dtype, spill_dir=tmp_path, memory_bytes=values.nbytes // 3)
+    for start in range(0, len(values), 777):
+        kept.append(values[start : start + 777])
+        spilled.append(values[start : start + 777].astype(np.int64))  # cast to the column's
+    in_memory, in_file = kept.finish(), spilled.finish()
+    assert isinstance(in_memory, np.ndarray) and isinstance(in_file, FileArray)
+    assert len(in_file) == len(values) and in_file.dtype == np.dtype(dtype)
+    for start, stop in [(0, 1), (4_990, 5_000), (1_000, 3_333), (7, 7), (4_000, 9_000), (-4, None)]:
+        np.testing.assert_array_equal(in_file[start:stop], values[start:stop])
+        np.testing.assert_array_equal(in_memory[start:stop], values[start:stop])
+    np.testing.assert_array_equal(whole_array(in_file), values)
+    assert whole_array(in_memory) is in_memory
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="contiguous"):
+        in_file[::2]
+    with pytest.raises(TypeError, match="contiguous"):
+        in_file[3]  # type: ignore[index]
+    assert repr(in_file) == f"FileArray(5000 x {np.dtype(dtype)})"
+    in_file.close()
+    with pytest.raises(ValueError, match="closed"):
+        in_file[0:1]
+
+
+def test_an_empty_array_column_is_an_empty_array() -> None:
+    column = ArrayAppender(np.int64, memory_bytes=0).finish()
+    assert isinstance(column, np.ndarray) and column.dtype == np.int64 and len(column) == 0
 
 
 def test_a_buffer_filled_out_of_order_is_the_column_and_refuses_overruns(tmp_path: Path) -> None:

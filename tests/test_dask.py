@@ -32,6 +32,7 @@ from cleanroom.client.attribution import (
 )
 from cleanroom.client.sdk import Connection, load_partner_set, run_psi, upload_audience
 from cleanroom.federated.attribution.synth import synthesize_attribution
+from cleanroom.matching.bulk import whole_array
 from cleanroom.matching.cluster import DaskExecutor, parse_workers
 from cleanroom.matching.messages import Protocol, PsiMethod
 from cleanroom.matching.partner import PartnerSession
@@ -127,7 +128,7 @@ def answers(node: Any, tokens: dict[Role, str], pool: CryptoPool, data: Data) ->
             run_psi(conn, "crm", Protocol.MATCH, partner_set, pool=pool, method=method)
         )
         assert run.session.outcome is not None
-        out[f"match_{method.value}"] = list(run.session.outcome.matched_on)
+        out[f"match_{method.value}"] = list(whole_array(run.session.outcome.matched_on))
     run = asyncio.run(run_psi(conn, "crm", Protocol.CARDINALITY, partner_set, pool=pool))
     assert run.result is not None
     out["overlap"] = run.result.intersection
@@ -365,7 +366,10 @@ def test_a_tls_node_runs_its_local_cluster_over_tls(tmp_path: Path, data: Data) 
         with CryptoPool.open("local:1", tls=True) as partner_pool:
             run = asyncio.run(run_psi(conn, "crm", Protocol.MATCH, partner_set, pool=partner_pool))
     assert run.session.outcome is not None
-    assert matched_types(list(run.session.outcome.matched_on)) == plaintext(data)["matched"]
+    assert (
+        matched_types(list(whole_array(run.session.outcome.matched_on)))
+        == plaintext(data)["matched"]
+    )
 
 
 def test_close_works_with_dasks_own_executor() -> None:

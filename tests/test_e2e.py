@@ -26,7 +26,7 @@ from cleanroom.client.sdk import (
     upload_audience,
     write_match_output,
 )
-from cleanroom.matching.bulk import FileBytes
+from cleanroom.matching.bulk import FileArray, FileBytes, whole_array
 from cleanroom.matching.hash_to_curve import hash_to_curve
 from cleanroom.matching.messages import Protocol, PsiMethod
 from cleanroom.matching.partner import PartnerColumn, PartnerSet
@@ -136,18 +136,30 @@ def test_a_set_read_into_files_matches_as_one_in_memory(
     tmp_path: Path,
     method: PsiMethod,
 ) -> None:
-    """Past ``memory_bytes`` the partner's digests and points live in unnamed files; the
-    answer is the in-memory one and the plaintext join's, and no file is left named."""
+    """Past ``memory_bytes`` the partner's row indices, digests, points and its per-row
+    outcome live in unnamed files; the answer is the in-memory one and the plaintext
+    join's, the output file is the same, and no file is left named."""
     brand_csv, partner_csv = files
     spill = tmp_path / "spill"
     data, _ = load_partner_set(partner_csv, COLUMNS, OPTIONS, spill_dir=spill, memory_bytes=0)
     assert all(isinstance(c.digests, FileBytes) for c in data.columns if len(c.rows))
+    assert all(isinstance(c.rows, FileArray) for c in data.columns if len(c.rows))
     if method is PsiMethod.ECDH:
         data = asyncio.run(prepare_points(data, process_pool, spill_dir=spill, memory_bytes=0))
         assert all(isinstance(c.points, FileBytes) for c in data.columns if len(c.rows))
     run = asyncio.run(
-        run_psi(partner(node), "crm", Protocol.MATCH, data, pool=process_pool, method=method)
+        run_psi(
+            partner(node),
+            "crm",
+            Protocol.MATCH,
+            data,
+            pool=process_pool,
+            method=method,
+            spill_dir=spill,
+            memory_bytes=0,
+        )
     )
+    assert isinstance(run.outcome.matched_on, FileArray)
     assert list(spill.iterdir()) == []
     in_memory, _ = load_partner_set(partner_csv, COLUMNS, OPTIONS)
     assert all(isinstance(c.digests, bytes) for c in in_memory.columns)
@@ -158,9 +170,20 @@ def test_a_set_read_into_files_matches_as_one_in_memory(
     partner_frame = pd.read_csv(partner_csv, dtype=str, keep_default_na=False)
     expected = plaintext_match(brand, partner_frame, COLUMNS, OPTIONS)
     labels = ["", *(str(c.id_type) for c in COLUMNS)]
-    got = [labels[i + 1] for i in run.outcome.matched_on]
+    got = [labels[i + 1] for i in whole_array(run.outcome.matched_on)]
     assert got == expected
-    assert run.outcome.matched_on.tolist() == reference.outcome.matched_on.tolist()
+    assert (
+        whole_array(run.outcome.matched_on).tolist()
+        == whole_array(reference.outcome.matched_on).tolist()
+    )
+    assert run.outcome.matched_per_column == reference.outcome.matched_per_column
+    assert run.outcome.matched_per_column == tuple(
+        sum(1 for e in expected if e == str(c.id_type)) for c in COLUMNS
+    )
+    from_files, from_memory = tmp_path / "files.csv", tmp_path / "memory.csv"
+    write_match_output(partner_csv, from_files, run.outcome.matched_on, COLUMNS, chunk_rows=37)
+    write_match_output(partner_csv, from_memory, reference.outcome.matched_on, COLUMNS)
+    assert from_files.read_bytes() == from_memory.read_bytes()
 
 
 def test_single_key_match_equals_plaintext_join(
@@ -175,7 +198,7 @@ def test_single_key_match_equals_plaintext_join(
     partner_frame = pd.read_csv(partner_csv, dtype=str, keep_default_na=False)
     # The brand set holds all three types; an email matches only an email.
     expected = plaintext_match(brand, partner_frame, email_only, OPTIONS)
-    got = ["email" if x == 0 else "" for x in run.session.outcome.matched_on]
+    got = ["email" if x == 0 else "" for x in whole_array(run.session.outcome.matched_on)]
     assert got == expected
 
 

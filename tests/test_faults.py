@@ -17,6 +17,7 @@ import pytest
 from cleanroom.audiences.identifiers import NormalizeOptions, parse_id_columns
 from cleanroom.client.sdk import ClientError, Connection, run_psi, upload_audience
 from cleanroom.matching import journal
+from cleanroom.matching.bulk import whole_array
 from cleanroom.matching.messages import Accepted, Protocol
 from cleanroom.matching.partner import PartnerColumn, PartnerSession, PartnerSet
 from cleanroom.matching.workers import CryptoPool
@@ -167,7 +168,7 @@ def test_dropped_stream_resumes_to_the_right_answer(
     session, _ = asyncio.run(drop_then_resume())
     assert session.outcome is not None
     expected = [0 if i % 2 == 0 and i < 400 else -1 for i in range(2000)]
-    assert session.outcome.matched_on.tolist() == expected
+    assert whole_array(session.outcome.matched_on).tolist() == expected
 
     def recorded() -> tuple[str, int | None]:
         [record] = [s for s in sessions(node) if s.session_id == session.session_id]

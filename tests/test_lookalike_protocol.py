@@ -43,6 +43,7 @@ from cleanroom.federated.lookalike.messages import (
 from cleanroom.federated.lookalike.partner import PartnerLookalike, score_rows
 from cleanroom.federated.lookalike.synth import synthesize_lookalike
 from cleanroom.federated.paillier import _unsafe_generate_keypair_for_tests
+from cleanroom.matching.bulk import whole_array
 from cleanroom.matching.partner import PartnerColumn, PartnerSet
 from cleanroom.matching.workers import dst_for, hash_points
 from cleanroom.proto.errors import InvalidInput, PolicyViolation, ProtocolError
@@ -116,7 +117,9 @@ def pooled_labels(
     y = np.zeros(data.row_count, dtype=np.uint8)
     matched = np.zeros(data.row_count, dtype=bool)
     for column in data.columns:
-        for row, i in zip(column.rows.tolist(), range(0, len(column.digests), 32), strict=True):
+        for row, i in zip(
+            whole_array(column.rows).tolist(), range(0, len(column.digests), 32), strict=True
+        ):
             label = labels.get((column.id_type, column.digests[i : i + 32]))
             if label is not None:
                 matched[row] = True

@@ -17,6 +17,7 @@ import pandas as pd
 from cleanroom.audiences.identifiers import NormalizeOptions, parse_id_columns
 from cleanroom.audiences.synth_cn import spell_mobile
 from cleanroom.client.sdk import Connection, load_partner_set, run_psi, upload_audience
+from cleanroom.matching.bulk import whole_array
 from cleanroom.matching.messages import Protocol
 from cleanroom.matching.workers import CryptoPool
 from cleanroom.server.store import Role
@@ -196,4 +197,4 @@ def test_a_partner_offers_only_the_types_the_audience_holds(
         assert run.result is not None and run.result.intersection == 40
     assert [c.id_type for c in run.session.data.columns] == ["cn_mobile_md5"]  # overlap: dropped
     match = asyncio.run(run_psi(partner, "cn-md5", Protocol.MATCH, data, pool=process_pool))
-    assert match.outcome.matched_on.tolist() == [0] * 40 + [-1] * 40
+    assert whole_array(match.outcome.matched_on).tolist() == [0] * 40 + [-1] * 40

@@ -14,10 +14,16 @@ import numpy as np
 import pytest
 
 from cleanroom.matching.brand import BrandSession
-from cleanroom.matching.bulk import whole
+from cleanroom.matching.bulk import ArrayAppender, ColumnAppender, FileArray, whole, whole_array
 from cleanroom.matching.hash_to_curve import hash_to_curve
 from cleanroom.matching.messages import Finish, Hello, PointChunk, Protocol, Result, ValueChunk
-from cleanroom.matching.partner import PaddedSlots, PartnerColumn, PartnerSession, PartnerSet
+from cleanroom.matching.partner import (
+    PaddedSlots,
+    PartnerColumn,
+    PartnerSession,
+    PartnerSet,
+    match_outcome,
+)
 from cleanroom.matching.session import comparison_length
 from cleanroom.matching.workers import CryptoPool, dst_for, hash_and_blind_mixed, hash_points
 from cleanroom.matching.x25519 import InvalidPointError
@@ -129,7 +135,7 @@ def test_match_flags_equal_plaintext_join(thread_pool: CryptoPool, prepare: bool
     brand, partner = make(Protocol.MATCH, thread_pool, rows, prepare)
     asyncio.run(converse(brand, partner))
     assert partner.outcome is not None
-    assert partner.outcome.matched_on.tolist() == expected_matched_on(rows)
+    assert whole_array(partner.outcome.matched_on).tolist() == expected_matched_on(rows)
     expected = sum(1 for x in expected_matched_on(rows) if x >= 0)
     assert brand.result == Result(intersection=expected, known=True)
     assert brand.outcome().partner_records == 42  # rows with an identifier
@@ -376,8 +382,9 @@ def test_padded_slots_hold_each_record_once_with_its_identifiers_and_dummies(
         row = records[index]
         held = {}
         for c, column in enumerate(columns):
-            at = np.searchsorted(column.rows, row)
-            if at < len(column.rows) and column.rows[at] == row:
+            rows = whole_array(column.rows)
+            at = np.searchsorted(rows, row)
+            if at < len(rows) and rows[at] == row:
                 held[c] = column.digests[at * 32 : (at + 1) * 32]
         got = {int(code): values[position, j].tobytes() for j, code in enumerate(codes[position])}
         dummies = [j for j, code in enumerate(codes[position]) if code == 3]
@@ -417,5 +424,47 @@ def test_records_counted_a_window_at_a_time_are_the_rows_with_an_identifier(wind
             assert first == len(seen[c])  # each column's entries in order, each once
             seen[c] += rows.tolist()
     assert got == sorted(expected)
-    assert all(seen[c] == columns[c].rows.tolist() for c in seen)
+    assert all(seen[c] == whole_array(columns[c].rows).tolist() for c in seen)
     assert PartnerSet(0, []).record_count(window) == 0
+
+
+@pytest.mark.parametrize("in_files", [False, True])
+@pytest.mark.parametrize("window", [1, 7, 64, 1 << 20])
+def test_match_outcome_a_window_at_a_time_is_the_first_matching_column_per_row(
+    window: int, in_files: bool, tmp_path: Path
+) -> None:
+    """Per row, the highest-priority column whose identifier hit, or -1, with the count
+    per column: the same as a row-by-row computation, whether rows, hit flags and the
+    outcome are arrays or files."""
+    rng = np.random.default_rng(window)
+    row_count = 500  # the last rows carry nothing
+    limit = 0 if in_files else None
+    columns, by_column, hit_parts = [], [], []
+    for id_type, share in [("email", 0.5), ("phone", 0.4), ("maid", 0.0), ("idfa", 0.6)]:
+        rows = np.flatnonzero(rng.random(470) < share).astype(np.int64)
+        hit = rng.random(len(rows)) < 0.5
+        by_column.append(dict(zip(rows.tolist(), hit.tolist(), strict=True)))
+        hit_parts.append(hit)
+        stored = ArrayAppender(np.int64, spill_dir=tmp_path, memory_bytes=limit)
+        stored.append(rows)
+        columns.append(PartnerColumn(id_type, stored.finish(), bytes(32 * len(rows))))
+    data = PartnerSet(row_count, columns)
+    hits = np.concatenate(hit_parts)
+    flags = ColumnAppender(spill_dir=tmp_path, memory_bytes=limit)
+    flags.append(hits.astype(np.uint8).tobytes())
+    expected = [
+        next((c for c, by_row in enumerate(by_column) if by_row.get(row)), -1)
+        for row in range(row_count)
+    ]
+    for given in (hits, flags.finish()):
+        outcome = match_outcome(
+            data, given, 9, window=window, spill_dir=tmp_path, memory_bytes=limit
+        )
+        assert isinstance(outcome.matched_on, FileArray) is in_files
+        assert whole_array(outcome.matched_on).tolist() == expected
+        assert outcome.matched_per_column == tuple(expected.count(c) for c in range(4))
+        assert outcome.matched_records == sum(1 for e in expected if e >= 0) > 0
+        assert outcome.brand_points == 9
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="hit flags"):
+        match_outcome(data, hits[:-1], 9)

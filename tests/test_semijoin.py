@@ -17,6 +17,7 @@ from cleanroom.audiences.identifiers import NormalizeOptions, parse_id_columns
 from cleanroom.audiences.synth import synthesize
 from cleanroom.client.sdk import Connection, load_partner_set, run_psi, upload_audience
 from cleanroom.matching import semijoin
+from cleanroom.matching.bulk import FileBytes, whole, whole_array
 from cleanroom.matching.messages import Protocol
 from cleanroom.matching.semijoin import (
     Buckets,
@@ -90,10 +91,39 @@ def test_many_buckets_on_a_pool_give_the_same_mask(tmp_path: Path) -> None:
             return await asyncio.wrap_future(pool.submit(fn, *args))
 
         got = asyncio.run(join.mask(run, window=3))
-    assert len(list(tmp_path.rglob("*.v"))) == 128  # both sides spread over the 64 buckets
+    sides = [*tmp_path.rglob("left-*.v"), *tmp_path.rglob("right-*.v")]
+    assert len(sides) == 128  # both sides spread over the 64 buckets
     np.testing.assert_array_equal(got, reference(ours, theirs))
     assert got.sum() >= len(ours[::5])
     join.close()
+
+
+@pytest.mark.parametrize("memory_bytes", [0, 1 << 30])
+@pytest.mark.parametrize("range_bits", [0, 1, 5])
+def test_hit_flags_written_a_range_at_a_time_are_the_mask(
+    tmp_path: Path, memory_bytes: int, range_bits: int
+) -> None:
+    """Found positions come back bucket by bucket in no order; bucketed again by range of
+    position, the flags are written range by range and equal numpy's isin, in memory or
+    in a file (the ranges' files next to the sides', all gone with the join)."""
+    rng = np.random.default_rng(range_bits)
+    ours, theirs = values(9_001, 6, rng), values(4_000, 6, rng)
+    ours[::4] = theirs[rng.integers(0, len(theirs), size=len(ours[::4]))]
+    spill = tmp_path / "spill"
+    join = SemiJoin(6, len(ours), len(theirs), memory_bytes=memory_bytes, spill_dir=spill)
+    for chunk in chunks(ours, 1000):
+        join.left.add(chunk)
+    for chunk in chunks(theirs, 1000):
+        join.right.add(chunk)
+    flags = asyncio.run(join.hit_flags(range_bits=range_bits))
+    assert isinstance(flags, FileBytes if join.on_disk else bytes)
+    if join.on_disk:
+        assert len(list(spill.rglob("found-*.v"))) == 1 << range_bits
+    want = reference(ours, theirs)
+    assert len(flags) == len(ours)
+    np.testing.assert_array_equal(np.frombuffer(whole(flags), dtype=np.uint8), want)
+    join.close()
+    assert not list(spill.rglob("*"))
 
 
 def test_unique_count_equals_numpy_unique(tmp_path: Path) -> None:
@@ -165,7 +195,9 @@ def test_sessions_compare_through_bucket_files_and_leave_none(
     partner = pd.read_csv(result.partner_path, dtype=str, keep_default_na=False)
     want = plaintext_match(brand, partner, COLUMNS, OPTIONS)
     assert match.session.outcome is not None
-    got = [COLUMNS[i].id_type if i >= 0 else "" for i in match.session.outcome.matched_on]
+    got = [
+        COLUMNS[i].id_type if i >= 0 else "" for i in whole_array(match.session.outcome.matched_on)
+    ]
     assert got == want
     assert overlap.result is not None
     assert overlap.result.intersection == sum(1 for w in want if w) > 20

@@ -143,7 +143,7 @@ def partner_match(
         outcome = run.session.outcome
         assert outcome is not None
         write_match_output(file, out_path, outcome.matched_on, columns)
-    by_type = {str(c.id_type): int((outcome.matched_on == i).sum()) for i, c in enumerate(columns)}
+    by_type = {str(c.id_type): n for c, n in zip(columns, outcome.matched_per_column, strict=True)}
     summary = {
         "session_id": run.session.session_id,
         "rows": data.row_count,

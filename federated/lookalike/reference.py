@@ -17,6 +17,7 @@ import numpy as np
 from cleanroom.audiences.identifiers import IdColumn, NormalizeOptions
 from cleanroom.audiences.reader import read_hashed_chunks
 from cleanroom.federated.lookalike.features import IntFeatures
+from cleanroom.matching.bulk import whole_array
 from cleanroom.matching.partner import PartnerSet
 
 
@@ -47,7 +48,7 @@ def pooled_labels(
     y = np.zeros(data.row_count, dtype=np.uint8)
     matched = np.zeros(data.row_count, dtype=bool)
     for column in data.columns:
-        for k, row in enumerate(column.rows.tolist()):
+        for k, row in enumerate(whole_array(column.rows).tolist()):
             label = labels.get((column.id_type, column.digests[k * 32 : (k + 1) * 32]))
             if label is not None:
                 matched[row] = True
