@@ -160,10 +160,15 @@ def _parsed_exposure_parts(req: AttributionRequest) -> Iterator[pd.DataFrame]:
 
 
 def prepare_attribution(
-    req: AttributionRequest, executor: Executor | None = None
+    req: AttributionRequest,
+    executor: Executor | None = None,
+    *,
+    spill_dir: Path | None = None,
+    memory_bytes: int | None = None,
 ) -> PreparedAttribution:
     """Validate the exposure log, a part at a time; ``executor`` runs the crypto
-    (default: here)."""
+    (default: here). The run's buckets and columns go to files in ``spill_dir`` (the
+    system's temporary directory) past ``memory_bytes`` (their own defaults)."""
     rows = sum(len(part) for part in _parsed_exposure_parts(req))
     spend = read_spend(req.spend) if req.spend else {}
 
@@ -188,6 +193,8 @@ def prepare_attribution(
             epsilon=req.epsilon,
             submission_key=key,
             spend=spend,
+            spill_dir=spill_dir,
+            memory_bytes=memory_bytes,
         )
 
     return PreparedAttribution(req, rows, executor, machine(), machine)

@@ -121,7 +121,13 @@ def prepare_lookalike(
     req: LookalikeRequest,
     executor: Executor | None = None,
     on_rows: Callable[[int], None] | None = None,
+    *,
+    spill_dir: Path | None = None,
+    memory_bytes: int | None = None,
 ) -> PreparedLookalike:
+    """Read, join and encode the partner's files; the identifier columns and the job's
+    padded slots go to files in ``spill_dir`` (the system's temporary directory) past
+    ``memory_bytes`` (``bulk.MEMORY_BYTES``) and 256 MB."""
     users = load_partner_users(
         req.users,
         req.features,
@@ -131,6 +137,8 @@ def prepare_lookalike(
         feature_columns=req.feature_columns,
         bins=req.bins,
         on_rows=on_rows,
+        spill_dir=spill_dir,
+        memory_bytes=memory_bytes,
     )
     if not users.data.record_count():
         raise InvalidInput(f"no user in {req.users} has a valid identifier to offer")
@@ -150,6 +158,7 @@ def prepare_lookalike(
             submission_key=key,
             write_package=writer.write,
             jobs=RunJobs(executor),
+            spill_dir=spill_dir,
             **req.extra,
         )
 

@@ -219,6 +219,16 @@ def test_upload_match_overlap_through_the_cli(served: dict[str, object], tmp_pat
     on_dask = match_into(dask_out, "--protocol", "ecdh", "--dask-scheduler", "local:1")
     assert dask_out.read_bytes() == out.read_bytes()
     assert on_dask["matched_on"] == match["matched_on"]
+    # With everything past 0 MiB in files under --work-dir: created for them (nothing
+    # else makes it), empty afterwards, and the same output.
+    for protocol in ("ecdh", "kkrt"):
+        work, spilled_out = tmp_path / f"work-{protocol}" / "nested", tmp_path / f"{protocol}.csv"
+        spilled = match_into(
+            spilled_out, "--protocol", protocol, "--work-dir", str(work), "--spill-mb", "0"
+        )
+        assert work.is_dir() and list(work.iterdir()) == []
+        assert spilled_out.read_bytes() == out.read_bytes()
+        assert spilled["matched_on"] == match["matched_on"]
 
     overlap = json.loads(
         cli(
@@ -486,10 +496,13 @@ def test_attribution_through_the_cli(served: dict[str, object], tmp_path: Path) 
     assert all(c["campaign_id"] in wide for c in shown["campaigns"]) and "…" not in wide
     missing = cli("report", "show", "nope", "--api", api, "--token", tokens["analyst"], check=False)
     assert missing.returncode == 1 and "404" in missing.stderr
-    # Without --json: progress on stderr, the report id on stdout.
-    plain = cli(*attribute, "--view-window", "2")
+    # Without --json: progress on stderr, the report id on stdout. Its files (everything
+    # past 0 MiB) under --work-dir, which is created for them and left empty.
+    work = tmp_path / "attribution-work"
+    plain = cli(*attribute, "--view-window", "2", "--work-dir", str(work), "--spill-mb", "0")
     [second] = re.findall(r"report ([0-9a-f]{32})", plain.stdout)
     assert second != report_id
+    assert work.is_dir() and list(work.iterdir()) == []
 
 
 def _healthy(http_port: int) -> bool:

@@ -24,6 +24,7 @@ from cleanroom.client.lookalike import (
 from cleanroom.client.sdk import ClientError, Connection, SeedLabels, upload_audience
 from cleanroom.federated.lookalike.messages import LookalikeMode, SlotPoints
 from cleanroom.federated.lookalike.synth import synthesize_lookalike
+from cleanroom.matching.bulk import FileArray
 from cleanroom.proto.errors import InvalidInput
 from cleanroom.server.node import BrandNodeThread
 from cleanroom.server.settings import ServerSettings
@@ -165,9 +166,15 @@ def test_the_same_submission_returns_the_same_package(world: dict[str, Any]) -> 
         s.close()
 
 
-def test_matched_mode_excludes_the_brands_customers(world: dict[str, Any]) -> None:
+def test_matched_mode_excludes_the_brands_customers(world: dict[str, Any], tmp_path: Path) -> None:
+    """Run with the identifier columns (past 0 bytes) in files under a work directory:
+    created for them, empty afterwards."""
     req = request(world, "matched", mode=LookalikeMode.MATCHED, l2=0.5)
-    manifest = run(world, prepare_lookalike(req))
+    work = tmp_path / "work"
+    prepared = prepare_lookalike(req, spill_dir=work, memory_bytes=0)
+    assert all(isinstance(c.rows, FileArray) for c in prepared.users.data.columns)
+    manifest = run(world, prepared)
+    assert work.is_dir() and list(work.iterdir()) == []
     assert manifest["mode"] == "matched"
     assert manifest["excluded"] > 0
     assert manifest["scored"] + manifest["excluded"] == 3000

@@ -49,6 +49,30 @@ DaskScheduler = Annotated[
     ),
 ]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+WorkDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--work-dir",
+        help="Where the run keeps its temporary files (large columns, comparison buckets,"
+        " what it sent), created if missing and left empty when the run ends."
+        " Default: the system's temporary directory (TMPDIR).",
+    ),
+]
+SpillMb = Annotated[
+    int | None,
+    typer.Option(
+        "--spill-mb",
+        min=0,
+        help="Hold at most this many MiB of any one column or buffer in memory; the rest"
+        " goes to --work-dir. Default: 64 for a column, 256 for a comparison side.",
+    ),
+]
+
+
+def spill_bytes(spill_mb: int | None) -> int | None:
+    return None if spill_mb is None else spill_mb << 20
+
+
 RetrySeconds = Annotated[
     float,
     typer.Option(

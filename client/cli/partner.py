@@ -16,8 +16,10 @@ from cleanroom.client.cli.common import (
     Region,
     RetrySeconds,
     Server,
+    SpillMb,
     TlsDir,
     Token,
+    WorkDir,
     connection,
     crypto_pool,
     errors,
@@ -26,6 +28,7 @@ from cleanroom.client.cli.common import (
     parse_columns,
     print_json,
     progress_bars,
+    spill_bytes,
 )
 from cleanroom.matching.messages import PsiMethod
 
@@ -52,6 +55,8 @@ def _partner_session(
     show_progress: bool,
     report_count: bool = True,
     method: PsiMethod = PsiMethod.ECDH,
+    work_dir: Path | None = None,
+    spill_mb: int | None = None,
 ) -> tuple[Any, Any, Any]:
     from cleanroom.client.sdk import load_partner_set, run_psi
     from cleanroom.matching.messages import Protocol
@@ -59,7 +64,12 @@ def _partner_session(
     with progress_bars(show_progress) as progress:
         reading = progress.add_task("hashing partner rows", total=None)
         data, report = load_partner_set(
-            file, columns, normalize_options(region), on_rows=lambda n: progress.advance(reading, n)
+            file,
+            columns,
+            normalize_options(region),
+            on_rows=lambda n: progress.advance(reading, n),
+            spill_dir=work_dir,
+            memory_bytes=spill_bytes(spill_mb),
         )
         progress.update(reading, visible=False)
         kkrt = method is PsiMethod.KKRT
@@ -85,6 +95,8 @@ def _partner_session(
                     report_count=report_count,
                     on_progress=on_progress,
                     method=method,
+                    spill_dir=work_dir,
+                    memory_bytes=spill_bytes(spill_mb),
                 )
             )
     return run, data, report
@@ -107,6 +119,8 @@ def partner_match(
     retry_seconds: RetrySeconds = 60.0,
     workers: Annotated[int | None, typer.Option("--workers")] = None,
     dask_scheduler: DaskScheduler = None,
+    work_dir: WorkDir = None,
+    spill_mb: SpillMb = None,
     report_count: Annotated[
         bool,
         typer.Option("--report-count/--no-report-count", help="Tell the brand the match count."),
@@ -139,6 +153,8 @@ def partner_match(
             not as_json,
             report_count,
             protocol,
+            work_dir,
+            spill_mb,
         )
         outcome = run.session.outcome
         assert outcome is not None
@@ -179,6 +195,8 @@ def partner_overlap(
     retry_seconds: RetrySeconds = 60.0,
     workers: Annotated[int | None, typer.Option("--workers")] = None,
     dask_scheduler: DaskScheduler = None,
+    work_dir: WorkDir = None,
+    spill_mb: SpillMb = None,
     as_json: JsonOut = False,
 ) -> None:
     """PSI cardinality: both sides learn only how many of FILE's records match."""
@@ -193,6 +211,8 @@ def partner_overlap(
             workers,
             dask_scheduler,
             not as_json,
+            work_dir=work_dir,
+            spill_mb=spill_mb,
         )
     assert run.result is not None
     summary = {
@@ -222,6 +242,8 @@ def partner_attribute(
     epsilon: Annotated[float, typer.Option("--epsilon", help="DP budget to spend.")] = 0.0,
     workers: Annotated[int | None, typer.Option("--workers")] = None,
     dask_scheduler: DaskScheduler = None,
+    work_dir: WorkDir = None,
+    spill_mb: SpillMb = None,
     default_region: Region = None,
     tls_dir: TlsDir = None,
     retry_seconds: RetrySeconds = 60.0,
@@ -253,7 +275,9 @@ def partner_attribute(
             progress_bars(not as_json) as progress,
         ):
             phase = progress.add_task("reading the exposure log", total=None)
-            prepared = prepare_attribution(request, pool.executor)
+            prepared = prepare_attribution(
+                request, pool.executor, spill_dir=work_dir, memory_bytes=spill_bytes(spill_mb)
+            )
             sent = progress.add_task("partner tokens sent", total=None, visible=False)
             received = progress.add_task("brand tokens received", total=None, visible=False)
 
@@ -310,6 +334,8 @@ def partner_lookalike(
     ] = 0.0,
     workers: Annotated[int | None, typer.Option("--workers")] = None,
     dask_scheduler: DaskScheduler = None,
+    work_dir: WorkDir = None,
+    spill_mb: SpillMb = None,
     default_region: Region = None,
     tls_dir: TlsDir = None,
     retry_seconds: RetrySeconds = 60.0,
@@ -356,7 +382,11 @@ def partner_lookalike(
         ):
             reading = progress.add_task("reading users and features", total=None)
             prepared = prepare_lookalike(
-                request, pool.executor, on_rows=lambda n: progress.advance(reading, n)
+                request,
+                pool.executor,
+                on_rows=lambda n: progress.advance(reading, n),
+                spill_dir=work_dir,
+                memory_bytes=spill_bytes(spill_mb),
             )
             progress.update(reading, visible=False)
             phase = progress.add_task("waiting for the brand node", total=None)

@@ -92,8 +92,12 @@ def load_partner_users(
     feature_columns: str = "",
     bins: int = 0,
     on_rows: Callable[[int], None] | None = None,
+    spill_dir: Path | None = None,
+    memory_bytes: int | None = None,
 ) -> PartnerUsers:
-    """Read both files, join them on the user column, fit the feature pipeline."""
+    """Read both files, join them on the user column, fit the feature pipeline. The
+    identifier columns go to files in ``spill_dir`` past ``memory_bytes``
+    (``read_partner_set``)."""
     categorical = [
         item.strip().rpartition(":")[0]
         for item in feature_columns.split(",")
@@ -101,7 +105,13 @@ def load_partner_users(
     ]
     frame = read_features(features_path, user_column, categorical)
     data, report, kept = read_partner_set(
-        users_path, id_columns, options, keep=[user_column], on_rows=on_rows
+        users_path,
+        id_columns,
+        options,
+        keep=[user_column],
+        on_rows=on_rows,
+        spill_dir=spill_dir,
+        memory_bytes=memory_bytes,
     )
     user_ids = np.asarray([str(u).strip() for u in kept[user_column]], dtype=object)
     unique_users(user_ids, f"users file {users_path}")

@@ -32,6 +32,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -189,6 +190,7 @@ class PartnerLookalike(RoundMachine[LookalikeRound]):
         key: BlindingKey | None = None,
         random_bytes: Callable[[int], bytes] = os.urandom,
         min_key_bits: int = MIN_KEY_BITS,
+        spill_dir: Path | None = None,
     ) -> None:
         if not data.columns:
             raise InvalidInput("a lookalike needs at least one identifier column")
@@ -212,6 +214,7 @@ class PartnerLookalike(RoundMachine[LookalikeRound]):
         self._write_package = write_package
         self.rng = rng or np.random.default_rng()
         self._random_bytes = random_bytes
+        self._spill_dir = spill_dir  # the padded slots' batches, past 256 MB
         self._secret = self._jobs.key((key or BlindingKey.generate(random_bytes)).secret_bytes())
         self.min_key_bits = min_key_bits
         self.progress = LookalikeProgress()
@@ -464,7 +467,14 @@ class PartnerLookalike(RoundMachine[LookalikeRound]):
     async def _send_slots(self) -> None:
         """Every offered row as ``slots`` points H(x)^p, rows and slots shuffled."""
         assert self.accepted is not None
-        slots = PaddedSlots(self.data, self.slots, self.rng, self._random_bytes, keep_order=True)
+        slots = PaddedSlots(
+            self.data,
+            self.slots,
+            self.rng,
+            self._random_bytes,
+            keep_order=True,
+            spill_dir=self._spill_dir,
+        )
         dsts: list[bytes | None] = [
             None if c.points is not None else dst_for(c.id_type) for c in self.data.columns
         ]
