@@ -8,7 +8,8 @@ pool, so that runs only blind them), by identifier type and digest bucket; the
 events (customer, day, value) as the set's ``events`` table. Identifiers are
 staged by bucket under the work directory as they arrive, so an upload holds one
 chunk and one bucket at a time. A set stored by an earlier release (three Parquet
-files) is read as it is. An attribution run checks the tenant's policy before any work
+files) is read as it is, its identifiers a run of rows at a time. An attribution
+run checks the tenant's policy before any work
 (the DP budget, refused when it would be overspent), generates a fresh
 Paillier key and blinding key for the run, and hands the servicer a
 ``BrandAttribution`` state machine that owns the rounds; the report is stored
@@ -19,6 +20,7 @@ the stored report instead of running again (``AlreadyReported``).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import uuid
@@ -31,13 +33,13 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cleanroom.audiences.identifiers import ID_TYPES
 from cleanroom.audiences.upload import DIGEST_LEN, ConversionRows, UploadHeader
 from cleanroom.federated.attribution.brand import AlreadyReported, BrandAttribution, BrandRun
 from cleanroom.federated.attribution.inputs import (
-    BrandConversions,
     ConversionIds,
     ConversionSource,
 )
@@ -316,6 +318,12 @@ def _points(column: pa.ChunkedArray) -> np.ndarray:
     return np.frombuffer(stored.tobytes(), dtype=np.uint8).reshape(-1, PRECOMPUTED_LAGS, POINT_LEN)
 
 
+def _digests(column: pa.ChunkedArray) -> np.ndarray:
+    """A digest column as uint8 rows (k, 32)."""
+    stored = fixed_binary_to_numpy(column, DIGEST_LEN)
+    return np.frombuffer(stored.tobytes(), dtype=np.uint8).reshape(-1, DIGEST_LEN)
+
+
 @dataclass
 class StoredConversions:
     """A stored conversion set as a run reads it (``ConversionSource``): the events
@@ -341,13 +349,105 @@ class StoredConversions:
             if part.id_type not in id_types or not part.rows:
                 continue
             ids = self.dataset.read(part, ["event", "digest", "points"])
-            digests = fixed_binary_to_numpy(ids.column("digest"), DIGEST_LEN)
             yield ConversionIds(
                 event=ids.column("event").to_numpy().astype(np.int64),
                 id_type=np.full(ids.num_rows, part.id_type, dtype=object),
-                digest=np.frombuffer(digests.tobytes(), dtype=np.uint8).reshape(-1, DIGEST_LEN),
+                digest=_digests(ids.column("digest")),
                 points=_points(ids.column("points")),
             )
+
+
+#: Identifiers of a set stored by an earlier release read at a time.
+LEGACY_PART_ROWS = 1 << 20
+
+
+@dataclass
+class LegacyConversions:
+    """A conversion set stored by an earlier release: three Parquet files beside the
+    set's path (its events; its identifiers; their token points, when it has them).
+    The events are read whole, as for a partitioned set; the identifiers
+    ``part_rows`` at a time, a run of the files' rows per part. A digest in two runs
+    has its tokens blinded twice, to the same values: the same answer, a little more
+    work than a digest bucket's."""
+
+    customer: np.ndarray
+    day: np.ndarray
+    value: np.ndarray
+    ids_path: Path
+    points_path: Path | None  # None: no points (or not one per identifier), hashed per run
+    type_counts: dict[str, int]
+    part_rows: int = LEGACY_PART_ROWS
+
+    @classmethod
+    def open(cls, base: Path, part_rows: int | None = None) -> LegacyConversions:
+        """``part_rows``: identifiers a part (``LEGACY_PART_ROWS`` by default)."""
+        part_rows = LEGACY_PART_ROWS if part_rows is None else part_rows
+        ids_path, points_path = Path(f"{base}.ids.parquet"), Path(f"{base}.points.parquet")
+        rows = pq.read_metadata(ids_path).num_rows
+        with_points = points_path.exists() and pq.read_metadata(points_path).num_rows == rows
+        counts: dict[str, int] = {}
+        with pq.ParquetFile(ids_path) as ids:
+            for batch in ids.iter_batches(batch_size=part_rows, columns=["id_type"]):
+                for entry in pc.value_counts(batch.column(0)).to_pylist():
+                    name = str(entry["values"])
+                    counts[name] = counts.get(name, 0) + entry["counts"]
+        events = pq.read_table(f"{base}.events.parquet")
+        points = points_path if with_points else None
+        return cls(*_event_columns(events), ids_path, points, counts, part_rows)
+
+    @property
+    def events(self) -> int:
+        return len(self.day)
+
+    def held_types(self) -> tuple[str, ...]:
+        return tuple(sorted(t for t, n in self.type_counts.items() if n))
+
+    def identifier_count(self, id_types: tuple[str, ...]) -> int:
+        return sum(self.type_counts.get(t, 0) for t in id_types)
+
+    def identifier_parts(self, id_types: tuple[str, ...]) -> Iterator[ConversionIds]:
+        files = [(self.ids_path, ["event", "id_type", "digest"])]
+        if self.points_path is not None:
+            files.append((self.points_path, ["points"]))
+        for tables in _row_runs(files, self.part_rows):
+            ids = tables[0]
+            id_type = np.asarray(ids.column("id_type").to_pylist(), dtype=object)
+            keep = np.isin(id_type, list(id_types))
+            if not keep.any():
+                continue
+            yield ConversionIds(
+                event=ids.column("event").to_numpy().astype(np.int64)[keep],
+                id_type=id_type[keep],
+                digest=_digests(ids.column("digest"))[keep],
+                points=_points(tables[1].column("points"))[keep] if len(tables) > 1 else None,
+            )
+
+
+def _row_runs(files: list[tuple[Path, list[str]]], rows: int) -> Iterator[list[pa.Table]]:
+    """The same rows of each file together, ``rows`` at a time (the last run shorter),
+    whatever the files' row groups; the files hold as many rows each."""
+    with contextlib.ExitStack() as opened:
+        readers = [
+            iter(opened.enter_context(pq.ParquetFile(p)).iter_batches(batch_size=rows, columns=c))
+            for p, c in files
+        ]
+        pending: list[list[pa.RecordBatch]] = [[] for _ in files]
+        held = [0] * len(files)
+        while True:
+            for i, reader in enumerate(readers):
+                while held[i] < rows and (batch := next(reader, None)) is not None:
+                    pending[i].append(batch)
+                    held[i] += batch.num_rows
+            run = min(rows, *held)
+            if run == 0:
+                return
+            out = []
+            for i in range(len(files)):
+                table = pa.Table.from_batches(pending[i])
+                out.append(table.slice(0, run))
+                pending[i] = table.slice(run).to_batches()
+                held[i] -= run
+            yield out
 
 
 @dataclass
@@ -366,7 +466,8 @@ class AttributionService:
 
     def load(self, principal: Principal, name: str) -> tuple[ConversionSetRecord, ConversionSource]:
         """The set named ``name``: its events read, its identifiers read by a run a
-        partition at a time (a set from an earlier release, in three files, whole)."""
+        partition at a time (a set from an earlier release, in three files, a run of rows
+        at a time)."""
         record = self.store.get_conversion_set(principal.tenant_id, name)
         if record is None:
             raise NotFound(f"no conversions named {name!r} for this tenant")
@@ -375,23 +476,7 @@ class AttributionService:
             dataset = open_dataset(base)
             columns = _event_columns(dataset.side_table(EVENTS_TABLE))
             return record, StoredConversions(*columns, dataset)
-        # Three files, from an earlier release.
-        events = pq.read_table(str(base) + ".events.parquet")
-        ids = pq.read_table(str(base) + ".ids.parquet")
-        points_path = Path(str(base) + ".points.parquet")
-        id_points = None
-        if points_path.exists():
-            id_points = _points(pq.read_table(points_path).column("points"))
-        digests = fixed_binary_to_numpy(ids.column("digest"), DIGEST_LEN)
-        return record, BrandConversions(
-            *_event_columns(events),
-            id_event=ids.column("event").to_numpy().astype(np.int64),
-            id_type=np.array(ids.column("id_type").to_pylist(), dtype=object),
-            id_digest=np.frombuffer(digests.tobytes(), dtype=np.uint8).reshape(-1, DIGEST_LEN),
-            id_points=id_points
-            if id_points is not None and len(id_points) == ids.num_rows
-            else None,
-        )
+        return record, LegacyConversions.open(base)  # three files, from an earlier release
 
     def open(self, principal: Principal, hello: AttrHello) -> BrandRun:
         """Policy checks, then a run (or the stored report for a repeated submission).

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -29,7 +31,8 @@ from cleanroom.federated.attribution.reference import reference_report
 from cleanroom.federated.attribution.synth import synthesize_attribution
 from cleanroom.federated.attribution.tokens import PRECOMPUTED_LAGS, day_dst
 from cleanroom.matching.hash_to_curve import hash_to_curve
-from cleanroom.server.attribution import AttributionService, StoredConversions
+from cleanroom.server import attribution as server_attribution
+from cleanroom.server.attribution import AttributionService, LegacyConversions, StoredConversions
 from cleanroom.server.datasets import open_dataset, remove_stored
 from cleanroom.server.lifecycle import delete_conversions
 from cleanroom.server.node import BrandNodeThread
@@ -249,22 +252,65 @@ def test_upload_stores_a_partitioned_set_with_hashed_points_and_replacing_remove
     assert (stored_at.parent / second["conversions_id"] / "_manifest.json").is_file()
 
 
+def write_legacy(stored_at: Path, points: bool = True) -> pa.Table:
+    """A stored set's three files of an earlier release, beside it (the ids' and the
+    points' row groups of different sizes); returns its identifiers."""
+    dataset = open_dataset(stored_at)
+    ids = dataset.read_all(["event", "id_type", "digest", "points"])
+    base = str(stored_at)
+    pq.write_table(dataset.side_table("events"), base + ".events.parquet")
+    pq.write_table(ids.select(["event", "id_type", "digest"]), base + ".ids.parquet", 50)
+    if points:
+        pq.write_table(ids.select(["points"]), base + ".points.parquet", row_group_size=33)
+    return ids
+
+
+@pytest.mark.parametrize("points", [True, False])
+def test_an_earlier_releases_identifiers_come_a_run_of_rows_at_a_time(
+    world: dict[str, Any], tmp_path: Path, points: bool
+) -> None:
+    """Parts of 41 rows, whatever the files' row groups, put back together are the
+    files' identifiers in order, with their points (or none, without the points file);
+    the counts per type are the files'."""
+    record = stored_set(world, "sales")
+    stored_at = tmp_path / "legacy" / "set"
+    shutil.copytree(world["settings"].data_dir / record.path, stored_at)
+    ids = write_legacy(stored_at, points)
+    legacy = LegacyConversions.open(stored_at, part_rows=41)
+    events = open_dataset(stored_at).side_table("events")
+    assert legacy.events == events.num_rows
+    types = ids.column("id_type").to_pylist()
+    assert legacy.held_types() == tuple(sorted(set(types)))
+    assert legacy.identifier_count(("email",)) == types.count("email") > 0
+    assert legacy.identifier_count(("email", "phone", "maid")) == len(types)
+    parts = list(legacy.identifier_parts(("email", "phone")))
+    assert len(parts) > 2 and all(len(p.event) <= 41 for p in parts)
+    keep = [t in ("email", "phone") for t in types]
+    want = ids.filter(pa.array(keep))
+    assert [e for p in parts for e in p.event.tolist()] == want.column("event").to_pylist()
+    assert [t for p in parts for t in p.id_type.tolist()] == want.column("id_type").to_pylist()
+    digests = [bytes(d) for p in parts for d in p.digest]
+    assert digests == want.column("digest").to_pylist()
+    if points:
+        got = b"".join(p.points.tobytes() for p in parts if p.points is not None)
+        assert got == b"".join(want.column("points").to_pylist())
+    else:
+        assert all(p.points is None for p in parts)
+
+
 def test_a_set_stored_as_three_files_by_an_earlier_release_runs_the_same(
-    world: dict[str, Any],
+    world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The layout before partitioning (events, ids, points files beside the set's path)
-    is read as it is: the same report as the partitioned set's and the plaintext one."""
+    is read as it is, 97 identifiers a part (a digest's tokens in several parts): the
+    same report as the partitioned set's and the plaintext one."""
+    monkeypatch.setattr(server_attribution, "LEGACY_PART_ROWS", 97)
     node, synth = world["node"], world["synth"]
     admin = Connection(node.target, world["tokens"][Role.ADMIN])
     upload(admin, synth, "sales-legacy")
     record = stored_set(world, "sales-legacy")
     stored_at = world["settings"].data_dir / record.path
-    dataset = open_dataset(stored_at)
-    ids = dataset.read_all(["event", "id_type", "digest", "points"])
-    base = str(stored_at)
-    pq.write_table(dataset.side_table("events"), base + ".events.parquet")
-    pq.write_table(ids.select(["event", "id_type", "digest"]), base + ".ids.parquet")
-    pq.write_table(ids.select(["points"]), base + ".points.parquet")
+    write_legacy(stored_at)
     remove_stored(stored_at)
     report = stored(world, attribute(world, request(synth, conversions="sales-legacy")))
     assert_reports_equal(report, plaintext(synth, synth.exposures_path))
