@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from cleanroom.audiences.identifiers import ID_TYPES
 from cleanroom.audiences.upload import DIGEST_LEN, UploadChunk, UploadEnd, UploadHeader
+from cleanroom.federated.lookalike.brand import LabelledPoints
 from cleanroom.matching.brand import StoredPoints
 from cleanroom.matching.hash_to_curve import hash_to_curve_batch
 from cleanroom.matching.kkrt import brand_items
@@ -138,25 +139,34 @@ class AudienceService:
         blocks = [brand_items([t], [d]) for t, d in _typed_digests(self.dataset(record))]
         return np.ascontiguousarray(np.concatenate(blocks)) if blocks else brand_items([], [])
 
-    def load_labelled_points(self, record: AudienceRecord) -> tuple[np.ndarray, np.ndarray]:
-        """The distinct curve points (``S32``) and each one's seed label (uint8 0/1).
+    def labelled_points(self, record: AudienceRecord) -> LabelledPoints:
+        """The distinct curve points and each one's seed label (uint8 0/1), to be read in
+        batches (a lookalike streams each list in a random order without holding it).
 
         An identifier carries the highest label of the records that hold it;
-        audiences stored before labels existed are all seeds.
-        """
+        audiences stored before labels existed are all seeds. The seeds are counted
+        here, from the labels alone."""
         dataset = self.dataset(record)
-        labelled = "label" in dataset.names
-        points, labels = [], []
-        for batch in dataset.batches(["point", *(["label"] if labelled else [])]):
-            points.append(fixed_binary_to_numpy(batch.column(0), POINT_LEN))
-            labels.append(
-                batch.column(1).to_numpy().astype(np.uint8)
-                if labelled
-                else np.ones(batch.num_rows, dtype=np.uint8)
-            )
-        if not points:
-            return np.empty(0, dtype=f"S{POINT_LEN}"), np.empty(0, dtype=np.uint8)
-        return np.concatenate(points), np.concatenate(labels)
+        if "label" not in dataset.names:
+
+            def unlabelled() -> Iterator[tuple[bytes, np.ndarray]]:
+                for batch in dataset.batches(["point"], batch_rows=POINT_BATCH_ROWS):
+                    points = fixed_binary_to_numpy(batch.column(0), POINT_LEN).tobytes()
+                    yield points, np.ones(batch.num_rows, dtype=np.uint8)
+
+            return LabelledPoints(dataset.rows, 0, unlabelled)
+        seeds = others = 0
+        for batch in dataset.batches(["label"], batch_rows=1 << 20):
+            labels = batch.column(0).to_numpy()
+            seeds += int((labels == 1).sum())
+            others += int((labels == 0).sum())
+
+        def labelled() -> Iterator[tuple[bytes, np.ndarray]]:
+            for batch in dataset.batches(["point", "label"], batch_rows=POINT_BATCH_ROWS):
+                points = fixed_binary_to_numpy(batch.column(0), POINT_LEN).tobytes()
+                yield points, batch.column(1).to_numpy().astype(np.uint8)
+
+        return LabelledPoints(seeds, others, labelled)
 
 
 class AudienceUpload:

@@ -40,6 +40,7 @@ from cleanroom.federated.paillier import PaillierPrivateKey, PaillierPublicKey, 
 from cleanroom.matching.workers import RunJobs
 from cleanroom.proto.errors import FailedPrecondition, InvalidInput, NotFound, PermissionDenied
 from cleanroom.server.audiences import NAME_RE, AudienceService
+from cleanroom.server.files import WORK_DIR
 from cleanroom.server.policy import Policy
 from cleanroom.server.store import (
     AuditEntry,
@@ -128,7 +129,7 @@ class LookalikeService:
                 f" policy needs at least {policy.min_lookalike_seed} matched seeds for a lookalike"
             )
         check_session_quota(self.store, partnership, policy, self.clock())
-        points, labels = self.audiences.load_labelled_points(audience)
+        points = self.audiences.labelled_points(audience)
         _public_key, private_key = (
             self.keygen(self.key_bits)
             if self.keygen is not None
@@ -141,7 +142,6 @@ class LookalikeService:
             session_id=session_id,
             hello=hello,
             points=points,
-            labels=labels,
             private_key=private_key,
             min_seed=policy.min_lookalike_seed,
             modes=tuple(LookalikeMode(m) for m in policy.lookalike_modes),
@@ -151,6 +151,7 @@ class LookalikeService:
                 partner, hello, package_id, started, outcome, policy.delta
             ),
             chunk_size=self.chunk_size,
+            spill_dir=self.audiences.data_dir / WORK_DIR,
         )
         if hello.epsilon > 0:
             # Charged before any work: an overspending job is refused up front.

@@ -199,10 +199,13 @@ def test_an_upload_is_stored_by_type_and_digest_bucket(
         new = AudienceService(store, node.data_dir, thread_pool)
         before = AudienceService(store, legacy.parent, thread_pool)
         assert np.array_equal(new.load_items(record), before.load_items(old))
-        for a, b in zip(
-            new.load_labelled_points(record), before.load_labelled_points(old), strict=True
-        ):
-            assert np.array_equal(a, b)
+        labelled, labelled_old = new.labelled_points(record), before.labelled_points(old)
+        assert (labelled.seeds, labelled.others) == (labelled_old.seeds, labelled_old.others)
+        batches, batches_old = list(labelled.batches()), list(labelled_old.batches())
+        assert b"".join(p for p, _ in batches) == b"".join(p for p, _ in batches_old)
+        labels = np.concatenate([la for _, la in batches])
+        assert np.array_equal(labels, np.concatenate([la for _, la in batches_old]))
+        assert (labelled.seeds, labelled.others) == (int(labels.sum()), int((labels == 0).sum()))
         stream, stream_old = new.stored_points(record), before.stored_points(old)
     finally:
         store.close()

@@ -167,7 +167,9 @@ def test_audiences_stored_before_labels_are_all_seeds(
         assert tenant is not None
         record = store.list_audiences(tenant.tenant_id)[0]
         old = dataclasses.replace(record, path="old.parquet")
-        points, labels = AudienceService(store, tmp_path, thread_pool).load_labelled_points(old)
+        labelled = AudienceService(store, tmp_path, thread_pool).labelled_points(old)
     finally:
         store.close()
-    assert len(points) == 2 and labels.tolist() == [1, 1] and labels.dtype == np.uint8
+    [(points, labels)] = list(labelled.batches())
+    assert len(points) == 2 * 32 and labels.tolist() == [1, 1] and labels.dtype == np.uint8
+    assert (labelled.seeds, labelled.others) == (2, 0)

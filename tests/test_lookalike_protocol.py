@@ -24,7 +24,7 @@ from sklearn.metrics import roc_auc_score
 from cleanroom.audiences.identifiers import NormalizeOptions, parse_id_columns
 from cleanroom.audiences.reader import read_hashed_chunks
 from cleanroom.federated.lookalike.aggregates import tier_sizes
-from cleanroom.federated.lookalike.brand import BrandLookalike
+from cleanroom.federated.lookalike.brand import BrandLookalike, LabelledPoints
 from cleanroom.federated.lookalike.features import FeaturePipeline
 from cleanroom.federated.lookalike.inputs import PartnerUsers, load_partner_users
 from cleanroom.federated.lookalike.messages import (
@@ -129,8 +129,8 @@ def pooled_labels(
 
 def make_pair(
     users: PartnerUsers,
-    points: np.ndarray,
-    flags: np.ndarray,
+    points: np.ndarray | LabelledPoints,
+    flags: np.ndarray | None,
     keys: tuple[Any, Any],
     *,
     mode: LookalikeMode = LookalikeMode.HIDDEN_SEED,
@@ -221,22 +221,44 @@ def test_hidden_seed_model_equals_the_centralized_fit(
     assert partner.package_id == "job-1"
 
 
+@pytest.mark.parametrize("on_disk", [False, True])
 def test_matched_mode_is_exact_and_excludes_customers(
-    world: Any, users: PartnerUsers, keys: tuple[Any, Any]
+    world: Any, users: PartnerUsers, keys: tuple[Any, Any], on_disk: bool, tmp_path: Path
 ) -> None:
+    """Also with the brand's audience read in batches of 37 points and its shuffles and
+    comparisons all in files (past 0 bytes): the same, exact answer, no file left."""
     labels, points, flags = brand_identifiers(world.crm_path)
+    options: dict[str, Any] = {"label_batch": 61}
+    given: np.ndarray | LabelledPoints = points
+    given_flags: np.ndarray | None = flags
+    if on_disk:
+        spill = tmp_path / "spill"
+        options |= {"spill_dir": spill, "memory_bytes": 0}
+        batches = [
+            (points[i : i + 37].tobytes(), flags[i : i + 37]) for i in range(0, len(points), 37)
+        ]
+        seeds = int((flags == 1).sum())
+        given, given_flags = LabelledPoints(seeds, len(flags) - seeds, lambda: iter(batches)), None
     brand, partner = make_pair(
         users,
-        points,
-        flags,
+        given,
+        given_flags,
         keys,
         mode=LookalikeMode.MATCHED,
         seed=3,
-        brand_options={"label_batch": 61},
+        brand_options=options,
     )
     transcript = asyncio.run(converse(brand, partner))
+    if on_disk:
+        assert spill.is_dir()  # the shuffles and joins were there, and went once read
+        assert list(spill.iterdir()) == []
+    matched_flags = np.concatenate(
+        [np.frombuffer(m.flags, np.uint8) for s, m in transcript if isinstance(m, MatchedRows)]
+    )
     y, matched = pooled_labels(users.data, labels)
     assert partner.intersection == int(matched.sum())
+    assert len(matched_flags) == len(users.data.records())  # one flag per offered row
+    assert int(matched_flags.sum()) == int(matched.sum())
     check_exact(brand, partner, users, y)
     width = keys[0].ciphertext_bytes
     labels_in = [m for side, m in transcript if isinstance(m, EncryptedLabels)]

@@ -6,7 +6,8 @@ Rounds (``LookalikeRound``; the package docstring has the protocol):
               the run's Paillier key and sizes, and starts sending both lists
               of its identifiers (seeds, others; padded to one size, shuffled).
 ``EXCHANGE``  re-blinds the partner's slot points in order and keeps them;
-              collects the partner's re-blinded lists. With both complete,
+              collects the partner's re-blinded lists (each compared with
+              the slots by bucket, ``SemiJoin``). With both complete,
               labels every partner position (seed, other, no match), refuses a
               matched seed below the policy's minimum, and sends
               ``Enc(label)`` per position.
@@ -19,6 +20,12 @@ Every message outside its round, a repeated or skipped chunk, more points than
 declared, or more sums than the cap raises ``ProtocolError`` and fails the
 job; so does the stream ending first (``end_of_input``). The brand never sees
 a user id, a feature or a score.
+
+Nothing of the audience or of the partner's set is held whole: the stored points are
+read in batches into one random-batch ``Shuffle`` per list (dummies added in batches),
+and the partner's slot values and the lists' values go to a ``SemiJoin`` per list, all
+in files past 256 MB under ``spill_dir``, removed by ``close``. What is held per partner
+row is its two flags (seed, matched).
 """
 
 from __future__ import annotations
@@ -27,8 +34,9 @@ import asyncio
 import json
 import math
 import os
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -62,6 +70,7 @@ from cleanroom.federated.lookalike.privacy import (
 )
 from cleanroom.federated.paillier import PaillierPrivateKey, PaillierPublicKey, private_key_to_json
 from cleanroom.matching.messages import POINT_LEN
+from cleanroom.matching.semijoin import SemiJoin, Shuffle
 from cleanroom.matching.session import (
     OrderedResults,
     RoundMachine,
@@ -85,6 +94,27 @@ MAX_HOLDOUT = 0.5
 MIN_HOLDOUT_ROWS = 100  # fewer, and the holdout's sums would say too much about few people
 ENCRYPT_BATCH = 2048  # labels per encryption job and per EncryptedLabels message
 FLAGS_CHUNK = 1 << 20  # positions per MatchedRows message
+DUMMY_BATCH = 1 << 16  # dummy points hashed per job
+
+
+@dataclass(frozen=True)
+class LabelledPoints:
+    """An audience's distinct curve points with their seed labels, read in batches (a
+    stored audience) rather than held whole: ``batches()`` yields packed 32-byte points
+    and a uint8 label (1 seed, 0 other) each, ``seeds`` and ``others`` in all."""
+
+    seeds: int
+    others: int
+    batches: Callable[[], Iterator[tuple[bytes, np.ndarray]]]
+
+    @classmethod
+    def of(cls, points: np.ndarray, labels: np.ndarray) -> LabelledPoints:
+        """Points (``S32``) and labels in memory, as one batch."""
+        if points.dtype != np.dtype(f"S{POINT_LEN}") or len(points) != len(labels):
+            raise TypeError("points are S32, one label each")
+        flags = np.asarray(labels, dtype=np.uint8)
+        seeds, others = int((flags == 1).sum()), int((flags == 0).sum())
+        return cls(seeds, others, lambda: iter([(points.tobytes(), flags)]))
 
 
 @dataclass(frozen=True)
@@ -201,9 +231,11 @@ class BrandLookalike(RoundMachine[LookalikeRound]):
     """B's state machine for one lookalike job.
 
     ``points``/``labels``: the audience's distinct identifiers as curve points
-    and their 0/1 seed labels. ``modes`` are the modes the brand's policy
-    allows; ``min_seed`` the fewest matched seeds it trains on. ``conclude``
-    stores the outcome (package metadata) and returns the package id.
+    and their 0/1 seed labels (arrays), or ``points`` as ``LabelledPoints`` read in
+    batches. ``modes`` are the modes the brand's policy allows; ``min_seed`` the
+    fewest matched seeds it trains on. ``conclude`` stores the outcome (package
+    metadata) and returns the package id. ``spill_dir``: where its shuffles and
+    comparisons go past ``memory_bytes`` (the system's temporary directory; 256 MB).
     """
 
     def __init__(
@@ -211,8 +243,8 @@ class BrandLookalike(RoundMachine[LookalikeRound]):
         *,
         session_id: str,
         hello: LookalikeHello,
-        points: np.ndarray,
-        labels: np.ndarray,
+        points: np.ndarray | LabelledPoints,
+        labels: np.ndarray | None = None,
         private_key: PaillierPrivateKey,
         min_seed: int,
         modes: tuple[LookalikeMode, ...] = tuple(LookalikeMode),
@@ -225,10 +257,16 @@ class BrandLookalike(RoundMachine[LookalikeRound]):
         rng: np.random.Generator | None = None,
         key: BlindingKey | None = None,
         random_bytes: Callable[[int], bytes] = os.urandom,
+        spill_dir: Path | None = None,
+        memory_bytes: int | None = None,
     ) -> None:
         check_hello(hello, modes)
-        if points.dtype != np.dtype(f"S{POINT_LEN}") or len(points) != len(labels):
-            raise TypeError("points are S32, one label each")
+        if isinstance(points, np.ndarray):
+            if labels is None:
+                raise TypeError("points as an array need their labels")
+            points = LabelledPoints.of(points, labels)
+        elif labels is not None:
+            raise TypeError("labelled points carry their labels")
         super().__init__(LookalikeRound.HELLO, jobs)
         self.session_id = session_id
         self.hello = hello
@@ -240,11 +278,25 @@ class BrandLookalike(RoundMachine[LookalikeRound]):
         self._rng = rng or np.random.default_rng()
         self._random_bytes = random_bytes
         self._secret = self._jobs.key((key or BlindingKey.generate()).secret_bytes())
-        labels = np.asarray(labels, dtype=np.uint8)
-        self._lists = {BrandList.SEED: points[labels == 1], BrandList.OTHER: points[labels == 0]}
-        self.list_size = max(1, *(len(v) for v in self._lists.values()))
+        self._points = points
+        self._list_counts = {BrandList.SEED: points.seeds, BrandList.OTHER: points.others}
+        self.list_size = max(1, points.seeds, points.others)
         self.declared_points = hello.rows * hello.slots
         self.value_len = comparison_length(self.declared_points, 2 * self.list_size)
+        self._spill_dir = spill_dir
+        # Each list's values against the partner's slots (theirs on the left, in order).
+        self._joins = {
+            which: SemiJoin(
+                self.value_len,
+                self.declared_points,
+                self.list_size,
+                spill_dir=spill_dir,
+                memory_bytes=memory_bytes,
+            )
+            for which in BrandList
+        }
+        self._memory_bytes = memory_bytes
+        self._shuffles: list[Shuffle] = []
         self.max_decryptions = hello.features + 1
         if hello.holdout_rows:
             self.max_decryptions += 2 + len(hello.tiers)
@@ -260,8 +312,6 @@ class BrandLookalike(RoundMachine[LookalikeRound]):
         self._partner_seq = 0
         self._partner_received = 0
         self._reblind = OrderedResults[bytes](limit=8)
-        self._partner_values: list[bytes] = []
-        self._values: dict[BrandList, list[bytes]] = {BrandList.SEED: [], BrandList.OTHER: []}
         self._values_seq = dict.fromkeys(BrandList, 0)
         self._values_count = dict.fromkeys(BrandList, 0)
         self._partner_done = asyncio.Event()
@@ -293,6 +343,13 @@ class BrandLookalike(RoundMachine[LookalikeRound]):
     def end_of_input(self) -> None:
         if not self.finished:
             self.fail(ProtocolError("the stream ended before the package; nothing was stored"))
+
+    def close(self) -> None:
+        super().close()
+        for join in self._joins.values():
+            join.close()
+        for shuffle in self._shuffles:
+            shuffle.close()
 
     def outgoing(self) -> AsyncIterator[LookalikeBrandMessage]:
         return self.drain(LookalikeDone)
@@ -355,7 +412,7 @@ class BrandLookalike(RoundMachine[LookalikeRound]):
             raise ProtocolError(f"list {which.name} came back with more than {self.list_size}")
         self._values_seq[which] += 1
         self._values_count[which] += count
-        self._values[which].append(chunk.values)
+        self._joins[which].right.add(chunk.values)
         if all(self._values_count[w] == self.list_size for w in BrandList):
             self._lists_done.set()
 
@@ -445,34 +502,56 @@ class BrandLookalike(RoundMachine[LookalikeRound]):
     # ----------------------------------------------------------- background
 
     async def _send_lists(self) -> None:
-        """Both lists as H(s)^b: dummies up to one size, each shuffled."""
-        for which in BrandList:
-            real = self._lists[which]
-            missing = self.list_size - len(real)
-            dummies = await self._jobs.call(
-                hash_points, self._random_bytes(32 * missing), DUMMY_DST
+        """Both lists as H(s)^b, dummies up to one size, each in a uniformly random order:
+        the points read a batch at a time into a random-batch ``Shuffle`` per list."""
+        shuffles = {
+            which: Shuffle(
+                POINT_LEN,
+                self.list_size,
+                self._rng,
+                spill_dir=self._spill_dir,
+                memory_bytes=self._memory_bytes,
             )
-            padded = np.concatenate([real, np.frombuffer(dummies, dtype=f"S{POINT_LEN}")])
-            padded = padded[self._rng.permutation(len(padded))]
-            parts = [
-                padded[start : start + self.chunk_size].tobytes()
-                for start in range(0, len(padded), self.chunk_size)
-            ]
-            jobs = [(self._secret, part, False) for part in parts]
+            for which in BrandList
+        }
+        self._shuffles = list(shuffles.values())
+
+        def fill() -> None:
+            for packed, labels in self._points.batches():
+                rows = np.frombuffer(packed, dtype=np.uint8).reshape(-1, POINT_LEN)
+                for which, label in ((BrandList.SEED, 1), (BrandList.OTHER, 0)):
+                    if (chosen := labels == label).any():
+                        shuffles[which].add(rows[chosen].tobytes())
+
+        await asyncio.to_thread(fill)
+        for which, shuffle in shuffles.items():
+            if shuffle.count != self._list_counts[which]:
+                raise RuntimeError(
+                    f"the audience holds {shuffle.count} {which.name} points,"
+                    f" not {self._list_counts[which]}"
+                )
+            missing = self.list_size - shuffle.count
+            for start in range(0, missing, DUMMY_BATCH):
+                count = min(DUMMY_BATCH, missing - start)
+                random = self._random_bytes(32 * count)
+                shuffle.add(await self._jobs.call(hash_points, random, DUMMY_DST))
+            jobs = ((self._secret, part, False) for part in shuffle.chunks(self.chunk_size))
             seq = 0
             async for blinded in in_order(self._jobs, blind_points, jobs):
                 self.put(BrandPoints(list=which, seq=seq, points=blinded))
                 seq += 1
+            shuffle.close()
 
     async def _collect_reblinded(self) -> None:
         async for values in self._reblind:
-            self._partner_values.append(values)
+            for join in self._joins.values():
+                join.left.add(values)
         self._partner_done.set()
 
     async def _label_positions(self) -> None:
         await self._partner_done.wait()
         await self._lists_done.wait()
-        seed, matched = await asyncio.to_thread(self._labels)
+        seed, matched = await self._labels()
         self.intersection, self.seeds = int(matched.sum()), int(seed.sum())
         if self.seeds < self.min_seed:
             raise PolicyViolation(
@@ -500,13 +579,20 @@ class BrandLookalike(RoundMachine[LookalikeRound]):
         self.round = LookalikeRound.SUMS
         self._signal.notify()
 
-    def _labels(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per partner position: seed (a slot in the seed list), and matched at all."""
-        dtype = np.dtype(f"S{self.value_len}")
-        slots = np.frombuffer(b"".join(self._partner_values), dtype=dtype)
-        slots = slots.reshape(self.hello.rows, self.hello.slots)
-        seed = np.frombuffer(b"".join(self._values[BrandList.SEED]), dtype=dtype)
-        other = np.frombuffer(b"".join(self._values[BrandList.OTHER]), dtype=dtype)
-        in_seed = np.asarray(np.isin(slots, seed).any(axis=1))
-        in_other = np.asarray(np.isin(slots, other).any(axis=1))
-        return in_seed, in_seed | in_other
+    async def _labels(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per partner position: seed (a slot in the seed list), and matched at all; the
+        slots compared with each list by bucket, then read a window of rows at a time."""
+        flags = {}
+        for which, join in self._joins.items():
+            flags[which] = await join.hit_flags(self._jobs.call)
+            join.close()
+        slots = self.hello.slots
+        in_list = {which: np.zeros(self.hello.rows, dtype=bool) for which in BrandList}
+        window = slots << 20  # a window of whole rows
+        for which, found in flags.items():
+            for start in range(0, len(found), window):
+                hits = np.frombuffer(found[start : start + window], dtype=np.bool_)
+                rows = np.asarray(hits.reshape(-1, slots).any(axis=1))
+                in_list[which][start // slots : start // slots + len(rows)] = rows
+        in_seed = in_list[BrandList.SEED]
+        return in_seed, in_seed | in_list[BrandList.OTHER]
