@@ -48,7 +48,8 @@ from cleanroom.federated.attribution.report import AttributionReport, DecryptedA
 from cleanroom.federated.attribution.tokens import PRECOMPUTED_LAGS, LaggedPoints
 from cleanroom.federated.paillier import PaillierPrivateKey, PaillierPublicKey, generate_keypair_on
 from cleanroom.matching.messages import POINT_LEN
-from cleanroom.matching.semijoin import Buckets, bucket_bits, spill_directory
+from cleanroom.matching.semijoin import MEMORY_BYTES as SEMIJOIN_MEMORY
+from cleanroom.matching.semijoin import POSITION, Buckets, bucket_bits, spill_directory
 from cleanroom.matching.workers import RunJobs, hash_mixed
 from cleanroom.proto.errors import (
     AlreadyExists,
@@ -301,16 +302,53 @@ def _fixed(packed: bytes, width: int = DIGEST_LEN) -> pa.FixedSizeBinaryArray:
     )
 
 
-def _event_columns(events: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(customer number, day, value) per event of a stored events table."""
-    _, customer = np.unique(
-        fixed_binary_to_numpy(events.column("customer"), DIGEST_LEN), return_inverse=True
-    )
-    return (
-        customer.astype(np.int64),
-        events.column("day").to_numpy().astype(np.int64),
-        events.column("value").to_numpy().astype(np.float64),
-    )
+EVENT_BATCH_ROWS = 1 << 20  # events read from a stored set at a time
+
+
+def read_event_columns(
+    events: pq.ParquetFile,
+    work: Path | None,
+    *,
+    memory_bytes: int | None = None,
+    bits: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(customer number, day, value) per event of a stored events table, read a batch at
+    a time. Customers are numbered in the order of their digests, as one ``np.unique``
+    over them all would, but a bucket of digests at a time: a set past 256 MB of
+    digests (``memory_bytes``) keeps them in bucket files in a directory inside ``work``,
+    removed here; ``bits``: 2^bits buckets instead of sized by the count."""
+    count = events.metadata.num_rows
+    limit = SEMIJOIN_MEMORY if memory_bytes is None else memory_bytes
+    customer = np.empty(count, dtype=np.int64)
+    day = np.empty(count, dtype=np.int64)
+    value = np.empty(count, dtype=np.float64)
+    bits = bucket_bits(count, DIGEST_LEN) if bits is None else bits
+    directory = None if count * DIGEST_LEN < limit else spill_directory(work, "events-")
+    try:
+        if directory is None:
+            digests = Buckets.in_memory(DIGEST_LEN, positioned=True, bits=bits)
+        else:
+            digests = Buckets(DIGEST_LEN, bits, directory, positioned=True, name="customers")
+        at = 0
+        for batch in events.iter_batches(batch_size=EVENT_BATCH_ROWS):
+            n = batch.num_rows
+            digests.add(fixed_binary_to_numpy(batch.column("customer"), DIGEST_LEN).tobytes())
+            day[at : at + n] = batch.column("day").to_numpy()
+            value[at : at + n] = batch.column("value").to_numpy()
+            at += n
+        digests.close()
+        numbered = 0
+        for b in range(digests.buckets):
+            packed, positions = digests.bucket(b)
+            distinct, inverse = np.unique(
+                np.frombuffer(packed, dtype=f"S{DIGEST_LEN}"), return_inverse=True
+            )
+            customer[np.frombuffer(positions, dtype=POSITION)] = inverse + numbered
+            numbered += len(distinct)
+    finally:
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
+    return customer, day, value
 
 
 def _points(column: pa.ChunkedArray) -> np.ndarray:
@@ -379,8 +417,11 @@ class LegacyConversions:
     part_rows: int = LEGACY_PART_ROWS
 
     @classmethod
-    def open(cls, base: Path, part_rows: int | None = None) -> LegacyConversions:
-        """``part_rows``: identifiers a part (``LEGACY_PART_ROWS`` by default)."""
+    def open(
+        cls, base: Path, part_rows: int | None = None, work: Path | None = None
+    ) -> LegacyConversions:
+        """``part_rows``: identifiers a part (``LEGACY_PART_ROWS`` by default); ``work``:
+        where the events' customers are numbered past 256 MB."""
         part_rows = LEGACY_PART_ROWS if part_rows is None else part_rows
         ids_path, points_path = Path(f"{base}.ids.parquet"), Path(f"{base}.points.parquet")
         rows = pq.read_metadata(ids_path).num_rows
@@ -391,9 +432,10 @@ class LegacyConversions:
                 for entry in pc.value_counts(batch.column(0)).to_pylist():
                     name = str(entry["values"])
                     counts[name] = counts.get(name, 0) + entry["counts"]
-        events = pq.read_table(f"{base}.events.parquet")
         points = points_path if with_points else None
-        return cls(*_event_columns(events), ids_path, points, counts, part_rows)
+        with pq.ParquetFile(f"{base}.events.parquet") as events:
+            columns = read_event_columns(events, work)
+        return cls(*columns, ids_path, points, counts, part_rows)
 
     @property
     def events(self) -> int:
@@ -472,11 +514,14 @@ class AttributionService:
         if record is None:
             raise NotFound(f"no conversions named {name!r} for this tenant")
         base = self.data_dir / record.path
+        work = self.data_dir / WORK_DIR
         if base.is_dir():
             dataset = open_dataset(base)
-            columns = _event_columns(dataset.side_table(EVENTS_TABLE))
+            with dataset.side_file(EVENTS_TABLE) as events:
+                columns = read_event_columns(events, work)
             return record, StoredConversions(*columns, dataset)
-        return record, LegacyConversions.open(base)  # three files, from an earlier release
+        # Three files, from an earlier release.
+        return record, LegacyConversions.open(base, work=work)
 
     def open(self, principal: Principal, hello: AttrHello) -> BrandRun:
         """Policy checks, then a run (or the stored report for a repeated submission).

@@ -109,10 +109,18 @@ class Dataset:
         return pa.concat_tables([self.read(p, wanted) for p in self.parts])
 
     def side_table(self, name: str) -> pa.Table:
+        """A side table, whole (small sets, tests, tools)."""
+        return pq.read_table(self._side_path(name))
+
+    def side_file(self, name: str) -> pq.ParquetFile:
+        """A side table's file, for reading in batches (``iter_batches``); close it."""
+        return pq.ParquetFile(self._side_path(name))
+
+    def _side_path(self, name: str) -> Path:
         part = self.tables.get(name)
         if part is None:
             raise DatasetError(f"the set at {self.path} has no {name!r} table")
-        return pq.read_table(part.path)
+        return part.path
 
 
 def open_dataset(path: Path) -> Dataset:

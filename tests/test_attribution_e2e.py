@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -32,7 +33,12 @@ from cleanroom.federated.attribution.synth import synthesize_attribution
 from cleanroom.federated.attribution.tokens import PRECOMPUTED_LAGS, day_dst
 from cleanroom.matching.hash_to_curve import hash_to_curve
 from cleanroom.server import attribution as server_attribution
-from cleanroom.server.attribution import AttributionService, LegacyConversions, StoredConversions
+from cleanroom.server.attribution import (
+    AttributionService,
+    LegacyConversions,
+    StoredConversions,
+    read_event_columns,
+)
 from cleanroom.server.datasets import open_dataset, remove_stored
 from cleanroom.server.lifecycle import delete_conversions
 from cleanroom.server.node import BrandNodeThread
@@ -601,3 +607,37 @@ def test_a_cancelled_run_drops_its_queued_jobs() -> None:
     here.cancel()
     with pytest.raises(CancelledError):
         here.run_many(job, [(5,)])
+
+
+@pytest.mark.parametrize(("memory_bytes", "bits"), [(None, None), (0, 0), (0, 3), (1 << 30, 4)])
+def test_customers_numbered_a_bucket_at_a_time_are_numpys_unique(
+    tmp_path: Path, memory_bytes: int | None, bits: int | None
+) -> None:
+    """The events read in batches, their customers numbered a bucket of digests at a
+    time (in files or in memory): the numbers one ``np.unique`` over every digest gives,
+    the days and values as stored, and no file left in the work directory."""
+    rng = np.random.default_rng(bits or 0)
+    distinct = rng.integers(0, 256, size=(700, 32), dtype=np.uint8)
+    customers = distinct[rng.integers(0, len(distinct), size=5_000)]
+    days = rng.integers(19_000, 19_400, size=5_000).astype(np.int32)
+    values = rng.random(5_000) * 100
+    path = tmp_path / "events.parquet"
+    table = pa.table(
+        {
+            "customer": pa.array([bytes(c) for c in customers], pa.binary(32)),
+            "day": pa.array(days),
+            "value": pa.array(values),
+        }
+    )
+    pq.write_table(table, path, row_group_size=777)
+    work = tmp_path / "work"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(server_attribution, "EVENT_BATCH_ROWS", 1000)  # several batches
+        with pq.ParquetFile(path) as events:
+            customer, day, value = read_event_columns(
+                events, work, memory_bytes=memory_bytes, bits=bits
+            )
+    _, want = np.unique(customers.view("S32").ravel(), return_inverse=True)
+    assert customer.tolist() == want.tolist()
+    assert day.tolist() == days.tolist() and value.tolist() == values.tolist()
+    assert not work.exists() or list(work.iterdir()) == []
