@@ -75,6 +75,8 @@ MAX_CUCKOO_ATTEMPTS: Final = 16
 #: bin (6.4 GB at this bound) and both sides queue at most ``OUTBOX_LIMIT`` messages.
 MAX_ITEMS: Final = 100_000_000
 OUTBOX_LIMIT: Final = 16
+#: Items whose cuckoo bins the brand computes at a time.
+POSITION_SLICE: Final = 1 << 20
 
 
 def _secure_generator(random_bytes: Callable[[int], bytes]) -> np.random.Generator:
@@ -331,7 +333,14 @@ class KkrtSender:
         self._q = _Columns(chosen)
         self._mask = np.where(choices == 1, 0xFF, 0).astype(np.uint8).reshape(-1, 1)
         self._s = ox.block_major(choice_bytes.reshape(1, ox.ROW_BYTES))  # (4, 1, 16)
-        self._positions = ox.cuckoo_positions(hello.cuckoo_key, items, self.bins)
+        # Each item's three bins, 12 bytes an item (bins < 2^32), computed a slice at a
+        # time so the 24-byte int64 form is never held for the whole set.
+        self._positions = np.empty((len(items), ox.HASHES), dtype=np.uint32)
+        for lo in range(0, len(items), POSITION_SLICE):
+            part = items[lo : lo + POSITION_SLICE]
+            self._positions[lo : lo + len(part)] = ox.cuckoo_positions(
+                hello.cuckoo_key, part, self.bins
+            )
         self._rows = np.empty((self.bins, ox.ROW_BYTES), dtype=np.uint8)
         self.next_chunk = 0
         self._random_bytes = random_bytes
@@ -397,7 +406,7 @@ class KkrtSender:
             hash_index = np.full(min(batch, len(order)), f, dtype=np.int8)
             for lo in range(0, len(order), batch):
                 idx = order[lo : lo + batch]
-                bins = self._positions[idx, f]
+                bins = self._positions[idx, f].astype(np.int64)
                 rows = ox.block_major(self._rows[bins])
                 code = ox.code_words(
                     self.keys.code, self.keys.offsets, self.items[idx], hash_index[: len(idx)]
