@@ -127,7 +127,7 @@ def prepare_lookalike(
 ) -> PreparedLookalike:
     """Read, join and encode the partner's files; the identifier columns and the job's
     padded slots go to files in ``spill_dir`` (the system's temporary directory) past
-    ``memory_bytes`` (``bulk.MEMORY_BYTES``) and 256 MB."""
+    ``memory_bytes`` (by default ``bulk.MEMORY_BYTES`` and 256 MB)."""
     users = load_partner_users(
         req.users,
         req.features,
@@ -159,6 +159,7 @@ def prepare_lookalike(
             write_package=writer.write,
             jobs=RunJobs(executor),
             spill_dir=spill_dir,
+            memory_bytes=memory_bytes,
             **req.extra,
         )
 

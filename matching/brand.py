@@ -43,7 +43,7 @@ from cleanroom.matching.messages import (
     Result,
     ValueChunk,
 )
-from cleanroom.matching.semijoin import SemiJoin, Shuffle
+from cleanroom.matching.semijoin import SemiJoin, Shuffle, records_hit
 from cleanroom.matching.session import OrderedResults, Round, Signal, comparison_length, guarded
 from cleanroom.matching.workers import CryptoPool, blind_and_truncate, blind_points
 from cleanroom.matching.x25519 import BlindingKey
@@ -372,13 +372,10 @@ class BrandSession:
         assert self._join is not None
         flags = await self._join.hit_flags(self._pool.run, window=2 * self._pool.workers)
         self._join.close()
-        # A record's slots are consecutive positions: a window of whole records at a time.
-        step = self.hello.slots_per_record << 20
-        records = 0
-        for start in range(0, len(flags), step):
-            hits = np.frombuffer(flags[start : start + step], dtype=np.bool_)
-            records += int(hits.reshape(-1, self.hello.slots_per_record).any(axis=1).sum())
-        return records
+        slots = self.hello.slots_per_record
+        return await asyncio.to_thread(
+            lambda: sum(int(hit.sum()) for hit in records_hit(flags, slots))
+        )
 
     # ------------------------------------------------------------- outgoing
 

@@ -176,9 +176,12 @@ def match_outcome(
         matched_on = np.full(stop - start, -1, dtype=np.int8)
         for index, (first, rows) in enumerate(parts):
             at = offsets[index] + first
-            flags = hits[at : at + len(rows)]
-            if not isinstance(flags, np.ndarray):
-                flags = np.frombuffer(flags, dtype=np.bool_)
+            part = hits[at : at + len(rows)]
+            flags = (
+                part.astype(bool, copy=False)
+                if isinstance(part, np.ndarray)
+                else np.frombuffer(part, dtype=np.bool_)
+            )
             found = rows[flags] - start
             found = found[matched_on[found] < 0]
             matched_on[found] = index

@@ -218,6 +218,7 @@ class SemiJoin:
         biggest = max(left_expected, right_expected)
         self._dir: Path | None = None
         self._spill_dir = spill_dir
+        self._flagged = False
         limit = MEMORY_BYTES if memory_bytes is None else memory_bytes
         # Buckets small enough for a worker's job either way; files only for a large set.
         bits = bucket_bits(biggest, value_len) if bits is None else bits
@@ -246,8 +247,12 @@ class SemiJoin:
         The bucket jobs find positions in no particular order, so the found positions are
         bucketed again by range of position (in files for a join on disk), then each
         range's flags are written in turn: what is held is one range, never the set. The
-        flags stay in memory for a join in memory, else go to an unnamed file.
-        ``range_bits``: 2^bits ranges instead of ranges sized by the count."""
+        flags stay in memory for a join in memory, else go to an unnamed file, written on
+        a thread (the event loop keeps serving). Once a join: the found positions'
+        buckets are its own. ``range_bits``: 2^bits ranges instead of sized by the count."""
+        if self._flagged:
+            raise RuntimeError("a semi-join's hit flags are computed once")
+        self._flagged = True
         self.left.close()
         self.right.close()
         count = self.left.count
@@ -268,6 +273,10 @@ class SemiJoin:
         )
         await _run_windowed(jobs, run, window, keep)
         found.close()
+        return await asyncio.to_thread(self._write_flags, found, count, span)
+
+    def _write_flags(self, found: Buckets, count: int, span: int) -> ByteColumn:
+        """Each range's flags in turn, from its found positions."""
         flags = ColumnAppender(
             spill_dir=self._spill_dir, memory_bytes=None if self._dir is None else 0
         )
@@ -354,6 +363,15 @@ class Shuffle:
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
+
+
+def records_hit(flags: ByteColumn, slots: int, window: int = 1 << 20) -> Iterator[np.ndarray]:
+    """Per record (``slots`` consecutive hit flags each), whether any of its slots hit:
+    ``window`` records at a time, in order."""
+    step = slots * window
+    for start in range(0, len(flags), step):
+        hits = np.frombuffer(flags[start : start + step], dtype=np.bool_)
+        yield np.asarray(hits.reshape(-1, slots).any(axis=1))
 
 
 def semi_join_bucket(values: bytes, positions: bytes, theirs: bytes, value_len: int) -> bytes:

@@ -330,11 +330,12 @@ def read_event_columns(
         else:
             digests = Buckets(DIGEST_LEN, bits, directory, positioned=True, name="customers")
         at = 0
-        for batch in events.iter_batches(batch_size=EVENT_BATCH_ROWS):
+        wanted = ["customer", "day", "value"]
+        for batch in events.iter_batches(batch_size=EVENT_BATCH_ROWS, columns=wanted):
             n = batch.num_rows
             digests.add(fixed_binary_to_numpy(batch.column("customer"), DIGEST_LEN).tobytes())
-            day[at : at + n] = batch.column("day").to_numpy()
-            value[at : at + n] = batch.column("value").to_numpy()
+            day[at : at + n] = batch.column("day").to_numpy(zero_copy_only=False)
+            value[at : at + n] = batch.column("value").to_numpy(zero_copy_only=False)
             at += n
         digests.close()
         numbered = 0

@@ -248,6 +248,8 @@ def test_matched_mode_is_exact_and_excludes_customers(
         seed=3,
         brand_options=options,
     )
+    if on_disk:
+        assert not spill.exists()  # nothing before ``start``: a refused job leaves no file
     transcript = asyncio.run(converse(brand, partner))
     if on_disk:
         assert spill.is_dir()  # the shuffles and joins were there, and went once read

@@ -26,6 +26,7 @@ from cleanroom.client.lookalike import prepare_lookalike, run_lookalike
 from cleanroom.client.sdk import Connection
 from cleanroom.federated.lookalike.messages import LookalikeMode
 from cleanroom.federated.lookalike.partner import score_rows
+from cleanroom.matching.bulk import whole_array
 from cleanroom.matching.workers import dst_for, hash_points
 from cleanroom.proto import cleanroom_pb2 as pb
 from cleanroom.server.store import Role
@@ -190,7 +191,7 @@ def test_label_recovery_does_no_better_than_the_model(
                     seed_digests.add(col.digests[k * 32 : (k + 1) * 32])
     y = np.zeros(users.data.row_count, dtype=np.uint8)
     for column in users.data.columns:
-        for k, row in enumerate(column.rows.tolist()):
+        for k, row in enumerate(whole_array(column.rows).tolist()):
             if column.digests[k * 32 : (k + 1) * 32] in seed_digests:
                 y[row] = 1
     truth = y[offered]

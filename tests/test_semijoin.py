@@ -122,6 +122,8 @@ def test_hit_flags_written_a_range_at_a_time_are_the_mask(
     want = reference(ours, theirs)
     assert len(flags) == len(ours)
     np.testing.assert_array_equal(np.frombuffer(whole(flags), dtype=np.uint8), want)
+    with pytest.raises(RuntimeError, match="once"):
+        asyncio.run(join.hit_flags())
     join.close()
     assert not list(spill.rglob("*"))
 

@@ -34,6 +34,7 @@ import asyncio
 import json
 import math
 import os
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,8 +70,9 @@ from cleanroom.federated.lookalike.privacy import (
     noisy_sums,
 )
 from cleanroom.federated.paillier import PaillierPrivateKey, PaillierPublicKey, private_key_to_json
+from cleanroom.matching.bulk import ByteColumn
 from cleanroom.matching.messages import POINT_LEN
-from cleanroom.matching.semijoin import SemiJoin, Shuffle
+from cleanroom.matching.semijoin import SemiJoin, Shuffle, records_hit
 from cleanroom.matching.session import (
     OrderedResults,
     RoundMachine,
@@ -284,19 +286,11 @@ class BrandLookalike(RoundMachine[LookalikeRound]):
         self.declared_points = hello.rows * hello.slots
         self.value_len = comparison_length(self.declared_points, 2 * self.list_size)
         self._spill_dir = spill_dir
-        # Each list's values against the partner's slots (theirs on the left, in order).
-        self._joins = {
-            which: SemiJoin(
-                self.value_len,
-                self.declared_points,
-                self.list_size,
-                spill_dir=spill_dir,
-                memory_bytes=memory_bytes,
-            )
-            for which in BrandList
-        }
         self._memory_bytes = memory_bytes
+        # Made by ``start``, so that a job refused before it (budget, quota) leaves no files.
+        self._joins: dict[BrandList, SemiJoin] = {}
         self._shuffles: list[Shuffle] = []
+        self._stopping = threading.Event()  # ``close``: the list reader's thread stops
         self.max_decryptions = hello.features + 1
         if hello.holdout_rows:
             self.max_decryptions += 2 + len(hello.tiers)
@@ -328,6 +322,17 @@ class BrandLookalike(RoundMachine[LookalikeRound]):
         if self.round is not LookalikeRound.HELLO:
             raise ProtocolError(f"job {self.session_id} already started")
         self.round = LookalikeRound.EXCHANGE
+        # Each list's values against the partner's slots (theirs on the left, in order).
+        self._joins = {
+            which: SemiJoin(
+                self.value_len,
+                self.declared_points,
+                self.list_size,
+                spill_dir=self._spill_dir,
+                memory_bytes=self._memory_bytes,
+            )
+            for which in BrandList
+        }
         self.spawn(self._send_lists)
         self.spawn(self._collect_reblinded)
         self.spawn(self._label_positions)
@@ -346,6 +351,7 @@ class BrandLookalike(RoundMachine[LookalikeRound]):
 
     def close(self) -> None:
         super().close()
+        self._stopping.set()
         for join in self._joins.values():
             join.close()
         for shuffle in self._shuffles:
@@ -517,11 +523,20 @@ class BrandLookalike(RoundMachine[LookalikeRound]):
         self._shuffles = list(shuffles.values())
 
         def fill() -> None:
+            # A closed job's shuffles are removed under this thread: it stops at the next
+            # batch, and a write into a removed directory is not an error then.
             for packed, labels in self._points.batches():
+                if self._stopping.is_set():
+                    return
                 rows = np.frombuffer(packed, dtype=np.uint8).reshape(-1, POINT_LEN)
-                for which, label in ((BrandList.SEED, 1), (BrandList.OTHER, 0)):
-                    if (chosen := labels == label).any():
-                        shuffles[which].add(rows[chosen].tobytes())
+                try:
+                    for which, label in ((BrandList.SEED, 1), (BrandList.OTHER, 0)):
+                        if (chosen := labels == label).any():
+                            shuffles[which].add(rows[chosen].tobytes())
+                except OSError:
+                    if self._stopping.is_set():
+                        return
+                    raise
 
         await asyncio.to_thread(fill)
         for which, shuffle in shuffles.items():
@@ -582,17 +597,19 @@ class BrandLookalike(RoundMachine[LookalikeRound]):
     async def _labels(self) -> tuple[np.ndarray, np.ndarray]:
         """Per partner position: seed (a slot in the seed list), and matched at all; the
         slots compared with each list by bucket, then read a window of rows at a time."""
-        flags = {}
+        in_list = {}
         for which, join in self._joins.items():
-            flags[which] = await join.hit_flags(self._jobs.call)
+            found = await join.hit_flags(self._jobs.call)
             join.close()
-        slots = self.hello.slots
-        in_list = {which: np.zeros(self.hello.rows, dtype=bool) for which in BrandList}
-        window = slots << 20  # a window of whole rows
-        for which, found in flags.items():
-            for start in range(0, len(found), window):
-                hits = np.frombuffer(found[start : start + window], dtype=np.bool_)
-                rows = np.asarray(hits.reshape(-1, slots).any(axis=1))
-                in_list[which][start // slots : start // slots + len(rows)] = rows
+            in_list[which] = await asyncio.to_thread(self._rows_hit, found)
         in_seed = in_list[BrandList.SEED]
         return in_seed, in_seed | in_list[BrandList.OTHER]
+
+    def _rows_hit(self, found: ByteColumn) -> np.ndarray:
+        """Per partner row, whether any of its slots is flagged."""
+        rows_hit = np.zeros(self.hello.rows, dtype=bool)
+        at = 0
+        for rows in records_hit(found, self.hello.slots):
+            rows_hit[at : at + len(rows)] = rows
+            at += len(rows)
+        return rows_hit

@@ -191,6 +191,7 @@ class PartnerLookalike(RoundMachine[LookalikeRound]):
         random_bytes: Callable[[int], bytes] = os.urandom,
         min_key_bits: int = MIN_KEY_BITS,
         spill_dir: Path | None = None,
+        memory_bytes: int | None = None,
     ) -> None:
         if not data.columns:
             raise InvalidInput("a lookalike needs at least one identifier column")
@@ -214,7 +215,9 @@ class PartnerLookalike(RoundMachine[LookalikeRound]):
         self._write_package = write_package
         self.rng = rng or np.random.default_rng()
         self._random_bytes = random_bytes
-        self._spill_dir = spill_dir  # the padded slots' batches, past 256 MB
+        # The padded slots' batches go to files there past ``memory_bytes`` (256 MB).
+        self._spill_dir = spill_dir
+        self._memory_bytes = memory_bytes
         self._secret = self._jobs.key((key or BlindingKey.generate(random_bytes)).secret_bytes())
         self.min_key_bits = min_key_bits
         self.progress = LookalikeProgress()
@@ -474,6 +477,7 @@ class PartnerLookalike(RoundMachine[LookalikeRound]):
             self._random_bytes,
             keep_order=True,
             spill_dir=self._spill_dir,
+            memory_bytes=self._memory_bytes,
         )
         dsts: list[bytes | None] = [
             None if c.points is not None else dst_for(c.id_type) for c in self.data.columns
