@@ -276,3 +276,24 @@ def test_an_upload_deduplicated_by_bucket_stores_what_one_pass_stores(
     assert whole["digest"].is_unique and len(whole) > 300
     for _id_type, part in whole.groupby("id_type", sort=False):
         assert part["digest"].is_monotonic_increasing  # sorted within a type, as before
+
+
+@pytest.mark.parametrize("length", [2, 7, 8, 9, 13, 32])
+def test_member_rows_equal_numpy_isin_even_when_keys_collide(length: int) -> None:
+    """Rows decided by their first 8 bytes, then compared whole: exact, also when theirs
+    holds one key for several values (forced here, rare in a session) and repeats."""
+    rng = np.random.default_rng(length)
+    theirs = values(3_000, length, rng)
+    ours = values(2_000, length, rng)
+    ours[::3] = theirs[rng.integers(0, len(theirs), size=len(ours[::3]))]
+    if length > 8:
+        # Same first 8 bytes, other tails: in theirs (several values a key) and in ours.
+        theirs[100:140, :8] = theirs[99, :8]
+        ours[1:40, :8] = theirs[99, :8]
+        ours[40] = theirs[120]  # a member whose key's first row in theirs differs
+        theirs[1::7] = theirs[0]
+    want = reference(ours, theirs)
+    np.testing.assert_array_equal(semijoin.member_rows(ours, theirs), want)
+    assert want.sum() > 0
+    assert not semijoin.member_rows(ours[:0], theirs).any()
+    assert not semijoin.member_rows(ours, theirs[:0]).any()
