@@ -48,6 +48,7 @@ from cleanroom.matching import ot_extension as ox
 from cleanroom.matching.base_ot import POINT_BYTES, OtSender
 from cleanroom.matching.base_ot import receive as receive_base_ots
 from cleanroom.matching.brand import MAX_SLOTS_PER_RECORD, BrandOutcome
+from cleanroom.matching.bulk import whole
 from cleanroom.matching.messages import (
     Accepted,
     BrandMessage,
@@ -61,6 +62,7 @@ from cleanroom.matching.messages import (
     ValueChunk,
 )
 from cleanroom.matching.partner import MatchOutcome, PartnerProgress, PartnerSet, match_outcome
+from cleanroom.matching.semijoin import SemiJoin
 from cleanroom.matching.session import Round, RoundMachine
 from cleanroom.matching.workers import CryptoPool
 from cleanroom.proto.errors import ProtocolError
@@ -196,12 +198,6 @@ class KkrtReceiver:
         self._t1: _Columns | None = None
         self._rows = np.empty((self.bins, ox.ROW_BYTES), dtype=np.uint8)
         self.next_chunk = 0
-        self.own: np.ndarray | None = None  # our OPRF values, item order
-        self.matched = np.zeros(n, dtype=bool)
-        self._first: np.ndarray = np.empty(0, dtype=np.uint64)
-        self._second: np.ndarray = np.empty(0, dtype=np.uint64)
-        self._index: np.ndarray = np.empty(0, dtype=np.int64)
-        self._run = 1
 
     def start(self, hello: Hello, accepted: Accepted) -> None:
         """Base-OT keys and session keys, from the brand's ``Accepted``."""
@@ -250,55 +246,21 @@ class KkrtReceiver:
     def chunks(self) -> int:
         return chunk_count(self.bins)
 
-    def compute_own(self) -> None:
-        """H(b, h, t_b) for every item, and the sorted index that lookups use."""
+    def own_values(self, join: SemiJoin, batch: int = VALUE_BATCH) -> None:
+        """H(b, h, t_b) for every item, in item order, into ``join``'s left side (the
+        brand's values go to its right: the items whose value they hold matched)."""
         assert self.keys is not None
-        rows = ox.block_major(self._rows[self._item_bin])
-        tweak = ox.tweaks(self._item_bin, self._item_hash)
-        own = ox.row_hash(self.keys.hash, rows, tweak, self.keys.value_len)
+        for lo in range(0, len(self.items), batch):
+            bins = self._item_bin[lo : lo + batch]
+            rows = ox.block_major(self._rows[bins])
+            tweak = ox.tweaks(bins, self._item_hash[lo : lo + batch])
+            join.left.add(ox.row_hash(self.keys.hash, rows, tweak, self.keys.value_len).tobytes())
         del self._rows  # 64 bytes a bin, no longer needed
-        first, second = _value_keys(own)
-        order = np.argsort(first)
-        self._first = first[order]
-        self._second = second[order]
-        self._index = order
-        # Two of our values sharing 8 bytes (~n²/2^65): every lookup checks a run of them.
-        same = self._first[1:] == self._first[:-1]
-        self._run = 1 + _longest_run(same)
-        self.own = own
-
-    def lookup(self, values: bytes) -> None:
-        """Flag our items whose value is among ``values``."""
-        assert self.own is not None
-        first, second = _value_keys(
-            np.frombuffer(values, dtype=np.uint8).reshape(-1, self.own.shape[1])
-        )
-        order = np.argsort(first)  # sorted keys make the binary searches walk forward
-        first, second = first[order], second[order]
-        start = np.searchsorted(self._first, first)
-        for k in range(self._run):
-            at = start + k
-            inside = at < len(self._first)
-            at, f, s = at[inside], first[inside], second[inside]
-            hit = (self._first[at] == f) & (self._second[at] == s)
-            self.matched[self._index[at[hit]]] = True
 
 
-def _value_keys(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Values of 8..16 bytes as two uint64 keys: the first 8 bytes, the rest zero-padded."""
-    n, length = values.shape
-    first = np.ascontiguousarray(values[:, :8]).view("<u8").ravel()
-    rest = np.zeros((n, 8), dtype=np.uint8)
-    rest[:, : length - 8] = values[:, 8:]
-    return first, rest.view("<u8").ravel()
-
-
-def _longest_run(flags: np.ndarray) -> int:
-    """Length of the longest run of True in ``flags``."""
-    if not flags.any():
-        return 0
-    edges = np.diff(np.concatenate(([0], flags.astype(np.int8), [0])))
-    return int((np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1)).max())
+async def _on_thread(fn: Callable[..., bytes], *args: bytes | int) -> bytes:
+    """A comparison job on a thread (the partner's session runs without a pool)."""
+    return await asyncio.to_thread(fn, *args)
 
 
 BaseOts = Callable[[bytes, bytes, bytes, bytes], Awaitable[tuple[bytes, list[bytes]]]]
@@ -652,6 +614,8 @@ class KkrtPartnerSession(RoundMachine[Round]):
         self._values_in = 0
         self._value_chunks = 0
         self._own_ready = False
+        # Our values (left, item order) against the brand's (right), by bucket.
+        self._join: SemiJoin | None = None
         self.finish: Finish | None = None
 
     async def prepare(self) -> None:
@@ -695,14 +659,21 @@ class KkrtPartnerSession(RoundMachine[Round]):
             self.accepted = msg
             self.round = Round.EXCHANGE
             self.progress.brand_total = ox.HASHES * msg.brand_points
+            self._join = SemiJoin(
+                msg.value_len,
+                len(self._receiver.items),
+                self.progress.brand_total,
+                spill_dir=self._spill_dir,
+                memory_bytes=self._memory_bytes,
+            )
             self.spawn(self._send_columns)
         elif isinstance(msg, ValueChunk):
             if self.round not in (Round.EXCHANGE, Round.VALUES):
                 raise ProtocolError(f"values arrived in round {self.round}")
-            await self.until(lambda: self._own_ready)
             self._on_values(msg)
             if self._values_in == self.progress.brand_total:
-                self._conclude()
+                await self.until(lambda: self._own_ready)
+                await self._conclude()
         elif isinstance(msg, Result):
             self.expect(Round.VALUES, "Result")
             if self.finish is None:
@@ -723,12 +694,13 @@ class KkrtPartnerSession(RoundMachine[Round]):
             lo, hi = _chunk_bounds(receiver.bins, seq)
             self.progress.points_sent += hi - lo
             self.progress.update()
-        await asyncio.to_thread(receiver.compute_own)
+        assert self._join is not None
+        await asyncio.to_thread(receiver.own_values, self._join)
         self._own_ready = True
         self.round = Round.VALUES
         self._signal.notify()
         if self.progress.brand_total == 0:
-            self._conclude()
+            await self._conclude()
 
     def _on_values(self, chunk: ValueChunk) -> None:
         assert self.accepted is not None and self._receiver is not None
@@ -740,17 +712,25 @@ class KkrtPartnerSession(RoundMachine[Round]):
         count = len(chunk.values) // length
         if self._values_in + count > self.progress.brand_total:
             raise ProtocolError("the brand node sent more values than its set has")
-        self._receiver.lookup(chunk.values)
+        assert self._join is not None
+        self._join.right.add(chunk.values)
         self._values_in += count
         self._value_chunks += 1
         self.progress.brand_done = self._values_in
         self.progress.update()
 
-    def _conclude(self) -> None:
-        receiver = self._receiver
+    def close(self) -> None:
+        super().close()
+        if self._join is not None:
+            self._join.close()
+
+    async def _conclude(self) -> None:
         items = self._items
-        assert receiver is not None and items is not None and self.accepted is not None
-        hits = receiver.matched[items.inverse] if len(items.inverse) else np.zeros(0, bool)
+        assert self._join is not None and items is not None and self.accepted is not None
+        found = await self._join.hit_flags(_on_thread, window=2)
+        self._join.close()
+        matched = np.frombuffer(whole(found), dtype=np.bool_)  # per distinct item
+        hits = matched[items.inverse] if len(items.inverse) else np.zeros(0, bool)
         self.outcome = match_outcome(
             self.data,
             hits,
