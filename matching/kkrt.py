@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -246,11 +247,16 @@ class KkrtReceiver:
     def chunks(self) -> int:
         return chunk_count(self.bins)
 
-    def own_values(self, join: SemiJoin, batch: int = VALUE_BATCH) -> None:
+    def own_values(
+        self, join: SemiJoin, stop: threading.Event | None = None, batch: int = VALUE_BATCH
+    ) -> None:
         """H(b, h, t_b) for every item, in item order, into ``join``'s left side (the
-        brand's values go to its right: the items whose value they hold matched)."""
+        brand's values go to its right: the items whose value they hold matched).
+        ``stop`` ends it at the next batch (its session closed)."""
         assert self.keys is not None
         for lo in range(0, len(self.items), batch):
+            if stop is not None and stop.is_set():
+                return
             bins = self._item_bin[lo : lo + batch]
             rows = ox.block_major(self._rows[bins])
             tweak = ox.tweaks(bins, self._item_hash[lo : lo + batch])
@@ -593,8 +599,10 @@ class KkrtPartnerSession(RoundMachine[Round]):
         spill_dir: Path | None = None,
         memory_bytes: int | None = None,
     ) -> None:
-        """``spill_dir``, ``memory_bytes``: where and past what size the outcome's per-row
-        column goes to a file (the system's temporary directory, ``bulk.MEMORY_BYTES``)."""
+        """``spill_dir``, ``memory_bytes``: where and past what size the comparison's
+        buckets (the brand's values: 3 x its set) and the outcome's per-row column go to
+        files (the system's temporary directory; ``semijoin.MEMORY_BYTES`` a side and
+        ``bulk.MEMORY_BYTES``)."""
         super().__init__(Round.HELLO, None)
         self.audience = audience
         self.protocol = Protocol.MATCH
@@ -616,6 +624,8 @@ class KkrtPartnerSession(RoundMachine[Round]):
         self._own_ready = False
         # Our values (left, item order) against the brand's (right), by bucket.
         self._join: SemiJoin | None = None
+        self._own_values: asyncio.Future[None] | None = None  # the thread filling the left
+        self._stopping = threading.Event()
         self.finish: Finish | None = None
 
     async def prepare(self) -> None:
@@ -695,7 +705,11 @@ class KkrtPartnerSession(RoundMachine[Round]):
             self.progress.points_sent += hi - lo
             self.progress.update()
         assert self._join is not None
-        await asyncio.to_thread(receiver.own_values, self._join)
+        loop = asyncio.get_running_loop()
+        self._own_values = loop.run_in_executor(
+            None, receiver.own_values, self._join, self._stopping
+        )
+        await self._own_values
         self._own_ready = True
         self.round = Round.VALUES
         self._signal.notify()
@@ -721,13 +735,22 @@ class KkrtPartnerSession(RoundMachine[Round]):
 
     def close(self) -> None:
         super().close()
-        if self._join is not None:
-            self._join.close()
+        self._stopping.set()
+        join = self._join
+        if join is None:
+            return
+        if self._own_values is not None and not self._own_values.done():
+            # Its thread is still writing: the files go once it has stopped.
+            self._own_values.add_done_callback(lambda _: join.close())
+        else:
+            join.close()
 
     async def _conclude(self) -> None:
         items = self._items
         assert self._join is not None and items is not None and self.accepted is not None
         found = await self._join.hit_flags(_on_thread, window=2)
+        if self.finished:  # failed meanwhile (its files may be gone): no outcome
+            return
         self._join.close()
         matched = np.frombuffer(whole(found), dtype=np.bool_)  # per distinct item
         hits = matched[items.inverse] if len(items.inverse) else np.zeros(0, bool)

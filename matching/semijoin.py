@@ -109,6 +109,7 @@ class Buckets:
         self._positions: list[list[bytes]] = [[] for _ in range(1 << bits)]
         self._buffered = [0] * (1 << bits)
         self._buffered_total = 0
+        self._removed = False
 
     @classmethod
     def in_memory(cls, value_len: int, *, positioned: bool, bits: int = 0) -> Buckets:
@@ -152,8 +153,15 @@ class Buckets:
             for b in range(self.buckets):
                 self._flush(b)
 
+    def removed(self) -> None:
+        """The store's files went (its owner closed): reading it is now an error, never
+        an empty bucket."""
+        self._removed = True
+
     def bucket(self, b: int) -> tuple[bytes, bytes]:
         """Bucket ``b``'s values and (positioned sides) positions, packed."""
+        if self._removed:
+            raise RuntimeError(f"the {self._name} buckets were removed")
         if self._dir is None:
             return b"".join(self._values[b]), b"".join(self._positions[b])
         values = self._path(b, "v")
@@ -301,6 +309,8 @@ class SemiJoin:
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
+            self.left.removed()
+            self.right.removed()
 
 
 class Shuffle:
@@ -396,7 +406,10 @@ def member_rows(ours: np.ndarray, theirs: np.ndarray) -> np.ndarray:
         return np.zeros(len(ours), dtype=bool)
     if length < 8:
         dtype = np.dtype(f"S{length}")
-        return np.isin(np.ascontiguousarray(ours).view(dtype).ravel(), theirs.view(dtype).ravel())
+        return np.isin(
+            np.ascontiguousarray(ours).view(dtype).ravel(),
+            np.ascontiguousarray(theirs).view(dtype).ravel(),
+        )
     keys = np.ascontiguousarray(theirs[:, :8]).view("<u8").ravel()
     order = np.argsort(keys)
     sorted_keys = keys[order]
