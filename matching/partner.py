@@ -31,7 +31,6 @@ from cleanroom.matching.bulk import (
     ArrayColumn,
     ByteColumn,
     ColumnAppender,
-    whole_array,
 )
 from cleanroom.matching.journal import Journal, point_chunk, points_of, value_chunk, values_of
 from cleanroom.matching.messages import (
@@ -104,9 +103,8 @@ class PartnerSet:
 
     def records(self) -> np.ndarray:
         """Rows that carry at least one identifier (whole: for callers that hold them)."""
-        if not self.columns:
-            return np.empty(0, dtype=np.int64)
-        return np.unique(np.concatenate([whole_array(c.rows) for c in self.columns]))
+        parts = [rec for rec, _ in self.record_windows(1 << 20)]
+        return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
 
     def record_count(self, window: int = 1 << 20) -> int:
         """How many rows carry at least one identifier, ``window`` rows at a time."""
@@ -130,10 +128,12 @@ class PartnerSet:
     def record_windows(self, window: int) -> Iterator[RecordWindow]:
         """The records (rows with an identifier) ``window`` file rows at a time, ascending,
         each with every column's entries in that window (as ``column_windows``)."""
-        for _, _, parts in self.column_windows(window):
-            present = [rows for _, rows in parts if len(rows)]
-            rec = np.unique(np.concatenate(present)) if present else np.empty(0, np.int64)
-            yield rec, parts
+        for start, stop, parts in self.column_windows(window):
+            # A flag a file row of the window: cheaper than sorting the columns' rows.
+            seen = np.zeros(stop - start, dtype=bool)
+            for _, rows in parts:
+                seen[rows - start] = True
+            yield np.flatnonzero(seen).astype(np.int64) + start, parts
 
 
 @dataclass
