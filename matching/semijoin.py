@@ -405,11 +405,7 @@ def member_rows(ours: np.ndarray, theirs: np.ndarray) -> np.ndarray:
     if not len(theirs):
         return np.zeros(len(ours), dtype=bool)
     if length < 8:
-        dtype = np.dtype(f"S{length}")
-        return np.isin(
-            np.ascontiguousarray(ours).view(dtype).ravel(),
-            np.ascontiguousarray(theirs).view(dtype).ravel(),
-        )
+        return _byte_string_isin(ours, theirs)
     keys = np.ascontiguousarray(theirs[:, :8]).view("<u8").ravel()
     order = np.argsort(keys)
     sorted_keys = keys[order]
@@ -423,12 +419,17 @@ def member_rows(ours: np.ndarray, theirs: np.ndarray) -> np.ndarray:
     hit[found] = same
     failed = found[~same]
     if len(failed) and (sorted_keys[1:] == sorted_keys[:-1]).any():
-        dtype = np.dtype(f"S{length}")
-        hit[failed] = np.isin(
-            np.ascontiguousarray(ours[failed]).view(dtype).ravel(),
-            np.ascontiguousarray(theirs).view(dtype).ravel(),
-        )
+        hit[failed] = _byte_string_isin(ours[failed], theirs)
     return hit
+
+
+def _byte_string_isin(ours: np.ndarray, theirs: np.ndarray) -> np.ndarray:
+    """``member_rows`` by ``np.isin`` over the rows as byte strings (any layout)."""
+    dtype = np.dtype(f"S{ours.shape[1]}")
+    return np.isin(
+        np.ascontiguousarray(ours).view(dtype).ravel(),
+        np.ascontiguousarray(theirs).view(dtype).ravel(),
+    )
 
 
 def unique_bucket(values: bytes, value_len: int) -> bytes:
