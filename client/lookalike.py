@@ -9,24 +9,31 @@ lands in ``--out`` only once the brand node confirmed it.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from cleanroom.audiences.identifiers import IdColumn, NormalizeOptions
 from cleanroom.client.runs import Restartable, run_package_job, submission_digest
-from cleanroom.client.sdk import Connection, unary_call
+from cleanroom.client.sdk import ClientError, Connection, PsiMethod, run_psi, unary_call
 from cleanroom.federated.lookalike.inputs import PartnerUsers, load_partner_users
 from cleanroom.federated.lookalike.messages import DEFAULT_TIERS, LookalikeMode
 from cleanroom.federated.lookalike.package import PackageWriter
-from cleanroom.federated.lookalike.partner import LookalikeProgress, PartnerLookalike
+from cleanroom.federated.lookalike.partner import LookalikeProgress, PartnerLookalike, Phase
+from cleanroom.matching.messages import Protocol
+from cleanroom.matching.partner import MatchOutcome
 from cleanroom.matching.workers import RunJobs
 from cleanroom.proto import cleanroom_pb2 as pb
 from cleanroom.proto import cleanroom_pb2_grpc as pb_grpc
 from cleanroom.proto import serde
 from cleanroom.proto.errors import InvalidInput
+
+log = logging.getLogger("cleanroom.client")
 
 
 @dataclass
@@ -45,6 +52,9 @@ class LookalikeRequest:
     l2: float = 1.0
     bins: int = 0
     epsilon: float = 0.0
+    # ``matched``: find the matches with the OT-extension PSI first (``partner match
+    # --protocol kkrt``) and exchange only their slots, instead of every row's.
+    match_first: bool = True
     extra: dict[str, Any] = field(default_factory=dict)  # options for the state machine
 
 
@@ -115,6 +125,14 @@ class PreparedLookalike(Restartable[PartnerLookalike]):
     writer: PackageWriter
     partner: PartnerLookalike
     new_partner: Callable[[], PartnerLookalike]
+    spill_dir: Path | None = None
+    memory_bytes: int | None = None
+    # ``matched``, after ``match_users``: a flag per user row, the users that matched.
+    matched_users: np.ndarray | None = None
+
+    @property
+    def matches_first(self) -> bool:
+        return self.request.mode is LookalikeMode.MATCHED and self.request.match_first
 
 
 def prepare_lookalike(
@@ -145,8 +163,9 @@ def prepare_lookalike(
     writer = PackageWriter(req.out_dir, users.user_ids, users.pipeline, req.mode, req.epsilon)
     key = submission_key(req)
 
-    def machine() -> PartnerLookalike:
+    def machine(matched_users: np.ndarray | None = None) -> PartnerLookalike:
         return PartnerLookalike(
+            matched_users=matched_users,
             audience=req.audience,
             data=users.data,
             features=users.features,
@@ -163,7 +182,54 @@ def prepare_lookalike(
             **req.extra,
         )
 
-    return PreparedLookalike(req, users, writer, machine(), machine)
+    prepared = PreparedLookalike(
+        req,
+        users,
+        writer,
+        machine(),
+        lambda: machine(prepared.matched_users),
+        spill_dir=spill_dir,
+        memory_bytes=memory_bytes,
+    )
+    return prepared
+
+
+async def match_users(
+    conn: Connection,
+    prepared: PreparedLookalike,
+    on_progress: Callable[[LookalikeProgress], None] | None = None,
+) -> MatchOutcome | None:
+    """``matched`` mode's first step: which users match the audience, by the
+    OT-extension PSI (the brand learns the partner's set size, as in the job itself);
+    the job then exchanges only their slots. None when the brand node refuses that match
+    (its policy, e.g. ``--match-methods ecdh``): the job exchanges every row's slots."""
+    if on_progress is not None:
+        on_progress(LookalikeProgress(phase=Phase.PREMATCH))
+    try:
+        run = await run_psi(
+            conn,
+            prepared.request.audience,
+            Protocol.MATCH,
+            prepared.users.data,
+            method=PsiMethod.KKRT,
+            report_count=False,
+            spill_dir=prepared.spill_dir,
+            memory_bytes=prepared.memory_bytes,
+        )
+    except ClientError as error:
+        if error.code != "FAILED_PRECONDITION":
+            raise
+        log.warning("lookalike: no match first (%s); every row's slots go", error.message)
+        return None
+    outcome = run.session.outcome
+    assert outcome is not None
+    matched = np.zeros(prepared.users.data.row_count, dtype=bool)
+    window = 1 << 20
+    for start in range(0, len(matched), window):
+        matched[start : start + window] = outcome.matched_on[start : start + window] >= 0
+    prepared.matched_users = matched
+    prepared.restart()
+    return outcome
 
 
 async def run_lookalike(
@@ -171,7 +237,10 @@ async def run_lookalike(
     prepared: PreparedLookalike,
     on_progress: Callable[[LookalikeProgress], None] | None = None,
 ) -> dict[str, Any]:
-    """One job; returns the package manifest (what ``partner lookalike --json`` prints)."""
+    """One job; returns the package manifest (what ``partner lookalike --json`` prints).
+    A ``matched`` job that matches first (``match_first``) runs ``match_users`` first."""
+    if prepared.matches_first and prepared.matched_users is None:
+        await match_users(conn, prepared, on_progress)
     partner = prepared.partner
     return await run_package_job(
         conn,

@@ -536,7 +536,7 @@ async def run_psi(
     protocol: Protocol,
     data: PartnerSet,
     *,
-    pool: CryptoPool,
+    pool: CryptoPool | None = None,
     report_count: bool = True,
     on_progress: Callable[[PartnerProgress], None] | None = None,
     session: AnyPartnerSession | None = None,
@@ -557,6 +557,7 @@ async def run_psi(
     ``method`` KKRT (MATCH only) runs the OT-extension protocol; its sessions do not
     resume, so any outage after the node accepted starts a new one. ``items`` are its
     item blocks computed ahead (``partner_items``), as ``prepare_points`` is for ECDH.
+    ``pool`` runs the ECDH sessions' crypto (KKRT's runs here, on threads).
 
     ``spill_dir``: where a large session keeps its files (what it sent, its comparison
     buckets, the outcome's per-row column past ``memory_bytes``); the system's temporary
@@ -577,6 +578,8 @@ async def run_psi(
                 memory_bytes=memory_bytes,
             )
         else:
+            if pool is None:
+                raise ValueError("an ECDH session needs a crypto pool")
             fresh = PartnerSession(
                 audience=audience,
                 protocol=protocol,

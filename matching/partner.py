@@ -214,7 +214,8 @@ class PaddedSlots:
     at a time, to a ``Shuffle`` (on disk past its memory limit), and ``chunks`` reads them
     back in a uniformly random order and shuffles each record's slots. ``order``, 8 bytes
     a record, is kept only with ``keep_order`` (a caller that maps positions back to its
-    records) and is complete once ``chunks`` has run.
+    records) and is complete once ``chunks`` has run. ``keep`` (a flag per record) limits
+    the positions to the flagged records.
     """
 
     def __init__(
@@ -229,11 +230,16 @@ class PaddedSlots:
         batch_records: int = 1 << 16,
         keep_order: bool = False,
         record_count: int | None = None,
+        keep: np.ndarray | None = None,
     ) -> None:
         """``record_count``: ``data.record_count()``, for a caller that has it already."""
         self.data = data
         self.slots = slots
-        self.record_count = data.record_count() if record_count is None else record_count
+        self._keep = None if keep is None else np.asarray(keep, dtype=bool)
+        if self._keep is not None:
+            self.record_count = int(self._keep.sum())
+        else:
+            self.record_count = data.record_count() if record_count is None else record_count
         self.order = np.empty(0, dtype=np.int64)  # position -> index into records
         self._keep_order = keep_order
         # A generator of its own: ``fill`` may run on another thread than the caller's.
@@ -275,6 +281,8 @@ class PaddedSlots:
             rows[:, k * DIGEST_LEN : -8] = codes
             index = np.arange(start, start + len(rec), dtype="<i8")
             rows[:, -8:] = index.view(np.uint8).reshape(-1, 8)
+            if self._keep is not None:
+                rows = rows[self._keep[start : start + len(rec)]]
             self._shuffle.add(rows.tobytes())
             start += len(rec)
 

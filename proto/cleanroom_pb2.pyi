@@ -640,7 +640,7 @@ class ScoreBrandMessage(_message.Message):
     def __init__(self, accepted: _Optional[_Union[ScoreAccepted, _Mapping]] = ..., tiers: _Optional[_Union[ScoreTiers, _Mapping]] = ..., done: _Optional[_Union[LookalikeDone, _Mapping]] = ...) -> None: ...
 
 class LookalikeHello(_message.Message):
-    __slots__ = ("audience", "mode", "rows", "slots", "features", "tiers", "holdout", "epsilon", "submission_key", "scales", "row_norm")
+    __slots__ = ("audience", "mode", "rows", "slots", "features", "tiers", "holdout", "epsilon", "submission_key", "scales", "row_norm", "candidates")
     AUDIENCE_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
@@ -652,6 +652,7 @@ class LookalikeHello(_message.Message):
     SUBMISSION_KEY_FIELD_NUMBER: _ClassVar[int]
     SCALES_FIELD_NUMBER: _ClassVar[int]
     ROW_NORM_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     audience: str
     mode: str
     rows: int
@@ -663,7 +664,8 @@ class LookalikeHello(_message.Message):
     submission_key: str
     scales: _containers.RepeatedScalarFieldContainer[int]
     row_norm: float
-    def __init__(self, audience: _Optional[str] = ..., mode: _Optional[str] = ..., rows: _Optional[int] = ..., slots: _Optional[int] = ..., features: _Optional[int] = ..., tiers: _Optional[_Iterable[float]] = ..., holdout: _Optional[float] = ..., epsilon: _Optional[float] = ..., submission_key: _Optional[str] = ..., scales: _Optional[_Iterable[int]] = ..., row_norm: _Optional[float] = ...) -> None: ...
+    candidates: int
+    def __init__(self, audience: _Optional[str] = ..., mode: _Optional[str] = ..., rows: _Optional[int] = ..., slots: _Optional[int] = ..., features: _Optional[int] = ..., tiers: _Optional[_Iterable[float]] = ..., holdout: _Optional[float] = ..., epsilon: _Optional[float] = ..., submission_key: _Optional[str] = ..., scales: _Optional[_Iterable[int]] = ..., row_norm: _Optional[float] = ..., candidates: _Optional[int] = ...) -> None: ...
 
 class LookalikeSlotPoints(_message.Message):
     __slots__ = ("seq", "points")

@@ -759,6 +759,7 @@ def lookalike_partner_to_pb(
                 submission_key=msg.submission_key,
                 scales=list(msg.scales),
                 row_norm=msg.row_norm,
+                candidates=msg.candidates,
             )
         )
     if isinstance(msg, SlotPoints):
@@ -809,6 +810,11 @@ def lookalike_partner_from_pb(
             submission_key=h.submission_key,
             scales=tuple(h.scales),
             row_norm=h.row_norm,
+            candidates=(
+                _count(h.candidates, "LookalikeHello.candidates")
+                if h.HasField("candidates")
+                else None
+            ),
         )
     if kind == "slot_points":
         return SlotPoints(seq=msg.slot_points.seq, points=msg.slot_points.points)

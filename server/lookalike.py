@@ -170,7 +170,7 @@ class LookalikeService:
                 protocol="lookalike",
                 status="running",
                 declared_records=hello.rows,
-                declared_points=hello.rows * hello.slots,
+                declared_points=run.declared_points,
                 brand_points=2 * run.list_size,
                 created_at=started,
                 partner_id=partnership.partner_id,
@@ -186,6 +186,7 @@ class LookalikeService:
                     "audience": audience.name,
                     "mode": hello.mode.value,
                     "epsilon": hello.epsilon,
+                    "matched_first": hello.candidates is not None,
                 },
                 partner_id=partnership.partner_id,
             )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,7 @@ from cleanroom.server.settings import ServerSettings
 from cleanroom.server.store import Policy, Role, SqlStore
 from tests.helpers import eventually
 
+CLI = [sys.executable, "-m", "cleanroom.client.cli"]
 OPTIONS = NormalizeOptions(default_region="US")
 BRAND_IDS = parse_id_columns("email,phone")
 PARTNER_IDS = parse_id_columns("email,phone,maid")
@@ -45,6 +48,7 @@ TENANTS = {
         lookalike_epsilon_budget=3.0,
     ),
     "big-seed": Policy(min_lookalike_seed=5000, sessions_per_day=1000),
+    "ecdh-only": Policy(min_lookalike_seed=100, sessions_per_day=1000, match_methods=("ecdh",)),
 }
 
 
@@ -282,3 +286,94 @@ def test_only_identifier_types_the_audience_holds_are_offered(world: dict[str, A
     with pytest.raises(InvalidInput, match="holds email, phone; none of the identifier"):
         shared_id_columns(conn, dataclasses.replace(req, id_columns=parse_id_columns("maid")))
     assert shared_id_columns(conn, dataclasses.replace(req, audience="nope")).audience == "nope"
+
+
+@pytest.mark.parametrize("tenant", ["brand", "ecdh-only"])
+def test_a_matched_job_matches_first_and_exchanges_only_the_matches(
+    world: dict[str, Any], tenant: str
+) -> None:
+    """By the OT-extension PSI first, then the slots of the matched rows only: the same
+    counts on the brand node and the same excluded users as exchanging every row's slots.
+    A brand whose policy allows no OT-extension match gets every row's slots instead."""
+    results = {}
+    for first in (True, False):
+        # Another L2 each: another submission (the same one would return the package).
+        req = request(
+            world, f"first-{tenant}-{first}", mode=LookalikeMode.MATCHED, l2=0.8 if first else 0.9
+        )
+        prepared = prepare_lookalike(dataclasses.replace(req, match_first=first))
+        manifest = run(world, prepared, tenant)
+        s = store(world)
+        try:
+            tenant_key = tenant_id(world, tenant)
+            record = s.get_lookalike(tenant_key, manifest["package_id"])
+            sessions = s.list_sessions(tenant_key)
+        finally:
+            s.close()
+        assert record is not None
+        job = [x for x in sessions if x.protocol == "lookalike"][-1]
+        slots = prepared.partner.slots
+        results[first] = (record.report.intersection, record.report.seeds, manifest["excluded"])
+        assert manifest["scored"] + manifest["excluded"] == 3000
+        if first and tenant == "brand":
+            assert prepared.matched_users is not None
+            assert job.declared_points == int(prepared.matched_users.sum()) * slots
+            assert int(prepared.matched_users.sum()) == record.report.intersection
+        else:
+            assert prepared.matched_users is None
+            assert job.declared_points == len(prepared.partner.records) * slots
+    assert results[True] == results[False]
+
+
+def test_partner_lookalike_through_the_cli_matches_first(world: dict[str, Any]) -> None:
+    """``partner lookalike --mode matched``: the match first (its phase on the progress
+    line), the package's manifest as JSON; ``--no-match-first`` excludes the same users."""
+    synth = world["synth"]
+    token = world["tokens"]["brand"][Role.PARTNER]
+    manifests = []
+    for flag, l2 in (("--match-first", "0.6"), ("--no-match-first", "0.7")):
+        out = world["root"] / f"cli{flag}"
+        done = subprocess.run(
+            [
+                *CLI,
+                "partner",
+                "lookalike",
+                "--server",
+                world["node"].target,
+                "--token",
+                token,
+                "--audience",
+                "crm",
+                "--users",
+                str(synth.users_path),
+                "--id-columns",
+                "email,phone,maid",
+                "--default-region",
+                "US",
+                "--features",
+                str(synth.features_path),
+                "--feature-columns",
+                synth.feature_spec,
+                "--mode",
+                "matched",
+                "--l2",
+                l2,
+                "--workers",
+                "1",
+                flag,
+                "--out",
+                str(out),
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        manifest = json.loads(done.stdout)
+        assert manifest["mode"] == "matched" and Path(manifest["paths"]["model"]).is_file()
+        manifests.append(manifest)
+    first, every = manifests
+    assert first["excluded"] == every["excluded"] > 0
+    assert first["scored"] == every["scored"] == 3000 - first["excluded"]

@@ -10,6 +10,7 @@ breast cancer data.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -268,6 +269,86 @@ def test_matched_mode_is_exact_and_excludes_customers(
     assert partner.package is not None
     assert set(partner.package.excluded.tolist()) == set(np.flatnonzero(matched).tolist())
     assert not set(partner.package.ranked.tolist()) & set(np.flatnonzero(matched).tolist())
+
+
+@pytest.mark.parametrize("extra", [0, 300])
+def test_matched_mode_after_a_match_exchanges_only_the_matched_rows(
+    world: Any, users: PartnerUsers, keys: tuple[Any, Any], extra: int
+) -> None:
+    """The partner matched first (``partner match``) and sends the slots of those rows
+    only; every other row is a known negative. Also when it names rows that do not
+    match (``extra``): the brand compares every slot itself, so its counts, the model
+    and the package are those of the plaintext join all the same."""
+    labels, points, flags = brand_identifiers(world.crm_path)
+    y, matched = pooled_labels(users.data, labels)
+    named = matched.copy()
+    named[np.random.default_rng(4).choice(np.flatnonzero(~matched), extra, replace=False)] = True
+    brand, partner = make_pair(
+        users,
+        points,
+        flags,
+        keys,
+        mode=LookalikeMode.MATCHED,
+        seed=7,
+        brand_options={"label_batch": 61},
+        matched_users=named,
+    )
+    assert brand.hello.candidates == int(named.sum()) < brand.hello.rows
+    assert brand.declared_points == int(named.sum()) * partner.slots
+    transcript = asyncio.run(converse(brand, partner))
+    sent = sum(len(m.points) for side, m in transcript if isinstance(m, SlotPoints))
+    assert sent == 32 * int(named.sum()) * partner.slots  # the named rows' slots, no more
+    matched_flags = np.concatenate(
+        [np.frombuffer(m.flags, np.uint8) for s, m in transcript if isinstance(m, MatchedRows)]
+    )
+    assert len(matched_flags) == int(named.sum())
+    assert brand.intersection == partner.intersection == int(matched.sum())
+    assert brand.seeds == int(y.sum())
+    check_exact(brand, partner, users, y)
+    # Trained on every offered row, the unmatched ones as negatives.
+    assert len(partner.train_users) + len(partner.holdout_users) == len(users.data.records())
+    assert partner.package is not None
+    assert set(partner.package.excluded.tolist()) == set(np.flatnonzero(matched).tolist())
+
+
+def test_only_a_matched_job_names_its_matched_rows(
+    users: PartnerUsers, keys: tuple[Any, Any]
+) -> None:
+    rows = users.data.row_count
+
+    def partner(mode: LookalikeMode, matched_users: np.ndarray | None) -> PartnerLookalike:
+        return PartnerLookalike(
+            audience="crm",
+            data=users.data,
+            features=users.features,
+            mode=mode,
+            matched_users=matched_users,
+        )
+
+    matched = LookalikeMode.MATCHED
+    with pytest.raises(ValueError, match="only a matched job"):
+        partner(LookalikeMode.HIDDEN_SEED, np.ones(rows, dtype=bool))
+    with pytest.raises(ValueError, match="match flags for"):
+        partner(matched, np.ones(rows - 1, dtype=bool))
+    with pytest.raises(InvalidInput, match="none of the users matches"):
+        partner(matched, np.zeros(rows, dtype=bool))
+    hello = partner(matched, None).hello()
+    assert hello.candidates is None
+    points, flags = np.zeros(4, dtype="S32"), np.array([1, 0, 1, 0], dtype=np.uint8)
+    for wrong, why in (
+        (dataclasses.replace(hello, mode=LookalikeMode.HIDDEN_SEED, candidates=5), "only a"),
+        (dataclasses.replace(hello, candidates=0), "matched rows of"),
+        (dataclasses.replace(hello, candidates=hello.rows + 1), "matched rows of"),
+    ):
+        with pytest.raises(ProtocolError, match=why):
+            BrandLookalike(
+                session_id="job-x",
+                hello=wrong,
+                points=points,
+                labels=flags,
+                private_key=keys[1],
+                min_seed=1,
+            )
 
 
 def test_breast_cancer_private_fit_equals_sklearn(keys: tuple[Any, Any]) -> None:

@@ -44,16 +44,33 @@ def recorded(world: dict[str, Any], mode: LookalikeMode, out: str) -> dict[str, 
         conn = Connection(proxy.target, world["tokens"]["brand"][Role.PARTNER])
         manifest = asyncio.run(run_lookalike(conn, prepared))
         sent, received = bytes(proxy.to_server), bytes(proxy.to_client)
-    [up] = [v for v in data_by_stream(sent, client_side=True).values() if v]
-    [down] = [v for v in data_by_stream(received, client_side=False).values() if v]
+        connections = [(bytes(s), bytes(r)) for s, r in proxy.connections]
+    # Every stream of every connection (a matched job runs its match first); the job's is
+    # the one that opens with a lookalike hello.
+    streams = []
+    for to_node, to_partner in connections:
+        downs = data_by_stream(to_partner, client_side=False)
+        for k, v in data_by_stream(to_node, client_side=True).items():
+            if v:
+                streams.append((v, downs.get(k, b"")))
+    [(up, down)] = [(u, d) for u, d in streams if opens_a_job(u)]
     return {
         "prepared": prepared,
         "manifest": manifest,
+        "before": [u for u, _ in streams if u is not up],  # the other streams
         "sent": sent,
         "received": received,
         "up": grpc_messages(up, pb.LookalikePartnerMessage),
         "down": grpc_messages(down, pb.LookalikeBrandMessage),
     }
+
+
+def opens_a_job(stream: bytes) -> bool:
+    try:
+        first = grpc_messages(stream, pb.LookalikePartnerMessage)[0]
+    except Exception:
+        return False
+    return first.WhichOneof("body") == "hello" and first.hello.mode in ("matched", "hidden-seed")
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +125,8 @@ def check_brand_side(world: dict[str, Any], rec: dict[str, Any]) -> None:
     for m in up:
         if m.HasField("slot_points"):
             slots |= chunks(m.slot_points.points, 32)
-    assert len(slots) == hello.rows * hello.slots  # every slot a distinct point
+    exchanged = hello.candidates if hello.HasField("candidates") else hello.rows
+    assert len(slots) == exchanged * hello.slots  # every slot a distinct point
     assert not slots & set(digests) and not slots & set(points)
     features = pd.read_csv(world["synth"].features_path, dtype=str, keep_default_na=False)
     checked = 0
@@ -169,6 +187,30 @@ def test_matched_mode_brand_receives_no_user_data(
     kinds = {m.WhichOneof("body") for m in matched["down"]}
     assert "matched" in kinds  # the flags the mode discloses, by design
     check_brand_side(world, matched)
+    # It matched first (the OT-extension PSI, no count reported), then sent the slots of
+    # the rows that matched only: as many as the plaintext join finds.
+    sessions = []
+    for stream in matched["before"]:
+        try:
+            msgs = grpc_messages(stream, pb.PartnerMessage)
+        except Exception:
+            continue
+        if msgs and msgs[0].WhichOneof("body") == "hello":
+            sessions.append(msgs)
+    [kkrt] = sessions
+    assert kkrt[0].hello.method == pb.PSI_METHOD_KKRT
+    assert not kkrt[-1].finish.report_count and kkrt[-1].finish.matched_records == 0
+    hello = matched["up"][0].hello
+    partner = matched["prepared"].partner
+    digests = set(brand_secrets(world)[0])
+    truth = np.zeros(partner.data.row_count, dtype=bool)
+    for column in partner.data.columns:
+        rows = whole_array(column.rows)
+        for i, row in enumerate(rows):
+            truth[row] |= column.digests[32 * i : 32 * i + 32] in digests
+    assert hello.HasField("candidates") and hello.candidates == int(truth.sum())
+    assert 0 < hello.candidates < hello.rows
+    assert partner.intersection == hello.candidates
 
 
 def test_label_recovery_does_no_better_than_the_model(

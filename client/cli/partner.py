@@ -332,6 +332,13 @@ def partner_lookalike(
     epsilon: Annotated[
         float, typer.Option("--epsilon", help="Label-DP epsilon (0: none unless required).")
     ] = 0.0,
+    match_first: Annotated[
+        bool,
+        typer.Option(
+            "--match-first/--no-match-first",
+            help="matched: find the matches by OT-extension PSI first, exchange only theirs.",
+        ),
+    ] = True,
     workers: Annotated[int | None, typer.Option("--workers")] = None,
     dask_scheduler: DaskScheduler = None,
     work_dir: WorkDir = None,
@@ -373,6 +380,7 @@ def partner_lookalike(
             l2=l2,
             bins=bins,
             epsilon=epsilon,
+            match_first=match_first,
         )
         conn = connection(server, token, tls_dir, retry_seconds)
         request = shared_id_columns(conn, request)

@@ -204,6 +204,13 @@ def check_hello(hello: LookalikeHello, modes: tuple[LookalikeMode, ...]) -> None
         raise ProtocolError(f"a row has 1..{MAX_SLOTS} identifier slots, not {hello.slots}")
     if hello.rows < 1:
         raise ProtocolError("the partner offers no rows")
+    if hello.candidates is not None:
+        if hello.mode is not LookalikeMode.MATCHED:
+            raise ProtocolError("only a matched job sends the slots of its matched rows only")
+        if not 1 <= hello.candidates <= hello.rows:
+            raise ProtocolError(
+                f"{hello.candidates} matched rows of {hello.rows} offered: 1..{hello.rows}"
+            )
     if not 1 <= hello.features <= MAX_FEATURES:
         raise InvalidInput(f"a model has 1..{MAX_FEATURES} features, not {hello.features}")
     check_tiers(hello.tiers)
@@ -283,7 +290,10 @@ class BrandLookalike(RoundMachine[LookalikeRound]):
         self._points = points
         self._list_counts = {BrandList.SEED: points.seeds, BrandList.OTHER: points.others}
         self.list_size = max(1, points.seeds, points.others)
-        self.declared_points = hello.rows * hello.slots
+        # The partner's slots: every offered row's, or (matched, after its own match) only
+        # those of the rows that match; either way each is compared here, so the counts
+        # below are this node's, whatever the partner says it found.
+        self.declared_points = hello.exchanged_rows * hello.slots
         self.value_len = comparison_length(self.declared_points, 2 * self.list_size)
         self._spill_dir = spill_dir
         self._memory_bytes = memory_bytes
@@ -606,8 +616,8 @@ class BrandLookalike(RoundMachine[LookalikeRound]):
         return in_seed, in_seed | in_list[BrandList.OTHER]
 
     def _rows_hit(self, found: ByteColumn) -> np.ndarray:
-        """Per partner row, whether any of its slots is flagged."""
-        rows_hit = np.zeros(self.hello.rows, dtype=bool)
+        """Per partner row exchanged, whether any of its slots is flagged."""
+        rows_hit = np.zeros(self.hello.exchanged_rows, dtype=bool)
         at = 0
         for rows in records_hit(found, self.hello.slots):
             rows_hit[at : at + len(rows)] = rows

@@ -55,6 +55,14 @@ class LookalikeHello:
     # row norm of the features, which bounds the sums' sensitivity to one label.
     scales: tuple[int, ...] = ()
     row_norm: float = 0.0
+    # ``matched`` only: the offered rows the partner's own match (``partner match``)
+    # found, the only ones whose slots it sends; None: every offered row's.
+    candidates: int | None = None
+
+    @property
+    def exchanged_rows(self) -> int:
+        """Rows whose slots go through the exchange (and get a match flag)."""
+        return self.rows if self.candidates is None else self.candidates
 
     @property
     def holdout_rows(self) -> int:

@@ -98,6 +98,7 @@ class Phase:
     """What the partner is doing, as ``LookalikeProgress.phase`` says it."""
 
     WAITING = "waiting for the brand node"
+    PREMATCH = "matching users with the OT-extension PSI"
     MATCHING = "blinding rows and the brand's lists"
     LABELS = "receiving encrypted labels"
     SUMS = "summing encrypted labels"
@@ -170,6 +171,12 @@ class PartnerLookalike(RoundMachine[LookalikeRound]):
     user's integer features, same rows. ``write_package`` is called (on a
     thread) with the ranked base once the brand sent its metrics; what it
     returns is kept as ``files``.
+
+    ``matched_users`` (``matched`` mode only; a flag per user row): the users the
+    partner's own match with the audience found (``partner match``, the OT-extension
+    PSI). Only their slots go through the exchange, where the brand compares them
+    itself; every other offered row is a known negative, as an unmatched row is. The
+    model, the holdout and the package are the same as without it.
     """
 
     def __init__(
@@ -192,6 +199,7 @@ class PartnerLookalike(RoundMachine[LookalikeRound]):
         min_key_bits: int = MIN_KEY_BITS,
         spill_dir: Path | None = None,
         memory_bytes: int | None = None,
+        matched_users: np.ndarray | None = None,
     ) -> None:
         if not data.columns:
             raise InvalidInput("a lookalike needs at least one identifier column")
@@ -223,6 +231,21 @@ class PartnerLookalike(RoundMachine[LookalikeRound]):
         self.progress = LookalikeProgress()
         self.records = data.records()  # user row per offered row
         self.slots = len(data.columns)
+        # Offered rows whose slots are exchanged (None: all of them), and their number.
+        self._exchanged: np.ndarray | None = None
+        self.exchanged_rows = len(self.records)
+        if matched_users is not None:
+            if mode is not LookalikeMode.MATCHED:
+                raise ValueError("only a matched job exchanges its matched rows only")
+            if len(matched_users) != data.row_count:
+                raise ValueError(f"{len(matched_users)} match flags for {data.row_count} users")
+            self._exchanged = np.asarray(matched_users, dtype=bool)[self.records]
+            if not self._exchanged.any():
+                raise InvalidInput(
+                    f"none of the users matches audience {audience!r}: a matched lookalike"
+                    " needs some of the brand's customers among them"
+                )
+            self.exchanged_rows = int(self._exchanged.sum())
         self.accepted: LookalikeAccepted | None = None
         self.public_key: PaillierPublicKey | None = None
         self.package_id = ""
@@ -232,6 +255,9 @@ class PartnerLookalike(RoundMachine[LookalikeRound]):
         self.package: LookalikePackage | None = None
         self.files: Any = None
         self._order = np.empty(0, dtype=np.int64)  # position -> offered row
+        # Per offered row, the index of its Enc(y) among the labels received, or -1 for a
+        # known negative (matched: no match); set once the labels are due.
+        self._label_index = np.empty(0, dtype=np.int64)
         self._brand_results = OrderedResults[tuple[BrandList, bytes]](limit=8)
         self._brand_seq = dict.fromkeys(BrandList, 0)
         self._brand_count = dict.fromkeys(BrandList, 0)
@@ -244,8 +270,8 @@ class PartnerLookalike(RoundMachine[LookalikeRound]):
         self._label_checks = OrderedResults[int](limit=8)
         self._labels_checked = asyncio.Event()
         self._masks: list[int] = []
-        self._holdout_positions = np.empty(0, dtype=np.int64)
-        self._train_positions = np.empty(0, dtype=np.int64)
+        self._holdout_rows = np.empty(0, dtype=np.int64)  # offered rows
+        self._train_rows = np.empty(0, dtype=np.int64)
         self._row_norm_cache: float | None = None
         self.label_sums: tuple[int, ...] = ()  # T_int and Σy as decrypted (noisy with DP)
         # What the job cost here: for benchmarks' floors and the log.
@@ -261,6 +287,7 @@ class PartnerLookalike(RoundMachine[LookalikeRound]):
             audience=self.audience,
             mode=self.mode,
             rows=len(self.records),
+            candidates=None if self._exchanged is None else self.exchanged_rows,
             slots=self.slots,
             features=self.features.values.shape[1],
             tiers=self.tiers,
@@ -326,7 +353,7 @@ class PartnerLookalike(RoundMachine[LookalikeRound]):
             self.round = LookalikeRound.PACKAGE
             self._signal.notify()
             return
-        rows = len(self.records)
+        rows = self.exchanged_rows
         least = comparison_length(rows * self.slots, 2 * msg.brand_points)
         if not least <= msg.value_len <= POINT_LEN:
             raise ProtocolError(f"comparison values of {msg.value_len} bytes; need {least}..32")
@@ -377,7 +404,7 @@ class PartnerLookalike(RoundMachine[LookalikeRound]):
         self.expect(LookalikeRound.LABELS, "MatchedRows")
         if self.mode is not LookalikeMode.MATCHED:
             raise ProtocolError("the brand sent match flags in a hidden-seed job")
-        rows = len(self.records)
+        rows = self.exchanged_rows
         if self._matched is None:
             self._matched = np.zeros(rows, dtype=bool)
         flags = np.frombuffer(msg.flags, dtype=np.uint8)
@@ -390,6 +417,9 @@ class PartnerLookalike(RoundMachine[LookalikeRound]):
         if self._flags_received == rows:
             self._labels_expected = int(self._matched.sum())
             self.intersection = self._labels_expected
+            self._label_index = np.full(len(self.records), -1, dtype=np.int64)
+            matched_rows = self._order[self._matched]  # in the order their labels come
+            self._label_index[matched_rows] = np.arange(len(matched_rows))
             self.progress.update(labels_total=self._labels_expected)
             if self._labels_expected == 0:
                 raise ProtocolError("the brand flagged no match but goes on")
@@ -455,12 +485,12 @@ class PartnerLookalike(RoundMachine[LookalikeRound]):
     @property
     def train_users(self) -> np.ndarray:
         """User rows the model was trained on (after the sums round)."""
-        return self.records[self._order[self._train_positions]]
+        return self.records[self._train_rows]
 
     @property
     def holdout_users(self) -> np.ndarray:
         """User rows held out and scored for the metrics."""
-        return self.records[self._order[self._holdout_positions]]
+        return self.records[self._holdout_rows]
 
     def _holdout(self) -> int:
         return round(len(self.records) * self.holdout)
@@ -476,6 +506,7 @@ class PartnerLookalike(RoundMachine[LookalikeRound]):
             self.rng,
             self._random_bytes,
             keep_order=True,
+            keep=self._exchanged,
             spill_dir=self._spill_dir,
             memory_bytes=self._memory_bytes,
         )
@@ -524,29 +555,27 @@ class PartnerLookalike(RoundMachine[LookalikeRound]):
             self.round = LookalikeRound.LABELS
             if self.mode is LookalikeMode.HIDDEN_SEED:
                 self._labels_expected = len(self.records)
+                self._label_index = np.empty(len(self.records), dtype=np.int64)
+                self._label_index[self._order] = np.arange(len(self.records))
                 self.progress.update(labels_total=self._labels_expected)
             self.progress.update(phase=Phase.LABELS)
 
     def _split(self) -> None:
-        """A random holdout of positions; the rest train."""
-        rows = len(self.records)
-        shuffled = self.rng.permutation(rows)
-        self._holdout_positions = np.sort(shuffled[: self._holdout()])
-        self._train_positions = np.sort(shuffled[self._holdout() :])
+        """A random holdout of the offered rows; the rest train."""
+        shuffled = self.rng.permutation(len(self.records))
+        self._holdout_rows = np.sort(shuffled[: self._holdout()])
+        self._train_rows = np.sort(shuffled[self._holdout() :])
 
-    def _position_ciphertexts(self, positions: np.ndarray) -> bytes:
-        """``Enc(y)`` per position, packed; ``matched``: unmatched positions get 1 = Enc(0)."""
+    def _row_ciphertexts(self, rows: np.ndarray) -> bytes:
+        """``Enc(y)`` per offered row, packed; a known negative gets 1 = Enc(0)."""
         key = self._paillier()
         width = key.ciphertext_bytes
         packed = np.frombuffer(b"".join(self._labels), dtype=np.uint8).reshape(-1, width)
-        if self.mode is LookalikeMode.HIDDEN_SEED:
-            return packed[positions].tobytes()
-        assert self._matched is not None
-        index = np.cumsum(self._matched) - 1  # position -> its label's index
-        out = np.zeros((len(positions), width), dtype=np.uint8)
+        index = self._label_index[rows]
+        out = np.zeros((len(rows), width), dtype=np.uint8)
         out[:, -1] = 1
-        hit = self._matched[positions]
-        out[hit] = packed[index[positions[hit]]]
+        hit = index >= 0
+        out[hit] = packed[index[hit]]
         return out.tobytes()
 
     async def _check_labels(self) -> None:
@@ -561,12 +590,10 @@ class PartnerLookalike(RoundMachine[LookalikeRound]):
         await self._labels_checked.wait()
         key = self._paillier()
         self._split()
-        positions = self._train_positions
-        if self.mode is LookalikeMode.MATCHED:
-            assert self._matched is not None
-            positions = positions[self._matched[positions]]  # known negatives add nothing
-        users = self.records[self._order[positions]]
-        packed = await asyncio.to_thread(self._position_ciphertexts, positions)
+        rows = self._train_rows
+        rows = rows[self._label_index[rows] >= 0]  # known negatives add nothing
+        users = self.records[rows]
+        packed = await asyncio.to_thread(self._row_ciphertexts, rows)
         width = key.ciphertext_bytes
         n2 = key.n * key.n
         jobs = [
@@ -576,7 +603,7 @@ class PartnerLookalike(RoundMachine[LookalikeRound]):
                 width,
                 self.features.values[users[start : start + SUM_SLICE]],
             )
-            for start in range(0, len(positions), SUM_SLICE)
+            for start in range(0, len(rows), SUM_SLICE)
         ]
         parts = [part async for part in in_order(self._jobs, label_sums, jobs, ahead=4)]
         d = self.features.values.shape[1]
@@ -591,11 +618,11 @@ class PartnerLookalike(RoundMachine[LookalikeRound]):
         masks = await asyncio.to_thread(key.encrypt_many, self._masks)
         self.paillier_encryptions += len(masks)
         masked = [s * m % n2 for s, m in zip(sums, masks, strict=True)]
-        self.put(MaskedSums(ciphertexts=tuple(masked), train_rows=len(self._train_positions)))
+        self.put(MaskedSums(ciphertexts=tuple(masked), train_rows=len(self._train_rows)))
 
     def _sum_bounds(self) -> list[int]:
         """Bits of the largest value each sum can take over the training rows."""
-        rows = len(self._train_positions)
+        rows = len(self._train_rows)
         maxima = self.features.values[self.train_users].max(axis=0) if rows else np.zeros(0)
         return [max(1, int(rows * int(m)).bit_length()) for m in maxima] + [rows.bit_length()]
 
@@ -603,7 +630,7 @@ class PartnerLookalike(RoundMachine[LookalikeRound]):
         """The model from the unmasked sums, then the holdout's encrypted sums."""
         d = self.features.values.shape[1]
         # Label-DP noise can push the seed count out of range; the fit needs 0 < Σy < n.
-        sum_y = min(max(totals[d], 1), len(self._train_positions) - 1)
+        sum_y = min(max(totals[d], 1), len(self._train_rows) - 1)
         offset, scale = self.features.offset, self.features.scale
         xty = offset * sum_y + np.asarray(totals[:d], dtype=np.float64) / scale
         x = self.features.rows(self.train_users).floats()
@@ -616,10 +643,10 @@ class PartnerLookalike(RoundMachine[LookalikeRound]):
             self.spawn(self._package)
             return
         self.progress.update(phase=Phase.METRICS)
-        positions = self._holdout_positions
+        held = self._holdout_rows
         scores = score_rows(self.model, self.features.rows(self.holdout_users))
         key = self._paillier()
-        packed = await asyncio.to_thread(self._position_ciphertexts, positions)
+        packed = await asyncio.to_thread(self._row_ciphertexts, held)
         n2 = key.n * key.n
         sums = await self._jobs.call(
             holdout_sums, n2, packed, key.ciphertext_bytes, scores, self.tiers
@@ -631,7 +658,7 @@ class PartnerLookalike(RoundMachine[LookalikeRound]):
         self.paillier_encryptions += len(fresh)  # a full re-randomization costs one
         seeds, rank_sum2, *top = fresh
         self.put(
-            HoldoutAggregates(rows=len(positions), seeds=seeds, rank_sum2=rank_sum2, top=tuple(top))
+            HoldoutAggregates(rows=len(held), seeds=seeds, rank_sum2=rank_sum2, top=tuple(top))
         )
 
     async def _package(self) -> None:
@@ -642,8 +669,7 @@ class PartnerLookalike(RoundMachine[LookalikeRound]):
         scores = await asyncio.to_thread(score_rows, model, self.features)
         excluded = np.zeros(self.data.row_count, dtype=bool)
         if self.mode is LookalikeMode.MATCHED:
-            assert self._matched is not None
-            excluded[self.records[self._order[self._matched]]] = True
+            excluded[self.records[self._label_index >= 0]] = True
         ranked, sizes = rank_tiers(scores, excluded, self.tiers)
         if not len(ranked):
             raise InvalidInput("no user is left to score once the brand's customers are excluded")
@@ -655,8 +681,8 @@ class PartnerLookalike(RoundMachine[LookalikeRound]):
             tier_sizes=sizes,
             excluded=np.flatnonzero(excluded),
             metrics=self.metrics,
-            train_rows=len(self._train_positions),
-            holdout_rows=len(self._holdout_positions),
+            train_rows=len(self._train_rows),
+            holdout_rows=len(self._holdout_rows),
         )
         if self._write_package is not None:
             self.files = await asyncio.to_thread(self._write_package, self.package)
