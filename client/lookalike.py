@@ -9,8 +9,9 @@ lands in ``--out`` only once the brand node confirmed it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,14 +25,13 @@ from cleanroom.client.sdk import ClientError, Connection, PsiMethod, run_psi, un
 from cleanroom.federated.lookalike.inputs import PartnerUsers, load_partner_users
 from cleanroom.federated.lookalike.messages import DEFAULT_TIERS, LookalikeMode
 from cleanroom.federated.lookalike.package import PackageWriter
-from cleanroom.federated.lookalike.partner import LookalikeProgress, PartnerLookalike, Phase
+from cleanroom.federated.lookalike.partner import LookalikeProgress, PartnerLookalike
 from cleanroom.matching.messages import Protocol
-from cleanroom.matching.partner import MatchOutcome
 from cleanroom.matching.workers import RunJobs
 from cleanroom.proto import cleanroom_pb2 as pb
 from cleanroom.proto import cleanroom_pb2_grpc as pb_grpc
 from cleanroom.proto import serde
-from cleanroom.proto.errors import InvalidInput
+from cleanroom.proto.errors import InvalidInput, ProtocolError
 
 log = logging.getLogger("cleanroom.client")
 
@@ -129,6 +129,7 @@ class PreparedLookalike(Restartable[PartnerLookalike]):
     memory_bytes: int | None = None
     # ``matched``, after ``match_users``: a flag per user row, the users that matched.
     matched_users: np.ndarray | None = None
+    find_matches: Callable[[], Awaitable[np.ndarray | None]] | None = None
 
     @property
     def matches_first(self) -> bool:
@@ -163,9 +164,13 @@ def prepare_lookalike(
     writer = PackageWriter(req.out_dir, users.user_ids, users.pipeline, req.mode, req.epsilon)
     key = submission_key(req)
 
-    def machine(matched_users: np.ndarray | None = None) -> PartnerLookalike:
+    def machine(
+        matched_users: np.ndarray | None = None,
+        find_matches: Callable[[], Awaitable[np.ndarray | None]] | None = None,
+    ) -> PartnerLookalike:
         return PartnerLookalike(
             matched_users=matched_users,
+            find_matches=None if matched_users is not None else find_matches,
             audience=req.audience,
             data=users.data,
             features=users.features,
@@ -187,24 +192,19 @@ def prepare_lookalike(
         users,
         writer,
         machine(),
-        lambda: machine(prepared.matched_users),
+        lambda: machine(prepared.matched_users, prepared.find_matches),
         spill_dir=spill_dir,
         memory_bytes=memory_bytes,
     )
     return prepared
 
 
-async def match_users(
-    conn: Connection,
-    prepared: PreparedLookalike,
-    on_progress: Callable[[LookalikeProgress], None] | None = None,
-) -> MatchOutcome | None:
-    """``matched`` mode's first step: which users match the audience, by the
-    OT-extension PSI (the brand learns the partner's set size, as in the job itself);
-    the job then exchanges only their slots. None when the brand node refuses that match
-    (its policy, e.g. ``--match-methods ecdh``): the job exchanges every row's slots."""
-    if on_progress is not None:
-        on_progress(LookalikeProgress(phase=Phase.PREMATCH))
+async def match_users(conn: Connection, prepared: PreparedLookalike) -> np.ndarray | None:
+    """``matched`` mode's first step, once the brand node accepted the job: which users
+    match the audience, by the OT-extension PSI (the brand learns the partner's set size,
+    as in the job itself; no count); a flag per user row. None when the node refuses that
+    match (its policy, its quota, a set too large for KKRT): the job then exchanges every
+    row's slots, as without it."""
     try:
         run = await run_psi(
             conn,
@@ -216,10 +216,8 @@ async def match_users(
             spill_dir=prepared.spill_dir,
             memory_bytes=prepared.memory_bytes,
         )
-    except ClientError as error:
-        if error.code != "FAILED_PRECONDITION":
-            raise
-        log.warning("lookalike: no match first (%s); every row's slots go", error.message)
+    except (ClientError, ProtocolError) as error:
+        log.warning("lookalike: no match first (%s); every row's slots go", error)
         return None
     outcome = run.session.outcome
     assert outcome is not None
@@ -227,9 +225,8 @@ async def match_users(
     window = 1 << 20
     for start in range(0, len(matched), window):
         matched[start : start + window] = outcome.matched_on[start : start + window] >= 0
-    prepared.matched_users = matched
-    prepared.restart()
-    return outcome
+    prepared.matched_users = matched  # a new attempt of the job reuses them
+    return matched
 
 
 async def run_lookalike(
@@ -238,9 +235,11 @@ async def run_lookalike(
     on_progress: Callable[[LookalikeProgress], None] | None = None,
 ) -> dict[str, Any]:
     """One job; returns the package manifest (what ``partner lookalike --json`` prints).
-    A ``matched`` job that matches first (``match_first``) runs ``match_users`` first."""
-    if prepared.matches_first and prepared.matched_users is None:
-        await match_users(conn, prepared, on_progress)
+    A ``matched`` job that matches first (``match_first``) runs ``match_users`` once the
+    node accepted it."""
+    if prepared.matches_first and prepared.find_matches is None:
+        prepared.find_matches = functools.partial(match_users, conn, prepared)
+        prepared.restart()  # the job's machine, now with its first step
     partner = prepared.partner
     return await run_package_job(
         conn,

@@ -640,7 +640,7 @@ class ScoreBrandMessage(_message.Message):
     def __init__(self, accepted: _Optional[_Union[ScoreAccepted, _Mapping]] = ..., tiers: _Optional[_Union[ScoreTiers, _Mapping]] = ..., done: _Optional[_Union[LookalikeDone, _Mapping]] = ...) -> None: ...
 
 class LookalikeHello(_message.Message):
-    __slots__ = ("audience", "mode", "rows", "slots", "features", "tiers", "holdout", "epsilon", "submission_key", "scales", "row_norm", "candidates")
+    __slots__ = ("audience", "mode", "rows", "slots", "features", "tiers", "holdout", "epsilon", "submission_key", "scales", "row_norm", "match_first")
     AUDIENCE_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
@@ -652,7 +652,7 @@ class LookalikeHello(_message.Message):
     SUBMISSION_KEY_FIELD_NUMBER: _ClassVar[int]
     SCALES_FIELD_NUMBER: _ClassVar[int]
     ROW_NORM_FIELD_NUMBER: _ClassVar[int]
-    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    MATCH_FIRST_FIELD_NUMBER: _ClassVar[int]
     audience: str
     mode: str
     rows: int
@@ -664,8 +664,14 @@ class LookalikeHello(_message.Message):
     submission_key: str
     scales: _containers.RepeatedScalarFieldContainer[int]
     row_norm: float
-    candidates: int
-    def __init__(self, audience: _Optional[str] = ..., mode: _Optional[str] = ..., rows: _Optional[int] = ..., slots: _Optional[int] = ..., features: _Optional[int] = ..., tiers: _Optional[_Iterable[float]] = ..., holdout: _Optional[float] = ..., epsilon: _Optional[float] = ..., submission_key: _Optional[str] = ..., scales: _Optional[_Iterable[int]] = ..., row_norm: _Optional[float] = ..., candidates: _Optional[int] = ...) -> None: ...
+    match_first: bool
+    def __init__(self, audience: _Optional[str] = ..., mode: _Optional[str] = ..., rows: _Optional[int] = ..., slots: _Optional[int] = ..., features: _Optional[int] = ..., tiers: _Optional[_Iterable[float]] = ..., holdout: _Optional[float] = ..., epsilon: _Optional[float] = ..., submission_key: _Optional[str] = ..., scales: _Optional[_Iterable[int]] = ..., row_norm: _Optional[float] = ..., match_first: _Optional[bool] = ...) -> None: ...
+
+class LookalikeExchangedRows(_message.Message):
+    __slots__ = ("rows",)
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    rows: int
+    def __init__(self, rows: _Optional[int] = ...) -> None: ...
 
 class LookalikeSlotPoints(_message.Message):
     __slots__ = ("seq", "points")
@@ -710,20 +716,22 @@ class LookalikePackageSummary(_message.Message):
     def __init__(self, scored: _Optional[int] = ..., tier_sizes: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class LookalikePartnerMessage(_message.Message):
-    __slots__ = ("hello", "slot_points", "brand_values", "sums", "holdout", "package")
+    __slots__ = ("hello", "slot_points", "brand_values", "sums", "holdout", "package", "exchanged")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     SLOT_POINTS_FIELD_NUMBER: _ClassVar[int]
     BRAND_VALUES_FIELD_NUMBER: _ClassVar[int]
     SUMS_FIELD_NUMBER: _ClassVar[int]
     HOLDOUT_FIELD_NUMBER: _ClassVar[int]
     PACKAGE_FIELD_NUMBER: _ClassVar[int]
+    EXCHANGED_FIELD_NUMBER: _ClassVar[int]
     hello: LookalikeHello
     slot_points: LookalikeSlotPoints
     brand_values: LookalikeBrandValues
     sums: LookalikeMaskedSums
     holdout: LookalikeHoldout
     package: LookalikePackageSummary
-    def __init__(self, hello: _Optional[_Union[LookalikeHello, _Mapping]] = ..., slot_points: _Optional[_Union[LookalikeSlotPoints, _Mapping]] = ..., brand_values: _Optional[_Union[LookalikeBrandValues, _Mapping]] = ..., sums: _Optional[_Union[LookalikeMaskedSums, _Mapping]] = ..., holdout: _Optional[_Union[LookalikeHoldout, _Mapping]] = ..., package: _Optional[_Union[LookalikePackageSummary, _Mapping]] = ...) -> None: ...
+    exchanged: LookalikeExchangedRows
+    def __init__(self, hello: _Optional[_Union[LookalikeHello, _Mapping]] = ..., slot_points: _Optional[_Union[LookalikeSlotPoints, _Mapping]] = ..., brand_values: _Optional[_Union[LookalikeBrandValues, _Mapping]] = ..., sums: _Optional[_Union[LookalikeMaskedSums, _Mapping]] = ..., holdout: _Optional[_Union[LookalikeHoldout, _Mapping]] = ..., package: _Optional[_Union[LookalikePackageSummary, _Mapping]] = ..., exchanged: _Optional[_Union[LookalikeExchangedRows, _Mapping]] = ...) -> None: ...
 
 class LookalikeAccepted(_message.Message):
     __slots__ = ("session_id", "public_key_n", "value_len", "chunk_size", "brand_points", "max_decryptions", "package_id")

@@ -46,6 +46,7 @@ from cleanroom.federated.lookalike.messages import (
     BrandValues,
     DecryptedSums,
     EncryptedLabels,
+    ExchangedRows,
     HoldoutAggregates,
     LookalikeAccepted,
     LookalikeBrandMessage,
@@ -759,9 +760,11 @@ def lookalike_partner_to_pb(
                 submission_key=msg.submission_key,
                 scales=list(msg.scales),
                 row_norm=msg.row_norm,
-                candidates=msg.candidates,
+                match_first=msg.match_first,
             )
         )
+    if isinstance(msg, ExchangedRows):
+        return pb.LookalikePartnerMessage(exchanged=pb.LookalikeExchangedRows(rows=msg.rows))
     if isinstance(msg, SlotPoints):
         return pb.LookalikePartnerMessage(
             slot_points=pb.LookalikeSlotPoints(seq=msg.seq, points=msg.points)
@@ -810,12 +813,10 @@ def lookalike_partner_from_pb(
             submission_key=h.submission_key,
             scales=tuple(h.scales),
             row_norm=h.row_norm,
-            candidates=(
-                _count(h.candidates, "LookalikeHello.candidates")
-                if h.HasField("candidates")
-                else None
-            ),
+            match_first=h.match_first,
         )
+    if kind == "exchanged":
+        return ExchangedRows(rows=_count(msg.exchanged.rows, "LookalikeExchangedRows.rows"))
     if kind == "slot_points":
         return SlotPoints(seq=msg.slot_points.seq, points=msg.slot_points.points)
     if kind == "brand_values":

@@ -186,7 +186,7 @@ class LookalikeService:
                     "audience": audience.name,
                     "mode": hello.mode.value,
                     "epsilon": hello.epsilon,
-                    "matched_first": hello.candidates is not None,
+                    "match_first": hello.match_first,
                 },
                 partner_id=partnership.partner_id,
             )

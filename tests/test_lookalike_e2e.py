@@ -315,13 +315,15 @@ def test_a_matched_job_matches_first_and_exchanges_only_the_matches(
         slots = prepared.partner.slots
         results[first] = (record.report.intersection, record.report.seeds, manifest["excluded"])
         assert manifest["scored"] + manifest["excluded"] == 3000
+        assert job.declared_points == len(prepared.partner.records) * slots  # at its hello
+        assert prepared.partner.match_first == first
         if first and tenant == "brand":
             assert prepared.matched_users is not None
-            assert job.declared_points == int(prepared.matched_users.sum()) * slots
-            assert int(prepared.matched_users.sum()) == record.report.intersection
-        else:
+            assert prepared.partner.exchanged_rows == int(prepared.matched_users.sum())
+            assert prepared.partner.exchanged_rows == record.report.intersection
+        else:  # not asked, or refused (the policy allows no KKRT match): every row's
             assert prepared.matched_users is None
-            assert job.declared_points == len(prepared.partner.records) * slots
+            assert prepared.partner.exchanged_rows == len(prepared.partner.records)
     assert results[True] == results[False]
 
 

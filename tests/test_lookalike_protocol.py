@@ -33,10 +33,12 @@ from cleanroom.federated.lookalike.messages import (
     BrandPoints,
     DecryptedSums,
     EncryptedLabels,
+    ExchangedRows,
     LookalikeAccepted,
     LookalikeDone,
     LookalikeMetrics,
     LookalikeMode,
+    LookalikeRound,
     MaskedSums,
     MatchedRows,
     SlotPoints,
@@ -271,18 +273,30 @@ def test_matched_mode_is_exact_and_excludes_customers(
     assert not set(partner.package.ranked.tolist()) & set(np.flatnonzero(matched).tolist())
 
 
-@pytest.mark.parametrize("extra", [0, 300])
+@pytest.mark.parametrize("case", ["matches", "and 300 more", "refused", "given"])
 def test_matched_mode_after_a_match_exchanges_only_the_matched_rows(
-    world: Any, users: PartnerUsers, keys: tuple[Any, Any], extra: int
+    world: Any, users: PartnerUsers, keys: tuple[Any, Any], case: str
 ) -> None:
-    """The partner matched first (``partner match``) and sends the slots of those rows
-    only; every other row is a known negative. Also when it names rows that do not
-    match (``extra``): the brand compares every slot itself, so its counts, the model
-    and the package are those of the plaintext join all the same."""
+    """The partner matches first (``find_matches``, once the brand accepted) and sends
+    the slots of those rows only; every other row is a known negative. Also when it
+    names rows that do not match: the brand compares every slot itself, so its counts,
+    the model and the package are those of the plaintext join all the same. A refused
+    match (None) exchanges every row; ``matched_users`` gives the flags up front."""
     labels, points, flags = brand_identifiers(world.crm_path)
     y, matched = pooled_labels(users.data, labels)
     named = matched.copy()
-    named[np.random.default_rng(4).choice(np.flatnonzero(~matched), extra, replace=False)] = True
+    if case == "and 300 more":
+        unmatched = np.flatnonzero(~matched)
+        named[np.random.default_rng(4).choice(unmatched, 300, replace=False)] = True
+    calls = []
+
+    async def find_matches() -> np.ndarray | None:
+        calls.append(brand.round)
+        return None if case == "refused" else named
+
+    options: dict[str, Any] = (
+        {"matched_users": named} if case == "given" else {"find_matches": find_matches}
+    )
     brand, partner = make_pair(
         users,
         points,
@@ -291,17 +305,24 @@ def test_matched_mode_after_a_match_exchanges_only_the_matched_rows(
         mode=LookalikeMode.MATCHED,
         seed=7,
         brand_options={"label_batch": 61},
-        matched_users=named,
+        **options,
     )
-    assert brand.hello.candidates == int(named.sum()) < brand.hello.rows
-    assert brand.declared_points == int(named.sum()) * partner.slots
+    assert brand.hello.match_first and brand.exchanged_rows is None
     transcript = asyncio.run(converse(brand, partner))
-    sent = sum(len(m.points) for side, m in transcript if isinstance(m, SlotPoints))
-    assert sent == 32 * int(named.sum()) * partner.slots  # the named rows' slots, no more
+    assert calls == ([] if case == "given" else [LookalikeRound.EXCHANGE])  # once, accepted
+    exchanged = len(users.data.records()) if case == "refused" else int(named.sum())
+    assert brand.exchanged_rows == partner.exchanged_rows == exchanged
+    assert brand.declared_points == exchanged * partner.slots
+    up = [m for side, m in transcript if side == "partner"]
+    kinds = [type(m) for m in up]
+    assert kinds.count(ExchangedRows) == 1
+    assert kinds.index(ExchangedRows) < kinds.index(SlotPoints)
+    sent = sum(len(m.points) for m in up if isinstance(m, SlotPoints))
+    assert sent == 32 * exchanged * partner.slots  # the named rows' slots, no more
     matched_flags = np.concatenate(
         [np.frombuffer(m.flags, np.uint8) for s, m in transcript if isinstance(m, MatchedRows)]
     )
-    assert len(matched_flags) == int(named.sum())
+    assert len(matched_flags) == exchanged
     assert brand.intersection == partner.intersection == int(matched.sum())
     assert brand.seeds == int(y.sum())
     check_exact(brand, partner, users, y)
@@ -311,9 +332,7 @@ def test_matched_mode_after_a_match_exchanges_only_the_matched_rows(
     assert set(partner.package.excluded.tolist()) == set(np.flatnonzero(matched).tolist())
 
 
-def test_only_a_matched_job_names_its_matched_rows(
-    users: PartnerUsers, keys: tuple[Any, Any]
-) -> None:
+def test_only_a_matched_job_matches_first(users: PartnerUsers, keys: tuple[Any, Any]) -> None:
     rows = users.data.row_count
 
     def partner(mode: LookalikeMode, matched_users: np.ndarray | None) -> PartnerLookalike:
@@ -333,22 +352,43 @@ def test_only_a_matched_job_names_its_matched_rows(
     with pytest.raises(InvalidInput, match="none of the users matches"):
         partner(matched, np.zeros(rows, dtype=bool))
     hello = partner(matched, None).hello()
-    assert hello.candidates is None
+    assert not hello.match_first
     points, flags = np.zeros(4, dtype="S32"), np.array([1, 0, 1, 0], dtype=np.uint8)
-    for wrong, why in (
-        (dataclasses.replace(hello, mode=LookalikeMode.HIDDEN_SEED, candidates=5), "only a"),
-        (dataclasses.replace(hello, candidates=0), "matched rows of"),
-        (dataclasses.replace(hello, candidates=hello.rows + 1), "matched rows of"),
+
+    def brand(wrong: Any) -> BrandLookalike:
+        return BrandLookalike(
+            session_id="job-x",
+            hello=wrong,
+            points=points,
+            labels=flags,
+            private_key=keys[1],
+            min_seed=1,
+        )
+
+    with pytest.raises(ProtocolError, match="only a matched job matches first"):
+        brand(dataclasses.replace(hello, mode=LookalikeMode.HIDDEN_SEED, match_first=True))
+    first = dataclasses.replace(hello, match_first=True)
+    slot = SlotPoints(seq=0, points=bytes(32 * hello.slots))
+    for wrong, messages, why in (
+        (first, [slot], "slot points before ExchangedRows"),
+        (first, [ExchangedRows(0)], "0 rows exchanged"),
+        (first, [ExchangedRows(hello.rows + 1)], f"{hello.rows + 1} rows exchanged"),
+        (first, [ExchangedRows(5), ExchangedRows(5)], "comes once"),
+        (hello, [ExchangedRows(5)], "comes once"),
     ):
+        machine = brand(wrong)
+
+        async def feed(machine: BrandLookalike = machine, messages: Any = messages) -> None:
+            machine.start()
+            try:
+                for msg in messages:
+                    await machine.receive(msg)
+            finally:
+                machine.close()
+
         with pytest.raises(ProtocolError, match=why):
-            BrandLookalike(
-                session_id="job-x",
-                hello=wrong,
-                points=points,
-                labels=flags,
-                private_key=keys[1],
-                min_seed=1,
-            )
+            asyncio.run(feed())
+        assert machine.error is not None
 
 
 def test_breast_cancer_private_fit_equals_sklearn(keys: tuple[Any, Any]) -> None:

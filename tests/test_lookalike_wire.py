@@ -35,6 +35,7 @@ from tests.test_lookalike_e2e import world as world
 from tests.wire import RecordingProxy, data_by_stream, grpc_messages
 
 PARTNER_FIELDS = {"hello", "slot_points", "brand_values", "sums", "holdout", "package"}
+MATCH_FIRST_FIELDS = PARTNER_FIELDS | {"exchanged"}
 
 
 def recorded(world: dict[str, Any], mode: LookalikeMode, out: str) -> dict[str, Any]:
@@ -114,7 +115,7 @@ def check_brand_side(world: dict[str, Any], rec: dict[str, Any]) -> None:
     up, sent, prepared = rec["up"], rec["sent"], rec["prepared"]
     kinds = [m.WhichOneof("body") for m in up]
     assert kinds[0] == "hello" and kinds[-1] == "package"
-    assert set(kinds) == PARTNER_FIELDS
+    assert set(kinds) == (MATCH_FIRST_FIELDS if up[0].hello.match_first else PARTNER_FIELDS)
     hello = up[0].hello
     assert not hello.scales and hello.row_norm == 0  # label-DP off: no feature bound either
     users = pd.read_csv(world["synth"].users_path, dtype=str, keep_default_na=False)
@@ -125,7 +126,9 @@ def check_brand_side(world: dict[str, Any], rec: dict[str, Any]) -> None:
     for m in up:
         if m.HasField("slot_points"):
             slots |= chunks(m.slot_points.points, 32)
-    exchanged = hello.candidates if hello.HasField("candidates") else hello.rows
+    said = [m.exchanged.rows for m in up if m.HasField("exchanged")]
+    assert len(said) == hello.match_first
+    exchanged = said[0] if said else hello.rows
     assert len(slots) == exchanged * hello.slots  # every slot a distinct point
     assert not slots & set(digests) and not slots & set(points)
     features = pd.read_csv(world["synth"].features_path, dtype=str, keep_default_na=False)
@@ -208,9 +211,10 @@ def test_matched_mode_brand_receives_no_user_data(
         rows = whole_array(column.rows)
         for i, row in enumerate(rows):
             truth[row] |= column.digests[32 * i : 32 * i + 32] in digests
-    assert hello.HasField("candidates") and hello.candidates == int(truth.sum())
-    assert 0 < hello.candidates < hello.rows
-    assert partner.intersection == hello.candidates
+    [said] = [m.exchanged.rows for m in matched["up"] if m.HasField("exchanged")]
+    assert hello.match_first and said == int(truth.sum())
+    assert 0 < said < hello.rows
+    assert partner.intersection == said
 
 
 def test_label_recovery_does_no_better_than_the_model(

@@ -22,13 +22,15 @@ identifiers and features for its whole user base. One job:
    customer from a non-customer) or, in ``matched`` mode, the match flags and
    ``Enc(y)`` for the matched positions only.
 
-   A ``matched`` job may first find its matches by the OT-extension PSI
-   (``partner match``, which tells the partner exactly that) and then stream the
-   slots of those rows only (``LookalikeHello.candidates`` says how many). B
-   compares them itself, so its flags, counts and minimum are its own; every
-   row not exchanged is a known negative, as an unmatched one is, and steps 4-6
-   run over every offered row as before. B learns in addition the number of
-   rows exchanged, which for an honest partner is the intersection it counts.
+   A ``matched`` job may match first (``LookalikeHello.match_first``): once B
+   accepted it, P finds its matches by the OT-extension PSI (``partner match``,
+   which tells P exactly that), says how many rows it exchanges
+   (``ExchangedRows``) and streams the slots of those rows only. B compares them
+   itself, so its flags, counts and minimum are its own; every row not
+   exchanged is a known negative, as an unmatched one is, and steps 4-6 run over
+   every offered row as before. B learns in addition the number of rows
+   exchanged, which for an honest partner is the intersection it counts. When
+   the match is refused (B's policy or quota), P exchanges every row.
 4. Sums. P sets a random holdout aside and computes ``Enc(T_j) =
    Π Enc(y_i)^{x_ij}`` (``T = Xᵀy``) and ``Enc(Σy)`` over the training rows,
    adds a random mask with 40 bits of slack to each (a fresh encryption of

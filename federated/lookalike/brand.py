@@ -50,6 +50,7 @@ from cleanroom.federated.lookalike.messages import (
     BrandValues,
     DecryptedSums,
     EncryptedLabels,
+    ExchangedRows,
     HoldoutAggregates,
     LookalikeAccepted,
     LookalikeBrandMessage,
@@ -204,13 +205,8 @@ def check_hello(hello: LookalikeHello, modes: tuple[LookalikeMode, ...]) -> None
         raise ProtocolError(f"a row has 1..{MAX_SLOTS} identifier slots, not {hello.slots}")
     if hello.rows < 1:
         raise ProtocolError("the partner offers no rows")
-    if hello.candidates is not None:
-        if hello.mode is not LookalikeMode.MATCHED:
-            raise ProtocolError("only a matched job sends the slots of its matched rows only")
-        if not 1 <= hello.candidates <= hello.rows:
-            raise ProtocolError(
-                f"{hello.candidates} matched rows of {hello.rows} offered: 1..{hello.rows}"
-            )
+    if hello.match_first and hello.mode is not LookalikeMode.MATCHED:
+        raise ProtocolError("only a matched job matches first")
     if not 1 <= hello.features <= MAX_FEATURES:
         raise InvalidInput(f"a model has 1..{MAX_FEATURES} features, not {hello.features}")
     check_tiers(hello.tiers)
@@ -290,10 +286,12 @@ class BrandLookalike(RoundMachine[LookalikeRound]):
         self._points = points
         self._list_counts = {BrandList.SEED: points.seeds, BrandList.OTHER: points.others}
         self.list_size = max(1, points.seeds, points.others)
-        # The partner's slots: every offered row's, or (matched, after its own match) only
-        # those of the rows that match; either way each is compared here, so the counts
-        # below are this node's, whatever the partner says it found.
-        self.declared_points = hello.exchanged_rows * hello.slots
+        # The partner's slots: every offered row's, or (``match_first``, once it says so)
+        # only those of the rows its match found; either way each is compared here, so the
+        # counts below are this node's, whatever the partner says it found. The values'
+        # length and the joins are sized for every row's: enough for fewer.
+        self.exchanged_rows: int | None = None if hello.match_first else hello.rows
+        self.declared_points = hello.rows * hello.slots
         self.value_len = comparison_length(self.declared_points, 2 * self.list_size)
         self._spill_dir = spill_dir
         self._memory_bytes = memory_bytes
@@ -378,6 +376,8 @@ class BrandLookalike(RoundMachine[LookalikeRound]):
     async def _dispatch(self, msg: LookalikePartnerMessage) -> None:
         if isinstance(msg, SlotPoints):
             await self._on_slot_points(msg)
+        elif isinstance(msg, ExchangedRows):
+            self._on_exchanged(msg)
         elif isinstance(msg, BrandValues):
             self._on_brand_values(msg)
         elif isinstance(msg, MaskedSums):
@@ -391,8 +391,19 @@ class BrandLookalike(RoundMachine[LookalikeRound]):
         else:
             raise TypeError(f"not a lookalike partner message: {type(msg).__name__}")
 
+    def _on_exchanged(self, msg: ExchangedRows) -> None:
+        self.expect(LookalikeRound.EXCHANGE, "ExchangedRows")
+        if not self.hello.match_first or self.exchanged_rows is not None:
+            raise ProtocolError("ExchangedRows comes once, in a job that matches first")
+        if not 1 <= msg.rows <= self.hello.rows:
+            raise ProtocolError(f"{msg.rows} rows exchanged of {self.hello.rows} offered")
+        self.exchanged_rows = msg.rows
+        self.declared_points = msg.rows * self.hello.slots
+
     async def _on_slot_points(self, chunk: SlotPoints) -> None:
         self.expect(LookalikeRound.EXCHANGE, f"slot points chunk {chunk.seq}")
+        if self.exchanged_rows is None:
+            raise ProtocolError("slot points before ExchangedRows in a job that matches first")
         if chunk.seq != self._partner_seq:
             kind = "duplicate" if chunk.seq < self._partner_seq else "out-of-order"
             raise ProtocolError(f"{kind} slot chunk {chunk.seq}: chunk {self._partner_seq} is next")
@@ -617,7 +628,8 @@ class BrandLookalike(RoundMachine[LookalikeRound]):
 
     def _rows_hit(self, found: ByteColumn) -> np.ndarray:
         """Per partner row exchanged, whether any of its slots is flagged."""
-        rows_hit = np.zeros(self.hello.exchanged_rows, dtype=bool)
+        assert self.exchanged_rows is not None
+        rows_hit = np.zeros(self.exchanged_rows, dtype=bool)
         at = 0
         for rows in records_hit(found, self.hello.slots):
             rows_hit[at : at + len(rows)] = rows

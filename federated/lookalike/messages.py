@@ -55,14 +55,9 @@ class LookalikeHello:
     # row norm of the features, which bounds the sums' sensitivity to one label.
     scales: tuple[int, ...] = ()
     row_norm: float = 0.0
-    # ``matched`` only: the offered rows the partner's own match (``partner match``)
-    # found, the only ones whose slots it sends; None: every offered row's.
-    candidates: int | None = None
-
-    @property
-    def exchanged_rows(self) -> int:
-        """Rows whose slots go through the exchange (and get a match flag)."""
-        return self.rows if self.candidates is None else self.candidates
+    # ``matched`` only: once accepted, the partner matches first (``partner match``) and
+    # says how many rows it exchanges (``ExchangedRows``) before its first slot.
+    match_first: bool = False
 
     @property
     def holdout_rows(self) -> int:
@@ -82,6 +77,14 @@ class LookalikeAccepted:
     brand_points: int  # per list (both lists are padded to this size)
     max_decryptions: int  # d + 1 label sums, plus 2 + one per tier for the holdout
     package_id: str = ""  # set when this submission already has a package
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangedRows:
+    """P -> B, in a ``match_first`` job before its first slot: the offered rows whose
+    slots it sends (the rows its match found; all of them when the match was refused)."""
+
+    rows: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +192,13 @@ class LookalikeDone:
 
 
 LookalikePartnerMessage = (
-    LookalikeHello | SlotPoints | BrandValues | MaskedSums | HoldoutAggregates | PackageSummary
+    LookalikeHello
+    | ExchangedRows
+    | SlotPoints
+    | BrandValues
+    | MaskedSums
+    | HoldoutAggregates
+    | PackageSummary
 )
 LookalikeBrandMessage = (
     LookalikeAccepted

@@ -30,7 +30,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,7 @@ from cleanroom.federated.lookalike.messages import (
     BrandValues,
     DecryptedSums,
     EncryptedLabels,
+    ExchangedRows,
     HoldoutAggregates,
     LookalikeAccepted,
     LookalikeBrandMessage,
@@ -172,11 +173,13 @@ class PartnerLookalike(RoundMachine[LookalikeRound]):
     thread) with the ranked base once the brand sent its metrics; what it
     returns is kept as ``files``.
 
-    ``matched_users`` (``matched`` mode only; a flag per user row): the users the
-    partner's own match with the audience found (``partner match``, the OT-extension
-    PSI). Only their slots go through the exchange, where the brand compares them
-    itself; every other offered row is a known negative, as an unmatched row is. The
-    model, the holdout and the package are the same as without it.
+    ``matched`` mode may match first: ``find_matches()`` (awaited once the brand
+    accepted, so a refused or repeated job matches nothing) returns a flag per user row,
+    the users the partner's own match with the audience found (``partner match``, the
+    OT-extension PSI), or None when that match was refused; ``matched_users`` gives
+    those flags directly. Only their slots go through the exchange, where the brand
+    compares them itself; every other offered row is a known negative, as an unmatched
+    row is. The model, the holdout and the package are the same as without it.
     """
 
     def __init__(
@@ -200,6 +203,7 @@ class PartnerLookalike(RoundMachine[LookalikeRound]):
         spill_dir: Path | None = None,
         memory_bytes: int | None = None,
         matched_users: np.ndarray | None = None,
+        find_matches: Callable[[], Awaitable[np.ndarray | None]] | None = None,
     ) -> None:
         if not data.columns:
             raise InvalidInput("a lookalike needs at least one identifier column")
@@ -234,18 +238,12 @@ class PartnerLookalike(RoundMachine[LookalikeRound]):
         # Offered rows whose slots are exchanged (None: all of them), and their number.
         self._exchanged: np.ndarray | None = None
         self.exchanged_rows = len(self.records)
+        self._find_matches = find_matches
+        self.match_first = matched_users is not None or find_matches is not None
+        if self.match_first and mode is not LookalikeMode.MATCHED:
+            raise ValueError("only a matched job matches first")
         if matched_users is not None:
-            if mode is not LookalikeMode.MATCHED:
-                raise ValueError("only a matched job exchanges its matched rows only")
-            if len(matched_users) != data.row_count:
-                raise ValueError(f"{len(matched_users)} match flags for {data.row_count} users")
-            self._exchanged = np.asarray(matched_users, dtype=bool)[self.records]
-            if not self._exchanged.any():
-                raise InvalidInput(
-                    f"none of the users matches audience {audience!r}: a matched lookalike"
-                    " needs some of the brand's customers among them"
-                )
-            self.exchanged_rows = int(self._exchanged.sum())
+            self._exchange_only(matched_users)
         self.accepted: LookalikeAccepted | None = None
         self.public_key: PaillierPublicKey | None = None
         self.package_id = ""
@@ -287,7 +285,7 @@ class PartnerLookalike(RoundMachine[LookalikeRound]):
             audience=self.audience,
             mode=self.mode,
             rows=len(self.records),
-            candidates=None if self._exchanged is None else self.exchanged_rows,
+            match_first=self.match_first,
             slots=self.slots,
             features=self.features.values.shape[1],
             tiers=self.tiers,
@@ -353,7 +351,7 @@ class PartnerLookalike(RoundMachine[LookalikeRound]):
             self.round = LookalikeRound.PACKAGE
             self._signal.notify()
             return
-        rows = self.exchanged_rows
+        rows = len(self.records)  # the brand sizes its values for every row's slots
         least = comparison_length(rows * self.slots, 2 * msg.brand_points)
         if not least <= msg.value_len <= POINT_LEN:
             raise ProtocolError(f"comparison values of {msg.value_len} bytes; need {least}..32")
@@ -495,11 +493,33 @@ class PartnerLookalike(RoundMachine[LookalikeRound]):
     def _holdout(self) -> int:
         return round(len(self.records) * self.holdout)
 
+    def _exchange_only(self, matched_users: np.ndarray) -> None:
+        """Exchange the slots of the offered rows of ``matched_users`` only."""
+        if len(matched_users) != self.data.row_count:
+            raise ValueError(f"{len(matched_users)} match flags for {self.data.row_count} users")
+        self._exchanged = np.asarray(matched_users, dtype=bool)[self.records]
+        if not self._exchanged.any():
+            raise InvalidInput(
+                f"none of the users matches audience {self.audience!r}: a matched lookalike"
+                " needs some of the brand's customers among them"
+            )
+        self.exchanged_rows = int(self._exchanged.sum())
+
     # ----------------------------------------------------------- background
 
     async def _send_slots(self) -> None:
-        """Every offered row as ``slots`` points H(x)^p, rows and slots shuffled."""
+        """Every offered row as ``slots`` points H(x)^p, rows and slots shuffled; a job
+        that matches first says how many rows it exchanges, then sends theirs only."""
         assert self.accepted is not None
+        if self._find_matches is not None and self._exchanged is None:
+            self.progress.update(phase=Phase.PREMATCH)
+            found = await self._find_matches()
+            if found is not None:
+                self._exchange_only(found)
+            self.progress.update(phase=Phase.MATCHING)
+        if self.match_first:
+            self.put(ExchangedRows(rows=self.exchanged_rows))
+        self.progress.update(points_total=self.exchanged_rows * self.slots)
         slots = PaddedSlots(
             self.data,
             self.slots,
@@ -572,6 +592,8 @@ class PartnerLookalike(RoundMachine[LookalikeRound]):
         width = key.ciphertext_bytes
         packed = np.frombuffer(b"".join(self._labels), dtype=np.uint8).reshape(-1, width)
         index = self._label_index[rows]
+        if self.mode is LookalikeMode.HIDDEN_SEED:  # every row has its Enc(y)
+            return packed[index].tobytes()
         out = np.zeros((len(rows), width), dtype=np.uint8)
         out[:, -1] = 1
         hit = index >= 0
