@@ -170,7 +170,7 @@ def prepare_lookalike(
     ) -> PartnerLookalike:
         return PartnerLookalike(
             matched_users=matched_users,
-            find_matches=None if matched_users is not None else find_matches,
+            find_matches=find_matches,  # not called once the users' flags are known
             audience=req.audience,
             data=users.data,
             features=users.features,

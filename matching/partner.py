@@ -263,28 +263,35 @@ class PaddedSlots:
         """Every record's row, in row order, into the shuffle."""
         k, start = self.slots, 0
         for rec, parts in self.data.record_windows(self._batch):
-            if not len(rec):
+            index = np.arange(start, start + len(rec), dtype="<i8")  # into records
+            start += len(rec)
+            # Only the kept records' rows are built (their dummies drawn): a column entry
+            # of a record left out has no row.
+            kept = None if self._keep is None else self._keep[index]
+            if kept is not None:
+                index = index[kept]
+            if not len(index):
                 continue
-            values = np.frombuffer(self._random_bytes(len(rec) * k * DIGEST_LEN), np.uint8)
-            values = values.reshape(len(rec), k, DIGEST_LEN).copy()
-            codes = np.full((len(rec), k), k, dtype=np.uint8)  # k = dummy
+            values = np.frombuffer(self._random_bytes(len(index) * k * DIGEST_LEN), np.uint8)
+            values = values.reshape(len(index), k, DIGEST_LEN).copy()
+            codes = np.full((len(index), k), k, dtype=np.uint8)  # k = dummy
             for c, (column, (lo, rows)) in enumerate(zip(self.data.columns, parts, strict=True)):
                 if not len(rows):
                     continue
                 source = column.points if column.points is not None else column.digests
                 pos = np.searchsorted(rec, rows)
                 part = source[lo * DIGEST_LEN : (lo + len(rows)) * DIGEST_LEN]
-                values[pos, c] = np.frombuffer(part, np.uint8).reshape(-1, DIGEST_LEN)
+                entries = np.frombuffer(part, np.uint8).reshape(-1, DIGEST_LEN)
+                if kept is not None:
+                    mine = kept[pos]
+                    pos, entries = (np.cumsum(kept) - 1)[pos[mine]], entries[mine]
+                values[pos, c] = entries
                 codes[pos, c] = c
-            rows = np.empty((len(rec), self._width), dtype=np.uint8)
-            rows[:, : k * DIGEST_LEN] = values.reshape(len(rec), -1)
+            rows = np.empty((len(index), self._width), dtype=np.uint8)
+            rows[:, : k * DIGEST_LEN] = values.reshape(len(index), -1)
             rows[:, k * DIGEST_LEN : -8] = codes
-            index = np.arange(start, start + len(rec), dtype="<i8")
             rows[:, -8:] = index.view(np.uint8).reshape(-1, 8)
-            if self._keep is not None:
-                rows = rows[self._keep[start : start + len(rec)]]
             self._shuffle.add(rows.tobytes())
-            start += len(rec)
 
     def chunks(self, size: int) -> Iterator[tuple[bytes, bytes]]:
         """Slot values (32 bytes each) and codes, ``size`` slots a chunk, position-major."""

@@ -349,8 +349,9 @@ def test_comparison_length_meets_false_positive_bound() -> None:
 
 @pytest.mark.parametrize("memory_bytes", [None, 0])  # in memory, and through batch files
 @pytest.mark.parametrize("size", [1, 7, 64])
+@pytest.mark.parametrize("some", [False, True])  # every record, or those ``keep`` flags
 def test_padded_slots_hold_each_record_once_with_its_identifiers_and_dummies(
-    tmp_path: Path, memory_bytes: int | None, size: int
+    tmp_path: Path, memory_bytes: int | None, size: int, some: bool
 ) -> None:
     rng = np.random.default_rng(5)
     row_count = 300
@@ -360,6 +361,8 @@ def test_padded_slots_hold_each_record_once_with_its_identifiers_and_dummies(
         digests = rng.integers(0, 256, (len(rows), 32), dtype=np.uint8).tobytes()
         columns.append(PartnerColumn(id_type, rows.astype(np.int64), digests))
     data = PartnerSet(row_count, columns)
+    records = data.records()
+    keep = rng.random(len(records)) < 0.3 if some else None
     slots = PaddedSlots(
         data,
         3,
@@ -368,6 +371,7 @@ def test_padded_slots_hold_each_record_once_with_its_identifiers_and_dummies(
         memory_bytes=memory_bytes,
         batch_records=50,
         keep_order=True,
+        keep=keep,
     )
     slots.fill()
     assert slots.on_disk is (memory_bytes == 0)
@@ -375,9 +379,10 @@ def test_padded_slots_hold_each_record_once_with_its_identifiers_and_dummies(
     assert all(len(c) == size for _, c in chunks[:-1]) and 0 < len(chunks[-1][1]) <= size
     values = np.frombuffer(b"".join(v for v, _ in chunks), np.uint8).reshape(-1, 3, 32)
     codes = np.frombuffer(b"".join(c for _, c in chunks), np.uint8).reshape(-1, 3)
-    records = data.records()
-    assert sorted(slots.order.tolist()) == list(range(len(records)))  # each record once
-    assert slots.order.tolist() != list(range(len(records)))  # in a shuffled order
+    expected = list(range(len(records))) if keep is None else np.flatnonzero(keep).tolist()
+    assert slots.record_count == len(expected)
+    assert sorted(slots.order.tolist()) == expected  # each (kept) record once
+    assert slots.order.tolist() != expected  # in a shuffled order
     for position, index in enumerate(slots.order.tolist()):
         row = records[index]
         held = {}
