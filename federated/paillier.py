@@ -17,6 +17,11 @@ What is faster than phe
   table: with 8-bit windows, ``T[i][d] = h_s**(d * 256**i)`` and ``h_s**a`` is the product of
   one table entry per byte of ``a`` -- ``exponent_bits / 8`` modular multiplications and no
   squarings. ``(1 + n)**m = 1 + m*n mod n**2``, so ``g**m`` is one multiplication.
+* **Pooled full re-randomization** (:class:`RandomizerPool`): for a holder of the public
+  key who re-randomizes many ciphertexts that must hide a computation even from the key
+  owner, the product of one table entry per byte over a secret pool of uniform ``r**n``,
+  statistically close to a fresh ``r**n`` (leftover hash lemma) at about a ninth of its
+  cost.
 * **CRT encryption for the key owner**: the owner keeps the tables modulo ``p**2`` and
   ``q**2`` (half-size numbers), computes both halves and recombines them with the CRT.
 * **CRT decryption** modulo ``p**2`` and ``q**2`` (as phe does), and homomorphic sums as plain
@@ -40,7 +45,9 @@ for encryption (the owner can decrypt anyway), but it does for *re-randomization
 hide a computation from the key owner*. Hence :meth:`PaillierPublicKey.rerandomize` uses a
 full-size uniform ``r**n`` by default (the output is then distributed exactly like a fresh
 encryption, whatever the input); ``full=False`` selects the short-exponent variant, which only
-hides from parties without the factorization. The owner's
+hides from parties without the factorization. For many ciphertexts, a :class:`RandomizerPool`
+gives the full variant's guarantee (up to a statistical distance of about ``2**-129`` a
+ciphertext) far faster. The owner's
 :meth:`PaillierPrivateKey.rerandomize` uses the short exponent.
 
 Security notes
@@ -88,11 +95,13 @@ __all__ = [
     "PaillierPublicKey",
     "PlaintextOverflowError",
     "RandomSource",
+    "RandomizerPool",
     "ciphertexts_from_bytes",
     "ciphertexts_to_bytes",
     "djn_exponent_bits",
     "from_phe_encrypted_number",
     "generate_keypair",
+    "pool_size",
     "private_key_from_json",
     "private_key_to_json",
     "public_key_from_json",
@@ -110,6 +119,7 @@ MAX_KEY_BITS = 16384
 _UNSAFE_FLOOR_BITS = 512
 """Absolute floor, even for the explicitly unsafe test paths."""
 _WINDOW_BITS = 8  # one table row per byte of the exponent
+_POOL_STATISTICAL_BITS = 128  # a RandomizerPool's distance from uniform: about 2**-129
 _FORMAT_VERSION = 1
 _PUBLIC_TYPE = "cleanroom.paillier.public_key"
 _PRIVATE_TYPE = "cleanroom.paillier.private_key"
@@ -290,25 +300,43 @@ def _check_fixed_base(h_s: object, n: Any, nsquare: Any) -> Any:
     return hm
 
 
+def _powers(base: Any, modulus: Any) -> tuple[Any, ...]:
+    """``base**d mod modulus`` for every digit ``0 <= d < 2**_WINDOW_BITS``."""
+    row = [mpz(1), base]
+    x = base
+    for _d in range(2, 1 << _WINDOW_BITS):
+        x = x * base % modulus
+        row.append(x)
+    return tuple(row)
+
+
 class _FixedBaseTable:
-    """``T[i][d] = base**(d * 256**i) mod modulus``; ``pow(digits)`` for little-endian bytes."""
+    """Rows of digit powers; ``pow(digits)`` multiplies one entry per row (digit ``i`` picks
+    from row ``i``), so a power costs one modular multiplication per non-zero digit.
+
+    :meth:`of_base` makes ``T[i][d] = base**(d * 256**i)`` (a fixed-base power for
+    little-endian exponent bytes); :meth:`of_bases` makes ``T[i][d] = bases[i]**d``.
+    """
 
     __slots__ = ("modulus", "rows")
 
-    def __init__(self, base: Any, modulus: Any, n_digits: int) -> None:
+    def __init__(self, rows: tuple[tuple[Any, ...], ...], modulus: Any) -> None:
+        self.rows = rows
+        self.modulus = modulus
+
+    @classmethod
+    def of_base(cls, base: Any, modulus: Any, n_digits: int) -> _FixedBaseTable:
         rows: list[tuple[Any, ...]] = []
         b = mpz(base) % modulus
-        one = mpz(1)
         for _ in range(n_digits):
-            row = [one, b]
-            x = b
-            for _d in range(2, 1 << _WINDOW_BITS):
-                x = x * b % modulus
-                row.append(x)
-            rows.append(tuple(row))
-            b = x * b % modulus  # base**(256**(i+1))
-        self.rows = tuple(rows)
-        self.modulus = modulus
+            row = _powers(b, modulus)
+            rows.append(row)
+            b = row[-1] * b % modulus  # base**(256**(i+1))
+        return cls(tuple(rows), modulus)
+
+    @classmethod
+    def of_bases(cls, bases: Iterable[Any], modulus: Any) -> _FixedBaseTable:
+        return cls(tuple(_powers(mpz(b) % modulus, modulus) for b in bases), modulus)
 
     def pow(self, digits: bytes | memoryview) -> Any:
         m = self.modulus
@@ -477,7 +505,7 @@ class PaillierPublicKey:
         if self._table is None:
             with self._lock:
                 if self._table is None:
-                    self._table = _FixedBaseTable(
+                    self._table = _FixedBaseTable.of_base(
                         self._h_s, self._nsquare, self.exponent_bits // _WINDOW_BITS
                     )
         return self._table
@@ -523,6 +551,19 @@ class PaillierPublicKey:
         rs = self._randomizers(len(checked), _as_rng(rng), full=full)
         n2 = self._nsquare
         return [int(c * x % n2) for c, x in zip(checked, rs, strict=True)]
+
+    def nth_residues(self, count: int, *, rng: RandomSource = None) -> list[int]:
+        """``count`` values ``r**n mod n**2`` for uniform ``r`` in ``Z_n^*``: each is
+        distributed exactly like the randomness of a fresh encryption (one full
+        exponentiation each). A :class:`RandomizerPool` is made of them."""
+        r = _as_rng(rng)
+        return [int(x) for x in self._randomizers(count, r, full=True)]
+
+    def randomizer_pool(self, *, rng: RandomSource = None) -> RandomizerPool:
+        """A fresh :class:`RandomizerPool` for this key (``pool_size(bits)`` full
+        exponentiations; generate its residues on workers with :meth:`nth_residues` to
+        spread them)."""
+        return RandomizerPool(self, self.nth_residues(pool_size(self.bits), rng=rng))
 
     # -- homomorphic operations --------------------------------------------------------------
 
@@ -582,6 +623,98 @@ class PaillierPublicKey:
 
 def _restore_public_key(n: int, h_s: int | None) -> PaillierPublicKey:
     return PaillierPublicKey(n, h_s=h_s, min_bits=_UNSAFE_FLOOR_BITS)
+
+
+def pool_size(n_bits: int) -> int:
+    """Residues of a :class:`RandomizerPool` for an ``n_bits`` modulus: one byte digit each
+    and ``n_bits + 2 * _POOL_STATISTICAL_BITS`` digit bits in all (288 at 2048 bits)."""
+    return -(-(n_bits + 2 * _POOL_STATISTICAL_BITS) // _WINDOW_BITS)
+
+
+class RandomizerPool:
+    """Re-randomization that hides a computation even from the key owner, at about
+    ``pool_size(bits)`` modular multiplications a ciphertext instead of one full ``r**n``
+    (288 against about 2,600 at 2048 bits).
+
+    The pool is ``m`` independent uniform ``n``-th residues ``R_i = r_i**n mod n**2``
+    (:meth:`PaillierPublicKey.nth_residues`), kept secret by whoever re-randomizes. A
+    randomizer is ``prod_i R_i**d_i`` for fresh uniform bytes ``d_i``, read from a table of
+    each ``R_i``'s 256 powers. Over the pool's draw, ``d -> prod R_i**d_i`` is a universal
+    hash into the group of ``n``-th residues (order ``phi(n) < 2**bits``; two digit vectors
+    collide with probability ``|G|**-1`` times the number of roots of unity of the gcd of
+    their differences, which is 1 except with probability about ``2**-m``). By the leftover
+    hash lemma (Impagliazzo, Levin, Luby 1989; Hastad, Impagliazzo, Levin, Luby 1999) with
+    ``8m`` bits of digits and ``8m >= bits + 256``, one randomizer is within about ``2**-129``
+    of uniform, and ``t`` of them from one pool within ``t * 2**-129`` of ``t`` independent
+    uniform ones (a hybrid over the outputs; nobody but the holder sees the pool). A
+    re-randomized ciphertext is then distributed like a fresh encryption of its plaintext up
+    to that distance -- a statistical statement, so it holds for the key owner too, unlike
+    the short exponent (module docstring).
+
+    Only ``n`` and the residues travel when the pool is pickled (e.g. to worker processes or
+    as a worker-local secret); the table (about 75,000 numbers mod ``n**2``, ~40 MB at 2048
+    bits) is built on the first use in each process. ``repr`` never shows the residues.
+    """
+
+    def __init__(self, public_key: PaillierPublicKey, residues: Iterable[int]) -> None:
+        _expect_public_key(public_key)
+        checked = _check_ciphertexts(residues, public_key._n, public_key._nsquare)
+        needed = pool_size(public_key.bits)
+        if len(checked) < needed:
+            raise ValueError(
+                f"a randomizer pool for a {public_key.bits}-bit key needs {needed} residues,"
+                f" not {len(checked)}"
+            )
+        self.public_key = public_key
+        self._residues = tuple(checked)
+        self._table: _FixedBaseTable | None = None
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._residues)
+
+    def __repr__(self) -> str:
+        return f"RandomizerPool(n={self.public_key.fingerprint}, residues={len(self)})"
+
+    def __reduce__(self) -> tuple[Any, tuple[int, bytes]]:
+        return (_restore_pool, (self.public_key.n, self.to_bytes()))
+
+    def to_bytes(self) -> bytes:
+        """The residues, fixed-width big-endian (a secret: the holder's randomness)."""
+        return ciphertexts_to_bytes(self._residues, self.public_key)
+
+    @classmethod
+    def from_bytes(cls, public_key: PaillierPublicKey, data: bytes) -> RandomizerPool:
+        return cls(public_key, ciphertexts_from_bytes(data, public_key))
+
+    def _get_table(self) -> _FixedBaseTable:
+        if self._table is None:
+            with self._lock:
+                if self._table is None:
+                    self._table = _FixedBaseTable.of_bases(self._residues, self.public_key._nsquare)
+        return self._table
+
+    def rerandomize_many(self, cs: Iterable[int], *, rng: RandomSource = None) -> list[int]:
+        """Same plaintexts, fresh randomness (see the class docstring for how fresh)."""
+        key = self.public_key
+        checked = _check_ciphertexts(cs, key._n, key._nsquare)
+        return self.raw_rerandomize_many(checked, rng=rng)
+
+    def raw_rerandomize_many(self, cs: Iterable[Any], *, rng: RandomSource = None) -> list[int]:
+        """:meth:`rerandomize_many` WITHOUT validating the inputs (for values this process
+        just computed from validated ones)."""
+        table = self._get_table()
+        values = list(cs)
+        m = len(self._residues)
+        digits = memoryview(_as_rng(rng).bytes(m * len(values)))
+        n2 = self.public_key._nsquare
+        return [
+            int(mpz(c) * table.pow(digits[i * m : (i + 1) * m]) % n2) for i, c in enumerate(values)
+        ]
+
+
+def _restore_pool(n: int, data: bytes) -> RandomizerPool:
+    return RandomizerPool.from_bytes(PaillierPublicKey(n, min_bits=_UNSAFE_FLOOR_BITS), data)
 
 
 # --------------------------------------------------------------------------------------------
@@ -719,8 +852,8 @@ class PaillierPrivateKey:
                     h_s = self.public_key._h_s
                     k = self.public_key.exponent_bits // _WINDOW_BITS
                     self._tables = (
-                        _FixedBaseTable(h_s % self._p2, self._p2, k),
-                        _FixedBaseTable(h_s % self._q2, self._q2, k),
+                        _FixedBaseTable.of_base(h_s % self._p2, self._p2, k),
+                        _FixedBaseTable.of_base(h_s % self._q2, self._q2, k),
                     )
         return self._tables
 

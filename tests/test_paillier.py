@@ -151,6 +151,56 @@ def test_rerandomize(
         peer_pk.rerandomize(0)
 
 
+def test_randomizer_pool_rerandomizes_like_a_full_r_to_the_n(
+    pk: PaillierPublicKey, sk: PaillierPrivateKey, peer_pk: PaillierPublicKey
+) -> None:
+    assert P.pool_size(2048) == 288 and P.pool_size(BITS) == 160
+    pool = peer_pk.randomizer_pool(rng=random.Random(3))
+    assert len(pool) == P.pool_size(BITS)
+    residues = P.ciphertexts_from_bytes(pool.to_bytes(), pk)
+    assert all(sk.decrypt_raw(r) == 0 for r in residues)  # n-th residues: Enc(0)'s randomness
+    xs = [-123, 0, 1, pk.max_int]
+    cs = sk.encrypt_many(xs)
+    fresh = pool.rerandomize_many(cs)
+    assert sk.decrypt_many(fresh) == xs
+    assert len({*cs, *fresh}) == 2 * len(xs)
+    assert (
+        phe_paillier.PaillierPrivateKey(pk.to_phe_public_key(), sk.p, sk.q).decrypt(
+            P.to_phe_encrypted_number(fresh[0], pk)
+        )
+        == -123
+    )
+
+    # known answer: the randomizer is prod R_i**d_i for the source's bytes d_i, in order
+    def digits(k: int) -> bytes:
+        return bytes((7 * i + 3) % 256 for i in range(k))
+
+    got = pool.rerandomize_many(cs[:2], rng=digits)
+    d = digits(2 * len(pool))
+    for j, c in enumerate(cs[:2]):
+        want = c
+        for r, e in zip(residues, d[j * len(pool) : (j + 1) * len(pool)], strict=True):
+            want = want * pow(r, e, pk.nsquare) % pk.nsquare
+        assert got[j] == want
+    # only n and the residues travel; the copy draws the same randomizers from the same bytes
+    copy = pickle.loads(pickle.dumps(pool))
+    assert copy.rerandomize_many(cs[:2], rng=digits) == got
+    assert (
+        P.RandomizerPool.from_bytes(pk, pool.to_bytes()).rerandomize_many(cs[:1], rng=digits)
+        == got[:1]
+    )
+    assert str(residues[0])[:40] not in repr(pool) and pk.fingerprint in repr(pool)
+
+    with pytest.raises(ValueError, match="needs 160 residues, not 159"):
+        P.RandomizerPool(pk, residues[:-1])
+    with pytest.raises(InvalidCiphertextError):
+        P.RandomizerPool(pk, [*residues[:-1], pk.n])
+    with pytest.raises(InvalidCiphertextError):
+        pool.rerandomize_many([cs[0], 0])
+    with pytest.raises(TypeError):
+        P.RandomizerPool(pk.n, residues)  # type: ignore[arg-type]
+
+
 # ------------------------------------------------------------------------------------------
 # phe interop
 # ------------------------------------------------------------------------------------------
