@@ -8,6 +8,7 @@ received: the partner no weight, the brand no score it could read unmasked.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import Any
 
 import numpy as np
@@ -23,9 +24,12 @@ from cleanroom.federated.lookalike.messages import (
     ScoreTiers,
 )
 from cleanroom.federated.lookalike.scoring import (
+    GROUP_ENTRIES,
     SLOT_BITS,
     BrandScoring,
     PartnerScoring,
+    feature_groups,
+    group_table,
     nested_tiers,
 )
 from cleanroom.federated.paillier import _unsafe_generate_keypair_for_tests
@@ -211,6 +215,44 @@ def test_messages_out_of_round_fail_the_job(keys: tuple[Any, Any]) -> None:
             await partner.receive(ScoreTiers(seq=0, start=0, tiers=b"\x01"))
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize(
+    "levels",
+    [[2, 2, 16, 11, 27], [2] * 20, [64, 64, 4, 3, 2, 2, 2], [5]],
+)
+def test_feature_groups_partition_the_features_within_the_table_size(levels: list[int]) -> None:
+    groups = feature_groups(levels)
+    assert sorted(j for g in groups for j in g) == list(range(len(levels)))
+    for g in groups:
+        assert int(np.prod([levels[j] for j in g])) <= GROUP_ENTRIES
+    # First fit, largest first: no two groups could have been one.
+    sizes = sorted(int(np.prod([levels[j] for j in g])) for g in groups)
+    assert all(a * b > GROUP_ENTRIES for a, b in itertools.pairwise(sizes))
+
+
+def test_feature_groups_pack_eight_flags_or_two_sixteen_level_features() -> None:
+    assert feature_groups([2] * 9) == [[0, 1, 2, 3, 4, 5, 6, 7], [8]]
+    assert feature_groups([16, 16, 16]) == [[0, 1], [2]]
+
+
+def test_a_group_table_entry_is_its_level_combination_weighted(keys: tuple[Any, Any]) -> None:
+    public, private = keys
+    weights, levels, a, slots = [3, -5, 11], [2, 3, 4], 7, 2
+    table = group_table(public.n, [public.encrypt(w) for w in weights], a, levels, slots)
+    width = public.ciphertext_bytes
+    entries = [
+        private.decrypt(int.from_bytes(table[i : i + width], "big"))
+        for i in range(0, len(table), width)
+    ]
+    combos = int(np.prod(levels)) - 1
+    assert len(entries) == slots * combos
+    for k in range(slots):
+        for code in range(1, combos + 1):
+            # Mixed radix, the group's first feature the lowest digit.
+            q = [code % 2, code // 2 % 3, code // 6]
+            expected = a * sum(w * qj for w, qj in zip(weights, q, strict=True)) << (SLOT_BITS * k)
+            assert entries[k * combos + code - 1] == expected
 
 
 def test_nested_tiers_rank_largest_first() -> None:

@@ -10,10 +10,12 @@ One job (``ScoreRound``):
    (``BrandModel.fixed_point``), never in the clear.
 3. ``ScoreChunk`` (P): P shuffles its users with a secret permutation and
    draws a secret mask ``a`` (16 bits), ``c`` (48 bits) and per user
-   ``e < a``. It builds per-feature tables ``Enc(W_j)^(a·q·2^(52k))`` for
-   every quantization level ``q`` and slot ``k`` (squarings and products,
-   no fresh exponentiation per user), multiplies each user's entries into
-   the ciphertext of its slot, adds ``a·2^32 + c + e`` in the plaintext
+   ``e < a``. It groups the features so that each group has at most 256
+   level combinations (two 16-level features, eight 0/1 ones) and builds a
+   table per group of ``prod_j Enc(W_j)^(a·q_j·2^(52k))`` for every
+   combination ``q`` and slot ``k`` (squarings and products, no fresh
+   exponentiation per user), multiplies each user's one entry per group
+   into the ciphertext of its slot, adds ``a·2^32 + c + e`` in the plaintext
    part and re-randomizes it from a secret pool of uniform ``r^n`` drawn for
    the job (``RandomizerPool``: within ``2^-129`` of a full ``r^n`` per
    ciphertext, even for B who knows the factorization, at a ninth of its
@@ -41,12 +43,14 @@ registration is the brand admin's act and audited (DESIGN.md §13).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
 import os
 import secrets
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import gmpy2
 import numpy as np
@@ -83,6 +87,7 @@ MASK_BITS = 16  # the slope a of the mask: 2^15 <= a < 2^16
 OFFSET_BITS = 48  # the mask's offset c < 2^48; v < 2^50 fits a slot with room to spare
 SCORE_CHUNK = 512  # ciphertexts per ScoreChunk (and per worker job)
 TIERS_CHUNK = 1 << 20
+GROUP_ENTRIES = 256  # level combinations of a feature group (its table rows per slot)
 POOL_JOBS = 4  # worker jobs that draw P's randomizer pool
 MIN_SCORE_USERS = 2
 
@@ -120,21 +125,71 @@ def check_score_hello(hello: ScoreHello) -> None:
 # ----------------------------------------------------------------- worker jobs
 
 
-def feature_table(n: int, weight: int, a: int, levels: int, slots: int) -> bytes:
-    """``Enc(W)^(a·q·2^(52k))`` for slot ``k < slots`` and level ``1 <= q < levels``,
-    packed fixed-width (slot-major)."""
+def feature_groups(levels: Sequence[int]) -> list[list[int]]:
+    """Feature indices in groups whose level counts multiply to at most ``GROUP_ENTRIES``
+    (first fit, largest first): one table entry per group then adds all of a user's
+    features in it, e.g. two 16-level features or eight 0/1 ones."""
+    groups: list[list[int]] = []
+    sizes: list[int] = []
+    for j in sorted(range(len(levels)), key=lambda j: (-levels[j], j)):
+        for g, size in enumerate(sizes):
+            if size * levels[j] <= GROUP_ENTRIES:
+                groups[g].append(j)
+                sizes[g] *= levels[j]
+                break
+        else:
+            groups.append([j])
+            sizes.append(levels[j])
+    return groups
+
+
+def group_entries(levels: Sequence[int]) -> int:
+    """Table entries a group of features with these level counts has per slot (all its
+    level combinations but all-zero)."""
+    return math.prod(levels) - 1
+
+
+def group_table(n: int, weights: Sequence[int], a: int, levels: Sequence[int], slots: int) -> bytes:
+    """For slot ``k < slots`` and every level combination ``q`` of the group but all-zero:
+    ``prod_j Enc(W_j)^(a·q_j·2^(52k))``, packed fixed-width, slot-major, combinations in
+    mixed radix with the group's first feature as the lowest digit."""
     n2 = mpz(n) * n
     width = (int(n2).bit_length() + 7) // 8
-    base = gmpy2.powmod(mpz(weight), a, n2)
+    bases = [gmpy2.powmod(mpz(w), a, n2) for w in weights]
+    one = mpz(1)
     out = bytearray()
     for _k in range(slots):
-        entry = base
-        for _q in range(1, levels):
+        combos = [one]
+        for j, base in enumerate(bases):
+            powers = [one, base]
+            for _q in range(2, levels[j]):
+                powers.append(powers[-1] * base % n2)
+            combos = [
+                c if q == 0 else (p if c == one else c * p % n2)
+                for q, p in enumerate(powers)
+                for c in combos
+            ]
+            for _ in range(SLOT_BITS):
+                base = base * base % n2
+            bases[j] = base
+        for entry in combos[1:]:
             out += int(entry).to_bytes(width, "big")
-            entry = entry * base % n2
-        for _ in range(SLOT_BITS):
-            base = base * base % n2
     return bytes(out)
+
+
+@functools.lru_cache(maxsize=2)
+def _job_state(
+    n: int, min_bits: int, tables: bytes, pool: bytes
+) -> tuple[list[Any], RandomizerPool]:
+    """A worker's parsed tables and randomizer pool for one scoring run: the same for every
+    chunk of it, and building them costs a fifth of a chunk's work (cf. ``federated.jobs``,
+    which keeps the brand's parsed keys the same way)."""
+    key = PaillierPublicKey(n, min_bits=min_bits)
+    width = key.ciphertext_bytes
+    table = [
+        mpz(int.from_bytes(tables[i : i + width], "big")) for i in range(0, len(tables), width)
+    ]
+    return table, RandomizerPool.from_bytes(key, pool)
 
 
 def packed_scores(
@@ -144,22 +199,19 @@ def packed_scores(
     constant: int,
     slots: int,
     codes: bytes,
-    features: int,
+    groups: int,
     offsets: bytes,
-    pool: RandomizerPool | SecretRef,
+    pool: bytes | SecretRef,
 ) -> bytes:
     """One ciphertext per ``slots`` users: the product of the users' table entries
-    (``codes``: int32 table indices, -1 for level 0), the mask's plaintext part
-    (``offsets``: uint64 per user) and a re-randomization from P's secret ``pool``."""
-    key = PaillierPublicKey(n, min_bits=min_bits)
-    randomizers = resolve_secret(pool)
+    (``codes``: int32 table indices per group, -1 for all-zero levels), the mask's plaintext
+    part (``offsets``: uint64 per user) and a re-randomization from P's secret ``pool``
+    (``RandomizerPool.to_bytes``)."""
+    table, randomizers = _job_state(n, min_bits, tables, resolve_secret(pool))
     n2 = mpz(n) * n
     modulus = mpz(n)
-    width = key.ciphertext_bytes
-    table = [
-        mpz(int.from_bytes(tables[i : i + width], "big")) for i in range(0, len(tables), width)
-    ]
-    index = np.frombuffer(codes, dtype=np.int32).reshape(-1, features)
+    width = randomizers.public_key.ciphertext_bytes
+    index = np.frombuffer(codes, dtype=np.int32).reshape(-1, groups)
     users = len(index)
     offset = np.frombuffer(offsets, dtype=np.uint64)
     base = mpz(constant)
@@ -468,18 +520,26 @@ class PartnerScoring(RoundMachine[ScoreRound]):
         e = np.frombuffer(self._random_bytes(8 * self.users), dtype=np.uint64) % np.uint64(a)
         return _Mask(a, c, e)
 
-    def _table_indices(self, features: tuple[ModelFeature, ...], slots: int) -> np.ndarray:
-        """Per shuffled position and feature: its table entry (-1 for level 0)."""
+    def _table_indices(
+        self, features: tuple[ModelFeature, ...], slots: int, groups: list[list[int]]
+    ) -> np.ndarray:
+        """Per shuffled position and feature group: its table entry (-1 when each of the
+        group's levels is 0)."""
         assert self._order is not None
-        codes = np.stack(
-            [f.quantize(self.columns[f.name][self._order]) for f in features], axis=1
-        ).astype(np.int64)
-        sizes = np.asarray([slots * (f.levels - 1) for f in features])
-        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-        per_slot = np.asarray([f.levels - 1 for f in features])
-        slot = (np.arange(self.users) % slots)[:, None]
-        index = starts[None, :] + slot * per_slot[None, :] + codes - 1
-        return np.where(codes > 0, index, -1).astype(np.int32)
+        slot = np.arange(self.users) % slots
+        index = np.empty((self.users, len(groups)), dtype=np.int32)
+        start = 0
+        for g, members in enumerate(groups):
+            code = np.zeros(self.users, dtype=np.int64)
+            radix = 1
+            for j in members:
+                f = features[j]
+                code += f.quantize(self.columns[f.name][self._order]).astype(np.int64) * radix
+                radix *= f.levels
+            entries = group_entries([features[j].levels for j in members])
+            index[:, g] = np.where(code > 0, start + slot * entries + code - 1, -1)
+            start += slots * entries
+        return index
 
     async def _send_scores(self) -> None:
         msg, key = self.accepted, self.public_key
@@ -488,10 +548,18 @@ class PartnerScoring(RoundMachine[ScoreRound]):
         mask = self._mask()
         slots = msg.slots
         # Features are parsed and quantized first: a bad column fails before any encryption.
-        index = await asyncio.to_thread(self._table_indices, msg.features, slots)
+        groups = feature_groups([f.levels for f in msg.features])
+        index = await asyncio.to_thread(self._table_indices, msg.features, slots, groups)
         table_jobs = [
-            self._jobs.call(feature_table, key.n, w, mask.a, f.levels, slots)
-            for f, w in zip(msg.features, msg.weights, strict=True)
+            self._jobs.call(
+                group_table,
+                key.n,
+                [msg.weights[j] for j in members],
+                mask.a,
+                [msg.features[j].levels for j in members],
+                slots,
+            )
+            for members in groups
         ]
         residue_jobs = [
             self._jobs.call(nth_residues, key.n, self.min_key_bits, count)
@@ -499,8 +567,10 @@ class PartnerScoring(RoundMachine[ScoreRound]):
         ]
         done = await asyncio.gather(*table_jobs, *residue_jobs)
         tables = b"".join(done[: len(table_jobs)])
+        residues = b"".join(done[len(table_jobs) :])
+        RandomizerPool.from_bytes(key, residues)  # its size checked before any chunk
         # SECRET: P's randomness; a worker-local secret on a cluster, gone with the run
-        pool = self._jobs.key(RandomizerPool.from_bytes(key, b"".join(done[len(table_jobs) :])))
+        pool = self._jobs.key(residues)
         n2 = key.n * key.n
         factor = mask.a * sum(1 << (SLOT_BITS * k) for k in range(slots))
         constant = int(gmpy2.powmod(msg.constant, factor, n2))
@@ -511,7 +581,6 @@ class PartnerScoring(RoundMachine[ScoreRound]):
             index = np.concatenate([index, np.full((pad, index.shape[1]), -1, np.int32)])
             bare = (mask.a << SCORE_BITS) + mask.c
             offsets = np.concatenate([offsets, np.full(pad, bare, dtype="<u8")])
-        d = len(msg.features)
         jobs = (
             (
                 key.n,
@@ -520,7 +589,7 @@ class PartnerScoring(RoundMachine[ScoreRound]):
                 constant,
                 slots,
                 index[start : start + per_job].tobytes(),
-                d,
+                len(groups),
                 offsets[start : start + per_job].tobytes(),
                 pool,
             )
