@@ -25,7 +25,13 @@ from sklearn.metrics import roc_auc_score
 from cleanroom.audiences.identifiers import NormalizeOptions, parse_id_columns
 from cleanroom.audiences.reader import read_hashed_chunks
 from cleanroom.federated.lookalike.aggregates import tier_sizes
-from cleanroom.federated.lookalike.brand import BrandLookalike, LabelledPoints
+from cleanroom.federated.lookalike.brand import (
+    MATCHED,
+    SEED,
+    BrandLookalike,
+    LabelledPoints,
+    row_labels,
+)
 from cleanroom.federated.lookalike.features import FeaturePipeline
 from cleanroom.federated.lookalike.inputs import PartnerUsers, load_partner_users
 from cleanroom.federated.lookalike.messages import (
@@ -46,7 +52,7 @@ from cleanroom.federated.lookalike.messages import (
 from cleanroom.federated.lookalike.partner import PartnerLookalike, score_rows
 from cleanroom.federated.lookalike.synth import synthesize_lookalike
 from cleanroom.federated.paillier import _unsafe_generate_keypair_for_tests
-from cleanroom.matching.bulk import whole_array
+from cleanroom.matching.bulk import ArrayAppender, FileArray, whole_array
 from cleanroom.matching.partner import PartnerColumn, PartnerSet
 from cleanroom.matching.workers import dst_for, hash_points
 from cleanroom.proto.errors import InvalidInput, PolicyViolation, ProtocolError
@@ -271,6 +277,26 @@ def test_matched_mode_is_exact_and_excludes_customers(
     assert partner.package is not None
     assert set(partner.package.excluded.tolist()) == set(np.flatnonzero(matched).tolist())
     assert not set(partner.package.ranked.tolist()) & set(np.flatnonzero(matched).tolist())
+
+
+@pytest.mark.parametrize("on_disk", [False, True])
+@pytest.mark.parametrize("matched_only", [False, True])
+def test_row_labels_stream_the_labels_of_the_rows_in_batches(
+    on_disk: bool, matched_only: bool, tmp_path: Path
+) -> None:
+    """The brand's per-row codes read a window at a time (here 7 rows) give the labels in
+    row order, in batches of 5 across the windows' edges, from memory or from a file."""
+    rng = np.random.default_rng(11)
+    codes = rng.choice(np.asarray([0, MATCHED, MATCHED | SEED], np.uint8), 103)
+    appender = ArrayAppender(np.uint8, spill_dir=tmp_path, memory_bytes=0 if on_disk else None)
+    appender.append(codes)
+    column = appender.finish()
+    assert isinstance(column, FileArray) == on_disk
+    batches = list(row_labels(column, matched_only, 5, window=7))
+    rows = codes[(codes & MATCHED) != 0] if matched_only else codes
+    expected = ((rows & SEED) != 0).astype(np.uint8).tobytes()
+    assert b"".join(batches) == expected
+    assert all(len(b) == 5 for b in batches[:-1]) and 1 <= len(batches[-1]) <= 5
 
 
 @pytest.mark.parametrize("case", ["matches", "and 300 more", "refused", "given"])

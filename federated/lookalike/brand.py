@@ -24,8 +24,8 @@ a user id, a feature or a score.
 Nothing of the audience or of the partner's set is held whole: the stored points are
 read in batches into one random-batch ``Shuffle`` per list (dummies added in batches),
 and the partner's slot values and the lists' values go to a ``SemiJoin`` per list, all
-in files past 256 MB under ``spill_dir``, removed by ``close``. What is held per partner
-row is its two flags (seed, matched).
+in files past 256 MB under ``spill_dir``, removed by ``close``. So do the partner rows'
+two flags (seed, matched), one byte a row.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ from cleanroom.federated.lookalike.privacy import (
     noisy_sums,
 )
 from cleanroom.federated.paillier import PaillierPrivateKey, PaillierPublicKey, private_key_to_json
-from cleanroom.matching.bulk import ByteColumn
+from cleanroom.matching.bulk import ArrayAppender, ArrayColumn, FileArray, FileBytes
 from cleanroom.matching.messages import POINT_LEN
 from cleanroom.matching.semijoin import SemiJoin, Shuffle, records_hit
 from cleanroom.matching.session import (
@@ -97,6 +97,7 @@ MAX_HOLDOUT = 0.5
 MIN_HOLDOUT_ROWS = 100  # fewer, and the holdout's sums would say too much about few people
 ENCRYPT_BATCH = 2048  # labels per encryption job and per EncryptedLabels message
 FLAGS_CHUNK = 1 << 20  # positions per MatchedRows message
+MATCHED, SEED = 1, 2  # a partner row's bits: it matched the audience, it matched a seed
 DUMMY_BATCH = 1 << 16  # dummy points hashed per job
 
 
@@ -587,51 +588,92 @@ class BrandLookalike(RoundMachine[LookalikeRound]):
     async def _label_positions(self) -> None:
         await self._partner_done.wait()
         await self._lists_done.wait()
-        seed, matched = await self._labels()
-        self.intersection, self.seeds = int(matched.sum()), int(seed.sum())
+        codes = await self._row_codes()
+        try:
+            await self._send_labels(codes)
+        finally:
+            if isinstance(codes, FileArray):
+                codes.close()
+        self.round = LookalikeRound.SUMS
+        self._signal.notify()
+
+    async def _send_labels(self, codes: ArrayColumn) -> None:
+        """The minimum seed checked, then (matched mode) the match flags and the labels."""
         if self.seeds < self.min_seed:
             raise PolicyViolation(
                 f"the partner's rows match {self.seeds} seed members; this brand's policy"
                 f" needs at least {self.min_seed} for a lookalike"
             )
         self.round = LookalikeRound.LABELS
-        if self.hello.mode is LookalikeMode.MATCHED:
-            flags = matched.astype(np.uint8)
-            for seq, start in enumerate(range(0, len(flags), FLAGS_CHUNK)):
-                part = flags[start : start + FLAGS_CHUNK].tobytes()
-                self.put(MatchedRows(seq=seq, start=start, flags=part))
-            seed = seed[matched]
+        matched_mode = self.hello.mode is LookalikeMode.MATCHED
+        if matched_mode:
+            for seq, start in enumerate(range(0, len(codes), FLAGS_CHUNK)):
+                flags = codes[start : start + FLAGS_CHUNK] & MATCHED
+                self.put(MatchedRows(seq=seq, start=start, flags=flags.tobytes()))
         key = json.dumps(private_key_to_json(self.private_key))
         bits = self.public_key.n.bit_length()
-        labels = seed.astype(np.uint8)
-        jobs = [
-            (key, bits, labels[start : start + self.label_batch].tobytes())
-            for start in range(0, len(labels), self.label_batch)
-        ]
+        labels = row_labels(codes, matched_mode, self.label_batch)
+        jobs = ((key, bits, batch) for batch in labels)
         seq = 0
         async for packed in in_order(self._jobs, encrypt_bits_packed, jobs):
             self.put(EncryptedLabels(seq=seq, start=seq * self.label_batch, ciphertexts=packed))
             seq += 1
-        self.round = LookalikeRound.SUMS
-        self._signal.notify()
 
-    async def _labels(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per partner position: seed (a slot in the seed list), and matched at all; the
-        slots compared with each list by bucket, then read a window of rows at a time."""
-        in_list = {}
-        for which, join in self._joins.items():
-            found = await join.hit_flags(self._jobs.call)
-            join.close()
-            in_list[which] = await asyncio.to_thread(self._rows_hit, found)
-        in_seed = in_list[BrandList.SEED]
-        return in_seed, in_seed | in_list[BrandList.OTHER]
-
-    def _rows_hit(self, found: ByteColumn) -> np.ndarray:
-        """Per partner row exchanged, whether any of its slots is flagged."""
+    async def _row_codes(self) -> ArrayColumn:
+        """Per partner row exchanged, its ``MATCHED | SEED`` bits (a seed is matched), with
+        ``intersection`` and ``seeds`` counted: the slots are compared with each list by
+        bucket, then the rows' flags combined a window at a time into a column (a file
+        past ``memory_bytes``), the only per-row state."""
         assert self.exchanged_rows is not None
-        rows_hit = np.zeros(self.exchanged_rows, dtype=bool)
-        at = 0
-        for rows in records_hit(found, self.hello.slots):
-            rows_hit[at : at + len(rows)] = rows
-            at += len(rows)
-        return rows_hit
+        found = {}
+        for which, join in self._joins.items():
+            found[which] = await join.hit_flags(self._jobs.call)
+            join.close()
+
+        def combine() -> tuple[ArrayColumn, int, int]:
+            intersection = seeds = 0
+            codes = ArrayAppender(
+                np.uint8, spill_dir=self._spill_dir, memory_bytes=self._memory_bytes
+            )
+            slots = self.hello.slots
+            windows = zip(
+                records_hit(found[BrandList.SEED], slots),
+                records_hit(found[BrandList.OTHER], slots),
+                strict=True,
+            )
+            for seed, other in windows:
+                intersection += int((seed | other).sum())
+                seeds += int(seed.sum())
+                codes.append(np.where(seed, MATCHED | SEED, np.where(other, MATCHED, 0)))
+            column = codes.finish()
+            if len(column) != self.exchanged_rows:
+                raise RuntimeError(f"{len(column)} row flags for {self.exchanged_rows} rows")
+            return column, intersection, seeds
+
+        try:
+            codes, self.intersection, self.seeds = await asyncio.to_thread(combine)
+            return codes
+        finally:
+            for column in found.values():
+                if isinstance(column, FileBytes):
+                    column.close()
+
+
+def row_labels(
+    codes: ArrayColumn, matched_only: bool, batch: int, window: int = FLAGS_CHUNK
+) -> Iterator[bytes]:
+    """The label (0/1 byte) of every row (of every matched row when ``matched_only``), in
+    row order, ``batch`` labels at a time (the last may be shorter); ``codes`` is read
+    ``window`` rows at a time."""
+    pending = b""
+    for start in range(0, len(codes), window):
+        code = np.asarray(codes[start : start + window])
+        if matched_only:
+            code = code[(code & MATCHED) != 0]
+        labels = pending + ((code & SEED) != 0).astype(np.uint8).tobytes()
+        whole = len(labels) - len(labels) % batch
+        for at in range(0, whole, batch):
+            yield labels[at : at + batch]
+        pending = labels[whole:]
+    if pending:
+        yield pending
