@@ -14,9 +14,9 @@ base OTs in ``cleanroom.matching.base_ot``). Round by round:
               chunks of bins, in order; S turns each chunk into rows
               q_b = t_b ⊕ (s ∧ C(x_b)) and refuses any bin beyond m.
 ``VALUES``    S sends H(b, h, q_b ⊕ (s ∧ C_h(y))) for every item y and every h
-              (b = h(y)): 3|S| values, each hash function's values in a fresh
-              random order, only after every row exists, so their order says
-              nothing about bins. R holds H(b, h_x, t_b) for its item x in bin b
+              (b = h(y)): 3|S| values in one uniformly random order, sent only
+              after every row exists, so their order says nothing about bins or
+              hash functions. R holds H(b, h_x, t_b) for its item x in bin b
               and flags x when that value arrives.
 ``DONE``      after R's ``Finish`` (which may carry its count), S sends ``Result``.
 
@@ -35,8 +35,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import shutil
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from concurrent.futures import CancelledError
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -63,7 +65,7 @@ from cleanroom.matching.messages import (
     ValueChunk,
 )
 from cleanroom.matching.partner import MatchOutcome, PartnerProgress, PartnerSet, match_outcome
-from cleanroom.matching.semijoin import SemiJoin
+from cleanroom.matching.semijoin import MEMORY_BYTES, Buckets, SemiJoin, Shuffle, spill_directory
 from cleanroom.matching.session import Round, RoundMachine
 from cleanroom.matching.workers import CryptoPool
 from cleanroom.proto.errors import ProtocolError
@@ -74,12 +76,16 @@ CHUNK_BINS: Final = 32768
 VALUE_BATCH: Final = 65536
 NONCE_BYTES: Final = 16
 MAX_CUCKOO_ATTEMPTS: Final = 16
-#: Identifiers one side may bring to a session: the brand holds 64 bytes per partner
-#: bin (6.4 GB at this bound) and both sides queue at most ``OUTBOX_LIMIT`` messages.
+#: Identifiers one side may bring to a session (item indices are 32-bit); both sides
+#: queue at most ``OUTBOX_LIMIT`` messages.
 MAX_ITEMS: Final = 100_000_000
 OUTBOX_LIMIT: Final = 16
 #: Items whose cuckoo bins the brand computes at a time.
 POSITION_SLICE: Final = 1 << 20
+#: Bins whose rows the brand holds at a time (64 MiB); a multiple of ``CHUNK_BINS``.
+RANGE_BINS: Final = 1 << 20
+#: An (item, hash function) filed under the range of its bin.
+ENTRY: Final = np.dtype([("block", "u1", (16,)), ("bin", "<u4"), ("hash", "u1")])
 
 
 def _secure_generator(random_bytes: Callable[[int], bytes]) -> np.random.Generator:
@@ -162,7 +168,10 @@ def _chunk_bounds(bins: int, seq: int) -> tuple[int, int]:
 class KkrtReceiver:
     """The partner's computation: cuckoo table, base-OT sender, U columns, own values.
 
-    ``items`` are distinct 16-byte item blocks (``ox.item_blocks``).
+    ``items`` are distinct 16-byte item blocks (``ox.item_blocks``). Each chunk's own
+    values H(b, h, t_b) are computed with its columns, for its occupied bins in bin
+    order, so no row t_b is kept: what is held per bin is the item placed there (or -1)
+    and its hash function, besides the items themselves.
     """
 
     def __init__(
@@ -181,23 +190,31 @@ class KkrtReceiver:
                 continue  # fresh keys; nothing is dropped
         else:
             raise RuntimeError(f"cuckoo hashing failed {MAX_CUCKOO_ATTEMPTS} times")
+        del positions
         self.cuckoo_key = key
         self.nonce = random_bytes(NONCE_BYTES)
-        self._item_bin = positions[np.arange(n), choice]
-        self._item_hash = choice
-        occupied = table >= 0
-        # Empty bins encode a random dummy: their rows look like any other.
-        bin_items = np.frombuffer(random_bytes(self.bins * ox.BLOCK), dtype=np.uint8)
-        self._bin_items = bin_items.reshape(self.bins, ox.BLOCK).copy()
-        self._bin_items[occupied] = items[table[occupied]]
+        self._bin_item = table.astype(np.int32)  # items < MAX_ITEMS < 2^31
         self._bin_hash = np.zeros(self.bins, dtype=np.int8)
+        occupied = table >= 0
         self._bin_hash[occupied] = choice[table[occupied]]
+        del table, choice
+        # Empty bins encode a random dummy, so that their columns look like any other;
+        # drawn a chunk at a time, only the empty bins' kept (in bin order).
+        dummies = []
+        for lo in range(0, self.bins, CHUNK_BINS):
+            hi = min(self.bins, lo + CHUNK_BINS)
+            drawn = np.frombuffer(random_bytes((hi - lo) * ox.BLOCK), dtype=np.uint8)
+            dummies.append(drawn.reshape(hi - lo, ox.BLOCK)[~occupied[lo:hi]])
+        self._dummies = np.concatenate(dummies) if dummies else np.empty((0, ox.BLOCK), np.uint8)
+        starts = np.arange(0, self.bins, CHUNK_BINS)
+        empty = np.add.reduceat((~occupied).astype(np.int64), starts) if self.bins else starts
+        self._empty_before = np.concatenate([[0], np.cumsum(empty)]).astype(np.int64)
+        del occupied
         self._ot = OtSender(random_bytes)
         self.ot_point = self._ot.message
         self.keys: SessionKeys | None = None
         self._t0: _Columns | None = None
         self._t1: _Columns | None = None
-        self._rows = np.empty((self.bins, ox.ROW_BYTES), dtype=np.uint8)
         self.next_chunk = 0
 
     def start(self, hello: Hello, accepted: Accepted) -> None:
@@ -227,41 +244,43 @@ class KkrtReceiver:
         self._t0 = _Columns([k0 for k0, _ in pairs])
         self._t1 = _Columns([k1 for _, k1 in pairs])
 
-    def column_chunk(self) -> bytes:
-        """The next chunk of U = T0 ⊕ T1 ⊕ C(bins)ᵀ; keeps T0's rows for our values."""
+    def column_chunk(self, own: SemiJoin) -> bytes:
+        """The next chunk of U = T0 ⊕ T1 ⊕ C(bins)ᵀ; the own values H(b, h, t_b) of its
+        occupied bins go to ``own``'s left side, in bin order (``placed_items`` names the
+        item of each)."""
         assert self.keys is not None and self._t0 is not None and self._t1 is not None
         lo, hi = _chunk_bounds(self.bins, self.next_chunk)
         nbytes = (hi - lo) // 8
         t0 = self._t0.next(nbytes)
         u = np.bitwise_xor(t0, self._t1.next(nbytes))
-        words = ox.code_words(
-            self.keys.code, self.keys.offsets, self._bin_items[lo:hi], self._bin_hash[lo:hi]
-        )
+        placed = self._bin_item[lo:hi]
+        occupied = placed >= 0
+        bin_items = np.empty((hi - lo, ox.BLOCK), dtype=np.uint8)
+        bin_items[occupied] = self.items[placed[occupied]]
+        chunk = self.next_chunk
+        bin_items[~occupied] = self._dummies[
+            self._empty_before[chunk] : self._empty_before[chunk + 1]
+        ]
+        hashes = self._bin_hash[lo:hi]
+        words = ox.code_words(self.keys.code, self.keys.offsets, bin_items, hashes)
         code_rows = words.transpose(1, 0, 2).reshape(hi - lo, ox.ROW_BYTES)
         np.bitwise_xor(u, ox.transpose(code_rows), out=u)
-        self._rows[lo:hi] = ox.transpose(t0)
+        rows = ox.transpose(t0)[occupied]
+        if len(rows):
+            bins = lo + np.flatnonzero(occupied)
+            tweak = ox.tweaks(bins, hashes[occupied])
+            values = ox.row_hash(self.keys.hash, ox.block_major(rows), tweak, self.keys.value_len)
+            own.left.add(values.tobytes())
         self.next_chunk += 1
         return u.tobytes()
+
+    def placed_items(self) -> np.ndarray:
+        """The item of each occupied bin, in bin order: the item of each own value."""
+        return self._bin_item[self._bin_item >= 0]
 
     @property
     def chunks(self) -> int:
         return chunk_count(self.bins)
-
-    def own_values(
-        self, join: SemiJoin, stop: threading.Event | None = None, batch: int = VALUE_BATCH
-    ) -> None:
-        """H(b, h, t_b) for every item, in item order, into ``join``'s left side (the
-        brand's values go to its right: the items whose value they hold matched).
-        ``stop`` ends it at the next batch (its session closed)."""
-        assert self.keys is not None
-        for lo in range(0, len(self.items), batch):
-            if stop is not None and stop.is_set():
-                return
-            bins = self._item_bin[lo : lo + batch]
-            rows = ox.block_major(self._rows[bins])
-            tweak = ox.tweaks(bins, self._item_hash[lo : lo + batch])
-            join.left.add(ox.row_hash(self.keys.hash, rows, tweak, self.keys.value_len).tobytes())
-        del self._rows  # 64 bytes a bin, no longer needed
 
 
 async def _on_thread(fn: Callable[..., bytes], *args: bytes | int) -> bytes:
@@ -276,19 +295,30 @@ class KkrtSender:
     """The brand's computation: base-OT receiver with secret s, rows q_b, the values.
 
     Build it with :meth:`create`, which can run the base OTs (512 scalar multiplications
-    and point additions, pure Python around them) in a worker process."""
+    and point additions, pure Python around them) in a worker process.
+
+    No row is kept past its range of ``RANGE_BINS`` bins: each (item, hash function) is
+    filed at construction under the range of its bin, and once a range's rows exist its
+    values are computed into a random-batch ``Shuffle``, which sends them in a uniformly
+    random order once every range is done. The items are read once, in batches; what is
+    held is one range's rows (64 MiB): the filed entries (21 bytes each, three an item)
+    and the values go to files in ``spill_dir`` past ``memory_bytes`` and are removed by
+    ``close``.
+    """
 
     def __init__(
         self,
-        items: np.ndarray,
+        items: BrandItems,
         hello: Hello,
         session_id: str,
         random_bytes: Callable[[int], bytes] = os.urandom,
         *,
         base_ots: tuple[bytes, bytes, bytes, list[bytes]] | None = None,
+        spill_dir: Path | None = None,
+        memory_bytes: int | None = None,
     ) -> None:
         check_kkrt_hello(hello)
-        self.items = items
+        self.item_count = items.count
         self.bins = hello.bins
         if base_ots is None:
             nonce, packed, args = _base_ot_inputs(hello, session_id, random_bytes)
@@ -297,30 +327,67 @@ class KkrtSender:
         choice_bytes = np.frombuffer(choice_bytes_raw, dtype=np.uint8)
         choices = np.unpackbits(choice_bytes, bitorder="little")
         context = _context(session_id, hello.nonce, self.nonce)
-        self.keys = derive_session_keys(context, hello, self.ot_points, len(items))
+        self.keys = derive_session_keys(context, hello, self.ot_points, items.count)
         self._q = _Columns(chosen)
         self._mask = np.where(choices == 1, 0xFF, 0).astype(np.uint8).reshape(-1, 1)
         self._s = ox.block_major(choice_bytes.reshape(1, ox.ROW_BYTES))  # (4, 1, 16)
-        # Each item's three bins, 12 bytes an item (bins < 2^32), computed a slice at a
-        # time so the 24-byte int64 form is never held for the whole set.
-        self._positions = np.empty((len(items), ox.HASHES), dtype=np.uint32)
-        for lo in range(0, len(items), POSITION_SLICE):
-            part = items[lo : lo + POSITION_SLICE]
-            self._positions[lo : lo + len(part)] = ox.cuckoo_positions(
-                hello.cuckoo_key, part, self.bins
-            )
-        self._rows = np.empty((self.bins, ox.ROW_BYTES), dtype=np.uint8)
         self.next_chunk = 0
         self._random_bytes = random_bytes
+        self._ranges = -(-self.bins // RANGE_BINS)
+        limit = MEMORY_BYTES if memory_bytes is None else memory_bytes
+        entries = ox.HASHES * items.count
+        bits = max(0, (self._ranges - 1).bit_length())
+        self._dir: Path | None = None
+        if entries * ENTRY.itemsize < limit:
+            self._entries = Buckets.in_memory(ENTRY.itemsize, positioned=False, bits=bits)
+        else:
+            self._dir = spill_directory(spill_dir, "kkrt-")
+            self._entries = Buckets(ENTRY.itemsize, bits, self._dir, positioned=False, name="bin")
+        try:
+            self._file_entries(items, hello.cuckoo_key)
+            self._values = Shuffle(
+                self.keys.value_len,
+                entries,
+                _secure_generator(random_bytes),
+                memory_bytes=memory_bytes,
+                spill_dir=spill_dir,
+            )
+        except BaseException:
+            self.close()
+            raise
+        self._rows = np.empty((min(self.bins, RANGE_BINS), ox.ROW_BYTES), dtype=np.uint8)
+
+    def _file_entries(self, items: BrandItems, cuckoo_key: bytes) -> None:
+        """Every (item, hash function, bin) under its bin's range, a slice of items at a
+        time (the 24-byte int64 positions are never held for the whole set)."""
+        read = 0
+        for batch in items.batches():
+            for lo in range(0, len(batch), POSITION_SLICE):
+                part = batch[lo : lo + POSITION_SLICE]
+                positions = ox.cuckoo_positions(cuckoo_key, part, self.bins)
+                entry = np.empty(positions.shape, dtype=ENTRY)
+                entry["block"] = part[:, None, :]
+                entry["bin"] = positions
+                entry["hash"] = np.arange(ox.HASHES, dtype=np.uint8)[None, :]
+                which = positions.reshape(-1) // RANGE_BINS
+                packed = entry.reshape(-1).tobytes()
+                self._entries.add(packed, which if self._entries.bits else None)
+            read += len(batch)
+        if read != items.count:
+            raise RuntimeError(f"the audience holds {read} items, not {items.count}")
+        self._entries.close()
 
     @classmethod
     async def create(
         cls,
-        items: np.ndarray,
+        items: BrandItems,
         hello: Hello,
         session_id: str,
         random_bytes: Callable[[int], bytes] = os.urandom,
         run: BaseOts | None = None,
+        *,
+        spill_dir: Path | None = None,
+        memory_bytes: int | None = None,
     ) -> KkrtSender:
         """The sender, its base OTs through ``run`` (e.g. a worker pool's) if given; the
         randomness is drawn here either way, so injected randomness still decides it."""
@@ -330,16 +397,27 @@ class KkrtSender:
             message, chosen = await asyncio.to_thread(receive_base_ots, *args)
         else:
             message, chosen = await run(*args)
-        return await asyncio.to_thread(
-            cls, items, hello, session_id, random_bytes, base_ots=(nonce, choices, message, chosen)
-        )
+
+        def build() -> KkrtSender:
+            return cls(
+                items,
+                hello,
+                session_id,
+                random_bytes,
+                base_ots=(nonce, choices, message, chosen),
+                spill_dir=spill_dir,
+                memory_bytes=memory_bytes,
+            )
+
+        return await asyncio.to_thread(build)
 
     @property
     def chunks(self) -> int:
         return chunk_count(self.bins)
 
     def on_columns(self, chunk: ColumnChunk) -> None:
-        """Rows q_b for the chunk's bins; ``ProtocolError`` for a wrong chunk."""
+        """Rows q_b for the chunk's bins, and the values of a range once its rows are all
+        there; ``ProtocolError`` for a wrong chunk."""
         if chunk.seq != self.next_chunk:
             raise ProtocolError(
                 f"column chunk {chunk.seq} arrived; chunk {self.next_chunk} was due"
@@ -357,32 +435,50 @@ class KkrtSender:
             )
         u = np.frombuffer(chunk.columns, dtype=np.uint8).reshape(ox.WIDTH, nbytes)
         q = np.bitwise_xor(self._q.next(nbytes), u & self._mask)
-        self._rows[lo:hi] = ox.transpose(q)
+        start = lo // RANGE_BINS * RANGE_BINS
+        self._rows[lo - start : hi - start] = ox.transpose(q)
         self.next_chunk += 1
+        if hi == self.bins or hi % RANGE_BINS == 0:
+            self._range_values(lo // RANGE_BINS, start)
+
+    def _range_values(self, r: int, start: int) -> None:
+        """The values of every (item, hash function) whose bin is in range ``r``."""
+        packed, _ = self._entries.bucket(r)
+        entries = np.frombuffer(packed, dtype=ENTRY)
+        for lo in range(0, len(entries), VALUE_BATCH):
+            part = entries[lo : lo + VALUE_BATCH]
+            bins = part["bin"].astype(np.int64)
+            hash_index = part["hash"].astype(np.int8)
+            rows = ox.block_major(self._rows[bins - start])
+            blocks = np.ascontiguousarray(part["block"])
+            code = ox.code_words(self.keys.code, self.keys.offsets, blocks, hash_index)
+            np.bitwise_and(code, self._s, out=code)
+            np.bitwise_xor(rows, code, out=rows)
+            tweak = ox.tweaks(bins, hash_index)
+            self._values.add(
+                ox.row_hash(self.keys.hash, rows, tweak, self.keys.value_len).tobytes()
+            )
 
     @property
     def value_count(self) -> int:
-        return ox.HASHES * len(self.items)
+        return ox.HASHES * self.item_count
 
     def values(self, batch: int = VALUE_BATCH) -> Iterator[bytes]:
-        """Every item's value under every hash function; each function's in a fresh order."""
+        """Every item's value under every hash function, all in one uniformly random
+        order, so that neither bins nor hash functions can be told from it."""
         if self.next_chunk != self.chunks:
             raise ProtocolError("the values need every column chunk first")
-        rng = _secure_generator(self._random_bytes)
-        for f in range(ox.HASHES):
-            order = rng.permutation(len(self.items))
-            hash_index = np.full(min(batch, len(order)), f, dtype=np.int8)
-            for lo in range(0, len(order), batch):
-                idx = order[lo : lo + batch]
-                bins = self._positions[idx, f].astype(np.int64)
-                rows = ox.block_major(self._rows[bins])
-                code = ox.code_words(
-                    self.keys.code, self.keys.offsets, self.items[idx], hash_index[: len(idx)]
-                )
-                np.bitwise_and(code, self._s, out=code)
-                np.bitwise_xor(rows, code, out=rows)
-                tweak = ox.tweaks(bins, f)
-                yield ox.row_hash(self.keys.hash, rows, tweak, self.keys.value_len).tobytes()
+        del self._rows  # 64 bytes a bin of one range, no longer needed
+        yield from self._values.chunks(batch)
+
+    def close(self) -> None:
+        """Remove the filed entries and the values (idempotent)."""
+        if hasattr(self, "_values"):
+            self._values.close()
+        if self._dir is not None:
+            self._entries.removed()
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
 
 
 def _base_ot_inputs(
@@ -451,6 +547,19 @@ def partner_items(data: PartnerSet, chunk: int = 1 << 16) -> PartnerItems:
     return PartnerItems(blocks, inverse.astype(np.int64))
 
 
+@dataclass(frozen=True)
+class BrandItems:
+    """The brand's item blocks (``(k, 16)`` uint8 batches), read in batches: the sender
+    reads them once and never holds them whole."""
+
+    count: int
+    batches: Callable[[], Iterator[np.ndarray]]
+
+    @classmethod
+    def of(cls, blocks: np.ndarray) -> BrandItems:
+        return cls(len(blocks), lambda: iter([blocks]))
+
+
 def brand_items(id_types: Sequence[str], digests: Sequence[np.ndarray]) -> np.ndarray:
     """The audience's item blocks (its digests are distinct per type already)."""
     parts = [ox.item_blocks(t, d) for t, d in zip(id_types, digests, strict=True) if len(d)]
@@ -470,17 +579,24 @@ class KkrtBrandSession(RoundMachine[Round]):
         *,
         session_id: str,
         hello: Hello,
-        items: np.ndarray,
+        items: np.ndarray | BrandItems,
         random_bytes: Callable[[int], bytes] = os.urandom,
         pool: CryptoPool | None = None,
+        spill_dir: Path | None = None,
+        memory_bytes: int | None = None,
     ) -> None:
+        """``spill_dir``, ``memory_bytes``: where and past what size the sender's filed
+        entries and values go to files (``KkrtSender``); ``close`` removes them."""
         check_kkrt_hello(hello)
         super().__init__(Round.HELLO, None)
         self._pool = pool
+        self._spill_dir = spill_dir
+        self._memory_bytes = memory_bytes
+        self._closed = False
         self.session_id = session_id
         self.hello = hello
         self.protocol = hello.protocol
-        self._items = items
+        self._items = items if isinstance(items, BrandItems) else BrandItems.of(items)
         self._random_bytes = random_bytes
         self._sender: KkrtSender | None = None
         self._accepted: Accepted | None = None
@@ -498,8 +614,22 @@ class KkrtBrandSession(RoundMachine[Round]):
                 return await pool.run_private(receive_base_ots, *args)
 
         self._sender = await KkrtSender.create(
-            self._items, self.hello, self.session_id, self._random_bytes, run
+            self._items,
+            self.hello,
+            self.session_id,
+            self._random_bytes,
+            run,
+            spill_dir=self._spill_dir,
+            memory_bytes=self._memory_bytes,
         )
+        if self._closed:  # closed while it was being built: its files go now
+            self._sender.close()
+
+    def close(self) -> None:
+        super().close()
+        self._closed = True
+        if self._sender is not None:
+            self._sender.close()
 
     def start(self) -> Accepted:
         if self.round is not Round.HELLO or self._sender is None:
@@ -507,7 +637,7 @@ class KkrtBrandSession(RoundMachine[Round]):
         sender = self._sender
         self._accepted = Accepted(
             session_id=self.session_id,
-            brand_points=len(self._items),
+            brand_points=self._items.count,
             value_len=sender.keys.value_len,
             chunk_size=CHUNK_BINS,
             ot_points=sender.ot_points,
@@ -529,7 +659,7 @@ class KkrtBrandSession(RoundMachine[Round]):
         return BrandOutcome(
             partner_records=self.hello.declared_records,
             partner_points=self.hello.declared_points,
-            brand_points=len(self._items),
+            brand_points=self._items.count,
             intersection=self.result.intersection if self.result else None,
         )
 
@@ -622,10 +752,11 @@ class KkrtPartnerSession(RoundMachine[Round]):
         self._values_in = 0
         self._value_chunks = 0
         self._own_ready = False
-        # Our values (left, item order) against the brand's (right), by bucket.
+        # Our values (left, bin order) against the brand's (right), by bucket; the left is
+        # filled on threads, a chunk at a time, under the lock ``close`` takes.
         self._join: SemiJoin | None = None
-        self._own_values: asyncio.Future[None] | None = None  # the thread filling the left
-        self._stopping = threading.Event()
+        self._join_lock = threading.Lock()
+        self._join_closed = False
         self.finish: Finish | None = None
 
     async def prepare(self) -> None:
@@ -699,17 +830,11 @@ class KkrtPartnerSession(RoundMachine[Round]):
         assert receiver is not None
         for seq in range(receiver.chunks):
             await self.room(OUTBOX_LIMIT)
-            columns = await asyncio.to_thread(receiver.column_chunk)
+            columns = await asyncio.to_thread(self._column_chunk, receiver)
             self.put(ColumnChunk(seq=seq, columns=columns))
             lo, hi = _chunk_bounds(receiver.bins, seq)
             self.progress.points_sent += hi - lo
             self.progress.update()
-        assert self._join is not None
-        loop = asyncio.get_running_loop()
-        self._own_values = loop.run_in_executor(
-            None, receiver.own_values, self._join, self._stopping
-        )
-        await self._own_values
         self._own_ready = True
         self.round = Round.VALUES
         self._signal.notify()
@@ -733,17 +858,19 @@ class KkrtPartnerSession(RoundMachine[Round]):
         self.progress.brand_done = self._values_in
         self.progress.update()
 
+    def _column_chunk(self, receiver: KkrtReceiver) -> bytes:
+        with self._join_lock:
+            if self._join_closed or self._join is None:
+                raise CancelledError("the session was closed")
+            return receiver.column_chunk(self._join)
+
     def close(self) -> None:
         super().close()
-        self._stopping.set()
-        join = self._join
-        if join is None:
-            return
-        if self._own_values is not None and not self._own_values.done():
-            # Its thread is still writing: the files go once it has stopped.
-            self._own_values.add_done_callback(lambda _: join.close())
-        else:
-            join.close()
+        # A chunk's thread may be adding to the join: its files go once it is done.
+        with self._join_lock:
+            self._join_closed = True
+            if self._join is not None:
+                self._join.close()
 
     async def _conclude(self) -> None:
         items = self._items
@@ -752,7 +879,9 @@ class KkrtPartnerSession(RoundMachine[Round]):
         if self.finished:  # failed meanwhile (its files may be gone): no outcome
             return
         self._join.close()
-        matched = np.frombuffer(whole(found), dtype=np.bool_)  # per distinct item
+        assert self._receiver is not None
+        matched = np.zeros(len(items.blocks), dtype=bool)  # per distinct item
+        matched[self._receiver.placed_items()] = np.frombuffer(whole(found), dtype=np.bool_)
         hits = matched[items.inverse] if len(items.inverse) else np.zeros(0, bool)
         self.outcome = match_outcome(
             self.data,

@@ -28,7 +28,7 @@ from cleanroom.audiences.upload import DIGEST_LEN, UploadChunk, UploadEnd, Uploa
 from cleanroom.federated.lookalike.brand import LabelledPoints
 from cleanroom.matching.brand import StoredPoints
 from cleanroom.matching.hash_to_curve import hash_to_curve_batch
-from cleanroom.matching.kkrt import brand_items
+from cleanroom.matching.kkrt import BrandItems, brand_items
 from cleanroom.matching.messages import POINT_LEN
 from cleanroom.matching.semijoin import (
     Buckets,
@@ -130,13 +130,24 @@ class AudienceService:
 
         return StoredPoints(dataset.rows, batches)
 
-    def load_items(self, record: AudienceRecord) -> np.ndarray:
-        """The audience's KKRT item blocks, ``(n, 16)``: one per distinct (type, digest).
+    def kkrt_items(self, record: AudienceRecord) -> BrandItems:
+        """The audience's KKRT item blocks, one per distinct (type, digest), to be read
+        part by part (a session reads them once and never holds them whole).
 
         Nothing of a session goes into them (one AES pass over the stored digests, done
-        per session: the cuckoo keys and the code are the session's own). Built part by
-        part, so what is held is the blocks and one part's digests."""
-        blocks = [brand_items([t], [d]) for t, d in _typed_digests(self.dataset(record))]
+        per session: the cuckoo keys and the code are the session's own)."""
+        dataset = self.dataset(record)
+
+        def batches() -> Iterator[np.ndarray]:
+            for id_type, digests in _typed_digests(dataset):
+                if len(digests):
+                    yield brand_items([id_type], [digests])
+
+        return BrandItems(dataset.rows, batches)
+
+    def load_items(self, record: AudienceRecord) -> np.ndarray:
+        """``kkrt_items`` as one ``(n, 16)`` array."""
+        blocks = list(self.kkrt_items(record).batches())
         return np.ascontiguousarray(np.concatenate(blocks)) if blocks else brand_items([], [])
 
     def labelled_points(self, record: AudienceRecord) -> LabelledPoints:

@@ -175,14 +175,22 @@ class MatchingService:
         session_id = uuid.uuid4().hex
         session: AnySession
         if hello.method is PsiMethod.KKRT:
-            items = await asyncio.to_thread(self.audiences.load_items, audience)
-            if len(items) == 0:
+            items = await asyncio.to_thread(self.audiences.kkrt_items, audience)
+            if items.count == 0:
                 raise FailedPrecondition(f"audience {audience.name!r} is empty")
             session = KkrtBrandSession(
-                session_id=session_id, hello=hello, items=items, pool=self.audiences.pool
+                session_id=session_id,
+                hello=hello,
+                items=items,
+                pool=self.audiences.pool,
+                spill_dir=self.audiences.data_dir / WORK_DIR,
             )
-            await session.prepare()
-            brand_size = len(items)
+            try:
+                await session.prepare()
+            except BaseException:
+                session.close()
+                raise
+            brand_size = items.count
         else:
             points = await asyncio.to_thread(self.audiences.stored_points, audience)
             if points.count == 0:

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from cleanroom.matching import kkrt
 from cleanroom.matching import ot_extension as ox
 from cleanroom.matching.base_ot import (
     POINT_BYTES,
@@ -37,6 +38,7 @@ from cleanroom.matching.bulk import whole_array
 from cleanroom.matching.hash_to_curve import montgomery_add
 from cleanroom.matching.kkrt import (
     CHUNK_BINS,
+    BrandItems,
     KkrtBrandSession,
     KkrtPartnerSession,
     KkrtReceiver,
@@ -45,6 +47,7 @@ from cleanroom.matching.kkrt import (
     check_kkrt_hello,
 )
 from cleanroom.matching.messages import (
+    Accepted,
     ColumnChunk,
     Finish,
     Hello,
@@ -101,15 +104,19 @@ async def run_sessions(
     *,
     seed: bytes | None = None,
     record: list[object] | None = None,
+    brand_options: dict[str, Any] | None = None,
 ) -> KkrtPartnerSession:
-    """Both state machines in one process, every message handed across (and recorded)."""
+    """Both state machines in one process, every message handed across (and recorded);
+    the brand's session is closed at the end."""
     brand_rng = drbg(b"brand" + seed) if seed is not None else os.urandom
     partner_rng = drbg(b"partner" + seed) if seed is not None else os.urandom
     items = brand_items(["email"], [digests(brand_ids)])
     p = KkrtPartnerSession(audience="crm", data=partner, random_bytes=partner_rng)
     await p.prepare()
     hello = p.hello()
-    b = KkrtBrandSession(session_id="s-1", hello=hello, items=items, random_bytes=brand_rng)
+    b = KkrtBrandSession(
+        session_id="s-1", hello=hello, items=items, random_bytes=brand_rng, **(brand_options or {})
+    )
     await b.prepare()
     accepted = b.start()
     log = record if record is not None else []
@@ -128,6 +135,7 @@ async def run_sessions(
         300,
     )
     assert b.succeeded and p.succeeded
+    b.close()
     return p
 
 
@@ -355,16 +363,30 @@ def test_one_million_and_unbalanced_ten_by_one_million() -> None:
     assert np.array_equal(match(few, brand[:1_000_000]), expected(few, brand[:1_000_000]))
 
 
+def test_the_brand_computes_its_values_a_range_of_bins_at_a_time_from_files(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Ranges of one chunk (32,768 bins; the partner's 80,001 items make four), every
+    filed entry and value in files (past 0 bytes): the same match, and no file left once
+    the session is closed."""
+    monkeypatch.setattr(kkrt, "RANGE_BINS", CHUNK_BINS)
+    brand = list(range(60_000))
+    partner = [*range(30_000, 110_000), 7]
+    spill = tmp_path / "spill"
+    options = {"spill_dir": spill, "memory_bytes": 0}
+    assert np.array_equal(match(brand, partner, brand_options=options), expected(brand, partner))
+    assert spill.is_dir() and list(spill.iterdir()) == []
+
+
 def test_oprf_outputs_match_the_golden_file() -> None:
     log: list[object] = []
     partner = partner_set(list(range(40, 140)))
     session = asyncio.run(run_sessions(list(range(100)), partner, seed=b"golden", record=log))
-    values = b"".join(m.values for m in log if isinstance(m, ValueChunk))
     columns = b"".join(m.columns for m in log if isinstance(m, ColumnChunk))
     assert session.outcome is not None
     assert int((whole_array(session.outcome.matched_on) == 0).sum()) == 60
     golden = GOLDEN_VALUES()
-    assert hashlib.sha256(values).hexdigest() == golden["sender_values"]
+    assert sorted_values_digest(log) == golden["sender_values"]
     assert hashlib.sha256(columns).hexdigest() == golden["columns"]
 
 
@@ -406,14 +428,14 @@ def test_malformed_hellos_are_protocol_errors(changes: dict[str, object], why: s
 def test_an_invalid_base_ot_point_in_hello_is_refused() -> None:
     with pytest.raises(InvalidPointError, match="low-order"):
         KkrtSender(
-            ox.item_blocks("email", digests(range(5))),
+            BrandItems.of(ox.item_blocks("email", digests(range(5)))),
             kkrt_hello(ot_point=bytes(64)),
             "s",
         )
 
 
 def sender_for(hello: Hello) -> KkrtSender:
-    return KkrtSender(ox.item_blocks("email", digests(range(20))), hello, "s")
+    return KkrtSender(BrandItems.of(ox.item_blocks("email", digests(range(20)))), hello, "s")
 
 
 def test_column_chunks_out_of_order_short_or_past_the_bins() -> None:
@@ -505,6 +527,15 @@ def test_a_resumption_is_refused() -> None:
 # ------------------------------------------------------------------ golden values
 
 
+def sorted_values_digest(log: list[object]) -> str:
+    """SHA-256 of the sender's values in sorted order: the OPRF outputs, whatever the
+    (random) order they were sent in."""
+    [accepted] = [m for m in log if isinstance(m, Accepted)]
+    values = b"".join(m.values for m in log if isinstance(m, ValueChunk))
+    rows = np.frombuffer(values, dtype=np.uint8).reshape(-1, accepted.value_len)
+    return hashlib.sha256(rows[np.lexsort(rows.T[::-1])].tobytes()).hexdigest()
+
+
 def GOLDEN_VALUES() -> dict[str, str]:
     return json.loads(GOLDEN.read_text())  # type: ignore[no-any-return]
 
@@ -527,9 +558,7 @@ def _regenerate() -> None:
         "ot_receiver_messages": hashlib.sha256(receiver.message).hexdigest(),
         "ot_keys": hashlib.sha256(b"".join(a + b for a, b in pairs)).hexdigest(),
         "cuckoo_table": hashlib.sha256(table.tobytes()).hexdigest()[:16],
-        "sender_values": hashlib.sha256(
-            b"".join(m.values for m in log if isinstance(m, ValueChunk))
-        ).hexdigest(),
+        "sender_values": sorted_values_digest(log),
         "columns": hashlib.sha256(
             b"".join(m.columns for m in log if isinstance(m, ColumnChunk))
         ).hexdigest(),
