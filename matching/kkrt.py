@@ -33,6 +33,7 @@ keys (the node answers a resumption with NOT_FOUND).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import shutil
@@ -337,12 +338,21 @@ class KkrtSender:
         limit = MEMORY_BYTES if memory_bytes is None else memory_bytes
         entries = ox.HASHES * items.count
         bits = max(0, (self._ranges - 1).bit_length())
+        # close() may come from the event loop while a thread computes a range or reads
+        # values: the files then go when that thread is done.
+        self._lock = threading.Lock()
+        self._busy = False
+        self._closed = False
         self._dir: Path | None = None
+        self._values: Shuffle | None = None
         if entries * ENTRY.itemsize < limit:
             self._entries = Buckets.in_memory(ENTRY.itemsize, positioned=False, bits=bits)
         else:
             self._dir = spill_directory(spill_dir, "kkrt-")
-            self._entries = Buckets(ENTRY.itemsize, bits, self._dir, positioned=False, name="bin")
+            # At least one bit: a bucket on disk is written as it fills only then.
+            self._entries = Buckets(
+                ENTRY.itemsize, max(1, bits), self._dir, positioned=False, name="bin"
+            )
         try:
             self._file_entries(items, hello.cuckoo_key)
             self._values = Shuffle(
@@ -352,10 +362,10 @@ class KkrtSender:
                 memory_bytes=memory_bytes,
                 spill_dir=spill_dir,
             )
+            self._rows = np.empty((min(self.bins, RANGE_BINS), ox.ROW_BYTES), dtype=np.uint8)
         except BaseException:
             self.close()
             raise
-        self._rows = np.empty((min(self.bins, RANGE_BINS), ox.ROW_BYTES), dtype=np.uint8)
 
     def _file_entries(self, items: BrandItems, cuckoo_key: bytes) -> None:
         """Every (item, hash function, bin) under its bin's range, a slice of items at a
@@ -370,8 +380,7 @@ class KkrtSender:
                 entry["bin"] = positions
                 entry["hash"] = np.arange(ox.HASHES, dtype=np.uint8)[None, :]
                 which = positions.reshape(-1) // RANGE_BINS
-                packed = entry.reshape(-1).tobytes()
-                self._entries.add(packed, which if self._entries.bits else None)
+                self._entries.add(entry.reshape(-1).tobytes(), which)
             read += len(batch)
         if read != items.count:
             raise RuntimeError(f"the audience holds {read} items, not {items.count}")
@@ -409,7 +418,13 @@ class KkrtSender:
                 memory_bytes=memory_bytes,
             )
 
-        return await asyncio.to_thread(build)
+        built = asyncio.ensure_future(asyncio.to_thread(build))
+        try:
+            return await asyncio.shield(built)
+        except asyncio.CancelledError:
+            # The thread goes on: the sender it builds is closed once it exists.
+            built.add_done_callback(_close_built)
+            raise
 
     @property
     def chunks(self) -> int:
@@ -439,14 +454,15 @@ class KkrtSender:
         self._rows[lo - start : hi - start] = ox.transpose(q)
         self.next_chunk += 1
         if hi == self.bins or hi % RANGE_BINS == 0:
-            self._range_values(lo // RANGE_BINS, start)
+            with self._working():
+                self._range_values(lo // RANGE_BINS, start)
 
     def _range_values(self, r: int, start: int) -> None:
-        """The values of every (item, hash function) whose bin is in range ``r``."""
-        packed, _ = self._entries.bucket(r)
-        entries = np.frombuffer(packed, dtype=ENTRY)
-        for lo in range(0, len(entries), VALUE_BATCH):
-            part = entries[lo : lo + VALUE_BATCH]
+        """The values of every (item, hash function) whose bin is in range ``r``, its
+        entries read ``VALUE_BATCH`` at a time."""
+        assert self._values is not None
+        for packed in self._entries.bucket_slices(r, VALUE_BATCH):
+            part = np.frombuffer(packed, dtype=ENTRY)
             bins = part["bin"].astype(np.int64)
             hash_index = part["hash"].astype(np.int8)
             rows = ox.block_major(self._rows[bins - start])
@@ -468,17 +484,54 @@ class KkrtSender:
         order, so that neither bins nor hash functions can be told from it."""
         if self.next_chunk != self.chunks:
             raise ProtocolError("the values need every column chunk first")
-        del self._rows  # 64 bytes a bin of one range, no longer needed
-        yield from self._values.chunks(batch)
+        assert self._values is not None
+        self._rows = np.empty((0, ox.ROW_BYTES), dtype=np.uint8)  # no longer needed
+        chunks = self._values.chunks(batch)
+        while True:
+            with self._working():
+                values = next(chunks, None)
+            if values is None:
+                return
+            yield values
+
+    @contextlib.contextmanager
+    def _working(self) -> Iterator[None]:
+        """A thread's step on the files: refused once closed; a ``close`` meanwhile
+        removes them at its end."""
+        with self._lock:
+            if self._closed:
+                raise CancelledError("the session was closed")
+            self._busy = True
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._busy = False
+                closed = self._closed
+            if closed:
+                self._remove()
 
     def close(self) -> None:
-        """Remove the filed entries and the values (idempotent)."""
-        if hasattr(self, "_values"):
+        """Remove the filed entries and the values (idempotent; once a running step is
+        done, if one is)."""
+        with self._lock:
+            self._closed = True
+            if self._busy:
+                return
+        self._remove()
+
+    def _remove(self) -> None:
+        if self._values is not None:
             self._values.close()
+        self._entries.removed()
         if self._dir is not None:
-            self._entries.removed()
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
+
+
+def _close_built(built: asyncio.Future[KkrtSender]) -> None:
+    if not built.cancelled() and built.exception() is None:
+        built.result().close()
 
 
 def _base_ot_inputs(

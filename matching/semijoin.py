@@ -171,6 +171,25 @@ class Buckets:
             positions.read_bytes() if positions.exists() else b"",
         )
 
+    def bucket_slices(self, b: int, size: int) -> Iterator[bytes]:
+        """Bucket ``b``'s values (not their positions), ``size`` values at a time at most:
+        a bucket on disk is read from its file a slice at a time, never whole."""
+        if self._removed:
+            raise RuntimeError(f"the {self._name} buckets were removed")
+        step = max(1, size) * self.value_len
+        if self._dir is None:
+            packed = b"".join(self._values[b])
+            for at in range(0, len(packed), step):
+                yield packed[at : at + step]
+            return
+        self._flush(b)
+        path = self._path(b, "v")
+        if not path.exists():
+            return
+        with path.open("rb") as fh:
+            while chunk := fh.read(step):
+                yield chunk
+
     def regrouped(self, bits: int) -> Iterator[tuple[int, np.ndarray]]:
         """Rows (``(k, value_len)`` uint8) bucket by bucket of ``bits`` leading bits, in
         bucket order, this side's own buckets joined or split to fit; one bucket of
@@ -370,6 +389,7 @@ class Shuffle:
             yield pending
 
     def close(self) -> None:
+        self._side.removed()  # reading it after this is an error, never an empty batch
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None

@@ -185,11 +185,6 @@ class MatchingService:
                 pool=self.audiences.pool,
                 spill_dir=self.audiences.data_dir / WORK_DIR,
             )
-            try:
-                await session.prepare()
-            except BaseException:
-                session.close()
-                raise
             brand_size = items.count
         else:
             points = await asyncio.to_thread(self.audiences.stored_points, audience)
@@ -204,39 +199,47 @@ class MatchingService:
                 spill_dir=self.audiences.data_dir / WORK_DIR,
             )
             brand_size = points.count
-        self.store.create_session(
-            SessionRecord(
-                session_id=session_id,
-                tenant_id=principal.tenant_id,
-                audience_id=audience.audience_id,
-                protocol=hello.protocol.value,
-                status="running",
-                declared_records=hello.declared_records,
-                # KKRT: the bins, one OPRF evaluation each, are what the partner holds.
-                declared_points=hello.bins
-                if hello.method is PsiMethod.KKRT
-                else hello.declared_points,
-                brand_points=brand_size,
-                created_at=now,
-                partner_id=partnership.partner_id,
+        # From here the session holds keys and may hold files (KKRT's sender): a failure
+        # before it is live closes it.
+        try:
+            if isinstance(session, KkrtBrandSession):
+                await session.prepare()
+            self.store.create_session(
+                SessionRecord(
+                    session_id=session_id,
+                    tenant_id=principal.tenant_id,
+                    audience_id=audience.audience_id,
+                    protocol=hello.protocol.value,
+                    status="running",
+                    declared_records=hello.declared_records,
+                    # KKRT: the bins, one OPRF evaluation each, are what the partner holds.
+                    declared_points=hello.bins
+                    if hello.method is PsiMethod.KKRT
+                    else hello.declared_points,
+                    brand_points=brand_size,
+                    created_at=now,
+                    partner_id=partnership.partner_id,
+                )
             )
-        )
-        self.store.audit(
-            AuditEntry(
-                principal.tenant_id,
-                principal.role.value,
-                "psi.start",
-                {
-                    "session": session_id,
-                    "audience": audience.name,
-                    "protocol": hello.protocol.value,
-                    "method": hello.method.value,
-                    "declared_records": hello.declared_records,
-                },
-                partner_id=partnership.partner_id,
+            self.store.audit(
+                AuditEntry(
+                    principal.tenant_id,
+                    principal.role.value,
+                    "psi.start",
+                    {
+                        "session": session_id,
+                        "audience": audience.name,
+                        "protocol": hello.protocol.value,
+                        "method": hello.method.value,
+                        "declared_records": hello.declared_records,
+                    },
+                    partner_id=partnership.partner_id,
+                )
             )
-        )
-        self._live[session_id] = _Live(session, partnership, slot)
+            self._live[session_id] = _Live(session, partnership, slot)
+        except BaseException:
+            session.close()
+            raise
         log.info(
             "psi session %s started: partnership=%s audience=%s protocol=%s/%s partner_records=%d",
             session_id,

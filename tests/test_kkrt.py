@@ -10,6 +10,7 @@ purpose, and say so in the commit).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import hashlib
 import json
@@ -376,6 +377,40 @@ def test_the_brand_computes_its_values_a_range_of_bins_at_a_time_from_files(
     options = {"spill_dir": spill, "memory_bytes": 0}
     assert np.array_equal(match(brand, partner, brand_options=options), expected(brand, partner))
     assert spill.is_dir() and list(spill.iterdir()) == []
+
+
+def test_a_brand_far_larger_than_the_partner_files_its_entries_as_they_come(
+    tmp_path: Path,
+) -> None:
+    """One range (the partner's 1,000 items make 1,280 bins) for 30,000 brand items on
+    disk: the entries are written as they are filed and read back a slice at a time."""
+    brand = list(range(30_000))
+    partner = list(range(29_500, 30_500))
+    spill = tmp_path / "spill"
+    options = {"spill_dir": spill, "memory_bytes": 0}
+    assert np.array_equal(match(brand, partner, brand_options=options), expected(brand, partner))
+    assert list(spill.iterdir()) == []
+
+
+def test_closing_the_sender_during_a_step_removes_its_files_after_the_step(
+    tmp_path: Path,
+) -> None:
+    hello = kkrt_hello()
+    sender = KkrtSender(
+        BrandItems.of(ox.item_blocks("email", digests(range(20)))),
+        hello,
+        "s",
+        spill_dir=tmp_path,
+        memory_bytes=0,
+    )
+    [directory] = [p for p in tmp_path.iterdir() if p.name.startswith("kkrt-")]
+    with sender._working():
+        sender.close()
+        assert directory.exists()  # the step still reads them
+    assert not directory.exists()
+    with pytest.raises(concurrent.futures.CancelledError):
+        sender.on_columns(ColumnChunk(seq=0, columns=bytes(ox.WIDTH * sender.bins // 8)))
+    sender.close()  # idempotent
 
 
 def test_oprf_outputs_match_the_golden_file() -> None:

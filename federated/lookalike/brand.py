@@ -71,7 +71,7 @@ from cleanroom.federated.lookalike.privacy import (
     noisy_sums,
 )
 from cleanroom.federated.paillier import PaillierPrivateKey, PaillierPublicKey, private_key_to_json
-from cleanroom.matching.bulk import ArrayAppender, ArrayColumn, FileArray, FileBytes
+from cleanroom.matching.bulk import ArrayAppender, ArrayColumn, ByteColumn, FileArray, FileBytes
 from cleanroom.matching.messages import POINT_LEN
 from cleanroom.matching.semijoin import SemiJoin, Shuffle, records_hit
 from cleanroom.matching.session import (
@@ -625,10 +625,7 @@ class BrandLookalike(RoundMachine[LookalikeRound]):
         bucket, then the rows' flags combined a window at a time into a column (a file
         past ``memory_bytes``), the only per-row state."""
         assert self.exchanged_rows is not None
-        found = {}
-        for which, join in self._joins.items():
-            found[which] = await join.hit_flags(self._jobs.call)
-            join.close()
+        found: dict[BrandList, ByteColumn] = {}
 
         def combine() -> tuple[ArrayColumn, int, int]:
             intersection = seeds = 0
@@ -647,16 +644,34 @@ class BrandLookalike(RoundMachine[LookalikeRound]):
                 codes.append(np.where(seed, MATCHED | SEED, np.where(other, MATCHED, 0)))
             column = codes.finish()
             if len(column) != self.exchanged_rows:
+                if isinstance(column, FileArray):
+                    column.close()
                 raise RuntimeError(f"{len(column)} row flags for {self.exchanged_rows} rows")
             return column, intersection, seeds
 
         try:
-            codes, self.intersection, self.seeds = await asyncio.to_thread(combine)
+            for which, join in self._joins.items():
+                found[which] = await join.hit_flags(self._jobs.call)
+                join.close()
+            combined = asyncio.ensure_future(asyncio.to_thread(combine))
+            try:
+                codes, self.intersection, self.seeds = await asyncio.shield(combined)
+            except asyncio.CancelledError:
+                combined.add_done_callback(_close_codes)
+                raise
             return codes
         finally:
             for column in found.values():
                 if isinstance(column, FileBytes):
                     column.close()
+
+
+def _close_codes(combined: asyncio.Future[tuple[ArrayColumn, int, int]]) -> None:
+    """A cancelled job's row codes, once its thread is done with them."""
+    if not combined.cancelled() and combined.exception() is None:
+        codes = combined.result()[0]
+        if isinstance(codes, FileArray):
+            codes.close()
 
 
 def row_labels(
