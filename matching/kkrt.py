@@ -349,10 +349,7 @@ class KkrtSender:
             self._entries = Buckets.in_memory(ENTRY.itemsize, positioned=False, bits=bits)
         else:
             self._dir = spill_directory(spill_dir, "kkrt-")
-            # At least one bit: a bucket on disk is written as it fills only then.
-            self._entries = Buckets(
-                ENTRY.itemsize, max(1, bits), self._dir, positioned=False, name="bin"
-            )
+            self._entries = Buckets(ENTRY.itemsize, bits, self._dir, positioned=False, name="bin")
         try:
             self._file_entries(items, hello.cuckoo_key)
             self._values = Shuffle(

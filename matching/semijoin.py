@@ -131,6 +131,11 @@ class Buckets:
             self._values[0].append(bytes(packed))
             if self.positioned:
                 self._positions[0].append(np.arange(first, self.count, dtype=POSITION).tobytes())
+            if self._dir is not None:
+                self._buffered[0] += len(packed)
+                self._buffered_total += len(packed)
+                if self._buffered[0] >= FLUSH_BYTES:
+                    self._flush(0)
             return
         if which is None:
             which = bucket_of(rows, self.bits)

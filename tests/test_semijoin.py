@@ -156,6 +156,26 @@ def test_buckets_split_by_leading_bits_evenly() -> None:
     assert bucket_bits(100_000_000, 16) == 8  # 1.6 GB in 6.25 MB buckets
 
 
+@pytest.mark.parametrize("bits", [0, 2])
+def test_buckets_on_disk_are_written_as_they_fill_and_read_back_in_slices(
+    bits: int, tmp_path: Path
+) -> None:
+    """Past FLUSH_BYTES a bucket goes to its file before ``close`` (also with one bucket),
+    and ``bucket_slices`` gives its values back in order, a slice at a time."""
+    side = Buckets(9, bits, tmp_path, positioned=False)
+    rows = np.random.default_rng(5).integers(0, 256, (300_000, 9), dtype=np.uint8)
+    which = np.zeros(len(rows), dtype=np.int64)
+    side.add(rows.tobytes(), which if bits else None)
+    assert (tmp_path / "side-0000.v").stat().st_size >= semijoin.FLUSH_BYTES
+    side.close()
+    slices = list(side.bucket_slices(0, 65_536))
+    assert [len(s) for s in slices[:-1]] == [65_536 * 9] * (len(slices) - 1)
+    assert b"".join(slices) == rows.tobytes()
+    side.removed()
+    with pytest.raises(RuntimeError, match="removed"):
+        next(side.bucket_slices(0, 10))
+
+
 def test_a_chunk_of_the_wrong_length_is_refused(tmp_path: Path) -> None:
     side = Buckets(8, 2, tmp_path, positioned=False)
     with pytest.raises(ValueError, match="8-byte values"):
