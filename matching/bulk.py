@@ -137,6 +137,24 @@ def whole(column: ByteColumn) -> bytes:
     return column.tobytes() if isinstance(column, FileBytes) else column
 
 
+def fixed_rows(column: ByteColumn, index: np.ndarray, width: int) -> np.ndarray:
+    """Rows ``index`` (any order, repeats allowed) of a column of ``width``-byte rows, as
+    uint8 ``(len(index), width)``; a file-backed column is read row by row in position
+    order, never whole."""
+    index = np.asarray(index, dtype=np.int64)
+    if isinstance(column, bytes):
+        return np.frombuffer(column, dtype=np.uint8).reshape(-1, width)[index]
+    rows = len(column) // width
+    if len(index) and (index.min() < 0 or index.max() >= rows):
+        raise IndexError(f"row {int(index.max())} of a column of {rows} rows")
+    out = np.empty((len(index), width), dtype=np.uint8)
+    order = np.argsort(index, kind="stable")
+    for at in order:
+        start = int(index[at]) * width
+        out[at] = np.frombuffer(column[start : start + width], dtype=np.uint8)
+    return out
+
+
 def _temporary(spill_dir: Path | None) -> BinaryIO:
     if spill_dir is not None:
         spill_dir.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ from cleanroom.matching.bulk import (
     ColumnBuffer,
     FileArray,
     FileBytes,
+    fixed_rows,
     whole,
     whole_array,
 )
@@ -120,3 +121,20 @@ def test_a_closed_or_collected_column_lets_its_file_go(tmp_path: Path) -> None:
     del collected
     gc.collect()
     assert _file_at(fd) != inode
+
+
+@pytest.mark.parametrize("memory_bytes", [None, 0])
+def test_fixed_rows_gathers_rows_in_any_order_from_memory_or_a_file(
+    memory_bytes: int | None, tmp_path: Path
+) -> None:
+    rows = np.random.default_rng(3).integers(0, 256, (500, 7), dtype=np.uint8)
+    appender = ColumnAppender(spill_dir=tmp_path, memory_bytes=memory_bytes)
+    appender.append(rows.tobytes())
+    column = appender.finish()
+    assert isinstance(column, FileBytes) == (memory_bytes == 0)
+    index = np.asarray([499, 0, 17, 17, 250, 3])
+    assert np.array_equal(fixed_rows(column, index, 7), rows[index])
+    assert fixed_rows(column, np.zeros(0, np.int64), 7).shape == (0, 7)
+    if isinstance(column, FileBytes):
+        with pytest.raises(IndexError):
+            fixed_rows(column, np.asarray([500]), 7)

@@ -202,12 +202,17 @@ def check_exact(
     assert brand.metrics.holdout_seeds == int(held.sum())
 
 
+@pytest.mark.parametrize("labels_on_disk", [False, True])
 def test_hidden_seed_model_equals_the_centralized_fit(
-    world: Any, users: PartnerUsers, keys: tuple[Any, Any]
+    world: Any, users: PartnerUsers, keys: tuple[Any, Any], labels_on_disk: bool, tmp_path: Path
 ) -> None:
+    """Also with the partner's Enc(y) (and its padded slots) in files past 0 bytes."""
     labels, points, flags = brand_identifiers(world.crm_path)
+    disk = {"spill_dir": tmp_path, "memory_bytes": 0} if labels_on_disk else {}
     # Small label batches: many more label chunks than the partner checks at once.
-    brand, partner = make_pair(users, points, flags, keys, brand_options={"label_batch": 61})
+    brand, partner = make_pair(
+        users, points, flags, keys, brand_options={"label_batch": 61}, **disk
+    )
     transcript = asyncio.run(converse(brand, partner))
     y, matched = pooled_labels(users.data, labels)
     assert brand.intersection == int(matched.sum())

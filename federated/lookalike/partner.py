@@ -70,6 +70,7 @@ from cleanroom.federated.lookalike.messages import (
 )
 from cleanroom.federated.lookalike.model import LogisticModel, fit_logistic
 from cleanroom.federated.paillier import MIN_KEY_BITS, PaillierPublicKey
+from cleanroom.matching.bulk import ByteColumn, ColumnAppender, FileBytes, fixed_rows
 from cleanroom.matching.messages import POINT_LEN
 from cleanroom.matching.partner import PaddedSlots, PartnerSet
 from cleanroom.matching.session import (
@@ -263,7 +264,10 @@ class PartnerLookalike(RoundMachine[LookalikeRound]):
         self._lists_sent = False
         self._matched: np.ndarray | None = None  # matched: flag per position
         self._flags_received = 0
-        self._labels: list[bytes] = []
+        # Enc(y) as they arrive, then as one column (a file past ``memory_bytes``).
+        self._label_chunks = 0
+        self._label_appender: ColumnAppender | None = None
+        self._label_column: ByteColumn | None = None
         self._labels_expected = -1
         self._label_checks = OrderedResults[int](limit=8)
         self._labels_checked = asyncio.Event()
@@ -311,6 +315,9 @@ class PartnerLookalike(RoundMachine[LookalikeRound]):
         super().close()
         self._brand_results.cancel()
         self._label_checks.cancel()
+        self._label_appender = None
+        if isinstance(self._label_column, FileBytes):
+            self._label_column.close()
 
     def end_of_input(self) -> None:
         if not self.finished:
@@ -432,15 +439,22 @@ class PartnerLookalike(RoundMachine[LookalikeRound]):
         received = self.progress.labels_received
         if not count or rest or count > MAX_LABEL_CHUNK:
             raise ProtocolError(f"labels chunk {msg.seq} holds {len(msg.ciphertexts)} bytes")
-        if msg.seq != len(self._labels) or msg.start != received:
+        if msg.seq != self._label_chunks or msg.start != received:
             raise ProtocolError(f"labels chunk {msg.seq} from {msg.start}; expected {received}")
         if received + count > self._labels_expected:
             raise ProtocolError(f"more than the {self._labels_expected} labels expected")
         await self._label_checks.reserve()
-        self._labels.append(msg.ciphertexts)
+        if self._label_appender is None:
+            self._label_appender = ColumnAppender(
+                spill_dir=self._spill_dir, memory_bytes=self._memory_bytes
+            )
+        self._label_appender.append(msg.ciphertexts)
+        self._label_chunks += 1
         self._label_checks.put(self._jobs.call(check_packed, key.n, msg.ciphertexts, width))
         self.progress.update(labels_received=received + count)
         if received + count == self._labels_expected:
+            self._label_column = self._label_appender.finish()
+            self._label_appender = None
             self._label_checks.close()
             self.round = LookalikeRound.SUMS
             self.progress.update(phase=Phase.SUMS)
@@ -588,16 +602,15 @@ class PartnerLookalike(RoundMachine[LookalikeRound]):
 
     def _row_ciphertexts(self, rows: np.ndarray) -> bytes:
         """``Enc(y)`` per offered row, packed; a known negative gets 1 = Enc(0)."""
-        key = self._paillier()
-        width = key.ciphertext_bytes
-        packed = np.frombuffer(b"".join(self._labels), dtype=np.uint8).reshape(-1, width)
+        width = self._paillier().ciphertext_bytes
         index = self._label_index[rows]
+        column = self._label_column if self._label_column is not None else b""
         if self.mode is LookalikeMode.HIDDEN_SEED:  # every row has its Enc(y)
-            return packed[index].tobytes()
+            return fixed_rows(column, index, width).tobytes()
         out = np.zeros((len(rows), width), dtype=np.uint8)
         out[:, -1] = 1
         hit = index >= 0
-        out[hit] = packed[index[hit]]
+        out[hit] = fixed_rows(column, index[hit], width)
         return out.tobytes()
 
     async def _check_labels(self) -> None:
@@ -615,18 +628,19 @@ class PartnerLookalike(RoundMachine[LookalikeRound]):
         rows = self._train_rows
         rows = rows[self._label_index[rows] >= 0]  # known negatives add nothing
         users = self.records[rows]
-        packed = await asyncio.to_thread(self._row_ciphertexts, rows)
         width = key.ciphertext_bytes
         n2 = key.n * key.n
-        jobs = [
+        # A slice's ciphertexts are read as its job is queued (a few in flight), so the
+        # training rows' Enc(y) are never gathered whole.
+        jobs = (
             (
                 n2,
-                packed[start * width : (start + SUM_SLICE) * width],
+                self._row_ciphertexts(rows[start : start + SUM_SLICE]),
                 width,
                 self.features.values[users[start : start + SUM_SLICE]],
             )
             for start in range(0, len(rows), SUM_SLICE)
-        ]
+        )
         parts = [part async for part in in_order(self._jobs, label_sums, jobs, ahead=4)]
         d = self.features.values.shape[1]
         total = multiply(n2, parts)
