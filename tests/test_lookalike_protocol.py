@@ -208,7 +208,7 @@ def test_hidden_seed_model_equals_the_centralized_fit(
 ) -> None:
     """Also with the partner's Enc(y) (and its padded slots) in files past 0 bytes."""
     labels, points, flags = brand_identifiers(world.crm_path)
-    disk = {"spill_dir": tmp_path, "memory_bytes": 0} if labels_on_disk else {}
+    disk: dict[str, Any] = {"spill_dir": tmp_path, "memory_bytes": 0} if labels_on_disk else {}
     # Small label batches: many more label chunks than the partner checks at once.
     brand, partner = make_pair(
         users, points, flags, keys, brand_options={"label_batch": 61}, **disk
