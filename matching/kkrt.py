@@ -802,8 +802,8 @@ class KkrtPartnerSession(RoundMachine[Round]):
         self._values_in = 0
         self._value_chunks = 0
         self._own_ready = False
-        # Our values (left, bin order) against the brand's (right), by bucket; the left is
-        # filled on threads, a chunk at a time, under the lock ``close`` takes.
+        # Our values (left, bin order) against the brand's (right), by bucket; both sides
+        # are filled on threads, a chunk at a time, under the lock ``close`` takes.
         self._join: SemiJoin | None = None
         self._join_lock = threading.Lock()
         self._join_closed = False
@@ -861,7 +861,7 @@ class KkrtPartnerSession(RoundMachine[Round]):
         elif isinstance(msg, ValueChunk):
             if self.round not in (Round.EXCHANGE, Round.VALUES):
                 raise ProtocolError(f"values arrived in round {self.round}")
-            self._on_values(msg)
+            await self._on_values(msg)
             if self._values_in == self.progress.brand_total:
                 await self.until(lambda: self._own_ready)
                 await self._conclude()
@@ -891,7 +891,7 @@ class KkrtPartnerSession(RoundMachine[Round]):
         if self.progress.brand_total == 0:
             await self._conclude()
 
-    def _on_values(self, chunk: ValueChunk) -> None:
+    async def _on_values(self, chunk: ValueChunk) -> None:
         assert self.accepted is not None and self._receiver is not None
         length = self.accepted.value_len
         if chunk.seq != self._value_chunks:
@@ -901,8 +901,8 @@ class KkrtPartnerSession(RoundMachine[Round]):
         count = len(chunk.values) // length
         if self._values_in + count > self.progress.brand_total:
             raise ProtocolError("the brand node sent more values than its set has")
-        assert self._join is not None
-        self._join.right.add(chunk.values)
+        # On a thread: bucketing may write files, and the event loop keeps serving.
+        await asyncio.to_thread(self._add_brand_values, chunk.values)
         self._values_in += count
         self._value_chunks += 1
         self.progress.brand_done = self._values_in
@@ -913,6 +913,12 @@ class KkrtPartnerSession(RoundMachine[Round]):
             if self._join_closed or self._join is None:
                 raise CancelledError("the session was closed")
             return receiver.column_chunk(self._join)
+
+    def _add_brand_values(self, values: bytes) -> None:
+        with self._join_lock:
+            if self._join_closed or self._join is None:
+                raise CancelledError("the session was closed")
+            self._join.right.add(values)
 
     def close(self) -> None:
         super().close()
