@@ -131,11 +131,7 @@ class Buckets:
             self._values[0].append(bytes(packed))
             if self.positioned:
                 self._positions[0].append(np.arange(first, self.count, dtype=POSITION).tobytes())
-            if self._dir is not None:
-                self._buffered[0] += len(packed)
-                self._buffered_total += len(packed)
-                if self._buffered[0] >= FLUSH_BYTES:
-                    self._flush(0)
+            self._buffer(0, len(packed))
             return
         if which is None:
             which = bucket_of(rows, self.bits)
@@ -143,14 +139,19 @@ class Buckets:
             self._values[b].append(rows[idx].tobytes())
             if self.positioned:
                 self._positions[b].append((idx + first).astype(POSITION).tobytes())
-            if self._dir is None:
-                continue
-            self._buffered[b] += len(idx) * self.value_len
-            self._buffered_total += len(idx) * self.value_len
-            if self._buffered[b] >= FLUSH_BYTES:
-                self._flush(b)
+            self._buffer(b, len(idx) * self.value_len)
         if self._buffered_total >= BUFFERED_BYTES:
             self.close()
+
+    def _buffer(self, b: int, nbytes: int) -> None:
+        """Count ``nbytes`` just added to bucket ``b``: on disk, a bucket past
+        ``FLUSH_BYTES`` is appended to its file."""
+        if self._dir is None:
+            return
+        self._buffered[b] += nbytes
+        self._buffered_total += nbytes
+        if self._buffered[b] >= FLUSH_BYTES:
+            self._flush(b)
 
     def close(self) -> None:
         """Write what is buffered (before reading buckets back)."""
