@@ -145,11 +145,6 @@ class AudienceService:
 
         return BrandItems(dataset.rows, batches)
 
-    def load_items(self, record: AudienceRecord) -> np.ndarray:
-        """``kkrt_items`` as one ``(n, 16)`` array."""
-        blocks = list(self.kkrt_items(record).batches())
-        return np.ascontiguousarray(np.concatenate(blocks)) if blocks else brand_items([], [])
-
     def labelled_points(self, record: AudienceRecord) -> LabelledPoints:
         """The distinct curve points and each one's seed label (uint8 0/1), to be read in
         batches (a lookalike streams each list in a random order without holding it).
