@@ -17,9 +17,13 @@ temporary directory by default) with the file mode ``TemporaryFile`` gives, 0600
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+import threading
 import weakref
+from collections.abc import Callable, Iterator
+from concurrent.futures import CancelledError
 from pathlib import Path
 from typing import BinaryIO, overload
 
@@ -153,6 +157,43 @@ def fixed_rows(column: ByteColumn, index: np.ndarray, width: int) -> np.ndarray:
         start = int(index[at]) * width
         out[at] = np.frombuffer(column[start : start + width], dtype=np.uint8)
     return out
+
+
+class ThreadSteps:
+    """Threads' steps on files that ``close`` (from the event loop) removes: a step begun
+    after ``close`` is refused (``CancelledError``), and a ``close`` during steps removes
+    the files when the last of them ends: never under a step, never blocking its caller."""
+
+    def __init__(self, remove: Callable[[], None]) -> None:
+        self._remove = remove
+        self._lock = threading.Lock()
+        self._running = 0
+        self._closed = False
+
+    @contextlib.contextmanager
+    def step(self) -> Iterator[None]:
+        with self._lock:
+            if self._closed:
+                raise CancelledError("closed: no further step")
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._running -= 1
+                last = self._closed and self._running == 0
+            if last:
+                self._remove()
+
+    def close(self) -> None:
+        """Remove the files now, or when the running steps end (idempotent)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._running:
+                return
+        self._remove()
 
 
 def _temporary(spill_dir: Path | None) -> BinaryIO:

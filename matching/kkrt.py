@@ -33,13 +33,10 @@ keys (the node answers a resumption with NOT_FOUND).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import os
 import shutil
-import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from concurrent.futures import CancelledError
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -52,7 +49,7 @@ from cleanroom.matching import ot_extension as ox
 from cleanroom.matching.base_ot import POINT_BYTES, OtSender
 from cleanroom.matching.base_ot import receive as receive_base_ots
 from cleanroom.matching.brand import MAX_SLOTS_PER_RECORD, BrandOutcome
-from cleanroom.matching.bulk import whole
+from cleanroom.matching.bulk import ThreadSteps, whole
 from cleanroom.matching.messages import (
     Accepted,
     BrandMessage,
@@ -67,7 +64,7 @@ from cleanroom.matching.messages import (
 )
 from cleanroom.matching.partner import MatchOutcome, PartnerProgress, PartnerSet, match_outcome
 from cleanroom.matching.semijoin import MEMORY_BYTES, Buckets, SemiJoin, Shuffle, spill_directory
-from cleanroom.matching.session import Round, RoundMachine
+from cleanroom.matching.session import Round, RoundMachine, to_thread_owned
 from cleanroom.matching.workers import CryptoPool
 from cleanroom.proto.errors import ProtocolError
 
@@ -334,15 +331,13 @@ class KkrtSender:
         self._s = ox.block_major(choice_bytes.reshape(1, ox.ROW_BYTES))  # (4, 1, 16)
         self.next_chunk = 0
         self._random_bytes = random_bytes
-        self._ranges = -(-self.bins // RANGE_BINS)
+        ranges = -(-self.bins // RANGE_BINS)
         limit = MEMORY_BYTES if memory_bytes is None else memory_bytes
         entries = ox.HASHES * items.count
-        bits = max(0, (self._ranges - 1).bit_length())
+        bits = max(0, (ranges - 1).bit_length())
         # close() may come from the event loop while a thread computes a range or reads
         # values: the files then go when that thread is done.
-        self._lock = threading.Lock()
-        self._busy = False
-        self._closed = False
+        self._steps = ThreadSteps(self._remove)
         self._dir: Path | None = None
         self._values: Shuffle | None = None
         if entries * ENTRY.itemsize < limit:
@@ -415,13 +410,7 @@ class KkrtSender:
                 memory_bytes=memory_bytes,
             )
 
-        built = asyncio.ensure_future(asyncio.to_thread(build))
-        try:
-            return await asyncio.shield(built)
-        except asyncio.CancelledError:
-            # The thread goes on: the sender it builds is closed once it exists.
-            built.add_done_callback(_close_built)
-            raise
+        return await to_thread_owned(build, KkrtSender.close)
 
     @property
     def chunks(self) -> int:
@@ -451,7 +440,7 @@ class KkrtSender:
         self._rows[lo - start : hi - start] = ox.transpose(q)
         self.next_chunk += 1
         if hi == self.bins or hi % RANGE_BINS == 0:
-            with self._working():
+            with self._steps.step():
                 self._range_values(lo // RANGE_BINS, start)
 
     def _range_values(self, r: int, start: int) -> None:
@@ -485,37 +474,16 @@ class KkrtSender:
         self._rows = np.empty((0, ox.ROW_BYTES), dtype=np.uint8)  # no longer needed
         chunks = self._values.chunks(batch)
         while True:
-            with self._working():
+            with self._steps.step():
                 values = next(chunks, None)
             if values is None:
                 return
             yield values
 
-    @contextlib.contextmanager
-    def _working(self) -> Iterator[None]:
-        """A thread's step on the files: refused once closed; a ``close`` meanwhile
-        removes them at its end."""
-        with self._lock:
-            if self._closed:
-                raise CancelledError("the session was closed")
-            self._busy = True
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._busy = False
-                closed = self._closed
-            if closed:
-                self._remove()
-
     def close(self) -> None:
         """Remove the filed entries and the values (idempotent; once a running step is
         done, if one is)."""
-        with self._lock:
-            self._closed = True
-            if self._busy:
-                return
-        self._remove()
+        self._steps.close()
 
     def _remove(self) -> None:
         if self._values is not None:
@@ -524,11 +492,6 @@ class KkrtSender:
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
-
-
-def _close_built(built: asyncio.Future[KkrtSender]) -> None:
-    if not built.cancelled() and built.exception() is None:
-        built.result().close()
 
 
 def _base_ot_inputs(
@@ -803,10 +766,10 @@ class KkrtPartnerSession(RoundMachine[Round]):
         self._value_chunks = 0
         self._own_ready = False
         # Our values (left, bin order) against the brand's (right), by bucket; both sides
-        # are filled on threads, a chunk at a time, under the lock ``close`` takes.
+        # are filled on threads, a chunk at a time: ``close`` removes its files once no
+        # such step runs.
         self._join: SemiJoin | None = None
-        self._join_lock = threading.Lock()
-        self._join_closed = False
+        self._join_steps = ThreadSteps(self._close_join)
         self.finish: Finish | None = None
 
     async def prepare(self) -> None:
@@ -909,24 +872,22 @@ class KkrtPartnerSession(RoundMachine[Round]):
         self.progress.update()
 
     def _column_chunk(self, receiver: KkrtReceiver) -> bytes:
-        with self._join_lock:
-            if self._join_closed or self._join is None:
-                raise CancelledError("the session was closed")
+        with self._join_steps.step():
+            assert self._join is not None
             return receiver.column_chunk(self._join)
 
     def _add_brand_values(self, values: bytes) -> None:
-        with self._join_lock:
-            if self._join_closed or self._join is None:
-                raise CancelledError("the session was closed")
+        with self._join_steps.step():
+            assert self._join is not None
             self._join.right.add(values)
 
     def close(self) -> None:
         super().close()
-        # A chunk's thread may be adding to the join: its files go once it is done.
-        with self._join_lock:
-            self._join_closed = True
-            if self._join is not None:
-                self._join.close()
+        self._join_steps.close()
+
+    def _close_join(self) -> None:
+        if self._join is not None:
+            self._join.close()
 
     async def _conclude(self) -> None:
         items = self._items

@@ -135,6 +135,22 @@ class Progress:
             listener(self)
 
 
+async def to_thread_owned(fn: Callable[[], T], close: Callable[[T], None]) -> T:
+    """``fn()`` on a thread, for a result that owns resources (files): if the caller is
+    cancelled meanwhile, the thread goes on and ``close`` gets its result once it exists."""
+    running = asyncio.ensure_future(asyncio.to_thread(fn))
+    try:
+        return await asyncio.shield(running)
+    except asyncio.CancelledError:
+
+        def close_result(done: asyncio.Future[T]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                close(done.result())
+
+        running.add_done_callback(close_result)
+        raise
+
+
 async def in_order(
     jobs: RunJobs, fn: Callable[..., T], argses: Iterable[tuple[Any, ...]], ahead: int = 8
 ) -> AsyncIterator[T]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import gc
 import os
 from pathlib import Path
@@ -15,6 +16,7 @@ from cleanroom.matching.bulk import (
     ColumnBuffer,
     FileArray,
     FileBytes,
+    ThreadSteps,
     fixed_rows,
     whole,
     whole_array,
@@ -138,3 +140,19 @@ def test_fixed_rows_gathers_rows_in_any_order_from_memory_or_a_file(
     if isinstance(column, FileBytes):
         with pytest.raises(IndexError):
             fixed_rows(column, np.asarray([500]), 7)
+
+
+def test_thread_steps_remove_the_files_after_the_last_running_step() -> None:
+    removed: list[int] = []
+    steps = ThreadSteps(lambda: removed.append(1))
+    with steps.step(), steps.step():
+        steps.close()
+        assert removed == []  # two steps still run
+    assert removed == [1]
+    with pytest.raises(concurrent.futures.CancelledError), steps.step():
+        pass
+    steps.close()
+    assert removed == [1]  # once
+    idle = ThreadSteps(lambda: removed.append(2))
+    idle.close()
+    assert removed == [1, 2]  # no step running: at once

@@ -404,7 +404,7 @@ def test_closing_the_sender_during_a_step_removes_its_files_after_the_step(
         memory_bytes=0,
     )
     [directory] = [p for p in tmp_path.iterdir() if p.name.startswith("kkrt-")]
-    with sender._working():
+    with sender._steps.step():
         sender.close()
         assert directory.exists()  # the step still reads them
     assert not directory.exists()

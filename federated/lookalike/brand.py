@@ -79,6 +79,7 @@ from cleanroom.matching.session import (
     RoundMachine,
     comparison_length,
     in_order,
+    to_thread_owned,
 )
 from cleanroom.matching.workers import (
     DUMMY_DST,
@@ -592,8 +593,7 @@ class BrandLookalike(RoundMachine[LookalikeRound]):
         try:
             await self._send_labels(codes)
         finally:
-            if isinstance(codes, FileArray):
-                codes.close()
+            _close_column(codes)
         self.round = LookalikeRound.SUMS
         self._signal.notify()
 
@@ -644,8 +644,7 @@ class BrandLookalike(RoundMachine[LookalikeRound]):
                 codes.append(np.where(seed, MATCHED | SEED, np.where(other, MATCHED, 0)))
             column = codes.finish()
             if len(column) != self.exchanged_rows:
-                if isinstance(column, FileArray):
-                    column.close()
+                _close_column(column)
                 raise RuntimeError(f"{len(column)} row flags for {self.exchanged_rows} rows")
             return column, intersection, seeds
 
@@ -653,12 +652,9 @@ class BrandLookalike(RoundMachine[LookalikeRound]):
             for which, join in self._joins.items():
                 found[which] = await join.hit_flags(self._jobs.call)
                 join.close()
-            combined = asyncio.ensure_future(asyncio.to_thread(combine))
-            try:
-                codes, self.intersection, self.seeds = await asyncio.shield(combined)
-            except asyncio.CancelledError:
-                combined.add_done_callback(_close_codes)
-                raise
+            codes, self.intersection, self.seeds = await to_thread_owned(
+                combine, lambda combined: _close_column(combined[0])
+            )
             return codes
         finally:
             for column in found.values():
@@ -666,12 +662,9 @@ class BrandLookalike(RoundMachine[LookalikeRound]):
                     column.close()
 
 
-def _close_codes(combined: asyncio.Future[tuple[ArrayColumn, int, int]]) -> None:
-    """A cancelled job's row codes, once its thread is done with them."""
-    if not combined.cancelled() and combined.exception() is None:
-        codes = combined.result()[0]
-        if isinstance(codes, FileArray):
-            codes.close()
+def _close_column(codes: ArrayColumn) -> None:
+    if isinstance(codes, FileArray):
+        codes.close()
 
 
 def row_labels(
