@@ -23,13 +23,13 @@ everything after what it already received (``outgoing(values_from, points_from)`
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from cleanroom.matching.bulk import ThreadSteps
 from cleanroom.matching.journal import Journal, point_chunk, points_of, value_chunk, values_of
 from cleanroom.matching.messages import (
     POINT_LEN,
@@ -331,17 +331,17 @@ class BrandSession:
                 yield brand[order[start : start + self.chunk_size]].tobytes()
             return
         shuffle = Shuffle(POINT_LEN, brand.count, self._rng, spill_dir=self._spill_dir)
-        stop = threading.Event()
+        # The session may end while the thread fills the shuffle: it stops at its next
+        # batch, and the shuffle's files go once its running batch is in.
+        steps = ThreadSteps(shuffle.close)
 
         def fill() -> None:
             for packed in brand.batches():
-                if stop.is_set():  # the session ended: read no further
-                    return
-                shuffle.add(packed)
+                with steps.step():
+                    shuffle.add(packed)
 
-        filling = asyncio.ensure_future(asyncio.to_thread(fill))
         try:
-            await asyncio.shield(filling)
+            await asyncio.to_thread(fill)
             if shuffle.count != brand.count:
                 raise RuntimeError(
                     f"the stored audience holds {shuffle.count} points, not {brand.count}"
@@ -349,11 +349,7 @@ class BrandSession:
             for chunk in shuffle.chunks(self.chunk_size):
                 yield chunk
         finally:
-            stop.set()
-            if filling.done():
-                _close_after(filling, shuffle)
-            else:  # the thread stops at its next batch; the files go then
-                filling.add_done_callback(lambda done: _close_after(done, shuffle))
+            steps.close()
 
     async def _collect_reblinded(self) -> None:
         async for values in self._reblind:
@@ -427,11 +423,3 @@ def _check_hello(hello: Hello, chunk_size: int) -> None:
             f"{hello.declared_points} points for {hello.declared_records} records is more than"
             f" {MAX_SLOTS_PER_RECORD} identifiers per record"
         )
-
-
-def _close_after(done: asyncio.Future[None], shuffle: Shuffle) -> None:
-    """Close ``shuffle`` once the thread that filled it is done (its error, if any, is the
-    session's already)."""
-    if not done.cancelled():
-        done.exception()
-    shuffle.close()
