@@ -231,6 +231,27 @@ class Buckets:
         return self._dir / f"{self._name}-{b:04x}.{kind}"
 
 
+def sized_buckets(
+    value_len: int,
+    expected: int,
+    memory_bytes: int | None,
+    spill_dir: Path | None,
+    *,
+    prefix: str,
+    name: str,
+) -> tuple[Buckets, Path | None]:
+    """A store for ``expected`` values of one side that a caller spreads over buckets
+    itself (``add(..., which)``): one bucket in memory under ``memory_bytes``
+    (``MEMORY_BYTES`` by default), else at least two of about ``BUCKET_BYTES`` in files in
+    a new directory inside ``spill_dir`` (returned: the caller removes it)."""
+    limit = MEMORY_BYTES if memory_bytes is None else memory_bytes
+    if expected * value_len < limit:
+        return Buckets.in_memory(value_len, positioned=False), None
+    directory = spill_directory(spill_dir, prefix)
+    bits = max(1, bucket_bits(expected, value_len))
+    return Buckets(value_len, bits, directory, positioned=False, name=name), directory
+
+
 class SemiJoin:
     """Left values (positioned) and right values, bucketed alike; ``mask`` says which
     left positions hold a value of the right set. Files, if any, go with ``close``."""
@@ -354,14 +375,9 @@ class Shuffle:
         spill_dir: Path | None = None,
     ) -> None:
         self._rng = rng
-        self._dir: Path | None = None
-        limit = MEMORY_BYTES if memory_bytes is None else memory_bytes
-        if expected * value_len < limit:
-            self._side = Buckets.in_memory(value_len, positioned=False)
-        else:
-            self._dir = spill_directory(spill_dir, "shuffle-")
-            bits = max(1, bucket_bits(expected, value_len))
-            self._side = Buckets(value_len, bits, self._dir, positioned=False, name="batch")
+        self._side, self._dir = sized_buckets(
+            value_len, expected, memory_bytes, spill_dir, prefix="shuffle-", name="batch"
+        )
 
     @property
     def on_disk(self) -> bool:
@@ -382,23 +398,104 @@ class Shuffle:
         shorter)."""
         self._side.close()
         width = self._side.value_len
-        pending = b""
-        for b in range(self._side.buckets):
-            values = self._side.bucket(b)[0]
-            rows = np.frombuffer(values, dtype=np.uint8).reshape(-1, width)
-            pending += rows[self._rng.permutation(len(rows))].tobytes()
-            whole = len(pending) - len(pending) % (size * width)
-            for start in range(0, whole, size * width):
-                yield pending[start : start + size * width]
-            pending = pending[whole:]
-        if pending:
-            yield pending
+
+        def batches() -> Iterator[bytes]:
+            for b in range(self._side.buckets):
+                rows = np.frombuffer(self._side.bucket(b)[0], dtype=np.uint8).reshape(-1, width)
+                yield rows[self._rng.permutation(len(rows))].tobytes()
+
+        return rechunked(batches(), size * width)
 
     def close(self) -> None:
         self._side.removed()  # reading it after this is an error, never an empty batch
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
+
+
+class PositionedRows:
+    """Rows of ``width`` bytes put at positions ``0 .. count - 1`` (each once, in any
+    order), read back in position order without holding them all: a row goes, with its
+    position, to the bucket of its position's range (in files past ``memory_bytes``),
+    and each bucket is sorted by position as it is read."""
+
+    def __init__(
+        self,
+        width: int,
+        count: int,
+        *,
+        memory_bytes: int | None = None,
+        spill_dir: Path | None = None,
+    ) -> None:
+        self.width = width
+        self.count = count
+        self._side, self._dir = sized_buckets(
+            POSITION.itemsize + width,
+            count,
+            memory_bytes,
+            spill_dir,
+            prefix="positioned-",
+            name="range",
+        )
+
+    @property
+    def on_disk(self) -> bool:
+        return self._dir is not None
+
+    def put(self, positions: np.ndarray, rows: np.ndarray) -> None:
+        """``rows`` (uint8 ``(k, width)``) at ``positions`` (k integers)."""
+        positions = np.asarray(positions, dtype=POSITION)
+        if rows.shape != (len(positions), self.width):
+            raise ValueError(f"{rows.shape} rows for {len(positions)} positions of {self.width}")
+        if len(positions) and (positions.min() < 0 or positions.max() >= self.count):
+            raise ValueError(f"a position outside 0 .. {self.count - 1}")
+        records = np.empty((len(rows), POSITION.itemsize + self.width), dtype=np.uint8)
+        records[:, : POSITION.itemsize] = positions.view(np.uint8).reshape(-1, POSITION.itemsize)
+        records[:, POSITION.itemsize :] = rows
+        buckets = self._side.buckets
+        which = positions * buckets // self.count if buckets > 1 else None
+        self._side.add(records.tobytes(), which)
+
+    def chunks(self, size: int) -> Iterator[bytes]:
+        """Every row in position order, ``size`` rows a chunk (the last may be shorter);
+        ``ValueError`` if a position is missing or was put twice."""
+        self._side.close()
+        head = POSITION.itemsize
+
+        def ranges() -> Iterator[bytes]:
+            expected = 0
+            for b in range(self._side.buckets):
+                packed = self._side.bucket(b)[0]
+                records = np.frombuffer(packed, dtype=np.uint8).reshape(-1, head + self.width)
+                at = np.ascontiguousarray(records[:, :head]).view(POSITION).ravel()
+                order = np.argsort(at, kind="stable")
+                if not np.array_equal(at[order], np.arange(expected, expected + len(at))):
+                    raise ValueError(f"positions from {expected} are missing or repeated")
+                expected += len(at)
+                yield records[order, head:].tobytes()
+            if expected != self.count:
+                raise ValueError(f"{expected} of {self.count} positions were put")
+
+        return rechunked(ranges(), size * self.width)
+
+    def close(self) -> None:
+        self._side.removed()
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+
+def rechunked(pieces: Iterable[bytes], size: int) -> Iterator[bytes]:
+    """The bytes of ``pieces``, in order, cut into chunks of ``size`` (the last shorter)."""
+    pending = b""
+    for piece in pieces:
+        pending += piece
+        whole = len(pending) - len(pending) % size
+        for start in range(0, whole, size):
+            yield pending[start : start + size]
+        pending = pending[whole:]
+    if pending:
+        yield pending
 
 
 def records_hit(flags: ByteColumn, slots: int, window: int = 1 << 20) -> Iterator[np.ndarray]:

@@ -73,7 +73,7 @@ from cleanroom.federated.lookalike.privacy import (
 from cleanroom.federated.paillier import PaillierPrivateKey, PaillierPublicKey, private_key_to_json
 from cleanroom.matching.bulk import ArrayAppender, ArrayColumn, ByteColumn, FileArray, FileBytes
 from cleanroom.matching.messages import POINT_LEN
-from cleanroom.matching.semijoin import SemiJoin, Shuffle, records_hit
+from cleanroom.matching.semijoin import SemiJoin, Shuffle, rechunked, records_hit
 from cleanroom.matching.session import (
     OrderedResults,
     RoundMachine,
@@ -673,15 +673,12 @@ def row_labels(
     """The label (0/1 byte) of every row (of every matched row when ``matched_only``), in
     row order, ``batch`` labels at a time (the last may be shorter); ``codes`` is read
     ``window`` rows at a time."""
-    pending = b""
-    for start in range(0, len(codes), window):
-        code = np.asarray(codes[start : start + window])
-        if matched_only:
-            code = code[(code & MATCHED) != 0]
-        labels = pending + ((code & SEED) != 0).astype(np.uint8).tobytes()
-        whole = len(labels) - len(labels) % batch
-        for at in range(0, whole, batch):
-            yield labels[at : at + batch]
-        pending = labels[whole:]
-    if pending:
-        yield pending
+
+    def windows() -> Iterator[bytes]:
+        for start in range(0, len(codes), window):
+            code = np.asarray(codes[start : start + window])
+            if matched_only:
+                code = code[(code & MATCHED) != 0]
+            yield ((code & SEED) != 0).astype(np.uint8).tobytes()
+
+    return rechunked(windows(), batch)
