@@ -86,11 +86,7 @@ def brand_point_count(data_dir: Path, token: str, id_types: tuple[str, ...], max
         _, data = AttributionService(store, data_dir).load(principal, "sales")
         # Only types both sides hold are tokenized; each part's distinct tokens, once.
         return sum(
-            len(
-                LaggedPoints.of(
-                    part.id_type, part.digest, data.day[part.event], max_lag + 1
-                ).first_item
-            )
+            len(LaggedPoints.of(part.id_type, part.digest, part.day, max_lag + 1).first_item)
             for part in data.identifier_parts(id_types)
         )
     finally:

@@ -25,7 +25,7 @@ import math
 import shutil
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -42,6 +42,7 @@ from cleanroom.federated.attribution.brand import AlreadyReported, BrandAttribut
 from cleanroom.federated.attribution.inputs import (
     ConversionIds,
     ConversionSource,
+    EventGroup,
 )
 from cleanroom.federated.attribution.messages import AttrHello, DpParams, Windows
 from cleanroom.federated.attribution.report import AttributionReport, DecryptedAggregates, ReportDp
@@ -83,12 +84,16 @@ IDS_SCHEMA = pa.schema(
     [
         ("id_type", pa.string()),
         ("event", pa.int64()),
+        ("day", pa.int32()),
         ("digest", pa.binary(DIGEST_LEN)),
         ("points", pa.binary(POINTS_WIDTH)),
     ]
 )
-# A staged identifier: its digest first (it picks the bucket), its points, its event.
-STAGED_LEN = DIGEST_LEN + POINTS_WIDTH + 8
+# A staged identifier: its digest first (it picks the bucket), its points, its event
+# and the event's day.
+STAGED_EVENT = DIGEST_LEN + POINTS_WIDTH
+STAGED_DAY = STAGED_EVENT + 8
+STAGED_LEN = STAGED_DAY + 4
 EVENTS_TABLE = "events"
 
 
@@ -182,7 +187,7 @@ class ConversionsUpload:
             matrix = np.frombuffer(packed, dtype=np.uint8).reshape(-1, DIGEST_LEN)
             days = chunk.days.astype(np.int64)[id_event - self.rows]
             lagged = LaggedPoints.of(types, matrix, days, PRECOMPUTED_LAGS)
-            self._hash_points(_PendingIds(types, matrix, id_event, lagged))
+            self._hash_points(_PendingIds(types, matrix, id_event, days, lagged))
         self.next_seq += 1
         self.rows += n
         self.identifiers += len(id_types)
@@ -264,10 +269,11 @@ class ConversionsUpload:
             points = pending.lagged.per_identifier(b"".join(f.result() for f in pending.futures))
             rows = np.empty((len(pending.types), STAGED_LEN), dtype=np.uint8)
             rows[:, :DIGEST_LEN] = pending.digests
-            rows[:, DIGEST_LEN:-8] = np.frombuffer(points.tobytes(), np.uint8).reshape(
+            rows[:, DIGEST_LEN:STAGED_EVENT] = np.frombuffer(points.tobytes(), np.uint8).reshape(
                 len(rows), POINTS_WIDTH
             )
-            rows[:, -8:] = pending.events.astype("<i8").view(np.uint8).reshape(-1, 8)
+            rows[:, STAGED_EVENT:STAGED_DAY] = _le_bytes(pending.events, "<i8")
+            rows[:, STAGED_DAY:] = _le_bytes(pending.days, "<i4")
             for id_type in dict.fromkeys(pending.types.tolist()):
                 self._staged[id_type].add(rows[pending.types == id_type].tobytes())
 
@@ -279,21 +285,33 @@ class _PendingIds:
     types: np.ndarray  # object: each identifier's type
     digests: np.ndarray  # (k, 32) uint8
     events: np.ndarray  # int64: each identifier's event
+    days: np.ndarray  # int64: its event's day
     lagged: LaggedPoints  # its tokens, whose points ``futures`` compute
     futures: list[Future[bytes]] = field(default_factory=list)
 
 
 def _ids_table(id_type: str, rows: np.ndarray) -> pa.Table:
-    """Staged rows (digest | points | event) as the set's identifier columns."""
+    """Staged rows (digest | points | event | day) as the set's identifier columns."""
+
+    def field(start: int, stop: int) -> np.ndarray:
+        return np.ascontiguousarray(rows[:, start:stop])
+
     return pa.table(
         {
             "id_type": pa.array([id_type] * len(rows), pa.string()),
-            "event": pa.array(np.ascontiguousarray(rows[:, -8:]).view("<i8").ravel()),
-            "digest": _fixed(np.ascontiguousarray(rows[:, :DIGEST_LEN]).tobytes()),
-            "points": _fixed(np.ascontiguousarray(rows[:, DIGEST_LEN:-8]).tobytes(), POINTS_WIDTH),
+            "event": pa.array(field(STAGED_EVENT, STAGED_DAY).view("<i8").ravel()),
+            "day": pa.array(field(STAGED_DAY, STAGED_LEN).view("<i4").ravel()),
+            "digest": _fixed(field(0, DIGEST_LEN).tobytes()),
+            "points": _fixed(field(DIGEST_LEN, STAGED_EVENT).tobytes(), POINTS_WIDTH),
         },
         schema=IDS_SCHEMA,
     )
+
+
+def _le_bytes(values: np.ndarray, dtype: str) -> np.ndarray:
+    """Integers as rows of their little-endian bytes (uint8 ``(k, itemsize)``)."""
+    packed = np.ascontiguousarray(values, dtype=dtype)
+    return packed.view(np.uint8).reshape(len(packed), -1)
 
 
 def _fixed(packed: bytes, width: int = DIGEST_LEN) -> pa.FixedSizeBinaryArray:
@@ -303,53 +321,69 @@ def _fixed(packed: bytes, width: int = DIGEST_LEN) -> pa.FixedSizeBinaryArray:
 
 
 EVENT_BATCH_ROWS = 1 << 20  # events read from a stored set at a time
+CUSTOMER_ROW = DIGEST_LEN + 8  # a staged event: its customer's digest, its value
 
 
-def read_event_columns(
-    events: pq.ParquetFile,
+def event_groups(
+    open_events: Callable[[], pq.ParquetFile],
     work: Path | None,
     *,
     memory_bytes: int | None = None,
     bits: int | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(customer number, day, value) per event of a stored events table, read a batch at
-    a time. Customers are numbered in the order of their digests, as one ``np.unique``
-    over them all would, but a bucket of digests at a time: a set past 256 MB of
-    digests (``memory_bytes``) keeps them in bucket files in a directory inside ``work``,
-    removed here; ``bits``: 2^bits buckets instead of sized by the count."""
-    count = events.metadata.num_rows
-    limit = SEMIJOIN_MEMORY if memory_bytes is None else memory_bytes
-    customer = np.empty(count, dtype=np.int64)
-    day = np.empty(count, dtype=np.int64)
-    value = np.empty(count, dtype=np.float64)
-    bits = bucket_bits(count, DIGEST_LEN) if bits is None else bits
-    directory = None if count * DIGEST_LEN < limit else spill_directory(work, "events-")
-    try:
-        if directory is None:
-            digests = Buckets.in_memory(DIGEST_LEN, positioned=True, bits=bits)
-        else:
-            digests = Buckets(DIGEST_LEN, bits, directory, positioned=True, name="customers")
-        at = 0
-        wanted = ["customer", "day", "value"]
-        for batch in events.iter_batches(batch_size=EVENT_BATCH_ROWS, columns=wanted):
-            n = batch.num_rows
-            digests.add(fixed_binary_to_numpy(batch.column("customer"), DIGEST_LEN).tobytes())
-            day[at : at + n] = batch.column("day").to_numpy(zero_copy_only=False)
-            value[at : at + n] = batch.column("value").to_numpy(zero_copy_only=False)
-            at += n
-        digests.close()
-        numbered = 0
-        for b in range(digests.buckets):
-            packed, positions = digests.bucket(b)
-            distinct, inverse = np.unique(
-                np.frombuffer(packed, dtype=f"S{DIGEST_LEN}"), return_inverse=True
-            )
-            customer[np.frombuffer(positions, dtype=POSITION)] = inverse + numbered
-            numbered += len(distinct)
-    finally:
-        if directory is not None:
-            shutil.rmtree(directory, ignore_errors=True)
-    return customer, day, value
+) -> Generator[EventGroup, None, None]:
+    """The events of a stored events table grouped by a bucket of their customers'
+    digests, read a batch at a time: per group the events, their values and their
+    customers numbered in digest order (as one ``np.unique`` over the group would). A set
+    past 256 MB of staged events (``memory_bytes``) keeps its buckets in files in a
+    directory inside ``work``, removed when the groups end or the iterator is closed;
+    ``bits``: 2^bits buckets instead of sized by the count."""
+    with open_events() as events:
+        count = events.metadata.num_rows
+        limit = SEMIJOIN_MEMORY if memory_bytes is None else memory_bytes
+        bits = bucket_bits(count, CUSTOMER_ROW) if bits is None else bits
+        directory = None if count * CUSTOMER_ROW < limit else spill_directory(work, "events-")
+        try:
+            if directory is None:
+                staged = Buckets.in_memory(CUSTOMER_ROW, positioned=True, bits=bits)
+            else:
+                staged = Buckets(CUSTOMER_ROW, bits, directory, positioned=True, name="customers")
+            for batch in events.iter_batches(
+                batch_size=EVENT_BATCH_ROWS, columns=["customer", "value"]
+            ):
+                rows = np.empty((batch.num_rows, CUSTOMER_ROW), dtype=np.uint8)
+                digests = fixed_binary_to_numpy(batch.column("customer"), DIGEST_LEN)
+                rows[:, :DIGEST_LEN] = digests.view(np.uint8).reshape(-1, DIGEST_LEN)
+                value = batch.column("value").to_numpy(zero_copy_only=False)
+                rows[:, DIGEST_LEN:] = _le_bytes(value, "<f8")
+                staged.add(rows.tobytes())
+            staged.close()
+            for b in range(staged.buckets):
+                packed, positions = staged.bucket(b)
+                if not packed:
+                    continue
+                rows = np.frombuffer(packed, dtype=np.uint8).reshape(-1, CUSTOMER_ROW)
+                digests = np.ascontiguousarray(rows[:, :DIGEST_LEN]).view(f"S{DIGEST_LEN}")
+                distinct, inverse = np.unique(digests.ravel(), return_inverse=True)
+                yield EventGroup(
+                    event=np.frombuffer(positions, dtype=POSITION).astype(np.int64),
+                    customer=inverse.astype(np.int64),
+                    customers=len(distinct),
+                    value=np.ascontiguousarray(rows[:, DIGEST_LEN:]).view("<f8").ravel(),
+                )
+        finally:
+            if directory is not None:
+                shutil.rmtree(directory, ignore_errors=True)
+
+
+def event_days(events: pq.ParquetFile) -> np.ndarray:
+    """Every event's day, whole (int32): what a set stored without the identifiers' days
+    costs a run, 4 bytes an event."""
+    days = np.empty(events.metadata.num_rows, dtype=np.int32)
+    at = 0
+    for batch in events.iter_batches(batch_size=EVENT_BATCH_ROWS, columns=["day"]):
+        days[at : at + batch.num_rows] = batch.column("day").to_numpy(zero_copy_only=False)
+        at += batch.num_rows
+    return days
 
 
 def _points(column: pa.ChunkedArray) -> np.ndarray:
@@ -365,17 +399,20 @@ def _digests(column: pa.ChunkedArray) -> np.ndarray:
 
 @dataclass
 class StoredConversions:
-    """A stored conversion set as a run reads it (``ConversionSource``): the events
-    whole, the identifiers one partition (type, digest bucket) at a time."""
+    """A stored conversion set as a run reads it (``ConversionSource``): the identifiers
+    one partition (type, digest bucket) at a time, the events a group of customers at a
+    time. A set stored before the identifiers carried their event's day has its events'
+    days read whole once (4 bytes an event)."""
 
-    customer: np.ndarray
-    day: np.ndarray
-    value: np.ndarray
     dataset: Dataset
+    events: int
+    work: Path | None = None
+    _days: np.ndarray | None = None
 
-    @property
-    def events(self) -> int:
-        return len(self.day)
+    @classmethod
+    def open(cls, dataset: Dataset, work: Path | None = None) -> StoredConversions:
+        with dataset.side_file(EVENTS_TABLE) as events:
+            return cls(dataset, events.metadata.num_rows, work)
 
     def held_types(self) -> tuple[str, ...]:
         return tuple(sorted({p.id_type for p in self.dataset.parts if p.id_type and p.rows}))
@@ -384,16 +421,33 @@ class StoredConversions:
         return sum(p.rows for p in self.dataset.parts if p.id_type in id_types)
 
     def identifier_parts(self, id_types: tuple[str, ...]) -> Iterator[ConversionIds]:
+        with_days = "day" in self.dataset.names
+        columns = ["event", "digest", "points"] + (["day"] if with_days else [])
         for part in self.dataset.parts:
             if part.id_type not in id_types or not part.rows:
                 continue
-            ids = self.dataset.read(part, ["event", "digest", "points"])
+            ids = self.dataset.read(part, columns)
+            event = ids.column("event").to_numpy().astype(np.int64)
             yield ConversionIds(
-                event=ids.column("event").to_numpy().astype(np.int64),
+                event=event,
+                day=(
+                    ids.column("day").to_numpy().astype(np.int64)
+                    if with_days
+                    else self._event_days()[event].astype(np.int64)
+                ),
                 id_type=np.full(ids.num_rows, part.id_type, dtype=object),
                 digest=_digests(ids.column("digest")),
                 points=_points(ids.column("points")),
             )
+
+    def event_groups(self) -> Iterator[EventGroup]:
+        return event_groups(lambda: self.dataset.side_file(EVENTS_TABLE), self.work)
+
+    def _event_days(self) -> np.ndarray:
+        if self._days is None:
+            with self.dataset.side_file(EVENTS_TABLE) as events:
+                self._days = event_days(events)
+        return self._days
 
 
 #: Identifiers of a set stored by an earlier release read at a time.
@@ -404,18 +458,19 @@ LEGACY_PART_ROWS = 1 << 20
 class LegacyConversions:
     """A conversion set stored by an earlier release: three Parquet files beside the
     set's path (its events; its identifiers; their token points, when it has them).
-    The events are read whole, as for a partitioned set; the identifiers
-    ``part_rows`` at a time, a run of the files' rows per part. A digest in two runs
-    has its tokens blinded twice, to the same values: the same answer, a little more
-    work than a digest bucket's."""
+    The events are read a group of customers at a time, as for a partitioned set, but
+    their days are held whole (4 bytes an event: the identifiers do not carry them); the
+    identifiers ``part_rows`` at a time, a run of the files' rows per part. A digest in
+    two runs has its tokens blinded twice, to the same values: the same answer, a little
+    more work than a digest bucket's."""
 
-    customer: np.ndarray
-    day: np.ndarray
-    value: np.ndarray
+    events_path: Path
+    day: np.ndarray  # int32 per event
     ids_path: Path
     points_path: Path | None  # None: no points (or not one per identifier), hashed per run
     type_counts: dict[str, int]
     part_rows: int = LEGACY_PART_ROWS
+    work: Path | None = None
 
     @classmethod
     def open(
@@ -434,13 +489,17 @@ class LegacyConversions:
                     name = str(entry["values"])
                     counts[name] = counts.get(name, 0) + entry["counts"]
         points = points_path if with_points else None
-        with pq.ParquetFile(f"{base}.events.parquet") as events:
-            columns = read_event_columns(events, work)
-        return cls(*columns, ids_path, points, counts, part_rows)
+        events_path = Path(f"{base}.events.parquet")
+        with pq.ParquetFile(events_path) as events:
+            days = event_days(events)
+        return cls(events_path, days, ids_path, points, counts, part_rows, work)
 
     @property
     def events(self) -> int:
         return len(self.day)
+
+    def event_groups(self) -> Iterator[EventGroup]:
+        return event_groups(lambda: pq.ParquetFile(self.events_path), self.work)
 
     def held_types(self) -> tuple[str, ...]:
         return tuple(sorted(t for t, n in self.type_counts.items() if n))
@@ -458,8 +517,10 @@ class LegacyConversions:
             keep = np.isin(id_type, list(id_types))
             if not keep.any():
                 continue
+            event = ids.column("event").to_numpy().astype(np.int64)[keep]
             yield ConversionIds(
-                event=ids.column("event").to_numpy().astype(np.int64)[keep],
+                event=event,
+                day=self.day[event].astype(np.int64),
                 id_type=id_type[keep],
                 digest=_digests(ids.column("digest"))[keep],
                 points=_points(tables[1].column("points"))[keep] if len(tables) > 1 else None,
@@ -508,19 +569,16 @@ class AttributionService:
         return ConversionsUpload(self, principal, header.name, header.id_types, header.replace)
 
     def load(self, principal: Principal, name: str) -> tuple[ConversionSetRecord, ConversionSource]:
-        """The set named ``name``: its events read, its identifiers read by a run a
+        """The set named ``name``, for a run to read a part at a time: its identifiers a
         partition at a time (a set from an earlier release, in three files, a run of rows
-        at a time)."""
+        at a time), its events a group of customers at a time."""
         record = self.store.get_conversion_set(principal.tenant_id, name)
         if record is None:
             raise NotFound(f"no conversions named {name!r} for this tenant")
         base = self.data_dir / record.path
         work = self.data_dir / WORK_DIR
         if base.is_dir():
-            dataset = open_dataset(base)
-            with dataset.side_file(EVENTS_TABLE) as events:
-                columns = read_event_columns(events, work)
-            return record, StoredConversions(*columns, dataset)
+            return record, StoredConversions.open(open_dataset(base), work)
         # Three files, from an earlier release.
         return record, LegacyConversions.open(base, work=work)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,7 +38,7 @@ from cleanroom.server.attribution import (
     AttributionService,
     LegacyConversions,
     StoredConversions,
-    read_event_columns,
+    event_groups,
 )
 from cleanroom.server.datasets import open_dataset, remove_stored
 from cleanroom.server.lifecycle import delete_conversions
@@ -251,11 +252,41 @@ def test_upload_stores_a_partitioned_set_with_hashed_points_and_replacing_remove
     )
     every = sorted(bytes(d) for part in parts for d in part.digest)
     assert every == sorted(ids.column("digest").to_pylist())
+    # Each identifier carries its event's day, as the events table has it.
+    event_day = np.asarray(events.column("day").to_pylist())
+    assert all(part.day.tolist() == event_day[part.event].tolist() for part in parts)
+    assert sum(g.customers for g in source.event_groups()) == record.customers
     assert all(part.points is not None and part.points.shape[1:] == (8, 32) for part in parts)
 
     second = upload(admin, synth, "sales-points", chunk_rows=150, replace=True)
     assert not stored_at.exists()
     assert (stored_at.parent / second["conversions_id"] / "_manifest.json").is_file()
+
+
+def test_a_partitioned_set_stored_without_days_reads_them_from_its_events(
+    world: dict[str, Any], tmp_path: Path
+) -> None:
+    """A set of the release before identifiers carried their event's day (no ``day``
+    column in its parts nor its manifest) gives a run the same identifiers, with the
+    days its events table has."""
+    record = stored_set(world, "sales")
+    stored_at = tmp_path / "older" / "set"
+    shutil.copytree(world["settings"].data_dir / record.path, stored_at)
+    current = StoredConversions.open(open_dataset(stored_at))
+    want = list(current.identifier_parts(("email", "phone")))
+    manifest = stored_at / "_manifest.json"
+    doc = json.loads(manifest.read_text())
+    for part in doc["parts"]:
+        path = stored_at / part["path"]
+        pq.write_table(pq.read_table(path).drop_columns(["day"]), path)
+    doc["columns"] = [c for c in doc["columns"] if c != "day"]
+    manifest.write_text(json.dumps(doc))
+    older = StoredConversions.open(open_dataset(stored_at))
+    assert "day" not in older.dataset.names
+    got = list(older.identifier_parts(("email", "phone")))
+    assert len(got) == len(want) > 0
+    for a, b in zip(got, want, strict=True):
+        assert a.event.tolist() == b.event.tolist() and a.day.tolist() == b.day.tolist()
 
 
 def write_legacy(stored_at: Path, points: bool = True) -> pa.Table:
@@ -291,6 +322,9 @@ def test_an_earlier_releases_identifiers_come_a_run_of_rows_at_a_time(
     assert legacy.identifier_count(("email", "phone", "maid")) == len(types)
     parts = list(legacy.identifier_parts(("email", "phone")))
     assert len(parts) > 2 and all(len(p.event) <= 41 for p in parts)
+    event_day = np.asarray(events.column("day").to_pylist())
+    assert all(p.day.tolist() == event_day[p.event].tolist() for p in parts)
+    assert sum(len(g.event) for g in legacy.event_groups()) == events.num_rows
     keep = [t in ("email", "phone") for t in types]
     want = ids.filter(pa.array(keep))
     assert [e for p in parts for e in p.event.tolist()] == want.column("event").to_pylist()
@@ -610,34 +644,49 @@ def test_a_cancelled_run_drops_its_queued_jobs() -> None:
 
 
 @pytest.mark.parametrize(("memory_bytes", "bits"), [(None, None), (0, 0), (0, 3), (1 << 30, 4)])
-def test_customers_numbered_a_bucket_at_a_time_are_numpys_unique(
+def test_event_groups_hold_every_event_once_and_each_customer_in_one_group(
     tmp_path: Path, memory_bytes: int | None, bits: int | None
 ) -> None:
-    """The events read in batches, their customers numbered a bucket of digests at a
-    time (in files or in memory): the numbers one ``np.unique`` over every digest gives,
-    the days and values as stored, and no file left in the work directory."""
+    """The events read in batches and grouped by a bucket of their customers' digests (in
+    files or in memory): every event once, with its value as stored; a customer's events
+    all in one group, numbered there as ``np.unique`` over the group's digests numbers
+    them; no file left in the work directory, after the last group or when the groups
+    are dropped early."""
     rng = np.random.default_rng(bits or 0)
     distinct = rng.integers(0, 256, size=(700, 32), dtype=np.uint8)
     customers = distinct[rng.integers(0, len(distinct), size=5_000)]
-    days = rng.integers(19_000, 19_400, size=5_000).astype(np.int32)
     values = rng.random(5_000) * 100
     path = tmp_path / "events.parquet"
     table = pa.table(
         {
             "customer": pa.array([bytes(c) for c in customers], pa.binary(32)),
-            "day": pa.array(days),
+            "day": pa.array(rng.integers(19_000, 19_400, size=5_000).astype(np.int32)),
             "value": pa.array(values),
         }
     )
     pq.write_table(table, path, row_group_size=777)
     work = tmp_path / "work"
+    digests = customers.view("S32").ravel()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(server_attribution, "EVENT_BATCH_ROWS", 1000)  # several batches
-        with pq.ParquetFile(path) as events:
-            customer, day, value = read_event_columns(
-                events, work, memory_bytes=memory_bytes, bits=bits
-            )
-    _, want = np.unique(customers.view("S32").ravel(), return_inverse=True)
-    assert customer.tolist() == want.tolist()
-    assert day.tolist() == days.tolist() and value.tolist() == values.tolist()
-    assert not work.exists() or list(work.iterdir()) == []
+        groups = list(
+            event_groups(lambda: pq.ParquetFile(path), work, memory_bytes=memory_bytes, bits=bits)
+        )
+        assert not work.exists() or list(work.iterdir()) == []
+        early = event_groups(lambda: pq.ParquetFile(path), work, memory_bytes=0, bits=3)
+        next(early)
+        assert list(work.iterdir())  # the staged buckets, while the groups are read
+        early.close()
+        assert list(work.iterdir()) == []
+    assert len(groups) == (1 << bits if bits is not None else 1)
+    every = np.concatenate([g.event for g in groups])
+    assert sorted(every.tolist()) == list(range(5_000))
+    seen: set[bytes] = set()
+    for group in groups:
+        _, want = np.unique(digests[group.event], return_inverse=True)
+        assert group.customer.tolist() == want.tolist()
+        assert group.customers == len(set(digests[group.event].tolist()))
+        assert group.value.tolist() == values[group.event].tolist()
+        mine = set(digests[group.event].tolist())
+        assert not mine & seen
+        seen |= mine

@@ -19,6 +19,7 @@ from cleanroom.federated.attribution.brand import BrandAttribution
 from cleanroom.federated.attribution.inputs import (
     BrandConversions,
     ConversionIds,
+    EventGroup,
     ExposureParts,
     PartnerExposures,
     brand_conversions,
@@ -181,7 +182,8 @@ def make_pair(
 
 class Parted(BrandConversions):
     """A set whose identifiers come in ``parts`` parts by the digest's first byte, as the
-    node's partitions do (every identifier of a digest in one part)."""
+    node's partitions do (every identifier of a digest in one part), and its events in
+    ``parts`` groups of customers, numbered within each group."""
 
     def __init__(self, data: BrandConversions, parts: int) -> None:
         super().__init__(**{f.name: getattr(data, f.name) for f in dataclasses.fields(data)})
@@ -194,10 +196,17 @@ class Parted(BrandConversions):
             keep = bucket == b
             yield ConversionIds(
                 event=whole.event[keep],
+                day=whole.day[keep],
                 id_type=whole.id_type[keep],
                 digest=whole.digest[keep],
                 points=None if whole.points is None else whole.points[keep],
             )
+
+    def event_groups(self) -> Iterator[EventGroup]:
+        for b in range(self.parts):
+            event = np.flatnonzero(self.customer % self.parts == b)
+            distinct, local = np.unique(self.customer[event], return_inverse=True)
+            yield EventGroup(event, local, len(distinct), self.value[event])
 
 
 def run_protocol(
@@ -844,12 +853,12 @@ def test_event_values_encrypted_over_the_pool_decrypt_to_the_values(
     synth: Any, keys: tuple[Any, Any], memory_bytes: int | None, monkeypatch: Any
 ) -> None:
     """The pool path (key shipped to workers as JSON, several jobs) and the path without a
-    pool encrypt every event's value, in the anonymous order, into a column in memory or
-    in a file; the messages decrypt to the plaintext values."""
+    pool encrypt every event's value, in the anonymous order, into rows in memory or in
+    files; the messages decrypt to the plaintext values, each at its event's anonymous
+    number."""
     from concurrent.futures import ThreadPoolExecutor
 
     import cleanroom.federated.attribution.brand as brand_module
-    from cleanroom.matching.bulk import FileBytes
 
     monkeypatch.setattr(brand_module, "EVENT_PART", 16)  # several encryption jobs
     pk, sk = keys
@@ -857,18 +866,21 @@ def test_event_values_encrypted_over_the_pool_decrypt_to_the_values(
     def decrypted(jobs: RunJobs | None) -> tuple[list[int], list[bytes], Any]:
         brand, _ = make_pair(synth, keys, brand_jobs=jobs)
         brand._memory_bytes = memory_bytes
-        column = asyncio.run(brand.encrypt_event_values())
-        assert isinstance(column, FileBytes) is (memory_bytes == 0)
-        messages = list(brand.event_values(column))
+        rows = asyncio.run(brand.encrypt_event_values())
+        assert rows.on_disk is (memory_bytes == 0)
+        messages = list(brand.event_values(rows))
+        rows.close()
         assert [m.start for m in messages] == list(range(0, brand.data.events, 256))
         values = [
             sk.decrypt(c) for m in messages for c in ciphertexts_from_bytes(m.ciphertexts, pk)
         ]
-        customers = [m.customers for m in messages]
-        data, order = brand.data, brand._event_order
-        want = [round(float(v) * VALUE_SCALE) for v in data.value[order]]
-        assert values == want and len(values) == data.events
-        return values, customers, brand
+        data = brand.data
+        assert isinstance(data, BrandConversions)
+        anon = brand._event_anon(np.arange(data.events))
+        want = np.empty(data.events, dtype=np.int64)
+        want[anon] = [round(float(v) * VALUE_SCALE) for v in data.value]
+        assert values == want.tolist() and len(values) == data.events
+        return values, [m.customers for m in messages], brand
 
     with ThreadPoolExecutor(2) as pool:
         pooled, pooled_customers, _ = decrypted(RunJobs(pool))
@@ -876,9 +888,13 @@ def test_event_values_encrypted_over_the_pool_decrypt_to_the_values(
     assert pooled == plain and pooled_customers == plain_customers  # same seed, same order
     # The anonymous customer of each event is one number per customer, the same for
     # every event of that customer.
-    anon = np.frombuffer(b"".join(plain_customers), dtype="<u4")
-    real = brand.data.customer[brand._event_order]
-    assert len(set(zip(anon.tolist(), real.tolist(), strict=True))) == len(set(real.tolist()))
+    anon_customer = np.frombuffer(b"".join(plain_customers), dtype="<u4")
+    data = brand.data
+    assert isinstance(data, BrandConversions)
+    real = np.empty(data.events, dtype=np.int64)
+    real[brand._event_anon(np.arange(data.events))] = data.customer
+    pairs = set(zip(anon_customer.tolist(), real.tolist(), strict=True))
+    assert len(pairs) == len(set(real.tolist())) == len(set(anon_customer.tolist()))
 
 
 def test_groups_below_the_threshold_carry_no_numbers(synth: Any, keys: tuple[Any, Any]) -> None:

@@ -25,8 +25,10 @@ Rounds (``AttrRound``):
 ``TOKENS``   P streams T(x)^p per cell. B re-blinds, shuffles within the
              cell (P can no longer link a value to a user) and returns it.
              B streams its conversion tokens T(y)^b shuffled, each with an
-             anonymous event index and its lag, and per event an anonymous
-             customer index and Enc_B(value).
+             anonymous event index and its lag, and per event (in anonymous
+             order) an anonymous customer index and Enc_B(value). Both
+             indices are keyed pseudorandom permutations, fresh per run
+             (``numbering``).
 ``RESULT``   P re-blinds B's tokens, intersects per cell, applies windows and
              last touch, multiplies the matched ciphertexts (homomorphic
              sums), adds the policy's noise, re-randomizes and sends per-cell
@@ -36,8 +38,9 @@ Values travel only as Paillier ciphertexts under B's key, fixed-point with
 ``VALUE_SCALE``. What each side learns is DESIGN.md §13's attribution row.
 
 Modules: ``messages`` (the typed rounds), ``tokens`` (day-bound tokens and the
-bulk joins), ``brand`` and ``partner`` (the two state machines), ``noise``
-(differential privacy), ``report`` (the report arithmetic), ``inputs``
-(parsing and hashing the parties' files), ``reference`` (the plaintext oracle,
-for checking only) and ``synth`` (synthetic data).
+bulk joins), ``numbering`` (the anonymous numbers), ``brand`` and ``partner``
+(the two state machines), ``noise`` (differential privacy), ``report`` (the
+report arithmetic), ``inputs`` (parsing and hashing the parties' files),
+``reference`` (the plaintext oracle, for checking only) and ``synth``
+(synthetic data).
 """

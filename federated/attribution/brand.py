@@ -38,6 +38,7 @@ import numpy as np
 
 from cleanroom.federated.attribution.inputs import ConversionIds, ConversionSource
 from cleanroom.federated.attribution.messages import (
+    CUSTOMER_LEN,
     GROUPS,
     VALUE_SCALE,
     AttrAccepted,
@@ -55,6 +56,7 @@ from cleanroom.federated.attribution.messages import (
     DpParams,
     EventValues,
 )
+from cleanroom.federated.attribution.numbering import KeyedPermutation
 from cleanroom.federated.attribution.report import DecryptedAggregates, GroupStats
 from cleanroom.federated.attribution.tokens import POINT_CHUNK, LaggedPoints
 from cleanroom.federated.jobs import encrypt_packed
@@ -63,9 +65,8 @@ from cleanroom.federated.paillier import (
     PaillierPublicKey,
     private_key_to_json,
 )
-from cleanroom.matching.bulk import ByteColumn, ColumnBuffer, FileBytes
 from cleanroom.matching.messages import POINT_LEN
-from cleanroom.matching.semijoin import Shuffle
+from cleanroom.matching.semijoin import PositionedRows, Shuffle
 from cleanroom.matching.session import RoundMachine, comparison_length, in_order
 from cleanroom.matching.workers import RunJobs, blind_and_truncate, hash_and_blind_mixed
 from cleanroom.matching.x25519 import BlindingKey
@@ -76,6 +77,7 @@ TOKEN_ROW = POINT_LEN + 4 + 1
 OUTBOX_AHEAD = 16  # messages queued ahead of the network
 CELL_WINDOW = 8  # re-blinding jobs in flight for the cell being received
 EVENT_PART = 16_384  # events per encryption job (a worker keeps the key's tables)
+CUSTOMER_DOMAIN = 1 << 32
 
 T = TypeVar("T")
 
@@ -194,15 +196,15 @@ class BrandAttribution(RoundMachine[AttrRound]):
         self._cells_in: dict[int, _CellBack] = {}
         self._received_count: list[int] = []
         self._token_shuffle: Shuffle | None = None
-        self._ciphertexts: ColumnBuffer | None = None
+        self._event_rows: PositionedRows | None = None
         self._cells_back = 0
         self._next_seq = 0
-        # Anonymous event and customer numbering, fresh per session.
-        self._event_order = self.rng.permutation(self.data.events)  # anonymous -> event
-        self._event_anon = np.empty(self.data.events, dtype=np.int64)
-        self._event_anon[self._event_order] = np.arange(self.data.events)
-        customers = int(self.data.customer.max()) + 1 if self.data.events else 0
-        self._customer_anon = self.rng.permutation(customers)
+        # Anonymous event and customer numbers, fresh per session: computed for any part
+        # of the set (``numbering``), never a table of the whole set. Customers are
+        # numbered in a 32-bit domain: the partner counts distinct ones, and learns
+        # their number either way.
+        self._event_anon = KeyedPermutation.random(self.rng, self.data.events)
+        self._customer_anon = KeyedPermutation.random(self.rng, CUSTOMER_DOMAIN)
         # Cells are shuffled on another thread than the conversion tokens are
         # built on (they overlap); numpy generators are not thread-safe.
         self._cell_rng = np.random.default_rng(self.rng.integers(2**63))
@@ -236,8 +238,8 @@ class BrandAttribution(RoundMachine[AttrRound]):
         self._cells_in.clear()
         if self._token_shuffle is not None:
             self._token_shuffle.close()
-        if self._ciphertexts is not None:
-            self._ciphertexts.abort()
+        if self._event_rows is not None:
+            self._event_rows.close()
 
     def end_of_input(self) -> None:
         """The partner's stream ended: fine after its aggregates, a failure before."""
@@ -381,7 +383,8 @@ class BrandAttribution(RoundMachine[AttrRound]):
         """The brand's tokens and encrypted values, once every cell went back.
 
         Both are built from the start (they do not depend on the partner's), into a
-        shuffle and a ciphertext column that go to disk for a large set; they go out
+        shuffle and the events in anonymous order, which go to disk for a large set; they
+        go out
         after the cells, so the partner's workers re-blind them once its own tokens are
         sent.
         """
@@ -396,18 +399,17 @@ class BrandAttribution(RoundMachine[AttrRound]):
             asyncio.to_thread(self.shuffle_conversion_tokens, self._token_shuffle)
         )
         try:
-            ciphertexts = await self.encrypt_event_values()
+            event_rows = await self.encrypt_event_values()
             await tokens
             await self._every_cell_back.wait()
             async for msg in _threaded(self.conversion_tokens(self._token_shuffle)):
                 await self.room(OUTBOX_AHEAD)
                 self.put(msg)
             self._token_shuffle.close()
-            async for ev in _threaded(self.event_values(ciphertexts)):
+            async for ev in _threaded(self.event_values(event_rows)):
                 await self.room(OUTBOX_AHEAD)
                 self.put(ev)
-            if isinstance(ciphertexts, FileBytes):
-                ciphertexts.close()
+            event_rows.close()
         finally:
             # A cancelled run's thread ends with its jobs cancelled: mark its outcome
             # as seen.
@@ -424,12 +426,12 @@ class BrandAttribution(RoundMachine[AttrRound]):
         for part in self.data.identifier_parts(self.id_types):
             if not len(part.event):
                 continue
-            lagged = LaggedPoints.of(part.id_type, part.digest, self.data.day[part.event], lags)
+            lagged = LaggedPoints.of(part.id_type, part.digest, part.day, lags)
             blinded = self._blind(part, lagged)
             self.point_count += len(blinded)
             rows = np.empty((len(part.event) * lags, TOKEN_ROW), dtype=np.uint8)
             rows[:, :POINT_LEN] = blinded[lagged.keys.reshape(-1)]
-            anon = np.repeat(self._event_anon[part.event], lags).astype("<u4")
+            anon = np.repeat(self._event_anon(part.event), lags).astype("<u4")
             rows[:, POINT_LEN:-1] = anon.view(np.uint8).reshape(-1, 4)
             rows[:, -1] = np.tile(np.arange(lags, dtype=np.uint8), len(part.event))
             shuffle.add(rows.tobytes())
@@ -467,47 +469,62 @@ class BrandAttribution(RoundMachine[AttrRound]):
                 lags=rows[:, -1].tobytes(),
             )
 
-    async def encrypt_event_values(self) -> ByteColumn:
-        """Enc(clipped scaled value) of every event, in anonymous order, packed fixed-width
-        (``ciphertext_bytes`` each) in a column that is a file for a large set.
+    async def encrypt_event_values(self) -> PositionedRows:
+        """Per event, in anonymous order: its anonymous customer (4 bytes) and Enc(clipped
+        scaled value) (``ciphertext_bytes``), in rows that go to files for a large set.
 
-        Spread over the workers ``EVENT_PART`` events a job, a few jobs in flight: the
-        node never holds the set's ciphertexts, nor the big-integer work that would hold
-        the GIL its event loop needs."""
+        The events are read a group of customers at a time (customers are numbered group
+        after group), encrypted ``EVENT_PART`` a job over the workers, a few jobs in
+        flight, and put at their anonymous positions: the node never holds the set's
+        events or ciphertexts, nor the big-integer work that would hold the GIL its
+        event loop needs."""
         width = self.public_key.ciphertext_bytes
-        self._ciphertexts = ColumnBuffer(
-            self.data.events * width, spill_dir=self._spill_dir, memory_bytes=self._memory_bytes
+        rows = self._event_rows = PositionedRows(
+            CUSTOMER_LEN + width,
+            self.data.events,
+            spill_dir=self._spill_dir,
+            memory_bytes=self._memory_bytes,
         )
         key = self._jobs.key(json.dumps(private_key_to_json(self.private_key)))
         bits = self.public_key.n.bit_length()
         cap = self.dp.value_cap if self.dp.mechanism != "off" else np.inf
+        numbered = 0
+        # Groups are read on threads (a stored set's come from files); a run that ends
+        # early drops the generator, whose cleanup removes its files.
+        async for group in _threaded(self.data.event_groups()):
+            if numbered + group.customers > CUSTOMER_DOMAIN:
+                raise ProtocolError(f"a run counts at most {CUSTOMER_DOMAIN} customers")
+            anon_event = self._event_anon(group.event)
+            anon_customer = self._customer_anon(group.customer + numbered).astype("<u4")
+            numbered += group.customers
+            scaled = np.minimum(group.value, cap) * VALUE_SCALE
+            jobs = (
+                (key, bits, [round(float(v)) for v in scaled[at : at + EVENT_PART]])
+                for at in range(0, len(scaled), EVENT_PART)
+            )
+            at = 0
+            async for packed in in_order(self._jobs, encrypt_packed, jobs):
+                n = len(packed) // width
+                out = np.empty((n, CUSTOMER_LEN + width), dtype=np.uint8)
+                out[:, :CUSTOMER_LEN] = anon_customer[at : at + n].view(np.uint8).reshape(n, -1)
+                out[:, CUSTOMER_LEN:] = np.frombuffer(packed, dtype=np.uint8).reshape(n, width)
+                rows.put(anon_event[at : at + n], out)
+                at += n
+        return rows
 
-        def jobs() -> Iterator[tuple[Any, ...]]:
-            for start in range(0, self.data.events, EVENT_PART):
-                events = self._event_order[start : start + EVENT_PART]
-                clipped = np.minimum(self.data.value[events], cap)
-                yield (key, bits, [round(float(v) * VALUE_SCALE) for v in clipped])
-
-        offset = 0
-        async for packed in in_order(self._jobs, encrypt_packed, jobs()):
-            self._ciphertexts.write_at(offset, packed)
-            offset += len(packed)
-        column, self._ciphertexts = self._ciphertexts.finish(), None
-        return column
-
-    def event_values(self, ciphertexts: ByteColumn) -> Iterator[EventValues]:
+    def event_values(self, rows: PositionedRows) -> Iterator[EventValues]:
         """Per anonymous event, ``chunk_size / 2`` a message: anonymous customer, Enc(value)."""
         chunk = max(1, self.chunk_size // 2)
-        width = self.public_key.ciphertext_bytes
-        customers = self._customer_anon
-        for seq, start in enumerate(range(0, self.data.events, chunk)):
-            events = self._event_order[start : start + chunk]
+        start = 0
+        for seq, packed in enumerate(rows.chunks(chunk)):
+            block = np.frombuffer(packed, dtype=np.uint8).reshape(-1, rows.width)
             yield EventValues(
                 seq=seq,
                 start=start,
-                customers=customers[self.data.customer[events]].astype("<u4").tobytes(),
-                ciphertexts=ciphertexts[start * width : (start + len(events)) * width],
+                customers=block[:, :CUSTOMER_LEN].tobytes(),
+                ciphertexts=block[:, CUSTOMER_LEN:].tobytes(),
             )
+            start += len(block)
 
 
 class _CellBack:

@@ -353,25 +353,37 @@ def read_spend(path: Path | str) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class ConversionIds:
-    """Some of a conversion set's identifiers: per identifier its event, type, digest and
-    the points stored at upload (uint8 (k, lags, 32), or None: every point is hashed)."""
+    """Some of a conversion set's identifiers: per identifier its event, the event's day,
+    its type, digest and the points stored at upload (uint8 (k, lags, 32), or None:
+    every point is hashed)."""
 
     event: np.ndarray  # int64 per identifier: which event
+    day: np.ndarray  # int64 per identifier: its event's day (days since 1970-01-01 UTC)
     id_type: np.ndarray  # object/str per identifier
     digest: np.ndarray  # uint8 (k, 32)
     points: np.ndarray | None = None
 
 
-class ConversionSource(Protocol):
-    """What a run reads of a conversion set: the events whole (customer, day, value: 24
-    bytes an event), the identifiers a part at a time, so a run never holds them all.
+@dataclass(frozen=True)
+class EventGroup:
+    """Some of a conversion set's events, every event of their customers among them: per
+    event its number in the set, its customer (numbered ``0 .. customers - 1`` within
+    the group) and its value."""
 
-    A part holds every identifier of some digests (the stored set's partitions), so each
-    distinct token is blinded once; the parts together hold every identifier once."""
-
-    customer: np.ndarray  # int64 per event (dense customer number)
-    day: np.ndarray  # int64 per event (days since 1970-01-01 UTC)
+    event: np.ndarray  # int64 per event
+    customer: np.ndarray  # int64 per event, < customers
+    customers: int  # distinct customers of the group
     value: np.ndarray  # float64 per event
+
+
+class ConversionSource(Protocol):
+    """What a run reads of a conversion set, a part at a time, so that a run never holds
+    it whole: its identifiers (``identifier_parts``) and its events (``event_groups``).
+
+    An identifier part holds every identifier of some digests (the stored set's
+    partitions), so each distinct token is blinded once; the parts together hold every
+    identifier once. The event groups together hold every event once, and no customer
+    in two groups."""
 
     @property
     def events(self) -> int: ...
@@ -388,11 +400,15 @@ class ConversionSource(Protocol):
         """The identifiers of ``id_types``, a part at a time."""
         ...
 
+    def event_groups(self) -> Iterator[EventGroup]:
+        """Every event, a group of customers at a time."""
+        ...
+
 
 @dataclass
 class BrandConversions:
-    """A conversion set in memory (parsed here, or stored by an earlier release): per
-    event and per (event, identifier); its identifiers are one part."""
+    """A conversion set in memory (parsed here, or in tests): per event and per (event,
+    identifier); its identifiers are one part, its events one group."""
 
     customer: np.ndarray  # int64 per event (dense customer number)
     day: np.ndarray  # int64 per event (days since 1970-01-01 UTC)
@@ -416,12 +432,23 @@ class BrandConversions:
 
     def identifier_parts(self, id_types: tuple[str, ...]) -> Iterator[ConversionIds]:
         keep = types_kept(self.id_type, id_types)[2]
+        event = self.id_event[keep]
         yield ConversionIds(
-            event=self.id_event[keep],
+            event=event,
+            day=self.day[event].astype(np.int64),
             id_type=self.id_type[keep],
             digest=self.id_digest[keep],
             points=None if self.id_points is None else self.id_points[keep],
         )
+
+    def event_groups(self) -> Iterator[EventGroup]:
+        if self.events:
+            yield EventGroup(
+                event=np.arange(self.events, dtype=np.int64),
+                customer=self.customer.astype(np.int64),
+                customers=int(self.customer.max()) + 1,
+                value=self.value,
+            )
 
 
 USER_KEY_LEN = 16

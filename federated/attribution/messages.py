@@ -15,6 +15,7 @@ from cleanroom.proto.errors import InvalidInput
 TOUCHES = ("click", "view")
 GROUPS = ("exposed", "holdout")
 VALUE_SCALE = 10**6  # fixed point: micro-units of the currency
+CUSTOMER_LEN = 4  # an anonymous customer in EventValues: uint32, little-endian
 
 
 @dataclass(frozen=True)

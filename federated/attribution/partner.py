@@ -38,6 +38,7 @@ import pandas as pd
 from cleanroom.federated.attribution.exposure_log import BlindedCells, ExposureLog
 from cleanroom.federated.attribution.inputs import ExposureParts, PartnerExposures
 from cleanroom.federated.attribution.messages import (
+    CUSTOMER_LEN,
     AttrAccepted,
     AttrAggregates,
     AttrBrandMessage,
@@ -60,7 +61,7 @@ from cleanroom.federated.attribution.tokens import (
 )
 from cleanroom.federated.jobs import check_packed
 from cleanroom.federated.paillier import MIN_KEY_BITS, PaillierPublicKey
-from cleanroom.matching.bulk import ByteColumn, ColumnBuffer, FileBytes
+from cleanroom.matching.bulk import ByteColumn, ColumnBuffer, FileBytes, fixed_rows
 from cleanroom.matching.messages import POINT_LEN
 from cleanroom.matching.session import Progress, RoundMachine, comparison_length
 from cleanroom.matching.workers import RunJobs, blind_and_truncate
@@ -153,7 +154,8 @@ class PartnerAttribution(RoundMachine[AttrRound]):
         self._cells_complete = 0
         self._brand_running: deque[tuple[asyncio.Future[bytes], bytes, bytes]] = deque()
         self._brand_count = 0  # brand tokens received
-        self._event_customer: np.ndarray | None = None
+        # Anonymous customer (uint32) by anonymous event: a file for a large set.
+        self._event_customer: ColumnBuffer | None = None
         self._event_ct: ColumnBuffer | None = None  # packed, fixed-width, by anonymous event
         self._ciphertexts: ByteColumn = b""  # the same, once every one arrived
         self._events_received = 0
@@ -194,6 +196,8 @@ class PartnerAttribution(RoundMachine[AttrRound]):
             self._join.close()
         if self._event_ct is not None:
             self._event_ct.abort()
+        if self._event_customer is not None:
+            self._event_customer.abort()
 
     # ------------------------------------------------------------- incoming
 
@@ -246,7 +250,9 @@ class PartnerAttribution(RoundMachine[AttrRound]):
             spill_dir=self._spill_dir,
             memory_bytes=self._memory_bytes,
         )
-        self._event_customer = np.full(msg.events, -1, dtype=np.int64)
+        self._event_customer = ColumnBuffer(
+            msg.events * CUSTOMER_LEN, spill_dir=self._spill_dir, memory_bytes=self._memory_bytes
+        )
         self.round = AttrRound.CELLS
         self.progress.update(phase=Phase.HASHING, brand_total=msg.brand_tokens)
         self.spawn(self._prepare_cells)
@@ -421,15 +427,18 @@ class PartnerAttribution(RoundMachine[AttrRound]):
         if self.round is not AttrRound.TOKENS:
             raise ProtocolError(f"event values arrived in round {self.round}")
         assert self.accepted is not None and self._event_customer is not None
-        customers = np.frombuffer(msg.customers, dtype="<u4").astype(np.int64)
         pk = self._paillier()
         count, rest = divmod(len(msg.ciphertexts), pk.ciphertext_bytes)
-        if rest or len(customers) != count or msg.start + count > self.accepted.events:
+        if (
+            rest
+            or len(msg.customers) != count * CUSTOMER_LEN
+            or msg.start + count > self.accepted.events
+        ):
             raise ProtocolError(f"event values chunk {msg.seq} is inconsistent")
         check_packed(pk.n, msg.ciphertexts, pk.ciphertext_bytes)  # once, as they arrive
         assert self._event_ct is not None
         self._event_ct.write_at(msg.start * pk.ciphertext_bytes, msg.ciphertexts)
-        self._event_customer[msg.start : msg.start + count] = customers
+        self._event_customer.write_at(msg.start * CUSTOMER_LEN, msg.customers)
         self._events_received += count
 
     def aggregates(self) -> AttrAggregates:
@@ -446,6 +455,13 @@ class PartnerAttribution(RoundMachine[AttrRound]):
         self._join.close()
         self._ciphertexts = self._event_ct.finish()
         self._event_ct = None
+        # The customers of the matched events only, read once.
+        matched = np.unique(match_event)
+        customer_column = self._event_customer.finish()
+        self._event_customer = None
+        customer_of = fixed_rows(customer_column, matched, CUSTOMER_LEN).view("<u4").ravel()
+        if isinstance(customer_column, FileBytes):
+            customer_column.close()
         dp = family_dp(self.accepted.dp)
         noise = Noise(dp, self.rng)
         groups: list[GroupAggregate] = []
@@ -455,7 +471,7 @@ class PartnerAttribution(RoundMachine[AttrRound]):
         for (campaign, group), users in sorted(self.users.items()):
             in_group = np.isin(match_cell, cell_group.get((campaign, group), []))
             evs = np.unique(match_event[in_group])
-            converters = len(np.unique(self._event_customer[evs]))
+            converters = len(np.unique(customer_of[np.searchsorted(matched, evs)]))
             groups.append(
                 GroupAggregate(
                     campaign_id=campaign,
