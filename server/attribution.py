@@ -309,7 +309,8 @@ def _ids_table(id_type: str, rows: np.ndarray) -> pa.Table:
 
 
 def _le_bytes(values: np.ndarray, dtype: str) -> np.ndarray:
-    """Integers as rows of their little-endian bytes (uint8 ``(k, itemsize)``)."""
+    """Numbers (integers or floats, as ``dtype`` says) as rows of their little-endian
+    bytes (uint8 ``(k, itemsize)``)."""
     packed = np.ascontiguousarray(values, dtype=dtype)
     return packed.view(np.uint8).reshape(len(packed), -1)
 

@@ -384,9 +384,8 @@ class BrandAttribution(RoundMachine[AttrRound]):
 
         Both are built from the start (they do not depend on the partner's), into a
         shuffle and the events in anonymous order, which go to disk for a large set; they
-        go out
-        after the cells, so the partner's workers re-blind them once its own tokens are
-        sent.
+        go out after the cells, so the partner's workers re-blind them once its own tokens
+        are sent.
         """
         self._token_shuffle = Shuffle(
             TOKEN_ROW,
